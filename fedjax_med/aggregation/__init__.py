@@ -1,0 +1,1 @@
+"""Aggregation of client updates over the `clients` axis."""

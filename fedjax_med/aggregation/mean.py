@@ -1,0 +1,43 @@
+"""Weighted mean of client updates: FedAvg and the uniform mean.
+
+FedAvg weights each client by its example count (McMahan et al., 2017,
+"Communication-Efficient Learning of Deep Networks from Decentralized Data",
+AISTATS, arXiv:1602.05629). The uniform mean gives every valid client weight 1.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_med.typing import PyTree
+
+
+def weighted_sum(client_updates: PyTree, weights: jax.Array) -> PyTree:
+  """Return `sum_c weights[c] * client_updates[c]`.
+
+  Args:
+    client_updates: pytree with leaves shaped `[clients, *param_shape]`.
+      Entries of clients with weight 0 must be finite; zero them first.
+    weights: `[clients]` non-negative weights.
+  """
+
+  def leaf_sum(leaf):
+    return jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1)
+
+  return jax.tree.map(leaf_sum, client_updates)
+
+
+def weighted_mean(client_updates: PyTree, weights: jax.Array) -> PyTree:
+  """Return the weighted mean over clients; zeros when all weights are 0.
+
+  Args:
+    client_updates: pytree with leaves shaped `[clients, *param_shape]`.
+    weights: `[clients]` non-negative weights, such as example counts
+      (FedAvg) or a 0/1 participation mask (uniform mean).
+
+  Returns:
+    A pytree with leaves shaped `param_shape`.
+  """
+  total = jnp.sum(weights)
+  summed = weighted_sum(client_updates, weights)
+  safe_total = jnp.where(total > 0, total, 1.0)
+  return jax.tree.map(lambda leaf: leaf / safe_total.astype(leaf.dtype), summed)

@@ -1,0 +1,1 @@
+"""Local training on one client, vmapped over the cohort."""

@@ -1,0 +1,156 @@
+"""Local training of one client as a pure function, `lax.scan` over steps.
+
+`build_local_update` returns a function of (server params, one client's padded
+examples, its example count, key) that runs an optax optimizer for a fixed
+number of scan steps and returns the model delta. The round `jax.vmap`s it
+over the cohort axis.
+
+Minibatches follow PyTorch's shuffled `DataLoader` with `drop_last=False`:
+each epoch visits a fresh permutation of the client's real rows in batches of
+`batch_size`, and the last batch of an epoch holds the remainder. Padding rows
+are never drawn: they sort after every real row and get zero loss weight.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med import tree
+from fedjax_med.models import tabular
+from fedjax_med.typing import Params, PRNGKey
+
+
+class LocalResult(NamedTuple):
+  """Output of one client's local training.
+
+  Attributes:
+    delta: trained params minus the server params, same pytree as params.
+    loss: mean training loss over the steps taken, before each step's update.
+    num_steps: number of optimizer steps actually taken.
+  """
+
+  delta: Params
+  loss: jax.Array
+  num_steps: jax.Array
+
+
+LocalUpdate = Callable[[Params, dict, jax.Array, PRNGKey], LocalResult]
+
+
+def batches_per_epoch(num_examples: jax.Array, batch_size: int) -> jax.Array:
+  return (jnp.maximum(num_examples, 1) + batch_size - 1) // batch_size
+
+
+def _batch_indices(
+    key: PRNGKey, step: jax.Array, num_examples: jax.Array,
+    max_examples: int, batch_size: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Return `[batch]` row indices and a `[batch]` validity mask for `step`."""
+  per_epoch = batches_per_epoch(num_examples, batch_size)
+  epoch = step // per_epoch
+  batch_in_epoch = step % per_epoch
+
+  # A fresh permutation of the real rows for each epoch: padding rows get a
+  # sort key above every real row's, so they land after position n - 1.
+  # Each row's sort key comes from its own index, so the permutation of the
+  # real rows does not depend on how far the client is padded.
+  epoch_key = jax.random.fold_in(key, epoch)
+  row_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      epoch_key, jnp.arange(max_examples)
+  )
+  sort_keys = jax.vmap(jax.random.uniform)(row_keys)
+  is_padding = jnp.arange(max_examples) >= num_examples
+  permutation = jnp.argsort(jnp.where(is_padding, 2.0, sort_keys))
+
+  positions = batch_in_epoch * batch_size + jnp.arange(batch_size)
+  valid = positions < num_examples
+  # Slots past the end of the epoch repeat a real row with weight 0, so a
+  # padding row (which may hold anything, even NaN) is never read.
+  indices = jnp.where(
+      valid, permutation[jnp.minimum(positions, max_examples - 1)],
+      permutation[0],
+  )
+  return indices, valid
+
+
+def build_local_update(
+    model: tabular.Model,
+    optimizer: optax.GradientTransformation,
+    *,
+    num_steps: int,
+    batch_size: int,
+    num_epochs: int | None = None,
+) -> LocalUpdate:
+  """Build the local training function of one client.
+
+  Args:
+    model: classifier whose `apply` maps `x [batch, features]` to logits.
+    optimizer: any optax optimizer; its state starts fresh on every call.
+    num_steps: length of the `lax.scan`. With `num_epochs=None` every client
+      with data takes exactly this many steps.
+    batch_size: examples per minibatch (the last batch of an epoch may hold
+      fewer).
+    num_epochs: if set, a client with `n` examples takes
+      `num_epochs * ceil(n / batch_size)` steps and skips the rest of the
+      scan; `num_steps` must then cover the largest client.
+
+  Returns:
+    `local_update(server_params, examples, num_examples, key) -> LocalResult`
+    where `examples` holds `x [examples, features]` and `y [examples]`.
+    A client with zero examples takes no step and returns a zero delta.
+  """
+  if num_steps < 1:
+    raise ValueError(f'`num_steps` must be at least 1; got {num_steps}.')
+  if batch_size < 1:
+    raise ValueError(f'`batch_size` must be at least 1; got {batch_size}.')
+
+  def batch_loss(params, x, y, weights):
+    logits = model.apply(params, x)
+    losses = tabular.per_example_loss(logits, y, model.num_classes)
+    return jnp.sum(weights * losses)
+
+  grad_fn = jax.value_and_grad(batch_loss)
+
+  def local_update(server_params, examples, num_examples, key):
+    max_examples = examples['x'].shape[0]
+    if num_epochs is None:
+      client_steps = jnp.where(num_examples > 0, num_steps, 0)
+    else:
+      client_steps = num_epochs * batches_per_epoch(num_examples, batch_size)
+      client_steps = jnp.where(num_examples > 0, client_steps, 0)
+
+    def step(carry, step_index):
+      params, opt_state = carry
+      indices, valid = _batch_indices(
+          key, step_index, num_examples, max_examples, batch_size
+      )
+      weights = valid / jnp.maximum(jnp.sum(valid), 1)
+      loss, grads = grad_fn(
+          params, examples['x'][indices], examples['y'][indices], weights
+      )
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      active = step_index < client_steps
+      carry = (
+          tree.tree_where(active, new_params, params),
+          tree.tree_where(active, new_opt_state, opt_state),
+      )
+      return carry, jnp.where(active, loss, 0.0)
+
+    init = (server_params, optimizer.init(server_params))
+    (params, _), losses = jax.lax.scan(step, init, jnp.arange(num_steps))
+    mean_loss = jnp.sum(losses) / jnp.maximum(client_steps, 1)
+    delta = tree.tree_sub(params, server_params)
+    return LocalResult(delta, mean_loss, client_steps)
+
+  return local_update
+
+
+def max_local_steps(
+    max_client_examples: int, batch_size: int, num_epochs: int
+) -> int:
+  """Return the scan length that covers `num_epochs` of the largest client."""
+  per_epoch = -(-max(max_client_examples, 1) // batch_size)
+  return num_epochs * per_epoch

@@ -1,0 +1,424 @@
+"""Experiment configuration: frozen dataclasses, TOML files and overrides.
+
+An `ExperimentConfig` groups one dataclass per concept. A TOML file sets
+fields by section (`[client]`, `learning_rate = 0.01`), and an override
+`key=value` names a field either by its section (`client.learning_rate`) or by
+its bare name when that name is unique (`learning_rate`). The defaults are the
+default study: FedAvg of logistic regression on Fed-Heart-Disease with
+FLamby's benchmark settings (15 rounds of 100 local SGD steps, batch 4,
+learning rate 1e-3).
+"""
+
+import dataclasses
+import pathlib
+import tomllib
+import types
+import typing
+from typing import Any
+
+from fedjax_med.errors import InputError
+
+DATASETS = ('heart_disease', 'csv', 'synthetic')
+MODELS = ('logistic_regression', 'mlp')
+CLIENT_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop')
+SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi')
+SAMPLINGS = ('all', 'uniform', 'poisson')
+AGGREGATORS = ('fedavg', 'mean', 'median')
+NOISE_KINDS = ('none', 'central', 'local')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  """Which federated dataset to load.
+
+  Attributes:
+    dataset: 'heart_disease' (bundled), 'csv' (your file) or 'synthetic'.
+    csv_path: CSV file for `dataset='csv'`.
+    client_column: CSV column holding the client (hospital) id.
+    label_column: CSV column holding the integer class label.
+    test_fraction: fraction of each client's rows held out for testing.
+    split_seed: seed of the per-client train/test split of a CSV file.
+    num_clients: number of clients of the synthetic dataset.
+    alpha: synthetic model heterogeneity (FedProx Synthetic(alpha, beta)).
+    beta: synthetic feature heterogeneity.
+    max_examples: largest synthetic client, in rows before the split.
+  """
+
+  dataset: str = 'heart_disease'
+  csv_path: str | None = None
+  client_column: str = 'client'
+  label_column: str = 'label'
+  test_fraction: float = 0.34
+  split_seed: int = 0
+  num_clients: int = 100
+  alpha: float = 1.0
+  beta: float = 1.0
+  max_examples: int = 100
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Model architecture; `hidden_sizes` applies to the MLP only."""
+
+  model: str = 'logistic_regression'
+  hidden_sizes: tuple[int, ...] = (32,)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+  """Local training on each client.
+
+  Attributes:
+    optimizer: optax optimizer name, fresh state every round.
+    learning_rate: local learning rate.
+    local_steps: optimizer steps per round; ignored if `local_epochs` is set.
+    local_epochs: passes over each client's rows per round, or None.
+    batch_size: examples per minibatch.
+  """
+
+  optimizer: str = 'sgd'
+  learning_rate: float = 1e-3
+  local_steps: int = 100
+  local_epochs: int | None = None
+  batch_size: int = 4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+  """Which clients take part in a round.
+
+  Attributes:
+    sampling: 'all' clients, a 'uniform' cohort of `cohort_size` drawn
+      without replacement, or 'poisson' with rate `sampling_rate`.
+    cohort_size: clients per round for uniform sampling.
+    sampling_rate: inclusion probability for Poisson sampling.
+    dropout_rate: probability that a sampled client fails to report.
+  """
+
+  sampling: str = 'all'
+  cohort_size: int | None = None
+  sampling_rate: float = 0.1
+  dropout_rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+  """Clipping and Gaussian noise of client updates.
+
+  Attributes:
+    clip_norm: L2 bound of each whole client update, or None for no clip.
+    noise: 'none', 'central' (added once to the clipped sum) or 'local'.
+    noise_multiplier: noise std divided by `clip_norm`.
+  """
+
+  clip_norm: float | None = None
+  noise: str = 'none'
+  noise_multiplier: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+  """Aggregation and the server optimizer.
+
+  Attributes:
+    aggregator: 'fedavg' (example-weighted), 'mean' (uniform) or 'median'.
+    server_optimizer: optax optimizer applied to the negative aggregate.
+    server_learning_rate: its learning rate; 'sgd' with 1.0 is FedAvg.
+    rounds: number of federated rounds.
+  """
+
+  aggregator: str = 'fedavg'
+  server_optimizer: str = 'sgd'
+  server_learning_rate: float = 1.0
+  rounds: int = 15
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+  """Test-set evaluation.
+
+  Attributes:
+    eval_every: evaluate every this many rounds (the last round always).
+    threshold: probability at or above which a patient is called positive.
+    bootstrap_resamples: resamples for the confidence intervals.
+    confidence: confidence level of the intervals.
+  """
+
+  eval_every: int = 1
+  threshold: float = 0.5
+  bootstrap_resamples: int = 1000
+  confidence: float = 0.95
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+  """A whole study: one section per concept plus its name and seed."""
+
+  name: str = 'heart_disease_fedavg'
+  seed: int = 0
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  client: ClientConfig = ClientConfig()
+  sampling: SamplingConfig = SamplingConfig()
+  privacy: PrivacyConfig = PrivacyConfig()
+  server: ServerConfig = ServerConfig()
+  evaluation: EvaluationConfig = EvaluationConfig()
+
+
+_SECTIONS = tuple(
+    field.name
+    for field in dataclasses.fields(ExperimentConfig)
+    if dataclasses.is_dataclass(field.type)
+)
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+  """Return the config as nested plain dicts, ready for JSON."""
+  return dataclasses.asdict(config)
+
+
+def _field_types(section_class) -> dict[str, Any]:
+  hints = typing.get_type_hints(section_class)
+  return {field.name: hints[field.name] for field in dataclasses.fields(section_class)}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+  """Convert `value` (TOML value or override string) to the field's type."""
+  args = typing.get_args(annotation)
+  optional = type(None) in args and isinstance(annotation, types.UnionType)
+  if optional:
+    if value is None or (isinstance(value, str) and value.lower() in ('none', 'null', '')):
+      return None
+    annotation = next(arg for arg in args if arg is not type(None))
+  if typing.get_origin(annotation) is tuple:
+    items = value
+    if isinstance(value, str):
+      items = [item for item in value.strip('()[] ').split(',') if item.strip()]
+    if not isinstance(items, (list, tuple)):
+      raise InputError(f'`{key}` must be a list of integers; got {value!r}.')
+    return tuple(_coerce(key, item, int) for item in items)
+  try:
+    if annotation is bool:
+      if isinstance(value, str):
+        if value.lower() not in ('true', 'false'):
+          raise ValueError(value)
+        return value.lower() == 'true'
+      return bool(value)
+    if annotation is int:
+      if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+      if isinstance(value, bool):
+        raise ValueError(value)
+      return int(value)
+    if annotation is float:
+      if isinstance(value, bool):
+        raise ValueError(value)
+      return float(value)
+    if annotation is str:
+      return str(value)
+  except ValueError:
+    kind = {int: 'an integer', float: 'a number', bool: 'true or false'}
+    raise InputError(
+        f'`{key}` must be {kind.get(annotation, annotation)}; got {value!r}.'
+    ) from None
+  raise TypeError(f'Unsupported config type {annotation} for `{key}`.')
+
+
+def _resolve_key(key: str) -> tuple[str | None, str]:
+  """Map `section.field` or a unique bare `field` to (section, field)."""
+  if '.' in key:
+    section, name = key.split('.', 1)
+    if section not in _SECTIONS:
+      raise InputError(
+          f'Unknown config section {section!r} in `{key}`; sections are '
+          f'{", ".join(_SECTIONS)}.'
+      )
+    section_class = type(getattr(ExperimentConfig(), section))
+    if name not in _field_types(section_class):
+      raise InputError(
+          f'Unknown config key `{key}`; `{section}` has '
+          f'{", ".join(_field_types(section_class))}.'
+      )
+    return section, name
+  if key in ('name', 'seed'):
+    return None, key
+  owners = [
+      section
+      for section in _SECTIONS
+      if key in _field_types(type(getattr(ExperimentConfig(), section)))
+  ]
+  if not owners:
+    raise InputError(
+        f'Unknown config key `{key}`. Valid keys: {", ".join(all_keys())}.'
+    )
+  if len(owners) > 1:
+    raise InputError(
+        f'Config key `{key}` is ambiguous; write one of '
+        f'{", ".join(f"{owner}.{key}" for owner in owners)}.'
+    )
+  return owners[0], key
+
+
+def all_keys() -> list[str]:
+  """Return every settable key as `section.field`, plus name and seed."""
+  keys = ['name', 'seed']
+  for section in _SECTIONS:
+    section_class = type(getattr(ExperimentConfig(), section))
+    keys.extend(f'{section}.{name}' for name in _field_types(section_class))
+  return keys
+
+
+def apply_overrides(
+    config: ExperimentConfig, overrides: dict[str, Any]
+) -> ExperimentConfig:
+  """Return `config` with fields replaced, keyed by `section.field` or `field`."""
+  for key, value in overrides.items():
+    section, name = _resolve_key(key)
+    if section is None:
+      annotation = _field_types(ExperimentConfig)[name]
+      config = dataclasses.replace(config, **{name: _coerce(key, value, annotation)})
+      continue
+    current = getattr(config, section)
+    annotation = _field_types(type(current))[name]
+    updated = dataclasses.replace(current, **{name: _coerce(key, value, annotation)})
+    config = dataclasses.replace(config, **{section: updated})
+  return config
+
+
+def parse_override(text: str) -> tuple[str, str]:
+  """Split a command-line override `key=value`."""
+  if '=' not in text:
+    raise InputError(
+        f'Invalid override {text!r}: write `key=value`, for example '
+        '`aggregator=median`.'
+    )
+  key, value = text.split('=', 1)
+  return key.strip(), value.strip()
+
+
+def load_toml(path: str | pathlib.Path) -> ExperimentConfig:
+  """Read a TOML config file onto the defaults.
+
+  Raises:
+    InputError: if the file is missing, is not valid TOML or sets an
+      unknown key or a value of the wrong type.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise InputError(
+        f'Config file not found: {path}. Pass an existing .toml file, such as '
+        'one from experiments/.'
+    )
+  try:
+    document = tomllib.loads(path.read_text())
+  except tomllib.TOMLDecodeError as error:
+    raise InputError(f'Invalid TOML in {path}: {error}.') from None
+  overrides = {}
+  for key, value in document.items():
+    if isinstance(value, dict):
+      for name, inner in value.items():
+        overrides[f'{key}.{name}'] = inner
+    else:
+      overrides[key] = value
+  return apply_overrides(ExperimentConfig(), overrides)
+
+
+def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise InputError(
+        f'Invalid `{key}`: {value!r}. Allowed: {", ".join(allowed)}.'
+    )
+
+
+def _require_range(
+    key: str, value: float | None, low: float, high: float = float('inf'),
+    *, low_open: bool = False,
+) -> None:
+  if value is None:
+    return
+  bad_low = value <= low if low_open else value < low
+  if value != value or bad_low or value > high:
+    low_bracket = '(' if low_open else '['
+    high_text = 'inf)' if high == float('inf') else f'{high}]'
+    raise InputError(
+        f'Invalid `{key}`: {value}. It must be in {low_bracket}{low}, '
+        f'{high_text}.'
+    )
+
+
+def validate(config: ExperimentConfig) -> None:
+  """Check every value that does not depend on the data.
+
+  Raises:
+    InputError: naming the first invalid key, its value and what is allowed.
+  """
+  data, client = config.data, config.client
+  _require_choice('data.dataset', data.dataset, DATASETS)
+  if data.dataset == 'csv' and not data.csv_path:
+    raise InputError(
+        '`data.dataset=csv` needs `data.csv_path`, for example '
+        '`--set csv_path=hospitals.csv`.'
+    )
+  _require_range('data.test_fraction', data.test_fraction, 0.0, 1.0, low_open=True)
+  _require_range('data.num_clients', data.num_clients, 1)
+  _require_range('data.alpha', data.alpha, 0.0)
+  _require_range('data.beta', data.beta, 0.0)
+  _require_range('data.max_examples', data.max_examples, 2)
+  _require_choice('model.model', config.model.model, MODELS)
+  for size in config.model.hidden_sizes:
+    _require_range('model.hidden_sizes', size, 1)
+
+  _require_choice('client.optimizer', client.optimizer, CLIENT_OPTIMIZERS)
+  _require_range('client.learning_rate', client.learning_rate, 0.0, low_open=True)
+  _require_range('client.local_steps', client.local_steps, 1)
+  _require_range('client.local_epochs', client.local_epochs, 1)
+  _require_range('client.batch_size', client.batch_size, 1)
+
+  sampling = config.sampling
+  _require_choice('sampling.sampling', sampling.sampling, SAMPLINGS)
+  if sampling.sampling == 'uniform' and sampling.cohort_size is None:
+    raise InputError(
+        '`sampling.sampling=uniform` needs `sampling.cohort_size`, the number '
+        'of clients per round.'
+    )
+  _require_range('sampling.cohort_size', sampling.cohort_size, 1)
+  _require_range(
+      'sampling.sampling_rate', sampling.sampling_rate, 0.0, 1.0, low_open=True
+  )
+  _require_range('sampling.dropout_rate', sampling.dropout_rate, 0.0, 1.0)
+
+  privacy = config.privacy
+  _require_range('privacy.clip_norm', privacy.clip_norm, 0.0, low_open=True)
+  _require_choice('privacy.noise', privacy.noise, NOISE_KINDS)
+  _require_range('privacy.noise_multiplier', privacy.noise_multiplier, 0.0)
+  if privacy.noise != 'none' and privacy.clip_norm is None:
+    raise InputError(
+        f'`privacy.noise={privacy.noise}` needs `privacy.clip_norm`, because '
+        'the noise std is noise_multiplier * clip_norm.'
+    )
+  if privacy.noise == 'central' and config.server.aggregator != 'mean':
+    raise InputError(
+        '`privacy.noise=central` needs `server.aggregator=mean`; got '
+        f'{config.server.aggregator!r}. Central noise is calibrated to a sum '
+        'of clipped updates, and an example-weighted mean or a median has '
+        'no such bound.'
+    )
+
+  server = config.server
+  _require_choice('server.aggregator', server.aggregator, AGGREGATORS)
+  _require_choice(
+      'server.server_optimizer', server.server_optimizer, SERVER_OPTIMIZERS
+  )
+  _require_range(
+      'server.server_learning_rate', server.server_learning_rate, 0.0,
+      low_open=True,
+  )
+  _require_range('server.rounds', server.rounds, 1)
+
+  evaluation = config.evaluation
+  _require_range('evaluation.eval_every', evaluation.eval_every, 1)
+  _require_range('evaluation.threshold', evaluation.threshold, 0.0, 1.0)
+  _require_range('evaluation.bootstrap_resamples', evaluation.bootstrap_resamples, 0)
+  _require_range(
+      'evaluation.confidence', evaluation.confidence, 0.0, 1.0, low_open=True
+  )

@@ -1,0 +1,1 @@
+"""Federated datasets: containers, bundled data, CSV import and generators."""

@@ -1,0 +1,131 @@
+"""Federated datasets as padded arrays with a leading `clients` axis.
+
+Every client's examples are stacked into one array per field, padded with
+zeros up to the largest client, so the whole population is a pytree that
+`jax.vmap` maps over. `num_examples` holds each client's real example count;
+masks over padding rows are derived from it and padding is never read as data.
+"""
+
+import dataclasses
+import pathlib
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_med.errors import InputError
+
+
+class FederatedData(NamedTuple):
+  """Examples of every client, padded to a common length.
+
+  Attributes:
+    examples: dict of arrays shaped `[clients, examples, ...]`. Tabular data
+      uses `x` (`[clients, examples, features]`, float32) and `y`
+      (`[clients, examples]`, int32 class labels).
+    num_examples: `[clients]` int32, the number of real rows of each client.
+      Rows at index `num_examples[c]` and beyond are padding.
+  """
+
+  examples: dict[str, jax.Array | np.ndarray]
+  num_examples: jax.Array | np.ndarray
+
+  @property
+  def num_clients(self) -> int:
+    return int(self.num_examples.shape[0])
+
+  @property
+  def max_examples(self) -> int:
+    return int(jax.tree.leaves(self.examples)[0].shape[1])
+
+  def example_mask(self) -> jax.Array:
+    """Return a `[clients, examples]` bool mask, True on real rows."""
+    positions = jnp.arange(self.max_examples)
+    return positions[None, :] < jnp.asarray(self.num_examples)[:, None]
+
+  def client(self, index: int) -> dict[str, np.ndarray]:
+    """Return the real (unpadded) rows of client `index` as numpy arrays."""
+    count = int(self.num_examples[index])
+    return {
+        name: np.asarray(value[index, :count])
+        for name, value in self.examples.items()
+    }
+
+
+def stack_clients(
+    client_examples: Sequence[dict[str, np.ndarray]],
+) -> FederatedData:
+  """Pad per-client arrays to the largest client and stack them.
+
+  Args:
+    client_examples: one dict per client, each mapping a field name to an
+      array shaped `[examples, ...]`. Every client has the same fields, and a
+      field has the same trailing shape and dtype for every client. A client
+      may have zero rows.
+
+  Returns:
+    A `FederatedData` whose arrays are numpy arrays; `jax.device_put` it to
+    move it to an accelerator.
+
+  Raises:
+    InputError: if there are no clients or the fields disagree.
+  """
+  if not client_examples:
+    raise InputError('A federated dataset needs at least one client; got 0.')
+  names = sorted(client_examples[0])
+  counts = []
+  for index, examples in enumerate(client_examples):
+    if sorted(examples) != names:
+      raise InputError(
+          f'Client {index} has fields {sorted(examples)}, expected {names}.'
+      )
+    lengths = {len(examples[name]) for name in names}
+    if len(lengths) != 1:
+      raise InputError(
+          f'Client {index} has fields of different lengths: {lengths}.'
+      )
+    counts.append(lengths.pop())
+  max_examples = max(max(counts), 1)
+
+  stacked = {}
+  for name in names:
+    first = np.asarray(client_examples[0][name])
+    padded = np.zeros(
+        (len(client_examples), max_examples) + first.shape[1:], first.dtype
+    )
+    for index, examples in enumerate(client_examples):
+      padded[index, : counts[index]] = examples[name]
+    stacked[name] = padded
+  return FederatedData(stacked, np.asarray(counts, dtype=np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedDataset:
+  """A federated train/test split with its description.
+
+  Attributes:
+    name: short dataset name, written to run outputs.
+    train: training examples of every client.
+    test: test examples of every client, same client order as `train`.
+    client_names: one name per client, such as the hospital.
+    feature_names: names of the columns of `x`.
+    num_classes: number of label classes; 2 means binary.
+    source_files: files the data was read from, checksummed in run outputs.
+  """
+
+  name: str
+  train: FederatedData
+  test: FederatedData
+  client_names: tuple[str, ...]
+  feature_names: tuple[str, ...]
+  num_classes: int
+  source_files: tuple[pathlib.Path, ...] = ()
+
+  @property
+  def num_clients(self) -> int:
+    return self.train.num_clients
+
+  @property
+  def num_features(self) -> int:
+    return int(self.train.examples['x'].shape[-1])

@@ -1,0 +1,84 @@
+"""Flax models for tabular features: logistic regression and an MLP.
+
+A binary task (`num_classes == 2`) gets one output logit, the log-odds of
+class 1, as FLamby's `Linear(13, 1)` baseline does. A task with more classes
+gets one logit per class.
+"""
+
+from typing import Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med.typing import Params, PRNGKey
+
+
+def num_logits(num_classes: int) -> int:
+  return 1 if num_classes == 2 else num_classes
+
+
+class LogisticRegression(nn.Module):
+  """A linear layer over the features: `[batch, features] -> [batch, logits]`."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.Dense(num_logits(self.num_classes))(x)
+
+
+class MLP(nn.Module):
+  """Fully connected ReLU layers followed by a linear output layer."""
+
+  num_classes: int
+  hidden_sizes: Sequence[int] = (32,)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for size in self.hidden_sizes:
+      x = nn.relu(nn.Dense(size)(x))
+    return nn.Dense(num_logits(self.num_classes))(x)
+
+
+class Model(NamedTuple):
+  """Pure functions of a classifier.
+
+  Attributes:
+    init: `(key, sample_x [batch, features]) -> params`.
+    apply: `(params, x [batch, features]) -> logits [batch, logits]`.
+    num_classes: number of label classes; 2 means one log-odds logit.
+  """
+
+  init: Callable[[PRNGKey, jax.Array], Params]
+  apply: Callable[[Params, jax.Array], jax.Array]
+  num_classes: int
+
+
+def from_flax(module: nn.Module, num_classes: int) -> Model:
+  """Wrap a flax module whose output has `num_logits(num_classes)` columns."""
+
+  def init(key: PRNGKey, sample_x: jax.Array) -> Params:
+    return module.init(key, sample_x)
+
+  return Model(init=init, apply=module.apply, num_classes=num_classes)
+
+
+def per_example_loss(
+    logits: jax.Array, labels: jax.Array, num_classes: int
+) -> jax.Array:
+  """Return the cross-entropy of each example, shaped `[batch]`."""
+  if num_classes == 2:
+    return optax.sigmoid_binary_cross_entropy(
+        logits[..., 0], labels.astype(logits.dtype)
+    )
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def class_probabilities(logits: jax.Array, num_classes: int) -> jax.Array:
+  """Return `[batch, num_classes]` probabilities from logits."""
+  if num_classes == 2:
+    positive = jax.nn.sigmoid(logits[..., 0])
+    return jnp.stack([1.0 - positive, positive], axis=-1)
+  return jax.nn.softmax(logits, axis=-1)

@@ -1,0 +1,1 @@
+"""Clipping and Gaussian noise of client updates."""

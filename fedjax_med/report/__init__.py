@@ -1,0 +1,1 @@
+"""Run outputs: metrics files, provenance and plots."""

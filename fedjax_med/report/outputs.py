@@ -1,0 +1,86 @@
+"""The output folder of a run, written as results arrive.
+
+`metrics.jsonl` gets one line per round, flushed and synced as soon as the
+round finishes, so a run that is killed keeps every round it completed.
+"""
+
+import datetime
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+from fedjax_med.errors import InputError
+
+
+def to_json_value(value: Any) -> Any:
+  """Convert numpy/JAX scalars to Python, and NaN or infinity to None."""
+  if isinstance(value, dict):
+    return {key: to_json_value(inner) for key, inner in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_json_value(inner) for inner in value]
+  if hasattr(value, 'tolist'):
+    value = value.tolist()
+    if isinstance(value, list):
+      return to_json_value(value)
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def write_json(path: pathlib.Path, document: Any) -> None:
+  """Write `document` as indented JSON, atomically (temporary file + rename)."""
+  temporary = path.with_name(path.name + '.tmp')
+  temporary.write_text(
+      json.dumps(to_json_value(document), indent=2, allow_nan=False) + '\n'
+  )
+  os.replace(temporary, path)
+
+
+def make_run_dir(base: pathlib.Path | None, name: str) -> pathlib.Path:
+  """Create the run's folder: `base` itself, or `runs/<name>-<time>`.
+
+  An explicit `base` may exist only if it is empty, so that two runs never
+  mix their files.
+  """
+  if base is None:
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    base = pathlib.Path('runs') / f'{name}-{stamp}'
+    suffix = 1
+    candidate = base
+    while candidate.exists():
+      suffix += 1
+      candidate = base.with_name(f'{base.name}-{suffix}')
+    base = candidate
+  base = pathlib.Path(base)
+  if base.exists() and (not base.is_dir() or any(base.iterdir())):
+    raise InputError(
+        f'Output folder {base} already exists and is not empty. Pass a new '
+        'folder with --out, or leave --out unset for a fresh one under runs/.'
+    )
+  base.mkdir(parents=True, exist_ok=True)
+  return base
+
+
+class MetricsWriter:
+  """Append one JSON line per round to `metrics.jsonl`, synced to disk."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self._stream = open(path, 'a', encoding='utf-8')
+
+  def write(self, record: dict[str, Any]) -> None:
+    line = json.dumps(to_json_value(record), allow_nan=False)
+    self._stream.write(line + '\n')
+    self._stream.flush()
+    os.fsync(self._stream.fileno())
+
+  def close(self) -> None:
+    self._stream.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()

@@ -1,0 +1,54 @@
+"""Evaluation of the global model on every client's test rows, vmapped."""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_med.data import federated
+from fedjax_med.models import tabular
+from fedjax_med.typing import Params
+
+
+class ClientEvaluation(NamedTuple):
+  """Per-client test results, each shaped `[clients]` unless noted.
+
+  Attributes:
+    accuracy: fraction of the client's test rows classified correctly; NaN
+      for a client with no test rows.
+    loss: mean cross-entropy over the client's test rows; NaN when empty.
+    probabilities: `[clients, examples, num_classes]` predicted class
+      probabilities, padding rows included (mask them with the counts).
+  """
+
+  accuracy: jax.Array
+  loss: jax.Array
+  probabilities: jax.Array
+
+
+def build_evaluate(
+    model: tabular.Model, test_data: federated.FederatedData
+) -> Callable[[Params], ClientEvaluation]:
+  """Return a jitted `evaluate(params) -> ClientEvaluation` over `test_data`."""
+
+  def evaluate_client(params, examples, num_examples):
+    logits = model.apply(params, examples['x'])
+    probabilities = tabular.class_probabilities(logits, model.num_classes)
+    losses = tabular.per_example_loss(logits, examples['y'], model.num_classes)
+    correct = jnp.argmax(probabilities, axis=-1) == examples['y']
+    real = jnp.arange(examples['y'].shape[0]) < num_examples
+    count = jnp.where(num_examples > 0, num_examples, jnp.nan)
+    accuracy = jnp.sum(correct & real) / count
+    loss = jnp.sum(jnp.where(real, losses, 0.0)) / count
+    return ClientEvaluation(accuracy, loss, probabilities)
+
+  evaluate_all = jax.vmap(evaluate_client, in_axes=(None, 0, 0))
+
+  @jax.jit
+  def evaluate_step(params, examples, num_examples):
+    return evaluate_all(params, examples, num_examples)
+
+  def evaluate(params: Params) -> ClientEvaluation:
+    return evaluate_step(params, test_data.examples, test_data.num_examples)
+
+  return evaluate

@@ -1,0 +1,270 @@
+"""One federated round as a pure, jittable function.
+
+`build_round` returns `round_fn(server_state, round_key) -> (server_state,
+metrics)`. A round samples a cohort, trains every member with `jax.vmap` over
+the cohort axis, drops updates that are not finite, clips, adds noise,
+aggregates with the participation mask and applies the aggregate through an
+optax optimizer on the server.
+
+Keys: a client's key is `fold_in(clients_key, client_id)`, where
+`clients_key` comes from the round key. A client's randomness therefore
+depends only on the round and its id, not on its slot in the cohort.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med import tree
+from fedjax_med.aggregation import mean
+from fedjax_med.aggregation import median
+from fedjax_med.client import local_training
+from fedjax_med.data import federated
+from fedjax_med.privacy import clipping
+from fedjax_med.privacy import noise
+from fedjax_med.simulation import sampling
+from fedjax_med.typing import Params, PRNGKey, PyTree
+
+AGGREGATORS = ('fedavg', 'mean', 'median')
+NOISE_KINDS = ('none', 'central', 'local')
+
+# Tags for `fold_in`, one per use of the round key.
+_SAMPLE_TAG = 0
+_DROPOUT_TAG = 1
+_CLIENTS_TAG = 2
+_CENTRAL_NOISE_TAG = 3
+# Folded into a client's key for its local noise, apart from its training key.
+_LOCAL_NOISE_TAG = 1 << 30
+
+
+class ServerState(NamedTuple):
+  """State carried between rounds.
+
+  Attributes:
+    params: global model parameters.
+    opt_state: state of the server optimizer.
+    round: number of rounds run so far, skipped rounds included.
+  """
+
+  params: Params
+  opt_state: optax.OptState
+  round: jax.Array
+
+
+def init_server_state(
+    params: Params, server_optimizer: optax.GradientTransformation
+) -> ServerState:
+  return ServerState(params, server_optimizer.init(params), jnp.int32(0))
+
+
+class PrivacySettings(NamedTuple):
+  """Clipping and noise applied to client updates.
+
+  Attributes:
+    clip_norm: L2 bound on each whole client update, or None for no clip.
+    noise_multiplier: noise std divided by `clip_norm`.
+    noise_kind: 'none'; 'central', std `noise_multiplier * clip_norm` added
+      once to the sum of clipped updates, which is then divided by the number
+      of clients that contributed; or 'local', each client adds that std to
+      its own clipped update.
+  """
+
+  clip_norm: float | None = None
+  noise_multiplier: float = 0.0
+  noise_kind: str = 'none'
+
+
+def validate_privacy(privacy: PrivacySettings, aggregator: str) -> None:
+  """Raise ValueError for clipping and noise settings that do not fit."""
+  if privacy.noise_kind not in NOISE_KINDS:
+    raise ValueError(
+        f'`noise` must be one of {NOISE_KINDS}; got {privacy.noise_kind!r}.'
+    )
+  if privacy.clip_norm is not None and not privacy.clip_norm > 0:
+    raise ValueError(
+        f'`clip_norm` must be positive; got {privacy.clip_norm}. Leave it '
+        'unset for no clipping.'
+    )
+  if privacy.noise_multiplier < 0:
+    raise ValueError(
+        '`noise_multiplier` must be non-negative; got '
+        f'{privacy.noise_multiplier}.'
+    )
+  if privacy.noise_kind != 'none' and privacy.clip_norm is None:
+    raise ValueError(
+        f'`noise={privacy.noise_kind}` needs a `clip_norm`, because the noise '
+        'std is `noise_multiplier * clip_norm`.'
+    )
+  if privacy.noise_kind == 'central' and aggregator != 'mean':
+    raise ValueError(
+        f'`noise=central` needs `aggregator=mean`; got {aggregator!r}. '
+        'Central noise is calibrated to a sum of clipped updates, and an '
+        'example-weighted sum or a median has no such bound.'
+    )
+
+
+def build_round(
+    train_data: federated.FederatedData,
+    local_update: local_training.LocalUpdate,
+    sampler: sampling.Sampler,
+    server_optimizer: optax.GradientTransformation,
+    *,
+    aggregator: str = 'fedavg',
+    privacy: PrivacySettings = PrivacySettings(),
+    dropout_rate: float = 0.0,
+) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
+  """Build one jitted federated round over `train_data`.
+
+  Args:
+    train_data: the whole population, `[clients, examples, ...]`.
+    local_update: a client's training, from `build_local_update`.
+    sampler: chooses the cohort from a key.
+    server_optimizer: applied to the negative aggregate, so `optax.sgd(1.0)`
+      is plain FedAvg.
+    aggregator: 'fedavg' (example-weighted mean), 'mean' (uniform mean) or
+      'median' (coordinate-wise).
+    privacy: clipping and noise settings.
+    dropout_rate: probability that a sampled client fails to report.
+
+  Returns:
+    `round_fn(server_state, round_key) -> (server_state, metrics)`. The
+    metrics are scalars: `skipped` is True when no client contributed, in
+    which case the params and optimizer state are unchanged.
+  """
+  if aggregator not in AGGREGATORS:
+    raise ValueError(
+        f'`aggregator` must be one of {AGGREGATORS}; got {aggregator!r}.'
+    )
+  validate_privacy(privacy, aggregator)
+  if not 0.0 <= dropout_rate <= 1.0:
+    raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
+
+  train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0))
+
+  @jax.jit
+  def round_step(state, round_key, examples, num_examples):
+    cohort = sampling.apply_dropout(
+        jax.random.fold_in(round_key, _DROPOUT_TAG),
+        sampler(jax.random.fold_in(round_key, _SAMPLE_TAG)),
+        dropout_rate,
+    )
+    counts = num_examples[cohort.client_ids]
+    cohort_examples = jax.tree.map(lambda a: a[cohort.client_ids], examples)
+    clients_key = jax.random.fold_in(round_key, _CLIENTS_TAG)
+    client_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+        clients_key, cohort.client_ids
+    )
+
+    local = train_local(state.params, cohort_examples, counts, client_keys)
+    updates, contributes, diagnostics = _screen_and_clip(
+        local.delta, cohort.mask, counts, privacy.clip_norm
+    )
+    if privacy.noise_kind == 'local':
+      updates = _add_local_noise(updates, client_keys, privacy)
+
+    weights = _aggregation_weights(aggregator, contributes, counts)
+    aggregate = _aggregate(aggregator, updates, weights, contributes)
+    if privacy.noise_kind == 'central':
+      aggregate = _add_central_noise(
+          aggregate, weights, privacy,
+          key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
+      )
+
+    skipped = jnp.sum(weights) <= 0
+    new_state = _server_update(state, aggregate, skipped, server_optimizer)
+    metrics = _round_metrics(
+        state, cohort, counts, contributes, local, diagnostics, skipped
+    )
+    return new_state, metrics
+
+  def round_fn(state: ServerState, round_key: PRNGKey):
+    return round_step(
+        state, round_key, train_data.examples, train_data.num_examples
+    )
+
+  return round_fn
+
+
+def _screen_and_clip(deltas, mask, counts, clip_norm):
+  """Zero out non-finite updates and clip the rest, per client."""
+  finite = jax.vmap(tree.tree_is_finite)(deltas)
+  has_data = mask & (counts > 0)
+  contributes = has_data & finite
+  deltas = jax.tree.map(
+      lambda leaf: jnp.where(
+          contributes.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf, 0.0
+      ),
+      deltas,
+  )
+  clipped = jax.vmap(clipping.clip_update, (0, None))(deltas, clip_norm)
+  diagnostics = {
+      'num_nonfinite': jnp.sum(has_data & ~finite),
+      'num_clipped': jnp.sum(contributes & clipped.clipped),
+      'mean_update_norm': jnp.sum(jnp.where(contributes, clipped.norm, 0.0))
+      / jnp.maximum(jnp.sum(contributes), 1),
+  }
+  return clipped.update, contributes, diagnostics
+
+
+def _add_local_noise(updates, client_keys, privacy):
+  noise_keys = jax.vmap(jax.random.fold_in, (0, None))(
+      client_keys, _LOCAL_NOISE_TAG
+  )
+  stddev = privacy.noise_multiplier * privacy.clip_norm
+  return jax.vmap(
+      lambda update, key: noise.add_gaussian_noise(update, stddev, key=key)
+  )(updates, noise_keys)
+
+
+def _add_central_noise(aggregate, weights, privacy, *, key):
+  """Noise the sum: the mean's noise std is `z * C / contributors`."""
+  num_contributors = jnp.maximum(jnp.sum(weights), 1.0)
+  stddev = privacy.noise_multiplier * privacy.clip_norm / num_contributors
+  return noise.add_gaussian_noise(aggregate, stddev, key=key)
+
+
+def _aggregation_weights(aggregator, contributes, counts):
+  if aggregator == 'fedavg':
+    return jnp.where(contributes, counts, 0).astype(jnp.float32)
+  return contributes.astype(jnp.float32)
+
+
+def _aggregate(aggregator, updates, weights, contributes) -> PyTree:
+  if aggregator == 'median':
+    return median.coordinate_median(updates, contributes)
+  return mean.weighted_mean(updates, weights)
+
+
+def _server_update(state, aggregate, skipped, server_optimizer):
+  """Apply `-aggregate` as the server's gradient, unless the round skipped."""
+  pseudo_gradient = jax.tree.map(jnp.negative, aggregate)
+  updates, opt_state = server_optimizer.update(
+      pseudo_gradient, state.opt_state, state.params
+  )
+  params = optax.apply_updates(state.params, updates)
+  return ServerState(
+      params=tree.tree_where(skipped, state.params, params),
+      opt_state=tree.tree_where(skipped, state.opt_state, opt_state),
+      round=state.round + 1,
+  )
+
+
+def _round_metrics(
+    state, cohort, counts, contributes, local, diagnostics, skipped
+):
+  example_weights = jnp.where(contributes, counts, 0).astype(jnp.float32)
+  train_loss = jnp.sum(example_weights * local.loss) / jnp.maximum(
+      jnp.sum(example_weights), 1.0
+  )
+  return {
+      'round': state.round,
+      'num_sampled': jnp.sum(cohort.mask),
+      'num_contributing': jnp.sum(contributes),
+      'num_examples': jnp.sum(example_weights).astype(jnp.int32),
+      'num_overflow': cohort.num_overflow,
+      'skipped': skipped,
+      'train_loss': jnp.where(skipped, jnp.nan, train_loss),
+      **diagnostics,
+  }

@@ -1,0 +1,107 @@
+"""Client sampling with fixed output shapes.
+
+Each sampler returns `client_ids [cohort]` and a bool `mask [cohort]` so that
+the round compiles once whatever the number of participants.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_med.typing import PRNGKey
+
+
+class Cohort(NamedTuple):
+  """Clients chosen for one round.
+
+  Attributes:
+    client_ids: `[cohort]` int32 indices into the population.
+    mask: `[cohort]` bool, True for a participating slot.
+    num_overflow: clients Poisson-sampled beyond the capacity and left out.
+  """
+
+  client_ids: jax.Array
+  mask: jax.Array
+  num_overflow: jax.Array
+
+
+Sampler = Callable[[PRNGKey], Cohort]
+
+
+def uniform_sampler(num_clients: int, cohort_size: int) -> Sampler:
+  """Draw `cohort_size` distinct clients uniformly at random each round.
+
+  Raises:
+    ValueError: if `cohort_size` is not in `[1, num_clients]`.
+  """
+  if not 1 <= cohort_size <= num_clients:
+    raise ValueError(
+        f'`cohort_size` must be between 1 and the number of clients '
+        f'({num_clients}); got {cohort_size}.'
+    )
+
+  def sample(key: PRNGKey) -> Cohort:
+    if cohort_size == num_clients:
+      ids = jnp.arange(num_clients, dtype=jnp.int32)
+    else:
+      ids = jax.random.choice(key, num_clients, (cohort_size,), replace=False)
+    mask = jnp.ones((cohort_size,), dtype=bool)
+    return Cohort(ids.astype(jnp.int32), mask, jnp.int32(0))
+
+  return sample
+
+
+def poisson_capacity(num_clients: int, rate: float) -> int:
+  """Return a cohort capacity that Poisson sampling exceeds very rarely.
+
+  The expected cohort is `rate * num_clients`; the capacity adds 6 standard
+  deviations plus one, capped at the population.
+  """
+  mean = rate * num_clients
+  std = (num_clients * rate * (1.0 - rate)) ** 0.5
+  return int(min(num_clients, max(1, -(-(mean + 6.0 * std + 1.0) // 1))))
+
+
+def poisson_sampler(
+    num_clients: int, rate: float, capacity: int | None = None
+) -> Sampler:
+  """Include each client independently with probability `rate`.
+
+  The cohort has a fixed `capacity` of slots. If more clients are drawn
+  than fit, a uniformly random subset of them fills the slots and the rest
+  are counted in `num_overflow`, so a caller can see that the sample was cut.
+
+  Raises:
+    ValueError: if `rate` is not in `(0, 1]` or `capacity` is not in
+      `[1, num_clients]`.
+  """
+  if not 0.0 < rate <= 1.0:
+    raise ValueError(f'`rate` must be in (0, 1]; got {rate}.')
+  if capacity is None:
+    capacity = poisson_capacity(num_clients, rate)
+  if not 1 <= capacity <= num_clients:
+    raise ValueError(
+        f'`capacity` must be between 1 and {num_clients}; got {capacity}.'
+    )
+
+  def sample(key: PRNGKey) -> Cohort:
+    include_key, order_key = jax.random.split(key)
+    included = jax.random.uniform(include_key, (num_clients,)) < rate
+    # Random priorities choose which included clients fill the slots.
+    priority = jax.random.uniform(order_key, (num_clients,))
+    priority = jnp.where(included, priority, -1.0)
+    top_priority, ids = jax.lax.top_k(priority, capacity)
+    mask = top_priority >= 0.0
+    num_overflow = jnp.sum(included) - jnp.sum(mask)
+    return Cohort(ids.astype(jnp.int32), mask, num_overflow.astype(jnp.int32))
+
+  return sample
+
+
+def apply_dropout(key: PRNGKey, cohort: Cohort, dropout_rate: float) -> Cohort:
+  """Drop each sampled client independently with probability `dropout_rate`."""
+  if dropout_rate <= 0.0:
+    return cohort
+  stays = jax.random.uniform(key, cohort.mask.shape) >= dropout_rate
+  return cohort._replace(mask=cohort.mask & stays)

@@ -1,0 +1,293 @@
+"""A whole federated study from an `ExperimentConfig`, written to a folder.
+
+`run_study` loads the data, builds the model, the local update, the sampler
+and the round, runs the rounds with a progress bar, evaluates on every
+client's test rows, and writes the run folder: `config.json`,
+`provenance.json`, `metrics.jsonl` (one line per finished round),
+`summary.json` and `accuracy.png`.
+"""
+
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from fedjax_med import config as config_lib
+from fedjax_med.client import local_training
+from fedjax_med.data import federated
+from fedjax_med.data import heart_disease
+from fedjax_med.data import synthetic
+from fedjax_med.data import tabular as tabular_data
+from fedjax_med.errors import InputError
+from fedjax_med.evaluation import clinical
+from fedjax_med.models import tabular
+from fedjax_med.report import outputs
+from fedjax_med.report import plots
+from fedjax_med.report import provenance
+from fedjax_med.simulation import evaluate as evaluate_lib
+from fedjax_med.simulation import round as round_lib
+from fedjax_med.simulation import sampling
+
+# Tags folded into the experiment seed, one per purpose.
+_INIT_TAG = 0
+_ROUNDS_TAG = 1
+_DATA_TAG = 2
+
+
+def load_dataset(
+    data: config_lib.DataConfig, seed: int
+) -> federated.FederatedDataset:
+  """Load the dataset that `data` names."""
+  if data.dataset == 'heart_disease':
+    return heart_disease.load_heart_disease()
+  if data.dataset == 'csv':
+    return tabular_data.load_csv(
+        data.csv_path,
+        client_column=data.client_column,
+        label_column=data.label_column,
+        test_fraction=data.test_fraction,
+        seed=data.split_seed,
+    )
+  key = jax.random.fold_in(jax.random.key(seed), _DATA_TAG)
+  return synthetic.synthetic(
+      key=key,
+      num_clients=data.num_clients,
+      alpha=data.alpha,
+      beta=data.beta,
+      max_examples=data.max_examples,
+      test_fraction=data.test_fraction,
+  )
+
+
+def build_model(
+    model: config_lib.ModelConfig, num_classes: int
+) -> tabular.Model:
+  if model.model == 'mlp':
+    module = tabular.MLP(num_classes, tuple(model.hidden_sizes))
+  else:
+    module = tabular.LogisticRegression(num_classes)
+  return tabular.from_flax(module, num_classes)
+
+
+def build_optimizer(name: str, learning_rate: float):
+  """Return the optax optimizer `name` with `learning_rate`."""
+  if name == 'momentum':
+    return optax.sgd(learning_rate, momentum=0.9)
+  return getattr(optax, name)(learning_rate)
+
+
+def build_sampler(
+    sampling_config: config_lib.SamplingConfig, num_clients: int
+) -> sampling.Sampler:
+  """Return the configured sampler, checking the cohort against the data."""
+  if sampling_config.sampling == 'all':
+    return sampling.uniform_sampler(num_clients, num_clients)
+  if sampling_config.sampling == 'poisson':
+    return sampling.poisson_sampler(num_clients, sampling_config.sampling_rate)
+  if sampling_config.cohort_size > num_clients:
+    raise InputError(
+        f'Invalid `sampling.cohort_size`: {sampling_config.cohort_size} is '
+        f'larger than the population of {num_clients} clients. Use a cohort '
+        f'of at most {num_clients}, or `sampling=all`.'
+    )
+  return sampling.uniform_sampler(num_clients, sampling_config.cohort_size)
+
+
+def build_local_update(
+    client: config_lib.ClientConfig,
+    model: tabular.Model,
+    train: federated.FederatedData,
+) -> local_training.LocalUpdate:
+  optimizer = build_optimizer(client.optimizer, client.learning_rate)
+  if client.local_epochs is None:
+    num_steps = client.local_steps
+  else:
+    num_steps = local_training.max_local_steps(
+        int(np.max(train.num_examples)), client.batch_size, client.local_epochs
+    )
+  return local_training.build_local_update(
+      model,
+      optimizer,
+      num_steps=num_steps,
+      batch_size=client.batch_size,
+      num_epochs=client.local_epochs,
+  )
+
+
+def _client_accuracy(evaluation: evaluate_lib.ClientEvaluation) -> list:
+  return [None if np.isnan(value) else float(value)
+          for value in np.asarray(evaluation.accuracy)]
+
+
+def _accuracy_summary(accuracies: list) -> dict[str, Any]:
+  present = [value for value in accuracies if value is not None]
+  return {
+      'mean_accuracy': float(np.mean(present)) if present else None,
+      'worst_accuracy': float(np.min(present)) if present else None,
+  }
+
+
+def _clinical_reports(config, dataset, evaluation) -> dict[str, Any]:
+  """Per-client clinical metrics with bootstrap intervals (binary tasks)."""
+  if dataset.num_classes != 2:
+    return {}
+  labels = np.asarray(dataset.test.examples['y'])
+  scores = np.asarray(evaluation.probabilities)[..., 1]
+  counts = np.asarray(dataset.test.num_examples)
+  reports = {}
+  for index, name in enumerate(dataset.client_names):
+    count = counts[index]
+    reports[name] = clinical.clinical_report(
+        labels[index, :count],
+        scores[index, :count],
+        threshold=config.evaluation.threshold,
+        num_resamples=config.evaluation.bootstrap_resamples,
+        confidence=config.evaluation.confidence,
+        seed=config.seed * 1000 + index,
+    )
+  return reports
+
+
+def run_study(
+    config: config_lib.ExperimentConfig,
+    out_dir: pathlib.Path | str | None = None,
+    *,
+    progress: bool = True,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[pathlib.Path, dict[str, Any]]:
+  """Run a study and write its output folder.
+
+  Args:
+    config: the study; checked with `config.validate` first.
+    out_dir: output folder, created if missing and required to be empty;
+      None picks a fresh folder under `runs/`.
+    progress: show a progress bar on stderr.
+    on_round: called with each round's record after it is written.
+
+  Returns:
+    The output folder and the summary written to `summary.json`.
+
+  Raises:
+    InputError: for an invalid config value or data file.
+  """
+  config_lib.validate(config)
+  dataset = load_dataset(config.data, config.seed)
+  if config.model.model == 'logistic_regression' and dataset.num_classes < 2:
+    raise InputError(f'The dataset has {dataset.num_classes} class; need 2+.')
+  sampler = build_sampler(config.sampling, dataset.num_clients)
+  model = build_model(config.model, dataset.num_classes)
+  local_update = build_local_update(config.client, model, dataset.train)
+  server_optimizer = build_optimizer(
+      config.server.server_optimizer, config.server.server_learning_rate
+  )
+  round_fn = round_lib.build_round(
+      jax.device_put(dataset.train),
+      local_update,
+      sampler,
+      server_optimizer,
+      aggregator=config.server.aggregator,
+      privacy=round_lib.PrivacySettings(
+          clip_norm=config.privacy.clip_norm,
+          noise_multiplier=config.privacy.noise_multiplier,
+          noise_kind=config.privacy.noise,
+      ),
+      dropout_rate=config.sampling.dropout_rate,
+  )
+  evaluate = evaluate_lib.build_evaluate(model, jax.device_put(dataset.test))
+
+  run_dir = outputs.make_run_dir(
+      None if out_dir is None else pathlib.Path(out_dir), config.name
+  )
+  outputs.write_json(run_dir / 'config.json', config_lib.to_dict(config))
+  outputs.write_json(
+      run_dir / 'provenance.json', provenance.collect(dataset.source_files)
+  )
+
+  root_key = jax.random.key(config.seed)
+  sample_x = jnp.asarray(dataset.train.examples['x'][0, :1])
+  params = model.init(jax.random.fold_in(root_key, _INIT_TAG), sample_x)
+  state = round_lib.init_server_state(params, server_optimizer)
+  rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
+  history = _run_rounds(
+      config, dataset, round_fn, evaluate, state, rounds_key, run_dir,
+      progress=progress, on_round=on_round,
+  )
+  summary = _write_summary(config, dataset, evaluate, run_dir, history)
+  return run_dir, summary
+
+
+def _run_rounds(
+    config, dataset, round_fn, evaluate, state, rounds_key, run_dir,
+    *, progress, on_round,
+):
+  """Run every round, writing each one's metrics line as it finishes."""
+  num_rounds = config.server.rounds
+  history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
+             'state': state, 'start': time.perf_counter()}
+  bar = tqdm.tqdm(
+      total=num_rounds, desc=config.name, unit='round', disable=not progress,
+      dynamic_ncols=True,
+  )
+  with bar, outputs.MetricsWriter(run_dir / 'metrics.jsonl') as writer:
+    for round_index in range(num_rounds):
+      round_key = jax.random.fold_in(rounds_key, round_index)
+      state, metrics = round_fn(state, round_key)
+      record = {key: np.asarray(value).item() for key, value in metrics.items()}
+      record['round'] = round_index + 1
+      history['skipped'] += int(record['skipped'])
+      is_last = round_index + 1 == num_rounds
+      if is_last or (round_index + 1) % config.evaluation.eval_every == 0:
+        accuracies = _client_accuracy(evaluate(state.params))
+        record['test_accuracy'] = dict(zip(dataset.client_names, accuracies))
+        record.update(_accuracy_summary(accuracies))
+        history['rounds'].append(round_index + 1)
+        history['client_accuracy'].append(accuracies)
+        bar.set_postfix(mean_acc=f"{record['mean_accuracy'] or 0:.3f}")
+      record['elapsed_s'] = round(time.perf_counter() - history['start'], 3)
+      writer.write(record)
+      if on_round is not None:
+        on_round(record)
+      bar.update(1)
+  history['state'] = state
+  return history
+
+
+def _write_summary(config, dataset, evaluate, run_dir, history):
+  """Evaluate the final model, then write `summary.json` and the plot."""
+  evaluation = evaluate(history['state'].params)
+  accuracies = _client_accuracy(evaluation)
+  counts = np.asarray(dataset.test.num_examples)
+  summary = {
+      'name': config.name,
+      'dataset': dataset.name,
+      'seed': config.seed,
+      'rounds': config.server.rounds,
+      'skipped_rounds': history['skipped'],
+      'wall_time_s': round(time.perf_counter() - history['start'], 3),
+      'test_accuracy': dict(zip(dataset.client_names, accuracies)),
+      **_accuracy_summary(accuracies),
+      'num_test_examples': dict(
+          zip(dataset.client_names, [int(count) for count in counts])
+      ),
+      'clinical': _clinical_reports(config, dataset, evaluation),
+  }
+  worst = summary['worst_accuracy']
+  summary['worst_client'] = next(
+      (name for name, value in summary['test_accuracy'].items()
+       if value is not None and value == worst),
+      None,
+  )
+  outputs.write_json(run_dir / 'summary.json', summary)
+  plots.plot_accuracy(
+      run_dir / 'accuracy.png',
+      history['rounds'],
+      history['client_accuracy'],
+      dataset.client_names,
+      title=f'{config.name}: test accuracy',
+  )
+  return summary

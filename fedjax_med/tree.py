@@ -1,0 +1,39 @@
+"""Pytree maths used by clipping, aggregation and the server."""
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_med.typing import PyTree
+
+
+def tree_l2_norm(tree: PyTree) -> jax.Array:
+  """Return the L2 norm of all leaves of `tree` taken together."""
+  leaves = jax.tree.leaves(tree)
+  squares = [jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves]
+  return jnp.sqrt(sum(squares))
+
+
+def tree_is_finite(tree: PyTree) -> jax.Array:
+  """Return a scalar bool: True when every entry of every leaf is finite."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+  """Select between two pytrees of equal structure with a scalar condition."""
+  return jax.tree.map(
+      lambda a, b: jnp.where(condition, a, b), on_true, on_false
+  )
+
+
+def tree_scale(tree: PyTree, scale: jax.Array) -> PyTree:
+  """Multiply every leaf by `scale`."""
+  return jax.tree.map(lambda leaf: leaf * scale, tree)
+
+
+def tree_zeros_like(tree: PyTree) -> PyTree:
+  return jax.tree.map(jnp.zeros_like, tree)
+
+
+def tree_sub(a: PyTree, b: PyTree) -> PyTree:
+  return jax.tree.map(jnp.subtract, a, b)

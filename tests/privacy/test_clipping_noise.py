@@ -1,0 +1,65 @@
+"""Whole-update clipping and per-leaf Gaussian noise."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_med import tree
+from fedjax_med.privacy import clipping
+from fedjax_med.privacy import noise
+
+
+def test_clip_uses_norm_of_all_leaves():
+  # Leaves with norms 3 and 4 give a global norm of 5.
+  update = {'a': jnp.array([3.0]), 'b': jnp.array([[0.0, 4.0]])}
+
+  result = clipping.clip_update(update, 1.0)
+
+  assert float(result.norm) == pytest.approx(5.0)
+  np.testing.assert_allclose(result.update['a'], [0.6], rtol=1e-6)
+  np.testing.assert_allclose(result.update['b'], [[0.0, 0.8]], rtol=1e-6)
+  assert bool(result.clipped)
+
+
+def test_clip_leaves_small_update():
+  update = {'a': jnp.array([0.3, 0.4])}
+
+  result = clipping.clip_update(update, 1.0)
+
+  np.testing.assert_array_equal(result.update['a'], update['a'])
+  assert not bool(result.clipped)
+
+
+def test_clip_zero_update_stays_zero():
+  result = clipping.clip_update({'a': jnp.zeros(3)}, 1.0)
+
+  assert not np.any(np.isnan(np.asarray(result.update['a'])))
+
+
+def test_noise_std_matches(key):
+  tree_in = {'a': jnp.zeros((200, 100)), 'b': jnp.zeros((20_000,))}
+
+  noisy = noise.add_gaussian_noise(tree_in, 0.5, key=key)
+
+  assert float(jnp.std(noisy['a'])) == pytest.approx(0.5, rel=0.03)
+  assert float(jnp.std(noisy['b'])) == pytest.approx(0.5, rel=0.03)
+
+
+def test_noise_leaves_independent(key):
+  tree_in = {'a': jnp.zeros(1000), 'b': jnp.zeros(1000)}
+
+  noisy = noise.add_gaussian_noise(tree_in, 1.0, key=key)
+
+  correlation = np.corrcoef(noisy['a'], noisy['b'])[0, 1]
+  assert abs(correlation) < 0.15
+
+
+def test_tree_norm_matches_flat(key):
+  tree_in = {'a': jax.random.normal(key, (4, 3)), 'b': jnp.arange(5.0)}
+
+  flat = np.concatenate([np.ravel(tree_in['a']), np.ravel(tree_in['b'])])
+
+  assert float(tree.tree_l2_norm(tree_in)) == pytest.approx(
+      np.linalg.norm(flat), rel=1e-6
+  )
