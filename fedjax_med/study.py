@@ -59,6 +59,7 @@ def load_dataset(
       num_clients=data.num_clients,
       alpha=data.alpha,
       beta=data.beta,
+      min_examples=data.min_examples,
       max_examples=data.max_examples,
       test_fraction=data.test_fraction,
   )

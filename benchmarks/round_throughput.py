@@ -1,0 +1,157 @@
+"""Rounds per second: one vmapped round against a per-client Python loop.
+
+Both sides run the same jitted local update (logistic regression, SGD) on the
+same synthetic FedProx Synthetic(1, 1) clients with every client in the
+cohort. The vmapped side is `simulation.round.build_round`; the loop side
+calls the jitted local update once per client from Python and then takes the
+example-weighted mean. Compilation is excluded from both timings.
+
+Usage:
+  python benchmarks/round_throughput.py [--clients 100 1000 10000]
+      [--results benchmarks/RESULTS.md]
+
+The table is printed and, with --results, appended to that page together
+with the date, the JAX version and the device.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedjax_med.aggregation import mean
+from fedjax_med.client import local_training
+from fedjax_med.data import synthetic
+from fedjax_med.models import tabular
+from fedjax_med.simulation import round as round_lib
+from fedjax_med.simulation import sampling
+
+
+def _setup(num_clients, *, local_steps, batch_size, max_examples):
+  dataset = synthetic.synthetic(
+      key=jax.random.key(0), num_clients=num_clients, alpha=1.0, beta=1.0,
+      min_examples=2, max_examples=max_examples, test_fraction=0.2,
+  )
+  model = tabular.from_flax(tabular.LogisticRegression(10), 10)
+  local_update = local_training.build_local_update(
+      model, optax.sgd(0.01), num_steps=local_steps, batch_size=batch_size
+  )
+  train = jax.device_put(dataset.train)
+  params = model.init(jax.random.key(1), train.examples['x'][0, :1])
+  return train, local_update, params
+
+
+def _time_vmapped(train, local_update, params, repeats):
+  server_optimizer = optax.sgd(1.0)
+  round_fn = round_lib.build_round(
+      train, local_update,
+      sampling.uniform_sampler(train.num_clients, train.num_clients),
+      server_optimizer,
+  )
+  state = round_lib.init_server_state(params, server_optimizer)
+  state, _ = round_fn(state, jax.random.key(2))  # compile
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for round_index in range(repeats):
+    state, _ = round_fn(state, jax.random.key(round_index))
+  jax.block_until_ready(state)
+  return repeats / (time.perf_counter() - start)
+
+
+def _time_loop(train, local_update, params, repeats):
+  jitted = jax.jit(local_update)
+  weighted = jax.jit(mean.weighted_mean)
+  examples = [jax.tree.map(lambda a, c=c: a[c], train.examples)
+              for c in range(train.num_clients)]
+  keys = jax.random.split(jax.random.key(3), train.num_clients)
+  jax.block_until_ready(jitted(params, examples[0], train.num_examples[0], keys[0]))
+
+  def one_round(params):
+    deltas = [
+        jitted(params, examples[c], train.num_examples[c], keys[c]).delta
+        for c in range(train.num_clients)
+    ]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *deltas)
+    aggregate = weighted(stacked, train.num_examples.astype(jnp.float32))
+    return jax.tree.map(jnp.add, params, aggregate)
+
+  jax.block_until_ready(one_round(params))  # compile the stack and mean
+  start = time.perf_counter()
+  for _ in range(repeats):
+    params = one_round(params)
+  jax.block_until_ready(params)
+  return repeats / (time.perf_counter() - start)
+
+
+def run(client_counts, *, local_steps=10, batch_size=10, max_examples=20):
+  """Return one row per population size with both rates and their ratio."""
+  rows = []
+  for num_clients in client_counts:
+    train, local_update, params = _setup(
+        num_clients, local_steps=local_steps, batch_size=batch_size,
+        max_examples=max_examples,
+    )
+    vmapped = _time_vmapped(train, local_update, params, repeats=5)
+    loop_repeats = 3 if num_clients <= 1000 else 1
+    loop = _time_loop(train, local_update, params, repeats=loop_repeats)
+    rows.append({
+        'clients': num_clients, 'vmapped_rounds_per_s': vmapped,
+        'loop_rounds_per_s': loop, 'speedup': vmapped / loop,
+    })
+    print(f'{num_clients:>7} clients: vmapped {vmapped:9.3f} rounds/s, '
+          f'loop {loop:9.4f} rounds/s, ratio {vmapped / loop:8.1f}x',
+          flush=True)
+  return rows
+
+
+def _markdown(rows, settings) -> str:
+  device = jax.devices()[0]
+  lines = [
+      f'### Round throughput, {datetime.date.today().isoformat()}',
+      '',
+      f'`python benchmarks/round_throughput.py` on {device.platform} '
+      f'({device.device_kind}, {os.cpu_count()} CPU cores, '
+      f'{platform.machine()}), JAX {jax.__version__}. {settings}',
+      '',
+      '| clients | vmapped rounds/s | Python-loop rounds/s | ratio |',
+      '|---|---|---|---|',
+  ]
+  for row in rows:
+    lines.append(
+        f"| {row['clients']:,} | {row['vmapped_rounds_per_s']:.3f} | "
+        f"{row['loop_rounds_per_s']:.4f} | {row['speedup']:.1f}x |"
+    )
+  return '\n'.join(lines) + '\n\n'
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--clients', type=int, nargs='+',
+                      default=[100, 1000, 10000])
+  parser.add_argument('--local-steps', type=int, default=10)
+  parser.add_argument('--batch-size', type=int, default=10)
+  parser.add_argument('--max-examples', type=int, default=20)
+  parser.add_argument('--results', default=None,
+                      help='markdown page to append the table to')
+  args = parser.parse_args(argv)
+  rows = run(args.clients, local_steps=args.local_steps,
+             batch_size=args.batch_size, max_examples=args.max_examples)
+  settings = (
+      f'Every client trains each round: {args.local_steps} local SGD steps of '
+      f'batch {args.batch_size}, at most {args.max_examples} rows per client, '
+      '60 features, 10 classes.'
+  )
+  if args.results:
+    with open(args.results, 'a', encoding='utf-8') as page:
+      page.write(_markdown(rows, settings))
+  return rows
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,83 @@
+"""Run one study over several seeds and tabulate per-hospital accuracy.
+
+Usage:
+  python experiments/seeds.py [CONFIG.toml] [--seeds 0 1 2 3 4]
+      [--set KEY=VALUE ...] [--out DIR]
+
+Each seed's run folder is written under DIR as it finishes, then
+`seeds.json` and `seeds.md` (mean and standard deviation across seeds) are
+written to DIR.
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from fedjax_med import config as config_lib
+from fedjax_med import study
+from fedjax_med.errors import InputError
+from fedjax_med.report import outputs
+
+
+def _parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('config', nargs='?', default=None)
+  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
+  parser.add_argument('--set', dest='overrides', action='append', default=[])
+  parser.add_argument('--out', default=None)
+  return parser.parse_args(argv)
+
+
+def _table(rows, client_names) -> str:
+  header = ['seed', *client_names, 'mean', 'worst']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for row in rows:
+    cells = [str(row['seed'])]
+    cells += [f"{row['test_accuracy'][name]:.3f}" for name in client_names]
+    cells += [f"{row['mean_accuracy']:.3f}", f"{row['worst_accuracy']:.3f}"]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  means = np.array([row['mean_accuracy'] for row in rows])
+  lines.append('')
+  lines.append(
+      f'Mean per-hospital accuracy over {len(rows)} seeds: '
+      f'{means.mean():.3f} (standard deviation {means.std(ddof=1) if len(rows) > 1 else 0.0:.3f}, '
+      f'min {means.min():.3f}, max {means.max():.3f}).'
+  )
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+  args = _parse_args(argv)
+  try:
+    base = (config_lib.ExperimentConfig() if args.config is None
+            else config_lib.load_toml(args.config))
+    overrides = dict(config_lib.parse_override(text) for text in args.overrides)
+    base = config_lib.apply_overrides(base, overrides)
+    out = outputs.make_run_dir(
+        None if args.out is None else pathlib.Path(args.out),
+        f'{base.name}-seeds',
+    )
+    rows = []
+    for seed in args.seeds:
+      config = dataclasses.replace(base, seed=seed)
+      _, summary = study.run_study(config, out / f'seed_{seed}', progress=False)
+      rows.append(summary)
+      print(f"seed {seed}: mean accuracy {summary['mean_accuracy']:.3f}",
+            flush=True)
+  except InputError as error:
+    print(f'seeds.py: error: {error}', file=sys.stderr)
+    return 2
+  client_names = list(rows[0]['test_accuracy'])
+  outputs.write_json(out / 'seeds.json', rows)
+  table = _table(rows, client_names)
+  (out / 'seeds.md').write_text(table)
+  print(table)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

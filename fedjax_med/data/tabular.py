@@ -1,0 +1,313 @@
+"""Host-side numpy preprocessing for tabular federated datasets.
+
+The loaders split each client's rows into train and test sets, z-score the
+features with statistics of that client's train rows, and stack the clients
+into padded arrays. `load_csv` applies the same steps to a user's CSV file
+with one client column and one label column.
+"""
+
+import csv
+import math
+import pathlib
+
+import numpy as np
+
+from fedjax_med.data import federated
+from fedjax_med.errors import InputError
+
+# Added to the standard deviation so that constant columns divide by a
+# nonzero number, as FLamby's Fed-Heart-Disease loader does.
+STD_EPSILON = 1e-9
+
+
+def stratified_split(
+    labels: np.ndarray, *, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Split row indices into train and test sets, stratified on the label.
+
+  The test set has `ceil(test_fraction * n)` rows, the rule of scikit-learn's
+  `train_test_split`: 303 rows give 199 train and 104 test rows at 0.34. Each
+  class contributes test rows in proportion to its size, rounded by largest
+  remainder so that the total is exact. When some class has 2 rows or fewer,
+  the split is a plain shuffled split instead, the rule FLamby applies to
+  Fed-Heart-Disease, where Switzerland has a single negative row.
+
+  Args:
+    labels: `[examples]` class labels of one client.
+    test_fraction: fraction of rows in the test set, in (0, 1).
+    seed: seed of `np.random.default_rng`. The same seed gives the same split.
+
+  Returns:
+    `(train_indices, test_indices)`, two sorted int64 arrays that together
+    hold every index in `range(len(labels))` once.
+
+  Raises:
+    InputError: if `test_fraction` is not in (0, 1) or `labels` is not 1-D.
+  """
+  if not 0.0 < test_fraction < 1.0:
+    raise InputError(
+        f'`test_fraction` must be in (0, 1); got {test_fraction}.'
+    )
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise InputError(f'`labels` must be 1-D; got shape {labels.shape}.')
+  num_rows = labels.shape[0]
+  num_test = math.ceil(test_fraction * num_rows)
+  rng = np.random.default_rng(seed)
+
+  classes, class_counts = np.unique(labels, return_counts=True)
+  if num_rows == 0 or class_counts.min() <= 2:
+    permutation = rng.permutation(num_rows)
+    return np.sort(permutation[num_test:]), np.sort(permutation[:num_test])
+
+  # Largest-remainder rounding of the per-class test counts.
+  quotas = num_test * class_counts / num_rows
+  class_test_counts = np.floor(quotas).astype(np.int64)
+  shortfall = num_test - int(class_test_counts.sum())
+  by_remainder = np.argsort(-(quotas - class_test_counts), kind='stable')
+  class_test_counts[by_remainder[:shortfall]] += 1
+
+  test_parts = []
+  for label, class_test_count in zip(classes, class_test_counts):
+    class_rows = rng.permutation(np.flatnonzero(labels == label))
+    test_parts.append(class_rows[:class_test_count])
+  test_indices = np.sort(np.concatenate(test_parts))
+  train_indices = np.setdiff1d(np.arange(num_rows), test_indices)
+  return train_indices, test_indices
+
+
+def zscore(
+    train_x: np.ndarray, test_x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """Standardize features with the mean and std of the train rows.
+
+  The std uses ddof=1 and has `STD_EPSILON` added, so a column that is
+  constant over the train rows maps to 0 on those rows instead of NaN. With
+  no train rows the mean is taken as 0, and with fewer than 2 train rows the
+  std is taken as 1, because the sample statistics are undefined.
+
+  Warning:
+    A test value in a column that is constant over the train rows is divided
+    by `STD_EPSILON`, so it becomes very large unless it equals that constant.
+
+  Args:
+    train_x: `[examples, features]` train rows of one client.
+    test_x: `[examples, features]` test rows of the same client.
+
+  Returns:
+    `(train_x, test_x)` standardized, as float32 arrays.
+  """
+  train_x = np.asarray(train_x, dtype=np.float64)
+  test_x = np.asarray(test_x, dtype=np.float64)
+  num_features = train_x.shape[1]
+
+  mean = np.zeros(num_features)
+  std = np.ones(num_features)
+  if train_x.shape[0] >= 1:
+    mean = train_x.mean(axis=0)
+  if train_x.shape[0] >= 2:
+    std = train_x.std(axis=0, ddof=1)
+  scale = std + STD_EPSILON
+
+  train_z = (train_x - mean) / scale
+  test_z = (test_x - mean) / scale
+  return train_z.astype(np.float32), test_z.astype(np.float32)
+
+
+def split_and_stack(
+    client_x: list[np.ndarray],
+    client_y: list[np.ndarray],
+    client_splits: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[federated.FederatedData, federated.FederatedData]:
+  """Z-score every client from its train rows and stack train and test sets.
+
+  Args:
+    client_x: one `[examples, features]` array per client.
+    client_y: one `[examples]` integer label array per client.
+    client_splits: one `(train_indices, test_indices)` pair per client.
+
+  Returns:
+    `(train, test)` padded `FederatedData`, with float32 `x` and int32 `y`.
+  """
+  train_clients = []
+  test_clients = []
+  for x, y, (train_indices, test_indices) in zip(
+      client_x, client_y, client_splits
+  ):
+    train_x, test_x = zscore(x[train_indices], x[test_indices])
+    labels = np.asarray(y, dtype=np.int32)
+    train_clients.append({'x': train_x, 'y': labels[train_indices]})
+    test_clients.append({'x': test_x, 'y': labels[test_indices]})
+  return (
+      federated.stack_clients(train_clients),
+      federated.stack_clients(test_clients),
+  )
+
+
+def _read_header(reader, path: pathlib.Path) -> list[str]:
+  """Return the stripped cells of the first non-blank row."""
+  for header in reader:
+    if any(cell.strip() for cell in header):
+      header = [cell.strip() for cell in header]
+      break
+  else:
+    raise InputError(f'CSV file {path} is empty. Write a header row, then one '
+                     'row per example.')
+  for position, name in enumerate(header, start=1):
+    if not name:
+      raise InputError(f'CSV file {path}: header cell {position} is empty. '
+                       'Give every column a name.')
+    if header.count(name) > 1:
+      raise InputError(f'CSV file {path}: the header names column {name!r} '
+                       'more than once. Give every column a unique name.')
+  return header
+
+
+def _column_index(
+    header: list[str], column: str, role: str, path: pathlib.Path
+) -> int:
+  if column not in header:
+    raise InputError(
+        f'CSV file {path} has no {role} column {column!r}. The header has '
+        f'columns {header}. Pass one of them as `{role}_column`.'
+    )
+  return header.index(column)
+
+
+def _parse_number(cell: str, where: str, column: str) -> float:
+  text = cell.strip()
+  if not text:
+    raise InputError(f'{where}, column {column!r}: the cell is empty. '
+                     'Fill in a number or remove the row.')
+  try:
+    value = float(text)
+  except ValueError:
+    raise InputError(f'{where}, column {column!r}: {text!r} is not a number. '
+                     'Replace it with a number.') from None
+  if not math.isfinite(value):
+    raise InputError(f'{where}, column {column!r}: {text!r} is not a finite '
+                     'number. Replace it or remove the row.')
+  return value
+
+
+def _parse_label(cell: str, where: str, column: str) -> int:
+  value = _parse_number(cell, where, column)
+  if value < 0 or not value.is_integer():
+    raise InputError(f'{where}, column {column!r}: label {cell.strip()!r} is '
+                     'not a whole number >= 0. Use integer class labels.')
+  return int(value)
+
+
+def _read_rows(path: pathlib.Path, client_column: str, label_column: str):
+  """Parse the CSV into client ids, features, labels and feature names."""
+  with path.open(newline='', encoding='utf-8-sig') as file:
+    reader = csv.reader(file)
+    header = _read_header(reader, path)
+    client_index = _column_index(header, client_column, 'client', path)
+    label_index = _column_index(header, label_column, 'label', path)
+    feature_indices = [
+        i for i in range(len(header)) if i not in (client_index, label_index)
+    ]
+    if not feature_indices or client_index == label_index:
+      raise InputError(
+          f'CSV file {path} needs a client column, a different label column '
+          f'and at least one feature column. The header has columns {header}.'
+      )
+
+    client_ids, features, labels = [], [], []
+    for row in reader:
+      if not any(cell.strip() for cell in row):
+        continue  # Blank lines carry no example.
+      where = (f'CSV file {path}, line {reader.line_num} (data row '
+               f'{len(labels) + 1}, counting from 1 after the header)')
+      if len(row) != len(header):
+        raise InputError(f'{where}: the row has {len(row)} cells but the '
+                         f'header has {len(header)}. Fix the row.')
+      client_id = row[client_index].strip()
+      if not client_id:
+        raise InputError(f'{where}, column {client_column!r}: the cell is '
+                         'empty. Fill in the client id.')
+      client_ids.append(client_id)
+      labels.append(_parse_label(row[label_index], where, label_column))
+      features.append([
+          _parse_number(row[i], where, header[i]) for i in feature_indices
+      ])
+
+  if not labels:
+    raise InputError(f'CSV file {path} has a header but no data rows. Add '
+                     'one row per example.')
+  feature_names = tuple(header[i] for i in feature_indices)
+  return client_ids, np.asarray(features), np.asarray(labels), feature_names
+
+
+def load_csv(
+    path: str | pathlib.Path,
+    *,
+    client_column: str,
+    label_column: str,
+    test_fraction: float = 0.34,
+    seed: int = 0,
+) -> federated.FederatedDataset:
+  """Load a federated dataset from a CSV file with one row per example.
+
+  The file has a header row. One column names the client of each row (any
+  text, such as a hospital id), one contains integer class labels >= 0, and
+  every other column is a numeric feature. Clients are ordered by their first
+  row in the file. Each client is split with `stratified_split`, using seed
+  `seed + client_index` so that clients get different shuffles, and is
+  z-scored with `zscore` from its own train rows. Blank lines are skipped.
+
+  Args:
+    path: the CSV file, comma-separated, UTF-8.
+    client_column: header name of the client id column.
+    label_column: header name of the label column.
+    test_fraction: fraction of each client's rows in its test set, in (0, 1).
+    seed: base seed of the train/test splits.
+
+  Returns:
+    A `FederatedDataset` named after the file stem, with
+    `num_classes = max(max label + 1, 2)`.
+
+  Raises:
+    InputError: if the file is missing, empty or not UTF-8 text, if the header
+      lacks either column, or if a row has the wrong number of cells, an empty
+      cell, a value that is not a finite number, or a label that is not a
+      whole number >= 0. Row errors give the 1-based data row, not counting
+      the header, and the file line.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise InputError(f'CSV file {path} not found. Check the path.')
+  try:
+    client_ids, features, labels, feature_names = _read_rows(
+        path, client_column, label_column
+    )
+  except UnicodeDecodeError as error:
+    raise InputError(
+        f'CSV file {path} is not UTF-8 text ({error}). Save it as UTF-8.'
+    ) from None
+
+  client_numbers = {}
+  for client_id in client_ids:
+    client_numbers.setdefault(client_id, len(client_numbers))
+  client_names = tuple(client_numbers)
+  client_of_row = np.asarray([client_numbers[i] for i in client_ids])
+  client_x, client_y, client_splits = [], [], []
+  for client_index in range(len(client_names)):
+    rows = client_of_row == client_index
+    client_x.append(features[rows])
+    client_y.append(labels[rows])
+    client_splits.append(stratified_split(
+        labels[rows], test_fraction=test_fraction, seed=seed + client_index
+    ))
+
+  train, test = split_and_stack(client_x, client_y, client_splits)
+  return federated.FederatedDataset(
+      name=path.stem,
+      train=train,
+      test=test,
+      client_names=client_names,
+      feature_names=feature_names,
+      num_classes=max(int(labels.max()) + 1, 2),
+      source_files=(path,),
+  )

@@ -1,0 +1,1 @@
+"""Evaluation of trained models on each hospital's held-out test patients."""

@@ -1,0 +1,322 @@
+"""Tests for the split, z-score and CSV import helpers."""
+
+import numpy as np
+import pytest
+
+from fedjax_med.data import tabular
+from fedjax_med.errors import InputError
+
+
+@pytest.mark.parametrize(
+    'num_rows, expected_train, expected_test',
+    [(303, 199, 104), (261, 172, 89), (46, 30, 16), (130, 85, 45)],
+)
+def test_split_sklearn_counts(num_rows, expected_train, expected_test):
+  labels = np.arange(num_rows) % 2
+
+  train, test = tabular.stratified_split(labels, test_fraction=0.34, seed=0)
+
+  assert len(train) == expected_train
+  assert len(test) == expected_test
+
+
+def test_split_partitions_indices():
+  labels = np.arange(50) % 3
+
+  train, test = tabular.stratified_split(labels, test_fraction=0.3, seed=1)
+
+  np.testing.assert_array_equal(
+      np.sort(np.concatenate([train, test])), np.arange(50)
+  )
+  np.testing.assert_array_equal(train, np.sort(train))
+  np.testing.assert_array_equal(test, np.sort(test))
+
+
+def test_split_keeps_class_proportions():
+  # Classes of 60, 30 and 10 rows give 40 test rows, split 24, 12 and 4.
+  labels = np.repeat([0, 1, 2], [60, 30, 10])
+
+  _, test = tabular.stratified_split(labels, test_fraction=0.4, seed=3)
+  test_counts = np.bincount(labels[test], minlength=3)
+
+  np.testing.assert_array_equal(test_counts, [24, 12, 4])
+
+
+def test_split_largest_remainder():
+  # 13 test rows: quotas 7.8, 3.9, 1.3 round to 8, 4, 1.
+  labels = np.repeat([0, 1, 2], [18, 9, 3])
+
+  _, test = tabular.stratified_split(labels, test_fraction=0.43, seed=0)
+  test_counts = np.bincount(labels[test], minlength=3)
+
+  assert len(test) == 13
+  np.testing.assert_array_equal(test_counts, [8, 4, 1])
+
+
+def test_split_same_seed_same_split():
+  labels = np.arange(40) % 2
+
+  first = tabular.stratified_split(labels, test_fraction=0.25, seed=7)
+  second = tabular.stratified_split(labels, test_fraction=0.25, seed=7)
+  other = tabular.stratified_split(labels, test_fraction=0.25, seed=8)
+
+  np.testing.assert_array_equal(first[1], second[1])
+  assert not np.array_equal(first[1], other[1])
+
+
+def test_split_unstratified_when_class_tiny():
+  # A single negative row, as in the Switzerland hospital. A stratified split
+  # would never put it in the test set, because its quota 16/46 = 0.35 loses
+  # the largest-remainder rounding. A plain shuffle does for some seeds.
+  labels = np.ones(46, dtype=int)
+  labels[0] = 0
+  negative_in_test = []
+
+  for seed in range(20):
+    train, test = tabular.stratified_split(
+        labels, test_fraction=0.34, seed=seed
+    )
+    assert len(train) == 30
+    assert len(test) == 16
+    negative_in_test.append(0 in test)
+
+  assert any(negative_in_test)
+  assert not all(negative_in_test)
+
+
+def test_split_small_client():
+  train, test = tabular.stratified_split(
+      np.array([1]), test_fraction=0.34, seed=0
+  )
+
+  assert len(train) == 0
+  np.testing.assert_array_equal(test, [0])
+
+
+@pytest.mark.parametrize('test_fraction', [0.0, 1.0, -0.1, 1.5])
+def test_split_invalid_fraction(test_fraction):
+  with pytest.raises(InputError, match='test_fraction'):
+    tabular.stratified_split(
+        np.zeros(10), test_fraction=test_fraction, seed=0
+    )
+
+
+def test_zscore_train_stats():
+  train_x = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
+  test_x = np.array([[4.0, 5.0]])
+
+  train_z, test_z = tabular.zscore(train_x, test_x)
+
+  np.testing.assert_allclose(train_z[:, 0], [-1.0, 0.0, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(test_z[:, 0], [2.0], rtol=1e-6)
+  np.testing.assert_array_equal(train_z[:, 1], 0.0)
+  np.testing.assert_array_equal(test_z[:, 1], 0.0)
+  assert train_z.dtype == np.float32
+  assert test_z.dtype == np.float32
+
+
+def test_zscore_one_train_row():
+  train_z, test_z = tabular.zscore(
+      np.array([[3.0, 1.0]]), np.array([[5.0, 0.0]])
+  )
+
+  np.testing.assert_allclose(train_z, [[0.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(test_z, [[2.0, -1.0]], rtol=1e-6)
+
+
+def test_zscore_no_train_rows():
+  train_z, test_z = tabular.zscore(np.zeros((0, 2)), np.array([[5.0, -1.0]]))
+
+  assert train_z.shape == (0, 2)
+  np.testing.assert_allclose(test_z, [[5.0, -1.0]], rtol=1e-6)
+
+
+def _write(tmp_path, text, name='cohort.csv'):
+  path = tmp_path / name
+  path.write_text(text)
+  return path
+
+
+def _good_csv(tmp_path):
+  rows = ['site,age,bmi,outcome']
+  for i in range(12):
+    rows.append(f'A,{40 + i},{20 + i % 5},{i % 2}')
+  for i in range(9):
+    rows.append(f'B,{60 + i},{25 + i % 3},{i % 3}')
+  return _write(tmp_path, '\n'.join(rows) + '\n')
+
+
+def test_csv_round_trip(tmp_path):
+  path = _good_csv(tmp_path)
+
+  dataset = tabular.load_csv(path, client_column='site', label_column='outcome')
+
+  assert dataset.name == 'cohort'
+  assert dataset.client_names == ('A', 'B')
+  assert dataset.feature_names == ('age', 'bmi')
+  assert dataset.num_classes == 3
+  assert dataset.source_files == (path,)
+  np.testing.assert_array_equal(dataset.train.num_examples, [7, 5])
+  np.testing.assert_array_equal(dataset.test.num_examples, [5, 4])
+
+
+def test_csv_labels_preserved(tmp_path):
+  path = _good_csv(tmp_path)
+
+  dataset = tabular.load_csv(path, client_column='site', label_column='outcome')
+  labels_b = np.concatenate(
+      [dataset.train.client(1)['y'], dataset.test.client(1)['y']]
+  )
+
+  np.testing.assert_array_equal(np.bincount(labels_b), [3, 3, 3])
+  assert dataset.train.examples['y'].dtype == np.int32
+
+
+def test_csv_train_zscored(tmp_path):
+  path = _good_csv(tmp_path)
+
+  dataset = tabular.load_csv(path, client_column='site', label_column='outcome')
+  train_x = dataset.train.client(0)['x'].astype(np.float64)
+
+  np.testing.assert_allclose(train_x.mean(axis=0), 0.0, atol=1e-6)
+  np.testing.assert_allclose(train_x.std(axis=0, ddof=1), 1.0, atol=1e-6)
+
+
+def test_csv_clients_first_appearance(tmp_path):
+  path = _write(
+      tmp_path, 'hospital,x,y\n7,1,0\n3,2,1\n7,3,1\n3,4,0\n7,5,0\n3,6,1\n'
+  )
+
+  dataset = tabular.load_csv(path, client_column='hospital', label_column='y')
+
+  assert dataset.client_names == ('7', '3')
+  assert dataset.num_classes == 2
+
+
+def test_csv_seed_differs_per_client(tmp_path):
+  # Two clients with identical rows get different splits.
+  rows = ['site,x,y']
+  for site in ('P', 'Q'):
+    rows.extend(f'{site},{i},{i % 2}' for i in range(20))
+  path = _write(tmp_path, '\n'.join(rows) + '\n')
+
+  dataset = tabular.load_csv(path, client_column='site', label_column='y')
+
+  assert not np.array_equal(
+      dataset.test.client(0)['x'], dataset.test.client(1)['x']
+  )
+
+
+def test_csv_missing_file(tmp_path):
+  path = tmp_path / 'absent.csv'
+
+  with pytest.raises(InputError, match='not found') as error:
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+  assert 'absent.csv' in str(error.value)
+
+
+def test_csv_empty_file(tmp_path):
+  path = _write(tmp_path, '')
+
+  with pytest.raises(InputError, match='empty') as error:
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+  assert 'cohort.csv' in str(error.value)
+
+
+def test_csv_header_only(tmp_path):
+  path = _write(tmp_path, 'site,x,y\n')
+
+  with pytest.raises(InputError, match='no data rows'):
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+
+@pytest.mark.parametrize(
+    'client_column, label_column, missing',
+    [('center', 'y', 'center'), ('site', 'label', 'label')],
+)
+def test_csv_missing_column(tmp_path, client_column, label_column, missing):
+  path = _write(tmp_path, 'site,x,y\nA,1,0\n')
+
+  with pytest.raises(InputError) as error:
+    tabular.load_csv(
+        path, client_column=client_column, label_column=label_column
+    )
+  message = str(error.value)
+
+  assert 'cohort.csv' in message
+  assert repr(missing) in message
+  assert "['site', 'x', 'y']" in message
+
+
+def test_csv_same_client_label_column(tmp_path):
+  path = _write(tmp_path, 'site,x,y\nA,1,0\n')
+
+  with pytest.raises(InputError, match='different label column'):
+    tabular.load_csv(path, client_column='site', label_column='site')
+
+
+def test_csv_duplicate_header(tmp_path):
+  path = _write(tmp_path, 'site,x,x,y\nA,1,2,0\n')
+
+  with pytest.raises(InputError, match="'x' more than once"):
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+
+# Each case puts one bad row at data row 3 (file line 4) of a valid file.
+BAD_ROWS = {
+    'non_numeric': ('A,abc,0', 'x', 'not a number'),
+    'empty_cell': ('A,,0', 'x', 'empty'),
+    'nan': ('A,nan,0', 'x', 'not a finite number'),
+    'inf': ('A,-inf,0', 'x', 'not a finite number'),
+    'fractional_label': ('A,1,0.5', 'y', 'not a whole number'),
+    'negative_label': ('A,1,-1', 'y', 'not a whole number'),
+    'text_label': ('A,1,yes', 'y', 'not a number'),
+    'empty_client': (',1,0', 'site', 'empty'),
+    'too_few_cells': ('A,1', None, 'has 2 cells but the header has 3'),
+    'too_many_cells': ('A,1,0,9', None, 'has 4 cells but the header has 3'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_ROWS))
+def test_csv_bad_row(tmp_path, case):
+  bad_row, column, problem = BAD_ROWS[case]
+  path = _write(tmp_path, f'site,x,y\nA,1,0\nA,2,1\n{bad_row}\nA,4,1\n')
+
+  with pytest.raises(InputError) as error:
+    tabular.load_csv(path, client_column='site', label_column='y')
+  message = str(error.value)
+
+  assert 'cohort.csv' in message
+  assert 'data row 3' in message
+  assert 'line 4' in message
+  assert problem in message
+  if column is not None:
+    assert f'column {column!r}' in message
+
+
+def test_csv_whole_float_label_accepted(tmp_path):
+  path = _write(tmp_path, 'site,x,y\nA,1,0.0\nA,2,1.0\nA,3,1\n')
+
+  dataset = tabular.load_csv(path, client_column='site', label_column='y')
+
+  assert dataset.num_classes == 2
+
+
+def test_csv_blank_lines_skipped(tmp_path):
+  path = _write(tmp_path, 'site,x,y\nA,1,0\n\nA,2,1\nA,3,1\n\n')
+
+  dataset = tabular.load_csv(path, client_column='site', label_column='y')
+
+  assert int(dataset.train.num_examples[0] + dataset.test.num_examples[0]) == 3
+
+
+def test_csv_not_utf8(tmp_path):
+  path = tmp_path / 'latin.csv'
+  path.write_bytes('site,x,y\nZürich,1,0\n'.encode('latin-1'))
+
+  with pytest.raises(InputError, match='not UTF-8') as error:
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+  assert 'latin.csv' in str(error.value)

@@ -1,0 +1,244 @@
+"""One federated round: FedAvg maths, skipped rounds, NaN updates, keys."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_med.client import local_training
+from fedjax_med.data import federated
+from fedjax_med.models import tabular
+from fedjax_med.simulation import round as round_lib
+from fedjax_med.simulation import sampling
+
+MODEL = tabular.from_flax(tabular.LogisticRegression(2), 2)
+
+
+def _population(counts, nan_client=None, seed=0):
+  rng = np.random.default_rng(seed)
+  clients = []
+  for index, count in enumerate(counts):
+    x = rng.normal(size=(count, 3)).astype(np.float32)
+    if index == nan_client:
+      x[:] = np.nan
+    clients.append({'x': x, 'y': (rng.random(count) > 0.5).astype(np.int32)})
+  return jax.device_put(federated.stack_clients(clients))
+
+
+def _fixed_sampler(ids):
+  ids = jnp.asarray(ids, jnp.int32)
+
+  def sample(key):
+    del key
+    return sampling.Cohort(ids, jnp.ones(ids.shape, bool), jnp.int32(0))
+
+  return sample
+
+
+def _local_update(learning_rate=0.1):
+  return local_training.build_local_update(
+      MODEL, optax.sgd(learning_rate), num_steps=6, batch_size=2
+  )
+
+
+def _state(server_optimizer, key):
+  params = MODEL.init(key, jnp.zeros((1, 3)))
+  return round_lib.init_server_state(params, server_optimizer)
+
+
+def _leaves_equal(a, b):
+  for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(left, right)
+
+
+def test_fedavg_equals_weighted_mean(key):
+  data = _population([4, 12, 7])
+  local_update = _local_update()
+  round_fn = round_lib.build_round(
+      data, local_update, _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+  )
+  state = _state(optax.sgd(1.0), key)
+  round_key = jax.random.fold_in(key, 5)
+
+  new_state, metrics = round_fn(state, round_key)
+
+  clients_key = jax.random.fold_in(round_key, round_lib._CLIENTS_TAG)
+  deltas = []
+  for client_id in range(3):
+    examples = jax.tree.map(lambda a: a[client_id], data.examples)
+    result = local_update(
+        state.params, examples, data.num_examples[client_id],
+        jax.random.fold_in(clients_key, client_id),
+    )
+    deltas.append(result.delta)
+  weights = np.array([4.0, 12.0, 7.0]) / 23.0
+  expected = jax.tree.map(
+      lambda p, *d: p + sum(w * leaf for w, leaf in zip(weights, d)),
+      state.params, *deltas,
+  )
+  for got, want in zip(
+      jax.tree.leaves(new_state.params), jax.tree.leaves(expected)
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert int(metrics['num_examples']) == 23
+  assert not bool(metrics['skipped'])
+
+
+def test_same_seed_same_result(key):
+  data = _population([5, 8, 3, 9])
+  round_fn = round_lib.build_round(
+      data, _local_update(), sampling.uniform_sampler(4, 2), optax.sgd(1.0)
+  )
+  state = _state(optax.sgd(1.0), key)
+
+  first, _ = round_fn(state, jax.random.fold_in(key, 1))
+  second, _ = round_fn(state, jax.random.fold_in(key, 1))
+  other, _ = round_fn(state, jax.random.fold_in(key, 2))
+
+  _leaves_equal(first.params, second.params)
+  assert not np.array_equal(
+      jax.tree.leaves(first.params)[0], jax.tree.leaves(other.params)[0]
+  )
+
+
+def test_cohort_order_does_not_matter(key):
+  data = _population([5, 8, 3])
+  state = _state(optax.sgd(1.0), key)
+  results = []
+  for order in ([0, 1, 2], [2, 0, 1]):
+    round_fn = round_lib.build_round(
+        data, _local_update(), _fixed_sampler(order), optax.sgd(1.0),
+        aggregator='mean',
+    )
+    results.append(round_fn(state, jax.random.fold_in(key, 3))[0].params)
+
+  for left, right in zip(
+      jax.tree.leaves(results[0]), jax.tree.leaves(results[1])
+  ):
+    np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize('aggregator', ['fedavg', 'mean', 'median'])
+def test_all_dropped_round_skipped(key, aggregator):
+  data = _population([5, 8, 3])
+  server_optimizer = optax.adam(0.1)
+  round_fn = round_lib.build_round(
+      data, _local_update(), sampling.uniform_sampler(3, 3), server_optimizer,
+      aggregator=aggregator, dropout_rate=1.0,
+  )
+  state = _state(server_optimizer, key)
+
+  new_state, metrics = round_fn(state, key)
+
+  assert bool(metrics['skipped'])
+  _leaves_equal(new_state.params, state.params)
+  _leaves_equal(new_state.opt_state, state.opt_state)
+  assert int(new_state.round) == 1
+
+
+def test_zero_example_cohort_skipped(key):
+  data = _population([0, 6, 0])
+  round_fn = round_lib.build_round(
+      data, _local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
+  )
+  state = _state(optax.sgd(1.0), key)
+
+  new_state, metrics = round_fn(state, key)
+
+  assert bool(metrics['skipped'])
+  assert int(metrics['num_contributing']) == 0
+  _leaves_equal(new_state.params, state.params)
+  for leaf in jax.tree.leaves(new_state.params):
+    assert np.all(np.isfinite(leaf))
+
+
+def test_nan_update_excluded_and_counted(key):
+  data = _population([5, 8, 6], nan_client=1)
+  clean = _population([5, 8, 6])
+  state = _state(optax.sgd(1.0), key)
+
+  with_nan = round_lib.build_round(
+      data, _local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+  )
+  without = round_lib.build_round(
+      clean, _local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
+  )
+  nan_state, metrics = with_nan(state, key)
+  clean_state, _ = without(state, key)
+
+  assert int(metrics['num_nonfinite']) == 1
+  assert int(metrics['num_contributing']) == 2
+  for got, want in zip(
+      jax.tree.leaves(nan_state.params), jax.tree.leaves(clean_state.params)
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_central_noise_std(key):
+  # A learning rate of 0 makes every delta 0, so the aggregate is pure noise
+  # with std noise_multiplier * clip_norm / num_clients = 1.0 * 2.0 / 4.
+  data = _population([5, 5, 5, 5])
+  round_fn = round_lib.build_round(
+      data, _local_update(0.0), sampling.uniform_sampler(4, 4),
+      optax.sgd(1.0), aggregator='mean',
+      privacy=round_lib.PrivacySettings(2.0, 1.0, 'central'),
+  )
+  state = _state(optax.sgd(1.0), key)
+  start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
+
+  samples = []
+  for round_index in range(60):
+    new_state, _ = round_fn(state, jax.random.fold_in(key, round_index))
+    flat = np.concatenate(
+        [np.ravel(x) for x in jax.tree.leaves(new_state.params)]
+    )
+    samples.append(flat - start)
+
+  assert np.std(samples) == pytest.approx(0.5, rel=0.1)
+
+
+def test_local_noise_differs_per_client(key):
+  updates = {'w': jnp.zeros((2, 500))}
+  client_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(2))
+  privacy = round_lib.PrivacySettings(1.0, 1.0, 'local')
+
+  noisy = round_lib._add_local_noise(updates, client_keys, privacy)
+
+  correlation = np.corrcoef(noisy['w'][0], noisy['w'][1])[0, 1]
+  assert abs(correlation) < 0.2
+  assert float(jnp.std(noisy['w'])) == pytest.approx(1.0, rel=0.1)
+
+
+def test_central_noise_needs_uniform_mean():
+  with pytest.raises(ValueError, match='aggregator=mean'):
+    round_lib.validate_privacy(
+        round_lib.PrivacySettings(1.0, 1.0, 'central'), 'fedavg'
+    )
+
+
+def test_unknown_aggregator_rejected(key):
+  with pytest.raises(ValueError, match='krum'):
+    round_lib.build_round(
+        _population([2]), _local_update(), _fixed_sampler([0]),
+        optax.sgd(1.0), aggregator='krum',
+    )
+
+
+def test_clipping_counted(key):
+  data = _population([8, 8])
+  round_fn = round_lib.build_round(
+      data, _local_update(1.0), _fixed_sampler([0, 1]), optax.sgd(1.0),
+      privacy=round_lib.PrivacySettings(clip_norm=1e-4),
+  )
+  state = _state(optax.sgd(1.0), key)
+
+  new_state, metrics = round_fn(state, key)
+
+  moved = np.concatenate([
+      np.ravel(a - b) for a, b in zip(
+          jax.tree.leaves(new_state.params), jax.tree.leaves(state.params)
+      )
+  ])
+  assert int(metrics['num_clipped']) == 2
+  assert np.linalg.norm(moved) <= 1e-4 * (1 + 1e-5)

@@ -1,0 +1,125 @@
+"""Command line: invalid input exits 2 with one line, outputs are written."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fedjax_med import cli
+from fedjax_med import config as config_lib
+
+FAST = ['--set', 'rounds=2', '--set', 'local_steps=5',
+        '--set', 'bootstrap_resamples=20', '--no-progress']
+
+
+def _run_cli(capsys, *args):
+  status = cli.main(['run', *args])
+  return status, capsys.readouterr()
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--set', 'aggregator=krum'], 'server.aggregator'),
+    (['--set', 'clip_norm=-1'], 'privacy.clip_norm'),
+    (['--set', 'sampling=uniform', '--set', 'cohort_size=5'], 'cohort_size'),
+    (['--set', 'learning_rate=fast'], 'learning_rate'),
+    (['--set', 'no_such_key=1'], 'no_such_key'),
+    (['--set', 'rounds'], 'key=value'),
+    (['missing_config.toml'], 'missing_config.toml'),
+    (['--set', 'dataset=csv'], 'csv_path'),
+    (['--set', 'learning_rate=nan'], 'learning_rate'),
+])
+def test_invalid_input_exits_2(capsys, tmp_path, args, expected):
+  status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
+
+  assert status == 2
+  assert expected in captured.err
+  assert captured.err.count('\n') == 1
+  assert 'Traceback' not in captured.err
+
+
+def test_cohort_larger_than_population(capsys, tmp_path):
+  status, captured = _run_cli(
+      capsys, '--set', 'sampling=uniform', '--set', 'cohort_size=5',
+      '--out', str(tmp_path / 'r'),
+  )
+
+  assert status == 2
+  assert 'larger than the population of 4' in captured.err
+
+
+def test_csv_with_nan_exits_2(capsys, tmp_path):
+  data = tmp_path / 'hospitals.csv'
+  data.write_text('client,age,label\na,50,1\na,nan,0\nb,40,0\nb,41,1\n')
+
+  status, captured = _run_cli(
+      capsys, '--set', 'dataset=csv', '--set', f'csv_path={data}',
+      '--out', str(tmp_path / 'r'),
+  )
+
+  assert status == 2
+  assert 'hospitals.csv' in captured.err
+  assert 'age' in captured.err
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'fedjax_med', 'run', '--set', 'aggregator=krum',
+       '--out', str(tmp_path / 'r')],
+      capture_output=True, text=True, check=False,
+  )
+
+  assert result.returncode == 2
+  assert result.stderr.startswith('fedjax-med: error: Invalid `server.aggregator`')
+  assert 'Traceback' not in result.stderr
+
+
+def test_run_writes_outputs(capsys, tmp_path):
+  out = tmp_path / 'run'
+
+  status, captured = _run_cli(capsys, *FAST, '--set', 'aggregator=median',
+                              '--out', str(out))
+
+  assert status == 0
+  assert str(out) in captured.out
+  for name in ('config.json', 'provenance.json', 'metrics.jsonl',
+               'summary.json', 'accuracy.png'):
+    assert (out / name).is_file(), name
+  config = json.loads((out / 'config.json').read_text())
+  assert config['server']['aggregator'] == 'median'
+  lines = (out / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(line)['round'] for line in lines] == [1, 2]
+
+
+def test_out_dir_must_be_empty(capsys, tmp_path):
+  (tmp_path / 'used').mkdir()
+  (tmp_path / 'used' / 'file').write_text('x')
+
+  status, captured = _run_cli(capsys, *FAST, '--out', str(tmp_path / 'used'))
+
+  assert status == 2
+  assert 'not empty' in captured.err
+
+
+def test_config_file_and_override(capsys, tmp_path):
+  config_file = tmp_path / 'study.toml'
+  config_file.write_text('name = "mine"\n[client]\nbatch_size = 8\n')
+  out = tmp_path / 'run'
+
+  status, _ = _run_cli(capsys, str(config_file), *FAST, '--out', str(out))
+
+  config = json.loads((out / 'config.json').read_text())
+  assert status == 0
+  assert config['name'] == 'mine'
+  assert config['client']['batch_size'] == 8
+  assert config['server']['rounds'] == 2
+
+
+def test_experiment_files_load():
+  experiments = pathlib.Path(__file__).resolve().parents[1] / 'experiments'
+  paths = sorted(experiments.glob('*.toml'))
+
+  for path in paths:
+    config_lib.validate(config_lib.load_toml(path))
+  assert len(paths) >= 3
