@@ -31,7 +31,7 @@ NOISE_KINDS = ('none', 'central', 'local')
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-  """Which federated dataset to load.
+  """Dataset choice and its loading options.
 
   Attributes:
     dataset: 'heart_disease' (bundled), 'csv' (your file) or 'synthetic'.
@@ -89,7 +89,7 @@ class ClientConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-  """Which clients take part in a round.
+  """Client sampling and dropout in each round.
 
   Attributes:
     sampling: 'all' clients, a 'uniform' cohort of `cohort_size` drawn

@@ -1,10 +1,10 @@
 """A whole federated study from an `ExperimentConfig`, written to a folder.
 
-`run_study` loads the data, builds the model, the local update, the sampler
-and the round, runs the rounds with a progress bar, evaluates on every
-client's test rows, and writes the run folder: `config.json`,
-`provenance.json`, `metrics.jsonl` (one line per finished round),
-`summary.json` and `accuracy.png`.
+`run_study` loads the data and builds the model, local update, sampler and
+round. It runs the rounds with a progress bar and evaluates on every client's
+test rows. The run folder gets `config.json`, `provenance.json`,
+`metrics.jsonl` (one line per finished round), `summary.json` and
+`accuracy.png`.
 """
 
 import pathlib

@@ -94,3 +94,60 @@ def test_same_seed_same_summary(tmp_path):
 
   assert first['test_accuracy'] == second['test_accuracy']
   assert first['clinical'] == second['clinical']
+
+
+@pytest.mark.parametrize('overrides', [
+    {'model': 'mlp', 'hidden_sizes': '8'},
+    {'sampling': 'poisson', 'sampling_rate': '0.5'},
+    {'local_epochs': '1', 'optimizer': 'adam'},
+    {'noise': 'local', 'clip_norm': '0.5', 'noise_multiplier': '0.1'},
+    {'noise': 'central', 'clip_norm': '0.5', 'noise_multiplier': '0.1',
+     'aggregator': 'mean', 'server_optimizer': 'adam',
+     'server_learning_rate': '0.1'},
+], ids=['mlp', 'poisson', 'epochs-adam', 'local-noise', 'central-noise'])
+def test_study_variants_finite(tmp_path, overrides):
+  config = _config(rounds=2, local_steps=5, bootstrap_resamples=10,
+                   **overrides)
+
+  run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  assert summary['mean_accuracy'] is not None
+  assert 0.0 <= summary['mean_accuracy'] <= 1.0
+  assert len((run_dir / 'metrics.jsonl').read_text().splitlines()) == 2
+
+
+def test_study_synthetic_multiclass(tmp_path):
+  config = _config(dataset='synthetic', num_clients=30, min_examples=5,
+                   max_examples=30, sampling='uniform', cohort_size=10,
+                   rounds=3, local_steps=5, batch_size=5, eval_every=2)
+
+  run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  records = [json.loads(line) for line in
+             (run_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert summary['clinical'] == {}
+  assert len(summary['test_accuracy']) == 30
+  assert [('mean_accuracy' in r) for r in records] == [False, True, True]
+  assert all(r['num_sampled'] == 10 for r in records)
+
+
+def test_study_csv(tmp_path):
+  rng = np.random.default_rng(0)
+  lines = ['site,age,marker,outcome']
+  for site in ('north', 'south', 'east'):
+    for _ in range(40):
+      age = rng.normal(60, 10)
+      marker = rng.normal()
+      outcome = int(marker + 0.02 * (age - 60) > 0)
+      lines.append(f'{site},{age:.1f},{marker:.3f},{outcome}')
+  path = tmp_path / 'sites.csv'
+  path.write_text('\n'.join(lines) + '\n')
+  config = _config(dataset='csv', csv_path=str(path), client_column='site',
+                   label_column='outcome', rounds=5, learning_rate=0.1,
+                   local_steps=20, bootstrap_resamples=20)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  assert list(summary['test_accuracy']) == ['north', 'south', 'east']
+  # The label is a noiseless linear function of the features.
+  assert summary['mean_accuracy'] > 0.85

@@ -7,7 +7,7 @@ over the cohort axis.
 
 Minibatches follow PyTorch's shuffled `DataLoader` with `drop_last=False`:
 each epoch visits a fresh permutation of the client's real rows in batches of
-`batch_size`, and the last batch of an epoch holds the remainder. Padding rows
+`batch_size`, and the last batch of an epoch contains the remainder. Padding rows
 are never drawn: they sort after every real row and get zero loss weight.
 """
 
@@ -98,7 +98,7 @@ def build_local_update(
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
-    where `examples` holds `x [examples, features]` and `y [examples]`.
+    where `examples` contains `x [examples, features]` and `y [examples]`.
     A client with zero examples takes no step and returns a zero delta.
   """
   if num_steps < 1:

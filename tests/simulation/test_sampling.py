@@ -15,7 +15,8 @@ def test_uniform_cohort_distinct(key):
   ids = np.asarray(cohort.client_ids)
   assert ids.shape == (10,)
   assert len(set(ids.tolist())) == 10
-  assert ids.min() >= 0 and ids.max() < 50
+  assert ids.min() >= 0
+  assert ids.max() < 50
   assert bool(np.all(cohort.mask))
 
 
