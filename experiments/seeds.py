@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     base = config_lib.apply_overrides(base, overrides)
     out = outputs.make_run_dir(
         None if args.out is None else pathlib.Path(args.out),
-        f'{base.name}-seeds',
+        f'{config_lib.run_name(base)}-seeds',
     )
     rows = []
     for seed in args.seeds:

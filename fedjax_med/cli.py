@@ -1,6 +1,8 @@
 """Command line: `fedjax-med run [CONFIG] [--set KEY=VALUE ...] [--out DIR]`.
 
-Invalid input exits with status 2 and a one-line message on stderr.
+Exit status: 0 on success; 2 for invalid input, with a one-line message on
+stderr; 1 when training diverged; 130 after Ctrl-C, once the finished
+rounds are on disk.
 """
 
 import argparse
@@ -10,6 +12,11 @@ import sys
 
 from fedjax_med import config as config_lib
 from fedjax_med.errors import InputError
+from fedjax_med.errors import StudyInterrupted
+from fedjax_med.errors import TrainingDiverged
+
+# Larger populations get summary statistics instead of a line per client.
+_MAX_CLIENTS_PRINTED = 20
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,14 +66,22 @@ def _load_config(args) -> config_lib.ExperimentConfig:
 
 def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
   print(f'Results in {run_dir}')
-  for name, accuracy in summary['test_accuracy'].items():
-    shown = 'n/a' if accuracy is None else f'{accuracy:.3f}'
-    print(f'  {name:>16}: test accuracy {shown}')
+  accuracies = summary['test_accuracy']
+  if len(accuracies) <= _MAX_CLIENTS_PRINTED:
+    for name, accuracy in accuracies.items():
+      shown = 'n/a' if accuracy is None else f'{accuracy:.3f}'
+      print(f'  {name:>16}: test accuracy {shown}')
   mean = summary['mean_accuracy']
-  worst = summary['worst_accuracy']
   if mean is not None:
-    print(f'  {"mean":>16}: {mean:.3f}   worst: {worst:.3f} '
-          f'({summary["worst_client"]})')
+    print(f'  {"mean":>16}: {mean:.3f}   worst: '
+          f'{summary["worst_accuracy"]:.3f} ({summary["worst_client"]})   '
+          f'10th percentile: {summary["p10_accuracy"]:.3f}')
+  if summary['skipped_rounds'] == summary['rounds']:
+    print(
+        f'warning: all {summary["rounds"]} rounds were skipped because no '
+        'client contributed, so these are the accuracies of the untrained '
+        'model.', file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
   except InputError as error:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 2
+  except TrainingDiverged as error:
+    print(f'fedjax-med: error: {error}', file=sys.stderr)
+    return 1
+  except StudyInterrupted as interrupt:
+    print(
+        f'fedjax-med: interrupted; {interrupt.rounds_done} finished rounds '
+        f'are in {interrupt.run_dir / "metrics.jsonl"}.', file=sys.stderr,
+    )
+    return 130
   _print_summary(run_dir, summary)
   return 0
 

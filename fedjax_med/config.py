@@ -12,6 +12,7 @@ with the seed; `experiments/heart_disease_flamby.toml` keeps 1e-3.
 """
 
 import dataclasses
+import math
 import pathlib
 import tomllib
 import types
@@ -27,6 +28,10 @@ SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi')
 SAMPLINGS = ('all', 'uniform', 'poisson')
 AGGREGATORS = ('fedavg', 'mean', 'median')
 NOISE_KINDS = ('none', 'central', 'local')
+# numpy and JAX seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
+# Fewer resamples give percentile intervals too coarse to read.
+MIN_BOOTSTRAP_RESAMPLES = 100
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -156,9 +161,16 @@ class EvaluationConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
-  """A whole study: one section per concept plus its name and seed."""
+  """A whole study: one section per concept plus its name and seed.
 
-  name: str = 'heart_disease_fedavg'
+  Attributes:
+    name: names the output folder and plot; None means
+      `<dataset>_<aggregator>`, such as `heart_disease_fedavg`.
+    seed: experiment seed for initialization, sampling, minibatches, noise
+      and the bootstrap; 0 to 2**32 - 1.
+  """
+
+  name: str | None = None
   seed: int = 0
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
@@ -176,6 +188,13 @@ _SECTIONS = tuple(
 )
 
 
+def run_name(config: ExperimentConfig) -> str:
+  """Return `config.name`, or `<dataset>_<aggregator>` when it is None."""
+  if config.name:
+    return config.name
+  return f'{config.data.dataset}_{config.server.aggregator}'
+
+
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
   """Return the config as nested plain dicts, ready for JSON."""
   return dataclasses.asdict(config)
@@ -188,10 +207,16 @@ def _field_types(section_class) -> dict[str, Any]:
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
   """Convert `value` (TOML value or override string) to the field's type."""
+  if isinstance(value, str) and not value.strip():
+    raise InputError(
+        f'`{key}` is empty. Give a value, or `none` where the key allows it.'
+    )
   args = typing.get_args(annotation)
   optional = type(None) in args and isinstance(annotation, types.UnionType)
   if optional:
-    if value is None or (isinstance(value, str) and value.lower() in ('none', 'null', '')):
+    if value is None or (
+        isinstance(value, str) and value.lower() in ('none', 'null')
+    ):
       return None
     annotation = next(arg for arg in args if arg is not type(None))
   if typing.get_origin(annotation) is tuple:
@@ -308,6 +333,11 @@ def load_toml(path: str | pathlib.Path) -> ExperimentConfig:
       unknown key or a value of the wrong type.
   """
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise InputError(
+        f'Config path {path} is a folder. Pass a .toml file, such as one '
+        'from experiments/.'
+    )
   if not path.is_file():
     raise InputError(
         f'Config file not found: {path}. Pass an existing .toml file, such as '
@@ -335,50 +365,116 @@ def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _require_range(
-    key: str, value: float | None, low: float, high: float = float('inf'),
-    *, low_open: bool = False,
+    key: str, value: float | None, low: float, high: float = math.inf,
+    *, low_open: bool = False, high_open: bool = False,
 ) -> None:
+  """Raise unless `value` is finite and inside the interval (None passes)."""
   if value is None:
     return
-  bad_low = value <= low if low_open else value < low
-  if value != value or bad_low or value > high:
+  too_low = value <= low if low_open else value < low
+  too_high = value >= high if high_open else value > high
+  if not math.isfinite(value) or too_low or too_high:
     low_bracket = '(' if low_open else '['
-    high_text = 'inf)' if high == float('inf') else f'{high}]'
+    high_bracket = ')' if high_open or high == math.inf else ']'
     raise InputError(
-        f'Invalid `{key}`: {value}. It must be in {low_bracket}{low}, '
-        f'{high_text}.'
+        f'Invalid `{key}`: {value}. It must be a finite number in '
+        f'{low_bracket}{low}, {high}{high_bracket}.'
     )
 
 
-def validate(config: ExperimentConfig) -> None:
-  """Check every value that does not depend on the data.
+# Settings that only some choices read, as (section, field, the choice
+# field, the choices that read it). Setting one away from its default while
+# another choice is active is an error, so that nothing is silently ignored.
+_SETTINGS_USED_BY = (
+    ('data', 'csv_path', 'dataset', ('csv',)),
+    ('data', 'client_column', 'dataset', ('csv',)),
+    ('data', 'label_column', 'dataset', ('csv',)),
+    ('data', 'split_seed', 'dataset', ('csv',)),
+    ('data', 'test_fraction', 'dataset', ('csv', 'synthetic')),
+    ('data', 'num_clients', 'dataset', ('synthetic',)),
+    ('data', 'alpha', 'dataset', ('synthetic',)),
+    ('data', 'beta', 'dataset', ('synthetic',)),
+    ('data', 'min_examples', 'dataset', ('synthetic',)),
+    ('data', 'max_examples', 'dataset', ('synthetic',)),
+    ('model', 'hidden_sizes', 'model', ('mlp',)),
+    ('sampling', 'cohort_size', 'sampling', ('uniform',)),
+    ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
+    ('privacy', 'noise_multiplier', 'noise', ('central', 'local')),
+)
 
-  Raises:
-    InputError: naming the first invalid key, its value and what is allowed.
-  """
-  data, client = config.data, config.client
+
+def _check_unused_settings(config: ExperimentConfig) -> None:
+  defaults = ExperimentConfig()
+  for section, name, choice_name, users in _SETTINGS_USED_BY:
+    current = getattr(config, section)
+    choice = getattr(current, choice_name)
+    value = getattr(current, name)
+    if choice not in users and value != getattr(getattr(defaults, section), name):
+      raise InputError(
+          f'`{section}.{name}={value}` has no effect with '
+          f'`{section}.{choice_name}={choice}`; it applies only to '
+          f'{choice_name} {" or ".join(users)}. Remove it or change '
+          f'`{section}.{choice_name}`.'
+      )
+  client = config.client
+  if client.local_epochs is not None and client.local_steps != 100:
+    raise InputError(
+        '`client.local_steps` has no effect when `client.local_epochs` is '
+        'set. Set only one of them.'
+    )
+
+
+def _validate_data(data: DataConfig) -> None:
   _require_choice('data.dataset', data.dataset, DATASETS)
   if data.dataset == 'csv' and not data.csv_path:
     raise InputError(
         '`data.dataset=csv` needs `data.csv_path`, for example '
         '`--set csv_path=hospitals.csv`.'
     )
-  _require_range('data.test_fraction', data.test_fraction, 0.0, 1.0, low_open=True)
+  _require_range(
+      'data.test_fraction', data.test_fraction, 0.0, 1.0,
+      low_open=True, high_open=True,
+  )
+  _require_range('data.split_seed', data.split_seed, 0, MAX_SEED)
   _require_range('data.num_clients', data.num_clients, 1)
   _require_range('data.alpha', data.alpha, 0.0)
   _require_range('data.beta', data.beta, 0.0)
   _require_range('data.min_examples', data.min_examples, 1)
-  _require_range('data.max_examples', data.max_examples, data.min_examples)
+  _require_range('data.max_examples', data.max_examples, 1)
+  if data.min_examples > data.max_examples:
+    raise InputError(
+        f'`data.min_examples` ({data.min_examples}) is larger than '
+        f'`data.max_examples` ({data.max_examples}). Lower min_examples or '
+        'raise max_examples.'
+    )
+
+
+def _validate_training(config: ExperimentConfig) -> None:
   _require_choice('model.model', config.model.model, MODELS)
   for size in config.model.hidden_sizes:
     _require_range('model.hidden_sizes', size, 1)
-
+  client = config.client
   _require_choice('client.optimizer', client.optimizer, CLIENT_OPTIMIZERS)
-  _require_range('client.learning_rate', client.learning_rate, 0.0, low_open=True)
+  _require_range(
+      'client.learning_rate', client.learning_rate, 0.0, low_open=True
+  )
   _require_range('client.local_steps', client.local_steps, 1)
   _require_range('client.local_epochs', client.local_epochs, 1)
   _require_range('client.batch_size', client.batch_size, 1)
 
+  server = config.server
+  _require_choice('server.aggregator', server.aggregator, AGGREGATORS)
+  _require_choice(
+      'server.server_optimizer', server.server_optimizer, SERVER_OPTIMIZERS
+  )
+  _require_range(
+      'server.server_learning_rate', server.server_learning_rate, 0.0,
+      low_open=True,
+  )
+  _require_range('server.rounds', server.rounds, 1)
+
+
+def _validate_sampling_and_privacy(config: ExperimentConfig) -> None:
   sampling = config.sampling
   _require_choice('sampling.sampling', sampling.sampling, SAMPLINGS)
   if sampling.sampling == 'uniform' and sampling.cohort_size is None:
@@ -409,23 +505,26 @@ def validate(config: ExperimentConfig) -> None:
         'no such bound.'
     )
 
-  server = config.server
-  _require_choice('server.aggregator', server.aggregator, AGGREGATORS)
-  _require_choice(
-      'server.server_optimizer', server.server_optimizer, SERVER_OPTIMIZERS
-  )
-  _require_range(
-      'server.server_learning_rate', server.server_learning_rate, 0.0,
-      low_open=True,
-  )
-  _require_range('server.rounds', server.rounds, 1)
 
+def validate(config: ExperimentConfig) -> None:
+  """Check every value that does not depend on the data.
+
+  Raises:
+    InputError: naming the first invalid key, its value and what is allowed.
+  """
+  _require_range('seed', config.seed, 0, MAX_SEED)
+  _validate_data(config.data)
+  _validate_training(config)
+  _validate_sampling_and_privacy(config)
   evaluation = config.evaluation
   _require_range('evaluation.eval_every', evaluation.eval_every, 1)
   _require_range('evaluation.threshold', evaluation.threshold, 0.0, 1.0)
   _require_range(
-      'evaluation.bootstrap_resamples', evaluation.bootstrap_resamples, 1
+      'evaluation.bootstrap_resamples', evaluation.bootstrap_resamples,
+      MIN_BOOTSTRAP_RESAMPLES,
   )
   _require_range(
-      'evaluation.confidence', evaluation.confidence, 0.0, 1.0, low_open=True
+      'evaluation.confidence', evaluation.confidence, 0.0, 1.0,
+      low_open=True, high_open=True,
   )
+  _check_unused_settings(config)

@@ -7,6 +7,7 @@ test rows. The run folder gets `config.json`, `provenance.json`,
 `accuracy.png`.
 """
 
+import dataclasses
 import pathlib
 import time
 from typing import Any, Callable
@@ -24,6 +25,8 @@ from fedjax_med.data import heart_disease
 from fedjax_med.data import synthetic
 from fedjax_med.data import tabular as tabular_data
 from fedjax_med.errors import InputError
+from fedjax_med.errors import StudyInterrupted
+from fedjax_med.errors import TrainingDiverged
 from fedjax_med.evaluation import clinical
 from fedjax_med.models import tabular
 from fedjax_med.report import outputs
@@ -124,6 +127,27 @@ def build_local_update(
   )
 
 
+def _diverged(round_number: int, what: str) -> TrainingDiverged:
+  return TrainingDiverged(
+      f'Training diverged in round {round_number}: {what}. Lower '
+      '`client.learning_rate` or `server.server_learning_rate`, or set '
+      '`privacy.clip_norm`.'
+  )
+
+
+def _checked_evaluation(evaluate, params, round_number):
+  """Evaluate `params`, raising TrainingDiverged on NaN or inf outputs."""
+  evaluation = evaluate(params)
+  num_nonfinite = int(np.sum(np.asarray(evaluation.num_nonfinite)))
+  if num_nonfinite:
+    raise _diverged(
+        round_number,
+        f'the global model outputs NaN or infinite probabilities for '
+        f'{num_nonfinite} test rows',
+    )
+  return evaluation
+
+
 def _client_accuracy(evaluation: evaluate_lib.ClientEvaluation) -> list:
   return [None if np.isnan(value) else float(value)
           for value in np.asarray(evaluation.accuracy)]
@@ -180,8 +204,12 @@ def run_study(
 
   Raises:
     InputError: for an invalid config value or data file.
+    TrainingDiverged: when the global model's parameters become NaN or
+      infinite; `summary.json` then has `status: diverged` and no accuracy.
+    StudyInterrupted: on Ctrl-C, after the finished rounds are on disk.
   """
   config_lib.validate(config)
+  config = dataclasses.replace(config, name=config_lib.run_name(config))
   dataset = load_dataset(config.data, config.seed)
   if config.model.model == 'logistic_regression' and dataset.num_classes < 2:
     raise InputError(f'The dataset has {dataset.num_classes} class; need 2+.')
@@ -204,7 +232,10 @@ def run_study(
       ),
       dropout_rate=config.sampling.dropout_rate,
   )
-  evaluate = evaluate_lib.build_evaluate(model, jax.device_put(dataset.test))
+  evaluate = evaluate_lib.build_evaluate(
+      model, jax.device_put(dataset.test),
+      threshold=config.evaluation.threshold,
+  )
 
   run_dir = outputs.make_run_dir(
       None if out_dir is None else pathlib.Path(out_dir), config.name
@@ -219,25 +250,41 @@ def run_study(
   params = model.init(jax.random.fold_in(root_key, _INIT_TAG), sample_x)
   state = round_lib.init_server_state(params, server_optimizer)
   rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
-  history = _run_rounds(
-      config, dataset, round_fn, evaluate, state, rounds_key, run_dir,
-      progress=progress, on_round=on_round,
-  )
-  summary = _write_summary(config, dataset, evaluate, run_dir, history)
+  history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
+             'state': state, 'start': time.perf_counter(), 'done': 0}
+  try:
+    _run_rounds(
+        config, dataset, round_fn, evaluate, rounds_key, run_dir, history,
+        progress=progress, on_round=on_round,
+    )
+    summary = _write_summary(config, dataset, evaluate, run_dir, history)
+  except KeyboardInterrupt:
+    raise StudyInterrupted(run_dir, history['done']) from None
+  except TrainingDiverged:
+    outputs.write_json(run_dir / 'summary.json', {
+        'name': config.name, 'dataset': dataset.name, 'seed': config.seed,
+        'status': 'diverged', 'diverged_round': history['done'],
+        'rounds': config.server.rounds,
+    })
+    raise
   return run_dir, summary
 
 
 def _run_rounds(
-    config, dataset, round_fn, evaluate, state, rounds_key, run_dir,
+    config, dataset, round_fn, evaluate, rounds_key, run_dir, history,
     *, progress, on_round,
 ):
-  """Run every round, writing each one's metrics line as it finishes."""
+  """Run every round, writing each one's metrics line as it finishes.
+
+  `history` is updated in place, so the caller sees how far a run got when
+  it stops early.
+  """
   num_rounds = config.server.rounds
-  history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
-             'state': state, 'start': time.perf_counter()}
+  state = history['state']
+  # `disable=None` hides the bar when stderr is not a terminal.
   bar = tqdm.tqdm(
-      total=num_rounds, desc=config.name, unit='round', disable=not progress,
-      dynamic_ncols=True,
+      total=num_rounds, desc=config.name, unit='round',
+      disable=None if progress else True, dynamic_ncols=True,
   )
   with bar, outputs.MetricsWriter(run_dir / 'metrics.jsonl') as writer:
     for round_index in range(num_rounds):
@@ -247,8 +294,25 @@ def _run_rounds(
       record['round'] = round_index + 1
       history['skipped'] += int(record['skipped'])
       is_last = round_index + 1 == num_rounds
-      if is_last or (round_index + 1) % config.evaluation.eval_every == 0:
-        accuracies = _client_accuracy(evaluate(state.params))
+      evaluate_now = (
+          is_last or (round_index + 1) % config.evaluation.eval_every == 0
+      )
+      try:
+        if not record.pop('params_finite'):
+          raise _diverged(
+              round_index + 1, 'the global model has NaN or infinite parameters'
+          )
+        if evaluate_now:
+          evaluation = _checked_evaluation(
+              evaluate, state.params, round_index + 1
+          )
+      except TrainingDiverged:
+        record['diverged'] = True
+        writer.write(record)
+        history['done'] = round_index + 1
+        raise
+      if evaluate_now:
+        accuracies = _client_accuracy(evaluation)
         if dataset.num_clients <= MAX_CLIENTS_PER_ROUND_LINE:
           record['test_accuracy'] = dict(
               zip(dataset.client_names, accuracies)
@@ -259,22 +323,25 @@ def _run_rounds(
         bar.set_postfix(mean_acc=f"{record['mean_accuracy'] or 0:.3f}")
       record['elapsed_s'] = round(time.perf_counter() - history['start'], 3)
       writer.write(record)
+      history['done'] = round_index + 1
+      history['state'] = state
       if on_round is not None:
         on_round(record)
       bar.update(1)
-  history['state'] = state
-  return history
 
 
 def _write_summary(config, dataset, evaluate, run_dir, history):
   """Evaluate the final model, then write `summary.json` and the plot."""
-  evaluation = evaluate(history['state'].params)
+  evaluation = _checked_evaluation(
+      evaluate, history['state'].params, history['done']
+  )
   accuracies = _client_accuracy(evaluation)
   counts = np.asarray(dataset.test.num_examples)
   summary = {
       'name': config.name,
       'dataset': dataset.name,
       'seed': config.seed,
+      'status': 'completed',
       'rounds': config.server.rounds,
       'skipped_rounds': history['skipped'],
       'wall_time_s': round(time.perf_counter() - history['start'], 3),

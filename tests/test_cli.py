@@ -11,7 +11,7 @@ from fedjax_med import cli
 from fedjax_med import config as config_lib
 
 FAST = ['--set', 'rounds=2', '--set', 'local_steps=5',
-        '--set', 'bootstrap_resamples=20', '--no-progress']
+        '--set', 'bootstrap_resamples=100', '--no-progress']
 
 
 def _run_cli(capsys, *args):
@@ -123,3 +123,85 @@ def test_experiment_files_load():
   for path in paths:
     config_lib.validate(config_lib.load_toml(path))
   assert len(paths) >= 3
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--set', 'seed=-1'], '`seed`'),
+    (['--set', 'seed=99999999999999999999'], '`seed`'),
+    (['--set', 'learning_rate=inf'], 'client.learning_rate'),
+    (['--set', 'clip_norm=inf'], 'privacy.clip_norm'),
+    (['--set', 'clip_norm='], '`clip_norm` is empty'),
+    (['--set', 'cohort_size=2'], 'sampling.cohort_size=2` has no effect'),
+    (['--set', 'noise_multiplier=5'], 'privacy.noise_multiplier=5.0` has no'),
+    (['--set', 'csv_path=x.csv'], 'data.csv_path=x.csv` has no effect'),
+    (['--set', 'test_fraction=0.5'], 'data.test_fraction=0.5` has no effect'),
+    (['--set', 'dataset=synthetic', '--set', 'min_examples=60',
+      '--set', 'max_examples=10'], '`data.min_examples` (60) is larger'),
+    (['--set', 'local_epochs=2', '--set', 'local_steps=7'],
+     '`client.local_steps` has no effect'),
+    (['--set', 'bootstrap_resamples=1'], 'evaluation.bootstrap_resamples'),
+])
+def test_more_invalid_input_exits_2(capsys, tmp_path, args, expected):
+  status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
+
+  assert status == 2
+  assert expected in captured.err
+  assert captured.err.count('\n') == 1
+
+
+def test_out_is_file_exits_2(capsys, tmp_path):
+  existing = tmp_path / 'afile'
+  existing.write_text('x')
+
+  for out in (existing, existing / 'sub'):
+    status, captured = _run_cli(capsys, *FAST, '--out', str(out))
+
+    assert status == 2
+    assert 'afile' in captured.err
+    assert captured.err.count('\n') == 1
+
+
+def test_config_folder_exits_2(capsys, tmp_path):
+  status, captured = _run_cli(capsys, str(tmp_path))
+
+  assert status == 2
+  assert 'is a folder' in captured.err
+
+
+def test_diverged_run_exits_1(capsys, tmp_path):
+  out = tmp_path / 'run'
+
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'model=mlp', '--set', 'server_learning_rate=1e15',
+      '--out', str(out),
+  )
+
+  assert status == 1
+  assert 'diverged in round' in captured.err
+  assert captured.err.count('\n') == 1
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['status'] == 'diverged'
+  assert 'mean_accuracy' not in summary
+  last = json.loads((out / 'metrics.jsonl').read_text().splitlines()[-1])
+  assert last['diverged'] is True
+  assert 'mean_accuracy' not in last
+
+
+def test_all_rounds_skipped_warns(capsys, tmp_path):
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'dropout_rate=1.0', '--out', str(tmp_path / 'r')
+  )
+
+  assert status == 0
+  assert 'all 2 rounds were skipped' in captured.err
+
+
+def test_default_name_follows_dataset(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+
+  status, _ = _run_cli(capsys, *FAST, '--set', 'aggregator=mean')
+
+  folders = [path.name for path in (tmp_path / 'runs').iterdir()]
+  assert status == 0
+  assert len(folders) == 1
+  assert folders[0].startswith('heart_disease_mean-')

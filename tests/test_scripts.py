@@ -42,7 +42,7 @@ def test_seeds_script_small(tmp_path, capsys):
 
   status = seeds.main([
       '--seeds', '0', '1', '--set', 'rounds=2', '--set', 'local_steps=5',
-      '--set', 'bootstrap_resamples=10', '--out', str(out),
+      '--set', 'bootstrap_resamples=100', '--out', str(out),
   ])
 
   rows = json.loads((out / 'seeds.json').read_text())

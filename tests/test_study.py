@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedjax_med import config as config_lib
+from fedjax_med import errors
 from fedjax_med import study
 
 
@@ -21,7 +22,7 @@ def test_default_fedavg_accuracy(tmp_path):
   means = []
   for seed in (0, 1, 2):
     config = dataclasses.replace(
-        _config(bootstrap_resamples=50, eval_every=15), seed=seed
+        _config(bootstrap_resamples=100, eval_every=15), seed=seed
     )
     _, summary = study.run_study(config, tmp_path / str(seed), progress=False)
     means.append(summary['mean_accuracy'])
@@ -55,7 +56,7 @@ def test_summary_contents(tmp_path):
 
 def test_provenance_checksums(tmp_path):
   run_dir, _ = study.run_study(
-      _config(rounds=1, local_steps=2, bootstrap_resamples=10),
+      _config(rounds=1, local_steps=2, bootstrap_resamples=100),
       tmp_path / 'run', progress=False,
   )
 
@@ -70,7 +71,7 @@ def test_provenance_checksums(tmp_path):
 
 
 def test_interrupted_run_keeps_rounds(tmp_path):
-  config = _config(rounds=6, local_steps=2, bootstrap_resamples=10)
+  config = _config(rounds=6, local_steps=2, bootstrap_resamples=100)
 
   def stop_after_third(record):
     if record['round'] == 3:
@@ -86,7 +87,7 @@ def test_interrupted_run_keeps_rounds(tmp_path):
 
 
 def test_same_seed_same_summary(tmp_path):
-  config = _config(rounds=2, local_steps=10, bootstrap_resamples=20,
+  config = _config(rounds=2, local_steps=10, bootstrap_resamples=100,
                    sampling='uniform', cohort_size=2)
 
   _, first = study.run_study(config, tmp_path / 'a', progress=False)
@@ -99,15 +100,15 @@ def test_same_seed_same_summary(tmp_path):
 @pytest.mark.parametrize('overrides', [
     {'model': 'mlp', 'hidden_sizes': '8'},
     {'sampling': 'poisson', 'sampling_rate': '0.5'},
-    {'local_epochs': '1', 'optimizer': 'adam'},
+    {'local_epochs': '1', 'local_steps': '100', 'optimizer': 'adam'},
     {'noise': 'local', 'clip_norm': '0.5', 'noise_multiplier': '0.1'},
     {'noise': 'central', 'clip_norm': '0.5', 'noise_multiplier': '0.1',
      'aggregator': 'mean', 'server_optimizer': 'adam',
      'server_learning_rate': '0.1'},
 ], ids=['mlp', 'poisson', 'epochs-adam', 'local-noise', 'central-noise'])
 def test_study_variants_finite(tmp_path, overrides):
-  config = _config(rounds=2, local_steps=5, bootstrap_resamples=10,
-                   **overrides)
+  settings = {'rounds': 2, 'local_steps': 5, 'bootstrap_resamples': 100}
+  config = _config(**{**settings, **overrides})
 
   run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
 
@@ -144,10 +145,35 @@ def test_study_csv(tmp_path):
   path.write_text('\n'.join(lines) + '\n')
   config = _config(dataset='csv', csv_path=str(path), client_column='site',
                    label_column='outcome', rounds=5, learning_rate=0.1,
-                   local_steps=20, bootstrap_resamples=20)
+                   local_steps=20, bootstrap_resamples=100)
 
   _, summary = study.run_study(config, tmp_path / 'run', progress=False)
 
   assert list(summary['test_accuracy']) == ['north', 'south', 'east']
   # The label is a noiseless linear function of the features.
   assert summary['mean_accuracy'] > 0.85
+
+
+def test_threshold_sets_headline_accuracy(tmp_path):
+  config = _config(rounds=2, local_steps=20, threshold=0.3)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  for name, accuracy in summary['test_accuracy'].items():
+    assert accuracy == pytest.approx(
+        summary['clinical'][name]['accuracy']['value'], abs=1e-6)
+
+
+def test_interrupt_reports_rounds_done(tmp_path):
+  config = _config(rounds=5, local_steps=2)
+
+  def stop_after_second(record):
+    if record['round'] == 2:
+      raise KeyboardInterrupt
+
+  with pytest.raises(errors.StudyInterrupted) as interrupt:
+    study.run_study(config, tmp_path / 'run', progress=False,
+                    on_round=stop_after_second)
+
+  assert interrupt.value.rounds_done == 2
+  assert interrupt.value.run_dir == tmp_path / 'run'

@@ -191,8 +191,16 @@ def _parse_number(cell: str, where: str, column: str) -> float:
 
 
 def _parse_label(cell: str, where: str, column: str) -> int:
-  value = _parse_number(cell, where, column)
-  if value < 0 or not value.is_integer():
+  text = cell.strip()
+  try:
+    value = float(text)
+  except ValueError:
+    raise InputError(
+        f'{where}, column {column!r}: label {text!r} is not a class number. '
+        'Labels are integer class ids 0, 1, ...; encode names such as no/yes '
+        'as 0/1.'
+    ) from None
+  if not math.isfinite(value) or value < 0 or not value.is_integer():
     raise InputError(f'{where}, column {column!r}: label {cell.strip()!r} is '
                      'not a whole number >= 0. Use integer class labels.')
   return int(value)
@@ -240,6 +248,25 @@ def _read_rows(path: pathlib.Path, client_column: str, label_column: str):
   return client_ids, np.asarray(features), np.asarray(labels), feature_names
 
 
+def _check_label_set(
+    path: pathlib.Path, label_column: str, labels: np.ndarray
+) -> None:
+  """Raise unless the labels are exactly the classes 0, 1, ..., K - 1."""
+  found = sorted({int(label) for label in labels})
+  if len(found) < 2:
+    raise InputError(
+        f'CSV file {path}, column {label_column!r}: every row has label '
+        f'{found[0]}. A classifier needs at least two classes.'
+    )
+  if found != list(range(len(found))):
+    shown = ', '.join(str(label) for label in found[:10])
+    raise InputError(
+        f'CSV file {path}, column {label_column!r}: labels must be the class '
+        f'ids 0 to K - 1 with none missing; found {shown}. Renumber the '
+        'classes, for example 0/5 as 0/1.'
+    )
+
+
 def load_csv(
     path: str | pathlib.Path,
     *,
@@ -266,13 +293,14 @@ def load_csv(
 
   Returns:
     A `FederatedDataset` named after the file stem, with
-    `num_classes = max(max label + 1, 2)`.
+    `num_classes = max label + 1`.
 
   Raises:
     InputError: if the file is missing, empty or not UTF-8 text, if the header
       lacks either column, or if a row has the wrong number of cells, an empty
       cell, a value that is not a finite number, or a label that is not a
-      whole number >= 0. Row errors give the 1-based data row, not counting
+      whole number >= 0, or if the labels are not exactly 0 to K - 1 for
+      some K >= 2 (every class present in the file). Row errors give the 1-based data row, not counting
       the header, and the file line.
   """
   path = pathlib.Path(path)
@@ -287,6 +315,7 @@ def load_csv(
         f'CSV file {path} is not UTF-8 text ({error}). Save it as UTF-8.'
     ) from None
 
+  _check_label_set(path, label_column, labels)
   client_numbers = {}
   for client_id in client_ids:
     client_numbers.setdefault(client_id, len(client_numbers))
@@ -308,6 +337,6 @@ def load_csv(
       test=test,
       client_names=client_names,
       feature_names=feature_names,
-      num_classes=max(int(labels.max()) + 1, 2),
+      num_classes=int(labels.max()) + 1,
       source_files=(path,),
   )

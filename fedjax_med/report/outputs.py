@@ -39,27 +39,48 @@ def write_json(path: pathlib.Path, document: Any) -> None:
 
 
 def make_run_dir(base: pathlib.Path | None, name: str) -> pathlib.Path:
-  """Create the run's folder: `base` itself, or `runs/<name>-<time>`.
+  """Create the run's folder: `base` itself, or a new `runs/<name>-<time>`.
 
-  An explicit `base` may exist only if it is empty, so that two runs never
-  mix their files.
+  Without `base`, the folder is created with `mkdir(exist_ok=False)` and a
+  numeric suffix is added on a clash, so runs started in the same second,
+  even from separate processes, never share a folder. An explicit `base` may
+  already exist only as an empty folder.
+
+  Raises:
+    InputError: if `base` is a file, a non-empty folder, or cannot be
+      created.
   """
   if base is None:
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    base = pathlib.Path('runs') / f'{name}-{stamp}'
-    suffix = 1
-    candidate = base
-    while candidate.exists():
-      suffix += 1
-      candidate = base.with_name(f'{base.name}-{suffix}')
-    base = candidate
+    stem = pathlib.Path('runs') / f'{name}-{stamp}'
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in range(1, 10_000):
+      candidate = stem if suffix == 1 else stem.with_name(f'{stem.name}-{suffix}')
+      try:
+        candidate.mkdir()
+      except FileExistsError:
+        continue
+      return candidate
+    raise InputError(f'Could not create a new run folder next to {stem}.')
+
   base = pathlib.Path(base)
-  if base.exists() and (not base.is_dir() or any(base.iterdir())):
+  if base.exists() and not base.is_dir():
+    raise InputError(
+        f'Output path {base} is an existing file. Pass a new or empty folder '
+        'with --out.'
+    )
+  if base.is_dir() and any(base.iterdir()):
     raise InputError(
         f'Output folder {base} already exists and is not empty. Pass a new '
         'folder with --out, or leave --out unset for a fresh one under runs/.'
     )
-  base.mkdir(parents=True, exist_ok=True)
+  try:
+    base.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise InputError(
+        f'Cannot create output folder {base}: {error.strerror}. Pass a '
+        'writable folder path with --out.'
+    ) from None
   return base
 
 

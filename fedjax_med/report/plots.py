@@ -26,7 +26,7 @@ def plot_accuracy(
     client_names: one label per client.
     title: plot title.
   """
-  figure, axes = plt.subplots(figsize=(7, 4.5))
+  figure, axes = plt.subplots(figsize=(8.5, 4.5))
   max_lines = 12
   for index, name in enumerate(client_names[:max_lines]):
     values = [row[index] for row in client_accuracy]
@@ -44,7 +44,8 @@ def plot_accuracy(
   if len(client_names) > max_lines:
     title += f' (first {max_lines} of {len(client_names)} clients shown)'
   axes.set_title(title)
-  axes.legend(loc='lower right', fontsize='small')
+  # Outside the axes, so that no line is hidden behind the legend.
+  axes.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize='small')
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)

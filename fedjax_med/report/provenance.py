@@ -10,6 +10,8 @@ from typing import Any, Iterable
 
 import jax
 
+import fedjax_med
+
 
 def sha256_file(path: pathlib.Path) -> str:
   digest = hashlib.sha256()
@@ -26,23 +28,35 @@ def _version(package: str) -> str | None:
     return None
 
 
-def git_commit(directory: pathlib.Path) -> str | None:
-  """Return the commit of the git checkout holding `directory`, if any."""
-  try:
-    result = subprocess.run(
-        ['git', 'rev-parse', 'HEAD'],
-        cwd=directory, capture_output=True, text=True, timeout=10, check=False,
+def git_commit(package_dir: pathlib.Path) -> str | None:
+  """Return the commit of the checkout whose source tree is `package_dir`.
+
+  An installed copy inside some other repository (a virtualenv in a
+  project folder, say) is not that repository's code, so only a checkout
+  whose top level is the parent of `package_dir` counts. A commit with
+  uncommitted changes to tracked files gets a `-dirty` suffix.
+  """
+
+  def git(*args):
+    return subprocess.run(
+        ['git', *args], cwd=package_dir, capture_output=True, text=True,
+        timeout=10, check=False,
     )
+
+  try:
+    top_level = git('rev-parse', '--show-toplevel')
+    if top_level.returncode != 0:
+      return None
+    if pathlib.Path(top_level.stdout.strip()).resolve() != package_dir.parent:
+      return None
+    commit = git('rev-parse', 'HEAD')
+    if commit.returncode != 0:
+      return None
+    dirty = git('status', '--porcelain', '--untracked-files=no')
   except (OSError, subprocess.TimeoutExpired):
     return None
-  if result.returncode != 0:
-    return None
-  commit = result.stdout.strip()
-  dirty = subprocess.run(
-      ['git', 'status', '--porcelain', '--untracked-files=no'],
-      cwd=directory, capture_output=True, text=True, timeout=10, check=False,
-  )
-  return commit + ('-dirty' if dirty.stdout.strip() else '')
+  suffix = '-dirty' if dirty.stdout.strip() else ''
+  return commit.stdout.strip() + suffix
 
 
 def collect(data_files: Iterable[pathlib.Path]) -> dict[str, Any]:
@@ -50,7 +64,7 @@ def collect(data_files: Iterable[pathlib.Path]) -> dict[str, Any]:
   device = jax.devices()[0]
   package_dir = pathlib.Path(__file__).resolve().parents[1]
   return {
-      'fedjax_med': _version('fedjax_med'),
+      'fedjax_med': fedjax_med.__version__,
       'jax': jax.__version__,
       'jaxlib': _version('jaxlib'),
       'optax': _version('optax'),
@@ -65,6 +79,7 @@ def collect(data_files: Iterable[pathlib.Path]) -> dict[str, Any]:
       },
       'git_commit': git_commit(package_dir),
       'data_files': {
-          str(path): sha256_file(pathlib.Path(path)) for path in data_files
+          str(pathlib.Path(path).resolve()): sha256_file(pathlib.Path(path))
+          for path in data_files
       },
   }

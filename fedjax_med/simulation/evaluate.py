@@ -19,28 +19,44 @@ class ClientEvaluation(NamedTuple):
     loss: mean cross-entropy over the client's test rows; NaN when empty.
     probabilities: `[clients, examples, num_classes]` predicted class
       probabilities, padding rows included (mask them with the counts).
+    num_nonfinite: test rows whose probabilities are NaN or infinite, which
+      happens only when training has diverged.
   """
 
   accuracy: jax.Array
   loss: jax.Array
   probabilities: jax.Array
+  num_nonfinite: jax.Array
 
 
 def build_evaluate(
-    model: tabular.Model, test_data: federated.FederatedData
+    model: tabular.Model,
+    test_data: federated.FederatedData,
+    *,
+    threshold: float = 0.5,
 ) -> Callable[[Params], ClientEvaluation]:
-  """Return a jitted `evaluate(params) -> ClientEvaluation` over `test_data`."""
+  """Return a jitted `evaluate(params) -> ClientEvaluation` over `test_data`.
+
+  A binary model predicts class 1 when its probability is at least
+  `threshold`; a multi-class model predicts its most probable class.
+  """
 
   def evaluate_client(params, examples, num_examples):
     logits = model.apply(params, examples['x'])
     probabilities = tabular.class_probabilities(logits, model.num_classes)
     losses = tabular.per_example_loss(logits, examples['y'], model.num_classes)
-    correct = jnp.argmax(probabilities, axis=-1) == examples['y']
+    if model.num_classes == 2:
+      predicted = (probabilities[..., 1] >= threshold).astype(jnp.int32)
+    else:
+      predicted = jnp.argmax(probabilities, axis=-1)
+    correct = predicted == examples['y']
     real = jnp.arange(examples['y'].shape[0]) < num_examples
     count = jnp.where(num_examples > 0, num_examples, jnp.nan)
     accuracy = jnp.sum(correct & real) / count
     loss = jnp.sum(jnp.where(real, losses, 0.0)) / count
-    return ClientEvaluation(accuracy, loss, probabilities)
+    finite = jnp.all(jnp.isfinite(probabilities), axis=-1)
+    num_nonfinite = jnp.sum(real & ~finite)
+    return ClientEvaluation(accuracy, loss, probabilities, num_nonfinite)
 
   evaluate_all = jax.vmap(evaluate_client, in_axes=(None, 0, 0))
 

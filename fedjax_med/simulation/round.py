@@ -131,7 +131,9 @@ def build_round(
   Returns:
     `round_fn(server_state, round_key) -> (server_state, metrics)`. The
     metrics are scalars: `skipped` is True when no client contributed, in
-    which case the params and optimizer state are unchanged.
+    which case the params and optimizer state are unchanged, and
+    `params_finite` is False once the server step has produced a NaN or
+    infinite parameter (for example from a far too large learning rate).
   """
   if aggregator not in AGGREGATORS:
     raise ValueError(
@@ -177,6 +179,7 @@ def build_round(
     metrics = _round_metrics(
         state, cohort, counts, contributes, local, diagnostics, skipped
     )
+    metrics['params_finite'] = tree.tree_is_finite(new_state.params)
     return new_state, metrics
 
   def round_fn(state: ServerState, round_key: PRNGKey):

@@ -272,7 +272,7 @@ BAD_ROWS = {
     'inf': ('A,-inf,0', 'x', 'not a finite number'),
     'fractional_label': ('A,1,0.5', 'y', 'not a whole number'),
     'negative_label': ('A,1,-1', 'y', 'not a whole number'),
-    'text_label': ('A,1,yes', 'y', 'not a number'),
+    'text_label': ('A,1,yes', 'y', 'not a class number'),
     'empty_client': (',1,0', 'site', 'empty'),
     'too_few_cells': ('A,1', None, 'has 2 cells but the header has 3'),
     'too_many_cells': ('A,1,0,9', None, 'has 4 cells but the header has 3'),
@@ -320,3 +320,20 @@ def test_csv_not_utf8(tmp_path):
     tabular.load_csv(path, client_column='site', label_column='y')
 
   assert 'latin.csv' in str(error.value)
+
+
+def test_csv_label_gap_rejected(tmp_path):
+  path = _write(tmp_path, 'site,x,y\nA,1,0\nA,2,5\nB,3,0\nB,4,5\n')
+
+  with pytest.raises(InputError) as error:
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+  assert 'found 0, 5' in str(error.value)
+  assert 'cohort.csv' in str(error.value)
+
+
+def test_csv_single_class_rejected(tmp_path):
+  path = _write(tmp_path, 'site,x,y\nA,1,1\nA,2,1\nB,3,1\n')
+
+  with pytest.raises(InputError, match='at least two classes'):
+    tabular.load_csv(path, client_column='site', label_column='y')

@@ -1,0 +1,37 @@
+"""Run folders and provenance."""
+
+import pathlib
+import shutil
+import subprocess
+
+from fedjax_med.report import outputs
+from fedjax_med.report import provenance
+
+
+def test_run_dirs_same_second_differ(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+
+  folders = {outputs.make_run_dir(None, 'study') for _ in range(5)}
+
+  assert len(folders) == 5
+  for folder in folders:
+    assert folder.is_dir()
+
+
+def test_git_commit_ignores_foreign_repo(tmp_path):
+  package = pathlib.Path(provenance.__file__).resolve().parents[1]
+  repo = tmp_path / 'other'
+  shutil.copytree(package, repo / 'site-packages' / 'fedjax_med')
+  subprocess.run(['git', 'init', '-q', str(repo)], check=True)
+
+  commit = provenance.git_commit(repo / 'site-packages' / 'fedjax_med')
+
+  assert commit is None
+
+
+def test_json_values_drop_nan():
+  record = {'a': float('nan'), 'b': [1.0, float('inf')], 'c': 2}
+
+  converted = outputs.to_json_value(record)
+
+  assert converted == {'a': None, 'b': [1.0, None], 'c': 2}
