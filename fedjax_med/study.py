@@ -211,8 +211,6 @@ def run_study(
   config_lib.validate(config)
   config = dataclasses.replace(config, name=config_lib.run_name(config))
   dataset = load_dataset(config.data, config.seed)
-  if config.model.model == 'logistic_regression' and dataset.num_classes < 2:
-    raise InputError(f'The dataset has {dataset.num_classes} class; need 2+.')
   sampler = build_sampler(config.sampling, dataset.num_clients)
   model = build_model(config.model, dataset.num_classes)
   local_update = build_local_update(config.client, model, dataset.train)

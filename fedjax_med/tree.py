@@ -7,10 +7,21 @@ from fedjax_med.typing import PyTree
 
 
 def tree_l2_norm(tree: PyTree) -> jax.Array:
-  """Return the L2 norm of all leaves of `tree` taken together."""
-  leaves = jax.tree.leaves(tree)
-  squares = [jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves]
-  return jnp.sqrt(sum(squares))
+  """Return the L2 norm of all leaves of `tree` taken together.
+
+  The entries are divided by the largest magnitude before squaring, so a
+  finite tree whose squares would overflow float32 (entries near 1e20) still
+  gets its finite norm. A tree with an infinite entry has norm inf.
+  """
+  leaves = [
+      leaf.astype(jnp.float32) for leaf in jax.tree.leaves(tree) if leaf.size
+  ]
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
+  scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
+  squares = [jnp.sum(jnp.square(leaf / scale)) for leaf in leaves]
+  return scale * jnp.sqrt(sum(squares))
 
 
 def tree_is_finite(tree: PyTree) -> jax.Array:

@@ -29,11 +29,14 @@ class LocalResult(NamedTuple):
     delta: trained params minus the server params, same pytree as params.
     loss: mean training loss over the steps taken, before each step's update.
     num_steps: number of optimizer steps actually taken.
+    truncated: True when `num_epochs` needed more steps than the scan has,
+      so the client stopped early.
   """
 
   delta: Params
   loss: jax.Array
   num_steps: jax.Array
+  truncated: jax.Array
 
 
 LocalUpdate = Callable[[Params, dict, jax.Array, PRNGKey], LocalResult]
@@ -94,7 +97,9 @@ def build_local_update(
       fewer).
     num_epochs: if set, a client with `n` examples takes
       `num_epochs * ceil(n / batch_size)` steps and skips the rest of the
-      scan; `num_steps` must then cover the largest client.
+      scan; `num_steps` must then cover the largest client (see
+      `max_local_steps`), or larger clients stop early and report
+      `truncated`.
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
@@ -105,6 +110,10 @@ def build_local_update(
     raise ValueError(f'`num_steps` must be at least 1; got {num_steps}.')
   if batch_size < 1:
     raise ValueError(f'`batch_size` must be at least 1; got {batch_size}.')
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(
+        f'`num_epochs` must be at least 1 or None; got {num_epochs}.'
+    )
 
   def batch_loss(params, x, y, weights):
     logits = model.apply(params, x)
@@ -116,10 +125,11 @@ def build_local_update(
   def local_update(server_params, examples, num_examples, key):
     max_examples = examples['x'].shape[0]
     if num_epochs is None:
-      client_steps = jnp.where(num_examples > 0, num_steps, 0)
+      requested_steps = jnp.where(num_examples > 0, num_steps, 0)
     else:
-      client_steps = num_epochs * batches_per_epoch(num_examples, batch_size)
-      client_steps = jnp.where(num_examples > 0, client_steps, 0)
+      requested_steps = num_epochs * batches_per_epoch(num_examples, batch_size)
+      requested_steps = jnp.where(num_examples > 0, requested_steps, 0)
+    client_steps = jnp.minimum(requested_steps, num_steps)
 
     def step(carry, step_index):
       params, opt_state = carry
@@ -143,7 +153,8 @@ def build_local_update(
     (params, _), losses = jax.lax.scan(step, init, jnp.arange(num_steps))
     mean_loss = jnp.sum(losses) / jnp.maximum(client_steps, 1)
     delta = tree.tree_sub(params, server_params)
-    return LocalResult(delta, mean_loss, client_steps)
+    truncated = requested_steps > num_steps
+    return LocalResult(delta, mean_loss, client_steps, truncated)
 
   return local_update
 

@@ -61,15 +61,18 @@ def stack_clients(
   Args:
     client_examples: one dict per client, each mapping a field name to an
       array shaped `[examples, ...]`. Every client has the same fields, and a
-      field has the same trailing shape and dtype for every client. A client
-      may have zero rows.
+      field has the same trailing shape for every client. A field's dtype is
+      the common type of all clients' arrays (numpy's `result_type`), so an
+      integer client next to a float one is not truncated. A client may have
+      zero rows.
 
   Returns:
     A `FederatedData` whose arrays are numpy arrays; `jax.device_put` it to
     move it to an accelerator.
 
   Raises:
-    InputError: if there are no clients or the fields disagree.
+    InputError: if there are no clients, or the clients disagree on the
+      field names, a field's trailing shape or the lengths of their fields.
   """
   if not client_examples:
     raise InputError('A federated dataset needs at least one client; got 0.')
@@ -90,12 +93,19 @@ def stack_clients(
 
   stacked = {}
   for name in names:
-    first = np.asarray(client_examples[0][name])
-    padded = np.zeros(
-        (len(client_examples), max_examples) + first.shape[1:], first.dtype
-    )
-    for index, examples in enumerate(client_examples):
-      padded[index, : counts[index]] = examples[name]
+    arrays = [np.asarray(examples[name]) for examples in client_examples]
+    trailing = arrays[0].shape[1:]
+    for index, array in enumerate(arrays):
+      if array.shape[1:] != trailing:
+        raise InputError(
+            f'Client {index} has field {name!r} shaped {array.shape}, but '
+            f'client 0 has trailing shape {trailing}. Give every client the '
+            'same trailing shape.'
+        )
+    dtype = np.result_type(*arrays)
+    padded = np.zeros((len(arrays), max_examples) + trailing, dtype)
+    for index, array in enumerate(arrays):
+      padded[index, : counts[index]] = array
     stacked[name] = padded
   return FederatedData(stacked, np.asarray(counts, dtype=np.int32))
 

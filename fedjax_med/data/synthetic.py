@@ -1,10 +1,19 @@
 """Synthetic(alpha, beta): heterogeneous federated classification data.
 
 Every client has its own softmax-regression model and its own feature mean.
-`alpha` controls how much the client models differ and `beta` how much the
-client feature distributions differ. The FedProx experiments use (0, 0),
+`beta` controls how much the client feature distributions differ. The
+FedProx experiments use (0, 0),
 (0.5, 0.5) and (1, 1), in increasing heterogeneity, plus an IID variant that
-this module does not generate. The generator is vectorized over clients with
+this module does not generate.
+
+NOTE: as defined in the paper and in FedProx's generator, `alpha` does not
+change the labels. The client's shift u_k is added to every entry of W_k and
+b_k, so every class logit moves by the same u_k * (sum(x) + 1) and the
+argmax is unchanged; Synthetic(0, 1) and Synthetic(1, 1) give identical
+labels for the same key. The client models still differ, because W_k has
+unit variance around u_k for every alpha.
+
+The generator is vectorized over clients with
 `jax.vmap` and writes padded arrays directly, so large populations build
 without a Python loop.
 

@@ -92,6 +92,12 @@ def validate_privacy(privacy: PrivacySettings, aggregator: str) -> None:
         '`noise_multiplier` must be non-negative; got '
         f'{privacy.noise_multiplier}.'
     )
+  if privacy.noise_kind == 'none' and privacy.noise_multiplier > 0:
+    raise ValueError(
+        f'`noise_multiplier={privacy.noise_multiplier}` has no effect with '
+        "`noise_kind='none'`. Choose 'central' or 'local' noise, or set the "
+        'multiplier to 0.'
+    )
   if privacy.noise_kind != 'none' and privacy.clip_norm is None:
     raise ValueError(
         f'`noise={privacy.noise_kind}` needs a `clip_norm`, because the noise '
@@ -129,11 +135,28 @@ def build_round(
     dropout_rate: probability that a sampled client fails to report.
 
   Returns:
-    `round_fn(server_state, round_key) -> (server_state, metrics)`. The
-    metrics are scalars: `skipped` is True when no client contributed, in
-    which case the params and optimizer state are unchanged, and
-    `params_finite` is False once the server step has produced a NaN or
-    infinite parameter (for example from a far too large learning rate).
+    `round_fn(server_state, round_key) -> (server_state, metrics)`. Derive
+    each round's key from one experiment key, for example
+    `jax.random.fold_in(key, round_index)`. The metrics are scalars:
+
+    * `round`: 1-based number of this round (`server_state.round` after it).
+    * `num_sampled`: clients the sampler drew; `num_dropped`: of those, the
+      clients that dropped out.
+    * `num_contributing`: clients whose update entered the aggregate: not
+      dropped, with at least one example and a finite update.
+    * `num_examples`: training examples of the contributing clients.
+    * `num_nonfinite`: updates excluded for a NaN or infinite entry.
+    * `num_clipped`: contributing updates scaled down by `clip_norm`.
+    * `num_truncated`: clients whose `num_epochs` did not fit in the scan.
+    * `num_overflow`: Poisson draws left out because the cohort was full.
+    * `mean_update_norm`: mean L2 norm of contributing updates, before
+      clipping.
+    * `train_loss`: example-weighted mean local loss of contributing
+      clients; NaN in a skipped round.
+    * `skipped`: True when no client contributed; the params and optimizer
+      state are then unchanged.
+    * `params_finite`: False once the server step has produced a NaN or
+      infinite parameter (for example from a far too large learning rate).
   """
   if aggregator not in AGGREGATORS:
     raise ValueError(
@@ -144,13 +167,15 @@ def build_round(
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
 
   train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0))
+  # Moved once here, so numpy input is not copied to the device every round.
+  train_data = jax.device_put(train_data)
 
   @jax.jit
   def round_step(state, round_key, examples, num_examples):
+    sampled = sampler(jax.random.fold_in(round_key, _SAMPLE_TAG))
+    num_sampled = jnp.sum(sampled.mask)
     cohort = sampling.apply_dropout(
-        jax.random.fold_in(round_key, _DROPOUT_TAG),
-        sampler(jax.random.fold_in(round_key, _SAMPLE_TAG)),
-        dropout_rate,
+        jax.random.fold_in(round_key, _DROPOUT_TAG), sampled, dropout_rate
     )
     counts = num_examples[cohort.client_ids]
     cohort_examples = jax.tree.map(lambda a: a[cohort.client_ids], examples)
@@ -177,7 +202,8 @@ def build_round(
     skipped = jnp.sum(weights) <= 0
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
     metrics = _round_metrics(
-        state, cohort, counts, contributes, local, diagnostics, skipped
+        state, num_sampled, cohort, counts, contributes, local, diagnostics,
+        skipped,
     )
     metrics['params_finite'] = tree.tree_is_finite(new_state.params)
     return new_state, metrics
@@ -255,15 +281,21 @@ def _server_update(state, aggregate, skipped, server_optimizer):
 
 
 def _round_metrics(
-    state, cohort, counts, contributes, local, diagnostics, skipped
+    state, num_sampled, cohort, counts, contributes, local, diagnostics,
+    skipped,
 ):
   example_weights = jnp.where(contributes, counts, 0).astype(jnp.float32)
-  train_loss = jnp.sum(example_weights * local.loss) / jnp.maximum(
+  # `where` rather than a product, so that the NaN loss of an excluded
+  # client cannot leak in through 0 * NaN.
+  weighted_losses = jnp.where(contributes, example_weights * local.loss, 0.0)
+  train_loss = jnp.sum(weighted_losses) / jnp.maximum(
       jnp.sum(example_weights), 1.0
   )
   return {
-      'round': state.round,
-      'num_sampled': jnp.sum(cohort.mask),
+      'round': state.round + 1,
+      'num_sampled': num_sampled,
+      'num_dropped': num_sampled - jnp.sum(cohort.mask),
+      'num_truncated': jnp.sum(cohort.mask & local.truncated),
       'num_contributing': jnp.sum(contributes),
       'num_examples': jnp.sum(example_weights).astype(jnp.int32),
       'num_overflow': cohort.num_overflow,

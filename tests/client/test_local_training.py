@@ -115,3 +115,23 @@ def test_invalid_batch_size():
     local_training.build_local_update(
         _model(), optax.sgd(0.1), num_steps=1, batch_size=0
     )
+
+
+def test_epochs_truncation_reported(key):
+  model = _model()
+  # 16 rows, batch 4, 3 epochs need 12 steps; the scan has 5.
+  local_update = local_training.build_local_update(
+      model, optax.sgd(0.1), num_steps=5, batch_size=4, num_epochs=3
+  )
+
+  result = local_update(_params(model, key), _client(16, 0), jnp.int32(16), key)
+
+  assert int(result.num_steps) == 5
+  assert bool(result.truncated)
+
+
+def test_invalid_num_epochs():
+  with pytest.raises(ValueError, match='num_epochs'):
+    local_training.build_local_update(
+        _model(), optax.sgd(0.1), num_steps=5, batch_size=2, num_epochs=0
+    )

@@ -63,3 +63,25 @@ def test_tree_norm_matches_flat(key):
   assert float(tree.tree_l2_norm(tree_in)) == pytest.approx(
       np.linalg.norm(flat), rel=1e-6
   )
+
+
+def test_clip_huge_finite_update():
+  # Squaring 1e20 overflows float32; the norm must still be finite.
+  update = {'a': jnp.array([1e20, 1e20], jnp.float32)}
+
+  result = clipping.clip_update(update, 1.0)
+
+  np.testing.assert_allclose(result.update['a'], [0.70710677] * 2, rtol=1e-5)
+  assert float(result.norm) == pytest.approx(1.41421356e20, rel=1e-5)
+
+
+def test_clip_zero_bound_gives_zeros():
+  result = clipping.clip_update({'a': jnp.array([3.0, 4.0])}, 0.0)
+
+  np.testing.assert_array_equal(result.update['a'], [0.0, 0.0])
+
+
+def test_tree_norm_infinite_entry():
+  norm = tree.tree_l2_norm({'a': jnp.array([1.0, jnp.inf])})
+
+  assert float(norm) == float('inf')

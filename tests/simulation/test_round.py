@@ -242,3 +242,35 @@ def test_clipping_counted(key):
   ])
   assert int(metrics['num_clipped']) == 2
   assert np.linalg.norm(moved) <= 1e-4 * (1 + 1e-5)
+
+
+def test_train_loss_ignores_nan_client(key):
+  data = _population([5, 8, 6], nan_client=1)
+  round_fn = round_lib.build_round(
+      data, _local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+  )
+
+  _, metrics = round_fn(_state(optax.sgd(1.0), key), key)
+
+  assert np.isfinite(float(metrics['train_loss']))
+
+
+def test_dropped_clients_counted(key):
+  data = _population([5, 8, 6])
+  round_fn = round_lib.build_round(
+      data, _local_update(), sampling.uniform_sampler(3, 3), optax.sgd(1.0),
+      dropout_rate=1.0,
+  )
+
+  _, metrics = round_fn(_state(optax.sgd(1.0), key), key)
+
+  assert int(metrics['num_sampled']) == 3
+  assert int(metrics['num_dropped']) == 3
+  assert int(metrics['round']) == 1
+
+
+def test_noise_multiplier_without_noise_rejected():
+  with pytest.raises(ValueError, match='has no effect'):
+    round_lib.validate_privacy(
+        round_lib.PrivacySettings(1.0, 2.0, 'none'), 'fedavg'
+    )
