@@ -76,9 +76,17 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(f'  {"mean":>16}: {mean:.3f}   worst: '
           f'{summary["worst_accuracy"]:.3f} ({summary["worst_client"]})   '
           f'10th percentile: {summary["p10_accuracy"]:.3f}')
-  if summary['skipped_rounds'] == summary['rounds']:
+  privacy = summary['privacy']
+  if privacy['private']:
+    print(f"  privacy: {privacy['guarantee']} (noise multiplier "
+          f"{privacy['noise_multiplier']:.4g}, {privacy['rounds_accounted']} "
+          'rounds)')
+  if summary['stopped_at_target_epsilon']:
+    print(f"  stopped after {summary['rounds_run']} of {summary['rounds']} "
+          'rounds: one more would exceed the target epsilon')
+  if summary['skipped_rounds'] == summary['rounds_run']:
     print(
-        f'warning: all {summary["rounds"]} rounds were skipped because no '
+        f'warning: all {summary["rounds_run"]} rounds were skipped because no '
         'client contributed, so these are the accuracies of the untrained '
         'model.', file=sys.stderr,
     )

@@ -27,7 +27,10 @@ CLIENT_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop')
 SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi')
 SAMPLINGS = ('all', 'uniform', 'poisson')
 AGGREGATORS = ('fedavg', 'mean', 'median')
-NOISE_KINDS = ('none', 'central', 'local')
+NOISE_KINDS = ('none', 'central', 'distributed', 'local')
+CLIPPINGS = ('flat', 'per_layer')
+ACCOUNTANTS = ('rdp', 'pld')
+TARGET_MODES = ('calibrate', 'stop')
 # numpy and JAX seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
 # Fewer resamples give percentile intervals too coarse to read.
@@ -112,17 +115,35 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PrivacyConfig:
-  """Clipping and Gaussian noise of client updates.
+  """Client-level differential privacy: clipping, noise and accounting.
 
   Attributes:
-    clip_norm: L2 bound of each whole client update, or None for no clip.
-    noise: 'none', 'central' (added once to the clipped sum) or 'local'.
-    noise_multiplier: noise std divided by `clip_norm`.
+    clip_norm: L2 bound `C` of each client update, or None for no clip.
+    clipping: 'flat' (the whole update) or 'per_layer' (each leaf to
+      `C / sqrt(num_leaves)`, so the sensitivity is still `C`).
+    noise: 'none'; 'central' (std `z * C` added once to the clipped sum);
+      'distributed' (each client adds `z * C / sqrt(min_reporting_clients)`);
+      or 'local' (each client adds `z * C` to its own update).
+    noise_multiplier: `z`, the noise std divided by `clip_norm`.
+    min_reporting_clients: clients guaranteed to report, for distributed
+      noise; None means the cohort size (not allowed with Poisson sampling).
+    delta: the delta of the reported (epsilon, delta) guarantee.
+    accountant: 'rdp' or 'pld' (dp-accounting's accountants).
+    target_epsilon: an epsilon the run must not exceed, or None.
+    target_mode: 'calibrate' (choose `noise_multiplier` up front so that the
+      planned rounds end at the target) or 'stop' (keep `noise_multiplier`
+      and stop before the round that would exceed the target).
   """
 
   clip_norm: float | None = None
+  clipping: str = 'flat'
   noise: str = 'none'
   noise_multiplier: float = 0.0
+  min_reporting_clients: int | None = None
+  delta: float = 1e-5
+  accountant: str = 'rdp'
+  target_epsilon: float | None = None
+  target_mode: str = 'calibrate'
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,12 +152,15 @@ class ServerConfig:
 
   Attributes:
     aggregator: 'fedavg' (example-weighted), 'mean' (uniform) or 'median'.
+    weight_cap: caps FedAvg weights at `min(num_examples / weight_cap, 1)`;
+      required for fedavg with central or distributed noise.
     server_optimizer: optax optimizer applied to the negative aggregate.
     server_learning_rate: its learning rate; 'sgd' with 1.0 is FedAvg.
     rounds: number of federated rounds.
   """
 
   aggregator: str = 'fedavg'
+  weight_cap: float | None = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   rounds: int = 15
@@ -382,6 +406,8 @@ def _require_range(
     )
 
 
+_NOISY = ('central', 'distributed', 'local')
+
 # Settings that only some choices read, as (section, field, the choice
 # field, the choices that read it). Setting one away from its default while
 # another choice is active is an error, so that nothing is silently ignored.
@@ -399,7 +425,13 @@ _SETTINGS_USED_BY = (
     ('model', 'hidden_sizes', 'model', ('mlp',)),
     ('sampling', 'cohort_size', 'sampling', ('uniform',)),
     ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
-    ('privacy', 'noise_multiplier', 'noise', ('central', 'local')),
+    ('privacy', 'noise_multiplier', 'noise', _NOISY),
+    ('privacy', 'min_reporting_clients', 'noise', ('distributed',)),
+    ('privacy', 'delta', 'noise', _NOISY),
+    ('privacy', 'accountant', 'noise', _NOISY),
+    ('privacy', 'target_epsilon', 'noise', _NOISY),
+    ('privacy', 'target_mode', 'noise', _NOISY),
+    ('server', 'weight_cap', 'aggregator', ('fedavg',)),
 )
 
 
@@ -488,21 +520,69 @@ def _validate_sampling_and_privacy(config: ExperimentConfig) -> None:
   )
   _require_range('sampling.dropout_rate', sampling.dropout_rate, 0.0, 1.0)
 
+  _validate_privacy(config)
+
+
+def _validate_privacy(config: ExperimentConfig) -> None:
   privacy = config.privacy
   _require_range('privacy.clip_norm', privacy.clip_norm, 0.0, low_open=True)
+  _require_choice('privacy.clipping', privacy.clipping, CLIPPINGS)
   _require_choice('privacy.noise', privacy.noise, NOISE_KINDS)
   _require_range('privacy.noise_multiplier', privacy.noise_multiplier, 0.0)
-  if privacy.noise != 'none' and privacy.clip_norm is None:
+  _require_range(
+      'privacy.min_reporting_clients', privacy.min_reporting_clients, 1
+  )
+  _require_range(
+      'privacy.delta', privacy.delta, 0.0, 1.0, low_open=True, high_open=True
+  )
+  _require_choice('privacy.accountant', privacy.accountant, ACCOUNTANTS)
+  _require_range(
+      'privacy.target_epsilon', privacy.target_epsilon, 0.0, low_open=True
+  )
+  _require_choice('privacy.target_mode', privacy.target_mode, TARGET_MODES)
+  _require_range('server.weight_cap', config.server.weight_cap, 0.0,
+                 low_open=True)
+  if privacy.noise == 'none':
+    return
+  if privacy.clip_norm is None:
     raise InputError(
         f'`privacy.noise={privacy.noise}` needs `privacy.clip_norm`, because '
         'the noise std is noise_multiplier * clip_norm.'
     )
-  if privacy.noise == 'central' and config.server.aggregator != 'mean':
+  calibrating = (privacy.target_epsilon is not None
+                 and privacy.target_mode == 'calibrate')
+  if calibrating and privacy.noise_multiplier > 0:
     raise InputError(
-        '`privacy.noise=central` needs `server.aggregator=mean`; got '
-        f'{config.server.aggregator!r}. Central noise is calibrated to a sum '
-        'of clipped updates, and an example-weighted mean or a median has '
-        'no such bound.'
+        '`privacy.noise_multiplier` and `privacy.target_epsilon` with '
+        'target_mode=calibrate both set the noise. Set only one of them, or '
+        'use target_mode=stop.'
+    )
+  if not calibrating and privacy.noise_multiplier <= 0:
+    raise InputError(
+        f'`privacy.noise={privacy.noise}` needs `privacy.noise_multiplier` '
+        '> 0, or a `privacy.target_epsilon` to calibrate it.'
+    )
+  aggregator = config.server.aggregator
+  if privacy.noise in ('central', 'distributed'):
+    if aggregator == 'median':
+      raise InputError(
+          f'`privacy.noise={privacy.noise}` is calibrated to a sum of clipped '
+          'updates and does not apply to aggregator median. Use mean, fedavg '
+          'with `server.weight_cap`, or local noise.'
+      )
+    if aggregator == 'fedavg' and config.server.weight_cap is None:
+      raise InputError(
+          f'`privacy.noise={privacy.noise}` with aggregator fedavg needs '
+          '`server.weight_cap`: example-count weights make the sensitivity '
+          'unbounded. Set a cap (weights become min(num_examples / cap, 1)) '
+          'or use `aggregator=mean`.'
+      )
+  if (privacy.noise == 'distributed' and config.sampling.sampling == 'poisson'
+      and privacy.min_reporting_clients is None):
+    raise InputError(
+        '`privacy.noise=distributed` with Poisson sampling needs '
+        '`privacy.min_reporting_clients`: a Poisson cohort has no guaranteed '
+        'size.'
     )
 
 

@@ -19,6 +19,7 @@ import optax
 import tqdm
 
 from fedjax_med import config as config_lib
+from fedjax_med import study_privacy
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
@@ -217,17 +218,22 @@ def run_study(
   server_optimizer = build_optimizer(
       config.server.server_optimizer, config.server.server_learning_rate
   )
+  noise_multiplier = study_privacy.resolve_noise_multiplier(
+      config, dataset.num_clients
+  )
+  privacy = study_privacy.privacy_settings(
+      config, np.asarray(dataset.train.num_examples), noise_multiplier
+  )
+  accountant = study_privacy.build_accountant(
+      config, dataset.num_clients, noise_multiplier
+  )
   round_fn = round_lib.build_round(
       jax.device_put(dataset.train),
       local_update,
       sampler,
       server_optimizer,
       aggregator=config.server.aggregator,
-      privacy=round_lib.PrivacySettings(
-          clip_norm=config.privacy.clip_norm,
-          noise_multiplier=config.privacy.noise_multiplier,
-          noise_kind=config.privacy.noise,
-      ),
+      privacy=privacy,
       dropout_rate=config.sampling.dropout_rate,
   )
   evaluate = evaluate_lib.build_evaluate(
@@ -249,7 +255,9 @@ def run_study(
   state = round_lib.init_server_state(params, server_optimizer)
   rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
-             'state': state, 'start': time.perf_counter(), 'done': 0}
+             'state': state, 'start': time.perf_counter(), 'done': 0,
+             'accountant': accountant, 'privacy': privacy,
+             'below_min_reporting': 0, 'stopped_at_target': False}
   try:
     _run_rounds(
         config, dataset, round_fn, evaluate, rounds_key, run_dir, history,
@@ -286,11 +294,22 @@ def _run_rounds(
   )
   with bar, outputs.MetricsWriter(run_dir / 'metrics.jsonl') as writer:
     for round_index in range(num_rounds):
+      accountant = history['accountant']
+      if study_privacy.stop_before_round(accountant, config):
+        history['stopped_at_target'] = True
+        break
       round_key = jax.random.fold_in(rounds_key, round_index)
       state, metrics = round_fn(state, round_key)
       record = {key: np.asarray(value).item() for key, value in metrics.items()}
       record['round'] = round_index + 1
       history['skipped'] += int(record['skipped'])
+      history['below_min_reporting'] += int(
+          record.get('below_min_reporting', False)
+      )
+      if accountant is not None:
+        # Every round spends privacy, skipped ones included.
+        accountant.step()
+        record['epsilon'] = accountant.epsilon(config.privacy.delta)
       is_last = round_index + 1 == num_rounds
       evaluate_now = (
           is_last or (round_index + 1) % config.evaluation.eval_every == 0
@@ -341,6 +360,8 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       'seed': config.seed,
       'status': 'completed',
       'rounds': config.server.rounds,
+      'rounds_run': history['done'],
+      'stopped_at_target_epsilon': history['stopped_at_target'],
       'skipped_rounds': history['skipped'],
       'wall_time_s': round(time.perf_counter() - history['start'], 3),
       'test_accuracy': dict(zip(dataset.client_names, accuracies)),
@@ -349,6 +370,10 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           zip(dataset.client_names, [int(count) for count in counts])
       ),
       'clinical': _clinical_reports(config, dataset, evaluation),
+      'privacy': study_privacy.describe(
+          config, history['privacy'], history['accountant'],
+          history['below_min_reporting'],
+      ),
   }
   worst = summary['worst_accuracy']
   summary['worst_client'] = next(

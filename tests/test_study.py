@@ -177,3 +177,45 @@ def test_interrupt_reports_rounds_done(tmp_path):
 
   assert interrupt.value.rounds_done == 2
   assert interrupt.value.run_dir == tmp_path / 'run'
+
+
+def test_dp_epsilon_per_round(tmp_path):
+  config = _config(rounds=3, local_steps=5, noise='central', clip_norm=0.5,
+                   noise_multiplier=1.0, aggregator='mean')
+
+  run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  records = [json.loads(line) for line in
+             (run_dir / 'metrics.jsonl').read_text().splitlines()]
+  epsilons = [record['epsilon'] for record in records]
+  assert epsilons == sorted(epsilons)
+  # All 4 clients every round: 3 composed Gaussian mechanisms, z = 1.
+  assert epsilons[-1] == pytest.approx(summary['privacy']['epsilon'])
+  assert summary['privacy']['unit'] == 'client'
+  assert summary['privacy']['neighboring_relation'] == 'add_or_remove'
+  assert 'not covered' in ' '.join(summary['privacy']['assumptions'])
+
+
+def test_dp_target_calibrated(tmp_path):
+  config = _config(rounds=5, local_steps=5, noise='central', clip_norm=0.5,
+                   target_epsilon=8.0, aggregator='fedavg', weight_cap=100)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  assert summary['privacy']['epsilon'] <= 8.0
+  assert summary['privacy']['epsilon'] > 7.9
+  assert summary['rounds_run'] == 5
+
+
+def test_dp_target_stops_early(tmp_path):
+  config = _config(rounds=30, local_steps=5, noise='central', clip_norm=0.5,
+                   noise_multiplier=2.0, target_epsilon=8.0,
+                   target_mode='stop', aggregator='mean')
+
+  run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  lines = (run_dir / 'metrics.jsonl').read_text().splitlines()
+  assert summary['stopped_at_target_epsilon']
+  assert summary['rounds_run'] == len(lines)
+  assert summary['rounds_run'] < 30
+  assert summary['privacy']['epsilon'] <= 8.0

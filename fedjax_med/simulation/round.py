@@ -18,25 +18,25 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import tree
-from fedjax_med.aggregation import mean
 from fedjax_med.aggregation import median
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
-from fedjax_med.privacy import clipping
-from fedjax_med.privacy import noise
+from fedjax_med.privacy import mechanisms
 from fedjax_med.simulation import sampling
-from fedjax_med.typing import Params, PRNGKey, PyTree
+from fedjax_med.typing import Params, PRNGKey
 
 AGGREGATORS = ('fedavg', 'mean', 'median')
-NOISE_KINDS = ('none', 'central', 'local')
+NOISE_KINDS = mechanisms.NOISE_KINDS
+PrivacySettings = mechanisms.PrivacySettings
+validate_privacy = mechanisms.validate_privacy
 
 # Tags for `fold_in`, one per use of the round key.
 _SAMPLE_TAG = 0
 _DROPOUT_TAG = 1
 _CLIENTS_TAG = 2
 _CENTRAL_NOISE_TAG = 3
-# Folded into a client's key for its local noise, apart from its training key.
-_LOCAL_NOISE_TAG = 1 << 30
+# Folded into a client's key for its own noise, apart from its training key.
+_CLIENT_NOISE_TAG = 1 << 30
 
 
 class ServerState(NamedTuple):
@@ -57,58 +57,6 @@ def init_server_state(
     params: Params, server_optimizer: optax.GradientTransformation
 ) -> ServerState:
   return ServerState(params, server_optimizer.init(params), jnp.int32(0))
-
-
-class PrivacySettings(NamedTuple):
-  """Clipping and noise applied to client updates.
-
-  Attributes:
-    clip_norm: L2 bound on each whole client update, or None for no clip.
-    noise_multiplier: noise std divided by `clip_norm`.
-    noise_kind: 'none'; 'central', std `noise_multiplier * clip_norm` added
-      once to the sum of clipped updates, which is then divided by the number
-      of clients that contributed; or 'local', each client adds that std to
-      its own clipped update.
-  """
-
-  clip_norm: float | None = None
-  noise_multiplier: float = 0.0
-  noise_kind: str = 'none'
-
-
-def validate_privacy(privacy: PrivacySettings, aggregator: str) -> None:
-  """Raise ValueError for clipping and noise settings that do not fit."""
-  if privacy.noise_kind not in NOISE_KINDS:
-    raise ValueError(
-        f'`noise` must be one of {NOISE_KINDS}; got {privacy.noise_kind!r}.'
-    )
-  if privacy.clip_norm is not None and not privacy.clip_norm > 0:
-    raise ValueError(
-        f'`clip_norm` must be positive; got {privacy.clip_norm}. Leave it '
-        'unset for no clipping.'
-    )
-  if privacy.noise_multiplier < 0:
-    raise ValueError(
-        '`noise_multiplier` must be non-negative; got '
-        f'{privacy.noise_multiplier}.'
-    )
-  if privacy.noise_kind == 'none' and privacy.noise_multiplier > 0:
-    raise ValueError(
-        f'`noise_multiplier={privacy.noise_multiplier}` has no effect with '
-        "`noise_kind='none'`. Choose 'central' or 'local' noise, or set the "
-        'multiplier to 0.'
-    )
-  if privacy.noise_kind != 'none' and privacy.clip_norm is None:
-    raise ValueError(
-        f'`noise={privacy.noise_kind}` needs a `clip_norm`, because the noise '
-        'std is `noise_multiplier * clip_norm`.'
-    )
-  if privacy.noise_kind == 'central' and aggregator != 'mean':
-    raise ValueError(
-        f'`noise=central` needs `aggregator=mean`; got {aggregator!r}. '
-        'Central noise is calibrated to a sum of clipped updates, and an '
-        'example-weighted sum or a median has no such bound.'
-    )
 
 
 def build_round(
@@ -170,6 +118,29 @@ def build_round(
   # Moved once here, so numpy input is not copied to the device every round.
   train_data = jax.device_put(train_data)
 
+  client_stddev = mechanisms.client_noise_stddev(privacy)
+
+  def _privatize_and_aggregate(updates, weights, contributes, client_keys, key):
+    noise_keys = jax.vmap(jax.random.fold_in, (0, None))(
+        client_keys, _CLIENT_NOISE_TAG
+    )
+    if privacy.noise_kind == 'local':
+      updates = mechanisms.add_client_noise(updates, noise_keys, client_stddev)
+    if aggregator == 'median':
+      return median.coordinate_median(updates, contributes)
+    if privacy.noise_kind == 'distributed':
+      # Each reporting client noises its own weighted update; the server
+      # then only sums.
+      weighted = jax.tree.map(
+          lambda leaf: leaf * _expand(weights, leaf), updates
+      )
+      noised = mechanisms.add_client_noise(weighted, noise_keys, client_stddev)
+      updates = jax.tree.map(
+          lambda leaf: jnp.where(_expand(contributes, leaf), leaf, 0.0), noised
+      )
+      weights = contributes.astype(jnp.float32)
+    return mechanisms.noised_mean(updates, weights, privacy, key=key)
+
   @jax.jit
   def round_step(state, round_key, examples, num_examples):
     sampled = sampler(jax.random.fold_in(round_key, _SAMPLE_TAG))
@@ -186,17 +157,18 @@ def build_round(
 
     local = train_local(state.params, cohort_examples, counts, client_keys)
     updates, contributes, diagnostics = _screen_and_clip(
-        local.delta, cohort.mask, counts, privacy.clip_norm
+        local.delta, cohort.mask, counts, privacy
     )
-    if privacy.noise_kind == 'local':
-      updates = _add_local_noise(updates, client_keys, privacy)
-
-    weights = _aggregation_weights(aggregator, contributes, counts)
-    aggregate = _aggregate(aggregator, updates, weights, contributes)
-    if privacy.noise_kind == 'central':
-      aggregate = _add_central_noise(
-          aggregate, weights, privacy,
-          key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
+    weights = mechanisms.client_weights(
+        aggregator, contributes, counts, privacy.weight_cap
+    )
+    aggregate = _privatize_and_aggregate(
+        updates, weights, contributes, client_keys,
+        key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
+    )
+    if privacy.noise_kind == 'distributed':
+      diagnostics['below_min_reporting'] = (
+          jnp.sum(contributes) < privacy.min_reporting_clients
       )
 
     skipped = jnp.sum(weights) <= 0
@@ -216,18 +188,20 @@ def build_round(
   return round_fn
 
 
-def _screen_and_clip(deltas, mask, counts, clip_norm):
+def _expand(values: jax.Array, leaf: jax.Array) -> jax.Array:
+  """Reshape `[clients]` values to broadcast against a `[clients, ...]` leaf."""
+  return values.reshape((-1,) + (1,) * (leaf.ndim - 1))
+
+
+def _screen_and_clip(deltas, mask, counts, privacy):
   """Zero out non-finite updates and clip the rest, per client."""
   finite = jax.vmap(tree.tree_is_finite)(deltas)
   has_data = mask & (counts > 0)
   contributes = has_data & finite
   deltas = jax.tree.map(
-      lambda leaf: jnp.where(
-          contributes.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf, 0.0
-      ),
-      deltas,
+      lambda leaf: jnp.where(_expand(contributes, leaf), leaf, 0.0), deltas
   )
-  clipped = jax.vmap(clipping.clip_update, (0, None))(deltas, clip_norm)
+  clipped = jax.vmap(mechanisms.clip_client_update, (0, None))(deltas, privacy)
   diagnostics = {
       'num_nonfinite': jnp.sum(has_data & ~finite),
       'num_clipped': jnp.sum(contributes & clipped.clipped),
@@ -235,35 +209,6 @@ def _screen_and_clip(deltas, mask, counts, clip_norm):
       / jnp.maximum(jnp.sum(contributes), 1),
   }
   return clipped.update, contributes, diagnostics
-
-
-def _add_local_noise(updates, client_keys, privacy):
-  noise_keys = jax.vmap(jax.random.fold_in, (0, None))(
-      client_keys, _LOCAL_NOISE_TAG
-  )
-  stddev = privacy.noise_multiplier * privacy.clip_norm
-  return jax.vmap(
-      lambda update, key: noise.add_gaussian_noise(update, stddev, key=key)
-  )(updates, noise_keys)
-
-
-def _add_central_noise(aggregate, weights, privacy, *, key):
-  """Noise the sum: the mean's noise std is `z * C / contributors`."""
-  num_contributors = jnp.maximum(jnp.sum(weights), 1.0)
-  stddev = privacy.noise_multiplier * privacy.clip_norm / num_contributors
-  return noise.add_gaussian_noise(aggregate, stddev, key=key)
-
-
-def _aggregation_weights(aggregator, contributes, counts):
-  if aggregator == 'fedavg':
-    return jnp.where(contributes, counts, 0).astype(jnp.float32)
-  return contributes.astype(jnp.float32)
-
-
-def _aggregate(aggregator, updates, weights, contributes) -> PyTree:
-  if aggregator == 'median':
-    return median.coordinate_median(updates, contributes)
-  return mean.weighted_mean(updates, weights)
 
 
 def _server_update(state, aggregate, skipped, server_optimizer):

@@ -9,6 +9,7 @@ import pytest
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.models import tabular
+from fedjax_med.privacy import mechanisms
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -182,7 +183,7 @@ def test_central_noise_std(key):
   round_fn = round_lib.build_round(
       data, _local_update(0.0), sampling.uniform_sampler(4, 4),
       optax.sgd(1.0), aggregator='mean',
-      privacy=round_lib.PrivacySettings(2.0, 1.0, 'central'),
+      privacy=round_lib.PrivacySettings(2.0, 1.0, 'central', denominator=4.0),
   )
   state = _state(optax.sgd(1.0), key)
   start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
@@ -203,17 +204,20 @@ def test_local_noise_differs_per_client(key):
   client_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(2))
   privacy = round_lib.PrivacySettings(1.0, 1.0, 'local')
 
-  noisy = round_lib._add_local_noise(updates, client_keys, privacy)
+  noisy = mechanisms.add_client_noise(
+      updates, client_keys, mechanisms.client_noise_stddev(privacy)
+  )
 
   correlation = np.corrcoef(noisy['w'][0], noisy['w'][1])[0, 1]
   assert abs(correlation) < 0.2
   assert float(jnp.std(noisy['w'])) == pytest.approx(1.0, rel=0.1)
 
 
-def test_central_noise_needs_uniform_mean():
-  with pytest.raises(ValueError, match='aggregator=mean'):
+def test_central_noise_needs_weight_cap():
+  with pytest.raises(ValueError, match='weight_cap'):
     round_lib.validate_privacy(
-        round_lib.PrivacySettings(1.0, 1.0, 'central'), 'fedavg'
+        round_lib.PrivacySettings(1.0, 1.0, 'central', denominator=2.0),
+        'fedavg',
     )
 
 

@@ -1,0 +1,174 @@
+"""Client-level DP of a study: settings, noise calibration and accounting.
+
+This module turns the `privacy` section of an `ExperimentConfig` into the
+round's `PrivacySettings` and a dp-accounting accountant built from the
+sampler that the run actually uses, so there is no separate sampling rate
+for a user to get wrong. Every round is counted, skipped ones included.
+
+What the guarantee covers: the sequence of noised aggregates, at the client
+level (one hospital's whole data set added or removed, or replaced under
+fixed-size sampling). What it does not cover: the per-round metrics and the
+summary (per-hospital accuracy, counts of skipped rounds, excluded or
+clipped updates, the train loss), which are computed without noise.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from fedjax_med import config as config_lib
+from fedjax_med.privacy import accounting
+from fedjax_med.privacy import mechanisms
+
+NOT_COVERED = (
+    'Per-round metrics and the summary (per-client accuracy, skipped rounds, '
+    'excluded, clipped or truncated updates, train loss) are computed '
+    'without noise and are not covered by the guarantee.'
+)
+
+
+def is_private(config: config_lib.ExperimentConfig) -> bool:
+  return config.privacy.noise != 'none'
+
+
+def _sampling_args(config, num_clients: int) -> dict[str, Any]:
+  sampling = config.sampling
+  return {
+      'sampling': sampling.sampling,
+      'num_clients': num_clients,
+      'cohort_size': sampling.cohort_size,
+      'sampling_rate': sampling.sampling_rate,
+  }
+
+
+def expected_fraction(config, num_clients: int) -> float:
+  """Return the expected fraction of the population sampled in a round."""
+  sampling = config.sampling
+  if sampling.sampling == 'uniform':
+    return sampling.cohort_size / num_clients
+  if sampling.sampling == 'poisson':
+    return sampling.sampling_rate
+  return 1.0
+
+
+def resolve_noise_multiplier(config, num_clients: int) -> float:
+  """Return the configured noise multiplier, or calibrate it to the target."""
+  privacy = config.privacy
+  if privacy.target_epsilon is None or privacy.target_mode != 'calibrate':
+    return privacy.noise_multiplier
+  return accounting.calibrate_noise_multiplier(
+      target_epsilon=privacy.target_epsilon,
+      delta=privacy.delta,
+      rounds=config.server.rounds,
+      accountant=privacy.accountant,
+      **_sampling_args(config, num_clients),
+  )
+
+
+def privacy_settings(
+    config, train_counts: np.ndarray, noise_multiplier: float
+) -> mechanisms.PrivacySettings:
+  """Build the round's settings, with its fixed denominator.
+
+  The denominator is the expected total weight of the clients that report:
+  the expected sampled fraction, times `1 - dropout_rate`, times the
+  population's total weight (one per client for the uniform mean, or
+  `sum min(n / weight_cap, 1)` for capped FedAvg).
+  """
+  privacy, server = config.privacy, config.server
+  num_clients = len(train_counts)
+  if server.aggregator == 'fedavg' and server.weight_cap is not None:
+    total_weight = float(np.sum(np.minimum(train_counts / server.weight_cap, 1)))
+  else:
+    total_weight = float(num_clients)
+  reporting = expected_fraction(config, num_clients) * (
+      1.0 - config.sampling.dropout_rate
+  )
+  denominator = max(reporting * total_weight, 1e-12)
+  min_reporting = privacy.min_reporting_clients
+  if privacy.noise == 'distributed' and min_reporting is None:
+    min_reporting = config.sampling.cohort_size or num_clients
+  return mechanisms.PrivacySettings(
+      clip_norm=privacy.clip_norm,
+      noise_multiplier=noise_multiplier if is_private(config) else 0.0,
+      noise_kind=privacy.noise,
+      clipping=privacy.clipping,
+      weight_cap=server.weight_cap if server.aggregator == 'fedavg' else None,
+      denominator=denominator,
+      min_reporting_clients=min_reporting,
+  )
+
+
+def build_accountant(
+    config, num_clients: int, noise_multiplier: float
+) -> accounting.PrivacyAccountant | None:
+  """Return an accountant for one round of this run, or None without DP."""
+  if not is_private(config):
+    return None
+  event, relation = accounting.round_event(
+      noise_multiplier=noise_multiplier, **_sampling_args(config, num_clients)
+  )
+  return accounting.PrivacyAccountant(
+      event, relation, config.privacy.accountant
+  )
+
+
+def describe(
+    config, settings: mechanisms.PrivacySettings,
+    accountant: accounting.PrivacyAccountant | None, rounds_below_min: int,
+) -> dict[str, Any]:
+  """Return the summary's privacy section: the guarantee and its limits."""
+  if accountant is None:
+    return {'private': False}
+  privacy = config.privacy
+  epsilon = accountant.epsilon(privacy.delta) if accountant.rounds else 0.0
+  assumptions = [NOT_COVERED]
+  if privacy.noise == 'local':
+    assumptions.append(
+        'Local noise is accounted as central noise of the same multiplier on '
+        'the sum, a valid but loose bound; the local guarantee of each '
+        "client's own release is not computed."
+    )
+  if privacy.noise == 'distributed':
+    assumptions.append(
+        f'Distributed noise assumes at least {settings.min_reporting_clients} '
+        f'clients report in every round; {rounds_below_min} rounds had fewer, '
+        'and the guarantee does not hold for those.'
+    )
+  if config.sampling.sampling == 'poisson':
+    assumptions.append(
+        'The Poisson event assumes no sampled client is cut; rounds with '
+        '`num_overflow` > 0 in metrics.jsonl depart from it.'
+    )
+  return {
+      'private': True,
+      'unit': 'client',
+      'epsilon': epsilon,
+      'delta': privacy.delta,
+      'rounds_accounted': accountant.rounds,
+      'noise_multiplier': settings.noise_multiplier,
+      'noise': privacy.noise,
+      'clip_norm': privacy.clip_norm,
+      'clipping': privacy.clipping,
+      'denominator': settings.denominator,
+      'accountant': privacy.accountant,
+      'neighboring_relation': accountant.relation,
+      'guarantee': accounting.describe_guarantee(
+          epsilon, privacy.delta, accountant.relation, 'client',
+          sampling=config.sampling.sampling,
+      ),
+      'assumptions': assumptions,
+  }
+
+
+def stop_before_round(accountant, config) -> bool:
+  """Tell whether the next round would pass a `stop` mode target epsilon."""
+  privacy = config.privacy
+  if accountant is None or privacy.target_epsilon is None:
+    return False
+  if privacy.target_mode != 'stop':
+    return False
+  return accounting.would_exceed(
+      accountant, privacy.target_epsilon, privacy.delta
+  )
+

@@ -1,0 +1,134 @@
+"""Client-level DP mechanisms: distributed noise, capped weights, per-layer."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_med.client import local_training
+from fedjax_med.data import federated
+from fedjax_med.models import tabular
+from fedjax_med.privacy import mechanisms
+from fedjax_med.simulation import round as round_lib
+from fedjax_med.simulation import sampling
+
+MODEL = tabular.from_flax(tabular.LogisticRegression(2), 2)
+
+
+def _zero_update_round(privacy, num_clients=4, aggregator='mean',
+                       dropout_rate=0.0):
+  rng = np.random.default_rng(0)
+  clients = [{'x': rng.normal(size=(5, 3)).astype(np.float32),
+              'y': np.zeros(5, np.int32)} for _ in range(num_clients)]
+  # A learning rate of 0 makes every delta 0: the aggregate is pure noise.
+  local_update = local_training.build_local_update(
+      MODEL, optax.sgd(0.0), num_steps=1, batch_size=2
+  )
+  return round_lib.build_round(
+      federated.stack_clients(clients), local_update,
+      sampling.uniform_sampler(num_clients, num_clients), optax.sgd(1.0),
+      aggregator=aggregator, privacy=privacy, dropout_rate=dropout_rate,
+  )
+
+
+def _noise_samples(round_fn, key, rounds=60):
+  params = MODEL.init(key, jnp.zeros((1, 3)))
+  state = round_lib.init_server_state(params, optax.sgd(1.0))
+  start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+  samples, metrics = [], []
+  for round_index in range(rounds):
+    new_state, round_metrics = round_fn(state, jax.random.fold_in(key, round_index))
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(new_state.params)])
+    samples.append(flat - start)
+    metrics.append(round_metrics)
+  return np.asarray(samples), metrics
+
+
+def test_distributed_noise_std(key):
+  # 4 clients each add std 1 * 2 / sqrt(4) = 1; the sum has std 2 and the
+  # mean (denominator 4) has std 0.5.
+  privacy = mechanisms.PrivacySettings(
+      2.0, 1.0, 'distributed', denominator=4.0, min_reporting_clients=4
+  )
+
+  samples, metrics = _noise_samples(_zero_update_round(privacy), key)
+
+  assert np.std(samples) == pytest.approx(0.5, rel=0.1)
+  assert not any(bool(m['below_min_reporting']) for m in metrics)
+
+
+def test_distributed_shortfall_flagged(key):
+  privacy = mechanisms.PrivacySettings(
+      2.0, 1.0, 'distributed', denominator=4.0, min_reporting_clients=4
+  )
+  round_fn = _zero_update_round(privacy, dropout_rate=0.5)
+
+  _, metrics = _noise_samples(round_fn, key, rounds=10)
+
+  assert any(bool(m['below_min_reporting']) for m in metrics)
+
+
+def test_central_noise_fixed_denominator(key):
+  # Denominator 8 with 4 clients: the mean's std is 1 * 2 / 8 = 0.25.
+  privacy = mechanisms.PrivacySettings(2.0, 1.0, 'central', denominator=8.0)
+
+  samples, _ = _noise_samples(_zero_update_round(privacy), key)
+
+  assert np.std(samples) == pytest.approx(0.25, rel=0.1)
+
+
+def test_noise_differs_across_rounds(key):
+  privacy = mechanisms.PrivacySettings(2.0, 1.0, 'central', denominator=4.0)
+
+  samples, _ = _noise_samples(_zero_update_round(privacy), key)
+
+  # 59 consecutive pairs of 4 coordinates: correlation std about 0.065.
+  correlation = np.corrcoef(samples[:-1].ravel(), samples[1:].ravel())[0, 1]
+  assert abs(correlation) < 0.3
+
+
+def test_capped_weights():
+  counts = jnp.array([10, 100, 300, 0])
+  contributes = jnp.array([True, True, True, False])
+
+  weights = mechanisms.client_weights('fedavg', contributes, counts, 100.0)
+
+  np.testing.assert_allclose(weights, [0.1, 1.0, 1.0, 0.0])
+
+
+def test_per_layer_clip_bounds_each_leaf():
+  update = {'a': jnp.array([30.0, 40.0]), 'b': jnp.array([0.1]),
+            'c': jnp.array([5.0, 0.0, 0.0]), 'd': jnp.array([-7.0])}
+  privacy = mechanisms.PrivacySettings(clip_norm=2.0, clipping='per_layer')
+
+  result = mechanisms.clip_client_update(update, privacy)
+
+  # Four leaves: each is bounded by 2 / sqrt(4) = 1.
+  for name in ('a', 'c', 'd'):
+    assert float(jnp.linalg.norm(result.update[name])) == pytest.approx(1.0)
+  np.testing.assert_allclose(result.update['b'], [0.1])
+  total = math.sqrt(sum(float(jnp.sum(leaf**2))
+                        for leaf in jax.tree.leaves(result.update)))
+  assert total <= 2.0
+
+
+@pytest.mark.parametrize('settings, aggregator, match', [
+    (mechanisms.PrivacySettings(1.0, 1.0, 'central', denominator=4.0),
+     'fedavg', 'weight_cap'),
+    (mechanisms.PrivacySettings(1.0, 1.0, 'central', denominator=4.0),
+     'median', 'median'),
+    (mechanisms.PrivacySettings(1.0, 1.0, 'central'), 'mean', 'denominator'),
+    (mechanisms.PrivacySettings(1.0, 1.0, 'distributed', denominator=4.0),
+     'mean', 'min_reporting_clients'),
+    (mechanisms.PrivacySettings(1.0, -1.0, 'local'), 'mean', 'noise_multiplier'),
+    (mechanisms.PrivacySettings(1.0, float('inf'), 'local'), 'mean',
+     'noise_multiplier'),
+    (mechanisms.PrivacySettings(None, 1.0, 'local'), 'mean', 'clip_norm'),
+], ids=['uncapped-fedavg', 'median', 'no-denominator', 'no-min-reporting',
+        'negative-noise', 'infinite-noise', 'no-clip'])
+def test_invalid_settings_rejected(settings, aggregator, match):
+  with pytest.raises(ValueError, match=match):
+    mechanisms.validate_privacy(settings, aggregator)
