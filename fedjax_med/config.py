@@ -133,6 +133,12 @@ class PrivacyConfig:
     target_mode: 'calibrate' (choose `noise_multiplier` up front so that the
       planned rounds end at the target) or 'stop' (keep `noise_multiplier`
       and stop before the round that would exceed the target).
+    adaptive_clipping: move `clip_norm` each round toward `target_quantile`
+      of the update norms (Andrew et al., 2021); `clip_norm` is the start.
+    target_quantile: the norm quantile that adaptive clipping tracks.
+    clip_learning_rate: step size of the geometric clip update.
+    count_noise_stddev: std of the noise on the unclipped-client count;
+      None means the expected number of reporting clients / 20.
   """
 
   clip_norm: float | None = None
@@ -144,6 +150,10 @@ class PrivacyConfig:
   accountant: str = 'rdp'
   target_epsilon: float | None = None
   target_mode: str = 'calibrate'
+  adaptive_clipping: bool = False
+  target_quantile: float = 0.5
+  clip_learning_rate: float = 0.2
+  count_noise_stddev: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -433,6 +443,9 @@ _SETTINGS_USED_BY = (
     ('privacy', 'target_mode', 'noise', _NOISY),
     ('server', 'weight_cap', 'aggregator', ('fedavg',)),
 )
+# Settings read only when adaptive clipping is on.
+_ADAPTIVE_SETTINGS = ('target_quantile', 'clip_learning_rate',
+                      'count_noise_stddev')
 
 
 def _check_unused_settings(config: ExperimentConfig) -> None:
@@ -448,6 +461,14 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
           f'{choice_name} {" or ".join(users)}. Remove it or change '
           f'`{section}.{choice_name}`.'
       )
+  if not config.privacy.adaptive_clipping:
+    for name in _ADAPTIVE_SETTINGS:
+      value = getattr(config.privacy, name)
+      if value != getattr(defaults.privacy, name):
+        raise InputError(
+            f'`privacy.{name}={value}` has no effect unless '
+            '`privacy.adaptive_clipping=true`.'
+        )
   client = config.client
   if client.local_epochs is not None and client.local_steps != 100:
     raise InputError(
@@ -542,6 +563,26 @@ def _validate_privacy(config: ExperimentConfig) -> None:
   _require_choice('privacy.target_mode', privacy.target_mode, TARGET_MODES)
   _require_range('server.weight_cap', config.server.weight_cap, 0.0,
                  low_open=True)
+  _require_range('privacy.target_quantile', privacy.target_quantile, 0.0, 1.0)
+  _require_range(
+      'privacy.clip_learning_rate', privacy.clip_learning_rate, 0.0,
+      low_open=True,
+  )
+  _require_range(
+      'privacy.count_noise_stddev', privacy.count_noise_stddev, 0.0,
+      low_open=True,
+  )
+  if privacy.adaptive_clipping and privacy.clip_norm is None:
+    raise InputError(
+        '`privacy.adaptive_clipping=true` needs `privacy.clip_norm`, the '
+        'starting clip bound.'
+    )
+  if privacy.adaptive_clipping and privacy.noise == 'local':
+    raise InputError(
+        '`privacy.adaptive_clipping=true` does not support `privacy.noise='
+        'local`: the unclipped count would need local noise too. Use central '
+        'or distributed noise.'
+    )
   if privacy.noise == 'none':
     return
   if privacy.clip_norm is None:

@@ -227,15 +227,20 @@ def run_study(
   accountant = study_privacy.build_accountant(
       config, dataset.num_clients, noise_multiplier
   )
-  round_fn = round_lib.build_round(
-      jax.device_put(dataset.train),
-      local_update,
-      sampler,
-      server_optimizer,
-      aggregator=config.server.aggregator,
-      privacy=privacy,
-      dropout_rate=config.sampling.dropout_rate,
-  )
+  try:
+    round_fn = round_lib.build_round(
+        jax.device_put(dataset.train),
+        local_update,
+        sampler,
+        server_optimizer,
+        aggregator=config.server.aggregator,
+        privacy=privacy,
+        dropout_rate=config.sampling.dropout_rate,
+    )
+  except ValueError as error:
+    # Settings that only fail against the data, such as a noise multiplier
+    # too large for the count noise of adaptive clipping.
+    raise InputError(str(error)) from None
   evaluate = evaluate_lib.build_evaluate(
       model, jax.device_put(dataset.test),
       threshold=config.evaluation.threshold,
@@ -252,7 +257,10 @@ def run_study(
   root_key = jax.random.key(config.seed)
   sample_x = jnp.asarray(dataset.train.examples['x'][0, :1])
   params = model.init(jax.random.fold_in(root_key, _INIT_TAG), sample_x)
-  state = round_lib.init_server_state(params, server_optimizer)
+  state = round_lib.init_server_state(
+      params, server_optimizer,
+      clip_norm=config.privacy.clip_norm if privacy.adaptive_clipping else None,
+  )
   rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
              'state': state, 'start': time.perf_counter(), 'done': 0,

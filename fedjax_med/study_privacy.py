@@ -88,6 +88,13 @@ def privacy_settings(
   min_reporting = privacy.min_reporting_clients
   if privacy.noise == 'distributed' and min_reporting is None:
     min_reporting = config.sampling.cohort_size or num_clients
+  expected_clients = max(reporting * num_clients, 1e-12)
+  count_noise_stddev = privacy.count_noise_stddev
+  if count_noise_stddev is None:
+    # Andrew et al. (2021) suggest the expected number of clients / 20.
+    count_noise_stddev = expected_clients / 20
+  if not is_private(config):
+    count_noise_stddev = 0.0
   return mechanisms.PrivacySettings(
       clip_norm=privacy.clip_norm,
       noise_multiplier=noise_multiplier if is_private(config) else 0.0,
@@ -96,6 +103,11 @@ def privacy_settings(
       weight_cap=server.weight_cap if server.aggregator == 'fedavg' else None,
       denominator=denominator,
       min_reporting_clients=min_reporting,
+      adaptive_clipping=privacy.adaptive_clipping,
+      target_quantile=privacy.target_quantile,
+      clip_learning_rate=privacy.clip_learning_rate,
+      count_noise_stddev=count_noise_stddev,
+      expected_clients=expected_clients,
   )
 
 
@@ -150,6 +162,9 @@ def describe(
       'noise': privacy.noise,
       'clip_norm': privacy.clip_norm,
       'clipping': privacy.clipping,
+      'adaptive_clipping': privacy.adaptive_clipping,
+      'count_noise_stddev': settings.count_noise_stddev,
+      'update_noise_multiplier': _update_noise_multiplier(settings),
       'denominator': settings.denominator,
       'accountant': privacy.accountant,
       'neighboring_relation': accountant.relation,
@@ -159,6 +174,15 @@ def describe(
       ),
       'assumptions': assumptions,
   }
+
+
+def _update_noise_multiplier(settings: mechanisms.PrivacySettings) -> float:
+  """Return the multiplier of the update noise; larger under adaptive clipping."""
+  if settings.adaptive_clipping:
+    return mechanisms.adaptive_noise_multiplier(
+        settings.noise_multiplier, settings.count_noise_stddev
+    )
+  return settings.noise_multiplier
 
 
 def stop_before_round(accountant, config) -> bool:

@@ -219,3 +219,21 @@ def test_dp_target_stops_early(tmp_path):
   assert summary['rounds_run'] == len(lines)
   assert summary['rounds_run'] < 30
   assert summary['privacy']['epsilon'] <= 8.0
+
+
+def test_adaptive_accountant_uses_total_z(tmp_path):
+  from fedjax_med.privacy import accounting
+
+  config = _config(rounds=3, local_steps=5, noise='central', clip_norm=0.5,
+                   noise_multiplier=0.5, aggregator='mean',
+                   adaptive_clipping='true', count_noise_stddev=1.0)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  event, relation = accounting.round_event(
+      sampling='all', num_clients=4, noise_multiplier=0.5)
+  expected = accounting.epsilon_for(event, relation, 3, 1e-5)
+  assert summary['privacy']['epsilon'] == pytest.approx(expected)
+  # z_update = (0.5 ** -2 - 2 ** -2) ** -0.5 = 0.5164.
+  assert summary['privacy']['update_noise_multiplier'] == pytest.approx(
+      0.5163978, rel=1e-5)

@@ -18,9 +18,19 @@ sensitivity. Example-count weights are unbounded, so FedAvg under DP caps
 each weight at 1 as `min(num_examples / weight_cap, 1)`, which bounds every
 client's weighted contribution by `C`.
 
+Adaptive clipping (Andrew et al., 2021) moves `C` each round toward a
+target quantile of the update norms, from a noised count of the clients
+whose update was not clipped. The count release costs privacy too: for a
+total noise multiplier `z`, the update noise is raised to
+`z_update = (z**-2 - (2 * count_noise_stddev)**-2)**-0.5`, and the
+accountant is given `z`, never `z_update`.
+
 References:
   McMahan, Ramage, Talwar and Zhang, "Learning Differentially Private
   Recurrent Language Models", ICLR 2018, https://arxiv.org/abs/1710.06963.
+
+  Andrew, Thakkar, McMahan and Ramaswamy, "Differentially Private Learning
+  with Adaptive Clipping", NeurIPS 2021, https://arxiv.org/abs/1905.03871.
 """
 
 import math
@@ -53,6 +63,14 @@ class PrivacySettings(NamedTuple):
     denominator: fixed divisor of the weighted sum under central or
       distributed noise, normally the expected total weight of a round.
     min_reporting_clients: `m` of distributed noise.
+    adaptive_clipping: track a quantile of update norms; `clip_norm` is then
+      the starting bound.
+    target_quantile: the quantile `gamma` that the bound tracks.
+    clip_learning_rate: `eta`; each round multiplies the bound by
+      `exp(-eta * (unclipped_fraction - gamma))`.
+    count_noise_stddev: `sigma_b`, std of the noise on the unclipped count.
+    expected_clients: expected number of reporting clients, which divides
+      the noised count.
   """
 
   clip_norm: float | None = None
@@ -62,6 +80,11 @@ class PrivacySettings(NamedTuple):
   weight_cap: float | None = None
   denominator: float | None = None
   min_reporting_clients: int | None = None
+  adaptive_clipping: bool = False
+  target_quantile: float = 0.5
+  clip_learning_rate: float = 0.2
+  count_noise_stddev: float = 0.0
+  expected_clients: float | None = None
 
   @property
   def sums_noise(self) -> bool:
@@ -109,6 +132,72 @@ def validate_privacy(privacy: PrivacySettings, aggregator: str) -> None:
     )
   if privacy.sums_noise:
     _validate_sum_noise(privacy, aggregator)
+  if privacy.adaptive_clipping:
+    _validate_adaptive(privacy)
+
+
+def _validate_adaptive(privacy: PrivacySettings) -> None:
+  if privacy.clip_norm is None or not privacy.clip_norm > 0:
+    raise ValueError(
+        'Adaptive clipping needs a positive starting `clip_norm`; got '
+        f'{privacy.clip_norm}.'
+    )
+  if not 0.0 <= privacy.target_quantile <= 1.0:
+    raise ValueError(
+        f'`target_quantile` must be in [0, 1]; got {privacy.target_quantile}.'
+    )
+  if not _finite_positive(privacy.expected_clients):
+    raise ValueError(
+        'Adaptive clipping needs `expected_clients` > 0; got '
+        f'{privacy.expected_clients}.'
+    )
+  if privacy.noise_kind == 'local':
+    raise ValueError(
+        'Adaptive clipping with local noise is not supported: the unclipped '
+        'count would need local noise too. Use central or distributed noise.'
+    )
+  if privacy.noise_kind != 'none':
+    adaptive_noise_multiplier(
+        privacy.noise_multiplier, privacy.count_noise_stddev
+    )
+
+
+def adaptive_noise_multiplier(
+    noise_multiplier: float, count_noise_stddev: float
+) -> float:
+  """Return `z_update`, the update noise that leaves `z` for the count.
+
+  Raises:
+    ValueError: unless `0 < noise_multiplier < 2 * count_noise_stddev`.
+  """
+  if not 0 < noise_multiplier < 2 * count_noise_stddev:
+    raise ValueError(
+        f'Adaptive clipping needs noise_multiplier ({noise_multiplier}) '
+        f'below 2 * count_noise_stddev ({2 * count_noise_stddev}), because '
+        'the count release must spend part of the budget. Raise '
+        '`count_noise_stddev` or lower the noise multiplier.'
+    )
+  return (noise_multiplier**-2 - (2 * count_noise_stddev) ** -2) ** -0.5
+
+
+def adapt_clip_norm(
+    clip_norm: jax.Array, norms: jax.Array, contributes: jax.Array,
+    privacy: PrivacySettings, *, key: PRNGKey,
+) -> jax.Array:
+  """Return the next round's clip bound from this round's update norms.
+
+  Args:
+    clip_norm: this round's bound, a scalar.
+    norms: `[clients]` L2 norms of the updates before clipping.
+    contributes: `[clients]` bool, the clients whose update counted.
+    privacy: the settings, with `adaptive_clipping` on.
+    key: key of the count noise.
+  """
+  unclipped = jnp.sum(contributes & (norms <= clip_norm)).astype(jnp.float32)
+  noised = unclipped + privacy.count_noise_stddev * jax.random.normal(key)
+  fraction = noised / privacy.expected_clients
+  step = -privacy.clip_learning_rate * (fraction - privacy.target_quantile)
+  return clip_norm * jnp.exp(step)
 
 
 def _validate_sum_noise(privacy: PrivacySettings, aggregator: str) -> None:

@@ -35,6 +35,7 @@ _SAMPLE_TAG = 0
 _DROPOUT_TAG = 1
 _CLIENTS_TAG = 2
 _CENTRAL_NOISE_TAG = 3
+_COUNT_NOISE_TAG = 4
 # Folded into a client's key for its own noise, apart from its training key.
 _CLIENT_NOISE_TAG = 1 << 30
 
@@ -46,17 +47,29 @@ class ServerState(NamedTuple):
     params: global model parameters.
     opt_state: state of the server optimizer.
     round: number of rounds run so far, skipped rounds included.
+    clip_norm: the current clip bound under adaptive clipping, else None.
   """
 
   params: Params
   opt_state: optax.OptState
   round: jax.Array
+  clip_norm: jax.Array | None = None
 
 
 def init_server_state(
-    params: Params, server_optimizer: optax.GradientTransformation
+    params: Params,
+    server_optimizer: optax.GradientTransformation,
+    clip_norm: float | None = None,
 ) -> ServerState:
-  return ServerState(params, server_optimizer.init(params), jnp.int32(0))
+  """Return the state before round 1.
+
+  Pass the starting `clip_norm` when the round uses adaptive clipping.
+  """
+  if clip_norm is not None:
+    clip_norm = jnp.float32(clip_norm)
+  return ServerState(
+      params, server_optimizer.init(params), jnp.int32(0), clip_norm
+  )
 
 
 def build_round(
@@ -118,9 +131,21 @@ def build_round(
   # Moved once here, so numpy input is not copied to the device every round.
   train_data = jax.device_put(train_data)
 
-  client_stddev = mechanisms.client_noise_stddev(privacy)
+  if privacy.adaptive_clipping and privacy.noise_kind != 'none':
+    # The accountant keeps the user's multiplier; the update noise is raised
+    # so that the count release fits in the same budget.
+    update_privacy = privacy._replace(
+        noise_multiplier=mechanisms.adaptive_noise_multiplier(
+            privacy.noise_multiplier, privacy.count_noise_stddev
+        )
+    )
+  else:
+    update_privacy = privacy
 
-  def _privatize_and_aggregate(updates, weights, contributes, client_keys, key):
+  def _privatize_and_aggregate(
+      updates, weights, contributes, client_keys, privacy, key
+  ):
+    client_stddev = mechanisms.client_noise_stddev(privacy)
     noise_keys = jax.vmap(jax.random.fold_in, (0, None))(
         client_keys, _CLIENT_NOISE_TAG
     )
@@ -156,14 +181,17 @@ def build_round(
     )
 
     local = train_local(state.params, cohort_examples, counts, client_keys)
-    updates, contributes, diagnostics = _screen_and_clip(
-        local.delta, cohort.mask, counts, privacy
+    round_privacy = update_privacy
+    if privacy.adaptive_clipping:
+      round_privacy = update_privacy._replace(clip_norm=state.clip_norm)
+    updates, norms, contributes, diagnostics = _screen_and_clip(
+        local.delta, cohort.mask, counts, round_privacy
     )
     weights = mechanisms.client_weights(
         aggregator, contributes, counts, privacy.weight_cap
     )
     aggregate = _privatize_and_aggregate(
-        updates, weights, contributes, client_keys,
+        updates, weights, contributes, client_keys, round_privacy,
         key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
     )
     if privacy.noise_kind == 'distributed':
@@ -173,6 +201,15 @@ def build_round(
 
     skipped = jnp.sum(weights) <= 0
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
+    if privacy.adaptive_clipping:
+      next_clip = mechanisms.adapt_clip_norm(
+          state.clip_norm, norms, contributes, privacy,
+          key=jax.random.fold_in(round_key, _COUNT_NOISE_TAG),
+      )
+      new_state = new_state._replace(
+          clip_norm=jnp.where(skipped, state.clip_norm, next_clip)
+      )
+      diagnostics['clip_norm'] = state.clip_norm
     metrics = _round_metrics(
         state, num_sampled, cohort, counts, contributes, local, diagnostics,
         skipped,
@@ -208,7 +245,7 @@ def _screen_and_clip(deltas, mask, counts, privacy):
       'mean_update_norm': jnp.sum(jnp.where(contributes, clipped.norm, 0.0))
       / jnp.maximum(jnp.sum(contributes), 1),
   }
-  return clipped.update, contributes, diagnostics
+  return clipped.update, clipped.norm, contributes, diagnostics
 
 
 def _server_update(state, aggregate, skipped, server_optimizer):
@@ -222,6 +259,7 @@ def _server_update(state, aggregate, skipped, server_optimizer):
       params=tree.tree_where(skipped, state.params, params),
       opt_state=tree.tree_where(skipped, state.opt_state, opt_state),
       round=state.round + 1,
+      clip_norm=state.clip_norm,
   )
 
 

@@ -132,3 +132,67 @@ def test_per_layer_clip_bounds_each_leaf():
 def test_invalid_settings_rejected(settings, aggregator, match):
   with pytest.raises(ValueError, match=match):
     mechanisms.validate_privacy(settings, aggregator)
+
+
+def _fixed_delta_round(norms, privacy):
+  """A round whose client c always proposes the update (norms[c], 0)."""
+  clients = [{'x': np.array([[norm, 0.0]], np.float32),
+              'y': np.zeros(1, np.int32)} for norm in norms]
+
+  def local_update(server_params, examples, num_examples, key):
+    del server_params, num_examples, key
+    delta = {'w': examples['x'][0]}
+    return local_training.LocalResult(
+        delta, jnp.float32(0.0), jnp.int32(1), jnp.bool_(False)
+    )
+
+  return round_lib.build_round(
+      federated.stack_clients(clients), local_update,
+      sampling.uniform_sampler(len(norms), len(norms)), optax.sgd(0.0),
+      aggregator='mean', privacy=privacy,
+  )
+
+
+def test_adaptive_clip_tracks_median(key):
+  norms = np.arange(1.0, 11.0)  # The median norm is between 5 and 6.
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=0.5, adaptive_clipping=True, target_quantile=0.5,
+      clip_learning_rate=0.2, expected_clients=10.0,
+  )
+  round_fn = jax.jit(_fixed_delta_round(norms, privacy))
+  state = round_lib.init_server_state(
+      {'w': jnp.zeros(2)}, optax.sgd(0.0), clip_norm=0.5
+  )
+
+  for round_index in range(150):
+    state, metrics = round_fn(state, jax.random.fold_in(key, round_index))
+
+  assert 4.5 < float(state.clip_norm) < 6.5
+  assert float(metrics['clip_norm']) > 0.0
+
+
+def test_adaptive_clip_rises_from_small(key):
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=0.1, adaptive_clipping=True, target_quantile=0.9,
+      expected_clients=3.0,
+  )
+  round_fn = _fixed_delta_round([2.0, 2.0, 2.0], privacy)
+  state = round_lib.init_server_state(
+      {'w': jnp.zeros(2)}, optax.sgd(0.0), clip_norm=0.1
+  )
+
+  new_state, _ = round_fn(state, key)
+
+  # Nothing was unclipped: the bound grows by exp(0.2 * 0.9).
+  assert float(new_state.clip_norm) == pytest.approx(0.1 * math.exp(0.18))
+
+
+def test_adaptive_update_noise_multiplier():
+  # z = 1, sigma_b = 1: (1 - 1 / 4) ** -0.5 = 1.1547.
+  assert mechanisms.adaptive_noise_multiplier(1.0, 1.0) == pytest.approx(
+      1.1547005, rel=1e-6)
+
+
+def test_adaptive_noise_too_large_rejected():
+  with pytest.raises(ValueError, match='count_noise_stddev'):
+    mechanisms.adaptive_noise_multiplier(2.0, 1.0)
