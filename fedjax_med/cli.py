@@ -7,6 +7,7 @@ rounds are on disk.
 
 import argparse
 import json
+import logging
 import pathlib
 import sys
 
@@ -81,6 +82,9 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "
           f"{privacy['noise_multiplier']:.4g}, {privacy['rounds_accounted']} "
           'rounds)')
+  example_privacy = summary['example_privacy']
+  if example_privacy['private']:
+    print(f"  example-level privacy: {example_privacy['guarantee']}")
   if summary['stopped_at_target_epsilon']:
     print(f"  stopped after {summary['rounds_run']} of {summary['rounds']} "
           'rounds: one more would exceed the target epsilon')
@@ -92,7 +96,19 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     )
 
 
+def _quiet_rdp_convergence_warnings() -> None:
+  """Drop dp-accounting's warning about RDP orders it could not compute.
+
+  The RDP accountant leaves those orders out and still returns a valid
+  upper bound from the others, so the warning is noise in a study's output.
+  """
+  logging.getLogger('absl').addFilter(
+      lambda record: 'failed to converge' not in record.getMessage()
+  )
+
+
 def main(argv: list[str] | None = None) -> int:
+  _quiet_rdp_convergence_warnings()
   parser = _parser()
   args = parser.parse_args(argv)
   try:

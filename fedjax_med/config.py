@@ -86,6 +86,11 @@ class ClientConfig:
     local_steps: optimizer steps per round; ignored if `local_epochs` is set.
     local_epochs: passes over each client's rows per round, or None.
     batch_size: examples per minibatch.
+    dp_sgd: train with example-level DP-SGD: clip each example's gradient
+      and add Gaussian noise at every local step.
+    example_clip_norm: L2 bound of each example's gradient under DP-SGD.
+    example_noise_multiplier: DP-SGD noise std divided by
+      `example_clip_norm`.
   """
 
   optimizer: str = 'sgd'
@@ -93,6 +98,9 @@ class ClientConfig:
   local_steps: int = 100
   local_epochs: int | None = None
   batch_size: int = 4
+  dp_sgd: bool = False
+  example_clip_norm: float = 1.0
+  example_noise_multiplier: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -437,7 +445,6 @@ _SETTINGS_USED_BY = (
     ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
     ('privacy', 'noise_multiplier', 'noise', _NOISY),
     ('privacy', 'min_reporting_clients', 'noise', ('distributed',)),
-    ('privacy', 'delta', 'noise', _NOISY),
     ('privacy', 'accountant', 'noise', _NOISY),
     ('privacy', 'target_epsilon', 'noise', _NOISY),
     ('privacy', 'target_mode', 'noise', _NOISY),
@@ -461,6 +468,21 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
           f'{choice_name} {" or ".join(users)}. Remove it or change '
           f'`{section}.{choice_name}`.'
       )
+  client = config.client
+  if not client.dp_sgd:
+    for name in ('example_clip_norm', 'example_noise_multiplier'):
+      value = getattr(client, name)
+      if value != getattr(defaults.client, name):
+        raise InputError(
+            f'`client.{name}={value}` has no effect unless '
+            '`client.dp_sgd=true`.'
+        )
+  if (config.privacy.delta != defaults.privacy.delta
+      and config.privacy.noise == 'none' and not client.dp_sgd):
+    raise InputError(
+        f'`privacy.delta={config.privacy.delta}` has no effect without '
+        'client-level noise (`privacy.noise`) or `client.dp_sgd=true`.'
+    )
   if not config.privacy.adaptive_clipping:
     for name in _ADAPTIVE_SETTINGS:
       value = getattr(config.privacy, name)
@@ -514,6 +536,12 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_range('client.local_steps', client.local_steps, 1)
   _require_range('client.local_epochs', client.local_epochs, 1)
   _require_range('client.batch_size', client.batch_size, 1)
+  _require_range(
+      'client.example_clip_norm', client.example_clip_norm, 0.0, low_open=True
+  )
+  _require_range(
+      'client.example_noise_multiplier', client.example_noise_multiplier, 0.0
+  )
 
   server = config.server
   _require_choice('server.aggregator', server.aggregator, AGGREGATORS)

@@ -20,6 +20,7 @@ import tqdm
 
 from fedjax_med import config as config_lib
 from fedjax_med import study_privacy
+from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
@@ -118,6 +119,16 @@ def build_local_update(
   else:
     num_steps = local_training.max_local_steps(
         int(np.max(train.num_examples)), client.batch_size, client.local_epochs
+    )
+  if client.dp_sgd:
+    return dp_sgd.build_dp_sgd_local_update(
+        model,
+        optimizer,
+        num_steps=num_steps,
+        batch_size=client.batch_size,
+        l2_norm_clip=client.example_clip_norm,
+        noise_multiplier=client.example_noise_multiplier,
+        num_epochs=client.local_epochs,
     )
   return local_training.build_local_update(
       model,
@@ -381,6 +392,10 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       'privacy': study_privacy.describe(
           config, history['privacy'], history['accountant'],
           history['below_min_reporting'],
+      ),
+      'example_privacy': study_privacy.describe_example_level(
+          config, np.asarray(dataset.train.num_examples), history['done'],
+          dataset.client_names,
       ),
   }
   worst = summary['worst_accuracy']

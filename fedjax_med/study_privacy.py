@@ -18,6 +18,7 @@ import numpy as np
 
 from fedjax_med import config as config_lib
 from fedjax_med.privacy import accounting
+from fedjax_med.privacy import example_accounting
 from fedjax_med.privacy import mechanisms
 
 NOT_COVERED = (
@@ -173,6 +174,53 @@ def describe(
           sampling=config.sampling.sampling,
       ),
       'assumptions': assumptions,
+  }
+
+
+def describe_example_level(
+    config, train_counts: np.ndarray, rounds_run: int, client_names,
+) -> dict[str, Any]:
+  """Return the summary's example-level (DP-SGD) section.
+
+  Every client is charged `rounds_run` rounds, a bound that holds whatever
+  the sampler, and `steps_per_round` equal to the scan length, which
+  overstates epsilon for clients that take fewer steps in epochs mode.
+  """
+  client = config.client
+  if not client.dp_sgd:
+    return {'private': False}
+  if client.local_epochs is None:
+    steps = client.local_steps
+  else:
+    steps = client.local_epochs * -(-int(train_counts.max()) // client.batch_size)
+  worst = example_accounting.worst_client_epsilon(
+      train_counts.tolist(),
+      batch_size=client.batch_size,
+      noise_multiplier=client.example_noise_multiplier,
+      steps_per_round=steps,
+      rounds_participated=rounds_run,
+      delta=config.privacy.delta,
+      accountant=config.privacy.accountant,
+  )
+  return {
+      'private': True,
+      'unit': 'example',
+      'epsilon': worst.epsilon,
+      'delta': config.privacy.delta,
+      'worst_client': client_names[worst.client_index],
+      'worst_client_examples': worst.num_examples,
+      'noise_multiplier': client.example_noise_multiplier,
+      'clip_norm': client.example_clip_norm,
+      'guarantee': accounting.describe_guarantee(
+          worst.epsilon, config.privacy.delta, 'add_or_remove', 'example'
+      ) + f' (worst client: {client_names[worst.client_index]})',
+      'assumptions': [
+          NOT_COVERED,
+          'Local batches are drawn by shuffling within epochs but accounted '
+          'as Poisson subsampling with rate batch_size / num_examples, a '
+          'common approximation that can understate epsilon.',
+          f'Each client is charged all {rounds_run} rounds.',
+      ],
   }
 
 

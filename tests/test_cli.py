@@ -205,3 +205,26 @@ def test_default_name_follows_dataset(capsys, tmp_path, monkeypatch):
   assert status == 0
   assert len(folders) == 1
   assert folders[0].startswith('heart_disease_mean-')
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--set', 'example_clip_norm=2'], 'client.dp_sgd=true'),
+    (['--set', 'delta=1e-6'], 'privacy.delta=1e-06` has no effect'),
+    (['--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1'], 'server.weight_cap'),
+    (['--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'aggregator=mean'], 'noise_multiplier'),
+    (['--set', 'noise=central', '--set', 'clip_norm=1', '--set', 'delta=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean'],
+     'privacy.delta'),
+    (['--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'aggregator=mean', '--set', 'target_epsilon=1e-9'],
+     'target'),
+    (['--set', 'target_quantile=0.9'], 'adaptive_clipping=true'),
+])
+def test_privacy_input_exits_2(capsys, tmp_path, args, expected):
+  status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
+
+  assert status == 2
+  assert expected in captured.err
+  assert captured.err.count('\n') == 1

@@ -237,3 +237,18 @@ def test_adaptive_accountant_uses_total_z(tmp_path):
   # z_update = (0.5 ** -2 - 2 ** -2) ** -0.5 = 0.5164.
   assert summary['privacy']['update_noise_multiplier'] == pytest.approx(
       0.5163978, rel=1e-5)
+
+
+def test_dp_sgd_reports_example_level(tmp_path):
+  config = _config(rounds=2, local_steps=10, dp_sgd='true',
+                   example_clip_norm=1.0, example_noise_multiplier=1.0)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  example = summary['example_privacy']
+  # Switzerland has the fewest training rows (30), so it spends the most.
+  assert example['worst_client'] == 'switzerland'
+  assert example['worst_client_examples'] == 30
+  assert example['unit'] == 'example'
+  assert 0.0 < example['epsilon'] < 100.0
+  assert summary['privacy'] == {'private': False}
