@@ -134,7 +134,8 @@ class PrivacyConfig:
       or 'local' (each client adds `z * C` to its own update).
     noise_multiplier: `z`, the noise std divided by `clip_norm`.
     min_reporting_clients: clients guaranteed to report, for distributed
-      noise; None means the cohort size (not allowed with Poisson sampling).
+      noise; None means the cohort size, which is allowed only without
+      dropout and without Poisson sampling.
     delta: the delta of the reported (epsilon, delta) guarantee.
     accountant: 'rdp' or 'pld' (dp-accounting's accountants).
     target_epsilon: an epsilon the run must not exceed, or None.
@@ -445,7 +446,6 @@ _SETTINGS_USED_BY = (
     ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
     ('privacy', 'noise_multiplier', 'noise', _NOISY),
     ('privacy', 'min_reporting_clients', 'noise', ('distributed',)),
-    ('privacy', 'accountant', 'noise', _NOISY),
     ('privacy', 'target_epsilon', 'noise', _NOISY),
     ('privacy', 'target_mode', 'noise', _NOISY),
     ('server', 'weight_cap', 'aggregator', ('fedavg',)),
@@ -477,11 +477,19 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
             f'`client.{name}={value}` has no effect unless '
             '`client.dp_sgd=true`.'
         )
-  if (config.privacy.delta != defaults.privacy.delta
-      and config.privacy.noise == 'none' and not client.dp_sgd):
+  for name in ('delta', 'accountant'):
+    value = getattr(config.privacy, name)
+    if (value != getattr(defaults.privacy, name)
+        and config.privacy.noise == 'none' and not client.dp_sgd):
+      raise InputError(
+          f'`privacy.{name}={value}` has no effect without client-level '
+          'noise (`privacy.noise`) or `client.dp_sgd=true`.'
+      )
+  if (config.privacy.target_epsilon is None
+      and config.privacy.target_mode != defaults.privacy.target_mode):
     raise InputError(
-        f'`privacy.delta={config.privacy.delta}` has no effect without '
-        'client-level noise (`privacy.noise`) or `client.dp_sgd=true`.'
+        f'`privacy.target_mode={config.privacy.target_mode}` has no effect '
+        'without `privacy.target_epsilon`.'
     )
   if not config.privacy.adaptive_clipping:
     for name in _ADAPTIVE_SETTINGS:
@@ -540,7 +548,8 @@ def _validate_training(config: ExperimentConfig) -> None:
       'client.example_clip_norm', client.example_clip_norm, 0.0, low_open=True
   )
   _require_range(
-      'client.example_noise_multiplier', client.example_noise_multiplier, 0.0
+      'client.example_noise_multiplier', client.example_noise_multiplier, 0.0,
+      low_open=True,
   )
 
   server = config.server
@@ -646,12 +655,31 @@ def _validate_privacy(config: ExperimentConfig) -> None:
           'unbounded. Set a cap (weights become min(num_examples / cap, 1)) '
           'or use `aggregator=mean`.'
       )
-  if (privacy.noise == 'distributed' and config.sampling.sampling == 'poisson'
-      and privacy.min_reporting_clients is None):
+  if privacy.noise == 'distributed':
+    _validate_distributed(config)
+
+
+def _validate_distributed(config: ExperimentConfig) -> None:
+  privacy, sampling = config.privacy, config.sampling
+  if privacy.min_reporting_clients is None and sampling.sampling == 'poisson':
     raise InputError(
         '`privacy.noise=distributed` with Poisson sampling needs '
         '`privacy.min_reporting_clients`: a Poisson cohort has no guaranteed '
         'size.'
+    )
+  if privacy.min_reporting_clients is None and sampling.dropout_rate > 0:
+    raise InputError(
+        '`privacy.noise=distributed` with `sampling.dropout_rate` > 0 needs '
+        '`privacy.min_reporting_clients`, the number of clients guaranteed '
+        'to report after dropout; the cohort size would not be reached.'
+    )
+  if (sampling.sampling == 'uniform' and privacy.min_reporting_clients
+      and sampling.cohort_size
+      and privacy.min_reporting_clients > sampling.cohort_size):
+    raise InputError(
+        f'`privacy.min_reporting_clients` ({privacy.min_reporting_clients}) '
+        f'is larger than `sampling.cohort_size` ({sampling.cohort_size}), so '
+        'no round could reach it.'
     )
 
 

@@ -238,6 +238,7 @@ def run_study(
   accountant = study_privacy.build_accountant(
       config, dataset.num_clients, noise_multiplier
   )
+  study_privacy.check_against_data(config, dataset.num_clients, accountant)
   try:
     round_fn = round_lib.build_round(
         jax.device_put(dataset.train),

@@ -12,11 +12,14 @@ summary (per-hospital accuracy, counts of skipped rounds, excluded or
 clipped updates, the train loss), which are computed without noise.
 """
 
+import copy
 from typing import Any
 
+import dp_accounting
 import numpy as np
 
 from fedjax_med import config as config_lib
+from fedjax_med.errors import InputError
 from fedjax_med.privacy import accounting
 from fedjax_med.privacy import example_accounting
 from fedjax_med.privacy import mechanisms
@@ -57,13 +60,18 @@ def resolve_noise_multiplier(config, num_clients: int) -> float:
   privacy = config.privacy
   if privacy.target_epsilon is None or privacy.target_mode != 'calibrate':
     return privacy.noise_multiplier
-  return accounting.calibrate_noise_multiplier(
+  sampling_args = _sampling_args(config, num_clients)
+  if privacy.noise == 'local':
+    # The local release is a Gaussian of multiplier z / 2 in every round.
+    sampling_args['sampling'] = 'all'
+  noise_multiplier = accounting.calibrate_noise_multiplier(
       target_epsilon=privacy.target_epsilon,
       delta=privacy.delta,
       rounds=config.server.rounds,
       accountant=privacy.accountant,
-      **_sampling_args(config, num_clients),
+      **sampling_args,
   )
+  return 2 * noise_multiplier if privacy.noise == 'local' else noise_multiplier
 
 
 def privacy_settings(
@@ -118,11 +126,59 @@ def build_accountant(
   """Return an accountant for one round of this run, or None without DP."""
   if not is_private(config):
     return None
+  if config.privacy.noise == 'local':
+    # Each client's own release, every round it is sampled, with no credit
+    # for sampling: replacing the client's data moves its clipped update by
+    # up to 2C, so the Gaussian has multiplier z / 2 for unit sensitivity.
+    return accounting.PrivacyAccountant(
+        dp_accounting.GaussianDpEvent(noise_multiplier / 2), 'add_or_remove',
+        config.privacy.accountant,
+    )
   event, relation = accounting.round_event(
       noise_multiplier=noise_multiplier, **_sampling_args(config, num_clients)
   )
   return accounting.PrivacyAccountant(
       event, relation, config.privacy.accountant
+  )
+
+
+def _assumptions(config, settings, rounds_below_min: int) -> list[str]:
+  privacy = config.privacy
+  assumptions = [NOT_COVERED]
+  if privacy.noise == 'local':
+    assumptions.append(
+        "Local noise: the guarantee is local DP of each client's own noisy "
+        'update in every round, with no credit for sampling, against a '
+        'change of that client\'s whole data set (sensitivity 2 * clip_norm).'
+    )
+  if privacy.noise == 'distributed':
+    assumptions.append(
+        f'Distributed noise assumes at least {settings.min_reporting_clients} '
+        f'clients report in every round; {rounds_below_min} rounds had fewer.'
+    )
+  if config.sampling.sampling == 'poisson':
+    assumptions.append(
+        'The Poisson event assumes no sampled client is cut; rounds with '
+        '`num_overflow` > 0 in metrics.jsonl depart from it.'
+    )
+  return assumptions
+
+
+def _guarantee(config, settings, accountant, epsilon, rounds_below_min):
+  privacy = config.privacy
+  if rounds_below_min:
+    return (
+        f'No valid guarantee: {rounds_below_min} rounds had fewer than '
+        f'{settings.min_reporting_clients} reporting clients, so their '
+        'distributed noise was below the accounted level'
+    )
+  if privacy.noise == 'local':
+    return accounting.describe_guarantee(
+        epsilon, privacy.delta, 'replace_one', 'client'
+    ) + ', local DP of each client\'s own release'
+  return accounting.describe_guarantee(
+      epsilon, privacy.delta, accountant.relation, 'client',
+      sampling=config.sampling.sampling,
   )
 
 
@@ -135,27 +191,11 @@ def describe(
     return {'private': False}
   privacy = config.privacy
   epsilon = accountant.epsilon(privacy.delta) if accountant.rounds else 0.0
-  assumptions = [NOT_COVERED]
-  if privacy.noise == 'local':
-    assumptions.append(
-        'Local noise is accounted as central noise of the same multiplier on '
-        'the sum, a valid but loose bound; the local guarantee of each '
-        "client's own release is not computed."
-    )
-  if privacy.noise == 'distributed':
-    assumptions.append(
-        f'Distributed noise assumes at least {settings.min_reporting_clients} '
-        f'clients report in every round; {rounds_below_min} rounds had fewer, '
-        'and the guarantee does not hold for those.'
-    )
-  if config.sampling.sampling == 'poisson':
-    assumptions.append(
-        'The Poisson event assumes no sampled client is cut; rounds with '
-        '`num_overflow` > 0 in metrics.jsonl depart from it.'
-    )
-  return {
+  relation = 'replace_one' if privacy.noise == 'local' else accountant.relation
+  section = {
       'private': True,
       'unit': 'client',
+      'guarantee_holds': rounds_below_min == 0,
       'epsilon': epsilon,
       'delta': privacy.delta,
       'rounds_accounted': accountant.rounds,
@@ -164,17 +204,19 @@ def describe(
       'clip_norm': privacy.clip_norm,
       'clipping': privacy.clipping,
       'adaptive_clipping': privacy.adaptive_clipping,
-      'count_noise_stddev': settings.count_noise_stddev,
-      'update_noise_multiplier': _update_noise_multiplier(settings),
-      'denominator': settings.denominator,
       'accountant': privacy.accountant,
-      'neighboring_relation': accountant.relation,
-      'guarantee': accounting.describe_guarantee(
-          epsilon, privacy.delta, accountant.relation, 'client',
-          sampling=config.sampling.sampling,
+      'neighboring_relation': relation,
+      'guarantee': _guarantee(
+          config, settings, accountant, epsilon, rounds_below_min
       ),
-      'assumptions': assumptions,
+      'assumptions': _assumptions(config, settings, rounds_below_min),
   }
+  if settings.sums_noise:
+    section['denominator'] = settings.denominator
+  if privacy.adaptive_clipping:
+    section['count_noise_stddev'] = settings.count_noise_stddev
+    section['update_noise_multiplier'] = _update_noise_multiplier(settings)
+  return section
 
 
 def describe_example_level(
@@ -231,6 +273,25 @@ def _update_noise_multiplier(settings: mechanisms.PrivacySettings) -> float:
         settings.noise_multiplier, settings.count_noise_stddev
     )
   return settings.noise_multiplier
+
+
+def check_against_data(config, num_clients: int, accountant) -> None:
+  """Raise InputError for privacy settings that cannot work on this data."""
+  privacy = config.privacy
+  if (privacy.noise == 'distributed' and privacy.min_reporting_clients
+      and privacy.min_reporting_clients > num_clients):
+    raise InputError(
+        f'`privacy.min_reporting_clients` ({privacy.min_reporting_clients}) '
+        f'is larger than the population of {num_clients} clients.'
+    )
+  if stop_before_round(accountant, config):
+    one_round = copy.deepcopy(accountant)
+    one_round.step()
+    raise InputError(
+        f'`privacy.target_epsilon` ({privacy.target_epsilon}) is below the '
+        f'epsilon of a single round ({one_round.epsilon(privacy.delta):.4g}). '
+        'Raise the target or `privacy.noise_multiplier`.'
+    )
 
 
 def stop_before_round(accountant, config) -> bool:

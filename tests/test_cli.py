@@ -228,3 +228,28 @@ def test_privacy_input_exits_2(capsys, tmp_path, args, expected):
   assert status == 2
   assert expected in captured.err
   assert captured.err.count('\n') == 1
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--set', 'noise=distributed', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
+      '--set', 'dropout_rate=0.3'], 'min_reporting_clients'),
+    (['--set', 'noise=distributed', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
+      '--set', 'min_reporting_clients=10'], 'larger than the population'),
+    (['--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
+      '--set', 'target_epsilon=1', '--set', 'target_mode=stop'],
+     'below the epsilon of a single round'),
+    (['--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
+      '--set', 'target_mode=stop'], 'without `privacy.target_epsilon`'),
+    (['--set', 'dp_sgd=true', '--set', 'example_noise_multiplier=0'],
+     'client.example_noise_multiplier'),
+])
+def test_dp_setting_conflicts_exit_2(capsys, tmp_path, args, expected):
+  status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
+
+  assert status == 2
+  assert expected in captured.err
+  assert captured.err.count('\n') == 1

@@ -252,3 +252,39 @@ def test_dp_sgd_reports_example_level(tmp_path):
   assert example['unit'] == 'example'
   assert 0.0 < example['epsilon'] < 100.0
   assert summary['privacy'] == {'private': False}
+
+
+def test_local_noise_local_guarantee(tmp_path):
+  import dp_accounting
+  from fedjax_med.privacy import accounting
+
+  config = _config(rounds=3, local_steps=5, noise='local', clip_norm=0.5,
+                   noise_multiplier=4.0)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  # Sensitivity 2C per client per round: a Gaussian with multiplier z / 2.
+  expected = accounting.epsilon_for(
+      dp_accounting.GaussianDpEvent(2.0), 'add_or_remove', 3, 1e-5)
+  assert summary['privacy']['epsilon'] == pytest.approx(expected)
+  assert summary['privacy']['neighboring_relation'] == 'replace_one'
+  assert 'denominator' not in summary['privacy']
+
+
+def test_distributed_shortfall_voids_guarantee(tmp_path):
+  config = _config(rounds=6, local_steps=5, noise='distributed',
+                   clip_norm=0.5, noise_multiplier=1.0, aggregator='mean',
+                   dropout_rate=0.3, min_reporting_clients=4)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  assert summary['privacy']['guarantee_holds'] is False
+  assert summary['privacy']['guarantee'].startswith('No valid guarantee')
+
+
+def test_dp_sgd_pld_accountant(tmp_path):
+  config = _config(rounds=1, local_steps=5, dp_sgd='true', accountant='pld')
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  assert summary['example_privacy']['epsilon'] > 0

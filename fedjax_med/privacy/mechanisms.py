@@ -20,7 +20,9 @@ client's weighted contribution by `C`.
 
 Adaptive clipping (Andrew et al., 2021) moves `C` each round toward a
 target quantile of the update norms, from a noised count of the clients
-whose update was not clipped. The count release costs privacy too: for a
+whose update was not clipped. Each client adds its indicator minus 1/2, so
+the count has sensitivity 1/2 and its noise multiplier is
+`2 * count_noise_stddev`. The count release costs privacy too: for a
 total noise multiplier `z`, the update noise is raised to
 `z_update = (z**-2 - (2 * count_noise_stddev)**-2)**-0.5`, and the
 accountant is given `z`, never `z_update`.
@@ -193,9 +195,14 @@ def adapt_clip_norm(
     privacy: the settings, with `adaptive_clipping` on.
     key: key of the count noise.
   """
-  unclipped = jnp.sum(contributes & (norms <= clip_norm)).astype(jnp.float32)
-  noised = unclipped + privacy.count_noise_stddev * jax.random.normal(key)
-  fraction = noised / privacy.expected_clients
+  # Each reporting client contributes its indicator minus 1/2, so adding or
+  # removing one client moves the released sum by at most 1/2. That
+  # sensitivity is what makes the count's noise multiplier
+  # 2 * count_noise_stddev in `adaptive_noise_multiplier`.
+  unclipped = (contributes & (norms <= clip_norm)).astype(jnp.float32)
+  centered = jnp.sum(jnp.where(contributes, unclipped - 0.5, 0.0))
+  noised = centered + privacy.count_noise_stddev * jax.random.normal(key)
+  fraction = noised / privacy.expected_clients + 0.5
   step = -privacy.clip_learning_rate * (fraction - privacy.target_quantile)
   return clip_norm * jnp.exp(step)
 

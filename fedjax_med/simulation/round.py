@@ -218,6 +218,11 @@ def build_round(
     return new_state, metrics
 
   def round_fn(state: ServerState, round_key: PRNGKey):
+    if privacy.adaptive_clipping and state.clip_norm is None:
+      raise ValueError(
+          'Adaptive clipping needs the starting bound in the server state: '
+          'call `init_server_state(params, optimizer, clip_norm=...)`.'
+      )
     return round_step(
         state, round_key, train_data.examples, train_data.num_examples
     )

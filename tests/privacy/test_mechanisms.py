@@ -196,3 +196,31 @@ def test_adaptive_update_noise_multiplier():
 def test_adaptive_noise_too_large_rejected():
   with pytest.raises(ValueError, match='count_noise_stddev'):
     mechanisms.adaptive_noise_multiplier(2.0, 1.0)
+
+
+def test_adaptive_clip_steady_at_quantile(key):
+  # Two of four norms are below 2.5: the unclipped fraction is exactly the
+  # target 0.5, so without count noise the bound must not move.
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=2.5, adaptive_clipping=True, target_quantile=0.5,
+      expected_clients=4.0,
+  )
+  round_fn = _fixed_delta_round([1.0, 2.0, 3.0, 4.0], privacy)
+  state = round_lib.init_server_state(
+      {'w': jnp.zeros(2)}, optax.sgd(0.0), clip_norm=2.5
+  )
+
+  new_state, _ = round_fn(state, key)
+
+  assert float(new_state.clip_norm) == pytest.approx(2.5, rel=1e-6)
+
+
+def test_adaptive_needs_clip_in_state(key):
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=2.5, adaptive_clipping=True, expected_clients=2.0,
+  )
+  round_fn = _fixed_delta_round([1.0, 2.0], privacy)
+  state = round_lib.init_server_state({'w': jnp.zeros(2)}, optax.sgd(0.0))
+
+  with pytest.raises(ValueError, match='init_server_state'):
+    round_fn(state, key)
