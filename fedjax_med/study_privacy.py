@@ -224,7 +224,7 @@ def describe_example_level(
 ) -> dict[str, Any]:
   """Return the summary's example-level (DP-SGD) section.
 
-  Every client is charged `rounds_run` rounds, a bound that holds whatever
+  Every client is charged `rounds_run` rounds, a bound that is valid whatever
   the sampler, and `steps_per_round` equal to the scan length, which
   overstates epsilon for clients that take fewer steps in epochs mode.
   """
