@@ -1,0 +1,1 @@
+"""Poisoning attacks on client updates, batched over the cohort axis."""
