@@ -26,6 +26,8 @@ from fedjax_med.simulation import sampling
 from fedjax_med.typing import Params, PRNGKey
 
 AGGREGATORS = ('fedavg', 'mean', 'median')
+# `attack(updates, malicious [cohort], honest [cohort], key) -> updates`.
+Attack = Callable[[Params, jax.Array, jax.Array, PRNGKey], Params]
 NOISE_KINDS = mechanisms.NOISE_KINDS
 PrivacySettings = mechanisms.PrivacySettings
 validate_privacy = mechanisms.validate_privacy
@@ -36,6 +38,7 @@ _DROPOUT_TAG = 1
 _CLIENTS_TAG = 2
 _CENTRAL_NOISE_TAG = 3
 _COUNT_NOISE_TAG = 4
+_ATTACK_TAG = 5
 # Folded into a client's key for its own noise, apart from its training key.
 _CLIENT_NOISE_TAG = 1 << 30
 
@@ -81,6 +84,8 @@ def build_round(
     aggregator: str = 'fedavg',
     privacy: PrivacySettings = PrivacySettings(),
     dropout_rate: float = 0.0,
+    attack: Attack | None = None,
+    malicious: jax.Array | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -94,6 +99,11 @@ def build_round(
       'median' (coordinate-wise).
     privacy: clipping and noise settings.
     dropout_rate: probability that a sampled client fails to report.
+    attack: model poisoning applied to the cohort's updates after local
+      training, as `attack(updates, malicious, honest, key) -> updates`
+      with `[cohort]` bool masks; see `fedjax_med.attacks.model_poisoning`.
+    malicious: `[clients]` bool mask of the population's malicious clients;
+      required with `attack`.
 
   Returns:
     `round_fn(server_state, round_key) -> (server_state, metrics)`. Derive
@@ -124,6 +134,13 @@ def build_round(
         f'`aggregator` must be one of {AGGREGATORS}; got {aggregator!r}.'
     )
   validate_privacy(privacy, aggregator)
+  if attack is not None and malicious is None:
+    raise ValueError('`attack` needs a `malicious` mask over the clients.')
+  if malicious is not None and malicious.shape != (train_data.num_clients,):
+    raise ValueError(
+        f'`malicious` must be shaped ({train_data.num_clients},); got '
+        f'{malicious.shape}.'
+    )
   if not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
 
@@ -181,6 +198,13 @@ def build_round(
     )
 
     local = train_local(state.params, cohort_examples, counts, client_keys)
+    if attack is not None:
+      cohort_malicious = malicious[cohort.client_ids] & cohort.mask
+      honest = cohort.mask & ~cohort_malicious & (counts > 0)
+      local = local._replace(delta=attack(
+          local.delta, cohort_malicious, honest,
+          jax.random.fold_in(round_key, _ATTACK_TAG),
+      ))
     round_privacy = update_privacy
     if privacy.adaptive_clipping:
       round_privacy = update_privacy._replace(clip_norm=state.clip_norm)

@@ -278,3 +278,31 @@ def test_noise_multiplier_without_noise_rejected():
     round_lib.validate_privacy(
         round_lib.PrivacySettings(1.0, 2.0, 'none'), 'fedavg'
     )
+
+
+def test_sign_flip_attack_moves_mean_not_median(key):
+  from fedjax_med.attacks import model_poisoning
+
+  data = _population([6, 6, 6, 6, 6])
+  malicious = jnp.array([False, False, False, False, True])
+
+  def attack(updates, bad, honest, attack_key):
+    del honest, attack_key
+    return model_poisoning.scaling(updates, bad, factor=-100.0)
+
+  results = {}
+  for aggregator in ('mean', 'median'):
+    clean_fn = round_lib.build_round(
+        data, _local_update(), _fixed_sampler([0, 1, 2, 3, 4]),
+        optax.sgd(1.0), aggregator=aggregator)
+    attacked_fn = round_lib.build_round(
+        data, _local_update(), _fixed_sampler([0, 1, 2, 3, 4]),
+        optax.sgd(1.0), aggregator=aggregator, attack=attack,
+        malicious=malicious)
+    state = _state(optax.sgd(1.0), key)
+    clean = jax.tree.leaves(clean_fn(state, key)[0].params)
+    attacked = jax.tree.leaves(attacked_fn(state, key)[0].params)
+    results[aggregator] = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(clean, attacked))
+
+  assert results['mean'] > 10 * results['median']
