@@ -29,6 +29,8 @@ SAMPLINGS = ('all', 'uniform', 'poisson')
 AGGREGATORS = ('fedavg', 'mean', 'median')
 NOISE_KINDS = ('none', 'central', 'distributed', 'local')
 CLIPPINGS = ('flat', 'per_layer')
+ATTACKS = ('none', 'sign_flip', 'scaling', 'gaussian', 'little_is_enough',
+           'inner_product', 'label_flip')
 ACCOUNTANTS = ('rdp', 'pld')
 TARGET_MODES = ('calibrate', 'stop')
 # numpy and JAX seeds are unsigned 32-bit integers.
@@ -186,6 +188,27 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AttackConfig:
+  """Poisoning by malicious clients.
+
+  Attributes:
+    attack: 'none'; a model-poisoning attack on the updates ('sign_flip',
+      'scaling', 'gaussian', 'little_is_enough', 'inner_product'); or
+      'label_flip', which poisons the malicious clients' training labels.
+    malicious_fraction: fraction of the population that is malicious,
+      chosen per run from the seed.
+    attack_strength: the attack's parameter, or None for its default:
+      sign_flip scale (1), scaling factor (10), gaussian std (1),
+      little_is_enough z (Baruch et al.'s z_max), inner_product epsilon
+      (0.5).
+  """
+
+  attack: str = 'none'
+  malicious_fraction: float = 0.0
+  attack_strength: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvaluationConfig:
   """Test-set evaluation.
 
@@ -221,6 +244,7 @@ class ExperimentConfig:
   sampling: SamplingConfig = SamplingConfig()
   privacy: PrivacyConfig = PrivacyConfig()
   server: ServerConfig = ServerConfig()
+  attack: AttackConfig = AttackConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
 
 
@@ -704,4 +728,22 @@ def validate(config: ExperimentConfig) -> None:
       'evaluation.confidence', evaluation.confidence, 0.0, 1.0,
       low_open=True, high_open=True,
   )
+  attack = config.attack
+  _require_choice('attack.attack', attack.attack, ATTACKS)
+  _require_range(
+      'attack.malicious_fraction', attack.malicious_fraction, 0.0, 1.0,
+      high_open=True,
+  )
+  _require_range('attack.attack_strength', attack.attack_strength,
+                 -math.inf)
+  if (attack.attack == 'none') != (attack.malicious_fraction == 0.0):
+    raise InputError(
+        f'`attack.attack={attack.attack}` with `attack.malicious_fraction='
+        f'{attack.malicious_fraction}` has no effect. Set both an attack and '
+        'a fraction above 0, or neither.'
+    )
+  if attack.attack_strength is not None and attack.attack == 'label_flip':
+    raise InputError(
+        '`attack.attack_strength` has no effect with attack label_flip.'
+    )
   _check_unused_settings(config)

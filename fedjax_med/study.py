@@ -19,6 +19,7 @@ import optax
 import tqdm
 
 from fedjax_med import config as config_lib
+from fedjax_med import study_attacks
 from fedjax_med import study_privacy
 from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
@@ -42,6 +43,7 @@ from fedjax_med.simulation import sampling
 _INIT_TAG = 0
 _ROUNDS_TAG = 1
 _DATA_TAG = 2
+_ATTACK_TAG = 3
 
 # Populations up to this size get per-client test accuracy in every line of
 # metrics.jsonl; larger ones get the mean, worst and 10th percentile only.
@@ -239,15 +241,27 @@ def run_study(
       config, dataset.num_clients, noise_multiplier
   )
   study_privacy.check_against_data(config, dataset.num_clients, accountant)
+  malicious = study_attacks.choose_malicious(
+      config, dataset.num_clients,
+      jax.random.fold_in(jax.random.key(config.seed), _ATTACK_TAG),
+  )
+  num_malicious = 0 if malicious is None else int(np.sum(malicious))
+  train = study_attacks.poison_data(
+      config, jax.device_put(dataset.train), malicious, dataset.num_classes
+  )
   try:
     round_fn = round_lib.build_round(
-        jax.device_put(dataset.train),
+        train,
         local_update,
         sampler,
         server_optimizer,
         aggregator=config.server.aggregator,
         privacy=privacy,
         dropout_rate=config.sampling.dropout_rate,
+        attack=study_attacks.build_attack(
+            config, dataset.num_clients, num_malicious
+        ),
+        malicious=malicious,
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -277,7 +291,10 @@ def run_study(
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
              'state': state, 'start': time.perf_counter(), 'done': 0,
              'accountant': accountant, 'privacy': privacy,
-             'below_min_reporting': 0, 'stopped_at_target': False}
+             'below_min_reporting': 0, 'stopped_at_target': False,
+             'attack': study_attacks.describe(
+                 config, malicious, dataset.client_names, num_malicious
+             )}
   try:
     _run_rounds(
         config, dataset, round_fn, evaluate, rounds_key, run_dir, history,
@@ -394,6 +411,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           config, history['privacy'], history['accountant'],
           history['below_min_reporting'],
       ),
+      'attack': history['attack'],
       'example_privacy': study_privacy.describe_example_level(
           config, np.asarray(dataset.train.num_examples), history['done'],
           dataset.client_names,

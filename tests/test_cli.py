@@ -253,3 +253,18 @@ def test_dp_setting_conflicts_exit_2(capsys, tmp_path, args, expected):
   assert status == 2
   assert expected in captured.err
   assert captured.err.count('\n') == 1
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--set', 'attack=sign_flip'], 'malicious_fraction'),
+    (['--set', 'malicious_fraction=0.2'], 'attack.attack=none'),
+    (['--set', 'attack=teleport', '--set', 'malicious_fraction=0.2'],
+     'attack.attack'),
+    (['--set', 'attack=sign_flip', '--set', 'malicious_fraction=1.0'],
+     'attack.malicious_fraction'),
+])
+def test_attack_input_exits_2(capsys, tmp_path, args, expected):
+  status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
+
+  assert status == 2
+  assert expected in captured.err

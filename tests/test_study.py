@@ -288,3 +288,30 @@ def test_dp_sgd_pld_accountant(tmp_path):
   _, summary = study.run_study(config, tmp_path / 'run', progress=False)
 
   assert summary['example_privacy']['epsilon'] > 0
+
+
+def test_sign_flip_hurts_mean_not_median(tmp_path):
+  accuracy = {}
+  for aggregator in ('mean', 'median'):
+    config = _config(rounds=10, local_steps=50, attack='sign_flip',
+                     attack_strength=50.0, malicious_fraction=0.25,
+                     aggregator=aggregator)
+    _, summary = study.run_study(config, tmp_path / aggregator,
+                                 progress=False)
+    accuracy[aggregator] = summary['mean_accuracy']
+
+  # One of four hospitals sends -50 times its update: the mean follows it,
+  # the median of four stays between honest values.
+  assert summary['attack']['num_malicious'] == 1
+  assert accuracy['median'] > 0.65
+  assert accuracy['mean'] < accuracy['median'] - 0.15
+
+
+def test_label_flip_runs(tmp_path):
+  config = _config(rounds=2, local_steps=5, attack='label_flip',
+                   malicious_fraction=0.5)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  assert summary['attack']['num_malicious'] == 2
+  assert summary['mean_accuracy'] is not None
