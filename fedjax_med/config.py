@@ -26,7 +26,8 @@ MODELS = ('logistic_regression', 'mlp')
 CLIENT_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop')
 SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi')
 SAMPLINGS = ('all', 'uniform', 'poisson')
-AGGREGATORS = ('fedavg', 'mean', 'median')
+AGGREGATORS = ('fedavg', 'mean', 'median', 'trimmed_mean', 'krum',
+               'multi_krum', 'geometric_median', 'bulyan', 'norm_bounded')
 NOISE_KINDS = ('none', 'central', 'distributed', 'local')
 CLIPPINGS = ('flat', 'per_layer')
 ATTACKS = ('none', 'sign_flip', 'scaling', 'gaussian', 'little_is_enough',
@@ -172,7 +173,15 @@ class ServerConfig:
   """Aggregation and the server optimizer.
 
   Attributes:
-    aggregator: 'fedavg' (example-weighted), 'mean' (uniform) or 'median'.
+    aggregator: 'fedavg' (example-weighted), 'mean' (uniform), or a robust
+      aggregator: 'median', 'trimmed_mean', 'krum', 'multi_krum',
+      'geometric_median', 'bulyan' or 'norm_bounded'.
+    num_byzantine: `f`, the malicious clients Krum, multi-Krum and Bulyan
+      tolerate; Krum needs a cohort above 2f + 2, Bulyan at least 4f + 3.
+    trim_fraction: fraction trimmed at each end by trimmed_mean.
+    num_selected: updates multi-Krum averages; None means cohort - f.
+    max_norm: L2 bound of each update for norm_bounded.
+    num_iterations: Weiszfeld steps of geometric_median.
     weight_cap: caps FedAvg weights at `min(num_examples / weight_cap, 1)`;
       required for fedavg with central or distributed noise.
     server_optimizer: optax optimizer applied to the negative aggregate.
@@ -182,6 +191,11 @@ class ServerConfig:
 
   aggregator: str = 'fedavg'
   weight_cap: float | None = None
+  num_byzantine: int = 1
+  trim_fraction: float = 0.1
+  num_selected: int | None = None
+  max_norm: float | None = None
+  num_iterations: int = 10
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   rounds: int = 15
@@ -473,6 +487,11 @@ _SETTINGS_USED_BY = (
     ('privacy', 'target_epsilon', 'noise', _NOISY),
     ('privacy', 'target_mode', 'noise', _NOISY),
     ('server', 'weight_cap', 'aggregator', ('fedavg',)),
+    ('server', 'num_byzantine', 'aggregator', ('krum', 'multi_krum', 'bulyan')),
+    ('server', 'trim_fraction', 'aggregator', ('trimmed_mean',)),
+    ('server', 'num_selected', 'aggregator', ('multi_krum',)),
+    ('server', 'max_norm', 'aggregator', ('norm_bounded',)),
+    ('server', 'num_iterations', 'aggregator', ('geometric_median',)),
 )
 # Settings read only when adaptive clipping is on.
 _ADAPTIVE_SETTINGS = ('target_quantile', 'clip_learning_rate',
@@ -586,6 +605,17 @@ def _validate_training(config: ExperimentConfig) -> None:
       low_open=True,
   )
   _require_range('server.rounds', server.rounds, 1)
+  _require_range('server.num_byzantine', server.num_byzantine, 0)
+  _require_range('server.trim_fraction', server.trim_fraction, 0.0, 0.5,
+                 high_open=True)
+  _require_range('server.num_selected', server.num_selected, 1)
+  _require_range('server.max_norm', server.max_norm, 0.0, low_open=True)
+  _require_range('server.num_iterations', server.num_iterations, 1)
+  if server.aggregator == 'norm_bounded' and server.max_norm is None:
+    raise InputError(
+        '`server.aggregator=norm_bounded` needs `server.max_norm`, the L2 '
+        'bound of each update.'
+    )
 
 
 def _validate_sampling_and_privacy(config: ExperimentConfig) -> None:
@@ -666,11 +696,11 @@ def _validate_privacy(config: ExperimentConfig) -> None:
     )
   aggregator = config.server.aggregator
   if privacy.noise in ('central', 'distributed'):
-    if aggregator == 'median':
+    if aggregator not in ('fedavg', 'mean'):
       raise InputError(
           f'`privacy.noise={privacy.noise}` is calibrated to a sum of clipped '
-          'updates and does not apply to aggregator median. Use mean, fedavg '
-          'with `server.weight_cap`, or local noise.'
+          f'updates and does not apply to aggregator {aggregator}. Use mean, '
+          'fedavg with `server.weight_cap`, or local noise.'
       )
     if aggregator == 'fedavg' and config.server.weight_cap is None:
       raise InputError(

@@ -262,6 +262,13 @@ def run_study(
             config, dataset.num_clients, num_malicious
         ),
         malicious=malicious,
+        aggregator_options={
+            'num_byzantine': config.server.num_byzantine,
+            'trim_fraction': config.server.trim_fraction,
+            'num_selected': config.server.num_selected,
+            'max_norm': config.server.max_norm,
+            'num_iterations': config.server.num_iterations,
+        },
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier

@@ -20,7 +20,7 @@ def _run_cli(capsys, *args):
 
 
 @pytest.mark.parametrize('args, expected', [
-    (['--set', 'aggregator=krum'], 'server.aggregator'),
+    (['--set', 'aggregator=teleport'], 'server.aggregator'),
     (['--set', 'clip_norm=-1'], 'privacy.clip_norm'),
     (['--set', 'sampling=uniform', '--set', 'cohort_size=5'], 'cohort_size'),
     (['--set', 'learning_rate=fast'], 'learning_rate'),
@@ -65,7 +65,7 @@ def test_csv_with_nan_exits_2(capsys, tmp_path):
 
 def test_subprocess_error_has_no_traceback(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'fedjax_med', 'run', '--set', 'aggregator=krum',
+      [sys.executable, '-m', 'fedjax_med', 'run', '--set', 'aggregator=teleport',
        '--out', str(tmp_path / 'r')],
       capture_output=True, text=True, check=False,
   )
@@ -268,3 +268,21 @@ def test_attack_input_exits_2(capsys, tmp_path, args, expected):
 
   assert status == 2
   assert expected in captured.err
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--set', 'aggregator=krum'], 'Krum needs more than'),
+    (['--set', 'aggregator=norm_bounded'], 'server.max_norm'),
+    (['--set', 'trim_fraction=0.3'], 'aggregator=fedavg'),
+    (['--set', 'aggregator=trimmed_mean', '--set', 'trim_fraction=0.5'],
+     'server.trim_fraction'),
+    (['--set', 'aggregator=krum', '--set', 'noise=central',
+      '--set', 'clip_norm=1', '--set', 'noise_multiplier=1'],
+     'does not apply to aggregator krum'),
+])
+def test_aggregator_input_exits_2(capsys, tmp_path, args, expected):
+  status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
+
+  assert status == 2
+  assert expected in captured.err
+  assert captured.err.count('\n') == 1

@@ -55,7 +55,7 @@ def test_seeds_script_small(tmp_path, capsys):
 def test_seeds_script_invalid_key(tmp_path, capsys):
   seeds = _load('experiments/seeds.py')
 
-  status = seeds.main(['--set', 'aggregator=krum', '--out', str(tmp_path / 's')])
+  status = seeds.main(['--set', 'aggregator=teleport', '--out', str(tmp_path / 's')])
 
   assert status == 2
   assert 'server.aggregator' in capsys.readouterr().err

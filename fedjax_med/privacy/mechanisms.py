@@ -209,11 +209,11 @@ def adapt_clip_norm(
 
 def _validate_sum_noise(privacy: PrivacySettings, aggregator: str) -> None:
   kind = privacy.noise_kind
-  if aggregator == 'median':
+  if aggregator not in ('fedavg', 'mean'):
     raise ValueError(
         f'`noise={kind}` is calibrated to a sum of clipped updates and does '
-        'not apply to the median. Use aggregator mean, or fedavg with a '
-        '`weight_cap`, or local noise.'
+        f'not apply to aggregator {aggregator}. Use aggregator mean, or '
+        'fedavg with a `weight_cap`, or local noise.'
     )
   if aggregator == 'fedavg' and not _finite_positive(privacy.weight_cap):
     raise ValueError(

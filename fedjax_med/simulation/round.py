@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import tree
-from fedjax_med.aggregation import median
+from fedjax_med.aggregation import registry
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.privacy import mechanisms
 from fedjax_med.simulation import sampling
 from fedjax_med.typing import Params, PRNGKey
 
-AGGREGATORS = ('fedavg', 'mean', 'median')
+AGGREGATORS = registry.AGGREGATORS
 # `attack(updates, malicious [cohort], honest [cohort], key) -> updates`.
 Attack = Callable[[Params, jax.Array, jax.Array, PRNGKey], Params]
 NOISE_KINDS = mechanisms.NOISE_KINDS
@@ -86,6 +86,7 @@ def build_round(
     dropout_rate: float = 0.0,
     attack: Attack | None = None,
     malicious: jax.Array | None = None,
+    aggregator_options: dict | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -104,6 +105,9 @@ def build_round(
       with `[cohort]` bool masks; see `fedjax_med.attacks.model_poisoning`.
     malicious: `[clients]` bool mask of the population's malicious clients;
       required with `attack`.
+    aggregator_options: settings of a robust aggregator, passed to
+      `fedjax_med.aggregation.registry.build_aggregate` (`num_byzantine`,
+      `trim_fraction`, `num_selected`, `max_norm`, `num_iterations`).
 
   Returns:
     `round_fn(server_state, round_key) -> (server_state, metrics)`. Derive
@@ -129,10 +133,11 @@ def build_round(
     * `params_finite`: False once the server step has produced a NaN or
       infinite parameter (for example from a far too large learning rate).
   """
-  if aggregator not in AGGREGATORS:
-    raise ValueError(
-        f'`aggregator` must be one of {AGGREGATORS}; got {aggregator!r}.'
-    )
+  aggregate_fn = registry.build_aggregate(
+      aggregator, **(aggregator_options or {})
+  )
+  cohort_size = jax.eval_shape(sampler, jax.random.key(0)).client_ids.shape[0]
+  registry.check_cohort(aggregate_fn, cohort_size)
   validate_privacy(privacy, aggregator)
   if attack is not None and malicious is None:
     raise ValueError('`attack` needs a `malicious` mask over the clients.')
@@ -168,8 +173,8 @@ def build_round(
     )
     if privacy.noise_kind == 'local':
       updates = mechanisms.add_client_noise(updates, noise_keys, client_stddev)
-    if aggregator == 'median':
-      return median.coordinate_median(updates, contributes)
+    if aggregator not in ('fedavg', 'mean'):
+      return aggregate_fn(updates, weights, contributes)
     if privacy.noise_kind == 'distributed':
       # Each reporting client noises its own weighted update; the server
       # then only sums.

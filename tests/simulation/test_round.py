@@ -222,10 +222,10 @@ def test_central_noise_needs_weight_cap():
 
 
 def test_unknown_aggregator_rejected(key):
-  with pytest.raises(ValueError, match='krum'):
+  with pytest.raises(ValueError, match='teleport'):
     round_lib.build_round(
         _population([2]), _local_update(), _fixed_sampler([0]),
-        optax.sgd(1.0), aggregator='krum',
+        optax.sgd(1.0), aggregator='teleport',
     )
 
 

@@ -1,0 +1,363 @@
+"""Robust aggregators: hand-computed values, masks, order and validation."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_med.aggregation import _flat
+from fedjax_med.aggregation import bulyan
+from fedjax_med.aggregation import clipping_aggregators
+from fedjax_med.aggregation import geometric_median
+from fedjax_med.aggregation import krum
+from fedjax_med.aggregation import trimmed_mean
+
+
+def _with_weights(aggregate):
+  """Adapt a weights-based aggregator to the (updates, mask) signature."""
+
+  def aggregate_masked(client_updates, mask):
+    return aggregate(client_updates, mask.astype(jnp.float32))
+
+  return aggregate_masked
+
+
+def _centered_clipping(client_updates, mask):
+  center = jax.tree.map(lambda leaf: jnp.zeros_like(leaf[0]), client_updates)
+  return clipping_aggregators.centered_clipping(
+      client_updates, mask, center=center, clip_radius=1.0, num_iterations=5
+  )
+
+
+# Every aggregator as a function of (client_updates, mask); f = 1 throughout.
+AGGREGATORS = {
+    'trimmed_mean': functools.partial(
+        trimmed_mean.trimmed_mean, trim_fraction=0.2
+    ),
+    'krum': functools.partial(krum.krum, num_byzantine=1),
+    'multi_krum': functools.partial(
+        krum.multi_krum, num_byzantine=1, num_selected=3
+    ),
+    'geometric_median': _with_weights(
+        functools.partial(geometric_median.geometric_median, num_iterations=50)
+    ),
+    'norm_bounded_mean': _with_weights(
+        functools.partial(
+            clipping_aggregators.norm_bounded_mean, max_norm=100.0
+        )
+    ),
+    'centered_clipping': _centered_clipping,
+    'bulyan': functools.partial(bulyan.bulyan, num_byzantine=1),
+}
+NAMES = sorted(AGGREGATORS)
+
+
+def _line_updates():
+  """Five 1-D updates 0, 1, 2, 3, 100 as a pytree."""
+  return {'w': jnp.array([[0.0], [1.0], [2.0], [3.0], [100.0]])}
+
+
+def _random_updates(clients=9, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      'dense': jnp.asarray(rng.normal(size=(clients, 3, 2)), jnp.float32),
+      'bias': jnp.asarray(rng.normal(size=(clients, 2)), jnp.float32),
+  }
+
+
+def _assert_trees_close(actual, expected, rtol=1e-5, atol=1e-6):
+  for got, want in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def test_krum_scores_by_hand():
+  # n = 5, f = 1, so each score sums the n - f - 2 = 2 nearest others:
+  #   0:   to 1 and 2    -> 1 + 4       = 5
+  #   1:   to 0 and 2    -> 1 + 1       = 2
+  #   2:   to 1 and 3    -> 1 + 1       = 2
+  #   3:   to 2 and 1    -> 1 + 4       = 5
+  #   100: to 3 and 2    -> 97^2 + 98^2 = 19013
+  matrix, _ = _flat.flatten_clients(_line_updates())
+  mask = jnp.ones(5, bool)
+
+  distances = krum.pairwise_squared_distances(matrix)
+  scores = krum.krum_scores(distances, mask, num_byzantine=1)
+
+  np.testing.assert_array_equal(scores, [5.0, 2.0, 2.0, 5.0, 19013.0])
+
+
+def test_krum_tie_picks_lowest_index():
+  aggregate = jax.jit(functools.partial(krum.krum, num_byzantine=1))
+
+  result = aggregate(_line_updates(), jnp.ones(5, bool))
+
+  # Updates 1 and 2 tie at score 2, so the lower index wins.
+  np.testing.assert_array_equal(result['w'], [1.0])
+
+
+def test_multi_krum_averages_best():
+  aggregate = jax.jit(
+      functools.partial(krum.multi_krum, num_byzantine=1, num_selected=3)
+  )
+
+  result = aggregate(_line_updates(), jnp.ones(5, bool))
+
+  # Ranks by score: 1, 2 (score 2), then 0 before 3 (score 5, lower index).
+  np.testing.assert_allclose(result['w'], [1.0])
+
+
+def test_trimmed_mean_textbook():
+  aggregate = jax.jit(
+      functools.partial(trimmed_mean.trimmed_mean, trim_fraction=0.2)
+  )
+
+  result = aggregate(_line_updates(), jnp.ones(5, bool))
+
+  # floor(0.2 * 5) = 1 value is dropped per side: mean(1, 2, 3) = 2.
+  np.testing.assert_allclose(result['w'], [2.0])
+
+
+def test_trimmed_mean_no_clients_is_zero():
+  mask = jnp.zeros(5, bool)
+
+  result = trimmed_mean.trimmed_mean(_line_updates(), mask, trim_fraction=0.4)
+
+  np.testing.assert_array_equal(result['w'], [0.0])
+
+
+def test_bulyan_by_hand():
+  # n = 7, f = 1, so theta = 5 and beta = 3. Krum picks, by value, with
+  # ties broken by the sum of squared distances to all remaining updates:
+  #   7 left, 4 neighbors: 2 and 3 tie at 10; 3 is nearer the rest -> 3
+  #   6 left, 3 neighbors: 2 scores 1 + 4 + 4 = 9                    -> 2
+  #   5 left, 2 neighbors: 1 and 4 tie at 10; 4 is nearer the rest   -> 4
+  #   4 left, 1 neighbor:  0 and 1 tie at 1; 1 is nearer the rest    -> 1
+  #   3 left, 1 neighbor:  0 and 5 tie at 25; 5 is nearer the rest   -> 5
+  # The median of {1, 2, 3, 4, 5} is 3 and its 3 closest values average 3.
+  values = [0.0, 1.0, 2.0, 3.0, 100.0, 4.0, 5.0]
+  updates = {'w': jnp.array(values)[:, None]}
+  aggregate = jax.jit(functools.partial(bulyan.bulyan, num_byzantine=1))
+
+  result = aggregate(updates, jnp.ones(7, bool))
+
+  np.testing.assert_allclose(result['w'], [3.0])
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_masked_nan_rows_ignored(name):
+  aggregate = jax.jit(AGGREGATORS[name])
+  clean = _random_updates(clients=9)
+  poisoned = jax.tree.map(
+      lambda leaf: jnp.concatenate([leaf, jnp.full_like(leaf[:2], jnp.nan)]),
+      clean,
+  )
+  mask = jnp.concatenate([jnp.ones(9, bool), jnp.zeros(2, bool)])
+
+  result = aggregate(poisoned, mask)
+  expected = aggregate(clean, jnp.ones(9, bool))
+
+  for leaf in jax.tree.leaves(result):
+    assert np.all(np.isfinite(leaf))
+  _assert_trees_close(result, expected)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_client_order_invariant(name):
+  aggregate = jax.jit(AGGREGATORS[name])
+  updates = _random_updates(clients=10)
+  mask = jnp.array([True] * 8 + [False] * 2)
+  permutation = np.random.default_rng(1).permutation(10)
+
+  result = aggregate(updates, mask)
+  permuted = aggregate(
+      jax.tree.map(lambda leaf: leaf[permutation], updates), mask[permutation]
+  )
+
+  _assert_trees_close(permuted, result)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_agreeing_clients_give_common_value(name):
+  aggregate = jax.jit(AGGREGATORS[name])
+  common = {'dense': jnp.array([[0.1, -0.2]]), 'bias': jnp.array([0.3])}
+  updates = jax.tree.map(
+      lambda leaf: jnp.repeat(leaf[None], 8, axis=0), common
+  )
+  mask = jnp.array([True] * 7 + [False])
+
+  result = aggregate(updates, mask)
+
+  _assert_trees_close(result, common)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_vmap_matches_loop(name):
+  aggregate = AGGREGATORS[name]
+  cohorts = [_random_updates(clients=9, seed=seed) for seed in range(3)]
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *cohorts)
+  masks = jnp.ones((3, 9), bool).at[1, 4].set(False)
+
+  batched = jax.jit(jax.vmap(aggregate))(stacked, masks)
+
+  single = jax.jit(aggregate)
+  for index, cohort in enumerate(cohorts):
+    expected = single(cohort, masks[index])
+    row = jax.tree.map(lambda leaf: leaf[index], batched)
+    _assert_trees_close(row, expected)
+
+
+def test_geometric_median_on_line():
+  # Collinear points reduce to the 1-D median, here the middle point 2.
+  direction = jnp.array([0.6, 0.8])
+  positions = jnp.array([0.0, 1.0, 2.0, 10.0, 20.0])
+  updates = {'w': positions[:, None] * direction[None, :]}
+  aggregate = jax.jit(
+      functools.partial(
+          geometric_median.geometric_median, num_iterations=200
+      )
+  )
+
+  result = aggregate(updates, jnp.ones(5))
+
+  np.testing.assert_allclose(result['w'], 2.0 * direction, atol=1e-4)
+
+
+def test_geometric_median_weighted_on_line():
+  # Weight 3 of the total 5 sits on the point 10, so it is the median.
+  updates = {'w': jnp.array([[0.0], [1.0], [10.0]])}
+
+  result = geometric_median.geometric_median(
+      updates, jnp.array([1.0, 1.0, 3.0]), num_iterations=200
+  )
+
+  np.testing.assert_allclose(result['w'], [10.0], atol=1e-4)
+
+
+def test_geometric_median_symmetric_triangle():
+  # The Fermat point of an equilateral triangle is its centroid.
+  angles = jnp.array([0.0, 2.0, 4.0]) * jnp.pi / 3
+  vertices = jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
+  far_start = {'w': vertices + jnp.array([[5.0, 0.0]])}
+
+  result = geometric_median.geometric_median(
+      far_start, jnp.array([1.0, 1.0, 1.0]), num_iterations=100
+  )
+
+  np.testing.assert_allclose(result['w'], [5.0, 0.0], atol=1e-5)
+
+
+def test_norm_bounded_mean_clips():
+  # [3, 4] has norm 5 and is scaled to [0.6, 0.8]; [0, 0.5] is kept.
+  updates = {'w': jnp.array([[3.0, 4.0], [0.0, 0.5]])}
+  aggregate = jax.jit(
+      functools.partial(clipping_aggregators.norm_bounded_mean, max_norm=1.0)
+  )
+
+  result = aggregate(updates, jnp.array([1.0, 1.0]))
+
+  np.testing.assert_allclose(result['w'], [0.3, 0.65], rtol=1e-6)
+
+
+def test_norm_bounded_mean_uses_weights():
+  updates = {'w': jnp.array([[3.0, 4.0], [0.0, 0.5]])}
+
+  result = clipping_aggregators.norm_bounded_mean(
+      updates, jnp.array([1.0, 3.0]), max_norm=1.0
+  )
+
+  np.testing.assert_allclose(result['w'], [0.15, 0.575], rtol=1e-6)
+
+
+def test_centered_clipping_one_step():
+  # From center 0 with radius 1: mean of [0.6, 0.8] and [0, 0.5].
+  updates = {'w': jnp.array([[3.0, 4.0], [0.0, 0.5]])}
+  aggregate = jax.jit(
+      functools.partial(
+          clipping_aggregators.centered_clipping,
+          center={'w': jnp.zeros(2)},
+          clip_radius=1.0,
+      )
+  )
+
+  result = aggregate(updates, jnp.array([True, True]))
+
+  np.testing.assert_allclose(result['w'], [0.3, 0.65], rtol=1e-6)
+
+
+def test_centered_clipping_large_radius_is_mean():
+  updates = {'w': jnp.array([[3.0, 4.0], [0.0, 0.5]])}
+
+  result = clipping_aggregators.centered_clipping(
+      updates,
+      jnp.array([True, True]),
+      center={'w': jnp.zeros(2)},
+      clip_radius=100.0,
+  )
+
+  np.testing.assert_allclose(result['w'], [1.5, 2.25], rtol=1e-6)
+
+
+def test_trim_half_raises():
+  with pytest.raises(ValueError, match='trim_fraction'):
+    trimmed_mean.trimmed_mean(
+        _line_updates(), jnp.ones(5, bool), trim_fraction=0.5
+    )
+
+
+def test_trim_negative_raises():
+  with pytest.raises(ValueError, match='trim_fraction'):
+    trimmed_mean.trimmed_mean(
+        _line_updates(), jnp.ones(5, bool), trim_fraction=-0.1
+    )
+
+
+def test_krum_too_few_clients_raises():
+  # 4 rows <= 2 * 1 + 2.
+  updates = {'w': jnp.zeros((4, 1))}
+  with pytest.raises(ValueError, match='num_byzantine'):
+    krum.krum(updates, jnp.ones(4, bool), num_byzantine=1)
+
+
+def test_multi_krum_zero_selected_raises():
+  with pytest.raises(ValueError, match='num_selected'):
+    krum.multi_krum(
+        _line_updates(), jnp.ones(5, bool), num_byzantine=1, num_selected=0
+    )
+
+
+def test_bulyan_too_few_clients_raises():
+  # 6 rows < 4 * 1 + 3.
+  updates = {'w': jnp.zeros((6, 1))}
+  with pytest.raises(ValueError, match='num_byzantine'):
+    bulyan.bulyan(updates, jnp.ones(6, bool), num_byzantine=1)
+
+
+def test_mask_shape_mismatch_raises():
+  with pytest.raises(ValueError, match='mask'):
+    krum.krum(_line_updates(), jnp.ones(4, bool), num_byzantine=1)
+
+
+def test_geometric_median_zero_iterations_raises():
+  with pytest.raises(ValueError, match='num_iterations'):
+    geometric_median.geometric_median(
+        _line_updates(), jnp.ones(5), num_iterations=0
+    )
+
+
+def test_norm_bounded_zero_norm_raises():
+  with pytest.raises(ValueError, match='max_norm'):
+    clipping_aggregators.norm_bounded_mean(
+        _line_updates(), jnp.ones(5), max_norm=0.0
+    )
+
+
+def test_centered_clipping_center_shape_raises():
+  with pytest.raises(ValueError, match='center'):
+    clipping_aggregators.centered_clipping(
+        _line_updates(),
+        jnp.ones(5, bool),
+        center={'w': jnp.zeros(2)},
+        clip_radius=1.0,
+    )
