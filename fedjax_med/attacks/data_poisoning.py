@@ -80,7 +80,7 @@ def attack_success_rate(
   """Return the fraction of triggered rows predicted as `target_label`.
 
   Only real rows (`mask`) whose true label is not the target count, since a
-  row already of the target class says nothing about the backdoor. Returns
+  row already of the target class shows nothing about the backdoor. Returns
   NaN when no row counts.
   """
   counted = mask & (true_labels != target_label)

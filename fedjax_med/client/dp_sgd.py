@@ -36,12 +36,6 @@ from fedjax_med.privacy import clipping
 from fedjax_med.privacy import noise
 from fedjax_med.typing import Params, PRNGKey
 
-# Folded into the client's key for the per-step noise. The batch sampler
-# folds in epoch numbers, which stay far below this, and the round folds
-# `1 << 30` into the same key for its client-level noise.
-_NOISE_TAG = (1 << 30) + 1
-
-
 def build_dp_sgd_local_update(
     model: tabular.Model,
     optimizer: optax.GradientTransformation,
@@ -60,8 +54,8 @@ def build_dp_sgd_local_update(
   only. Slots past the end of an epoch, which repeat a real row, add
   nothing. The step adds noise of std `noise_multiplier * l2_norm_clip` to
   every entry of the sum and divides the result by `batch_size`. The noise
-  of step `s` comes from `fold_in(fold_in(key, _NOISE_TAG), s)`, split into
-  one key per leaf.
+  of each step comes from the step key that `local_training.build_scan`
+  passes in, split into one key per leaf.
 
   The divisor is the constant `batch_size`, not the number of real rows in
   the batch, so the scale of each release does not depend on the data. A
@@ -118,45 +112,10 @@ def build_dp_sgd_local_update(
       model, batch_size, l2_norm_clip, noise_multiplier
   )
 
-  def local_update(server_params, examples, num_examples, key):
-    max_examples = examples['x'].shape[0]
-    requested_steps = _requested_steps(
-        num_examples, num_steps, batch_size, num_epochs
-    )
-    client_steps = jnp.minimum(requested_steps, num_steps)
-    noise_key = jax.random.fold_in(key, _NOISE_TAG)
-
-    def step(carry, step_index):
-      params, opt_state = carry
-      indices, valid = local_training._batch_indices(
-          key, step_index, num_examples, max_examples, batch_size
-      )
-      loss, grads = noisy_gradient(
-          params,
-          examples['x'][indices],
-          examples['y'][indices],
-          valid,
-          jax.random.fold_in(noise_key, step_index),
-      )
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      active = step_index < client_steps
-      carry = (
-          tree.tree_where(active, new_params, params),
-          tree.tree_where(active, new_opt_state, opt_state),
-      )
-      return carry, jnp.where(active, loss, 0.0)
-
-    init = (server_params, optimizer.init(server_params))
-    (params, _), losses = jax.lax.scan(step, init, jnp.arange(num_steps))
-    mean_loss = jnp.sum(losses) / jnp.maximum(client_steps, 1)
-    delta = tree.tree_sub(params, server_params)
-    truncated = requested_steps > num_steps
-    return local_training.LocalResult(
-        delta, mean_loss, client_steps, truncated
-    )
-
-  return local_update
+  return local_training.build_scan(
+      noisy_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
+      num_epochs=num_epochs,
+  )
 
 
 def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
@@ -191,17 +150,6 @@ def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
     return loss, tree.tree_scale(summed, 1.0 / batch_size)
 
   return noisy_gradient
-
-
-def _requested_steps(num_examples, num_steps, batch_size, num_epochs):
-  """Return the steps a client asks for, before the `num_steps` cap."""
-  if num_epochs is None:
-    requested_steps = num_steps
-  else:
-    requested_steps = num_epochs * local_training.batches_per_epoch(
-        num_examples, batch_size
-    )
-  return jnp.where(num_examples > 0, requested_steps, 0)
 
 
 def _expand(mask: jax.Array, leaf: jax.Array) -> jax.Array:

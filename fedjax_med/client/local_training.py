@@ -22,6 +22,12 @@ from fedjax_med.models import tabular
 from fedjax_med.typing import Params, PRNGKey
 
 
+# Folded into a client key before the step index, so per-step gradient noise
+# never reuses a shuffle key `fold_in(key, epoch)`. The round folds
+# `1 << 30` into the same client key for its own client noise.
+_STEP_KEY_TAG = (1 << 30) + 1
+
+
 class LocalResult(NamedTuple):
   """Output of one client's local training.
 
@@ -122,6 +128,42 @@ def build_local_update(
 
   grad_fn = jax.value_and_grad(batch_loss)
 
+  def batch_gradient(params, x, y, valid, step_key):
+    del step_key
+    weights = valid / jnp.maximum(jnp.sum(valid), 1)
+    return grad_fn(params, x, y, weights)
+
+  return build_scan(
+      batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
+      num_epochs=num_epochs,
+  )
+
+
+# `gradient(params, x [batch, ...], y [batch], valid [batch], step_key) ->
+# (loss, grads)`: the loss and gradient of one minibatch, whose rows with
+# `valid` False are filler that must not count.
+BatchGradient = Callable[
+    [Params, jax.Array, jax.Array, jax.Array, PRNGKey], tuple[jax.Array, Params]
+]
+
+
+def build_scan(
+    batch_gradient: BatchGradient,
+    optimizer: optax.GradientTransformation,
+    *,
+    num_steps: int,
+    batch_size: int,
+    num_epochs: int | None = None,
+) -> LocalUpdate:
+  """Build a client's `lax.scan` of optimizer steps around `batch_gradient`.
+
+  Batch selection, step masking for zero-example clients and `num_epochs`,
+  and the returned `LocalResult` are shared by plain training and DP-SGD;
+  only the gradient of a batch differs. `step_key` is
+  `fold_in(fold_in(key, _STEP_KEY_TAG), step)`, apart from the per-epoch
+  shuffle keys `fold_in(key, epoch)`, for gradients that draw noise.
+  """
+
   def local_update(server_params, examples, num_examples, key):
     max_examples = examples['x'].shape[0]
     if num_epochs is None:
@@ -130,15 +172,16 @@ def build_local_update(
       requested_steps = num_epochs * batches_per_epoch(num_examples, batch_size)
       requested_steps = jnp.where(num_examples > 0, requested_steps, 0)
     client_steps = jnp.minimum(requested_steps, num_steps)
+    step_keys = jax.random.fold_in(key, _STEP_KEY_TAG)
 
     def step(carry, step_index):
       params, opt_state = carry
       indices, valid = _batch_indices(
           key, step_index, num_examples, max_examples, batch_size
       )
-      weights = valid / jnp.maximum(jnp.sum(valid), 1)
-      loss, grads = grad_fn(
-          params, examples['x'][indices], examples['y'][indices], weights
+      loss, grads = batch_gradient(
+          params, examples['x'][indices], examples['y'][indices], valid,
+          jax.random.fold_in(step_keys, step_index),
       )
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)

@@ -2,7 +2,7 @@
 
 Every client's examples are stacked into one array per field, padded with
 zeros up to the largest client, so the whole population is a pytree that
-`jax.vmap` maps over. `num_examples` holds each client's real example count;
+`jax.vmap` maps over. `num_examples` contains each client's real example count;
 masks over padding rows are derived from it and padding is never read as data.
 """
 

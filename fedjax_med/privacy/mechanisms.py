@@ -265,7 +265,7 @@ def _clip_per_layer(update: PyTree, clip_norm: float) -> clipping.ClipResult:
 def clip_client_update(
     update: PyTree, privacy: PrivacySettings
 ) -> clipping.ClipResult:
-  """Clip one client's update as `privacy.clipping` says."""
+  """Clip one client's update with the rule that `privacy.clipping` selects."""
   if privacy.clipping == 'per_layer' and privacy.clip_norm is not None:
     return _clip_per_layer(update, privacy.clip_norm)
   return clipping.clip_update(update, privacy.clip_norm)
