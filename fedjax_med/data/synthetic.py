@@ -3,8 +3,9 @@
 Every client has its own softmax-regression model and its own feature mean.
 `beta` controls how much the client feature distributions differ. The
 FedProx experiments use (0, 0),
-(0.5, 0.5) and (1, 1), in increasing heterogeneity, plus an IID variant that
-this module does not generate.
+(0.5, 0.5) and (1, 1), in increasing heterogeneity, plus an IID variant,
+`synthetic(..., iid=True)`, in which all clients share one model and one
+feature distribution.
 
 NOTE: as defined in the paper and in FedProx's generator, `alpha` does not
 change the labels. The client's shift u_k is added to every entry of W_k and
@@ -21,8 +22,9 @@ References:
   Li, Sahu, Zaheer, Sanjabi, Talwalkar and Smith. Federated Optimization in
   Heterogeneous Networks. MLSys 2020. https://arxiv.org/abs/1812.06127
 
-  FedProx's generator: github.com/litian96/FedProx,
-  data/synthetic_1_1/generate_synthetic.py.
+  FedProx's generators: github.com/litian96/FedProx,
+  data/synthetic_1_1/generate_synthetic.py and
+  data/synthetic_iid/generate_iid.py.
 """
 
 import functools
@@ -47,6 +49,7 @@ def _validate(
     max_examples: int,
     test_fraction: float,
     lognormal_sigma: float,
+    iid: bool,
 ) -> None:
   """Raise InputError unless the generator arguments are in range."""
   checks = (
@@ -64,6 +67,13 @@ def _validate(
   for passed, name, value, requirement in checks:
     if not passed:
       raise InputError(f'`{name}` must be {requirement}; got {value}.')
+  if iid and (alpha != 0 or beta != 0):
+    raise InputError(
+        '`alpha` and `beta` must be 0 when `iid` is True, because all IID '
+        'clients share one model and one feature mean. Got '
+        f'alpha={alpha}, beta={beta}. Pass alpha=0 and beta=0, or set '
+        'iid=False for Synthetic(alpha, beta).'
+    )
 
 
 def _client_examples(
@@ -101,13 +111,42 @@ def _client_examples(
   feature_mean = feature_mean_center + parts[4]
   noise = parts[5].reshape(max_examples, num_features)
 
-  # Diagonal covariance Sigma_jj = j^(-1.2), with j counted from 1.
-  feature_std = jnp.arange(1, num_features + 1, dtype=jnp.float32) ** -0.6
-  x = feature_mean[None, :] + feature_std[None, :] * noise
+  x = feature_mean[None, :] + _feature_std(num_features)[None, :] * noise
+  return _label_rows(x, weights, bias, num_examples)
+
+
+def _iid_client_examples(
+    key: PRNGKey,
+    num_examples: jax.Array,
+    weights: jax.Array,
+    bias: jax.Array,
+    *,
+    max_examples: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Draw one IID client's rows x ~ N(0, Sigma), labeled by the shared model.
+
+  Returns:
+    `x` `[max_examples, features]` float32 and `y` `[max_examples]` int32.
+  """
+  num_features = weights.shape[1]
+  noise = jax.random.normal(key, (max_examples, num_features))
+  x = _feature_std(num_features)[None, :] * noise
+  return _label_rows(x, weights, bias, num_examples)
+
+
+def _feature_std(num_features: int) -> jax.Array:
+  """Return the feature stds sqrt(Sigma_jj) = j^(-0.6), j counted from 1."""
+  return jnp.arange(1, num_features + 1, dtype=jnp.float32) ** -0.6
+
+
+def _label_rows(
+    x: jax.Array, weights: jax.Array, bias: jax.Array, num_examples: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """Label rows by argmax(W x + b) and zero the rows past `num_examples`."""
   logits = x @ weights.T + bias[None, :]
   y = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-  real = jnp.arange(max_examples) < num_examples
+  real = jnp.arange(x.shape[0]) < num_examples
   return jnp.where(real[:, None], x, 0.0), jnp.where(real, y, 0)
 
 
@@ -118,6 +157,15 @@ def _all_clients(client_keys, num_examples, alpha, beta, **static):
   x, y = jax.vmap(
       functools.partial(_client_examples, alpha=alpha, beta=beta, **static)
   )(client_keys, num_examples)
+  return {'x': x, 'y': y}
+
+
+@functools.partial(jax.jit, static_argnames=('max_examples',))
+def _all_iid_clients(client_keys, num_examples, weights, bias, *, max_examples):
+  x, y = jax.vmap(
+      functools.partial(_iid_client_examples, max_examples=max_examples),
+      in_axes=(0, 0, None, None),
+  )(client_keys, num_examples, weights, bias)
   return {'x': x, 'y': y}
 
 
@@ -159,6 +207,7 @@ def synthetic(
     test_fraction: float = 0.1,
     lognormal_mean: float = 4.0,
     lognormal_sigma: float = 2.0,
+    iid: bool = False,
 ) -> federated.FederatedDataset:
   """Generate the Synthetic(alpha, beta) dataset of FedProx.
 
@@ -169,6 +218,14 @@ def synthetic(
   label is y = argmax(W_k x + b_k). `alpha` and `beta` are standard
   deviations, as in FedProx's generator, which calls
   `np.random.normal(0, alpha)`. The paper writes N(0, alpha).
+
+  With `iid=True`, as in FedProx's `generate_iid.py`, the key draws one
+  model W `[classes, features]` and b `[classes]` with entries ~ N(0, 1),
+  which every client shares. Every row of every client is x ~ N(0, Sigma),
+  with the same Sigma as above, and y = argmax(W x + b). `alpha` and `beta`
+  have no role in this variant, so they must be 0. Client sizes, the split
+  and the padding follow the same rules as the non-IID case, and for the
+  same key the client sizes are identical in both cases.
 
   Client k has `min_examples + floor(L_k)` rows, capped at `max_examples`,
   with L_k lognormal(`lognormal_mean`, `lognormal_sigma`). The defaults
@@ -194,6 +251,7 @@ def synthetic(
     test_fraction: fraction of each client's rows in its test set, in [0, 1).
     lognormal_mean: mean of the log of the extra rows per client.
     lognormal_sigma: std of the log of the extra rows per client, >= 0.
+    iid: if True, generate FedProx's IID variant described above.
 
   Returns:
     A `FederatedDataset` named 'synthetic' whose arrays are jax arrays: `x`
@@ -202,13 +260,14 @@ def synthetic(
     its largest client, at least 1.
 
   Raises:
-    InputError: if an argument is out of the ranges above.
+    InputError: if an argument is out of the ranges above, or if `iid` is
+      True and `alpha` or `beta` is not 0.
   """
   _validate(
       num_clients=num_clients, alpha=alpha, beta=beta,
       num_features=num_features, num_classes=num_classes,
       min_examples=min_examples, max_examples=max_examples,
-      test_fraction=test_fraction, lognormal_sigma=lognormal_sigma,
+      test_fraction=test_fraction, lognormal_sigma=lognormal_sigma, iid=iid,
   )  # fmt: skip
   count_key, clients_key = jax.random.split(key)
 
@@ -224,15 +283,25 @@ def synthetic(
   num_train = np.floor((1.0 - test_fraction) * num_examples).astype(np.int32)
   num_test = num_examples - num_train
 
-  examples = _all_clients(
-      jax.random.split(clients_key, num_clients),
-      jnp.asarray(num_examples),
-      alpha,
-      beta,
-      num_features=num_features,
-      num_classes=num_classes,
-      max_examples=int(num_examples.max()),
-  )
+  if iid:
+    weights_key, bias_key, clients_key = jax.random.split(clients_key, 3)
+    examples = _all_iid_clients(
+        jax.random.split(clients_key, num_clients),
+        jnp.asarray(num_examples),
+        jax.random.normal(weights_key, (num_classes, num_features)),
+        jax.random.normal(bias_key, (num_classes,)),
+        max_examples=int(num_examples.max()),
+    )
+  else:
+    examples = _all_clients(
+        jax.random.split(clients_key, num_clients),
+        jnp.asarray(num_examples),
+        alpha,
+        beta,
+        num_features=num_features,
+        num_classes=num_classes,
+        max_examples=int(num_examples.max()),
+    )
   train = _take_rows(
       examples, jnp.zeros(num_clients, jnp.int32), jnp.asarray(num_train),
       width=max(int(num_train.max()), 1),
