@@ -1,4 +1,10 @@
-"""Command line: `fedjax-med run [CONFIG] [--set KEY=VALUE ...] [--out DIR]`.
+"""Command line of fedjax-med.
+
+* `fedjax-med run [CONFIG] [--set KEY=VALUE ...] [--out DIR]`: one study.
+* `fedjax-med matrix CONFIG [--set KEY=VALUE ...] [--out DIR] [--resume]`:
+  aggregators x attacks x malicious fractions x seeds, from the config's
+  `[matrix]` table.
+* `fedjax-med keys`: every config key and its default.
 
 Exit status: 0 on success; 2 for invalid input, with a one-line message on
 stderr; 1 when training diverged; 130 after Ctrl-C, once the finished
@@ -52,8 +58,53 @@ def _parser() -> argparse.ArgumentParser:
   run.add_argument(
       '--no-progress', action='store_true', help='hide the progress bar'
   )
+  matrix = commands.add_parser(
+      'matrix',
+      help='run aggregators x attacks x malicious fractions x seeds',
+      description=(
+          'Run the robustness matrix of a config with a [matrix] table, '
+          'such as experiments/robustness_matrix_heart.toml, and write '
+          'cells.jsonl, table.md, table.csv and heatmap.png.'
+      ),
+  )
+  matrix.add_argument('config', help='TOML config file with a [matrix] table')
+  matrix.add_argument(
+      '--set', dest='overrides', action='append', default=[],
+      metavar='KEY=VALUE',
+      help='override a config value, or a matrix axis such as '
+      '--set matrix.seeds=0,1; repeatable',
+  )
+  matrix.add_argument(
+      '--out', default=None,
+      help='output folder, new or empty (default: runs/<name>_matrix-<time>)',
+  )
+  matrix.add_argument(
+      '--resume', action='store_true',
+      help='continue the matrix in --out, skipping the cells it finished',
+  )
+  matrix.add_argument(
+      '--no-progress', action='store_true', help='hide the progress bar'
+  )
   commands.add_parser('keys', help='list every config key and its default')
   return parser
+
+
+def _run_matrix(args) -> int:
+  from fedjax_med import matrix  # pylint: disable=g-import-not-at-top
+
+  overrides = dict(config_lib.parse_override(text) for text in args.overrides)
+  base, axes = matrix.load_matrix_toml(args.config, overrides)
+  run_dir, rows = matrix.run_matrix(
+      base, axes, args.out, resume=args.resume,
+      progress=not args.no_progress,
+  )
+  print(f'Results in {run_dir}: table.md, table.csv, heatmap.png')
+  not_applicable = sum(1 for row in rows
+                       if row['not_applicable'] and not row['completed'])
+  diverged = sum(row['diverged'] for row in rows)
+  print(f'  {len(rows)} cells, {not_applicable} not applicable, '
+        f'{diverged} diverged runs')
+  return 0
 
 
 def _load_config(args) -> config_lib.ExperimentConfig:
@@ -116,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
       print(json.dumps(config_lib.to_dict(config_lib.ExperimentConfig()),
                        indent=2))
       return 0
+    if args.command == 'matrix':
+      return _run_matrix(args)
     config = _load_config(args)
     config_lib.validate(config)
     # Imported here so that `--help` and config errors return without
@@ -132,10 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 1
   except StudyInterrupted as interrupt:
-    print(
-        f'fedjax-med: interrupted; {interrupt.rounds_done} finished rounds '
-        f'are in {interrupt.run_dir / "metrics.jsonl"}.', file=sys.stderr,
-    )
+    if args.command == 'matrix':
+      print(
+          f'fedjax-med: interrupted; {interrupt.rounds_done} finished runs '
+          f'are in {interrupt.run_dir / "cells.jsonl"}. Continue with '
+          f'--out {interrupt.run_dir} --resume.', file=sys.stderr,
+      )
+    else:
+      print(
+          f'fedjax-med: interrupted; {interrupt.rounds_done} finished rounds '
+          f'are in {interrupt.run_dir / "metrics.jsonl"}.', file=sys.stderr,
+      )
     return 130
   _print_summary(run_dir, summary)
   return 0

@@ -21,17 +21,18 @@ from typing import Any
 
 from fedjax_med.errors import InputError
 
-DATASETS = ('heart_disease', 'csv', 'synthetic')
+DATASETS = ('heart_disease', 'csv', 'synthetic', 'synthetic_iid')
 MODELS = ('logistic_regression', 'mlp')
 CLIENT_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop')
 SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi')
 SAMPLINGS = ('all', 'uniform', 'poisson')
 AGGREGATORS = ('fedavg', 'mean', 'median', 'trimmed_mean', 'krum',
-               'multi_krum', 'geometric_median', 'bulyan', 'norm_bounded')
+               'multi_krum', 'geometric_median', 'bulyan', 'norm_bounded',
+               'centered_clipping')
 NOISE_KINDS = ('none', 'central', 'distributed', 'local')
 CLIPPINGS = ('flat', 'per_layer')
 ATTACKS = ('none', 'sign_flip', 'scaling', 'gaussian', 'little_is_enough',
-           'inner_product', 'label_flip')
+           'inner_product', 'label_flip', 'backdoor')
 ACCOUNTANTS = ('rdp', 'pld')
 TARGET_MODES = ('calibrate', 'stop')
 # numpy and JAX seeds are unsigned 32-bit integers.
@@ -45,7 +46,9 @@ class DataConfig:
   """Dataset choice and its loading options.
 
   Attributes:
-    dataset: 'heart_disease' (bundled), 'csv' (your file) or 'synthetic'.
+    dataset: 'heart_disease' (bundled), 'csv' (your file), 'synthetic'
+      (FedProx's Synthetic(alpha, beta)) or 'synthetic_iid' (FedProx's IID
+      variant: one shared model and feature distribution).
     csv_path: CSV file for `dataset='csv'`.
     client_column: CSV column holding the client (hospital) id.
     label_column: CSV column holding the integer class label.
@@ -175,13 +178,16 @@ class ServerConfig:
   Attributes:
     aggregator: 'fedavg' (example-weighted), 'mean' (uniform), or a robust
       aggregator: 'median', 'trimmed_mean', 'krum', 'multi_krum',
-      'geometric_median', 'bulyan' or 'norm_bounded'.
+      'geometric_median', 'bulyan', 'norm_bounded' or 'centered_clipping'.
     num_byzantine: `f`, the malicious clients Krum, multi-Krum and Bulyan
       tolerate; Krum needs a cohort above 2f + 2, Bulyan at least 4f + 3.
     trim_fraction: fraction trimmed at each end by trimmed_mean.
     num_selected: updates multi-Krum averages; None means cohort - f.
     max_norm: L2 bound of each update for norm_bounded.
-    num_iterations: Weiszfeld steps of geometric_median.
+    num_iterations: Weiszfeld steps of geometric_median, or clipping
+      iterations of centered_clipping.
+    clip_radius: tau of centered_clipping: each client's difference from the
+      previous round's aggregate is clipped to this L2 norm.
     weight_cap: caps FedAvg weights at `min(num_examples / weight_cap, 1)`;
       required for fedavg with central or distributed noise.
     server_optimizer: optax optimizer applied to the negative aggregate.
@@ -196,6 +202,7 @@ class ServerConfig:
   num_selected: int | None = None
   max_norm: float | None = None
   num_iterations: int = 10
+  clip_radius: float | None = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   rounds: int = 15
@@ -207,19 +214,31 @@ class AttackConfig:
 
   Attributes:
     attack: 'none'; a model-poisoning attack on the updates ('sign_flip',
-      'scaling', 'gaussian', 'little_is_enough', 'inner_product'); or
-      'label_flip', which poisons the malicious clients' training labels.
+      'scaling', 'gaussian', 'little_is_enough', 'inner_product'); or data
+      poisoning of the malicious clients' training rows: 'label_flip', or
+      'backdoor', which stamps a trigger on some rows and relabels them.
     malicious_fraction: fraction of the population that is malicious,
       chosen per run from the seed.
     attack_strength: the attack's parameter, or None for its default:
       sign_flip scale (1), scaling factor (10), gaussian std (1),
       little_is_enough z (Baruch et al.'s z_max), inner_product epsilon
-      (0.5).
+      (0.5), backdoor boost (1): malicious clients multiply their update
+      by it, the model replacement of Bagdasaryan et al.
+    trigger_features: backdoor: feature columns the trigger sets.
+    trigger_value: backdoor: the value written into those columns. The
+      bundled tabular data is standardized, so 4 is 4 standard deviations.
+    target_label: backdoor: the label given to triggered rows.
+    poison_fraction: backdoor: probability that each training row of a
+      malicious client gets the trigger.
   """
 
   attack: str = 'none'
   malicious_fraction: float = 0.0
   attack_strength: float | None = None
+  trigger_features: tuple[int, ...] = (0, 1, 2)
+  trigger_value: float = 4.0
+  target_label: int = 0
+  poison_fraction: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -413,6 +432,21 @@ def load_toml(path: str | pathlib.Path) -> ExperimentConfig:
     InputError: if the file is missing, is not valid TOML or sets an
       unknown key or a value of the wrong type.
   """
+  document = read_toml(path)
+  if 'matrix' in document:
+    raise InputError(
+        f'{path} has a [matrix] table, so it describes a robustness matrix. '
+        f'Run it with `fedjax-med matrix {path}`.'
+    )
+  return from_document(document)
+
+
+def read_toml(path: str | pathlib.Path) -> dict[str, Any]:
+  """Return the parsed TOML document at `path`.
+
+  Raises:
+    InputError: if the file is missing or is not valid TOML.
+  """
   path = pathlib.Path(path)
   if path.is_dir():
     raise InputError(
@@ -428,6 +462,15 @@ def load_toml(path: str | pathlib.Path) -> ExperimentConfig:
     document = tomllib.loads(path.read_text())
   except tomllib.TOMLDecodeError as error:
     raise InputError(f'Invalid TOML in {path}: {error}.') from None
+  return document
+
+
+def from_document(document: dict[str, Any]) -> ExperimentConfig:
+  """Apply a parsed TOML document, one table per section, to the defaults.
+
+  Raises:
+    InputError: for an unknown key or a value of the wrong type.
+  """
   overrides = {}
   for key, value in document.items():
     if isinstance(value, dict):
@@ -464,6 +507,7 @@ def _require_range(
 
 
 _NOISY = ('central', 'distributed', 'local')
+_SYNTHETIC = ('synthetic', 'synthetic_iid')
 
 # Settings that only some choices read, as (section, field, the choice
 # field, the choices that read it). Setting one away from its default while
@@ -473,12 +517,12 @@ _SETTINGS_USED_BY = (
     ('data', 'client_column', 'dataset', ('csv',)),
     ('data', 'label_column', 'dataset', ('csv',)),
     ('data', 'split_seed', 'dataset', ('csv',)),
-    ('data', 'test_fraction', 'dataset', ('csv', 'synthetic')),
-    ('data', 'num_clients', 'dataset', ('synthetic',)),
+    ('data', 'test_fraction', 'dataset', ('csv',) + _SYNTHETIC),
+    ('data', 'num_clients', 'dataset', _SYNTHETIC),
     ('data', 'alpha', 'dataset', ('synthetic',)),
     ('data', 'beta', 'dataset', ('synthetic',)),
-    ('data', 'min_examples', 'dataset', ('synthetic',)),
-    ('data', 'max_examples', 'dataset', ('synthetic',)),
+    ('data', 'min_examples', 'dataset', _SYNTHETIC),
+    ('data', 'max_examples', 'dataset', _SYNTHETIC),
     ('model', 'hidden_sizes', 'model', ('mlp',)),
     ('sampling', 'cohort_size', 'sampling', ('uniform',)),
     ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
@@ -491,11 +535,34 @@ _SETTINGS_USED_BY = (
     ('server', 'trim_fraction', 'aggregator', ('trimmed_mean',)),
     ('server', 'num_selected', 'aggregator', ('multi_krum',)),
     ('server', 'max_norm', 'aggregator', ('norm_bounded',)),
-    ('server', 'num_iterations', 'aggregator', ('geometric_median',)),
+    ('server', 'num_iterations', 'aggregator',
+     ('geometric_median', 'centered_clipping')),
+    ('server', 'clip_radius', 'aggregator', ('centered_clipping',)),
+    ('attack', 'trigger_features', 'attack', ('backdoor',)),
+    ('attack', 'trigger_value', 'attack', ('backdoor',)),
+    ('attack', 'target_label', 'attack', ('backdoor',)),
+    ('attack', 'poison_fraction', 'attack', ('backdoor',)),
 )
 # Settings read only when adaptive clipping is on.
 _ADAPTIVE_SETTINGS = ('target_quantile', 'clip_learning_rate',
                       'count_noise_stddev')
+
+
+def reset_unused_settings(config: ExperimentConfig) -> ExperimentConfig:
+  """Return `config` with settings its choices do not read set to default.
+
+  A sweep that changes one choice, such as the aggregator, calls this so that
+  the settings of the other choices do not fail `validate`.
+  """
+  defaults = ExperimentConfig()
+  for section, name, choice_name, users in _SETTINGS_USED_BY:
+    current = getattr(config, section)
+    if getattr(current, choice_name) not in users:
+      default = getattr(getattr(defaults, section), name)
+      config = dataclasses.replace(
+          config, **{section: dataclasses.replace(current, **{name: default})}
+      )
+  return config
 
 
 def _check_unused_settings(config: ExperimentConfig) -> None:
@@ -611,6 +678,12 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_range('server.num_selected', server.num_selected, 1)
   _require_range('server.max_norm', server.max_norm, 0.0, low_open=True)
   _require_range('server.num_iterations', server.num_iterations, 1)
+  _require_range('server.clip_radius', server.clip_radius, 0.0, low_open=True)
+  if server.aggregator == 'centered_clipping' and server.clip_radius is None:
+    raise InputError(
+        '`server.aggregator=centered_clipping` needs `server.clip_radius`, '
+        'the L2 radius around the previous aggregate.'
+    )
   if server.aggregator == 'norm_bounded' and server.max_norm is None:
     raise InputError(
         '`server.aggregator=norm_bounded` needs `server.max_norm`, the L2 '
@@ -776,4 +849,15 @@ def validate(config: ExperimentConfig) -> None:
     raise InputError(
         '`attack.attack_strength` has no effect with attack label_flip.'
     )
+  _require_range('attack.poison_fraction', attack.poison_fraction, 0.0, 1.0,
+                 low_open=True)
+  _require_range('attack.target_label', attack.target_label, 0)
+  _require_range('attack.trigger_value', attack.trigger_value, -math.inf)
+  if not attack.trigger_features:
+    raise InputError(
+        '`attack.trigger_features` is empty. List at least one feature '
+        'column for the backdoor trigger.'
+    )
+  for column in attack.trigger_features:
+    _require_range('attack.trigger_features', column, 0)
   _check_unused_settings(config)

@@ -65,15 +65,18 @@ def load_dataset(
         seed=data.split_seed,
     )
   key = jax.random.fold_in(jax.random.key(seed), _DATA_TAG)
-  return synthetic.synthetic(
+  iid = data.dataset == 'synthetic_iid'
+  dataset = synthetic.synthetic(
       key=key,
       num_clients=data.num_clients,
-      alpha=data.alpha,
-      beta=data.beta,
+      alpha=0.0 if iid else data.alpha,
+      beta=0.0 if iid else data.beta,
+      iid=iid,
       min_examples=data.min_examples,
       max_examples=data.max_examples,
       test_fraction=data.test_fraction,
   )
+  return dataclasses.replace(dataset, name=data.dataset)
 
 
 def build_model(
@@ -139,6 +142,19 @@ def build_local_update(
       batch_size=client.batch_size,
       num_epochs=client.local_epochs,
   )
+
+
+def aggregator_options(config) -> dict[str, Any]:
+  """Return the robust-aggregator settings for `build_round`."""
+  server = config.server
+  return {
+      'num_byzantine': server.num_byzantine,
+      'trim_fraction': server.trim_fraction,
+      'num_selected': server.num_selected,
+      'max_norm': server.max_norm,
+      'num_iterations': server.num_iterations,
+      'clip_radius': server.clip_radius,
+  }
 
 
 def _diverged(round_number: int, what: str) -> TrainingDiverged:
@@ -241,13 +257,17 @@ def run_study(
       config, dataset.num_clients, noise_multiplier
   )
   study_privacy.check_against_data(config, dataset.num_clients, accountant)
+  study_attacks.check_against_data(
+      config, dataset.train.examples['x'].shape[-1], dataset.num_classes
+  )
+  attack_key = jax.random.fold_in(jax.random.key(config.seed), _ATTACK_TAG)
   malicious = study_attacks.choose_malicious(
-      config, dataset.num_clients,
-      jax.random.fold_in(jax.random.key(config.seed), _ATTACK_TAG),
+      config, dataset.num_clients, attack_key
   )
   num_malicious = 0 if malicious is None else int(np.sum(malicious))
   train = study_attacks.poison_data(
-      config, jax.device_put(dataset.train), malicious, dataset.num_classes
+      config, jax.device_put(dataset.train), malicious, dataset.num_classes,
+      key=attack_key,
   )
   try:
     round_fn = round_lib.build_round(
@@ -262,13 +282,7 @@ def run_study(
             config, dataset.num_clients, num_malicious
         ),
         malicious=malicious,
-        aggregator_options={
-            'num_byzantine': config.server.num_byzantine,
-            'trim_fraction': config.server.trim_fraction,
-            'num_selected': config.server.num_selected,
-            'max_norm': config.server.max_norm,
-            'num_iterations': config.server.num_iterations,
-        },
+        aggregator_options=aggregator_options(config),
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -278,6 +292,13 @@ def run_study(
       model, jax.device_put(dataset.test),
       threshold=config.evaluation.threshold,
   )
+  triggered = study_attacks.triggered_test_data(config, dataset.test)
+  evaluate_triggered = None
+  if triggered is not None:
+    evaluate_triggered = evaluate_lib.build_evaluate(
+        model, jax.device_put(triggered),
+        threshold=config.evaluation.threshold,
+    )
 
   run_dir = outputs.make_run_dir(
       None if out_dir is None else pathlib.Path(out_dir), config.name
@@ -293,6 +314,7 @@ def run_study(
   state = round_lib.init_server_state(
       params, server_optimizer,
       clip_norm=config.privacy.clip_norm if privacy.adaptive_clipping else None,
+      aggregator=config.server.aggregator,
   )
   rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
@@ -301,6 +323,10 @@ def run_study(
              'below_min_reporting': 0, 'stopped_at_target': False,
              'attack': study_attacks.describe(
                  config, malicious, dataset.client_names, num_malicious
+             ),
+             'backdoor': None if evaluate_triggered is None else (
+                 evaluate_triggered, triggered,
+                 ~np.asarray(malicious, bool),
              )}
   try:
     _run_rounds(
@@ -379,6 +405,10 @@ def _run_rounds(
               zip(dataset.client_names, accuracies)
           )
         record.update(_accuracy_summary(accuracies))
+        if history['backdoor'] is not None:
+          record['backdoor_success'] = _backdoor_success(
+              config, history['backdoor'], state.params
+          )['backdoor_success']
         history['rounds'].append(round_index + 1)
         history['client_accuracy'].append(accuracies)
         bar.set_postfix(mean_acc=f"{record['mean_accuracy'] or 0:.3f}")
@@ -389,6 +419,13 @@ def _run_rounds(
       if on_round is not None:
         on_round(record)
       bar.update(1)
+
+
+def _backdoor_success(config, backdoor, params) -> dict[str, Any]:
+  evaluate_triggered, triggered, honest = backdoor
+  return study_attacks.backdoor_success(
+      config, evaluate_triggered(params), triggered, honest
+  )
 
 
 def _write_summary(config, dataset, evaluate, run_dir, history):
@@ -424,6 +461,14 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           dataset.client_names,
       ),
   }
+  if history['backdoor'] is not None:
+    success = _backdoor_success(
+        config, history['backdoor'], history['state'].params
+    )
+    summary['attack']['backdoor_success'] = success['backdoor_success']
+    summary['attack']['backdoor_success_per_client'] = dict(
+        zip(dataset.client_names, success['per_client'])
+    )
   worst = summary['worst_accuracy']
   summary['worst_client'] = next(
       (name for name, value in summary['test_accuracy'].items()

@@ -6,10 +6,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from fedjax_med import config as config_lib
 from fedjax_med.attacks import data_poisoning
 from fedjax_med.attacks import model_poisoning
 from fedjax_med.data import federated
+from fedjax_med.errors import InputError
+from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
 
 _DEFAULT_STRENGTH = {
@@ -17,7 +18,10 @@ _DEFAULT_STRENGTH = {
     'scaling': 10.0,
     'gaussian': 1.0,
     'inner_product': 0.5,
+    'backdoor': 1.0,
 }
+# Folded into the attack key for the choice of backdoored rows.
+_BACKDOOR_ROWS_TAG = 1
 
 
 def choose_malicious(config, num_clients: int, key) -> jax.Array | None:
@@ -29,13 +33,89 @@ def choose_malicious(config, num_clients: int, key) -> jax.Array | None:
   )
 
 
+def check_against_data(config, num_features: int, num_classes: int) -> None:
+  """Raise InputError when the backdoor settings do not fit the data."""
+  attack = config.attack
+  if attack.attack != 'backdoor':
+    return
+  outside = [f for f in attack.trigger_features if f >= num_features]
+  if outside:
+    raise InputError(
+        f'`attack.trigger_features` has columns {outside}, but the data has '
+        f'{num_features} features (columns 0 to {num_features - 1}). Pick '
+        'columns inside that range.'
+    )
+  if attack.target_label >= num_classes:
+    raise InputError(
+        f'`attack.target_label={attack.target_label}` is not a class of this '
+        f'data, which has labels 0 to {num_classes - 1}.'
+    )
+
+
 def poison_data(
-    config, train: federated.FederatedData, malicious, num_classes: int
+    config, train: federated.FederatedData, malicious, num_classes: int,
+    key=None,
 ) -> federated.FederatedData:
-  """Apply data poisoning (label flipping) to the malicious clients."""
-  if config.attack.attack != 'label_flip':
-    return train
-  return data_poisoning.flip_labels(train, malicious, num_classes=num_classes)
+  """Apply data poisoning (label flipping or a backdoor) to malicious rows.
+
+  `key` chooses the backdoored rows; it is needed for attack backdoor only.
+  """
+  attack = config.attack
+  if attack.attack == 'label_flip':
+    return data_poisoning.flip_labels(
+        train, malicious, num_classes=num_classes
+    )
+  if attack.attack == 'backdoor':
+    return data_poisoning.add_backdoor(
+        train, malicious,
+        feature_indices=attack.trigger_features,
+        trigger_value=attack.trigger_value,
+        target_label=attack.target_label,
+        poison_fraction=attack.poison_fraction,
+        key=jax.random.fold_in(key, _BACKDOOR_ROWS_TAG),
+    )
+  return train
+
+
+def triggered_test_data(
+    config, test: federated.FederatedData
+) -> federated.FederatedData | None:
+  """Return the test set with the trigger on every row, or None."""
+  attack = config.attack
+  if attack.attack != 'backdoor':
+    return None
+  x = data_poisoning.stamp_trigger(
+      test.examples['x'], feature_indices=attack.trigger_features,
+      trigger_value=attack.trigger_value,
+  )
+  return test._replace(examples={**test.examples, 'x': x})
+
+
+def backdoor_success(
+    config, evaluation: evaluate_lib.ClientEvaluation,
+    test: federated.FederatedData, honest: np.ndarray,
+) -> dict[str, Any]:
+  """Attack success rate of the backdoor on triggered test rows.
+
+  A row counts when it is real and its true label is not the target; the
+  attack succeeds on it when the model predicts the target. Returns the
+  rate pooled over the honest clients' rows, and per client (None for a
+  client with no counted row).
+  """
+  target = config.attack.target_label
+  predicted = np.asarray(evaluation.predicted)
+  labels = np.asarray(test.examples['y'])
+  real = np.asarray(test.example_mask())
+  counted = real & (labels != target)
+  hits = counted & (predicted == target)
+  per_client = [
+      float(h.sum() / c.sum()) if c.sum() else None
+      for h, c in zip(hits, counted)
+  ]
+  honest_counted = counted[honest].sum()
+  pooled = (float(hits[honest].sum() / honest_counted)
+            if honest_counted else None)
+  return {'backdoor_success': pooled, 'per_client': per_client}
 
 
 def strength(config, num_clients: int, num_malicious: int) -> float | None:
@@ -67,6 +147,8 @@ def build_attack(
     )
   elif name == 'gaussian':
     return functools.partial(_gaussian, stddev=value)
+  elif name == 'backdoor' and value != 1.0:
+    apply = functools.partial(model_poisoning.scaling, factor=value)
   else:
     return None
   return functools.partial(_without_honest, apply)
@@ -94,10 +176,21 @@ def describe(config, malicious, client_names, num_malicious) -> dict[str, Any]:
     return {'attack': 'none'}
   mask = np.asarray(malicious)
   names = [name for name, bad in zip(client_names, mask) if bad]
-  return {
+  described = {
       'attack': config.attack.attack,
       'malicious_fraction': config.attack.malicious_fraction,
       'num_malicious': int(num_malicious),
       'strength': strength(config, len(mask), num_malicious),
       'malicious_clients': names[:100],
   }
+  if config.attack.attack == 'label_flip':
+    described['strength'] = None
+  if config.attack.attack == 'backdoor':
+    attack = config.attack
+    described['trigger'] = {
+        'features': list(attack.trigger_features),
+        'value': attack.trigger_value,
+        'target_label': attack.target_label,
+        'poison_fraction': attack.poison_fraction,
+    }
+  return described

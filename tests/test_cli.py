@@ -9,6 +9,7 @@ import pytest
 
 from fedjax_med import cli
 from fedjax_med import config as config_lib
+from fedjax_med import matrix
 
 FAST = ['--set', 'rounds=2', '--set', 'local_steps=5',
         '--set', 'bootstrap_resamples=100', '--no-progress']
@@ -121,8 +122,17 @@ def test_experiment_files_load():
   paths = sorted(experiments.glob('*.toml'))
 
   for path in paths:
-    config_lib.validate(config_lib.load_toml(path))
+    if path.name.startswith('robustness_matrix'):
+      base, _ = matrix.load_matrix_toml(path)
+      config_lib.validate(config_lib.reset_unused_settings(base))
+    else:
+      config_lib.validate(config_lib.load_toml(path))
   assert len(paths) >= 3
+
+
+def test_matrix_file_refused_by_run(capsys):
+  assert cli.main(['run', 'experiments/robustness_matrix_heart.toml']) == 2
+  assert 'fedjax-med matrix experiments/' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('args, expected', [

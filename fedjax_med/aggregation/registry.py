@@ -3,7 +3,14 @@
 `build_aggregate(name, ...)` returns `aggregate(client_updates, weights,
 mask) -> update`, where `client_updates` has leaves `[clients, ...]`,
 `weights [clients]` are the example or uniform weights (0 for clients that
-do not count) and `mask [clients]` marks the contributing clients.
+do not count) and `mask [clients]` marks the contributing clients. The
+aggregators in `NEEDS_CENTER` take a fourth argument, `center`, a pytree
+shaped like one update: the reference point they start from, which the round
+keeps in its server state.
+
+Secure aggregation shows the server only the sum of the updates. Only the
+aggregators in `SUM_BASED` can be computed from that sum, so
+`build_aggregate(name, secure_aggregation=True)` refuses the others.
 """
 
 import functools
@@ -22,12 +29,15 @@ from fedjax_med.typing import PyTree
 
 Aggregate = Callable[[PyTree, jax.Array, jax.Array], PyTree]
 
-# Aggregators that a server seeing only a sum (secure aggregation) or a
-# noised sum (central DP) can compute.
+# Aggregators that a server seeing only a sum of updates (secure
+# aggregation) can compute. norm_bounded qualifies because each client can
+# clip its own update before it is summed.
 SUM_BASED = ('fedavg', 'mean', 'norm_bounded')
 ROBUST = ('median', 'trimmed_mean', 'krum', 'multi_krum', 'geometric_median',
-          'bulyan', 'norm_bounded')
+          'bulyan', 'norm_bounded', 'centered_clipping')
 AGGREGATORS = ('fedavg', 'mean') + ROBUST
+# Aggregators that start from a center carried between rounds.
+NEEDS_CENTER = ('centered_clipping',)
 
 
 def build_aggregate(
@@ -38,16 +48,49 @@ def build_aggregate(
     num_selected: int | None = None,
     max_norm: float | None = None,
     num_iterations: int = 10,
+    clip_radius: float | None = None,
+    secure_aggregation: bool = False,
 ) -> Aggregate:
   """Return the aggregator `name` with its settings bound.
 
+  Args:
+    name: one of `AGGREGATORS`.
+    num_byzantine: f, the number of Byzantine clients that Krum, multi-Krum
+      and Bulyan tolerate.
+    trim_fraction: fraction trimmed at each end by trimmed_mean.
+    num_selected: updates averaged by multi-Krum; None means n - f.
+    max_norm: the clip bound of norm_bounded.
+    num_iterations: iterations of geometric_median and centered_clipping.
+    clip_radius: tau of centered_clipping.
+    secure_aggregation: True when the server sees only the sum of the
+      updates; then only the aggregators in `SUM_BASED` are allowed.
+
   Raises:
-    ValueError: for an unknown name or a missing setting.
+    ValueError: for an unknown name, a missing setting, or an aggregator
+      that needs individual updates under secure aggregation.
   """
   if name not in AGGREGATORS:
     raise ValueError(
         f'`aggregator` must be one of {AGGREGATORS}; got {name!r}.'
     )
+  if secure_aggregation and name not in SUM_BASED:
+    raise ValueError(
+        f'Aggregator {name} needs each client\'s update, but under secure '
+        'aggregation the server sees only their sum. Use one of '
+        f'{SUM_BASED}, or turn secure aggregation off.'
+    )
+  if name == 'centered_clipping':
+    if clip_radius is None:
+      raise ValueError(
+          'Aggregator centered_clipping needs `clip_radius`, the radius tau '
+          'around the center.'
+      )
+    bound = functools.partial(
+        clipping_aggregators.centered_clipping, clip_radius=clip_radius,
+        num_iterations=num_iterations,
+    )
+    return lambda updates, weights, mask, center: bound(
+        updates, mask, center=center)
   if name in ('fedavg', 'mean'):
     return lambda updates, weights, mask: mean.weighted_mean(updates, weights)
   if name == 'median':
@@ -85,13 +128,20 @@ def _multi_krum(updates, weights, mask, *, num_byzantine, num_selected):
       updates, mask, num_byzantine=num_byzantine, num_selected=selected)
 
 
-def check_cohort(aggregate: Aggregate, cohort_size: int) -> None:
+def check_cohort(
+    aggregate: Aggregate, cohort_size: int, *, needs_center: bool = False
+) -> None:
   """Trace `aggregate` on a cohort of this size, raising its ValueError.
 
   Krum and Bulyan check their client-count conditions on the cohort size
   when traced, so this surfaces an impossible setting before any round runs.
+  Pass `needs_center=True` for an aggregator in `NEEDS_CENTER`.
   """
   updates = jax.ShapeDtypeStruct((cohort_size, 1), jax.numpy.float32)
   weights = jax.ShapeDtypeStruct((cohort_size,), jax.numpy.float32)
   mask = jax.ShapeDtypeStruct((cohort_size,), jax.numpy.bool_)
-  jax.eval_shape(aggregate, updates, weights, mask)
+  if needs_center:
+    center = jax.ShapeDtypeStruct((1,), jax.numpy.float32)
+    jax.eval_shape(aggregate, updates, weights, mask, center)
+  else:
+    jax.eval_shape(aggregate, updates, weights, mask)

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 
 def plot_accuracy(
@@ -46,6 +47,91 @@ def plot_accuracy(
   axes.set_title(title)
   # Outside the axes, so that no line is hidden behind the legend.
   axes.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize='small')
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+_METRIC_TITLES = {
+    'clean_accuracy': 'clean accuracy (honest clients, pooled)',
+    'worst_accuracy': 'worst honest client accuracy',
+    'backdoor_success': 'backdoor success (lower is better)',
+}
+
+
+def plot_matrix(
+    path: pathlib.Path,
+    rows: Sequence[dict],
+    metrics: Sequence[str],
+    title: str,
+) -> None:
+  """Save one heatmap per metric: aggregators down, attack cells across.
+
+  Args:
+    path: PNG file to write.
+    rows: per-cell rows from `fedjax_med.matrix.summarize`, with keys
+      'aggregator', 'attack', 'malicious_fraction', 'completed', 'diverged',
+      'not_applicable' and each metric.
+    metrics: metric keys, one panel each. A metric with no value in any
+      cell, such as backdoor success without a backdoor attack, is left out.
+    title: figure title.
+
+  Cells with no completed seed say n/a (the aggregator cannot run there)
+  or div (every seed diverged).
+  """
+  aggregators = list(dict.fromkeys(row['aggregator'] for row in rows))
+  panels = []
+  for metric in metrics:
+    columns = list(dict.fromkeys(
+        (row['attack'], row['malicious_fraction']) for row in rows
+        if metric != 'backdoor_success' or row['attack'] == 'backdoor'
+    ))
+    if any(row.get(metric) is not None for row in rows) and columns:
+      panels.append((metric, columns))
+  if not panels:
+    return
+  width = max(6.0, 0.55 * max(len(columns) for _, columns in panels) + 3.0)
+  height = sum(0.45 * len(aggregators) + 1.6 for _ in panels)
+  figure, axes_list = plt.subplots(
+      len(panels), 1, figsize=(width, height), squeeze=False
+  )
+  lookup = {(row['aggregator'], row['attack'], row['malicious_fraction']): row
+            for row in rows}
+  colormap = matplotlib.colormaps['viridis'].with_extremes(bad='lightgray')
+  for axes, (metric, columns) in zip(axes_list[:, 0], panels):
+    values = np.full((len(aggregators), len(columns)), np.nan)
+    labels = [[''] * len(columns) for _ in aggregators]
+    for i, aggregator in enumerate(aggregators):
+      for j, (attack, fraction) in enumerate(columns):
+        row = lookup.get((aggregator, attack, fraction))
+        if row is None:
+          continue
+        if row.get(metric) is not None:
+          values[i, j] = row[metric]
+          labels[i][j] = f'{row[metric]:.2f}'
+        elif not row['completed']:
+          labels[i][j] = 'div' if row['diverged'] else 'n/a'
+    shown = colormap.reversed() if metric == 'backdoor_success' else colormap
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=shown,
+                        vmin=0.0, vmax=1.0, aspect='auto')
+    for i in range(len(aggregators)):
+      for j in range(len(columns)):
+        if labels[i][j]:
+          light = np.isnan(values[i, j]) or values[i, j] > 0.55
+          if metric == 'backdoor_success' and not np.isnan(values[i, j]):
+            light = values[i, j] < 0.45
+          axes.text(j, i, labels[i][j], ha='center', va='center', fontsize=7,
+                    color='black' if light else 'white')
+    axes.set_yticks(range(len(aggregators)), aggregators)
+    axes.set_xticks(
+        range(len(columns)),
+        [attack if attack == 'none' else f'{attack}\n{fraction:g}'
+         for attack, fraction in columns],
+        rotation=90, fontsize=7,
+    )
+    axes.set_title(_METRIC_TITLES.get(metric, metric), fontsize=10)
+    figure.colorbar(image, ax=axes, fraction=0.02, pad=0.01)
+  figure.suptitle(title)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)

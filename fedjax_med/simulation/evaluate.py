@@ -19,6 +19,7 @@ class ClientEvaluation(NamedTuple):
     loss: mean cross-entropy over the client's test rows; NaN when empty.
     probabilities: `[clients, examples, num_classes]` predicted class
       probabilities, padding rows included (mask them with the counts).
+    predicted: `[clients, examples]` predicted labels, padding rows included.
     num_nonfinite: test rows whose probabilities are NaN or infinite, which
       happens only when training has diverged.
   """
@@ -27,6 +28,7 @@ class ClientEvaluation(NamedTuple):
   loss: jax.Array
   probabilities: jax.Array
   num_nonfinite: jax.Array
+  predicted: jax.Array
 
 
 def build_evaluate(
@@ -56,7 +58,9 @@ def build_evaluate(
     loss = jnp.sum(jnp.where(real, losses, 0.0)) / count
     finite = jnp.all(jnp.isfinite(probabilities), axis=-1)
     num_nonfinite = jnp.sum(real & ~finite)
-    return ClientEvaluation(accuracy, loss, probabilities, num_nonfinite)
+    return ClientEvaluation(
+        accuracy, loss, probabilities, num_nonfinite, predicted
+    )
 
   evaluate_all = jax.vmap(evaluate_client, in_axes=(None, 0, 0))
 

@@ -51,27 +51,36 @@ class ServerState(NamedTuple):
     opt_state: state of the server optimizer.
     round: number of rounds run so far, skipped rounds included.
     clip_norm: the current clip bound under adaptive clipping, else None.
+    center: the previous round's aggregate, shaped like `params`, for an
+      aggregator that starts from it (centered clipping), else None.
   """
 
   params: Params
   opt_state: optax.OptState
   round: jax.Array
   clip_norm: jax.Array | None = None
+  center: Params | None = None
 
 
 def init_server_state(
     params: Params,
     server_optimizer: optax.GradientTransformation,
     clip_norm: float | None = None,
+    *,
+    aggregator: str = 'fedavg',
 ) -> ServerState:
   """Return the state before round 1.
 
-  Pass the starting `clip_norm` when the round uses adaptive clipping.
+  Pass the starting `clip_norm` when the round uses adaptive clipping, and
+  the round's `aggregator`, so that centered clipping gets a zero center.
   """
   if clip_norm is not None:
     clip_norm = jnp.float32(clip_norm)
+  center = None
+  if aggregator in registry.NEEDS_CENTER:
+    center = jax.tree.map(jnp.zeros_like, params)
   return ServerState(
-      params, server_optimizer.init(params), jnp.int32(0), clip_norm
+      params, server_optimizer.init(params), jnp.int32(0), clip_norm, center
   )
 
 
@@ -97,7 +106,9 @@ def build_round(
     server_optimizer: applied to the negative aggregate, so `optax.sgd(1.0)`
       is plain FedAvg.
     aggregator: 'fedavg' (example-weighted mean), 'mean' (uniform mean) or
-      'median' (coordinate-wise).
+      a robust aggregator from `fedjax_med.aggregation.registry.ROBUST`.
+      'centered_clipping' starts from the previous round's aggregate, kept
+      in `ServerState.center`.
     privacy: clipping and noise settings.
     dropout_rate: probability that a sampled client fails to report.
     attack: model poisoning applied to the cohort's updates after local
@@ -107,12 +118,17 @@ def build_round(
       required with `attack`.
     aggregator_options: settings of a robust aggregator, passed to
       `fedjax_med.aggregation.registry.build_aggregate` (`num_byzantine`,
-      `trim_fraction`, `num_selected`, `max_norm`, `num_iterations`).
+      `trim_fraction`, `num_selected`, `max_norm`, `num_iterations`,
+      `clip_radius`). Distributed noise assumes secure aggregation, so it
+      allows only the aggregators that work from a sum.
 
   Returns:
-    `round_fn(server_state, round_key) -> (server_state, metrics)`. Derive
-    each round's key from one experiment key, for example
-    `jax.random.fold_in(key, round_index)`. The metrics are scalars:
+    `round_fn(server_state, round_key, *, train_data=None, malicious=None)
+    -> (server_state, metrics)`. Derive each round's key from one experiment
+    key, for example `jax.random.fold_in(key, round_index)`. The keyword
+    arguments replace the population and malicious mask given here for one
+    call; they must keep the shapes, and the compiled round is then reused,
+    so a study of many seeds compiles once. The metrics are scalars:
 
     * `round`: 1-based number of this round (`server_state.round` after it).
     * `num_sampled`: clients the sampler drew; `num_dropped`: of those, the
@@ -134,18 +150,16 @@ def build_round(
       infinite parameter (for example from a far too large learning rate).
   """
   aggregate_fn = registry.build_aggregate(
-      aggregator, **(aggregator_options or {})
+      aggregator, **(aggregator_options or {}),
+      secure_aggregation=privacy.noise_kind == 'distributed',
   )
+  needs_center = aggregator in registry.NEEDS_CENTER
   cohort_size = jax.eval_shape(sampler, jax.random.key(0)).client_ids.shape[0]
-  registry.check_cohort(aggregate_fn, cohort_size)
+  registry.check_cohort(aggregate_fn, cohort_size, needs_center=needs_center)
   validate_privacy(privacy, aggregator)
   if attack is not None and malicious is None:
     raise ValueError('`attack` needs a `malicious` mask over the clients.')
-  if malicious is not None and malicious.shape != (train_data.num_clients,):
-    raise ValueError(
-        f'`malicious` must be shaped ({train_data.num_clients},); got '
-        f'{malicious.shape}.'
-    )
+  _check_malicious(malicious, train_data.num_clients)
   if not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
 
@@ -165,7 +179,7 @@ def build_round(
     update_privacy = privacy
 
   def _privatize_and_aggregate(
-      updates, weights, contributes, client_keys, privacy, key
+      updates, weights, contributes, client_keys, privacy, key, center
   ):
     client_stddev = mechanisms.client_noise_stddev(privacy)
     noise_keys = jax.vmap(jax.random.fold_in, (0, None))(
@@ -173,6 +187,8 @@ def build_round(
     )
     if privacy.noise_kind == 'local':
       updates = mechanisms.add_client_noise(updates, noise_keys, client_stddev)
+    if needs_center:
+      return aggregate_fn(updates, weights, contributes, center)
     if aggregator not in ('fedavg', 'mean'):
       return aggregate_fn(updates, weights, contributes)
     if privacy.noise_kind == 'distributed':
@@ -189,7 +205,7 @@ def build_round(
     return mechanisms.noised_mean(updates, weights, privacy, key=key)
 
   @jax.jit
-  def round_step(state, round_key, examples, num_examples):
+  def round_step(state, round_key, examples, num_examples, malicious):
     sampled = sampler(jax.random.fold_in(round_key, _SAMPLE_TAG))
     num_sampled = jnp.sum(sampled.mask)
     cohort = sampling.apply_dropout(
@@ -222,6 +238,7 @@ def build_round(
     aggregate = _privatize_and_aggregate(
         updates, weights, contributes, client_keys, round_privacy,
         key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
+        center=state.center,
     )
     if privacy.noise_kind == 'distributed':
       diagnostics['below_min_reporting'] = (
@@ -230,6 +247,10 @@ def build_round(
 
     skipped = jnp.sum(weights) <= 0
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
+    if needs_center:
+      new_state = new_state._replace(
+          center=tree.tree_where(skipped, state.center, aggregate)
+      )
     if privacy.adaptive_clipping:
       next_clip = mechanisms.adapt_clip_norm(
           state.clip_norm, norms, contributes, privacy,
@@ -246,17 +267,56 @@ def build_round(
     metrics['params_finite'] = tree.tree_is_finite(new_state.params)
     return new_state, metrics
 
-  def round_fn(state: ServerState, round_key: PRNGKey):
+  bound_data, bound_malicious = train_data, malicious
+
+  def round_fn(
+      state: ServerState,
+      round_key: PRNGKey,
+      *,
+      train_data: federated.FederatedData | None = None,
+      malicious: jax.Array | None = None,
+  ):
     if privacy.adaptive_clipping and state.clip_norm is None:
       raise ValueError(
           'Adaptive clipping needs the starting bound in the server state: '
           'call `init_server_state(params, optimizer, clip_norm=...)`.'
       )
+    if needs_center and state.center is None:
+      raise ValueError(
+          f'Aggregator {aggregator} needs a center in the server state: call '
+          f"`init_server_state(params, optimizer, aggregator='{aggregator}')`."
+      )
+    data = bound_data if train_data is None else _same_layout(
+        train_data, bound_data)
+    if malicious is None:
+      malicious = bound_malicious
+    else:
+      _check_malicious(malicious, bound_data.num_clients)
     return round_step(
-        state, round_key, train_data.examples, train_data.num_examples
+        state, round_key, data.examples, data.num_examples, malicious
     )
 
   return round_fn
+
+
+def _check_malicious(malicious, num_clients: int) -> None:
+  if malicious is not None and malicious.shape != (num_clients,):
+    raise ValueError(
+        f'`malicious` must be shaped ({num_clients},); got {malicious.shape}.'
+    )
+
+
+def _same_layout(data, bound):
+  """Return `data` on the device, checking it matches the bound population."""
+  shapes = jax.tree.map(jnp.shape, (data.examples, data.num_examples))
+  expected = jax.tree.map(jnp.shape, (bound.examples, bound.num_examples))
+  if shapes != expected:
+    raise ValueError(
+        f'`train_data` must have the array shapes of the population the '
+        f'round was built for, {expected}; got {shapes}. Build a new round '
+        'for a different population.'
+    )
+  return jax.device_put(data)
 
 
 def _expand(values: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -294,6 +354,7 @@ def _server_update(state, aggregate, skipped, server_optimizer):
       opt_state=tree.tree_where(skipped, state.opt_state, opt_state),
       round=state.round + 1,
       clip_norm=state.clip_norm,
+      center=state.center,
   )
 
 

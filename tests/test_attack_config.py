@@ -1,0 +1,52 @@
+"""Config checks of the backdoor, centered clipping and synthetic_iid."""
+
+import pytest
+
+from fedjax_med import config as config_lib
+from fedjax_med import errors
+
+
+def _validate(**overrides):
+  config = config_lib.apply_overrides(config_lib.ExperimentConfig(), overrides)
+  config_lib.validate(config)
+  return config
+
+
+def test_backdoor_settings_need_backdoor():
+  with pytest.raises(errors.InputError, match='trigger_value=2.0` has no'):
+    _validate(attack='sign_flip', malicious_fraction=0.25, trigger_value=2.0)
+
+
+def test_backdoor_settings_accepted():
+  config = _validate(attack='backdoor', malicious_fraction=0.25,
+                     trigger_features='1,5', trigger_value=3.0,
+                     target_label=1, poison_fraction=1.0)
+  assert config.attack.trigger_features == (1, 5)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'poison_fraction': 0.0}, 'poison_fraction'),
+    ({'poison_fraction': 1.5}, 'poison_fraction'),
+    ({'trigger_features': '[]'}, 'is empty'),
+    ({'trigger_features': '-1'}, 'trigger_features'),
+    ({'target_label': -1}, 'target_label'),
+    ({'trigger_value': 'nan'}, 'trigger_value'),
+])
+def test_bad_backdoor_settings(overrides, message):
+  with pytest.raises(errors.InputError, match=message):
+    _validate(attack='backdoor', malicious_fraction=0.25, **overrides)
+
+
+def test_centered_clipping_needs_radius():
+  with pytest.raises(errors.InputError, match='clip_radius'):
+    _validate(aggregator='centered_clipping')
+
+
+def test_clip_radius_only_for_centered_clipping():
+  with pytest.raises(errors.InputError, match='clip_radius=1.0` has no'):
+    _validate(aggregator='median', clip_radius=1.0)
+
+
+def test_synthetic_iid_has_no_alpha():
+  with pytest.raises(errors.InputError, match='alpha=0.5` has no effect'):
+    _validate(dataset='synthetic_iid', alpha=0.5)

@@ -1,0 +1,218 @@
+"""The robustness matrix: axes, cell settings, n/a cells, resume, outputs."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from fedjax_med import cli
+from fedjax_med import config as config_lib
+from fedjax_med import errors
+from fedjax_med import matrix as matrix_lib
+from fedjax_med import study
+
+
+def _base(**overrides):
+  overrides = {'rounds': 2, 'local_steps': 5, **overrides}
+  return config_lib.apply_overrides(config_lib.ExperimentConfig(), overrides)
+
+
+@pytest.mark.parametrize('section, message', [
+    ({'aggregator': ['median']}, 'Unknown matrix key'),
+    ({'aggregators': ['median', 'mode']}, "'mode'"),
+    ({'attacks': ['sign_flip', 'poison']}, "'poison'"),
+    ({'malicious_fractions': [0.0, 1.0]}, r'\[0, 1\)'),
+    ({'malicious_fractions': [0.1, 0.1]}, 'repeats'),
+    ({'seeds': []}, 'is empty'),
+    ({'seeds': [-1]}, 'seeds are 0'),
+    ({'strengths': {'label_flip': 2.0}}, 'takes no strength'),
+    ({'strengths': {'sign_flip': float('inf')}}, 'finite'),
+])
+def test_bad_matrix_rejected(section, message):
+  with pytest.raises(errors.InputError, match=message):
+    matrix_lib.matrix_from_document(section)
+
+
+def test_overrides_replace_axes():
+  matrix = matrix_lib.matrix_from_document(
+      {'seeds': [0, 1, 2]},
+      {'matrix.seeds': '4,5', 'matrix.strengths': 'sign_flip:3'},
+  )
+  assert matrix.seeds == (4, 5)
+  assert matrix.strengths == (('sign_flip', 3.0),)
+
+
+def test_cells_run_attacks_above_zero_only():
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg', 'krum'), attacks=('none', 'sign_flip'),
+      malicious_fractions=(0.0, 0.1, 0.3), seeds=(0,),
+  )
+  labels = [(c.aggregator, c.attack, c.fraction)
+            for c in matrix_lib.cells(matrix)]
+  assert labels == [
+      ('fedavg', 'none', 0.0), ('fedavg', 'sign_flip', 0.1),
+      ('fedavg', 'sign_flip', 0.3), ('krum', 'none', 0.0),
+      ('krum', 'sign_flip', 0.1), ('krum', 'sign_flip', 0.3),
+  ]
+
+
+def test_cell_config_tells_aggregator_the_attack_size():
+  base = _base(max_norm=2.0, trim_fraction=0.15)
+  matrix = matrix_lib.MatrixConfig(strengths=(('sign_flip', 7.0),))
+  krum = matrix_lib.cell_config(
+      base, matrix, matrix_lib.Cell('krum', 'sign_flip', 0.1), 3, cohort=50)
+  trimmed = matrix_lib.cell_config(
+      base, matrix, matrix_lib.Cell('trimmed_mean', 'scaling', 0.3), 3, 50)
+  low = matrix_lib.cell_config(
+      base, matrix, matrix_lib.Cell('trimmed_mean', 'scaling', 0.1), 3, 50)
+
+  # f = ceil(0.1 * 50) = 5; settings of other aggregators are reset so the
+  # cell validates.
+  assert krum.server.num_byzantine == 5
+  assert krum.server.max_norm is None
+  assert krum.attack.attack_strength == 7.0
+  assert krum.seed == 3
+  assert trimmed.server.trim_fraction == 0.3
+  assert trimmed.attack.attack_strength is None
+  assert low.server.trim_fraction == 0.15
+  config_lib.validate(krum)
+  config_lib.validate(trimmed)
+
+
+def _records(run_dir):
+  return [json.loads(line)
+          for line in (run_dir / 'cells.jsonl').read_text().splitlines()]
+
+
+def test_matrix_marks_krum_not_applicable(tmp_path):
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('median', 'krum'), attacks=('none', 'sign_flip'),
+      malicious_fractions=(0.0, 0.25), seeds=(0,),
+  )
+  run_dir, rows = matrix_lib.run_matrix(
+      _base(), matrix, tmp_path / 'm', progress=False)
+
+  by_cell = {(row['aggregator'], row['attack']): row for row in rows}
+  # Four hospitals, one attacker: Krum needs n > 2 * 1 + 2.
+  assert 'more than 2 * num_byzantine + 2 = 4' in (
+      by_cell['krum', 'sign_flip']['not_applicable'])
+  assert by_cell['krum', 'sign_flip']['clean_accuracy'] is None
+  # Without attackers f = 0 and Krum runs.
+  assert by_cell['krum', 'none']['completed'] == 1
+  assert by_cell['median', 'sign_flip']['completed'] == 1
+  assert len(_records(run_dir)) == 4
+  table = (run_dir / 'table.md').read_text()
+  assert '| krum | sign_flip | 0.25 | n/a | n/a | n/a | n/a: Krum' in table
+  assert (run_dir / 'heatmap.png').stat().st_size > 0
+  assert (run_dir / 'table.csv').read_text().count('\n') == 5
+
+
+def test_cell_matches_a_study_run(tmp_path):
+  # Seed 1 reuses the round compiled for seed 0 with its own poisoned data
+  # and malicious mask; it must give what `fedjax-med run` gives.
+  base = _base(rounds=3, local_steps=20)
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('label_flip',),
+      malicious_fractions=(0.25,), seeds=(0, 1),
+  )
+  run_dir, _ = matrix_lib.run_matrix(base, matrix, tmp_path / 'm',
+                                     progress=False)
+  record = _records(run_dir)[1]
+  config = dataclasses.replace(
+      base, seed=1, attack=config_lib.AttackConfig(
+          attack='label_flip', malicious_fraction=0.25))
+  _, summary = study.run_study(config, tmp_path / 'study', progress=False)
+
+  malicious = summary['attack']['malicious_clients']
+  honest = {name: value for name, value in summary['test_accuracy'].items()
+            if name not in malicious}
+  counts = summary['num_test_examples']
+  pooled = (sum(honest[n] * counts[n] for n in honest)
+            / sum(counts[n] for n in honest))
+  assert record['seed'] == 1
+  assert record['worst_accuracy'] == pytest.approx(min(honest.values()))
+  assert record['clean_accuracy'] == pytest.approx(pooled)
+
+
+def test_interrupted_matrix_resumes(tmp_path):
+  base = _base(rounds=1)
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg', 'median'), attacks=('none', 'gaussian'),
+      malicious_fractions=(0.0, 0.25), seeds=(0, 1),
+  )
+  seen = []
+
+  def stop_after_three(record):
+    seen.append(record)
+    if len(seen) == 3:
+      raise KeyboardInterrupt
+
+  with pytest.raises(errors.StudyInterrupted):
+    matrix_lib.run_matrix(base, matrix, tmp_path / 'm', progress=False,
+                          on_record=stop_after_three)
+  first = _records(tmp_path / 'm')
+  assert len(first) == 3
+  assert (tmp_path / 'm' / 'table.md').exists()
+
+  with pytest.raises(errors.InputError, match='differ'):
+    matrix_lib.run_matrix(
+        base, dataclasses.replace(matrix, seeds=(0,)), tmp_path / 'm',
+        resume=True, progress=False)
+  _, rows = matrix_lib.run_matrix(base, matrix, tmp_path / 'm', resume=True,
+                                  progress=False)
+
+  records = _records(tmp_path / 'm')
+  keys = [(r['aggregator'], r['attack'], r['seed']) for r in records]
+  assert len(keys) == len(set(keys)) == 8
+  assert records[:3] == first
+  assert all(row['completed'] == 2 for row in rows)
+
+
+def test_backdoor_cell_reports_success(tmp_path):
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('backdoor',),
+      malicious_fractions=(0.25,), seeds=(0,),
+      strengths=(('backdoor', 4.0),),
+  )
+  _, rows = matrix_lib.run_matrix(_base(rounds=5, local_steps=100), matrix,
+                                  tmp_path / 'm', progress=False)
+  # Seed 0 makes Switzerland the attacker; `fedjax-med run` with the same
+  # settings and 15 rounds measured 0.55.
+  assert rows[0]['backdoor_success'] > 0.2
+  assert np.isfinite(rows[0]['clean_accuracy'])
+
+
+def test_cli_needs_matrix_table(tmp_path, capsys):
+  path = tmp_path / 'plain.toml'
+  path.write_text('[server]\nrounds = 2\n')
+  assert cli.main(['matrix', str(path), '--no-progress']) == 2
+  assert 'no [matrix] table' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('name, aggregators, attacks', [
+    ('robustness_matrix_heart', 'median,bulyan,centered_clipping',
+     'none,little_is_enough,backdoor'),
+    ('robustness_matrix_synthetic', 'centered_clipping,bulyan',
+     'none,backdoor'),
+])
+def test_experiment_runs_reduced(tmp_path, name, aggregators, attacks,
+                                 capsys):
+  code = cli.main([
+      'matrix', f'experiments/{name}.toml', '--out', str(tmp_path / name),
+      '--no-progress', '--set', 'rounds=1', '--set', 'local_steps=2',
+      '--set', 'num_clients=60' if 'synthetic' in name else 'seed=0',
+      '--set', 'matrix.seeds=0',
+      '--set', f'matrix.aggregators={aggregators}',
+      '--set', f'matrix.attacks={attacks}',
+      '--set', 'matrix.malicious_fractions=0,0.25',
+  ])
+  assert code == 0, capsys.readouterr().err
+  records = _records(tmp_path / name)
+  statuses = {(r['aggregator'], r['attack']): r['status'] for r in records}
+  assert len(records) == len(aggregators.split(',')) * len(attacks.split(','))
+  assert statuses['centered_clipping', 'backdoor'] == 'completed'
+  # Bulyan needs a cohort of 4f + 3: 7 with one hospital of four, 55 with
+  # f = ceil(0.25 * 50) = 13 of a cohort of 50.
+  assert statuses['bulyan', 'backdoor'] == 'not_applicable'
+  assert statuses['bulyan', 'none'] == 'completed'
