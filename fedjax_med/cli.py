@@ -128,6 +128,12 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(f'  {"mean":>16}: {mean:.3f}   worst: '
           f'{summary["worst_accuracy"]:.3f} ({summary["worst_client"]})   '
           f'10th percentile: {summary["p10_accuracy"]:.3f}')
+  fairness = summary.get('fairness')
+  if fairness:
+    print(f'  {"spread":>16}: std {fairness["std_accuracy"]:.3f}   '
+          f'best - worst {fairness["best_worst_gap"]:.3f}   smallest '
+          f'quarter {fairness["smallest_clients_accuracy"]:.3f}, largest '
+          f'quarter {fairness["largest_clients_accuracy"]:.3f}')
   privacy = summary['privacy']
   if privacy['private']:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "
@@ -162,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
   _quiet_rdp_convergence_warnings()
   parser = _parser()
   args = parser.parse_args(argv)
+  try:
+    return _main(args)
+  except KeyboardInterrupt:
+    # Ctrl-C before a run folder existed, for example while JAX loads.
+    print('fedjax-med: interrupted before any result was written.',
+          file=sys.stderr)
+    return 130
+
+
+def _main(args) -> int:
   try:
     if args.command == 'keys':
       print(json.dumps(config_lib.to_dict(config_lib.ExperimentConfig()),

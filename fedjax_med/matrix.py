@@ -158,7 +158,7 @@ def matrix_from_document(
   if 'strengths' in values:
     table = values['strengths']
     if isinstance(table, str):
-      table = dict(item.split(':', 1) for item in _as_list('strengths', table))
+      table = _parse_strengths(table)
     if not isinstance(table, dict):
       raise InputError(
           '`matrix.strengths` must be a table of attack = strength, for '
@@ -221,6 +221,22 @@ def load_matrix_toml(
   return base, matrix_from_document(section, axis_overrides)
 
 
+def _parse_strengths(text: str) -> dict[str, str]:
+  """Parse `--set matrix.strengths=sign_flip:10,scaling:5`."""
+  table = {}
+  for item in _as_list('strengths', text):
+    if ':' not in item:
+      raise InputError(
+          f'Invalid `matrix.strengths` entry {item!r}: write attack:strength, '
+          'for example sign_flip:10,scaling:5.'
+      )
+    name, value = (part.strip() for part in item.split(':', 1))
+    if name in table:
+      raise InputError(f'`matrix.strengths` sets {name} twice.')
+    table[name] = value
+  return table
+
+
 def cells(matrix: MatrixConfig) -> list[Cell]:
   """Return the cells: the clean baseline, then each attack at each fraction."""
   result = []
@@ -256,12 +272,18 @@ def cell_config(
     cell: Cell,
     seed: int,
     cohort: int,
+    num_clients: int,
 ) -> config_lib.ExperimentConfig:
-  """Return the study config of one cell and seed."""
+  """Return the study config of one cell and seed.
+
+  Krum, multi-Krum and Bulyan get f = ceil(m * cohort / num_clients), where
+  m = round(fraction * num_clients) is the number of malicious clients.
+  """
   server = dataclasses.replace(base.server, aggregator=cell.aggregator)
   if cell.aggregator in _USES_NUM_BYZANTINE:
+    num_malicious = round(cell.fraction * num_clients)
     server = dataclasses.replace(
-        server, num_byzantine=math.ceil(cell.fraction * cohort)
+        server, num_byzantine=math.ceil(num_malicious * cohort / num_clients)
     )
   if cell.aggregator == 'trimmed_mean':
     server = dataclasses.replace(
@@ -330,11 +352,13 @@ class _Runner:
       # of 0.5 at a malicious fraction of 0.5.
       return {'status': 'not_applicable', 'reason': str(error)}
     study_attacks.check_against_data(
-        config, dataset.train.examples['x'].shape[-1], dataset.num_classes
+        config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
+        dataset.num_clients,
     )
     model = study.build_model(config.model, dataset.num_classes)
     server_optimizer = study.build_optimizer(
-        config.server.server_optimizer, config.server.server_learning_rate
+        config.server.server_optimizer, config.server.server_learning_rate,
+        tau=config.server.server_tau,
     )
     root_key = jax.random.key(config.seed)
     attack_key = jax.random.fold_in(root_key, study._ATTACK_TAG)
@@ -557,20 +581,13 @@ def run_matrix(
           f'{run_dir} is not a matrix folder: it has no readable '
           'matrix.json. Pass the folder of an earlier matrix run.'
       ) from None
-    if saved != settings:
-      raise InputError(
-          f'The config and matrix differ from the ones {run_dir} was started '
-          'with. Resume with the same config file and --set values, or '
-          'start a new folder.'
-      )
+    _check_same_settings(saved, settings, run_dir)
     records = _read_records(run_dir / 'cells.jsonl')
     # Rewrite the file without a line that a crash cut short.
     with open(run_dir / 'cells.jsonl', 'w', encoding='utf-8') as f:
       f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in records)
   else:
-    config_lib.validate(config_lib.reset_unused_settings(
-        dataclasses.replace(base, attack=config_lib.AttackConfig())
-    ))
+    _check_base(base)
     run_dir = outputs.make_run_dir(
         None if out_dir is None else pathlib.Path(out_dir), name
     )
@@ -578,7 +595,9 @@ def run_matrix(
   done = {(_cell_of(r), r['seed']) for r in records}
   runner = _Runner(base)
   _, first = runner.dataset(matrix.seeds[0])
-  cohort = expected_cohort(base, first.num_clients)
+  num_clients = first.num_clients
+  cohort = expected_cohort(base, num_clients)
+  _check_against_data(base, matrix, first, cohort)
   todo = [(cell, seed) for cell in all_cells for seed in matrix.seeds
           if (cell, seed) not in done]
   bar = tqdm.tqdm(total=len(all_cells) * len(matrix.seeds),
@@ -588,7 +607,7 @@ def run_matrix(
   try:
     with bar, outputs.MetricsWriter(run_dir / 'cells.jsonl') as writer:
       for cell, seed in todo:
-        config = cell_config(base, matrix, cell, seed, cohort)
+        config = cell_config(base, matrix, cell, seed, cohort, num_clients)
         record = {'aggregator': cell.aggregator, 'attack': cell.attack,
                   'malicious_fraction': cell.fraction, 'seed': seed,
                   **runner.run(cell, config)}
@@ -612,14 +631,88 @@ def _write_results(run_dir, records, matrix, title):
   return rows
 
 
+_RECORD_KEYS = ('aggregator', 'attack', 'malicious_fraction', 'seed', 'status')
+
+
 def _read_records(path: pathlib.Path) -> list[dict[str, Any]]:
+  """Return the cell records of `path`, skipping lines that are not one."""
   if not path.exists():
     return []
   records = []
   for line in path.read_text(encoding='utf-8').splitlines():
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except ValueError:
       # A line cut short by a crash; that cell and seed run again.
       continue
+    if isinstance(record, dict) and all(key in record for key in _RECORD_KEYS):
+      records.append(record)
   return records
+
+
+def _check_base(base: config_lib.ExperimentConfig) -> None:
+  """Raise InputError for base settings the matrix would ignore or reject."""
+  attack = base.attack
+  if (attack.attack != 'none' or attack.malicious_fraction
+      or attack.attack_strength is not None):
+    raise InputError(
+        'The matrix sets the attack, its fraction and its strength per cell, '
+        'so `attack.attack`, `attack.malicious_fraction` and '
+        '`attack.attack_strength` must stay unset in the base config. Use '
+        '`matrix.attacks`, `matrix.malicious_fractions` and '
+        '`matrix.strengths`.'
+    )
+  config_lib.validate(config_lib.reset_unused_settings(base))
+
+
+def _check_against_data(base, matrix, dataset, cohort) -> None:
+  """Raise InputError, before any training, for axes the data cannot take."""
+  num_clients = dataset.num_clients
+  for fraction in matrix.malicious_fractions:
+    if fraction > 0 and round(fraction * num_clients) == 0:
+      raise InputError(
+          f'`matrix.malicious_fractions` has {fraction}, which rounds to 0 '
+          f'malicious clients among {num_clients}. Use at least '
+          f'{1 / num_clients:.3g} for one malicious client.'
+      )
+  if 'backdoor' in matrix.attacks:
+    fraction = max(matrix.malicious_fractions)
+    config = cell_config(base, matrix, Cell('fedavg', 'backdoor', fraction),
+                         matrix.seeds[0], cohort, num_clients)
+    config_lib.validate(config)
+    study_attacks.check_against_data(
+        config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
+        num_clients,
+    )
+
+
+def _flatten(document, prefix=''):
+  if not isinstance(document, dict):
+    return {prefix: document}
+  flat = {}
+  for key, value in document.items():
+    flat.update(_flatten(value, f'{prefix}{key}.'))
+  return flat
+
+
+def _check_same_settings(saved, settings, run_dir) -> None:
+  """Raise InputError naming the settings that differ from the saved ones.
+
+  A key missing from the saved settings counts as equal when the current
+  value is that key's default, so a folder started before a new config key
+  existed can still be resumed.
+  """
+  defaults = _flatten({'base': config_lib.to_dict(config_lib.ExperimentConfig())})
+  defaults = json.loads(json.dumps(defaults))
+  old, new = _flatten(saved), _flatten(settings)
+  differing = sorted(
+      key for key in old.keys() | new.keys()
+      if old.get(key, defaults.get(key)) != new.get(key)
+  )
+  if differing:
+    shown = ', '.join(key.removeprefix('base.') for key in differing[:5])
+    raise InputError(
+        f'The settings differ from the ones {run_dir} was started with: '
+        f'{shown}. Resume with the same config file and --set values, or '
+        'start a new folder.'
+    )

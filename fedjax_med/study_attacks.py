@@ -33,9 +33,19 @@ def choose_malicious(config, num_clients: int, key) -> jax.Array | None:
   )
 
 
-def check_against_data(config, num_features: int, num_classes: int) -> None:
-  """Raise InputError when the backdoor settings do not fit the data."""
+def check_against_data(
+    config, num_features: int, num_classes: int, num_clients: int
+) -> None:
+  """Raise InputError when the attack settings do not fit the data."""
   attack = config.attack
+  if attack.attack != 'none' and round(
+      attack.malicious_fraction * num_clients) == 0:
+    raise InputError(
+        f'`attack.malicious_fraction={attack.malicious_fraction}` of '
+        f'{num_clients} clients rounds to 0 malicious clients, so the attack '
+        f'would not happen. Use a larger fraction, such as '
+        f'{1 / num_clients:.3g} for one malicious client.'
+    )
   if attack.attack != 'backdoor':
     return
   outside = [f for f in attack.trigger_features if f >= num_features]

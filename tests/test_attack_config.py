@@ -50,3 +50,16 @@ def test_clip_radius_only_for_centered_clipping():
 def test_synthetic_iid_has_no_alpha():
   with pytest.raises(errors.InputError, match='alpha=0.5` has no effect'):
     _validate(dataset='synthetic_iid', alpha=0.5)
+
+
+def test_toml_list_for_number_rejected(tmp_path):
+  path = tmp_path / 'bad.toml'
+  path.write_text('[server]\nclip_radius = [1]\n')
+  with pytest.raises(errors.InputError, match='clip_radius'):
+    config_lib.load_toml(path)
+
+
+def test_nan_strength_message():
+  with pytest.raises(errors.InputError, match='must be a finite number.$'):
+    _validate(attack='sign_flip', malicious_fraction=0.25,
+              attack_strength='nan')

@@ -28,6 +28,10 @@ def _base(**overrides):
     ({'seeds': [-1]}, 'seeds are 0'),
     ({'strengths': {'label_flip': 2.0}}, 'takes no strength'),
     ({'strengths': {'sign_flip': float('inf')}}, 'finite'),
+    ({'strengths': 'sign_flip'}, 'attack:strength'),
+    ({'strengths': 'sign_flip:1,sign_flip:2'}, 'twice'),
+    ({'seeds': [[0]]}, 'integer'),
+    ({'malicious_fractions': [[0.1]]}, 'number'),
 ])
 def test_bad_matrix_rejected(section, message):
   with pytest.raises(errors.InputError, match=message):
@@ -61,15 +65,23 @@ def test_cell_config_tells_aggregator_the_attack_size():
   base = _base(max_norm=2.0, trim_fraction=0.15)
   matrix = matrix_lib.MatrixConfig(strengths=(('sign_flip', 7.0),))
   krum = matrix_lib.cell_config(
-      base, matrix, matrix_lib.Cell('krum', 'sign_flip', 0.1), 3, cohort=50)
+      base, matrix, matrix_lib.Cell('krum', 'sign_flip', 0.1), 3, cohort=50,
+      num_clients=1000)
+  odd = matrix_lib.cell_config(
+      base, matrix, matrix_lib.Cell('krum', 'sign_flip', 0.3), 3, cohort=10,
+      num_clients=7)
   trimmed = matrix_lib.cell_config(
-      base, matrix, matrix_lib.Cell('trimmed_mean', 'scaling', 0.3), 3, 50)
+      base, matrix, matrix_lib.Cell('trimmed_mean', 'scaling', 0.3), 3, 50,
+      1000)
   low = matrix_lib.cell_config(
-      base, matrix, matrix_lib.Cell('trimmed_mean', 'scaling', 0.1), 3, 50)
+      base, matrix, matrix_lib.Cell('trimmed_mean', 'scaling', 0.1), 3, 50,
+      1000)
 
-  # f = ceil(0.1 * 50) = 5; settings of other aggregators are reset so the
-  # cell validates.
+  # f = ceil(100 malicious * 50 / 1000) = 5; settings of other aggregators
+  # are reset so the cell validates.
   assert krum.server.num_byzantine == 5
+  # round(0.3 * 7) = 2 malicious, so f = ceil(2 * 10 / 7) = 3.
+  assert odd.server.num_byzantine == 3
   assert krum.server.max_norm is None
   assert krum.attack.attack_strength == 7.0
   assert krum.seed == 3
@@ -216,3 +228,54 @@ def test_experiment_runs_reduced(tmp_path, name, aggregators, attacks,
   # f = ceil(0.25 * 50) = 13 of a cohort of 50.
   assert statuses['bulyan', 'backdoor'] == 'not_applicable'
   assert statuses['bulyan', 'none'] == 'completed'
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'attack': 'sign_flip', 'malicious_fraction': 0.25},
+     'matrix.attacks'),
+    ({'trigger_features': '0,99'}, r'columns \[99\]'),
+    ({'target_label': 5}, 'target_label=5'),
+])
+def test_matrix_checks_base_before_training(tmp_path, overrides, message):
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('none', 'backdoor'),
+      malicious_fractions=(0.0, 0.25), seeds=(0,),
+  )
+  seen = []
+  with pytest.raises(errors.InputError, match=message):
+    matrix_lib.run_matrix(_base(**overrides), matrix, tmp_path / 'm',
+                          progress=False, on_record=seen.append)
+  assert not seen
+
+
+def test_fraction_with_no_attacker_rejected(tmp_path):
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('sign_flip',),
+      malicious_fractions=(0.1,), seeds=(0,),
+  )
+  # round(0.1 * 4 hospitals) = 0.
+  with pytest.raises(errors.InputError, match='rounds to 0 malicious'):
+    matrix_lib.run_matrix(_base(), matrix, tmp_path / 'm', progress=False)
+  with pytest.raises(errors.InputError, match='rounds to 0 malicious'):
+    study.run_study(_base(attack='sign_flip', malicious_fraction=0.1),
+                    tmp_path / 'run', progress=False)
+
+
+def test_resume_names_changed_setting(tmp_path):
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('none',),
+      malicious_fractions=(0.0,), seeds=(0,),
+  )
+  run_dir, _ = matrix_lib.run_matrix(_base(rounds=1), matrix, tmp_path / 'm',
+                                     progress=False)
+  with open(run_dir / 'cells.jsonl', 'a', encoding='utf-8') as f:
+    f.write('42\n{}\n')
+
+  with pytest.raises(errors.InputError, match='server.rounds'):
+    matrix_lib.run_matrix(_base(rounds=2), matrix, run_dir, resume=True,
+                          progress=False)
+  _, rows = matrix_lib.run_matrix(_base(rounds=1), matrix, run_dir,
+                                  resume=True, progress=False)
+
+  assert rows[0]['completed'] == 1
+  assert len(_records(run_dir)) == 1

@@ -132,6 +132,7 @@ def plot_matrix(
     axes.set_title(_METRIC_TITLES.get(metric, metric), fontsize=10)
     figure.colorbar(image, ax=axes, fraction=0.02, pad=0.01)
   figure.suptitle(title)
-  figure.tight_layout()
+  # Leave room at the top so the title does not cover the first panel's.
+  figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / height))
   figure.savefig(path, dpi=120)
   plt.close(figure)
