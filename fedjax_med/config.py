@@ -24,7 +24,8 @@ from fedjax_med.errors import InputError
 DATASETS = ('heart_disease', 'csv', 'synthetic', 'synthetic_iid')
 MODELS = ('logistic_regression', 'mlp')
 CLIENT_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop')
-SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi')
+SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi',
+                     'fedadam', 'fedyogi', 'fedadagrad')
 SAMPLINGS = ('all', 'uniform', 'poisson')
 AGGREGATORS = ('fedavg', 'mean', 'median', 'trimmed_mean', 'krum',
                'multi_krum', 'geometric_median', 'bulyan', 'norm_bounded',
@@ -97,6 +98,8 @@ class ClientConfig:
     example_clip_norm: L2 bound of each example's gradient under DP-SGD.
     example_noise_multiplier: DP-SGD noise std divided by
       `example_clip_norm`.
+    proximal_mu: FedProx's mu: each local step adds the gradient of
+      (mu / 2) ||w - w_round_start||^2. 0 is FedAvg.
   """
 
   optimizer: str = 'sgd'
@@ -107,6 +110,7 @@ class ClientConfig:
   dp_sgd: bool = False
   example_clip_norm: float = 1.0
   example_noise_multiplier: float = 1.0
+  proximal_mu: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -190,8 +194,13 @@ class ServerConfig:
       previous round's aggregate is clipped to this L2 norm.
     weight_cap: caps FedAvg weights at `min(num_examples / weight_cap, 1)`;
       required for fedavg with central or distributed noise.
-    server_optimizer: optax optimizer applied to the negative aggregate.
-    server_learning_rate: its learning rate; 'sgd' with 1.0 is FedAvg.
+    server_optimizer: optimizer applied to the negative aggregate: 'sgd'
+      (with learning rate 1.0, FedAvg), 'momentum' (FedAvgM, momentum 0.9),
+      optax's 'adam', 'adagrad' or 'yogi', or the FedOpt rules of Reddi et
+      al. without bias correction: 'fedadam', 'fedyogi', 'fedadagrad'.
+    server_learning_rate: its learning rate.
+    server_tau: the adaptivity tau of 'fedadam', 'fedyogi' and
+      'fedadagrad', added to the square root of the second moment.
     rounds: number of federated rounds.
   """
 
@@ -205,6 +214,7 @@ class ServerConfig:
   clip_radius: float | None = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
+  server_tau: float = 1e-3
   rounds: int = 15
 
 
@@ -345,7 +355,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
       return float(value)
     if annotation is str:
       return str(value)
-  except ValueError:
+  except (ValueError, TypeError):
+    # TypeError: a TOML list or table where a single value belongs.
     kind = {int: 'an integer', float: 'a number', bool: 'true or false'}
     raise InputError(
         f'`{key}` must be {kind.get(annotation, annotation)}; got {value!r}.'
@@ -498,6 +509,10 @@ def _require_range(
   too_low = value <= low if low_open else value < low
   too_high = value >= high if high_open else value > high
   if not math.isfinite(value) or too_low or too_high:
+    if low == -math.inf and high == math.inf:
+      raise InputError(
+          f'Invalid `{key}`: {value}. It must be a finite number.'
+      )
     low_bracket = '(' if low_open else '['
     high_bracket = ')' if high_open or high == math.inf else ']'
     raise InputError(
@@ -538,6 +553,8 @@ _SETTINGS_USED_BY = (
     ('server', 'num_iterations', 'aggregator',
      ('geometric_median', 'centered_clipping')),
     ('server', 'clip_radius', 'aggregator', ('centered_clipping',)),
+    ('server', 'server_tau', 'server_optimizer',
+     ('fedadam', 'fedyogi', 'fedadagrad')),
     ('attack', 'trigger_features', 'attack', ('backdoor',)),
     ('attack', 'trigger_value', 'attack', ('backdoor',)),
     ('attack', 'target_label', 'attack', ('backdoor',)),
@@ -661,6 +678,7 @@ def _validate_training(config: ExperimentConfig) -> None:
       'client.example_noise_multiplier', client.example_noise_multiplier, 0.0,
       low_open=True,
   )
+  _require_range('client.proximal_mu', client.proximal_mu, 0.0)
 
   server = config.server
   _require_choice('server.aggregator', server.aggregator, AGGREGATORS)
@@ -672,6 +690,7 @@ def _validate_training(config: ExperimentConfig) -> None:
       low_open=True,
   )
   _require_range('server.rounds', server.rounds, 1)
+  _require_range('server.server_tau', server.server_tau, 0.0, low_open=True)
   _require_range('server.num_byzantine', server.num_byzantine, 0)
   _require_range('server.trim_fraction', server.trim_fraction, 0.0, 0.5,
                  high_open=True)

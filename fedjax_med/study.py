@@ -35,6 +35,7 @@ from fedjax_med.models import tabular
 from fedjax_med.report import outputs
 from fedjax_med.report import plots
 from fedjax_med.report import provenance
+from fedjax_med.server import optimizers as server_optimizers
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
@@ -89,10 +90,20 @@ def build_model(
   return tabular.from_flax(module, num_classes)
 
 
-def build_optimizer(name: str, learning_rate: float):
-  """Return the optax optimizer `name` with `learning_rate`."""
+def build_optimizer(name: str, learning_rate: float, *, tau: float = 1e-3):
+  """Return the optimizer `name` with `learning_rate`.
+
+  `tau` is the adaptivity of the FedOpt optimizers 'fedadam', 'fedyogi' and
+  'fedadagrad'; the others ignore it.
+  """
   if name == 'momentum':
-    return optax.sgd(learning_rate, momentum=0.9)
+    return server_optimizers.fed_avg_m(learning_rate, momentum=0.9)
+  if name == 'fedadam':
+    return server_optimizers.fed_adam(learning_rate, tau=tau)
+  if name == 'fedyogi':
+    return server_optimizers.fed_yogi(learning_rate, tau=tau)
+  if name == 'fedadagrad':
+    return server_optimizers.fed_adagrad(learning_rate, tau=tau)
   return getattr(optax, name)(learning_rate)
 
 
@@ -134,6 +145,7 @@ def build_local_update(
         l2_norm_clip=client.example_clip_norm,
         noise_multiplier=client.example_noise_multiplier,
         num_epochs=client.local_epochs,
+        proximal_mu=client.proximal_mu,
     )
   return local_training.build_local_update(
       model,
@@ -141,6 +153,7 @@ def build_local_update(
       num_steps=num_steps,
       batch_size=client.batch_size,
       num_epochs=client.local_epochs,
+      proximal_mu=client.proximal_mu,
   )
 
 
@@ -189,6 +202,40 @@ def _accuracy_summary(accuracies: list) -> dict[str, Any]:
       'mean_accuracy': float(np.mean(present)) if present else None,
       'worst_accuracy': float(np.min(present)) if present else None,
       'p10_accuracy': float(np.percentile(present, 10)) if present else None,
+  }
+
+
+def fairness_summary(
+    accuracies: list, train_counts: np.ndarray
+) -> dict[str, Any]:
+  """Summarize how evenly accuracy is spread over the clients.
+
+  Args:
+    accuracies: per-client test accuracy; None for a client without test
+      rows, which is left out.
+    train_counts: `[clients]` training examples, to rank clients by size.
+
+  Returns:
+    The standard deviation, best and worst accuracy and their gap, and the
+    mean accuracy of the smallest and the largest quarter of the clients by
+    training examples (at least one client each; ties keep client order).
+  """
+  present = [i for i, value in enumerate(accuracies) if value is not None]
+  if not present:
+    return {}
+  values = np.array([accuracies[i] for i in present])
+  by_size = sorted(present, key=lambda i: train_counts[i])
+  quarter = max(1, len(by_size) // 4)
+  return {
+      'std_accuracy': float(np.std(values)),
+      'best_accuracy': float(np.max(values)),
+      'worst_accuracy': float(np.min(values)),
+      'best_worst_gap': float(np.max(values) - np.min(values)),
+      'smallest_clients_accuracy': float(
+          np.mean([accuracies[i] for i in by_size[:quarter]])),
+      'largest_clients_accuracy': float(
+          np.mean([accuracies[i] for i in by_size[-quarter:]])),
+      'clients_per_quarter': quarter,
   }
 
 
@@ -245,7 +292,8 @@ def run_study(
   model = build_model(config.model, dataset.num_classes)
   local_update = build_local_update(config.client, model, dataset.train)
   server_optimizer = build_optimizer(
-      config.server.server_optimizer, config.server.server_learning_rate
+      config.server.server_optimizer, config.server.server_learning_rate,
+      tau=config.server.server_tau,
   )
   noise_multiplier = study_privacy.resolve_noise_multiplier(
       config, dataset.num_clients
@@ -258,7 +306,8 @@ def run_study(
   )
   study_privacy.check_against_data(config, dataset.num_clients, accountant)
   study_attacks.check_against_data(
-      config, dataset.train.examples['x'].shape[-1], dataset.num_classes
+      config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
+      dataset.num_clients,
   )
   attack_key = jax.random.fold_in(jax.random.key(config.seed), _ATTACK_TAG)
   malicious = study_attacks.choose_malicious(
@@ -450,6 +499,8 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       'num_test_examples': dict(
           zip(dataset.client_names, [int(count) for count in counts])
       ),
+      'fairness': fairness_summary(
+          accuracies, np.asarray(dataset.train.num_examples)),
       'clinical': _clinical_reports(config, dataset, evaluation),
       'privacy': study_privacy.describe(
           config, history['privacy'], history['accountant'],
