@@ -105,7 +105,10 @@ def test_same_seed_same_summary(tmp_path):
     {'noise': 'central', 'clip_norm': '0.5', 'noise_multiplier': '0.1',
      'aggregator': 'mean', 'server_optimizer': 'adam',
      'server_learning_rate': '0.1'},
-], ids=['mlp', 'poisson', 'epochs-adam', 'local-noise', 'central-noise'])
+    {'proximal_mu': '0.5'},
+    {'proximal_mu': '0.5', 'dp_sgd': 'true'},
+], ids=['mlp', 'poisson', 'epochs-adam', 'local-noise', 'central-noise',
+        'fedprox', 'fedprox-dp-sgd'])
 def test_study_variants_finite(tmp_path, overrides):
   settings = {'rounds': 2, 'local_steps': 5, 'bootstrap_resamples': 100}
   config = _config(**{**settings, **overrides})
@@ -380,3 +383,19 @@ def test_centered_clipping_resists_sign_flip(tmp_path):
 
   # The plain mean falls to about 0.36 under the same attack.
   assert summary['mean_accuracy'] > 0.6
+
+
+def test_fairness_summary_by_hand():
+  accuracies = [0.9, None, 0.5, 0.7, 0.6, 0.8, 0.4, 0.75, 0.65]
+  train_counts = np.array([100, 5, 10, 50, 20, 80, 8, 60, 30])
+
+  fairness = study.fairness_summary(accuracies, train_counts)
+
+  # 8 clients with test rows, so a quarter is 2: the smallest by training
+  # examples are clients 6 (8) and 2 (10), the largest 5 (80) and 0 (100).
+  assert fairness['clients_per_quarter'] == 2
+  assert fairness['smallest_clients_accuracy'] == pytest.approx(0.45)
+  assert fairness['largest_clients_accuracy'] == pytest.approx(0.85)
+  assert fairness['best_worst_gap'] == pytest.approx(0.5)
+  assert fairness['std_accuracy'] == pytest.approx(
+      np.std([0.9, 0.5, 0.7, 0.6, 0.8, 0.4, 0.75, 0.65]))

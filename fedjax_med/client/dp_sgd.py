@@ -45,6 +45,7 @@ def build_dp_sgd_local_update(
     l2_norm_clip: float,
     noise_multiplier: float,
     num_epochs: int | None = None,
+    proximal_mu: float = 0.0,
 ) -> local_training.LocalUpdate:
   """Build the DP-SGD training function of one client.
 
@@ -114,7 +115,7 @@ def build_dp_sgd_local_update(
 
   return local_training.build_scan(
       noisy_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
-      num_epochs=num_epochs,
+      num_epochs=num_epochs, proximal_mu=proximal_mu,
   )
 
 

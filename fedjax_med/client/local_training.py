@@ -91,6 +91,7 @@ def build_local_update(
     num_steps: int,
     batch_size: int,
     num_epochs: int | None = None,
+    proximal_mu: float = 0.0,
 ) -> LocalUpdate:
   """Build the local training function of one client.
 
@@ -106,11 +107,16 @@ def build_local_update(
       scan; `num_steps` must then cover the largest client (see
       `max_local_steps`), or larger clients stop early and report
       `truncated`.
+    proximal_mu: FedProx's mu (Li et al., 2020, "Federated Optimization in
+      Heterogeneous Networks", MLSys). Each step's gradient gets
+      mu * (w - w_server) added, the gradient of (mu / 2) ||w - w_server||^2
+      against the server params the round started from. 0 is FedAvg.
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
     where `examples` contains `x [examples, features]` and `y [examples]`.
     A client with zero examples takes no step and returns a zero delta.
+    The reported loss excludes the proximal term.
   """
   if num_steps < 1:
     raise ValueError(f'`num_steps` must be at least 1; got {num_steps}.')
@@ -135,7 +141,7 @@ def build_local_update(
 
   return build_scan(
       batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
-      num_epochs=num_epochs,
+      num_epochs=num_epochs, proximal_mu=proximal_mu,
   )
 
 
@@ -154,6 +160,7 @@ def build_scan(
     num_steps: int,
     batch_size: int,
     num_epochs: int | None = None,
+    proximal_mu: float = 0.0,
 ) -> LocalUpdate:
   """Build a client's `lax.scan` of optimizer steps around `batch_gradient`.
 
@@ -162,7 +169,14 @@ def build_scan(
   only the gradient of a batch differs. `step_key` is
   `fold_in(fold_in(key, _STEP_KEY_TAG), step)`, apart from the per-epoch
   shuffle keys `fold_in(key, epoch)`, for gradients that draw noise.
+  `proximal_mu` adds FedProx's mu * (w - w_server) after `batch_gradient`,
+  so under DP-SGD the proximal term is neither clipped nor noised: it does
+  not depend on the data.
   """
+  if not (proximal_mu >= 0 and proximal_mu < float('inf')):
+    raise ValueError(
+        f'`proximal_mu` must be finite and >= 0; got {proximal_mu}.'
+    )
 
   def local_update(server_params, examples, num_examples, key):
     max_examples = examples['x'].shape[0]
@@ -183,6 +197,11 @@ def build_scan(
           params, examples['x'][indices], examples['y'][indices], valid,
           jax.random.fold_in(step_keys, step_index),
       )
+      if proximal_mu:
+        grads = jax.tree.map(
+            lambda g, w, w0: g + proximal_mu * (w - w0),
+            grads, params, server_params,
+        )
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       active = step_index < client_steps

@@ -135,3 +135,69 @@ def test_invalid_num_epochs():
     local_training.build_local_update(
         _model(), optax.sgd(0.1), num_steps=5, batch_size=2, num_epochs=0
     )
+
+
+def test_fedprox_closed_form_with_constant_gradient():
+  # With a constant data gradient G, SGD step size eta and FedProx mu, the
+  # delta d_k = w_k - w_0 follows d_(k+1) = (1 - eta mu) d_k - eta G, so
+  # d_K = -G (1 - (1 - eta mu)^K) / mu. A proximal term taken against the
+  # moving weights instead of w_0 would give -K eta G.
+  gradient = {'w': jnp.array([1.0, -2.0]), 'b': jnp.array(0.5)}
+
+  def constant_gradient(params, x, y, valid, step_key):
+    del params, x, y, valid, step_key
+    return jnp.float32(0.0), gradient
+
+  eta, mu, steps = 0.1, 2.0, 7
+  local_update = local_training.build_scan(
+      constant_gradient, optax.sgd(eta), num_steps=steps, batch_size=2,
+      proximal_mu=mu,
+  )
+  params = {'w': jnp.array([0.3, 0.4]), 'b': jnp.array(-1.0)}
+  examples = {'x': jnp.zeros((4, 2)), 'y': jnp.zeros(4, jnp.int32)}
+
+  result = local_update(params, examples, jnp.int32(4), jax.random.key(0))
+
+  factor = (1 - (1 - eta * mu) ** steps) / mu
+  for name in ('w', 'b'):
+    np.testing.assert_allclose(
+        result.delta[name], -factor * gradient[name], rtol=1e-5)
+
+
+def test_fedprox_zero_mu_is_fedavg(key):
+  model = _model()
+  data = _client(12, 0)
+  plain = local_training.build_local_update(
+      model, optax.sgd(0.1), num_steps=5, batch_size=4)
+  prox = local_training.build_local_update(
+      model, optax.sgd(0.1), num_steps=5, batch_size=4, proximal_mu=0.0)
+  params = _params(model, key)
+
+  expected = plain(params, data, jnp.int32(12), key)
+  result = prox(params, data, jnp.int32(12), key)
+
+  for got, want in zip(jax.tree.leaves(result.delta),
+                       jax.tree.leaves(expected.delta)):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fedprox_pulls_towards_server(key):
+  model = _model()
+  data = _client(12, 0)
+  params = _params(model, key)
+  norms = []
+  for mu in (0.0, 1.0, 10.0):
+    local_update = local_training.build_local_update(
+        model, optax.sgd(0.1), num_steps=20, batch_size=4, proximal_mu=mu)
+    delta = local_update(params, data, jnp.int32(12), key).delta
+    norms.append(float(jnp.sqrt(sum(
+        jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(delta)))))
+
+  assert norms[0] > norms[1] > norms[2]
+
+
+@pytest.mark.parametrize('mu', [-0.1, float('nan'), float('inf')])
+def test_invalid_proximal_mu(mu):
+  with pytest.raises(ValueError, match='proximal_mu'):
+    local_training.build_local_update(
+        _model(), optax.sgd(0.1), num_steps=2, batch_size=2, proximal_mu=mu)
