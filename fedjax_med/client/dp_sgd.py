@@ -120,7 +120,7 @@ def build_dp_sgd_local_update(
 
 
 def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
-  """Return `(params, x, y, valid, key) -> (loss, noisy mean gradient)`."""
+  """Return `(params, batch, valid, key) -> (loss, noisy mean gradient)`."""
 
   def example_loss(params, x, y):
     logits = model.apply(params, x[None])
@@ -132,10 +132,11 @@ def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
   stddev = noise_multiplier * l2_norm_clip
 
   def noisy_gradient(
-      params: Params, x: jax.Array, y: jax.Array, valid: jax.Array,
-      key: PRNGKey,
+      params: Params, batch: dict, valid: jax.Array, key: PRNGKey,
   ) -> tuple[jax.Array, Params]:
-    losses, per_example_grads = per_example_value_and_grad(params, x, y)
+    losses, per_example_grads = per_example_value_and_grad(
+        params, batch['x'], batch['y']
+    )
     clipped = jax.vmap(clipping.clip_update, in_axes=(0, None))(
         per_example_grads, l2_norm_clip
     ).update

@@ -134,10 +134,10 @@ def build_local_update(
 
   grad_fn = jax.value_and_grad(batch_loss)
 
-  def batch_gradient(params, x, y, valid, step_key):
+  def batch_gradient(params, batch, valid, step_key):
     del step_key
     weights = valid / jnp.maximum(jnp.sum(valid), 1)
-    return grad_fn(params, x, y, weights)
+    return grad_fn(params, batch['x'], batch['y'], weights)
 
   return build_scan(
       batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
@@ -145,11 +145,12 @@ def build_local_update(
   )
 
 
-# `gradient(params, x [batch, ...], y [batch], valid [batch], step_key) ->
-# (loss, grads)`: the loss and gradient of one minibatch, whose rows with
-# `valid` False are filler that must not count.
+# `gradient(params, batch, valid [batch], step_key) -> (loss, grads)`: the
+# loss and gradient of one minibatch. `batch` has the client's example keys
+# (`x`, `y`, or others such as survival `time` and `event`), each shaped
+# `[batch, ...]`; rows with `valid` False are filler that must not count.
 BatchGradient = Callable[
-    [Params, jax.Array, jax.Array, jax.Array, PRNGKey], tuple[jax.Array, Params]
+    [Params, dict, jax.Array, PRNGKey], tuple[jax.Array, Params]
 ]
 
 
@@ -193,9 +194,9 @@ def build_scan(
       indices, valid = _batch_indices(
           key, step_index, num_examples, max_examples, batch_size
       )
+      batch = jax.tree.map(lambda leaf: leaf[indices], examples)
       loss, grads = batch_gradient(
-          params, examples['x'][indices], examples['y'][indices], valid,
-          jax.random.fold_in(step_keys, step_index),
+          params, batch, valid, jax.random.fold_in(step_keys, step_index),
       )
       if proximal_mu:
         grads = jax.tree.map(

@@ -144,8 +144,8 @@ def test_fedprox_closed_form_with_constant_gradient():
   # moving weights instead of w_0 would give -K eta G.
   gradient = {'w': jnp.array([1.0, -2.0]), 'b': jnp.array(0.5)}
 
-  def constant_gradient(params, x, y, valid, step_key):
-    del params, x, y, valid, step_key
+  def constant_gradient(params, batch, valid, step_key):
+    del params, batch, valid, step_key
     return jnp.float32(0.0), gradient
 
   eta, mu, steps = 0.1, 2.0, 7
