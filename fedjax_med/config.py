@@ -35,6 +35,7 @@ CLIPPINGS = ('flat', 'per_layer')
 ATTACKS = ('none', 'sign_flip', 'scaling', 'gaussian', 'little_is_enough',
            'inner_product', 'label_flip', 'backdoor')
 ACCOUNTANTS = ('rdp', 'pld')
+PARTITIONS = ('none', 'dirichlet', 'pathological', 'quantity')
 TARGET_MODES = ('calibrate', 'stop')
 # numpy and JAX seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
@@ -60,6 +61,19 @@ class DataConfig:
     beta: synthetic feature heterogeneity.
     min_examples: smallest synthetic client, in rows before the split.
     max_examples: largest synthetic client, in rows before the split.
+    partition: 'none' keeps the dataset's clients. 'dirichlet',
+      'pathological' or 'quantity' pools every row, train and test, and
+      splits it into `partition_clients` new clients: Dirichlet label skew,
+      `classes_per_client` labels per client, or log-normal client sizes.
+      Each new client's rows are then split into train and test by
+      `test_fraction`.
+    partition_clients: number of clients after the partition; None keeps
+      the dataset's count.
+    dirichlet_alpha: concentration of the Dirichlet label skew; small
+      values give each client few labels.
+    classes_per_client: labels per client of the pathological partition.
+    size_sigma: standard deviation of the log client size of the quantity
+      partition.
   """
 
   dataset: str = 'heart_disease'
@@ -73,6 +87,11 @@ class DataConfig:
   beta: float = 1.0
   min_examples: int = 50
   max_examples: int = 100
+  partition: str = 'none'
+  partition_clients: int | None = None
+  dirichlet_alpha: float = 0.5
+  classes_per_client: int = 2
+  size_sigma: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,6 +119,8 @@ class ClientConfig:
       `example_clip_norm`.
     proximal_mu: FedProx's mu: each local step adds the gradient of
       (mu / 2) ||w - w_round_start||^2. 0 is FedAvg.
+    scaffold: train with SCAFFOLD's control variates (option II), which
+      correct each client's drift; needs optimizer 'sgd' and no DP.
   """
 
   optimizer: str = 'sgd'
@@ -111,6 +132,7 @@ class ClientConfig:
   example_clip_norm: float = 1.0
   example_noise_multiplier: float = 1.0
   proximal_mu: float = 0.0
+  scaffold: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -538,6 +560,11 @@ _SETTINGS_USED_BY = (
     ('data', 'beta', 'dataset', ('synthetic',)),
     ('data', 'min_examples', 'dataset', _SYNTHETIC),
     ('data', 'max_examples', 'dataset', _SYNTHETIC),
+    ('data', 'partition_clients', 'partition',
+     ('dirichlet', 'pathological', 'quantity')),
+    ('data', 'dirichlet_alpha', 'partition', ('dirichlet',)),
+    ('data', 'classes_per_client', 'partition', ('pathological',)),
+    ('data', 'size_sigma', 'partition', ('quantity',)),
     ('model', 'hidden_sizes', 'model', ('mlp',)),
     ('sampling', 'cohort_size', 'sampling', ('uniform',)),
     ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
@@ -588,6 +615,9 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
     current = getattr(config, section)
     choice = getattr(current, choice_name)
     value = getattr(current, name)
+    if (section, name) == ('data', 'test_fraction') and (
+        config.data.partition != 'none'):
+      continue  # A partition splits every new client by test_fraction.
     if choice not in users and value != getattr(getattr(defaults, section), name):
       raise InputError(
           f'`{section}.{name}={value}` has no effect with '
@@ -636,6 +666,12 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
 
 def _validate_data(data: DataConfig) -> None:
   _require_choice('data.dataset', data.dataset, DATASETS)
+  _require_choice('data.partition', data.partition, PARTITIONS)
+  _require_range('data.partition_clients', data.partition_clients, 1)
+  _require_range('data.dirichlet_alpha', data.dirichlet_alpha, 0.0,
+                 low_open=True)
+  _require_range('data.classes_per_client', data.classes_per_client, 1)
+  _require_range('data.size_sigma', data.size_sigma, 0.0)
   if data.dataset == 'csv' and not data.csv_path:
     raise InputError(
         '`data.dataset=csv` needs `data.csv_path`, for example '
@@ -679,6 +715,18 @@ def _validate_training(config: ExperimentConfig) -> None:
       low_open=True,
   )
   _require_range('client.proximal_mu', client.proximal_mu, 0.0)
+  if client.scaffold and client.optimizer != 'sgd':
+    raise InputError(
+        f'`client.scaffold=true` needs `client.optimizer=sgd`; got '
+        f'{client.optimizer}. Its control update divides by the SGD step '
+        'size.'
+    )
+  if client.scaffold and (client.dp_sgd or config.privacy.noise != 'none'):
+    raise InputError(
+        '`client.scaffold=true` cannot run with DP: each client sends its '
+        'control variate unclipped and unnoised. Turn off `client.dp_sgd` '
+        'and `privacy.noise`, or use FedAvg or FedProx.'
+    )
 
   server = config.server
   _require_choice('server.aggregator', server.aggregator, AGGREGATORS)

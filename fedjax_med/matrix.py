@@ -386,6 +386,8 @@ class _Runner:
         clip_norm=(config.privacy.clip_norm if privacy.adaptive_clipping
                    else None),
         aggregator=config.server.aggregator,
+        scaffold_clients=(dataset.num_clients if config.client.scaffold
+                          else None),
     )
     rounds_key = jax.random.fold_in(root_key, study._ROUNDS_TAG)
     record = {'num_malicious': num_malicious,
@@ -439,6 +441,8 @@ class _Runner:
           ),
           malicious=malicious,
           aggregator_options=study.aggregator_options(config),
+          scaffold_learning_rate=(config.client.learning_rate
+                                  if config.client.scaffold else None),
       )
     except ValueError as error:
       # Client-count conditions, such as Krum's n > 2f + 2.

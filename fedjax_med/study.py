@@ -25,6 +25,7 @@ from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
+from fedjax_med.data import partitions
 from fedjax_med.data import synthetic
 from fedjax_med.data import tabular as tabular_data
 from fedjax_med.errors import InputError
@@ -45,6 +46,8 @@ _INIT_TAG = 0
 _ROUNDS_TAG = 1
 _DATA_TAG = 2
 _ATTACK_TAG = 3
+# Folded into the data key for a partition of the pooled rows.
+_PARTITION_TAG = 1
 
 # Populations up to this size get per-client test accuracy in every line of
 # metrics.jsonl; larger ones get the mean, worst and 10th percentile only.
@@ -54,7 +57,60 @@ MAX_CLIENTS_PER_ROUND_LINE = 100
 def load_dataset(
     data: config_lib.DataConfig, seed: int
 ) -> federated.FederatedDataset:
-  """Load the dataset that `data` names."""
+  """Load the dataset that `data` names, partitioned as it asks."""
+  dataset = _load_clients(data, seed)
+  if data.partition == 'none':
+    return dataset
+  key = jax.random.fold_in(
+      jax.random.fold_in(jax.random.key(seed), _DATA_TAG), _PARTITION_TAG
+  )
+  return _repartition(dataset, data, key)
+
+
+def _pooled_rows(dataset: federated.FederatedDataset):
+  """Return every real row of every client, train then test, as numpy."""
+  xs, ys = [], []
+  for split in (dataset.train, dataset.test):
+    x = np.asarray(split.examples['x'])
+    y = np.asarray(split.examples['y'])
+    for client, count in enumerate(np.asarray(split.num_examples)):
+      xs.append(x[client, :count])
+      ys.append(y[client, :count])
+  return np.concatenate(xs), np.concatenate(ys)
+
+
+def _repartition(dataset, data, key) -> federated.FederatedDataset:
+  """Pool `dataset` and split it into new clients as `data.partition` says."""
+  x, y = _pooled_rows(dataset)
+  num_clients = data.partition_clients or dataset.num_clients
+  partition_key, split_key = jax.random.split(key)
+  if data.partition == 'dirichlet':
+    indices = partitions.partition_dirichlet(
+        y, num_clients=num_clients, alpha=data.dirichlet_alpha,
+        key=partition_key, num_classes=dataset.num_classes,
+    )
+  elif data.partition == 'pathological':
+    indices = partitions.partition_pathological(
+        y, num_clients=num_clients,
+        classes_per_client=data.classes_per_client, key=partition_key,
+        num_classes=dataset.num_classes,
+    )
+  else:
+    indices = partitions.partition_quantity_skew(
+        len(y), num_clients=num_clients, key=partition_key,
+        distribution='lognormal', sigma=data.size_sigma,
+    )
+  partitioned = partitions.build_dataset(
+      x, y, indices, key=split_key, test_fraction=data.test_fraction,
+      name=f'{dataset.name}_{data.partition}',
+      num_classes=dataset.num_classes, feature_names=dataset.feature_names,
+  )
+  return dataclasses.replace(partitioned, source_files=dataset.source_files)
+
+
+def _load_clients(
+    data: config_lib.DataConfig, seed: int
+) -> federated.FederatedDataset:
   if data.dataset == 'heart_disease':
     return heart_disease.load_heart_disease()
   if data.dataset == 'csv':
@@ -332,6 +388,8 @@ def run_study(
         ),
         malicious=malicious,
         aggregator_options=aggregator_options(config),
+        scaffold_learning_rate=(config.client.learning_rate
+                                if config.client.scaffold else None),
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -364,6 +422,7 @@ def run_study(
       params, server_optimizer,
       clip_norm=config.privacy.clip_norm if privacy.adaptive_clipping else None,
       aggregator=config.server.aggregator,
+      scaffold_clients=dataset.num_clients if config.client.scaffold else None,
   )
   rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,

@@ -48,3 +48,7 @@ def tree_zeros_like(tree: PyTree) -> PyTree:
 
 def tree_sub(a: PyTree, b: PyTree) -> PyTree:
   return jax.tree.map(jnp.subtract, a, b)
+
+
+def tree_add(a: PyTree, b: PyTree) -> PyTree:
+  return jax.tree.map(jnp.add, a, b)

@@ -47,3 +47,13 @@ def test_fedyogi_study_runs(tmp_path):
   })
   _, summary = study.run_study(config, tmp_path / 'run', progress=False)
   assert summary['mean_accuracy'] > 0.5
+
+
+def test_scaffold_needs_sgd():
+  with pytest.raises(errors.InputError, match='needs `client.optimizer=sgd`'):
+    _validate(scaffold=True, optimizer='adam')
+
+
+def test_scaffold_rejects_dp():
+  with pytest.raises(errors.InputError, match='cannot run with DP'):
+    _validate(scaffold=True, dp_sgd=True)

@@ -107,8 +107,9 @@ def test_same_seed_same_summary(tmp_path):
      'server_learning_rate': '0.1'},
     {'proximal_mu': '0.5'},
     {'proximal_mu': '0.5', 'dp_sgd': 'true'},
+    {'scaffold': 'true', 'sampling': 'uniform', 'cohort_size': '2'},
 ], ids=['mlp', 'poisson', 'epochs-adam', 'local-noise', 'central-noise',
-        'fedprox', 'fedprox-dp-sgd'])
+        'fedprox', 'fedprox-dp-sgd', 'scaffold-cohort'])
 def test_study_variants_finite(tmp_path, overrides):
   settings = {'rounds': 2, 'local_steps': 5, 'bootstrap_resamples': 100}
   config = _config(**{**settings, **overrides})
@@ -399,3 +400,27 @@ def test_fairness_summary_by_hand():
   assert fairness['best_worst_gap'] == pytest.approx(0.5)
   assert fairness['std_accuracy'] == pytest.approx(
       np.std([0.9, 0.5, 0.7, 0.6, 0.8, 0.4, 0.75, 0.65]))
+
+
+def test_dirichlet_partition_of_heart_data(tmp_path):
+  config = _config(rounds=2, local_steps=5, partition='dirichlet',
+                   partition_clients=12, dirichlet_alpha=0.2,
+                   test_fraction=0.3, bootstrap_resamples=100)
+  dataset = study.load_dataset(config.data, config.seed)
+
+  counts = (np.asarray(dataset.train.num_examples)
+            + np.asarray(dataset.test.num_examples))
+  # Every one of the 740 patients lands in exactly one of the 12 clients.
+  assert dataset.num_clients == 12
+  assert counts.sum() == 740
+  assert dataset.name == 'fed_heart_disease_dirichlet'
+  run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
+  provenance = json.loads((run_dir / 'provenance.json').read_text())
+  assert len(summary['test_accuracy']) == 12
+  # The four hospital files and the split table.
+  assert len(provenance['data_files']) == 5
+
+
+def test_partition_settings_need_partition():
+  with pytest.raises(errors.InputError, match='dirichlet_alpha=0.1` has no'):
+    config_lib.validate(_config(dirichlet_alpha=0.1))

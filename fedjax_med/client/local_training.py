@@ -173,13 +173,17 @@ def build_scan(
   `proximal_mu` adds FedProx's mu * (w - w_server) after `batch_gradient`,
   so under DP-SGD the proximal term is neither clipped nor noised: it does
   not depend on the data.
+
+  The returned `local_update` takes an optional `correction`, a pytree like
+  the params added to every step's gradient: SCAFFOLD's c - c_i.
   """
   if not (proximal_mu >= 0 and proximal_mu < float('inf')):
     raise ValueError(
         f'`proximal_mu` must be finite and >= 0; got {proximal_mu}.'
     )
 
-  def local_update(server_params, examples, num_examples, key):
+  def local_update(server_params, examples, num_examples, key,
+                   correction=None):
     max_examples = examples['x'].shape[0]
     if num_epochs is None:
       requested_steps = jnp.where(num_examples > 0, num_steps, 0)
@@ -203,6 +207,8 @@ def build_scan(
             lambda g, w, w0: g + proximal_mu * (w - w0),
             grads, params, server_params,
         )
+      if correction is not None:
+        grads = tree.tree_add(grads, correction)
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       active = step_index < client_steps

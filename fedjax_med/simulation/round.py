@@ -53,6 +53,9 @@ class ServerState(NamedTuple):
     clip_norm: the current clip bound under adaptive clipping, else None.
     center: the previous round's aggregate, shaped like `params`, for an
       aggregator that starts from it (centered clipping), else None.
+    control: SCAFFOLD's server control variate c, shaped like `params`.
+    client_controls: SCAFFOLD's client control variates c_i, one per client
+      of the population, each leaf shaped `[clients, *param_shape]`.
   """
 
   params: Params
@@ -60,6 +63,8 @@ class ServerState(NamedTuple):
   round: jax.Array
   clip_norm: jax.Array | None = None
   center: Params | None = None
+  control: Params | None = None
+  client_controls: Params | None = None
 
 
 def init_server_state(
@@ -68,19 +73,30 @@ def init_server_state(
     clip_norm: float | None = None,
     *,
     aggregator: str = 'fedavg',
+    scaffold_clients: int | None = None,
 ) -> ServerState:
   """Return the state before round 1.
 
-  Pass the starting `clip_norm` when the round uses adaptive clipping, and
-  the round's `aggregator`, so that centered clipping gets a zero center.
+  Pass the starting `clip_norm` when the round uses adaptive clipping, the
+  round's `aggregator`, so that centered clipping gets a zero center, and
+  for SCAFFOLD the population size as `scaffold_clients`, so that every
+  control variate starts at zero.
   """
   if clip_norm is not None:
     clip_norm = jnp.float32(clip_norm)
   center = None
   if aggregator in registry.NEEDS_CENTER:
     center = jax.tree.map(jnp.zeros_like, params)
+  control = client_controls = None
+  if scaffold_clients is not None:
+    control = jax.tree.map(jnp.zeros_like, params)
+    client_controls = jax.tree.map(
+        lambda leaf: jnp.zeros((scaffold_clients,) + leaf.shape, leaf.dtype),
+        params,
+    )
   return ServerState(
-      params, server_optimizer.init(params), jnp.int32(0), clip_norm, center
+      params, server_optimizer.init(params), jnp.int32(0), clip_norm, center,
+      control, client_controls,
   )
 
 
@@ -96,6 +112,7 @@ def build_round(
     attack: Attack | None = None,
     malicious: jax.Array | None = None,
     aggregator_options: dict | None = None,
+    scaffold_learning_rate: float | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -121,6 +138,18 @@ def build_round(
       `trim_fraction`, `num_selected`, `max_norm`, `num_iterations`,
       `clip_radius`). Distributed noise assumes secure aggregation, so it
       allows only the aggregators that work from a sum.
+    scaffold_learning_rate: turns on SCAFFOLD (Karimireddy et al., 2020,
+      "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning",
+      ICML) with this client SGD step size eta_l. Each step's gradient gets
+      c - c_i added. After K local steps a client's control becomes
+      c_i+ = c_i - c - delta / (K eta_l) (the paper's option II), and the
+      server adds sum_i p_i (c_i+ - c_i) to c, where p_i is client i's
+      aggregation weight over the whole population: 1 / clients as in the
+      paper for a uniform aggregator, the example share for fedavg, so that
+      c stays the weighted mean of the c_i. `local_update` must use
+      plain SGD with this step size and accept a `correction` argument, as
+      `build_local_update` does. Start from
+      `init_server_state(..., scaffold_clients=train_data.num_clients)`.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -162,8 +191,28 @@ def build_round(
   _check_malicious(malicious, train_data.num_clients)
   if not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
+  scaffold = scaffold_learning_rate is not None
+  if scaffold and not scaffold_learning_rate > 0:
+    raise ValueError(
+        '`scaffold_learning_rate` must be the positive client step size; '
+        f'got {scaffold_learning_rate}.'
+    )
+  if scaffold and privacy.noise_kind != 'none':
+    raise ValueError(
+        'SCAFFOLD sends each client\'s control variate unclipped and '
+        'unnoised, so it cannot run with DP noise. Turn the noise off or '
+        'use FedAvg or FedProx.'
+    )
 
-  train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0))
+  if scaffold:
+    train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0, 0))
+    population_weights = mechanisms.client_weights(
+        aggregator, jnp.ones(train_data.num_clients, bool),
+        jnp.asarray(train_data.num_examples), privacy.weight_cap,
+    )
+    control_weights = population_weights / jnp.sum(population_weights)
+  else:
+    train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0))
   # Moved once here, so numpy input is not copied to the device every round.
   train_data = jax.device_put(train_data)
 
@@ -218,7 +267,18 @@ def build_round(
         clients_key, cohort.client_ids
     )
 
-    local = train_local(state.params, cohort_examples, counts, client_keys)
+    if scaffold:
+      cohort_controls = jax.tree.map(
+          lambda leaf: leaf[cohort.client_ids], state.client_controls
+      )
+      corrections = jax.tree.map(
+          lambda c, c_i: c[None] - c_i, state.control, cohort_controls
+      )
+      local = train_local(
+          state.params, cohort_examples, counts, client_keys, corrections
+      )
+    else:
+      local = train_local(state.params, cohort_examples, counts, client_keys)
     if attack is not None:
       cohort_malicious = malicious[cohort.client_ids] & cohort.mask
       honest = cohort.mask & ~cohort_malicious & (counts > 0)
@@ -247,6 +307,12 @@ def build_round(
 
     skipped = jnp.sum(weights) <= 0
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
+    if scaffold:
+      new_state = _update_controls(
+          new_state, state, cohort.client_ids, updates, contributes,
+          local.num_steps, scaffold_learning_rate,
+          control_weights[cohort.client_ids],
+      )
     if needs_center:
       new_state = new_state._replace(
           center=tree.tree_where(skipped, state.center, aggregate)
@@ -281,6 +347,12 @@ def build_round(
           'Adaptive clipping needs the starting bound in the server state: '
           'call `init_server_state(params, optimizer, clip_norm=...)`.'
       )
+    if scaffold and state.client_controls is None:
+      raise ValueError(
+          'SCAFFOLD needs control variates in the server state: call '
+          '`init_server_state(params, optimizer, '
+          'scaffold_clients=num_clients)`.'
+      )
     if needs_center and state.center is None:
       raise ValueError(
           f'Aggregator {aggregator} needs a center in the server state: call '
@@ -297,6 +369,36 @@ def build_round(
     )
 
   return round_fn
+
+
+def _update_controls(
+    new_state, state, client_ids, deltas, contributes, num_steps,
+    learning_rate, control_weights,
+):
+  """Apply SCAFFOLD's option II control update for the contributing clients.
+
+  `deltas` are the screened updates (zero for clients that do not
+  contribute), so an excluded client keeps its control variate.
+  """
+  steps = jnp.maximum(num_steps, 1).astype(jnp.float32) * learning_rate
+
+  def control_change(delta, c):
+    scale = _expand(steps, delta)
+    change = -c[None] - delta / scale
+    return jnp.where(_expand(contributes, delta), change, 0.0)
+
+  changes = jax.tree.map(control_change, deltas, state.control)
+  control = jax.tree.map(
+      lambda c, change: c + jnp.tensordot(control_weights, change, axes=1),
+      state.control, changes,
+  )
+  # Duplicate ids in a cohort (none with the built-in samplers) would add
+  # their changes together.
+  client_controls = jax.tree.map(
+      lambda controls, change: controls.at[client_ids].add(change),
+      state.client_controls, changes,
+  )
+  return new_state._replace(control=control, client_controls=client_controls)
 
 
 def _check_malicious(malicious, num_clients: int) -> None:
@@ -355,6 +457,8 @@ def _server_update(state, aggregate, skipped, server_optimizer):
       round=state.round + 1,
       clip_norm=state.clip_norm,
       center=state.center,
+      control=state.control,
+      client_controls=state.client_controls,
   )
 
 
