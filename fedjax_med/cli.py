@@ -134,6 +134,11 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
           f'best - worst {fairness["best_worst_gap"]:.3f}   smallest '
           f'quarter {fairness["smallest_clients_accuracy"]:.3f}, largest '
           f'quarter {fairness["largest_clients_accuracy"]:.3f}')
+  finetuned = summary.get('finetuned')
+  if finetuned and finetuned['mean_accuracy'] is not None:
+    print(f'  {"fine-tuned":>16}: mean {finetuned["mean_accuracy"]:.3f}   '
+          f'worst {finetuned["worst_accuracy"]:.3f} after '
+          f'{finetuned["finetune_steps"]} local steps per client')
   privacy = summary['privacy']
   if privacy['private']:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "

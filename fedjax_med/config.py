@@ -282,12 +282,17 @@ class EvaluationConfig:
     threshold: probability at or above which a patient is called positive.
     bootstrap_resamples: resamples for the confidence intervals.
     confidence: confidence level of the intervals.
+    finetune_steps: after the last round, each client also trains the
+      global model on its own rows for this many local steps (FedAvg-FT)
+      and `summary.json` reports those personalized models' accuracy; 0
+      turns this off.
   """
 
   eval_every: int = 1
   threshold: float = 0.5
   bootstrap_resamples: int = 1000
   confidence: float = 0.95
+  finetune_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -890,6 +895,7 @@ def validate(config: ExperimentConfig) -> None:
   evaluation = config.evaluation
   _require_range('evaluation.eval_every', evaluation.eval_every, 1)
   _require_range('evaluation.threshold', evaluation.threshold, 0.0, 1.0)
+  _require_range('evaluation.finetune_steps', evaluation.finetune_steps, 0)
   _require_range(
       'evaluation.bootstrap_resamples', evaluation.bootstrap_resamples,
       MIN_BOOTSTRAP_RESAMPLES,

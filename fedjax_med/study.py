@@ -46,6 +46,7 @@ _INIT_TAG = 0
 _ROUNDS_TAG = 1
 _DATA_TAG = 2
 _ATTACK_TAG = 3
+_FINETUNE_TAG = 4
 # Folded into the data key for a partition of the pooled rows.
 _PARTITION_TAG = 1
 
@@ -426,6 +427,7 @@ def run_study(
   )
   rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
+             'local_model': model,
              'state': state, 'start': time.perf_counter(), 'done': 0,
              'accountant': accountant, 'privacy': privacy,
              'below_min_reporting': 0, 'stopped_at_target': False,
@@ -536,6 +538,39 @@ def _backdoor_success(config, backdoor, params) -> dict[str, Any]:
   )
 
 
+def _finetuned_summary(config, dataset, params, model) -> dict[str, Any]:
+  """Fine-tune the final model on each client's rows and evaluate it there.
+
+  Each client runs `finetune_steps` steps of its local optimizer from the
+  global params (FLamby's FedAvg-FT). Clients without training rows keep
+  the global model.
+  """
+  finetune = dataclasses.replace(
+      config.client, local_steps=config.evaluation.finetune_steps,
+      local_epochs=None, proximal_mu=0.0, scaffold=False,
+  )
+  local_update = build_local_update(finetune, model, dataset.train)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      jax.random.fold_in(jax.random.key(config.seed), _FINETUNE_TAG),
+      jnp.arange(dataset.num_clients),
+  )
+  train = jax.device_put(dataset.train)
+  results = jax.jit(jax.vmap(local_update, in_axes=(None, 0, 0, 0)))(
+      params, train.examples, train.num_examples, keys
+  )
+  personal = jax.tree.map(lambda p, d: p[None] + d, params, results.delta)
+  evaluate = evaluate_lib.build_evaluate(
+      model, jax.device_put(dataset.test),
+      threshold=config.evaluation.threshold, personalized=True,
+  )
+  accuracies = _client_accuracy(evaluate(personal))
+  return {
+      'finetune_steps': config.evaluation.finetune_steps,
+      'test_accuracy': dict(zip(dataset.client_names, accuracies)),
+      **_accuracy_summary(accuracies),
+  }
+
+
 def _write_summary(config, dataset, evaluate, run_dir, history):
   """Evaluate the final model, then write `summary.json` and the plot."""
   evaluation = _checked_evaluation(
@@ -578,6 +613,10 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
     summary['attack']['backdoor_success'] = success['backdoor_success']
     summary['attack']['backdoor_success_per_client'] = dict(
         zip(dataset.client_names, success['per_client'])
+    )
+  if config.evaluation.finetune_steps:
+    summary['finetuned'] = _finetuned_summary(
+        config, dataset, history['state'].params, history['local_model']
     )
   worst = summary['worst_accuracy']
   summary['worst_client'] = next(

@@ -424,3 +424,33 @@ def test_dirichlet_partition_of_heart_data(tmp_path):
 def test_partition_settings_need_partition():
   with pytest.raises(errors.InputError, match='dirichlet_alpha=0.1` has no'):
     config_lib.validate(_config(dirichlet_alpha=0.1))
+
+
+def test_finetuned_accuracy_by_hand():
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from fedjax_med.simulation import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+
+  config = _config(local_steps=10, finetune_steps=30)
+  dataset = study.load_dataset(config.data, config.seed)
+  model = study.build_model(config.model, dataset.num_classes)
+  params = model.init(jax.random.key(7), dataset.train.examples['x'][0, :1])
+
+  finetuned = study._finetuned_summary(config, dataset, params, model)
+
+  # Switzerland (client 2) by hand: 30 local steps from `params` with its
+  # own key, then the plain evaluation of that one model on every client.
+  local_update = study.build_local_update(
+      dataclasses.replace(config.client, local_steps=30), model,
+      dataset.train)
+  key = jax.random.fold_in(
+      jax.random.fold_in(jax.random.key(config.seed), study._FINETUNE_TAG), 2)
+  examples = {name: value[2] for name, value in dataset.train.examples.items()}
+  delta = local_update(params, examples, dataset.train.num_examples[2],
+                       key).delta
+  personal = jax.tree.map(lambda p, d: p + d, params, delta)
+  evaluate = evaluate_lib.build_evaluate(model, dataset.test)
+  expected = float(evaluate(personal).accuracy[2])
+
+  assert finetuned['finetune_steps'] == 30
+  assert finetuned['test_accuracy']['switzerland'] == pytest.approx(expected)

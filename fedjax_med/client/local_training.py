@@ -184,6 +184,8 @@ def build_scan(
 
   def local_update(server_params, examples, num_examples, key,
                    correction=None):
+    # numpy input cannot be indexed by the traced batch indices.
+    examples = jax.tree.map(jnp.asarray, examples)
     max_examples = examples['x'].shape[0]
     if num_epochs is None:
       requested_steps = jnp.where(num_examples > 0, num_steps, 0)

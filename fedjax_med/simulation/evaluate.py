@@ -36,11 +36,14 @@ def build_evaluate(
     test_data: federated.FederatedData,
     *,
     threshold: float = 0.5,
+    personalized: bool = False,
 ) -> Callable[[Params], ClientEvaluation]:
   """Return a jitted `evaluate(params) -> ClientEvaluation` over `test_data`.
 
   A binary model predicts class 1 when its probability is at least
-  `threshold`; a multi-class model predicts its most probable class.
+  `threshold`; a multi-class model predicts its most probable class. With
+  `personalized=True`, `params` has a leading `[clients]` axis and each
+  client is evaluated with its own model, as after local fine-tuning.
   """
 
   def evaluate_client(params, examples, num_examples):
@@ -62,7 +65,9 @@ def build_evaluate(
         accuracy, loss, probabilities, num_nonfinite, predicted
     )
 
-  evaluate_all = jax.vmap(evaluate_client, in_axes=(None, 0, 0))
+  evaluate_all = jax.vmap(
+      evaluate_client, in_axes=(0 if personalized else None, 0, 0)
+  )
 
   @jax.jit
   def evaluate_step(params, examples, num_examples):
