@@ -3,7 +3,7 @@
 Usage:
   python experiments/tcga_brca_flamby.py [--seeds 0 1 2 3 4] [--rounds 5]
       [--local-steps 100] [--pooled-epochs 30]
-      [--strategies pooled fedavg fedprox fedadam fedyogi fedadagrad]
+      [--strategies pooled fedavg fedprox fedadam fedyogi fedadagrad scaffold]
 
 Each strategy trains a linear Cox model (39 inputs, no bias, kernel drawn
 from U(-1/sqrt(39), 1/sqrt(39)) like PyTorch's `nn.Linear`) on the six
@@ -142,8 +142,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   )
   args = parser.parse_args(argv)
   for name in ('rounds', 'local_steps', 'pooled_epochs'):
-    if getattr(args, name) < 1:
-      parser.error(f'--{name.replace("_", "-")} must be at least 1.')
+    value = getattr(args, name)
+    if not 1 <= value <= 2**31 - 1:
+      parser.error(
+          f'--{name.replace("_", "-")} must be in [1, 2147483647]; got '
+          f'{value}.'
+      )
+  invalid = [seed for seed in args.seeds if not 0 <= seed <= 2**32 - 1]
+  if invalid:
+    parser.error(f'--seeds must be in [0, 4294967295]; got {invalid}.')
+  for name in ('seeds', 'strategies'):
+    values = getattr(args, name)
+    if len(set(values)) != len(values):
+      parser.error(f'--{name} must not repeat; got {values}.')
   return args
 
 

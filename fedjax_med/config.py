@@ -369,7 +369,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if value.lower() not in ('true', 'false'):
           raise ValueError(value)
         return value.lower() == 'true'
-      return bool(value)
+      if not isinstance(value, bool):
+        raise ValueError(value)
+      return value
     if annotation is int:
       if isinstance(value, float) and not value.is_integer():
         raise ValueError(value)
@@ -549,6 +551,8 @@ def _require_range(
 
 
 _NOISY = ('central', 'distributed', 'local')
+# Step counts go into int32 scan indices.
+_MAX_STEPS = 2**31 - 1
 _SYNTHETIC = ('synthetic', 'synthetic_iid')
 
 # Settings that only some choices read, as (section, field, the choice
@@ -673,10 +677,14 @@ def _validate_data(data: DataConfig) -> None:
   _require_choice('data.dataset', data.dataset, DATASETS)
   _require_choice('data.partition', data.partition, PARTITIONS)
   _require_range('data.partition_clients', data.partition_clients, 1)
-  _require_range('data.dirichlet_alpha', data.dirichlet_alpha, 0.0,
+  # Above about 1e300 numpy's Dirichlet sampler returns zeros; 1e6 is
+  # already indistinguishable from an IID split.
+  _require_range('data.dirichlet_alpha', data.dirichlet_alpha, 0.0, 1e6,
                  low_open=True)
   _require_range('data.classes_per_client', data.classes_per_client, 1)
-  _require_range('data.size_sigma', data.size_sigma, 0.0)
+  # exp(sigma * normal) overflows float64 long before sigma reaches 1e300;
+  # sigma = 100 already gives one client almost every row.
+  _require_range('data.size_sigma', data.size_sigma, 0.0, 100.0)
   if data.dataset == 'csv' and not data.csv_path:
     raise InputError(
         '`data.dataset=csv` needs `data.csv_path`, for example '
@@ -709,7 +717,7 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_range(
       'client.learning_rate', client.learning_rate, 0.0, low_open=True
   )
-  _require_range('client.local_steps', client.local_steps, 1)
+  _require_range('client.local_steps', client.local_steps, 1, _MAX_STEPS)
   _require_range('client.local_epochs', client.local_epochs, 1)
   _require_range('client.batch_size', client.batch_size, 1)
   _require_range(
@@ -725,6 +733,12 @@ def _validate_training(config: ExperimentConfig) -> None:
         f'`client.scaffold=true` needs `client.optimizer=sgd`; got '
         f'{client.optimizer}. Its control update divides by the SGD step '
         'size.'
+    )
+  if client.scaffold and config.server.aggregator not in ('fedavg', 'mean'):
+    raise InputError(
+        '`client.scaffold=true` needs `server.aggregator` fedavg or mean; '
+        f'got {config.server.aggregator}. SCAFFOLD averages the control '
+        'variates, so a robust aggregator would not protect them.'
     )
   if client.scaffold and (client.dp_sgd or config.privacy.noise != 'none'):
     raise InputError(
@@ -743,7 +757,9 @@ def _validate_training(config: ExperimentConfig) -> None:
       low_open=True,
   )
   _require_range('server.rounds', server.rounds, 1)
-  _require_range('server.server_tau', server.server_tau, 0.0, low_open=True)
+  # tau^2 overflows a float above about 1e154; useful values are below 1.
+  _require_range('server.server_tau', server.server_tau, 0.0, 1e6,
+                 low_open=True)
   _require_range('server.num_byzantine', server.num_byzantine, 0)
   _require_range('server.trim_fraction', server.trim_fraction, 0.0, 0.5,
                  high_open=True)
@@ -895,7 +911,8 @@ def validate(config: ExperimentConfig) -> None:
   evaluation = config.evaluation
   _require_range('evaluation.eval_every', evaluation.eval_every, 1)
   _require_range('evaluation.threshold', evaluation.threshold, 0.0, 1.0)
-  _require_range('evaluation.finetune_steps', evaluation.finetune_steps, 0)
+  _require_range('evaluation.finetune_steps', evaluation.finetune_steps, 0,
+                 _MAX_STEPS)
   _require_range(
       'evaluation.bootstrap_resamples', evaluation.bootstrap_resamples,
       MIN_BOOTSTRAP_RESAMPLES,

@@ -8,6 +8,7 @@ test rows. The run folder gets `config.json`, `provenance.json`,
 """
 
 import dataclasses
+import math
 import pathlib
 import time
 from typing import Any, Callable
@@ -85,21 +86,53 @@ def _repartition(dataset, data, key) -> federated.FederatedDataset:
   x, y = _pooled_rows(dataset)
   num_clients = data.partition_clients or dataset.num_clients
   partition_key, split_key = jax.random.split(key)
-  if data.partition == 'dirichlet':
-    indices = partitions.partition_dirichlet(
-        y, num_clients=num_clients, alpha=data.dirichlet_alpha,
-        key=partition_key, num_classes=dataset.num_classes,
-    )
-  elif data.partition == 'pathological':
-    indices = partitions.partition_pathological(
-        y, num_clients=num_clients,
-        classes_per_client=data.classes_per_client, key=partition_key,
-        num_classes=dataset.num_classes,
-    )
-  else:
-    indices = partitions.partition_quantity_skew(
-        len(y), num_clients=num_clients, key=partition_key,
-        distribution='lognormal', sigma=data.size_sigma,
+  # The fewest rows n with n - ceil(test_fraction * n) >= 1, so that every
+  # client keeps a training row after its train/test split.
+  min_rows = 1
+  while min_rows - math.ceil(data.test_fraction * min_rows) < 1:
+    min_rows += 1
+  where = (f'{len(y)} rows into `data.partition_clients={num_clients}` '
+           'clients')
+  try:
+    if data.partition == 'dirichlet':
+      indices = partitions.partition_dirichlet(
+          y, num_clients=num_clients, alpha=data.dirichlet_alpha,
+          key=partition_key, num_classes=dataset.num_classes,
+          min_examples=min_rows,
+      )
+    elif data.partition == 'pathological':
+      indices = partitions.partition_pathological(
+          y, num_clients=num_clients,
+          classes_per_client=data.classes_per_client, key=partition_key,
+          num_classes=dataset.num_classes,
+      )
+    else:
+      indices = partitions.partition_quantity_skew(
+          len(y), num_clients=num_clients, key=partition_key,
+          distribution='lognormal', sigma=data.size_sigma,
+          min_examples=min_rows,
+      )
+  except InputError:
+    fixes = {
+        'dirichlet': 'raise `data.dirichlet_alpha` or lower '
+                     '`data.partition_clients`',
+        'pathological': 'lower `data.partition_clients` or '
+                        '`data.classes_per_client`',
+        'quantity': 'lower `data.partition_clients`',
+    }
+    raise InputError(
+        f'`data.partition={data.partition}` cannot split {where} with at '
+        f'least {min_rows} rows each (one for training after '
+        f'`data.test_fraction={data.test_fraction}`). To fix this, '
+        f'{fixes[data.partition]}.'
+    ) from None
+  sizes = [len(rows) for rows in indices]
+  if min(sizes) < min_rows:
+    short = sum(size < min_rows for size in sizes)
+    raise InputError(
+        f'`data.partition=pathological` split {where}, but {short} of them '
+        f'have fewer than {min_rows} rows and so no training row. Lower '
+        '`data.partition_clients` or `data.test_fraction`.'
     )
   partitioned = partitions.build_dataset(
       x, y, indices, key=split_key, test_fraction=data.test_fraction,

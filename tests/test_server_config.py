@@ -57,3 +57,28 @@ def test_scaffold_needs_sgd():
 def test_scaffold_rejects_dp():
   with pytest.raises(errors.InputError, match='cannot run with DP'):
     _validate(scaffold=True, dp_sgd=True)
+
+
+def test_scaffold_needs_mean_aggregator():
+  with pytest.raises(errors.InputError, match='fedavg or mean; got median'):
+    _validate(scaffold=True, aggregator='median')
+
+
+@pytest.mark.parametrize('overrides, key', [
+    ({'server_optimizer': 'fedadam', 'server_tau': 1e300}, 'server_tau'),
+    ({'finetune_steps': 10**11}, 'finetune_steps'),
+    ({'local_steps': 2**31}, 'local_steps'),
+    ({'partition': 'dirichlet', 'dirichlet_alpha': 1e7}, 'dirichlet_alpha'),
+    ({'partition': 'quantity', 'size_sigma': 1e300}, 'size_sigma'),
+])
+def test_huge_values_rejected(overrides, key):
+  with pytest.raises(errors.InputError, match=key):
+    _validate(**overrides)
+
+
+@pytest.mark.parametrize('value', ['2', '0.5', '[0]', '{}'])
+def test_toml_bool_must_be_bool(tmp_path, value):
+  path = tmp_path / 'bad.toml'
+  path.write_text(f'[client]\nscaffold = {value}\n')
+  with pytest.raises(errors.InputError, match='true or false'):
+    config_lib.load_toml(path)

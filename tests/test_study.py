@@ -454,3 +454,23 @@ def test_finetuned_accuracy_by_hand():
 
   assert finetuned['finetune_steps'] == 30
   assert finetuned['test_accuracy']['switzerland'] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('partition, extra', [
+    ('dirichlet', {'dirichlet_alpha': 0.3}),
+    ('quantity', {'size_sigma': 2.0}),
+])
+def test_partition_leaves_a_training_row(partition, extra):
+  config = _config(partition=partition, partition_clients=20,
+                   test_fraction=0.3, **extra)
+  dataset = study.load_dataset(config.data, config.seed)
+  assert int(np.min(dataset.train.num_examples)) >= 1
+
+
+def test_partition_error_names_config_keys():
+  config = _config(partition='dirichlet', partition_clients=20,
+                   dirichlet_alpha=1e-6)
+  with pytest.raises(errors.InputError,
+                     match='raise `data.dirichlet_alpha` or lower '
+                           '`data.partition_clients`'):
+    study.load_dataset(config.data, config.seed)

@@ -197,6 +197,12 @@ def build_round(
         '`scaffold_learning_rate` must be the positive client step size; '
         f'got {scaffold_learning_rate}.'
     )
+  if scaffold and aggregator not in ('fedavg', 'mean'):
+    raise ValueError(
+        f'SCAFFOLD averages the control variates, so aggregator {aggregator} '
+        'would not protect them and one poisoned client could steer every '
+        'correction. Use aggregator fedavg or mean with SCAFFOLD.'
+    )
   if scaffold and privacy.noise_kind != 'none':
     raise ValueError(
         'SCAFFOLD sends each client\'s control variate unclipped and '
@@ -308,8 +314,14 @@ def build_round(
     skipped = jnp.sum(weights) <= 0
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
     if scaffold:
+      # The controls come from the unclipped updates, zeroed where a client
+      # does not contribute: clipping is for the aggregate, not the drift.
+      screened = jax.tree.map(
+          lambda leaf: jnp.where(_expand(contributes, leaf), leaf, 0.0),
+          local.delta,
+      )
       new_state = _update_controls(
-          new_state, state, cohort.client_ids, updates, contributes,
+          new_state, state, cohort.client_ids, screened, contributes,
           local.num_steps, scaffold_learning_rate,
           control_weights[cohort.client_ids],
       )

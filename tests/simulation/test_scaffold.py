@@ -124,3 +124,15 @@ def test_scaffold_weighted_control_with_fedavg():
       float(state.control['w']),
       float(np.sum(weights * np.asarray(state.client_controls['w']))),
       rtol=1e-5)
+
+
+def test_scaffold_rejects_robust_aggregator():
+  data = _population()
+  local_update = local_training.build_scan(
+      _quadratic_gradient, optax.sgd(STEP), num_steps=2, batch_size=1)
+  ids = jnp.arange(3)
+  sampler = lambda key: sampling.Cohort(ids, jnp.ones(3, bool), jnp.int32(0))
+  with pytest.raises(ValueError, match='aggregator median'):
+    round_lib.build_round(
+        data, local_update, sampler, optax.sgd(1.0), aggregator='median',
+        scaffold_learning_rate=STEP)
