@@ -777,6 +777,18 @@ def _parse_args(argv):
     )
   if len(set(args.seeds)) != len(args.seeds):
     parser.error(f'--seeds must not repeat; got {args.seeds}.')
+  # Checked before training, so a bad path does not cost a whole run.
+  if args.figure.suffix.lower() != '.png':
+    parser.error(f'--figure must be a .png file; got {args.figure}.')
+  for name in ('markdown', 'figure', 'json'):
+    path = getattr(args, name)
+    if path is not None and path.is_dir():
+      parser.error(f'--{name} must be a file path; {path} is a folder.')
+    if path is not None and not path.parent.is_dir():
+      parser.error(
+          f'--{name}: the folder {path.parent} does not exist. Create it or '
+          'pick another path.'
+      )
   return args
 
 

@@ -140,3 +140,17 @@ def test_rejects_zero_rounds(capsys):
 
   assert error.value.code == 2
   assert '--rounds must be at least 1' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--figure', 'plot.txt', 'must be a .png'),
+    ('--json', '.', 'is a folder'),
+    ('--markdown', 'missing_folder/page.md', 'does not exist'),
+])
+def test_bad_output_path_rejected_before_training(tmp_path, flag, value,
+                                                  message, capsys):
+  module = _load_script()
+  with pytest.raises(SystemExit) as exit_info:
+    module._parse_args([flag, str(tmp_path / value)])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
