@@ -64,6 +64,7 @@ COST_CLASSES = {
     'bulyan': 'O(C^2 D + C^3 log C)',
     'norm_bounded': 'O(C D)',
     CENTERED_CLIPPING: f'O(L C D), L = {CENTERED_CLIPPING_ITERATIONS}',
+    'qffl': 'O(C D)',
 }
 
 
@@ -138,6 +139,14 @@ def build_aggregator(
     return _centered_clipping(dim, radius), (
         f'tau={radius:.1f}, L={CENTERED_CLIPPING_ITERATIONS}, zero center'
     )
+
+  if name == 'qffl':
+    # q-FFL weighs clients by their loss; a fixed loss of 1 per client times
+    # the same arithmetic as any loss would.
+    with_losses = registry.build_aggregate('qffl', qffl_q=1.0, lipschitz=1.0)
+    losses = jnp.ones((num_clients,), jnp.float32)
+    return (lambda updates, weights, mask: with_losses(
+        updates, weights, mask, losses)), 'q=1, L=1, losses 1'
 
   byzantine = num_byzantine(name, num_clients, byzantine_fraction)
   aggregate = registry.build_aggregate(

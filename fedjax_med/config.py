@@ -29,7 +29,7 @@ SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi',
 SAMPLINGS = ('all', 'uniform', 'poisson')
 AGGREGATORS = ('fedavg', 'mean', 'median', 'trimmed_mean', 'krum',
                'multi_krum', 'geometric_median', 'bulyan', 'norm_bounded',
-               'centered_clipping')
+               'centered_clipping', 'qffl')
 NOISE_KINDS = ('none', 'central', 'distributed', 'local')
 CLIPPINGS = ('flat', 'per_layer')
 ATTACKS = ('none', 'sign_flip', 'scaling', 'gaussian', 'little_is_enough',
@@ -204,7 +204,9 @@ class ServerConfig:
   Attributes:
     aggregator: 'fedavg' (example-weighted), 'mean' (uniform), or a robust
       aggregator: 'median', 'trimmed_mean', 'krum', 'multi_krum',
-      'geometric_median', 'bulyan', 'norm_bounded' or 'centered_clipping'.
+      'geometric_median', 'bulyan', 'norm_bounded' or 'centered_clipping';
+      or 'qffl' (q-FFL, Li et al. 2020), which weighs clients by their loss
+      at the global model to even out accuracy across clients.
     num_byzantine: `f`, the malicious clients Krum, multi-Krum and Bulyan
       tolerate; Krum needs a cohort above 2f + 2, Bulyan at least 4f + 3.
     trim_fraction: fraction trimmed at each end by trimmed_mean.
@@ -214,6 +216,8 @@ class ServerConfig:
       iterations of centered_clipping.
     clip_radius: tau of centered_clipping: each client's difference from the
       previous round's aggregate is clipped to this L2 norm.
+    qffl_q: q of qffl: 0 is the uniform mean, larger values favour the
+      clients with the highest loss. L is 1 / `client.learning_rate`.
     weight_cap: caps FedAvg weights at `min(num_examples / weight_cap, 1)`;
       required for fedavg with central or distributed noise.
     server_optimizer: optimizer applied to the negative aggregate: 'sgd'
@@ -234,6 +238,7 @@ class ServerConfig:
   max_norm: float | None = None
   num_iterations: int = 10
   clip_radius: float | None = None
+  qffl_q: float = 1.0
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   server_tau: float = 1e-3
@@ -589,6 +594,7 @@ _SETTINGS_USED_BY = (
     ('server', 'num_iterations', 'aggregator',
      ('geometric_median', 'centered_clipping')),
     ('server', 'clip_radius', 'aggregator', ('centered_clipping',)),
+    ('server', 'qffl_q', 'aggregator', ('qffl',)),
     ('server', 'server_tau', 'server_optimizer',
      ('fedadam', 'fedyogi', 'fedadagrad')),
     ('attack', 'trigger_features', 'attack', ('backdoor',)),
@@ -767,6 +773,14 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_range('server.max_norm', server.max_norm, 0.0, low_open=True)
   _require_range('server.num_iterations', server.num_iterations, 1)
   _require_range('server.clip_radius', server.clip_radius, 0.0, low_open=True)
+  _require_range('server.qffl_q', server.qffl_q, 0.0, 100.0)
+  if server.aggregator == 'qffl' and (
+      config.client.optimizer != 'sgd' or config.client.dp_sgd):
+    raise InputError(
+        '`server.aggregator=qffl` needs `client.optimizer=sgd` without '
+        '`client.dp_sgd`: it takes L = 1 / `client.learning_rate`, which '
+        'only holds for plain SGD steps.'
+    )
   if server.aggregator == 'centered_clipping' and server.clip_radius is None:
     raise InputError(
         '`server.aggregator=centered_clipping` needs `server.clip_radius`, '

@@ -430,7 +430,10 @@ class _Runner:
     try:
       round_fn = round_lib.build_round(
           train,
-          study.build_local_update(config.client, model, dataset.train),
+          study.build_local_update(
+              config.client, model, dataset.train,
+              report_initial_loss=config.server.aggregator == 'qffl',
+          ),
           study.build_sampler(config.sampling, dataset.num_clients),
           server_optimizer,
           aggregator=config.server.aggregator,

@@ -218,6 +218,8 @@ def build_local_update(
     client: config_lib.ClientConfig,
     model: tabular.Model,
     train: federated.FederatedData,
+    *,
+    report_initial_loss: bool = False,
 ) -> local_training.LocalUpdate:
   optimizer = build_optimizer(client.optimizer, client.learning_rate)
   if client.local_epochs is None:
@@ -244,6 +246,7 @@ def build_local_update(
       batch_size=client.batch_size,
       num_epochs=client.local_epochs,
       proximal_mu=client.proximal_mu,
+      report_initial_loss=report_initial_loss,
   )
 
 
@@ -257,6 +260,8 @@ def aggregator_options(config) -> dict[str, Any]:
       'max_norm': server.max_norm,
       'num_iterations': server.num_iterations,
       'clip_radius': server.clip_radius,
+      'qffl_q': server.qffl_q,
+      'lipschitz': 1.0 / config.client.learning_rate,
   }
 
 
@@ -380,7 +385,10 @@ def run_study(
   dataset = load_dataset(config.data, config.seed)
   sampler = build_sampler(config.sampling, dataset.num_clients)
   model = build_model(config.model, dataset.num_classes)
-  local_update = build_local_update(config.client, model, dataset.train)
+  local_update = build_local_update(
+      config.client, model, dataset.train,
+      report_initial_loss=config.server.aggregator == 'qffl',
+  )
   server_optimizer = build_optimizer(
       config.server.server_optimizer, config.server.server_learning_rate,
       tau=config.server.server_tau,

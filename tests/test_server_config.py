@@ -82,3 +82,21 @@ def test_toml_bool_must_be_bool(tmp_path, value):
   path.write_text(f'[client]\nscaffold = {value}\n')
   with pytest.raises(errors.InputError, match='true or false'):
     config_lib.load_toml(path)
+
+
+def test_qffl_needs_sgd():
+  with pytest.raises(errors.InputError, match='qffl` needs `client.optimizer'):
+    _validate(aggregator='qffl', optimizer='adam')
+
+
+def test_qffl_zero_q_matches_uniform_mean(tmp_path):
+  summaries = {}
+  for name, extra in (('qffl', {'qffl_q': 0.0}), ('mean', {})):
+    config = config_lib.apply_overrides(config_lib.ExperimentConfig(), {
+        'rounds': 2, 'local_steps': 10, 'aggregator': name,
+        'bootstrap_resamples': 100, **extra})
+    summaries[name] = study.run_study(config, tmp_path / name,
+                                      progress=False)[1]
+  for hospital, accuracy in summaries['mean']['test_accuracy'].items():
+    assert summaries['qffl']['test_accuracy'][hospital] == pytest.approx(
+        accuracy, abs=1e-6)

@@ -6,7 +6,8 @@ mask) -> update`, where `client_updates` has leaves `[clients, ...]`,
 do not count) and `mask [clients]` marks the contributing clients. The
 aggregators in `NEEDS_CENTER` take a fourth argument, `center`, a pytree
 shaped like one update: the reference point they start from, which the round
-keeps in its server state.
+keeps in its server state. The aggregators in `NEEDS_LOSSES` take each
+client's loss at the global model as a fourth argument instead.
 
 Secure aggregation shows the server only the sum of the updates. Only the
 aggregators in `SUM_BASED` can be computed from that sum, so
@@ -24,6 +25,7 @@ from fedjax_med.aggregation import geometric_median
 from fedjax_med.aggregation import krum
 from fedjax_med.aggregation import mean
 from fedjax_med.aggregation import median
+from fedjax_med.aggregation import qffl
 from fedjax_med.aggregation import trimmed_mean
 from fedjax_med.typing import PyTree
 
@@ -35,9 +37,11 @@ Aggregate = Callable[[PyTree, jax.Array, jax.Array], PyTree]
 SUM_BASED = ('fedavg', 'mean', 'norm_bounded')
 ROBUST = ('median', 'trimmed_mean', 'krum', 'multi_krum', 'geometric_median',
           'bulyan', 'norm_bounded', 'centered_clipping')
-AGGREGATORS = ('fedavg', 'mean') + ROBUST
 # Aggregators that start from a center carried between rounds.
 NEEDS_CENTER = ('centered_clipping',)
+# Aggregators that weigh clients by their loss at the global model.
+NEEDS_LOSSES = ('qffl',)
+AGGREGATORS = ('fedavg', 'mean') + ROBUST + NEEDS_LOSSES
 
 
 def build_aggregate(
@@ -49,6 +53,8 @@ def build_aggregate(
     max_norm: float | None = None,
     num_iterations: int = 10,
     clip_radius: float | None = None,
+    qffl_q: float = 1.0,
+    lipschitz: float | None = None,
     secure_aggregation: bool = False,
 ) -> Aggregate:
   """Return the aggregator `name` with its settings bound.
@@ -62,6 +68,8 @@ def build_aggregate(
     max_norm: the clip bound of norm_bounded.
     num_iterations: iterations of geometric_median and centered_clipping.
     clip_radius: tau of centered_clipping.
+    qffl_q: q-FFL's fairness exponent q.
+    lipschitz: q-FFL's L, usually 1 / the local SGD learning rate.
     secure_aggregation: True when the server sees only the sum of the
       updates; then only the aggregators in `SUM_BASED` are allowed.
 
@@ -79,6 +87,16 @@ def build_aggregate(
         'aggregation the server sees only their sum. Use one of '
         f'{SUM_BASED}, or turn secure aggregation off.'
     )
+  if name == 'qffl':
+    if lipschitz is None:
+      raise ValueError(
+          'Aggregator qffl needs `lipschitz`, usually 1 / the local SGD '
+          'learning rate.'
+      )
+    bound = functools.partial(
+        qffl.qffl_aggregate, q=qffl_q, lipschitz=lipschitz)
+    return lambda updates, weights, mask, losses: bound(
+        updates, losses, mask)
   if name == 'centered_clipping':
     if clip_radius is None:
       raise ValueError(
@@ -129,7 +147,8 @@ def _multi_krum(updates, weights, mask, *, num_byzantine, num_selected):
 
 
 def check_cohort(
-    aggregate: Aggregate, cohort_size: int, *, needs_center: bool = False
+    aggregate: Aggregate, cohort_size: int, *, needs_center: bool = False,
+    needs_losses: bool = False,
 ) -> None:
   """Trace `aggregate` on a cohort of this size, raising its ValueError.
 
@@ -143,5 +162,7 @@ def check_cohort(
   if needs_center:
     center = jax.ShapeDtypeStruct((1,), jax.numpy.float32)
     jax.eval_shape(aggregate, updates, weights, mask, center)
+  elif needs_losses:
+    jax.eval_shape(aggregate, updates, weights, mask, weights)
   else:
     jax.eval_shape(aggregate, updates, weights, mask)

@@ -37,12 +37,16 @@ class LocalResult(NamedTuple):
     num_steps: number of optimizer steps actually taken.
     truncated: True when `num_epochs` needed more steps than the scan has,
       so the client stopped early.
+    initial_loss: mean loss over all the client's rows at the server
+      params, before any step, when the update was built with
+      `report_initial_loss=True` (q-FFL needs it); NaN otherwise.
   """
 
   delta: Params
   loss: jax.Array
   num_steps: jax.Array
   truncated: jax.Array
+  initial_loss: jax.Array = float('nan')
 
 
 LocalUpdate = Callable[[Params, dict, jax.Array, PRNGKey], LocalResult]
@@ -92,6 +96,7 @@ def build_local_update(
     batch_size: int,
     num_epochs: int | None = None,
     proximal_mu: float = 0.0,
+    report_initial_loss: bool = False,
 ) -> LocalUpdate:
   """Build the local training function of one client.
 
@@ -111,6 +116,8 @@ def build_local_update(
       Heterogeneous Networks", MLSys). Each step's gradient gets
       mu * (w - w_server) added, the gradient of (mu / 2) ||w - w_server||^2
       against the server params the round started from. 0 is FedAvg.
+    report_initial_loss: also compute the loss over all the client's rows
+      at the server params, at the cost of one more full-client pass.
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
@@ -142,6 +149,7 @@ def build_local_update(
   return build_scan(
       batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
       num_epochs=num_epochs, proximal_mu=proximal_mu,
+      report_initial_loss=report_initial_loss,
   )
 
 
@@ -162,6 +170,7 @@ def build_scan(
     batch_size: int,
     num_epochs: int | None = None,
     proximal_mu: float = 0.0,
+    report_initial_loss: bool = False,
 ) -> LocalUpdate:
   """Build a client's `lax.scan` of optimizer steps around `batch_gradient`.
 
@@ -194,6 +203,19 @@ def build_scan(
       requested_steps = jnp.where(num_examples > 0, requested_steps, 0)
     client_steps = jnp.minimum(requested_steps, num_steps)
     step_keys = jax.random.fold_in(key, _STEP_KEY_TAG)
+    if report_initial_loss:
+      # One pass over every real row at the server params; the gradient is
+      # unused, so XLA drops it.
+      # Padding rows, which may hold anything, are replaced by row 0 with
+      # weight 0, as in the minibatches.
+      all_rows = jnp.arange(max_examples) < num_examples
+      rows = jnp.where(all_rows, jnp.arange(max_examples), 0)
+      initial_loss, _ = batch_gradient(
+          server_params, jax.tree.map(lambda leaf: leaf[rows], examples),
+          all_rows, step_keys,
+      )
+    else:
+      initial_loss = jnp.float32(jnp.nan)
 
     def step(carry, step_index):
       params, opt_state = carry
@@ -225,7 +247,9 @@ def build_scan(
     mean_loss = jnp.sum(losses) / jnp.maximum(client_steps, 1)
     delta = tree.tree_sub(params, server_params)
     truncated = requested_steps > num_steps
-    return LocalResult(delta, mean_loss, client_steps, truncated)
+    return LocalResult(
+        delta, mean_loss, client_steps, truncated, initial_loss
+    )
 
   return local_update
 

@@ -125,7 +125,9 @@ def build_round(
     aggregator: 'fedavg' (example-weighted mean), 'mean' (uniform mean) or
       a robust aggregator from `fedjax_med.aggregation.registry.ROBUST`.
       'centered_clipping' starts from the previous round's aggregate, kept
-      in `ServerState.center`.
+      in `ServerState.center`. 'qffl' weighs clients by
+      `LocalResult.initial_loss`, so its `local_update` must be built with
+      `report_initial_loss=True`.
     privacy: clipping and noise settings.
     dropout_rate: probability that a sampled client fails to report.
     attack: model poisoning applied to the cohort's updates after local
@@ -183,8 +185,10 @@ def build_round(
       secure_aggregation=privacy.noise_kind == 'distributed',
   )
   needs_center = aggregator in registry.NEEDS_CENTER
+  needs_losses = aggregator in registry.NEEDS_LOSSES
   cohort_size = jax.eval_shape(sampler, jax.random.key(0)).client_ids.shape[0]
-  registry.check_cohort(aggregate_fn, cohort_size, needs_center=needs_center)
+  registry.check_cohort(aggregate_fn, cohort_size, needs_center=needs_center,
+                        needs_losses=needs_losses)
   validate_privacy(privacy, aggregator)
   if attack is not None and malicious is None:
     raise ValueError('`attack` needs a `malicious` mask over the clients.')
@@ -234,7 +238,8 @@ def build_round(
     update_privacy = privacy
 
   def _privatize_and_aggregate(
-      updates, weights, contributes, client_keys, privacy, key, center
+      updates, weights, contributes, client_keys, privacy, key, center,
+      losses,
   ):
     client_stddev = mechanisms.client_noise_stddev(privacy)
     noise_keys = jax.vmap(jax.random.fold_in, (0, None))(
@@ -244,6 +249,8 @@ def build_round(
       updates = mechanisms.add_client_noise(updates, noise_keys, client_stddev)
     if needs_center:
       return aggregate_fn(updates, weights, contributes, center)
+    if needs_losses:
+      return aggregate_fn(updates, weights, contributes, losses)
     if aggregator not in ('fedavg', 'mean'):
       return aggregate_fn(updates, weights, contributes)
     if privacy.noise_kind == 'distributed':
@@ -305,6 +312,7 @@ def build_round(
         updates, weights, contributes, client_keys, round_privacy,
         key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
         center=state.center,
+        losses=local.initial_loss,
     )
     if privacy.noise_kind == 'distributed':
       diagnostics['below_min_reporting'] = (

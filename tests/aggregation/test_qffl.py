@@ -1,0 +1,63 @@
+"""q-FFL's aggregate against hand-computed values."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_med.aggregation import qffl
+from fedjax_med.client import local_training
+from fedjax_med.models import tabular
+
+
+def test_qffl_by_hand():
+  # Two clients with updates (1, 0) and (0, 2), losses 0.5 and 2, q = 1,
+  # L = 10, and a third, masked client full of NaN.
+  updates = {'w': jnp.array([[1.0, 0.0], [0.0, 2.0], [jnp.nan, jnp.nan]])}
+  losses = jnp.array([0.5, 2.0, jnp.nan])
+  mask = jnp.array([True, True, False])
+
+  result = qffl.qffl_aggregate(updates, losses, mask, q=1.0, lipschitz=10.0)
+
+  # h_k = q F^0 ||L u_k||^2 + L F_k: 100 + 5 = 105 and 400 + 20 = 420.
+  # The numerator is sum_k F_k L u_k = (5, 0) + (0, 40).
+  np.testing.assert_allclose(result['w'], np.array([5.0, 40.0]) / 525.0,
+                             rtol=1e-6)
+
+
+def test_qffl_zero_q_is_uniform_mean():
+  rng = np.random.default_rng(0)
+  updates = {'w': jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
+  losses = jnp.asarray(rng.uniform(0.1, 2.0, size=5), jnp.float32)
+  mask = jnp.array([True, True, False, True, True])
+
+  result = qffl.qffl_aggregate(updates, losses, mask, q=0.0, lipschitz=7.0)
+
+  expected = np.asarray(updates['w'])[np.asarray(mask)].mean(axis=0)
+  np.testing.assert_allclose(result['w'], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('q, lipschitz', [(-1.0, 1.0), (1.0, 0.0)])
+def test_qffl_invalid_settings(q, lipschitz):
+  with pytest.raises(ValueError):
+    qffl.qffl_aggregate({'w': jnp.zeros((2, 1))}, jnp.ones(2),
+                        jnp.ones(2, bool), q=q, lipschitz=lipschitz)
+
+
+def test_initial_loss_is_loss_at_server_params(key):
+  model = tabular.from_flax(tabular.LogisticRegression(2), 2)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(9, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 2, size=9), jnp.int32)
+  # Two padding rows full of NaN must not count.
+  examples = {'x': jnp.concatenate([x, jnp.full((2, 3), jnp.nan)]),
+              'y': jnp.concatenate([y, jnp.zeros(2, jnp.int32)])}
+  params = model.init(key, x[:1])
+  local_update = local_training.build_local_update(
+      model, optax.sgd(0.1), num_steps=3, batch_size=4,
+      report_initial_loss=True)
+
+  result = local_update(params, examples, jnp.int32(9), key)
+
+  expected = jnp.mean(tabular.per_example_loss(model.apply(params, x), y, 2))
+  np.testing.assert_allclose(result.initial_loss, expected, rtol=1e-6)
