@@ -218,6 +218,11 @@ class ServerConfig:
       previous round's aggregate is clipped to this L2 norm.
     qffl_q: q of qffl: 0 is the uniform mean, larger values favour the
       clients with the highest loss. L is 1 / `client.learning_rate`.
+    fednova: FedNova's normalized averaging: divide each update by the
+      client's number of local steps and scale the mean by the weighted
+      mean step count. It matters when clients take different numbers of
+      steps, as with `client.local_epochs`; needs plain SGD and fedavg or
+      mean.
     weight_cap: caps FedAvg weights at `min(num_examples / weight_cap, 1)`;
       required for fedavg with central or distributed noise.
     server_optimizer: optimizer applied to the negative aggregate: 'sgd'
@@ -239,6 +244,7 @@ class ServerConfig:
   num_iterations: int = 10
   clip_radius: float | None = None
   qffl_q: float = 1.0
+  fednova: bool = False
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   server_tau: float = 1e-3
@@ -774,6 +780,15 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_range('server.num_iterations', server.num_iterations, 1)
   _require_range('server.clip_radius', server.clip_radius, 0.0, low_open=True)
   _require_range('server.qffl_q', server.qffl_q, 0.0, 100.0)
+  if server.fednova and (
+      server.aggregator not in ('fedavg', 'mean')
+      or config.client.optimizer != 'sgd' or config.client.dp_sgd
+      or config.privacy.noise != 'none'):
+    raise InputError(
+        '`server.fednova=true` needs `server.aggregator` fedavg or mean, '
+        '`client.optimizer=sgd` without `client.dp_sgd`, and no '
+        '`privacy.noise`: it rescales plain SGD updates before averaging.'
+    )
   if server.aggregator == 'qffl' and (
       config.client.optimizer != 'sgd' or config.client.dp_sgd):
     raise InputError(

@@ -446,6 +446,7 @@ class _Runner:
           aggregator_options=study.aggregator_options(config),
           scaffold_learning_rate=(config.client.learning_rate
                                   if config.client.scaffold else None),
+          fednova=config.server.fednova,
       )
     except ValueError as error:
       # Client-count conditions, such as Krum's n > 2f + 2.

@@ -432,6 +432,7 @@ def run_study(
         aggregator_options=aggregator_options(config),
         scaffold_learning_rate=(config.client.learning_rate
                                 if config.client.scaffold else None),
+        fednova=config.server.fednova,
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier

@@ -100,3 +100,8 @@ def test_qffl_zero_q_matches_uniform_mean(tmp_path):
   for hospital, accuracy in summaries['mean']['test_accuracy'].items():
     assert summaries['qffl']['test_accuracy'][hospital] == pytest.approx(
         accuracy, abs=1e-6)
+
+
+def test_fednova_needs_plain_sgd():
+  with pytest.raises(errors.InputError, match='fednova=true` needs'):
+    _validate(fednova=True, optimizer='adam')

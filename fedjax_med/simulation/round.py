@@ -113,6 +113,7 @@ def build_round(
     malicious: jax.Array | None = None,
     aggregator_options: dict | None = None,
     scaffold_learning_rate: float | None = None,
+    fednova: bool = False,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -152,6 +153,14 @@ def build_round(
       plain SGD with this step size and accept a `correction` argument, as
       `build_local_update` does. Start from
       `init_server_state(..., scaffold_clients=train_data.num_clients)`.
+    fednova: FedNova's normalized averaging (Wang et al., 2020, "Tackling
+      the Objective Inconsistency Problem in Heterogeneous Federated
+      Optimization", NeurIPS) for plain local SGD: client i's update is
+      divided by its number of local steps tau_i and the weighted mean is
+      multiplied by tau_eff = sum_i p_i tau_i, with p_i the aggregation
+      weights. Clients that take more steps, such as larger ones under
+      `num_epochs`, then no longer pull the model further. With equal
+      steps it equals plain averaging.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -206,6 +215,13 @@ def build_round(
         f'SCAFFOLD averages the control variates, so aggregator {aggregator} '
         'would not protect them and one poisoned client could steer every '
         'correction. Use aggregator fedavg or mean with SCAFFOLD.'
+    )
+  if fednova and (aggregator not in ('fedavg', 'mean')
+                  or privacy.noise_kind != 'none'):
+    raise ValueError(
+        'FedNova rescales the weighted mean of the updates, so it needs '
+        f'aggregator fedavg or mean and no DP noise; got aggregator '
+        f'{aggregator} and noise {privacy.noise_kind}.'
     )
   if scaffold and privacy.noise_kind != 'none':
     raise ValueError(
@@ -299,6 +315,10 @@ def build_round(
           local.delta, cohort_malicious, honest,
           jax.random.fold_in(round_key, _ATTACK_TAG),
       ))
+    if fednova:
+      local = local._replace(delta=_normalize_steps(
+          local, cohort.mask, counts, aggregator, privacy.weight_cap
+      ))
     round_privacy = update_privacy
     if privacy.adaptive_clipping:
       round_privacy = update_privacy._replace(clip_norm=state.clip_norm)
@@ -389,6 +409,21 @@ def build_round(
     )
 
   return round_fn
+
+
+def _normalize_steps(local, mask, counts, aggregator, weight_cap):
+  """Return FedNova's rescaled updates tau_eff / tau_i * delta_i."""
+  finite = jax.vmap(tree.tree_is_finite)(local.delta)
+  valid = mask & (counts > 0) & finite & (local.num_steps > 0)
+  weights = mechanisms.client_weights(aggregator, valid, counts, weight_cap)
+  steps = local.num_steps.astype(jnp.float32)
+  effective = jnp.sum(weights * steps) / jnp.maximum(jnp.sum(weights), 1e-30)
+  scale = jnp.where(valid, effective / jnp.maximum(steps, 1.0), 1.0)
+  # NaN rows stay NaN here and are screened out afterwards.
+  return jax.tree.map(
+      lambda leaf: leaf * _expand(scale, leaf).astype(leaf.dtype),
+      local.delta,
+  )
 
 
 def _update_controls(
