@@ -59,7 +59,7 @@ MAX_CLIENTS_PER_ROUND_LINE = 100
 def load_dataset(
     data: config_lib.DataConfig, seed: int
 ) -> federated.FederatedDataset:
-  """Load the dataset that `data` names, partitioned as it asks."""
+  """Load the dataset that `data` names and apply its `partition`."""
   dataset = _load_clients(data, seed)
   if data.partition == 'none':
     return dataset
@@ -82,11 +82,11 @@ def _pooled_rows(dataset: federated.FederatedDataset):
 
 
 def _repartition(dataset, data, key) -> federated.FederatedDataset:
-  """Pool `dataset` and split it into new clients as `data.partition` says."""
+  """Pool `dataset` and split it into new clients by `data.partition`."""
   x, y = _pooled_rows(dataset)
   num_clients = data.partition_clients or dataset.num_clients
   partition_key, split_key = jax.random.split(key)
-  # The fewest rows n with n - ceil(test_fraction * n) >= 1, so that every
+  # The minimum rows n with n - ceil(test_fraction * n) >= 1, so that every
   # client keeps a training row after its train/test split.
   min_rows = 1
   while min_rows - math.ceil(data.test_fraction * min_rows) < 1:

@@ -7,6 +7,7 @@ masks over padding rows are derived from it and padding is never read as data.
 """
 
 import dataclasses
+import importlib.resources
 import pathlib
 from typing import NamedTuple, Sequence
 
@@ -139,3 +140,21 @@ class FederatedDataset:
   @property
   def num_features(self) -> int:
     return int(self.train.examples['x'].shape[-1])
+
+
+def bundled_folder(name: str) -> pathlib.Path:
+  """Return the folder of a dataset bundled under `fedjax_med/data/files/`."""
+  resource = importlib.resources.files('fedjax_med.data') / 'files' / name
+  if isinstance(resource, pathlib.Path):
+    return resource
+  # NOTE: a zip import returns a Traversable that is not a path. This fallback
+  # then points inside the zip, and reading fails with FileNotFoundError.
+  return pathlib.Path(__file__).parent / 'files' / name
+
+
+def corrupt_bundled_file(path: pathlib.Path, problem: str) -> InputError:
+  """Return the error for a bundled data file that fails a check."""
+  return InputError(
+      f'Bundled file {path} is corrupt because {problem}. Reinstall '
+      'fedjax_med to restore the original file.'
+  )

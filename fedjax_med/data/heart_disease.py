@@ -16,14 +16,12 @@ References:
 """
 
 import csv
-import importlib.resources
 import pathlib
 
 import numpy as np
 
 from fedjax_med.data import federated
 from fedjax_med.data import tabular
-from fedjax_med.errors import InputError
 
 NAME = 'fed_heart_disease'
 CLIENT_NAMES = ('cleveland', 'hungarian', 'switzerland', 'va')
@@ -50,19 +48,10 @@ _CATEGORICAL_LEVELS = {'cp': (1, 2, 3, 4), 'restecg': (0, 1, 2)}
 
 def data_dir() -> pathlib.Path:
   """Return the folder of the bundled Fed-Heart-Disease files."""
-  resource = importlib.resources.files('fedjax_med.data') / 'files' / NAME
-  if isinstance(resource, pathlib.Path):
-    return resource
-  # NOTE: a zip import returns a Traversable that is not a path. This fallback
-  # then points inside the zip, and reading fails with FileNotFoundError.
-  return pathlib.Path(__file__).parent / 'files' / NAME
+  return federated.bundled_folder(NAME)
 
 
-def _corrupt(path: pathlib.Path, problem: str) -> InputError:
-  return InputError(
-      f'Bundled file {path} is corrupt because {problem}. Reinstall '
-      'fedjax_med to restore the original file.'
-  )
+_corrupt = federated.corrupt_bundled_file
 
 
 def _read_raw(path: pathlib.Path) -> np.ndarray:

@@ -18,7 +18,6 @@ References:
 """
 
 import csv
-import importlib.resources
 import math
 import pathlib
 from typing import NamedTuple
@@ -79,19 +78,10 @@ class ClientPatientIds(NamedTuple):
 
 def data_dir() -> pathlib.Path:
   """Return the folder of the bundled Fed-TCGA-BRCA files."""
-  resource = importlib.resources.files('fedjax_med.data') / 'files' / NAME
-  if isinstance(resource, pathlib.Path):
-    return resource
-  # NOTE: a zip import returns a Traversable that is not a path. This fallback
-  # then points inside the zip, and reading fails with FileNotFoundError.
-  return pathlib.Path(__file__).parent / 'files' / NAME
+  return federated.bundled_folder(NAME)
 
 
-def _corrupt(path: pathlib.Path, problem: str) -> InputError:
-  return InputError(
-      f'Bundled file {path} is corrupt because {problem}. Reinstall '
-      'fedjax_med to restore the original file.'
-  )
+_corrupt = federated.corrupt_bundled_file
 
 
 def tissue_source_site(patient_id: str) -> str:

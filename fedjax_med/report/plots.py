@@ -76,7 +76,7 @@ def plot_matrix(
       cell, such as backdoor success without a backdoor attack, is left out.
     title: figure title.
 
-  Cells with no completed seed say n/a (the aggregator cannot run there)
+  Cells with no completed seed show n/a (the aggregator cannot run there)
   or div (every seed diverged).
   """
   aggregators = list(dict.fromkeys(row['aggregator'] for row in rows))
