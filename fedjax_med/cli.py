@@ -4,6 +4,9 @@
 * `fedjax-med matrix CONFIG [--set KEY=VALUE ...] [--out DIR] [--resume]`:
   aggregators x attacks x malicious fractions x seeds, from the config's
   `[matrix]` table.
+* `fedjax-med sweep CONFIG [--set KEY=VALUE ...] [--out DIR] [--resume]`:
+  settings x seeds from the config's `[sweep]` table, batched into one
+  compiled program where only array values differ.
 * `fedjax-med keys`: every config key and its default.
 
 Exit status: 0 on success; 2 for invalid input, with a one-line message on
@@ -85,6 +88,36 @@ def _parser() -> argparse.ArgumentParser:
   matrix.add_argument(
       '--no-progress', action='store_true', help='hide the progress bar'
   )
+  sweep = commands.add_parser(
+      'sweep',
+      help='run a grid of settings x seeds, batched where shapes allow',
+      description=(
+          'Run the grid of a config with a [sweep] table, such as '
+          'experiments/heterogeneity_sweep.toml. Points that differ only in '
+          'seeds, data settings, learning rates, proximal mu or the noise '
+          'multiplier run as one compiled, vmapped program. Writes '
+          'points.jsonl, rounds.jsonl, table.csv, summary.csv, summary.md '
+          'and sweep.png.'
+      ),
+  )
+  sweep.add_argument('config', help='TOML config file with a [sweep] table')
+  sweep.add_argument(
+      '--set', dest='overrides', action='append', default=[],
+      metavar='KEY=VALUE',
+      help='override a config value, or a sweep axis such as '
+      '--set sweep.seeds=0,1; repeatable',
+  )
+  sweep.add_argument(
+      '--out', default=None,
+      help='output folder, new or empty (default: runs/<name>_sweep-<time>)',
+  )
+  sweep.add_argument(
+      '--resume', action='store_true',
+      help='continue the sweep in --out, skipping the points it finished',
+  )
+  sweep.add_argument(
+      '--no-progress', action='store_true', help='hide the progress bar'
+  )
   commands.add_parser('keys', help='list every config key and its default')
   return parser
 
@@ -104,6 +137,25 @@ def _run_matrix(args) -> int:
   diverged = sum(row['diverged'] for row in rows)
   print(f'  {len(rows)} cells, {not_applicable} not applicable, '
         f'{diverged} diverged runs')
+  return 0
+
+
+def _run_sweep(args) -> int:
+  from fedjax_med import sweep  # pylint: disable=g-import-not-at-top
+
+  overrides = dict(config_lib.parse_override(text) for text in args.overrides)
+  base, axes = sweep.load_sweep_toml(args.config, overrides)
+  run_dir, records = sweep.run_sweep(
+      base, axes, args.out, resume=args.resume,
+      progress=not args.no_progress,
+      log=lambda line: print(line, file=sys.stderr),
+  )
+  print(f'Results in {run_dir}: table.csv, summary.md, sweep.png')
+  counts = {}
+  for record in records:
+    counts[record['status']] = counts.get(record['status'], 0) + 1
+  print('  ' + ', '.join(f'{count} {status}'
+                         for status, count in sorted(counts.items())))
   return 0
 
 
@@ -139,6 +191,11 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(f'  {"fine-tuned":>16}: mean {finetuned["mean_accuracy"]:.3f}   '
           f'worst {finetuned["worst_accuracy"]:.3f} after '
           f'{finetuned["finetune_steps"]} local steps per client')
+  ditto = summary.get('ditto')
+  if ditto and ditto['mean_accuracy'] is not None:
+    print(f'  {"Ditto personal":>16}: mean {ditto["mean_accuracy"]:.3f}   '
+          f'worst {ditto["worst_accuracy"]:.3f} (lambda '
+          f'{ditto["ditto_lambda"]:g})')
   privacy = summary['privacy']
   if privacy['private']:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "
@@ -190,6 +247,8 @@ def _main(args) -> int:
       return 0
     if args.command == 'matrix':
       return _run_matrix(args)
+    if args.command == 'sweep':
+      return _run_sweep(args)
     config = _load_config(args)
     config_lib.validate(config)
     # Imported here so that `--help` and config errors return without
@@ -206,7 +265,13 @@ def _main(args) -> int:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 1
   except StudyInterrupted as interrupt:
-    if args.command == 'matrix':
+    if args.command == 'sweep':
+      print(
+          f'fedjax-med: interrupted; {interrupt.rounds_done} finished points '
+          f'are in {interrupt.run_dir / "points.jsonl"}. Continue with '
+          f'--out {interrupt.run_dir} --resume.', file=sys.stderr,
+      )
+    elif args.command == 'matrix':
       print(
           f'fedjax-med: interrupted; {interrupt.rounds_done} finished runs '
           f'are in {interrupt.run_dir / "cells.jsonl"}. Continue with '

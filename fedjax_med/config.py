@@ -121,6 +121,12 @@ class ClientConfig:
       (mu / 2) ||w - w_round_start||^2. 0 is FedAvg.
     scaffold: train with SCAFFOLD's control variates (option II), which
       correct each client's drift; needs optimizer 'sgd' and no DP.
+    ditto_lambda: turns on Ditto's personal models with this lambda: each
+      round, a cohort member also trains its own model v_k, with the same
+      optimizer and steps, on its loss plus (lambda / 2) ||v_k - w||^2
+      towards the round's global model w. The summary then reports the
+      personal models' accuracy. 0 trains them purely locally; large
+      values keep them near the global model. None (default) is off.
   """
 
   optimizer: str = 'sgd'
@@ -133,6 +139,7 @@ class ClientConfig:
   example_noise_multiplier: float = 1.0
   proximal_mu: float = 0.0
   scaffold: bool = False
+  ditto_lambda: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -484,6 +491,11 @@ def load_toml(path: str | pathlib.Path) -> ExperimentConfig:
       unknown key or a value of the wrong type.
   """
   document = read_toml(path)
+  if 'sweep' in document:
+    raise InputError(
+        f'{path} has a [sweep] table, so it describes a sweep. Run it with '
+        f'`fedjax-med sweep {path}`.'
+    )
   if 'matrix' in document:
     raise InputError(
         f'{path} has a [matrix] table, so it describes a robustness matrix. '
@@ -740,6 +752,7 @@ def _validate_training(config: ExperimentConfig) -> None:
       low_open=True,
   )
   _require_range('client.proximal_mu', client.proximal_mu, 0.0)
+  _require_range('client.ditto_lambda', client.ditto_lambda, 0.0)
   if client.scaffold and client.optimizer != 'sgd':
     raise InputError(
         f'`client.scaffold=true` needs `client.optimizer=sgd`; got '

@@ -589,7 +589,7 @@ def run_matrix(
           f'{run_dir} is not a matrix folder: it has no readable '
           'matrix.json. Pass the folder of an earlier matrix run.'
       ) from None
-    _check_same_settings(saved, settings, run_dir)
+    check_same_settings(saved, settings, run_dir)
     records = _read_records(run_dir / 'cells.jsonl')
     # Rewrite the file without a line that a crash cut short.
     with open(run_dir / 'cells.jsonl', 'w', encoding='utf-8') as f:
@@ -694,25 +694,25 @@ def _check_against_data(base, matrix, dataset, cohort) -> None:
     )
 
 
-def _flatten(document, prefix=''):
+def flatten(document, prefix=''):
   if not isinstance(document, dict):
-    return {prefix: document}
+    return {prefix.removesuffix('.'): document}
   flat = {}
   for key, value in document.items():
-    flat.update(_flatten(value, f'{prefix}{key}.'))
+    flat.update(flatten(value, f'{prefix}{key}.'))
   return flat
 
 
-def _check_same_settings(saved, settings, run_dir) -> None:
+def check_same_settings(saved, settings, run_dir) -> None:
   """Raise InputError naming the settings that differ from the saved ones.
 
   A key missing from the saved settings counts as equal when the current
   value is that key's default, so a folder started before a new config key
   existed can still be resumed.
   """
-  defaults = _flatten({'base': config_lib.to_dict(config_lib.ExperimentConfig())})
+  defaults = flatten({'base': config_lib.to_dict(config_lib.ExperimentConfig())})
   defaults = json.loads(json.dumps(defaults))
-  old, new = _flatten(saved), _flatten(settings)
+  old, new = flatten(saved), flatten(settings)
   differing = sorted(
       key for key in old.keys() | new.keys()
       if old.get(key, defaults.get(key)) != new.get(key)

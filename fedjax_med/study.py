@@ -220,13 +220,29 @@ def build_local_update(
     train: federated.FederatedData,
     *,
     report_initial_loss: bool = False,
+    learning_rate=None,
+    proximal_mu=None,
+    max_client_examples: int | None = None,
 ) -> local_training.LocalUpdate:
-  optimizer = build_optimizer(client.optimizer, client.learning_rate)
+  """Return a client's local training as the config describes it.
+
+  `learning_rate` (a number, array or schedule) and `proximal_mu` (a number
+  or array) replace the config's values when given. With `local_epochs`,
+  the scan covers the largest client of `train`, or `max_client_examples`
+  rows when given.
+  """
+  if learning_rate is None:
+    learning_rate = client.learning_rate
+  if proximal_mu is None:
+    proximal_mu = client.proximal_mu
+  optimizer = build_optimizer(client.optimizer, learning_rate)
   if client.local_epochs is None:
     num_steps = client.local_steps
   else:
+    if max_client_examples is None:
+      max_client_examples = int(np.max(train.num_examples))
     num_steps = local_training.max_local_steps(
-        int(np.max(train.num_examples)), client.batch_size, client.local_epochs
+        max_client_examples, client.batch_size, client.local_epochs
     )
   if client.dp_sgd:
     return dp_sgd.build_dp_sgd_local_update(
@@ -237,7 +253,7 @@ def build_local_update(
         l2_norm_clip=client.example_clip_norm,
         noise_multiplier=client.example_noise_multiplier,
         num_epochs=client.local_epochs,
-        proximal_mu=client.proximal_mu,
+        proximal_mu=proximal_mu,
     )
   return local_training.build_local_update(
       model,
@@ -245,7 +261,7 @@ def build_local_update(
       num_steps=num_steps,
       batch_size=client.batch_size,
       num_epochs=client.local_epochs,
-      proximal_mu=client.proximal_mu,
+      proximal_mu=proximal_mu,
       report_initial_loss=report_initial_loss,
   )
 
@@ -355,6 +371,200 @@ def _clinical_reports(config, dataset, evaluation) -> dict[str, Any]:
   return reports
 
 
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """What a study builds from its config before the first round.
+
+  Attributes:
+    dataset: the clients' data, repartitioned if the config asks.
+    sampler: the cohort sampler.
+    model: the classifier.
+    noise_multiplier: the configured or calibrated DP noise multiplier.
+    privacy: the round's clipping and noise settings.
+    accountant: the privacy accountant, or None without DP.
+    malicious: `[clients]` mask of the attackers, or None.
+    num_malicious: number of attackers.
+    train: the training data after any data poisoning.
+  """
+
+  dataset: federated.FederatedDataset
+  sampler: sampling.Sampler
+  model: tabular.Model
+  noise_multiplier: float
+  privacy: round_lib.PrivacySettings
+  accountant: Any
+  malicious: jax.Array | None
+  num_malicious: int
+  train: federated.FederatedData
+
+
+def prepare(config: config_lib.ExperimentConfig) -> Prepared:
+  """Load the data and build everything the rounds need but the round.
+
+  `config` must have passed `config_lib.validate`.
+
+  Raises:
+    InputError: for settings that do not fit the data.
+  """
+  dataset = load_dataset(config.data, config.seed)
+  sampler = build_sampler(config.sampling, dataset.num_clients)
+  model = build_model(config.model, dataset.num_classes)
+  noise_multiplier = study_privacy.resolve_noise_multiplier(
+      config, dataset.num_clients
+  )
+  privacy = study_privacy.privacy_settings(
+      config, np.asarray(dataset.train.num_examples), noise_multiplier
+  )
+  accountant = study_privacy.build_accountant(
+      config, dataset.num_clients, noise_multiplier
+  )
+  study_privacy.check_against_data(config, dataset.num_clients, accountant)
+  study_attacks.check_against_data(
+      config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
+      dataset.num_clients,
+  )
+  attack_key = jax.random.fold_in(jax.random.key(config.seed), _ATTACK_TAG)
+  malicious = study_attacks.choose_malicious(
+      config, dataset.num_clients, attack_key
+  )
+  num_malicious = 0 if malicious is None else int(np.sum(malicious))
+  train = study_attacks.poison_data(
+      config, jax.device_put(dataset.train), malicious, dataset.num_classes,
+      key=attack_key,
+  )
+  return Prepared(
+      dataset=dataset, sampler=sampler, model=model,
+      noise_multiplier=noise_multiplier, privacy=privacy,
+      accountant=accountant, malicious=malicious,
+      num_malicious=num_malicious, train=train,
+  )
+
+
+def build_round_fn(
+    config: config_lib.ExperimentConfig,
+    prepared: Prepared,
+    *,
+    train: federated.FederatedData | None = None,
+    learning_rate=None,
+    server_learning_rate=None,
+    proximal_mu=None,
+    noise_multiplier=None,
+    max_client_examples: int | None = None,
+):
+  """Build the study's round, optionally with some values replaced.
+
+  The keyword values replace the config's `client.learning_rate`,
+  `server.server_learning_rate`, `client.proximal_mu`, the noise
+  multiplier and the training data (`max_client_examples` sizes the scan
+  under `local_epochs`, as in `build_local_update`). They may be traced
+  arrays, so that
+  `fedjax_med.sweep` can map one compiled round over many experiments; the
+  config's values are checked, the replacements are not.
+
+  Returns:
+    `(round_fn, server_optimizer)`.
+  """
+  traced_rates = learning_rate is not None or server_learning_rate is not None
+  if learning_rate is None:
+    learning_rate = config.client.learning_rate
+  if server_learning_rate is None:
+    server_learning_rate = config.server.server_learning_rate
+  if traced_rates:
+    # The FedOpt optimizers accept a schedule where they would reject an
+    # array; a constant schedule gives the same steps.
+    learning_rate = _constant_schedule(learning_rate)
+    server_learning_rate = _constant_schedule(server_learning_rate)
+  client = config.client
+  local_update = build_local_update(
+      client, prepared.model, prepared.dataset.train,
+      report_initial_loss=config.server.aggregator == 'qffl',
+      learning_rate=learning_rate, proximal_mu=proximal_mu,
+      max_client_examples=max_client_examples,
+  )
+  server_optimizer = build_optimizer(
+      config.server.server_optimizer, server_learning_rate,
+      tau=config.server.server_tau,
+  )
+  privacy = prepared.privacy
+  if noise_multiplier is not None:
+    privacy = privacy._replace(noise_multiplier=noise_multiplier)
+  step_size = (config.client.learning_rate if not traced_rates
+               else learning_rate(0))
+  options = aggregator_options(config)
+  options['lipschitz'] = 1.0 / step_size
+  try:
+    round_fn = round_lib.build_round(
+        prepared.train if train is None else train,
+        local_update,
+        prepared.sampler,
+        server_optimizer,
+        aggregator=config.server.aggregator,
+        privacy=privacy,
+        dropout_rate=config.sampling.dropout_rate,
+        attack=study_attacks.build_attack(
+            config, prepared.dataset.num_clients, prepared.num_malicious
+        ),
+        malicious=prepared.malicious,
+        aggregator_options=options,
+        scaffold_learning_rate=step_size if client.scaffold else None,
+        fednova=config.server.fednova,
+        personal_update=_personal_update(
+            config, prepared, learning_rate, max_client_examples),
+    )
+  except ValueError as error:
+    # Settings that only fail against the data, such as a noise multiplier
+    # too large for the count noise of adaptive clipping.
+    raise InputError(str(error)) from None
+  return round_fn, server_optimizer
+
+
+def initial_state(
+    config: config_lib.ExperimentConfig,
+    prepared: Prepared,
+    server_optimizer: optax.GradientTransformation,
+    root_key: jax.Array,
+) -> round_lib.ServerState:
+  """Return the server state before round 1, params drawn from `root_key`."""
+  sample_x = jnp.asarray(prepared.dataset.train.examples['x'][0, :1])
+  params = prepared.model.init(
+      jax.random.fold_in(root_key, _INIT_TAG), sample_x
+  )
+  return round_lib.init_server_state(
+      params, server_optimizer,
+      clip_norm=(config.privacy.clip_norm
+                 if prepared.privacy.adaptive_clipping else None),
+      aggregator=config.server.aggregator,
+      scaffold_clients=(prepared.dataset.num_clients
+                        if config.client.scaffold else None),
+      personal_clients=(prepared.dataset.num_clients
+                        if config.client.ditto_lambda is not None else None),
+  )
+
+
+def _personal_update(config, prepared, learning_rate, max_client_examples):
+  """Return Ditto's personal training, or None when Ditto is off.
+
+  The personal model never leaves its client, so it trains without DP-SGD
+  even when the global update uses it.
+  """
+  client = config.client
+  if client.ditto_lambda is None:
+    return None
+  personal = dataclasses.replace(
+      client, proximal_mu=client.ditto_lambda, scaffold=False, dp_sgd=False)
+  return build_local_update(
+      personal, prepared.model, prepared.dataset.train,
+      learning_rate=learning_rate, max_client_examples=max_client_examples,
+  )
+
+
+def _constant_schedule(value):
+  if callable(value):
+    return value
+  return lambda count: value
+
+
 def run_study(
     config: config_lib.ExperimentConfig,
     out_dir: pathlib.Path | str | None = None,
@@ -382,62 +592,11 @@ def run_study(
   """
   config_lib.validate(config)
   config = dataclasses.replace(config, name=config_lib.run_name(config))
-  dataset = load_dataset(config.data, config.seed)
-  sampler = build_sampler(config.sampling, dataset.num_clients)
-  model = build_model(config.model, dataset.num_classes)
-  local_update = build_local_update(
-      config.client, model, dataset.train,
-      report_initial_loss=config.server.aggregator == 'qffl',
-  )
-  server_optimizer = build_optimizer(
-      config.server.server_optimizer, config.server.server_learning_rate,
-      tau=config.server.server_tau,
-  )
-  noise_multiplier = study_privacy.resolve_noise_multiplier(
-      config, dataset.num_clients
-  )
-  privacy = study_privacy.privacy_settings(
-      config, np.asarray(dataset.train.num_examples), noise_multiplier
-  )
-  accountant = study_privacy.build_accountant(
-      config, dataset.num_clients, noise_multiplier
-  )
-  study_privacy.check_against_data(config, dataset.num_clients, accountant)
-  study_attacks.check_against_data(
-      config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
-      dataset.num_clients,
-  )
-  attack_key = jax.random.fold_in(jax.random.key(config.seed), _ATTACK_TAG)
-  malicious = study_attacks.choose_malicious(
-      config, dataset.num_clients, attack_key
-  )
-  num_malicious = 0 if malicious is None else int(np.sum(malicious))
-  train = study_attacks.poison_data(
-      config, jax.device_put(dataset.train), malicious, dataset.num_classes,
-      key=attack_key,
-  )
-  try:
-    round_fn = round_lib.build_round(
-        train,
-        local_update,
-        sampler,
-        server_optimizer,
-        aggregator=config.server.aggregator,
-        privacy=privacy,
-        dropout_rate=config.sampling.dropout_rate,
-        attack=study_attacks.build_attack(
-            config, dataset.num_clients, num_malicious
-        ),
-        malicious=malicious,
-        aggregator_options=aggregator_options(config),
-        scaffold_learning_rate=(config.client.learning_rate
-                                if config.client.scaffold else None),
-        fednova=config.server.fednova,
-    )
-  except ValueError as error:
-    # Settings that only fail against the data, such as a noise multiplier
-    # too large for the count noise of adaptive clipping.
-    raise InputError(str(error)) from None
+  prepared = prepare(config)
+  dataset, model = prepared.dataset, prepared.model
+  accountant, privacy = prepared.accountant, prepared.privacy
+  malicious, num_malicious = prepared.malicious, prepared.num_malicious
+  round_fn, server_optimizer = build_round_fn(config, prepared)
   evaluate = evaluate_lib.build_evaluate(
       model, jax.device_put(dataset.test),
       threshold=config.evaluation.threshold,
@@ -459,14 +618,7 @@ def run_study(
   )
 
   root_key = jax.random.key(config.seed)
-  sample_x = jnp.asarray(dataset.train.examples['x'][0, :1])
-  params = model.init(jax.random.fold_in(root_key, _INIT_TAG), sample_x)
-  state = round_lib.init_server_state(
-      params, server_optimizer,
-      clip_norm=config.privacy.clip_norm if privacy.adaptive_clipping else None,
-      aggregator=config.server.aggregator,
-      scaffold_clients=dataset.num_clients if config.client.scaffold else None,
-  )
+  state = initial_state(config, prepared, server_optimizer, root_key)
   rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
              'local_model': model,
@@ -613,6 +765,20 @@ def _finetuned_summary(config, dataset, params, model) -> dict[str, Any]:
   }
 
 
+def _personal_summary(config, dataset, personal, model) -> dict[str, Any]:
+  """Evaluate each client's Ditto personal model on its own test rows."""
+  evaluate = evaluate_lib.build_evaluate(
+      model, jax.device_put(dataset.test),
+      threshold=config.evaluation.threshold, personalized=True,
+  )
+  accuracies = _client_accuracy(evaluate(personal))
+  return {
+      'ditto_lambda': config.client.ditto_lambda,
+      'test_accuracy': dict(zip(dataset.client_names, accuracies)),
+      **_accuracy_summary(accuracies),
+  }
+
+
 def _write_summary(config, dataset, evaluate, run_dir, history):
   """Evaluate the final model, then write `summary.json` and the plot."""
   evaluation = _checked_evaluation(
@@ -656,6 +822,9 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
     summary['attack']['backdoor_success_per_client'] = dict(
         zip(dataset.client_names, success['per_client'])
     )
+  if config.client.ditto_lambda is not None:
+    summary['ditto'] = _personal_summary(
+        config, dataset, history['state'].personal, history['local_model'])
   if config.evaluation.finetune_steps:
     summary['finetuned'] = _finetuned_summary(
         config, dataset, history['state'].params, history['local_model']

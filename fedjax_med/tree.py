@@ -52,3 +52,13 @@ def tree_sub(a: PyTree, b: PyTree) -> PyTree:
 
 def tree_add(a: PyTree, b: PyTree) -> PyTree:
   return jax.tree.map(jnp.add, a, b)
+
+
+def is_traced(value) -> bool:
+  """Return True for a value only known inside a trace (jit, vmap, scan).
+
+  Setting checks skip such values: `fedjax_med.sweep` passes learning rates,
+  mu and noise multipliers as traced arrays, after checking each
+  experiment's concrete value in its config.
+  """
+  return isinstance(value, jax.core.Tracer)

@@ -10,6 +10,7 @@ import pytest
 from fedjax_med import cli
 from fedjax_med import config as config_lib
 from fedjax_med import matrix
+from fedjax_med import sweep
 
 FAST = ['--set', 'rounds=2', '--set', 'local_steps=5',
         '--set', 'bootstrap_resamples=100', '--no-progress']
@@ -125,6 +126,9 @@ def test_experiment_files_load():
     if path.name.startswith('robustness_matrix'):
       base, _ = matrix.load_matrix_toml(path)
       config_lib.validate(config_lib.reset_unused_settings(base))
+    elif path.name.endswith('_sweep.toml'):
+      base, axes = sweep.load_sweep_toml(path)
+      assert sweep.points(base, axes)
     else:
       config_lib.validate(config_lib.load_toml(path))
   assert len(paths) >= 3

@@ -184,15 +184,20 @@ def build_scan(
   not depend on the data.
 
   The returned `local_update` takes an optional `correction`, a pytree like
-  the params added to every step's gradient: SCAFFOLD's c - c_i.
+  the params added to every step's gradient: SCAFFOLD's c - c_i; and an
+  optional `start`, params to train from instead of the server params, for
+  a model that stays on the client (Ditto's personal model). The proximal
+  term still pulls towards the server params, and the loss and the delta
+  are those of the steps taken from `start`.
   """
-  if not (proximal_mu >= 0 and proximal_mu < float('inf')):
+  traced_mu = tree.is_traced(proximal_mu)
+  if not traced_mu and not (proximal_mu >= 0 and proximal_mu < float('inf')):
     raise ValueError(
         f'`proximal_mu` must be finite and >= 0; got {proximal_mu}.'
     )
 
   def local_update(server_params, examples, num_examples, key,
-                   correction=None):
+                   correction=None, start=None):
     # numpy input cannot be indexed by the traced batch indices.
     examples = jax.tree.map(jnp.asarray, examples)
     max_examples = examples['x'].shape[0]
@@ -226,7 +231,7 @@ def build_scan(
       loss, grads = batch_gradient(
           params, batch, valid, jax.random.fold_in(step_keys, step_index),
       )
-      if proximal_mu:
+      if traced_mu or proximal_mu:
         grads = jax.tree.map(
             lambda g, w, w0: g + proximal_mu * (w - w0),
             grads, params, server_params,
@@ -242,10 +247,12 @@ def build_scan(
       )
       return carry, jnp.where(active, loss, 0.0)
 
-    init = (server_params, optimizer.init(server_params))
+    if start is None:
+      start = server_params
+    init = (start, optimizer.init(start))
     (params, _), losses = jax.lax.scan(step, init, jnp.arange(num_steps))
     mean_loss = jnp.sum(losses) / jnp.maximum(client_steps, 1)
-    delta = tree.tree_sub(params, server_params)
+    delta = tree.tree_sub(params, start)
     truncated = requested_steps > num_steps
     return LocalResult(
         delta, mean_loss, client_steps, truncated, initial_loss

@@ -113,14 +113,15 @@ def validate_privacy(privacy: PrivacySettings, aggregator: str) -> None:
         f'`clip_norm` must be non-negative; got {privacy.clip_norm}. Leave '
         'it unset for no clipping.'
     )
-  if not (math.isfinite(privacy.noise_multiplier)
-          and privacy.noise_multiplier >= 0):
+  traced = tree.is_traced(privacy.noise_multiplier)
+  if not traced and not (math.isfinite(privacy.noise_multiplier)
+                         and privacy.noise_multiplier >= 0):
     raise ValueError(
         '`noise_multiplier` must be finite and non-negative; got '
         f'{privacy.noise_multiplier}.'
     )
   if privacy.noise_kind == 'none':
-    if privacy.noise_multiplier > 0:
+    if not traced and privacy.noise_multiplier > 0:
       raise ValueError(
           f'`noise_multiplier={privacy.noise_multiplier}` has no effect with '
           "`noise_kind='none'`. Choose central, distributed or local noise, "

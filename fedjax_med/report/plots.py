@@ -136,3 +136,69 @@ def plot_matrix(
   figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / height))
   figure.savefig(path, dpi=120)
   plt.close(figure)
+
+
+def plot_sweep(
+    path: pathlib.Path,
+    rows: Sequence[dict],
+    settings: Sequence[str],
+    title: str,
+) -> None:
+  """Save mean and worst-client accuracy against the first swept value.
+
+  Args:
+    path: PNG file to write.
+    rows: per-setting rows from `fedjax_med.sweep.summarize`, with each
+      setting, 'mean_accuracy', 'worst_accuracy' and their '_std'.
+    settings: the setting keys; the first one other than 'variant' is the
+      x axis, and each combination of the others is one line.
+    title: figure title.
+
+  Error bars are the standard deviation over seeds. A numeric x axis whose
+  positive values span more than a factor of 20 is drawn on a log scale.
+  """
+  x_key = next((key for key in settings if key != 'variant'), None)
+  if x_key is None:
+    return
+  line_keys = [key for key in settings if key != x_key]
+  x_values = list(dict.fromkeys(row[x_key] for row in rows))
+  numeric = all(isinstance(value, (int, float)) and not isinstance(value, bool)
+                for value in x_values)
+  positions = {value: (value if numeric else index)
+               for index, value in enumerate(x_values)}
+  lines: dict[str, list] = {}
+  for row in rows:
+    label = ', '.join(f'{row[key]}' if key == 'variant' else
+                      f'{key.split(".")[-1]}={row[key]}' for key in line_keys)
+    lines.setdefault(label, []).append(row)
+  figure, axes_list = plt.subplots(1, 2, figsize=(11.0, 4.2), squeeze=False)
+  for axes, metric, name in zip(
+      axes_list[0], ('mean_accuracy', 'worst_accuracy'),
+      ('mean client accuracy', 'worst client accuracy')):
+    for label, members in lines.items():
+      members = sorted((m for m in members if m[metric] is not None),
+                       key=lambda m: positions[m[x_key]])
+      if not members:
+        continue
+      axes.errorbar(
+          [positions[m[x_key]] for m in members],
+          [m[metric] for m in members],
+          yerr=[m[f'{metric}_std'] for m in members],
+          marker='o', capsize=3, label=label or None,
+      )
+    if numeric:
+      positive = [value for value in x_values if value > 0]
+      if len(positive) == len(x_values) and max(positive) > 20 * min(positive):
+        axes.set_xscale('log')
+    else:
+      axes.set_xticks(range(len(x_values)), [str(v) for v in x_values])
+    axes.set_xlabel(x_key)
+    axes.set_ylabel(name)
+    axes.set_ylim(0.0, 1.0)
+    axes.grid(alpha=0.3)
+  if any(lines):
+    axes_list[0][1].legend(fontsize=7, loc='best')
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)

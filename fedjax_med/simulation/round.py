@@ -41,6 +41,8 @@ _COUNT_NOISE_TAG = 4
 _ATTACK_TAG = 5
 # Folded into a client's key for its own noise, apart from its training key.
 _CLIENT_NOISE_TAG = 1 << 30
+# Folded into a client's key for the minibatches of its Ditto personal model.
+_PERSONAL_TAG = (1 << 30) + 1
 
 
 class ServerState(NamedTuple):
@@ -56,6 +58,9 @@ class ServerState(NamedTuple):
     control: SCAFFOLD's server control variate c, shaped like `params`.
     client_controls: SCAFFOLD's client control variates c_i, one per client
       of the population, each leaf shaped `[clients, *param_shape]`.
+    personal: Ditto's personal models v_k, one per client of the population,
+      each leaf shaped `[clients, *param_shape]`; they never leave their
+      clients, so nothing in the round aggregates them.
   """
 
   params: Params
@@ -65,6 +70,7 @@ class ServerState(NamedTuple):
   center: Params | None = None
   control: Params | None = None
   client_controls: Params | None = None
+  personal: Params | None = None
 
 
 def init_server_state(
@@ -74,13 +80,15 @@ def init_server_state(
     *,
     aggregator: str = 'fedavg',
     scaffold_clients: int | None = None,
+    personal_clients: int | None = None,
 ) -> ServerState:
   """Return the state before round 1.
 
   Pass the starting `clip_norm` when the round uses adaptive clipping, the
   round's `aggregator`, so that centered clipping gets a zero center, and
   for SCAFFOLD the population size as `scaffold_clients`, so that every
-  control variate starts at zero.
+  control variate starts at zero. For Ditto, pass the population size as
+  `personal_clients`: every personal model starts at `params`.
   """
   if clip_norm is not None:
     clip_norm = jnp.float32(clip_norm)
@@ -94,9 +102,15 @@ def init_server_state(
         lambda leaf: jnp.zeros((scaffold_clients,) + leaf.shape, leaf.dtype),
         params,
     )
+  personal = None
+  if personal_clients is not None:
+    personal = jax.tree.map(
+        lambda leaf: jnp.broadcast_to(leaf, (personal_clients,) + leaf.shape),
+        params,
+    )
   return ServerState(
       params, server_optimizer.init(params), jnp.int32(0), clip_norm, center,
-      control, client_controls,
+      control, client_controls, personal,
   )
 
 
@@ -114,6 +128,7 @@ def build_round(
     aggregator_options: dict | None = None,
     scaffold_learning_rate: float | None = None,
     fednova: bool = False,
+    personal_update: local_training.LocalUpdate | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -161,6 +176,15 @@ def build_round(
       weights. Clients that take more steps, such as larger ones under
       `num_epochs`, then no longer pull the model further. With equal
       steps it equals plain averaging.
+    personal_update: turns on Ditto (Li et al., 2021, "Ditto: Fair and
+      Robust Federated Learning Through Personalization", ICML): the local
+      training of each client's personal model v_k, built with
+      `proximal_mu` set to Ditto's lambda. In a round, every cohort member
+      that reports and has rows trains v_k from its current value, pulled
+      towards the round's global params w^t, on its own minibatches (a key
+      apart from those of its global update). The global model is trained
+      and aggregated as without Ditto. Start from
+      `init_server_state(..., personal_clients=train_data.num_clients)`.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -205,7 +229,8 @@ def build_round(
   if not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
   scaffold = scaffold_learning_rate is not None
-  if scaffold and not scaffold_learning_rate > 0:
+  if (scaffold and not tree.is_traced(scaffold_learning_rate)
+      and not scaffold_learning_rate > 0):
     raise ValueError(
         '`scaffold_learning_rate` must be the positive client step size; '
         f'got {scaffold_learning_rate}.'
@@ -230,6 +255,12 @@ def build_round(
         'use FedAvg or FedProx.'
     )
 
+  if personal_update is not None:
+    train_personal = jax.vmap(
+        lambda params, examples, count, key, start: personal_update(
+            params, examples, count, key, start=start),
+        in_axes=(None, 0, 0, 0, 0),
+    )
   if scaffold:
     train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0, 0))
     population_weights = mechanisms.client_weights(
@@ -357,6 +388,10 @@ def build_round(
       new_state = new_state._replace(
           center=tree.tree_where(skipped, state.center, aggregate)
       )
+    if personal_update is not None:
+      new_state = new_state._replace(personal=_update_personal(
+          state, train_personal, cohort, cohort_examples, counts, client_keys,
+      ))
     if privacy.adaptive_clipping:
       next_clip = mechanisms.adapt_clip_norm(
           state.clip_norm, norms, contributes, privacy,
@@ -392,6 +427,12 @@ def build_round(
           'SCAFFOLD needs control variates in the server state: call '
           '`init_server_state(params, optimizer, '
           'scaffold_clients=num_clients)`.'
+      )
+    if personal_update is not None and state.personal is None:
+      raise ValueError(
+          'Ditto needs personal models in the server state: call '
+          '`init_server_state(params, optimizer, '
+          'personal_clients=num_clients)`.'
       )
     if needs_center and state.center is None:
       raise ValueError(
@@ -454,6 +495,28 @@ def _update_controls(
       state.client_controls, changes,
   )
   return new_state._replace(control=control, client_controls=client_controls)
+
+
+def _update_personal(
+    state, train_personal, cohort, cohort_examples, counts, client_keys
+):
+  """Return the personal models after Ditto's step for the cohort.
+
+  Members that dropped out or have no rows keep their model. The changes
+  are added at the members' ids, so padding slots of a cohort, which carry
+  a zero change, cannot overwrite a real member's model.
+  """
+  starts = jax.tree.map(lambda leaf: leaf[cohort.client_ids], state.personal)
+  keys = jax.vmap(jax.random.fold_in, (0, None))(client_keys, _PERSONAL_TAG)
+  result = train_personal(
+      state.params, cohort_examples, counts, keys, starts
+  )
+  trains = cohort.mask & (counts > 0)
+  return jax.tree.map(
+      lambda models, delta: models.at[cohort.client_ids].add(
+          jnp.where(_expand(trains, delta), delta, 0.0)),
+      state.personal, result.delta,
+  )
 
 
 def _check_malicious(malicious, num_clients: int) -> None:

@@ -1,0 +1,256 @@
+"""Sweeps: parsing, grouping into batched programs, equality with single runs."""
+
+import json
+import pathlib
+import types
+
+import numpy as np
+import pytest
+
+from fedjax_med import cli
+from fedjax_med import config as config_lib
+from fedjax_med import errors
+from fedjax_med import study
+from fedjax_med import sweep as sweep_lib
+from fedjax_med.data import federated
+
+
+def _base(**overrides):
+  overrides = {'rounds': 3, 'local_steps': 5, **overrides}
+  return config_lib.apply_overrides(config_lib.ExperimentConfig(), overrides)
+
+
+def _single_run(config, path):
+  """Return per-client accuracy and the last train loss of `run_study`."""
+  _, summary = study.run_study(config, path, progress=False)
+  lines = [json.loads(line) for line in
+           (path / 'metrics.jsonl').read_text().splitlines()]
+  return summary['test_accuracy'], lines[-1]['train_loss']
+
+
+@pytest.mark.parametrize('section, message', [
+    ({'client': {'learning_rte': [0.1]}}, 'learning_rte'),
+    ({'client.learning_rate': []}, 'is empty'),
+    ({'client.learning_rate': [0.1, 0.1]}, 'repeats'),
+    ({'client.learning_rate': ['fast']}, 'learning_rate'),
+    ({'seed': [0, 1]}, 'sweep.seeds'),
+    ({'seeds': [-1]}, 'seeds are 0'),
+    ({'variants': {'prox': 0.1}}, 'variants.prox'),
+    ({'variants': {}}, 'must be a table'),
+    ({'client.proximal_mu': [0.0, 0.1],
+      'variants': {'prox': {'client.proximal_mu': 0.1}}}, 'also a sweep axis'),
+])
+def test_bad_sweep_rejected(section, message):
+  with pytest.raises(errors.InputError, match=message):
+    sweep_lib.sweep_from_document(section, _base())
+
+
+def test_invalid_point_named_before_training():
+  base = _base(dataset='synthetic')
+  axes = sweep_lib.sweep_from_document(
+      {'client.learning_rate': [0.1, -1.0]}, base)
+  with pytest.raises(errors.InputError, match='client.learning_rate=-1.0'):
+    sweep_lib.points(base, axes)
+
+
+def test_points_cross_variants_axes_and_seeds():
+  axes = sweep_lib.sweep_from_document(
+      {'seeds': [3, 4], 'client': {'learning_rate': [0.01, 0.05]},
+       'variants': {'fedavg': {},
+                    'fedprox': {'client': {'proximal_mu': 0.1}}}},
+      _base(),
+  )
+  points = sweep_lib.points(_base(), axes)
+  assert len(points) == 8
+  assert points[5].settings == {
+      'variant': 'fedprox', 'client.learning_rate': 0.01, 'seed': 4}
+  assert points[5].config.client.proximal_mu == 0.1
+  assert points[5].config.seed == 4
+
+
+def test_plan_batches_array_settings_and_splits_programs():
+  base = _base()
+  axes = sweep_lib.sweep_from_document(
+      {'seeds': [0, 1], 'client.learning_rate': [0.01, 0.05],
+       'server.aggregator': ['fedavg', 'median']}, base)
+  groups = sweep_lib.plan(sweep_lib.points(base, axes))
+  assert [len(group.points) for group in groups] == [4, 4]
+  for group in groups:
+    aggregators = {p.config.server.aggregator for p in group.points}
+    assert len(aggregators) == 1
+
+
+def test_plan_runs_finetune_points_alone():
+  base = _base(finetune_steps=2)
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1]}, base)
+  groups = sweep_lib.plan(sweep_lib.points(base, axes))
+  assert [len(group.points) for group in groups] == [1, 1]
+  assert 'fine-tuning' in sweep_lib.describe_plan(groups)[0]
+
+
+def test_batched_points_equal_single_runs(tmp_path):
+  # Learning rate, mu, server learning rate and seed are batched; SCAFFOLD's
+  # controls and FedAdam's state see the traced rates too.
+  base = _base()
+  axes = sweep_lib.sweep_from_document({
+      'seeds': [0, 1],
+      'client.learning_rate': [0.01, 0.05],
+      'variants': {
+          'fedprox': {'client.proximal_mu': 0.5},
+          'scaffold': {'client.scaffold': True},
+          'fedadam': {'server.server_optimizer': 'fedadam',
+                      'server.server_learning_rate': 0.03},
+      },
+  }, base)
+  run_dir, records = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+  assert all(r['mode'] == 'batched' for r in records)
+  assert {r['batched_over'] for r in records} == {'learning_rate'}
+
+  points = sweep_lib.points(base, axes)
+  for index in (0, 3, 5, 10):
+    accuracy, loss = _single_run(points[index].config,
+                                 tmp_path / f'single{index}')
+    record = records[index]
+    np.testing.assert_allclose(
+        list(record['test_accuracy'].values()), list(accuracy.values()),
+        atol=1e-6)
+    np.testing.assert_allclose(record['train_loss'], loss, rtol=1e-4)
+  # Different learning rates give different models.
+  assert records[0]['train_loss'] != records[2]['train_loss']
+
+  rows = (run_dir / 'summary.csv').read_text().splitlines()
+  assert len(rows) == 1 + 6
+  assert (run_dir / 'sweep.png').stat().st_size > 0
+
+
+def test_batched_noise_multiplier_equals_single_runs(tmp_path):
+  base = _base(aggregator='mean', noise='central', clip_norm=0.5,
+               rounds=2)
+  axes = sweep_lib.sweep_from_document(
+      {'privacy.noise_multiplier': [0.3, 3.0]}, base)
+  _, records = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+  assert [r['batched_over'] for r in records] == ['noise_multiplier'] * 2
+  for point, record in zip(sweep_lib.points(base, axes), records):
+    accuracy, loss = _single_run(point.config, tmp_path / f'p{point.index}')
+    np.testing.assert_allclose(
+        list(record['test_accuracy'].values()), list(accuracy.values()),
+        atol=1e-6)
+    np.testing.assert_allclose(record['train_loss'], loss, rtol=1e-4)
+  # More noise, less privacy spent.
+  assert records[0]['epsilon'] > records[1]['epsilon'] > 0
+
+
+def test_dirichlet_sweep_pads_clients_and_records_failures(tmp_path):
+  # alpha 0.001 cannot give 40 clients two rows each; that point is an
+  # error row and the others still run as one batch.
+  base = _base(dataset='synthetic_iid', num_clients=40, partition='dirichlet',
+               partition_clients=40, sampling='uniform', cohort_size=8)
+  axes = sweep_lib.sweep_from_document(
+      {'seeds': [0, 1], 'data.dirichlet_alpha': [0.001, 0.5, 100.0]}, base)
+  run_dir, records = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+  statuses = [r['status'] for r in records]
+  assert statuses == ['error'] * 2 + ['completed'] * 4
+  assert 'dirichlet_alpha' in records[0]['error']
+  assert {r['batched_over'] for r in records[2:]} == {'data'}
+  # Label skew lowers the worst client.
+  assert records[2]['worst_accuracy'] < records[4]['worst_accuracy']
+  rounds = [json.loads(line) for line in
+            (run_dir / 'rounds.jsonl').read_text().splitlines()]
+  assert len(rounds) == 4 * 3
+  assert {line['point'] for line in rounds} == {2, 3, 4, 5}
+
+
+def test_resumed_sweep_runs_only_missing_points(tmp_path):
+  base = _base()
+  axes = sweep_lib.sweep_from_document(
+      {'seeds': [0, 1], 'client.learning_rate': [0.01, 0.05]}, base)
+  run_dir, first = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+  lines = (run_dir / 'points.jsonl').read_text().splitlines()
+  # Keep two finished points and a line cut short by a crash.
+  (run_dir / 'points.jsonl').write_text(
+      '\n'.join(lines[:2]) + '\n' + lines[2][:20])
+  notes = []
+  _, resumed = sweep_lib.run_sweep(
+      base, axes, run_dir, resume=True, progress=False, log=notes.append)
+  assert notes[0].startswith('4 points, 2 to run')
+  assert [r['point'] for r in resumed] == [0, 1, 2, 3]
+  for before, after in zip(first, resumed):
+    assert before['test_accuracy'] == pytest.approx(after['test_accuracy'])
+  with pytest.raises(errors.InputError, match='sweep.seeds'):
+    changed = sweep_lib.sweep_from_document(
+        {'seeds': [0], 'client.learning_rate': [0.01, 0.05]}, base)
+    sweep_lib.run_sweep(base, changed, run_dir, resume=True, progress=False)
+
+
+def test_cli_sweep_and_run_rejects_sweep(tmp_path, capsys):
+  path = tmp_path / 'sweep.toml'
+  path.write_text('[server]\nrounds = 2\n[sweep]\nseeds = [0, 1]\n')
+  assert cli.main(['sweep', str(path), '--out', str(tmp_path / 'out'),
+                   '--no-progress', '--set', 'sweep.seeds=0,1,2']) == 0
+  captured = capsys.readouterr()
+  assert '3 points to batch' in captured.err
+  assert '3 completed' in captured.out
+  assert cli.main(['run', str(path)]) == 2
+  assert 'fedjax-med sweep' in capsys.readouterr().err
+  plain = tmp_path / 'plain.toml'
+  plain.write_text('[server]\nrounds = 2\n')
+  assert cli.main(['sweep', str(plain)]) == 2
+  assert 'no [sweep] table' in capsys.readouterr().err
+
+
+def _member(index, length):
+  data = federated.FederatedData(
+      {'x': np.zeros((10, length, 4), np.float32),
+       'y': np.zeros((10, length), np.int32)},
+      np.full(10, length, np.int32))
+  point = sweep_lib.Point(index, {'seed': index}, None)
+  return point, types.SimpleNamespace(
+      train=data, dataset=types.SimpleNamespace(test=data))
+
+
+def test_batches_bound_padding_and_memory(monkeypatch):
+  members = [_member(0, 100), _member(1, 30), _member(2, 150),
+             _member(3, 20), _member(4, 35)]
+  batches = sweep_lib._batches(members)
+  # Lengths 20, 30, 35 pad to at most 2x 20; 100 and 150 to 2x 100.
+  assert [[m[0].index for m in b] for b in batches] == [[1, 3, 4], [0, 2]]
+  # Padded to 35 rows, a point takes 14,140 bytes (its 20-row data, 8,080
+  # bytes with the counts, times 35 / 20), so two fit and three do not.
+  monkeypatch.setattr(sweep_lib, 'MAX_BATCH_BYTES', 2 * 14_140)
+  batches = sweep_lib._batches(members[1:2] + members[3:5] + members[:1])
+  sizes = [len(b) for b in batches]
+  assert sizes == [2, 1, 1]
+
+
+def test_heterogeneity_experiment_runs_reduced(tmp_path, capsys):
+  path = pathlib.Path(__file__).parents[1] / (
+      'experiments/heterogeneity_sweep.toml')
+  assert cli.main([
+      'sweep', str(path), '--out', str(tmp_path / 'hs'), '--no-progress',
+      '--set', 'data.num_clients=40', '--set', 'data.partition_clients=40',
+      '--set', 'sampling.cohort_size=8', '--set', 'server.rounds=2',
+      '--set', 'sweep.seeds=0', '--set', 'sweep.data.dirichlet_alpha=1.0',
+  ]) == 0
+  assert '4 completed' in capsys.readouterr().out
+  rows = (tmp_path / 'hs' / 'summary.csv').read_text().splitlines()
+  assert [row.split(',')[0] for row in rows[1:]] == [
+      'fedavg', 'fedprox', 'scaffold', 'fedadam']
+
+
+def test_diverged_point_does_not_stop_its_batch(tmp_path):
+  base = _base()
+  axes = sweep_lib.sweep_from_document(
+      {'client.learning_rate': [0.01, 1e38]}, base)
+  run_dir, records = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+  assert [r['mode'] for r in records] == ['batched', 'batched']
+  assert records[0]['status'] == 'completed'
+  assert records[1]['status'] == 'diverged'
+  assert 1 <= records[1]['diverged_round'] <= 3
+  assert 'mean_accuracy' not in records[1]
+  summary = (run_dir / 'summary.md').read_text()
+  assert '1 failed' in summary
