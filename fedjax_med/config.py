@@ -24,6 +24,7 @@ from fedjax_med.errors import InputError
 DATASETS = ('heart_disease', 'csv', 'synthetic', 'synthetic_iid')
 MODELS = ('logistic_regression', 'mlp')
 CLIENT_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi',
                      'fedadam', 'fedyogi', 'fedadagrad')
 SAMPLINGS = ('all', 'uniform', 'poisson')
@@ -127,6 +128,15 @@ class ClientConfig:
       towards the round's global model w. The summary then reports the
       personal models' accuracy. 0 trains them purely locally; large
       values keep them near the global model. None (default) is off.
+    chunk_size: train the cohort this many clients at a time, to bound
+      memory; None picks it from the data size (the whole cohort at once
+      when its rows and training state need at most
+      `fedjax_med.study.AUTO_CHUNK_BYTES`, 1 GiB).
+    shard_over_devices: shard the cohort over every device JAX sees (all
+      local GPUs or TPU cores, and every host under `jax.distributed`).
+    compute_dtype: 'float32', or 'bfloat16' to run the model's forward and
+      backward passes in bfloat16 while params, optimizer and aggregation
+      stay float32.
   """
 
   optimizer: str = 'sgd'
@@ -140,6 +150,9 @@ class ClientConfig:
   proximal_mu: float = 0.0
   scaffold: bool = False
   ditto_lambda: float | None = None
+  chunk_size: int | None = None
+  shard_over_devices: bool = False
+  compute_dtype: str = 'float32'
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -738,6 +751,14 @@ def _validate_training(config: ExperimentConfig) -> None:
     _require_range('model.hidden_sizes', size, 1)
   client = config.client
   _require_choice('client.optimizer', client.optimizer, CLIENT_OPTIMIZERS)
+  _require_choice('client.compute_dtype', client.compute_dtype,
+                  COMPUTE_DTYPES)
+  if client.compute_dtype != 'float32' and client.dp_sgd:
+    raise InputError(
+        f'`client.compute_dtype={client.compute_dtype}` is not supported with '
+        '`client.dp_sgd=true`, whose per-example gradients run in float32. '
+        'Set `client.compute_dtype=float32`.'
+    )
   _require_range(
       'client.learning_rate', client.learning_rate, 0.0, low_open=True
   )
@@ -753,6 +774,7 @@ def _validate_training(config: ExperimentConfig) -> None:
   )
   _require_range('client.proximal_mu', client.proximal_mu, 0.0)
   _require_range('client.ditto_lambda', client.ditto_lambda, 0.0)
+  _require_range('client.chunk_size', client.chunk_size, 1, _MAX_STEPS)
   if client.scaffold and client.optimizer != 'sgd':
     raise InputError(
         f'`client.scaffold=true` needs `client.optimizer=sgd`; got '

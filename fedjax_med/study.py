@@ -51,6 +51,13 @@ _FINETUNE_TAG = 4
 # Folded into the data key for a partition of the pooled rows.
 _PARTITION_TAG = 1
 
+# A cohort whose rows and training state would take more than this trains
+# in chunks of clients, unless `client.chunk_size` is set.
+AUTO_CHUNK_BYTES = 2**30
+# Working copies of the params a client holds while it trains: the params,
+# gradients, optimizer state (two moments at most), the start and the delta.
+_TRAINING_COPIES = 6
+
 # Populations up to this size get per-client test accuracy in every line of
 # metrics.jsonl; larger ones get the mean, worst and 10th percentile only.
 MAX_CLIENTS_PER_ROUND_LINE = 100
@@ -223,13 +230,16 @@ def build_local_update(
     learning_rate=None,
     proximal_mu=None,
     max_client_examples: int | None = None,
+    min_client_examples: int | None = None,
 ) -> local_training.LocalUpdate:
   """Return a client's local training as the config describes it.
 
   `learning_rate` (a number, array or schedule) and `proximal_mu` (a number
   or array) replace the config's values when given. With `local_epochs`,
   the scan covers the largest client of `train`, or `max_client_examples`
-  rows when given.
+  rows when given. The smallest client with rows, or
+  `min_client_examples`, bounds the epochs a client reaches, so each
+  epoch's shuffle is drawn once.
   """
   if learning_rate is None:
     learning_rate = client.learning_rate
@@ -263,7 +273,17 @@ def build_local_update(
       num_epochs=client.local_epochs,
       proximal_mu=proximal_mu,
       report_initial_loss=report_initial_loss,
+      compute_dtype=client.compute_dtype,
+      min_client_examples=(_fewest_rows(train) if min_client_examples is None
+                           else min_client_examples),
   )
+
+
+def _fewest_rows(train: federated.FederatedData) -> int:
+  """Return the fewest rows of a client with rows (1 if none has any)."""
+  counts = np.asarray(train.num_examples)
+  counts = counts[counts > 0]
+  return int(np.min(counts)) if counts.size else 1
 
 
 def aggregator_options(config) -> dict[str, Any]:
@@ -451,13 +471,15 @@ def build_round_fn(
     proximal_mu=None,
     noise_multiplier=None,
     max_client_examples: int | None = None,
+    min_client_examples: int | None = None,
 ):
   """Build the study's round, optionally with some values replaced.
 
   The keyword values replace the config's `client.learning_rate`,
   `server.server_learning_rate`, `client.proximal_mu`, the noise
-  multiplier and the training data (`max_client_examples` sizes the scan
-  under `local_epochs`, as in `build_local_update`). They may be traced
+  multiplier and the training data (`max_client_examples` and
+  `min_client_examples` describe the clients of every replacement, as in
+  `build_local_update`). They may be traced
   arrays, so that
   `fedjax_med.sweep` can map one compiled round over many experiments; the
   config's values are checked, the replacements are not.
@@ -481,6 +503,7 @@ def build_round_fn(
       report_initial_loss=config.server.aggregator == 'qffl',
       learning_rate=learning_rate, proximal_mu=proximal_mu,
       max_client_examples=max_client_examples,
+      min_client_examples=min_client_examples,
   )
   server_optimizer = build_optimizer(
       config.server.server_optimizer, server_learning_rate,
@@ -510,7 +533,10 @@ def build_round_fn(
         scaffold_learning_rate=step_size if client.scaffold else None,
         fednova=config.server.fednova,
         personal_update=_personal_update(
-            config, prepared, learning_rate, max_client_examples),
+            config, prepared, learning_rate, max_client_examples,
+            min_client_examples),
+        chunk_size=chunk_size(config, prepared),
+        mesh=client_mesh() if config.client.shard_over_devices else None,
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -542,7 +568,45 @@ def initial_state(
   )
 
 
-def _personal_update(config, prepared, learning_rate, max_client_examples):
+def chunk_size(
+    config: config_lib.ExperimentConfig, prepared: Prepared
+) -> int | None:
+  """Return how many clients train at once, or None for the whole cohort.
+
+  `client.chunk_size` when set; otherwise the whole cohort if its rows and
+  training state fit in `AUTO_CHUNK_BYTES`, else as many clients as fit
+  (an estimate: a client's padded rows plus `_TRAINING_COPIES` copies of
+  the params). Under `client.shard_over_devices` the chunk is rounded up to
+  a multiple of the device count, so every device gets equal work.
+  """
+  cohort = jax.eval_shape(
+      prepared.sampler, jax.random.key(0)).client_ids.shape[0]
+  size = config.client.chunk_size
+  if size is None:
+    train = prepared.train
+    row_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(train.examples))
+    sample_x = jnp.zeros((1,) + train.examples['x'].shape[2:], jnp.float32)
+    params = jax.eval_shape(prepared.model.init, jax.random.key(0), sample_x)
+    param_bytes = sum(leaf.size * leaf.dtype.itemsize
+                      for leaf in jax.tree.leaves(params))
+    per_client = (row_bytes / train.num_clients
+                  + _TRAINING_COPIES * param_bytes)
+    if cohort * per_client <= AUTO_CHUNK_BYTES:
+      return None
+    size = max(1, int(AUTO_CHUNK_BYTES // per_client))
+  if config.client.shard_over_devices:
+    devices = jax.device_count()
+    size = -(-size // devices) * devices
+  return None if size >= cohort else size
+
+
+def client_mesh() -> jax.sharding.Mesh:
+  """Return a mesh of every device JAX sees, with one axis 'clients'."""
+  return jax.sharding.Mesh(np.array(jax.devices()), ('clients',))
+
+
+def _personal_update(config, prepared, learning_rate, max_client_examples,
+                     min_client_examples):
   """Return Ditto's personal training, or None when Ditto is off.
 
   The personal model never leaves its client, so it trains without DP-SGD
@@ -556,6 +620,7 @@ def _personal_update(config, prepared, learning_rate, max_client_examples):
   return build_local_update(
       personal, prepared.model, prepared.dataset.train,
       learning_rate=learning_rate, max_client_examples=max_client_examples,
+      min_client_examples=min_client_examples,
   )
 
 

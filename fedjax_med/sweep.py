@@ -405,6 +405,8 @@ class _Batched:
     self.max_client_examples = max(
         int(np.max(p.dataset.train.num_examples)) for p in prepared_list
     )
+    self.min_client_examples = min(
+        study._fewest_rows(p.dataset.train) for p in prepared_list)  # pylint: disable=protected-access
     if any(p.malicious is not None for p in prepared_list):
       self.malicious = jnp.stack([jnp.asarray(p.malicious)
                                   for p in prepared_list])
@@ -418,7 +420,8 @@ class _Batched:
     def build(hyper, train):
       return study.build_round_fn(
           template, self.template_prepared, train=train,
-          max_client_examples=self.max_client_examples, **hyper,
+          max_client_examples=self.max_client_examples,
+          min_client_examples=self.min_client_examples, **hyper,
       )
 
     def init(hyper, train, root_key):

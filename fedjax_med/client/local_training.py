@@ -56,27 +56,29 @@ def batches_per_epoch(num_examples: jax.Array, batch_size: int) -> jax.Array:
   return (jnp.maximum(num_examples, 1) + batch_size - 1) // batch_size
 
 
-def _batch_indices(
-    key: PRNGKey, step: jax.Array, num_examples: jax.Array,
-    max_examples: int, batch_size: int,
-) -> tuple[jax.Array, jax.Array]:
-  """Return `[batch]` row indices and a `[batch]` validity mask for `step`."""
-  per_epoch = batches_per_epoch(num_examples, batch_size)
-  epoch = step // per_epoch
-  batch_in_epoch = step % per_epoch
-
-  # A fresh permutation of the real rows for each epoch: padding rows get a
-  # sort key above every real row's, so they land after position n - 1.
-  # Each row's sort key comes from its own index, so the permutation of the
-  # real rows does not depend on how far the client is padded.
+def _epoch_permutation(
+    key: PRNGKey, epoch: jax.Array, num_examples: jax.Array, max_examples: int
+) -> jax.Array:
+  """Return `[max_examples]` row order of `epoch`: real rows first, shuffled."""
+  # Padding rows get a sort key above every real row's, so they land after
+  # position n - 1. Each row's sort key comes from its own index, so the
+  # permutation of the real rows does not depend on how far the client is
+  # padded.
   epoch_key = jax.random.fold_in(key, epoch)
   row_keys = jax.vmap(jax.random.fold_in, (None, 0))(
       epoch_key, jnp.arange(max_examples)
   )
   sort_keys = jax.vmap(jax.random.uniform)(row_keys)
   is_padding = jnp.arange(max_examples) >= num_examples
-  permutation = jnp.argsort(jnp.where(is_padding, 2.0, sort_keys))
+  return jnp.argsort(jnp.where(is_padding, 2.0, sort_keys))
 
+
+def _batch_of(
+    permutation: jax.Array, batch_in_epoch: jax.Array,
+    num_examples: jax.Array, batch_size: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Return the `[batch]` row indices and validity mask of one batch."""
+  max_examples = permutation.shape[0]
   positions = batch_in_epoch * batch_size + jnp.arange(batch_size)
   valid = positions < num_examples
   # Slots past the end of the epoch repeat a real row with weight 0, so a
@@ -88,6 +90,17 @@ def _batch_indices(
   return indices, valid
 
 
+def _batch_indices(
+    key: PRNGKey, step: jax.Array, num_examples: jax.Array,
+    max_examples: int, batch_size: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Return `[batch]` row indices and a `[batch]` validity mask for `step`."""
+  per_epoch = batches_per_epoch(num_examples, batch_size)
+  permutation = _epoch_permutation(
+      key, step // per_epoch, num_examples, max_examples)
+  return _batch_of(permutation, step % per_epoch, num_examples, batch_size)
+
+
 def build_local_update(
     model: tabular.Model,
     optimizer: optax.GradientTransformation,
@@ -97,6 +110,8 @@ def build_local_update(
     num_epochs: int | None = None,
     proximal_mu: float = 0.0,
     report_initial_loss: bool = False,
+    compute_dtype: str = 'float32',
+    min_client_examples: int | None = None,
 ) -> LocalUpdate:
   """Build the local training function of one client.
 
@@ -118,6 +133,15 @@ def build_local_update(
       against the server params the round started from. 0 is FedAvg.
     report_initial_loss: also compute the loss over all the client's rows
       at the server params, at the cost of one more full-client pass.
+    compute_dtype: 'float32', or 'bfloat16' for mixed precision: each step
+      runs the model's forward and backward pass on bfloat16 copies of the
+      params and rows, while the params, the optimizer, the loss and the
+      returned delta stay float32, so aggregation is float32 too.
+    min_client_examples: the fewest rows of any client with rows, if known.
+      It bounds how many epochs a client reaches in `num_steps`, so each
+      epoch's shuffle is drawn once before the scan instead of at every
+      step, with the same result. A client with fewer rows would reuse its
+      last shuffle in the epochs past the bound.
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
@@ -133,9 +157,20 @@ def build_local_update(
     raise ValueError(
         f'`num_epochs` must be at least 1 or None; got {num_epochs}.'
     )
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+        f'`compute_dtype` must be one of {COMPUTE_DTYPES}; got '
+        f'{compute_dtype!r}.'
+    )
+  dtype = jnp.dtype(compute_dtype)
 
   def batch_loss(params, x, y, weights):
-    logits = model.apply(params, x)
+    if dtype != jnp.float32:
+      # The cast's gradient is float32 again, so the optimizer keeps
+      # float32 master params.
+      params = jax.tree.map(lambda leaf: leaf.astype(dtype), params)
+      x = x.astype(dtype)
+    logits = model.apply(params, x).astype(jnp.float32)
     losses = tabular.per_example_loss(logits, y, model.num_classes)
     return jnp.sum(weights * losses)
 
@@ -146,12 +181,17 @@ def build_local_update(
     weights = valid / jnp.maximum(jnp.sum(valid), 1)
     return grad_fn(params, batch['x'], batch['y'], weights)
 
+  max_epochs = None
+  if min_client_examples is not None:
+    max_epochs = -(-num_steps // -(-max(min_client_examples, 1) // batch_size))
   return build_scan(
       batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
       num_epochs=num_epochs, proximal_mu=proximal_mu,
-      report_initial_loss=report_initial_loss,
+      report_initial_loss=report_initial_loss, max_epochs=max_epochs,
   )
 
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # `gradient(params, batch, valid [batch], step_key) -> (loss, grads)`: the
 # loss and gradient of one minibatch. `batch` has the client's example keys
@@ -171,6 +211,7 @@ def build_scan(
     num_epochs: int | None = None,
     proximal_mu: float = 0.0,
     report_initial_loss: bool = False,
+    max_epochs: int | None = None,
 ) -> LocalUpdate:
   """Build a client's `lax.scan` of optimizer steps around `batch_gradient`.
 
@@ -189,6 +230,12 @@ def build_scan(
   a model that stays on the client (Ditto's personal model). The proximal
   term still pulls towards the server params, and the loss and the delta
   are those of the steps taken from `start`.
+
+  The minibatches of an epoch come from one shuffle of the client's rows.
+  When the epochs a client reaches are bounded (`num_epochs`, or
+  `max_epochs` from the caller) by fewer than `num_steps`, the shuffles are
+  drawn once per epoch before the scan; otherwise each step redraws its
+  epoch's shuffle. Both give the same batches.
   """
   traced_mu = tree.is_traced(proximal_mu)
   if not traced_mu and not (proximal_mu >= 0 and proximal_mu < float('inf')):
@@ -222,11 +269,27 @@ def build_scan(
     else:
       initial_loss = jnp.float32(jnp.nan)
 
+    epochs = num_epochs if num_epochs is not None else max_epochs
+    if epochs is not None and epochs < num_steps:
+      permutations = jax.vmap(
+          lambda epoch: _epoch_permutation(
+              key, epoch, num_examples, max_examples)
+      )(jnp.arange(epochs))
+    else:
+      permutations = None
+
+    def batch_indices(step_index):
+      if permutations is None:
+        return _batch_indices(
+            key, step_index, num_examples, max_examples, batch_size)
+      per_epoch = batches_per_epoch(num_examples, batch_size)
+      epoch = jnp.minimum(step_index // per_epoch, epochs - 1)
+      return _batch_of(permutations[epoch], step_index % per_epoch,
+                       num_examples, batch_size)
+
     def step(carry, step_index):
       params, opt_state = carry
-      indices, valid = _batch_indices(
-          key, step_index, num_examples, max_examples, batch_size
-      )
+      indices, valid = batch_indices(step_index)
       batch = jax.tree.map(lambda leaf: leaf[indices], examples)
       loss, grads = batch_gradient(
           params, batch, valid, jax.random.fold_in(step_keys, step_index),

@@ -129,6 +129,8 @@ def build_round(
     scaffold_learning_rate: float | None = None,
     fednova: bool = False,
     personal_update: local_training.LocalUpdate | None = None,
+    chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -185,6 +187,17 @@ def build_round(
       apart from those of its global update). The global model is trained
       and aggregated as without Ditto. Start from
       `init_server_state(..., personal_clients=train_data.num_clients)`.
+    chunk_size: train the cohort `chunk_size` clients at a time (a
+      `lax.map` over chunks, each chunk a `vmap`), so that only one chunk's
+      rows and training state are live at once. None trains the whole
+      cohort in one `vmap`. The result equals the unchunked one up to float
+      rounding (see `tests/simulation/test_scale.py`).
+    mesh: a `jax.sharding.Mesh` with an axis named 'clients'; each chunk
+      (or the whole cohort) is sharded over that axis, so the clients train
+      on all the mesh's devices, and the population data are replicated.
+      The aggregate is then summed across devices in another order, so the
+      result equals the one-device result up to float rounding. Under
+      `jax.distributed`, a mesh over `jax.devices()` spans every host.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -192,7 +205,9 @@ def build_round(
     key, for example `jax.random.fold_in(key, round_index)`. The keyword
     arguments replace the population and malicious mask given here for one
     call; they must keep the shapes, and the compiled round is then reused,
-    so a study of many seeds compiles once. The metrics are scalars:
+    so a study of many seeds compiles once. `round_fn.lower(server_state,
+    round_key)` returns the lowered round over the bound data, to inspect
+    its cost or sharding. The metrics are scalars:
 
     * `round`: 1-based number of this round (`server_state.round` after it).
     * `num_sampled`: clients the sampler drew; `num_dropped`: of those, the
@@ -255,6 +270,14 @@ def build_round(
         'use FedAvg or FedProx.'
     )
 
+  if chunk_size is not None and chunk_size < 1:
+    raise ValueError(f'`chunk_size` must be at least 1; got {chunk_size}.')
+  if mesh is not None and 'clients' not in mesh.axis_names:
+    raise ValueError(
+        "`mesh` needs an axis named 'clients'; got axes "
+        f'{mesh.axis_names}. Build it as Mesh(devices, ("clients",)).'
+    )
+  map_cohort = _cohort_mapper(chunk_size, mesh)
   if personal_update is not None:
     train_personal = jax.vmap(
         lambda params, examples, count, key, start: personal_update(
@@ -271,7 +294,11 @@ def build_round(
   else:
     train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0))
   # Moved once here, so numpy input is not copied to the device every round.
-  train_data = jax.device_put(train_data)
+  if mesh is None:
+    train_data = jax.device_put(train_data)
+  else:
+    train_data = jax.device_put(train_data, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
 
   if privacy.adaptive_clipping and privacy.noise_kind != 'none':
     # The accountant keeps the user's multiplier; the update noise is raised
@@ -321,7 +348,6 @@ def build_round(
         jax.random.fold_in(round_key, _DROPOUT_TAG), sampled, dropout_rate
     )
     counts = num_examples[cohort.client_ids]
-    cohort_examples = jax.tree.map(lambda a: a[cohort.client_ids], examples)
     clients_key = jax.random.fold_in(round_key, _CLIENTS_TAG)
     client_keys = jax.vmap(jax.random.fold_in, (None, 0))(
         clients_key, cohort.client_ids
@@ -334,11 +360,18 @@ def build_round(
       corrections = jax.tree.map(
           lambda c, c_i: c[None] - c_i, state.control, cohort_controls
       )
-      local = train_local(
-          state.params, cohort_examples, counts, client_keys, corrections
+      local = map_cohort(
+          lambda ids, keys, corrections: train_local(
+              state.params, _gather(examples, ids), num_examples[ids], keys,
+              corrections),
+          cohort.client_ids, client_keys, corrections,
       )
     else:
-      local = train_local(state.params, cohort_examples, counts, client_keys)
+      local = map_cohort(
+          lambda ids, keys: train_local(
+              state.params, _gather(examples, ids), num_examples[ids], keys),
+          cohort.client_ids, client_keys,
+      )
     if attack is not None:
       cohort_malicious = malicious[cohort.client_ids] & cohort.mask
       honest = cohort.mask & ~cohort_malicious & (counts > 0)
@@ -390,7 +423,8 @@ def build_round(
       )
     if personal_update is not None:
       new_state = new_state._replace(personal=_update_personal(
-          state, train_personal, cohort, cohort_examples, counts, client_keys,
+          state, train_personal, map_cohort, cohort, examples, num_examples,
+          counts, client_keys,
       ))
     if privacy.adaptive_clipping:
       next_clip = mechanisms.adapt_clip_norm(
@@ -449,7 +483,42 @@ def build_round(
         state, round_key, data.examples, data.num_examples, malicious
     )
 
+  def lower(state: ServerState, round_key: PRNGKey):
+    """Return the lowered round over the bound data, to inspect (sharding,
+    cost) without running it."""
+    return round_step.lower(
+        state, round_key, bound_data.examples, bound_data.num_examples,
+        bound_malicious,
+    )
+
+  round_fn.lower = lower
   return round_fn
+
+
+def scan_rounds(
+    round_fn: Callable[..., tuple[ServerState, dict]], num_rounds: int
+) -> Callable[[ServerState, PRNGKey, jax.Array], tuple[ServerState, dict]]:
+  """Return a jitted `run(state, rounds_key, first_round)` of many rounds.
+
+  `run` applies `round_fn` `num_rounds` times inside one `lax.scan`, with
+  round i's key `fold_in(rounds_key, first_round + i)`, the keys a loop
+  over `jax.random.fold_in(rounds_key, round_index)` would use. It returns
+  the last state and each metric stacked over the rounds (`[num_rounds]`).
+  One call replaces `num_rounds` Python calls, which pays off when a round
+  takes less time than the call overhead (small models, few clients).
+  """
+  if num_rounds < 1:
+    raise ValueError(f'`num_rounds` must be at least 1; got {num_rounds}.')
+
+  @jax.jit
+  def run(state, rounds_key, first_round):
+    def body(state, index):
+      return round_fn(state, jax.random.fold_in(rounds_key, index))
+
+    indices = first_round + jnp.arange(num_rounds)
+    return jax.lax.scan(body, state, indices)
+
+  return run
 
 
 def _normalize_steps(local, mask, counts, aggregator, weight_cap):
@@ -498,7 +567,8 @@ def _update_controls(
 
 
 def _update_personal(
-    state, train_personal, cohort, cohort_examples, counts, client_keys
+    state, train_personal, map_cohort, cohort, examples, num_examples, counts,
+    client_keys,
 ):
   """Return the personal models after Ditto's step for the cohort.
 
@@ -508,8 +578,11 @@ def _update_personal(
   """
   starts = jax.tree.map(lambda leaf: leaf[cohort.client_ids], state.personal)
   keys = jax.vmap(jax.random.fold_in, (0, None))(client_keys, _PERSONAL_TAG)
-  result = train_personal(
-      state.params, cohort_examples, counts, keys, starts
+  result = map_cohort(
+      lambda ids, keys, starts: train_personal(
+          state.params, _gather(examples, ids), num_examples[ids], keys,
+          starts),
+      cohort.client_ids, keys, starts,
   )
   trains = cohort.mask & (counts > 0)
   return jax.tree.map(
@@ -517,6 +590,46 @@ def _update_personal(
           jnp.where(_expand(trains, delta), delta, 0.0)),
       state.personal, result.delta,
   )
+
+
+def _gather(examples, client_ids):
+  return jax.tree.map(lambda leaf: leaf[client_ids], examples)
+
+
+def _cohort_mapper(chunk_size: int | None, mesh):
+  """Return `map_cohort(fn, *per_client)` that applies `fn` to the cohort.
+
+  `fn` takes arrays with a leading cohort axis (ids, keys, ...) and returns
+  a pytree with the same leading axis. With `chunk_size`, the cohort is
+  padded to whole chunks by repeating its first member, `fn` runs on one
+  chunk at a time in a `lax.map`, and the padding rows are dropped. With
+  `mesh`, the per-client inputs of each call are sharded over 'clients'.
+  """
+  def constrain(tree):
+    if mesh is None:
+      return tree
+    sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec('clients'))
+    return jax.lax.with_sharding_constraint(tree, sharding)
+
+  def map_cohort(fn, *per_client):
+    size = jax.tree.leaves(per_client)[0].shape[0]
+    if chunk_size is None or chunk_size >= size:
+      return fn(*constrain(per_client))
+    num_chunks = -(-size // chunk_size)
+    padded = num_chunks * chunk_size
+
+    def to_chunks(leaf):
+      filler = jnp.broadcast_to(leaf[:1], (padded - size,) + leaf.shape[1:])
+      leaf = jnp.concatenate([leaf, filler])
+      return leaf.reshape((num_chunks, chunk_size) + leaf.shape[1:])
+
+    chunks = jax.tree.map(to_chunks, per_client)
+    results = jax.lax.map(lambda args: fn(*constrain(args)), chunks)
+    return jax.tree.map(
+        lambda leaf: leaf.reshape((padded,) + leaf.shape[2:])[:size], results)
+
+  return map_cohort
 
 
 def _check_malicious(malicious, num_clients: int) -> None:

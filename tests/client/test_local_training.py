@@ -201,3 +201,24 @@ def test_invalid_proximal_mu(mu):
   with pytest.raises(ValueError, match='proximal_mu'):
     local_training.build_local_update(
         _model(), optax.sgd(0.1), num_steps=2, batch_size=2, proximal_mu=mu)
+
+
+def test_shuffles_drawn_once_per_epoch_give_same_batches():
+  # Clients of 17 and 40 rows, batch 8, 12 steps: with the hint of 17 rows
+  # a client reaches at most 4 epochs, so 4 shuffles are drawn before the
+  # scan instead of one per step.
+  model = tabular.from_flax(tabular.LogisticRegression(3), 3)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 5)).astype(np.float32)
+  examples = {'x': jnp.asarray(x), 'y': jnp.asarray(rng.integers(0, 3, 40))}
+  params = model.init(jax.random.key(0), x[:1])
+  results = []
+  for hint in (None, 17):
+    update = jax.jit(local_training.build_local_update(
+        model, optax.sgd(0.1), num_steps=12, batch_size=8,
+        min_client_examples=hint))
+    results.append([update(params, examples, jnp.int32(n), jax.random.key(1))
+                    for n in (17, 40)])
+  for per_step, per_epoch in zip(*results):
+    for a, b in zip(jax.tree.leaves(per_step), jax.tree.leaves(per_epoch)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
