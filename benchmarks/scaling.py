@@ -194,9 +194,11 @@ def _round_program(
   del population
 
   model = tabular.from_flax(tabular.MLP(NUM_CLASSES, (HIDDEN,)), NUM_CLASSES)
+  # Every client has EXAMPLES_PER_CLIENT rows, so each epoch's shuffle is
+  # drawn once, as `fedjax_med.study` arranges from the data.
   local_update = local_training.build_local_update(
       model, optax.sgd(CLIENT_LEARNING_RATE), num_steps=LOCAL_STEPS,
-      batch_size=BATCH_SIZE,
+      batch_size=BATCH_SIZE, min_client_examples=EXAMPLES_PER_CLIENT,
   )
   if variant == 'mean_dp':
     privacy = round_lib.PrivacySettings(

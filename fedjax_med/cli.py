@@ -150,7 +150,9 @@ def _run_sweep(args) -> int:
       progress=not args.no_progress,
       log=lambda line: print(line, file=sys.stderr),
   )
-  print(f'Results in {run_dir}: table.csv, summary.md, sweep.png')
+  written = [name for name in ('table.csv', 'summary.md', 'sweep.png')
+             if (run_dir / name).exists()]
+  print(f'Results in {run_dir}: {", ".join(written)}')
   counts = {}
   for record in records:
     counts[record['status']] = counts.get(record['status'], 0) + 1
@@ -196,6 +198,14 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(f'  {"Ditto personal":>16}: mean {ditto["mean_accuracy"]:.3f}   '
           f'worst {ditto["worst_accuracy"]:.3f} (lambda '
           f'{ditto["ditto_lambda"]:g})')
+  if ditto and ditto['diverged_clients']:
+    print(
+        f'warning: the Ditto personal models of '
+        f'{len(ditto["diverged_clients"])} clients diverged (NaN or infinite '
+        'params) and are left out of the Ditto accuracy. Lower '
+        '`client.ditto_lambda` or `client.learning_rate`; with SGD, their '
+        'product must stay below 2.', file=sys.stderr,
+    )
   privacy = summary['privacy']
   if privacy['private']:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "

@@ -22,6 +22,7 @@ import tqdm
 from fedjax_med import config as config_lib
 from fedjax_med import study_attacks
 from fedjax_med import study_privacy
+from fedjax_med import tree
 from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
@@ -837,9 +838,15 @@ def _personal_summary(config, dataset, personal, model) -> dict[str, Any]:
       threshold=config.evaluation.threshold, personalized=True,
   )
   accuracies = _client_accuracy(evaluate(personal))
+  # A personal model can diverge on its own, for example when the step
+  # size times lambda exceeds 2; its accuracy is then left out.
+  finite = np.asarray(jax.vmap(tree.tree_is_finite)(personal))
+  accuracies = [value if ok else None for value, ok in zip(accuracies, finite)]
   return {
       'ditto_lambda': config.client.ditto_lambda,
       'test_accuracy': dict(zip(dataset.client_names, accuracies)),
+      'diverged_clients': [name for name, ok in zip(dataset.client_names,
+                                                    finite) if not ok],
       **_accuracy_summary(accuracies),
   }
 

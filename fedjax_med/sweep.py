@@ -83,7 +83,7 @@ MAX_BATCH_BYTES = 2 * 2**30
 METRICS = (
     'mean_accuracy', 'worst_accuracy', 'p10_accuracy', 'std_accuracy',
     'best_worst_gap', 'smallest_clients_accuracy', 'largest_clients_accuracy',
-    'train_loss', 'epsilon',
+    'train_loss', 'epsilon', 'ditto_mean_accuracy', 'ditto_worst_accuracy',
 )
 _SUMMARY_METRICS = ('mean_accuracy', 'worst_accuracy', 'p10_accuracy',
                     'best_worst_gap')
@@ -575,6 +575,10 @@ def _run_single(point: Point, run_dir: pathlib.Path) -> dict[str, Any]:
   losses = [m['train_loss'] for m in metrics
             if m.get('train_loss') is not None and not m['skipped']]
   record['train_loss'] = losses[-1] if losses else None
+  ditto = summary.get('ditto')
+  if ditto is not None:
+    record['ditto_mean_accuracy'] = ditto['mean_accuracy']
+    record['ditto_worst_accuracy'] = ditto['worst_accuracy']
   if len(summary['test_accuracy']) <= study.MAX_CLIENTS_PER_ROUND_LINE:
     record['test_accuracy'] = summary['test_accuracy']
   return record
@@ -658,7 +662,7 @@ def run_sweep(
   todo = [point for point in all_points if point.index not in records]
   groups = plan(todo)
   log(f'{len(all_points)} points, {len(todo)} to run, in {len(groups)} '
-      'groups:')
+      f'group{"" if len(groups) == 1 else "s"}:')
   for line in describe_plan(groups):
     log(f'  {line}')
   total = sum(p.config.server.rounds for p in all_points)

@@ -254,3 +254,17 @@ def test_diverged_point_does_not_stop_its_batch(tmp_path):
   assert 'mean_accuracy' not in records[1]
   summary = (run_dir / 'summary.md').read_text()
   assert '1 failed' in summary
+
+
+def test_sweep_of_lists_and_ditto_reports(tmp_path):
+  base = _base(rounds=2)
+  axes = sweep_lib.sweep_from_document({
+      'model.model': ['mlp'], 'model.hidden_sizes': [[8], [16, 16]],
+      'client.ditto_lambda': [0.0, 90.0]}, base)
+  run_dir, records = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+  assert (run_dir / 'sweep.png').stat().st_size > 0
+  for record in records:
+    assert 0.0 <= record['ditto_mean_accuracy'] <= 1.0
+  header = (run_dir / 'table.csv').read_text().splitlines()[0]
+  assert 'ditto_mean_accuracy' in header

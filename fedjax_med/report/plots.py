@@ -161,10 +161,11 @@ def plot_sweep(
   if x_key is None:
     return
   line_keys = [key for key in settings if key != x_key]
-  x_values = list(dict.fromkeys(row[x_key] for row in rows))
+  # Values may be lists (such as hidden sizes), so they are keyed by text.
+  x_values = list({repr(row[x_key]): row[x_key] for row in rows}.values())
   numeric = all(isinstance(value, (int, float)) and not isinstance(value, bool)
                 for value in x_values)
-  positions = {value: (value if numeric else index)
+  positions = {repr(value): (value if numeric else index)
                for index, value in enumerate(x_values)}
   lines: dict[str, list] = {}
   for row in rows:
@@ -177,11 +178,11 @@ def plot_sweep(
       ('mean client accuracy', 'worst client accuracy')):
     for label, members in lines.items():
       members = sorted((m for m in members if m[metric] is not None),
-                       key=lambda m: positions[m[x_key]])
+                       key=lambda m: positions[repr(m[x_key])])
       if not members:
         continue
       axes.errorbar(
-          [positions[m[x_key]] for m in members],
+          [positions[repr(m[x_key])] for m in members],
           [m[metric] for m in members],
           yerr=[m[f'{metric}_std'] for m in members],
           marker='o', capsize=3, label=label or None,

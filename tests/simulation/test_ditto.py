@@ -129,3 +129,15 @@ def test_negative_lambda_rejected():
                                       {'ditto_lambda': -1.0})
   with pytest.raises(errors.InputError, match='client.ditto_lambda'):
     config_lib.validate(config)
+
+
+def test_diverged_personal_models_left_out(tmp_path):
+  # Step 0.01 times lambda 1e30 is far above 2, so SGD on the proximal term
+  # blows up every personal model; the global model is unaffected.
+  config = config_lib.apply_overrides(config_lib.ExperimentConfig(), {
+      'rounds': 2, 'local_steps': 5, 'ditto_lambda': 1e30})
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+  ditto = summary['ditto']
+  assert ditto['diverged_clients'] == list(summary['test_accuracy'])
+  assert ditto['mean_accuracy'] is None
+  assert summary['mean_accuracy'] is not None
