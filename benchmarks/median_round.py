@@ -114,7 +114,7 @@ def build_rounds(train, local_update, params):
 
   Returns:
     `(calls, first_call_s, final_params)`, three dicts keyed by aggregator.
-    `calls` holds a zero-argument function that runs one round from the
+    `calls` is a zero-argument function that runs one round from the
     initial state, `first_call_s` the seconds of the first call
     (compilation and one round), and `final_params` the params after it.
   """

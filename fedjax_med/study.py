@@ -55,7 +55,7 @@ _PARTITION_TAG = 1
 # A cohort whose rows and training state would take more than this trains
 # in chunks of clients, unless `client.chunk_size` is set.
 AUTO_CHUNK_BYTES = 2**30
-# Working copies of the params a client holds while it trains: the params,
+# Working copies of the params a client keeps while it trains: the params,
 # gradients, optimizer state (two moments at most), the start and the delta.
 _TRAINING_COPIES = 6
 
@@ -398,7 +398,7 @@ class Prepared:
   """What a study builds from its config before the first round.
 
   Attributes:
-    dataset: the clients' data, repartitioned if the config asks.
+    dataset: the clients' data, repartitioned if the config sets a partition.
     sampler: the cohort sampler.
     model: the classifier.
     noise_multiplier: the configured or calibrated DP noise multiplier.
@@ -574,10 +574,10 @@ def chunk_size(
 ) -> int | None:
   """Return how many clients train at once, or None for the whole cohort.
 
-  `client.chunk_size` when set; otherwise the whole cohort if its rows and
-  training state fit in `AUTO_CHUNK_BYTES`, else as many clients as fit
-  (an estimate: a client's padded rows plus `_TRAINING_COPIES` copies of
-  the params). Under `client.shard_over_devices` the chunk is rounded up to
+  `client.chunk_size` when set. Otherwise the whole cohort if its rows and
+  training state fit in `AUTO_CHUNK_BYTES`, else as many clients as fit.
+  The size per client is an estimate: its padded rows plus
+  `_TRAINING_COPIES` copies of the params. Under `client.shard_over_devices` the chunk is rounded up to
   a multiple of the device count, so every device gets equal work.
   """
   cohort = jax.eval_shape(
@@ -602,7 +602,7 @@ def chunk_size(
 
 
 def client_mesh() -> jax.sharding.Mesh:
-  """Return a mesh of every device JAX sees, with one axis 'clients'."""
+  """Return a mesh of every device in `jax.devices()`, with one axis 'clients'."""
   return jax.sharding.Mesh(np.array(jax.devices()), ('clients',))
 
 

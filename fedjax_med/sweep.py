@@ -23,7 +23,7 @@ form one group. The group runs as a batched axis of one compiled program
 setting, `client.learning_rate`, `server.server_learning_rate`,
 `client.proximal_mu` and the privacy noise multiplier (set or calibrated to
 `privacy.target_epsilon`). Each point's clients are padded to the batch's
-largest client; the minibatch draws do not depend on padding, so a batched
+largest client. The minibatch draws do not depend on padding, so a batched
 point gives the numbers of its own run to float precision.
 
 A point whose config changes the program, such as another aggregator,
@@ -269,8 +269,9 @@ def points(base: config_lib.ExperimentConfig, sweep: SweepConfig) -> list[Point]
     try:
       config_lib.validate(config)
     except InputError as error:
-      shown = ', '.join(f'{key}={value}' for key, value in settings.items())
-      raise InputError(f'Sweep point {shown}: {error}') from None
+      described = ', '.join(
+          f'{key}={value}' for key, value in settings.items())
+      raise InputError(f'Sweep point {described}: {error}') from None
     result.append(Point(len(result), settings, config))
   return result
 
@@ -727,10 +728,10 @@ def _batches(members):
   """Split `(point, prepared)` pairs into batches run one after another.
 
   Padding every point to the largest client of the group can cost far more
-  than the points themselves (label skew makes some clients much larger
-  than others), so a batch only contains points whose largest client is within
-  `MAX_PADDING` times that of the smallest in the batch, and at most
-  `MAX_BATCH_BYTES` of training and test data. Batches of equal shape reuse
+  than the points themselves, because label skew makes some clients much
+  larger than others. So a batch only contains points whose largest client
+  is within `MAX_PADDING` times that of the smallest in the batch, and at
+  most `MAX_BATCH_BYTES` of training and test data. Batches of equal shape reuse
   one compiled program.
   """
   ordered = sorted(members, key=lambda m: m[1].train.max_examples)

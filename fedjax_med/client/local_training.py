@@ -133,10 +133,10 @@ def build_local_update(
       against the server params the round started from. 0 is FedAvg.
     report_initial_loss: also compute the loss over all the client's rows
       at the server params, at the cost of one more full-client pass.
-    compute_dtype: 'float32', or 'bfloat16' for mixed precision: each step
+    compute_dtype: 'float32', or 'bfloat16' for mixed precision. Each step
       runs the model's forward and backward pass on bfloat16 copies of the
-      params and rows, while the params, the optimizer, the loss and the
-      returned delta stay float32, so aggregation is float32 too.
+      params and rows. The params, the optimizer, the loss and the returned
+      delta stay float32, so aggregation is float32 too.
     min_client_examples: the fewest rows of any client with rows, if known.
       It bounds how many epochs a client reaches in `num_steps`, so each
       epoch's shuffle is drawn once before the scan instead of at every

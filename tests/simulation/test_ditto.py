@@ -119,7 +119,7 @@ def test_study_reports_personal_accuracy(tmp_path, ditto_lambda, low, high):
   gaps = np.abs(np.array(list(ditto['test_accuracy'].values()))
                 - np.array(list(summary['test_accuracy'].values())))
   # With lambda 90 and step 0.01 each step closes 90% of the distance to
-  # the global model, so at most 2 of a hospital's test rows change; with
+  # the global model, so at most 2 of a hospital's test rows change. With
   # lambda 0 the personal models train on their own rows only.
   assert low <= gaps.max() <= high
 
