@@ -29,10 +29,7 @@ device.
 
 import argparse
 import dataclasses
-import datetime
 import math
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -44,6 +41,7 @@ import jax.numpy as jnp
 
 from fedjax_med.aggregation import clipping_aggregators
 from fedjax_med.aggregation import registry
+from fedjax_med.report import machine
 
 CENTERED_CLIPPING = 'centered_clipping'
 REFERENCE = 'mean'
@@ -192,25 +190,6 @@ def _centered_clipping(dim: int, radius: float) -> registry.Aggregate:
   return aggregate
 
 
-def available_bytes(device: jax.Device) -> int | None:
-  """Return the memory free for new buffers on `device`, or None if unknown.
-
-  Accelerators report their allocator limit. On CPU this reads MemAvailable
-  from /proc/meminfo, which exists only on Linux.
-  """
-  stats = device.memory_stats()
-  if stats and 'bytes_limit' in stats:
-    return stats['bytes_limit'] - stats.get('bytes_in_use', 0)
-  try:
-    with open('/proc/meminfo', encoding='ascii') as meminfo:
-      for line in meminfo:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    return None
-  return None
-
-
 def required_bytes(compiled: jax.stages.Compiled) -> int | None:
   """Return XLA's argument, output and temporary bytes for one call."""
   analysis = compiled.memory_analysis()
@@ -247,7 +226,7 @@ def check_memory(compiled: jax.stages.Compiled) -> str | None:
   When either figure is unknown the call is allowed to run.
   """
   needed = required_bytes(compiled)
-  free = available_bytes(jax.devices()[0])
+  free = machine.device_available_bytes(jax.devices()[0])
   if needed is None or free is None or needed <= free:
     return None
   return (
@@ -484,13 +463,10 @@ def _footnotes(size_rows) -> list[str]:
 
 def markdown(rows, command: str, settings: str) -> str:
   """Return the dated results section with one table per cohort size."""
-  device = jax.devices()[0]
   lines = [
-      f'### Aggregator time, {datetime.date.today().isoformat()}',
+      machine.section_heading('Aggregator time'),
       '',
-      f'`{command}` on {device.platform} ({device.device_kind}, '
-      f'{os.cpu_count()} CPU cores, {platform.machine()}), JAX '
-      f'{jax.__version__}. {settings}',
+      f'`{command}` on {machine.hardware_line()}. {settings}',
       '',
   ]
   sizes = sorted({(row['clients'], row['dim']) for row in rows})
@@ -599,9 +575,7 @@ def main(argv=None):
   )
   page = markdown(rows, command, settings)
   print(page, end='')
-  if args.results:
-    with open(args.results, 'a', encoding='utf-8') as results:
-      results.write(page)
+  machine.append_section(args.results, page)
   return rows
 
 

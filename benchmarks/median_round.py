@@ -28,9 +28,6 @@ the device and the load average before the run.
 
 import argparse
 import contextlib
-import datetime
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -45,6 +42,7 @@ from fedjax_med.aggregation import median
 from fedjax_med.client import local_training
 from fedjax_med.data import synthetic
 from fedjax_med.models import tabular
+from fedjax_med.report import machine
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -200,13 +198,10 @@ def _progress(message: str) -> None:
 
 def markdown(rows, command: str, settings: str) -> str:
   """Return the dated results section with one table row per aggregator."""
-  device = jax.devices()[0]
   lines = [
-      f'### Median round time, {datetime.date.today().isoformat()}',
+      machine.section_heading('Median round time'),
       '',
-      f'`{command}` on {device.platform} ({device.device_kind}, '
-      f'{os.cpu_count()} CPU cores, {platform.machine()}), JAX '
-      f'{jax.__version__}. {settings}',
+      f'`{command}` on {machine.hardware_line()}. {settings}',
       '',
       '| clients | parameters | aggregator | first call s | ms per round | '
       'x mean | calls timed |',
@@ -296,10 +291,7 @@ def main(argv=None):
   if argv is None:
     argv = sys.argv[1:]
   args = _parse_args(argv)
-  try:
-    load_average = os.getloadavg()[0]
-  except OSError:
-    load_average = None
+  load_average = machine.load_average()
   rows = run(args)
   command = shlex.join(['python', 'benchmarks/median_round.py', *argv])
   hidden = ', '.join(str(size) for size in args.hidden_sizes)
@@ -310,16 +302,11 @@ def main(argv=None):
       f'{args.local_steps} local SGD steps of batch {args.batch_size}. '
       'First call s is compilation plus one round. ms per round is the '
       'median of the timed calls, which alternate between the aggregators.'
+      + machine.load_sentence(load_average)
   )
-  if load_average is not None:
-    settings += (
-        f' The 1-minute load average before the run was {load_average:.2f}.'
-    )
   page = markdown(rows, command, settings)
   print(page, end='')
-  if args.results:
-    with open(args.results, 'a', encoding='utf-8') as results:
-      results.write(page)
+  machine.append_section(args.results, page)
   return rows
 
 

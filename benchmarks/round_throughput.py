@@ -15,9 +15,6 @@ with the date, the JAX version and the device.
 """
 
 import argparse
-import datetime
-import os
-import platform
 import time
 
 import jax
@@ -29,6 +26,7 @@ from fedjax_med.aggregation import mean
 from fedjax_med.client import local_training
 from fedjax_med.data import synthetic
 from fedjax_med.models import tabular
+from fedjax_med.report import machine
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -111,13 +109,11 @@ def run(client_counts, *, local_steps=10, batch_size=10, max_examples=20):
 
 
 def _markdown(rows, settings) -> str:
-  device = jax.devices()[0]
   lines = [
-      f'### Round throughput, {datetime.date.today().isoformat()}',
+      machine.section_heading('Round throughput'),
       '',
-      f'`python benchmarks/round_throughput.py` on {device.platform} '
-      f'({device.device_kind}, {os.cpu_count()} CPU cores, '
-      f'{platform.machine()}), JAX {jax.__version__}. {settings}',
+      f'`python benchmarks/round_throughput.py` on '
+      f'{machine.hardware_line()}. {settings}',
       '',
       '| clients | vmapped rounds/s | Python-loop rounds/s | ratio |',
       '|---|---|---|---|',
@@ -148,8 +144,7 @@ def main(argv=None):
       '60 features, 10 classes.'
   )
   if args.results:
-    with open(args.results, 'a', encoding='utf-8') as page:
-      page.write(_markdown(rows, settings))
+    machine.append_section(args.results, _markdown(rows, settings))
   return rows
 
 

@@ -50,12 +50,8 @@ hardware and the slope of log time against log clients.
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
 import pathlib
-import platform
-import resource
 import shlex
 import signal
 import statistics
@@ -72,6 +68,7 @@ import optax
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.models import tabular
+from fedjax_med.report import machine
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -134,34 +131,6 @@ def make_population(num_clients: int, seed: int = SEED):
   y = (x @ rule > 0).astype(np.int32)
   num_examples = np.full((num_clients,), EXAMPLES_PER_CLIENT, np.int32)
   return federated.FederatedData({'x': x, 'y': y}, num_examples)
-
-
-def available_bytes() -> int | None:
-  """Return MemAvailable from /proc/meminfo, or None where it is missing."""
-  try:
-    with open('/proc/meminfo', encoding='ascii') as meminfo:
-      for line in meminfo:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    return None
-  return None
-
-
-def _total_memory_gib() -> float | None:
-  try:
-    with open('/proc/meminfo', encoding='ascii') as meminfo:
-      for line in meminfo:
-        if line.startswith('MemTotal:'):
-          return int(line.split()[1]) / 2**20
-  except OSError:
-    return None
-  return None
-
-
-def _peak_rss_mb() -> float:
-  # Linux reports ru_maxrss in KiB.
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _progress(message: str) -> None:
@@ -339,7 +308,7 @@ def run_case(
   result['xla_flops'] = flops
   result['xla_temp_mb'] = None if needed is None else needed / 2**20
   if memory_limit_mb is None:
-    free = available_bytes()
+    free = machine.available_bytes()
   else:
     free = memory_limit_mb * 2**20
   if needed is not None and free is not None and needed > free:
@@ -347,7 +316,7 @@ def run_case(
         f'XLA needs {needed / 2**20:,.0f} MB for outputs and temporaries, '
         f'but only {free / 2**20:,.0f} MB is available'
     )
-    result['peak_rss_mb'] = _peak_rss_mb()
+    result['peak_rss_mb'] = machine.peak_rss_mb()
     return result
 
   # The ahead-of-time compile above would otherwise serve the first call.
@@ -370,7 +339,7 @@ def run_case(
       compile_s=max(first_call_s - seconds, 0.0),
       seconds_per_round=seconds,
       rounds_timed=len(times),
-      peak_rss_mb=_peak_rss_mb(),
+      peak_rss_mb=machine.peak_rss_mb(),
       **program.check(state),
   )
   return result
@@ -616,33 +585,10 @@ def _notes(results) -> list[str]:
   return notes
 
 
-def hardware_line() -> str:
-  """Return the device, CPU, memory and JAX version as one phrase."""
-  device = jax.devices()[0]
-  memory = _total_memory_gib()
-  memory_text = '' if memory is None else f', {memory:.0f} GiB RAM'
-  return (
-      f'{device.platform} ({device.device_kind}, {os.cpu_count()} CPU cores'
-      f'{memory_text}, {platform.machine()}), JAX {jax.__version__}'
-  )
-
-
-def _load_average() -> float | None:
-  try:
-    return os.getloadavg()[0]
-  except OSError:
-    return None
-
-
 def markdown(results, variants, command, *, fit_from, load_before,
              load_after) -> str:
   """Return the dated results section."""
-  loads = ''
-  if load_before is not None and load_after is not None:
-    loads = (
-        f' The 1-minute load average was {load_before:.2f} before the run '
-        f'and {load_after:.2f} after it.'
-    )
+  loads = machine.load_sentence(load_before, load_after)
   settings = (
       f'Every client has {EXAMPLES_PER_CLIENT} synthetic rows of {FEATURES} '
       'features and trains in every round: MLP '
@@ -658,9 +604,9 @@ def markdown(results, variants, command, *, fit_from, load_before,
       f'the {LOCAL_STEPS}-step scan once, so it undercounts.'
   )
   lines = [
-      f'### Round scaling, {datetime.date.today().isoformat()}',
+      machine.section_heading('Round scaling'),
       '',
-      f'`{command}` on {hardware_line()}. {settings}{loads}',
+      f'`{command}` on {machine.hardware_line()}. {settings}{loads}',
       '',
       *_table(results),
       '',
@@ -816,12 +762,12 @@ def main(argv=None):
     print(json.dumps(result), flush=True)
     return [result]
 
-  load_before = _load_average()
+  load_before = machine.load_average()
   results = run(
       args.clients, args.variants, repeats=args.repeats,
       timeout_s=args.timeout, memory_limit_mb=args.memory_limit_mb,
   )
-  load_after = _load_average()
+  load_after = machine.load_average()
   command = shlex.join(['python', 'benchmarks/scaling.py', *argv])
   page = markdown(
       results, args.variants, command, fit_from=args.fit_from,
@@ -830,9 +776,7 @@ def main(argv=None):
   print(page, end='')
   if args.figure:
     plot(results, args.variants, args.figure)
-  if args.results:
-    with open(args.results, 'a', encoding='utf-8') as results_page:
-      results_page.write(page)
+  machine.append_section(args.results, page)
   return results
 
 

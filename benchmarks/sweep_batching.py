@@ -54,10 +54,7 @@ version and the device.
 import argparse
 import contextlib
 import dataclasses
-import datetime
-import os
 import pathlib
-import platform
 import shlex
 import sys
 import tempfile
@@ -71,6 +68,7 @@ from fedjax_med import config as config_lib
 from fedjax_med import study
 from fedjax_med import sweep as sweep_lib
 from fedjax_med.errors import TrainingDiverged
+from fedjax_med.report import machine
 
 # Recorded once per XLA backend compilation (checked with JAX 0.10.2).
 COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
@@ -315,21 +313,16 @@ def _row_sentence(row) -> str:
 
 def markdown(rows, command: str, load_average: float | None) -> str:
   """Return the dated results section."""
-  device = jax.devices()[0]
   orders = '; '.join(
       f"{row['workload']} ran the {row['order'][0]} mode first" for row in rows
   )
-  load = (
-      '' if load_average is None
-      else f' The 1-minute load average before the run was {load_average:.2f}.'
-  )
+  load = machine.load_sentence(load_average)
   lines = [
-      f'### Sweep batching, {datetime.date.today().isoformat()}',
+      machine.section_heading('Sweep batching'),
       '',
-      f'`{command}` on {device.platform} ({device.device_kind}, '
-      f'{os.cpu_count()} CPU cores, {platform.machine()}), JAX '
-      f'{jax.__version__}. Each time covers the whole grid: data loading, '
-      'compilation, training, evaluation and output files. '
+      f'`{command}` on {machine.hardware_line()}. Each time covers the whole '
+      'grid: data loading, compilation, training, evaluation and output '
+      'files. '
       '`jax.clear_caches()` ran before each mode, and the mode run first '
       f'alternates by workload: {orders}.{load}',
       '',
@@ -390,10 +383,7 @@ def main(argv=None):
   if argv is None:
     argv = sys.argv[1:]
   args = _parse_args(argv)
-  try:
-    load_average = os.getloadavg()[0]
-  except OSError:
-    load_average = None
+  load_average = machine.load_average()
   with contextlib.ExitStack() as stack:
     if args.out is None:
       scratch = pathlib.Path(stack.enter_context(
@@ -408,9 +398,7 @@ def main(argv=None):
   command = shlex.join(['python', 'benchmarks/sweep_batching.py', *argv])
   page = markdown(rows, command, load_average)
   print(page, end='')
-  if args.results:
-    with open(args.results, 'a', encoding='utf-8') as results:
-      results.write(page)
+  machine.append_section(args.results, page)
   return rows
 
 

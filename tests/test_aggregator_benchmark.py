@@ -100,7 +100,9 @@ def test_aggregator_time_bulyan_estimate(benchmark, tmp_path):
 
 
 def test_aggregator_time_skips_oversized(benchmark, tmp_path, monkeypatch):
-  monkeypatch.setattr(benchmark, 'available_bytes', lambda device: 1)
+  monkeypatch.setattr(
+      benchmark.machine, 'device_available_bytes', lambda device: 1
+  )
   results = tmp_path / 'RESULTS.md'
 
   rows = benchmark.main([
