@@ -38,6 +38,7 @@ ATTACKS = ('none', 'sign_flip', 'scaling', 'gaussian', 'little_is_enough',
 ACCOUNTANTS = ('rdp', 'pld')
 PARTITIONS = ('none', 'dirichlet', 'pathological', 'quantity')
 TARGET_MODES = ('calibrate', 'stop')
+SECURE_GRAPHS = ('complete', 'harary')
 # numpy and JAX seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
 # Fewer resamples give percentile intervals too coarse to read.
@@ -218,6 +219,37 @@ class PrivacyConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SecureAggregationConfig:
+  """Simulated secure aggregation of the client updates.
+
+  Attributes:
+    enabled: run every round's aggregation through the protocol of
+      `fedjax_med.secure.protocol`. Needs `privacy.clip_norm` and
+      aggregator fedavg or mean.
+    graph: 'complete' (every pair of clients shares masks, Bonawitz et al.,
+      2017) or 'harary' (a random k-regular graph, Bell et al., 2020).
+    degree: neighbours per client for the harary graph, even; None picks
+      about 2 log2(cohort).
+    threshold_fraction: the Shamir threshold is floor(fraction * k) + 1 of
+      a client's k neighbours.
+    ring_bits: updates are encoded in the ring of integers modulo
+      2**ring_bits, at most 32.
+    fixed_point_scale: multiplier before rounding to integers; None picks
+      the largest one that cannot overflow without noise.
+    unmask_dropout_rate: probability that a client whose masked update
+      arrived goes offline before the unmasking step.
+  """
+
+  enabled: bool = False
+  graph: str = 'complete'
+  degree: int | None = None
+  threshold_fraction: float = 0.5
+  ring_bits: int = 32
+  fixed_point_scale: float | None = None
+  unmask_dropout_rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ServerConfig:
   """Aggregation and the server optimizer.
 
@@ -344,6 +376,7 @@ class ExperimentConfig:
   client: ClientConfig = ClientConfig()
   sampling: SamplingConfig = SamplingConfig()
   privacy: PrivacyConfig = PrivacyConfig()
+  secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
   server: ServerConfig = ServerConfig()
   attack: AttackConfig = AttackConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
@@ -858,6 +891,81 @@ def _validate_sampling_and_privacy(config: ExperimentConfig) -> None:
   _require_range('sampling.dropout_rate', sampling.dropout_rate, 0.0, 1.0)
 
   _validate_privacy(config)
+  _validate_secure_aggregation(config)
+
+
+def _validate_secure_aggregation(config: ExperimentConfig) -> None:
+  secure = config.secure_aggregation
+  _require_choice('secure_aggregation.graph', secure.graph, SECURE_GRAPHS)
+  _require_range('secure_aggregation.degree', secure.degree, 2)
+  _require_range('secure_aggregation.threshold_fraction',
+                 secure.threshold_fraction, 0.0, 1.0, high_open=True)
+  _require_range('secure_aggregation.ring_bits', secure.ring_bits, 2, 32)
+  _require_range('secure_aggregation.fixed_point_scale',
+                 secure.fixed_point_scale, 0.0, low_open=True)
+  _require_range('secure_aggregation.unmask_dropout_rate',
+                 secure.unmask_dropout_rate, 0.0, 1.0)
+  if not secure.enabled:
+    defaults = SecureAggregationConfig()
+    for field in dataclasses.fields(SecureAggregationConfig):
+      value = getattr(secure, field.name)
+      if field.name != 'enabled' and value != getattr(defaults, field.name):
+        raise InputError(
+            f'`secure_aggregation.{field.name}={value}` has no effect unless '
+            '`secure_aggregation.enabled=true`.'
+        )
+    return
+  if secure.degree is not None and secure.graph != 'harary':
+    raise InputError(
+        '`secure_aggregation.degree` applies only to graph harary; the '
+        'complete graph links every pair.'
+    )
+  if secure.degree is not None and secure.degree % 2:
+    raise InputError(
+        f'Invalid `secure_aggregation.degree`: {secure.degree}. A harary '
+        'graph needs an even degree.'
+    )
+  aggregator = config.server.aggregator
+  if aggregator not in ('fedavg', 'mean'):
+    raise InputError(
+        f'Aggregator {aggregator} needs each client\'s update, but under '
+        'secure aggregation the server sees only their sum. Use '
+        '`server.aggregator=fedavg` or `mean` (clients bound their own '
+        'update with `privacy.clip_norm`), or set '
+        '`secure_aggregation.enabled=false`.'
+    )
+  if config.privacy.clip_norm is None:
+    raise InputError(
+        '`secure_aggregation.enabled=true` needs `privacy.clip_norm`: '
+        'updates are encoded as bounded fixed-point integers.'
+    )
+  if config.privacy.noise == 'local':
+    raise InputError(
+        '`secure_aggregation.enabled=true` does not support '
+        '`privacy.noise=local`. Use distributed noise, which secure '
+        'aggregation exists for, or central noise.'
+    )
+  if config.privacy.adaptive_clipping:
+    raise InputError(
+        '`secure_aggregation.enabled=true` does not support '
+        '`privacy.adaptive_clipping=true`: its unclipped count is not '
+        'securely summed.'
+    )
+  privacy = config.privacy
+  if (privacy.noise == 'distributed' and privacy.target_epsilon is not None
+      and privacy.target_mode == 'calibrate'):
+    raise InputError(
+        '`privacy.target_mode=calibrate` calibrates a continuous Gaussian, '
+        'but under secure aggregation distributed noise is discrete '
+        'Gaussian with its own accounting. Set `privacy.noise_multiplier` '
+        'and use `privacy.target_mode=stop` to stop at the target.'
+    )
+  if config.client.scaffold or config.server.fednova:
+    raise InputError(
+        '`secure_aggregation.enabled=true` does not support SCAFFOLD or '
+        'FedNova, which send per-client values the protocol does not '
+        'protect.'
+    )
 
 
 def _validate_privacy(config: ExperimentConfig) -> None:

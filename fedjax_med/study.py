@@ -440,6 +440,12 @@ def prepare(config: config_lib.ExperimentConfig) -> Prepared:
   accountant = study_privacy.build_accountant(
       config, dataset.num_clients, noise_multiplier
   )
+  if (config.secure_aggregation.enabled
+      and config.privacy.noise == 'distributed'):
+    accountant = study_privacy.build_secure_accountant(
+        config, privacy, _cohort_size(sampler),
+        _num_parameters(model, dataset.train),
+    )
   study_privacy.check_against_data(config, dataset.num_clients, accountant)
   study_attacks.check_against_data(
       config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
@@ -460,6 +466,16 @@ def prepare(config: config_lib.ExperimentConfig) -> Prepared:
       accountant=accountant, malicious=malicious,
       num_malicious=num_malicious, train=train,
   )
+
+
+def _cohort_size(sampler) -> int:
+  return jax.eval_shape(sampler, jax.random.key(0)).client_ids.shape[0]
+
+
+def _num_parameters(model, train) -> int:
+  sample_x = jnp.asarray(train.examples['x'][0, :1])
+  shapes = jax.eval_shape(model.init, jax.random.key(0), sample_x)
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
 
 
 def build_round_fn(
@@ -538,6 +554,7 @@ def build_round_fn(
             min_client_examples),
         chunk_size=chunk_size(config, prepared),
         mesh=client_mesh() if config.client.shard_over_devices else None,
+        secure_aggregation=study_privacy.secure_settings(config),
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -690,6 +707,8 @@ def run_study(
              'local_model': model,
              'state': state, 'start': time.perf_counter(), 'done': 0,
              'accountant': accountant, 'privacy': privacy,
+             'secure_plan': round_fn.secure_plan(state.params),
+             'secure_rounds': [],
              'below_min_reporting': 0, 'stopped_at_target': False,
              'attack': study_attacks.describe(
                  config, malicious, dataset.client_names, num_malicious
@@ -746,6 +765,10 @@ def _run_rounds(
       history['below_min_reporting'] += int(
           record.get('below_min_reporting', False)
       )
+      if history['secure_plan'] is not None:
+        history['secure_rounds'].append(
+            {key: value for key, value in record.items()
+             if key.startswith('secagg_')})
       if accountant is not None:
         # Every round spends privacy, skipped ones included.
         accountant.step()
@@ -851,6 +874,25 @@ def _personal_summary(config, dataset, personal, model) -> dict[str, Any]:
   }
 
 
+def _secure_summary(history) -> dict[str, Any]:
+  """Return the protocol's static plan and its mean cost per round."""
+  plan = history['secure_plan']
+  if plan is None:
+    return {'enabled': False}
+  records = history['secure_rounds']
+  section = {'enabled': True, **plan._asdict()}
+  section['failed_rounds'] = sum(
+      bool(record.get('secagg_failed')) for record in records)
+  for name in ('secagg_client_bytes_up', 'secagg_client_bytes_down',
+               'secagg_server_bytes', 'secagg_plain_bytes_up',
+               'secagg_client_prg_expansions',
+               'secagg_server_prg_expansions', 'secagg_reconstructions'):
+    values = [record[name] for record in records if name in record]
+    if values:
+      section['mean_' + name.removeprefix('secagg_')] = float(np.mean(values))
+  return section
+
+
 def _write_summary(config, dataset, evaluate, run_dir, history):
   """Evaluate the final model, then write `summary.json` and the plot."""
   evaluation = _checked_evaluation(
@@ -881,6 +923,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           history['below_min_reporting'],
       ),
       'attack': history['attack'],
+      'secure_aggregation': _secure_summary(history),
       'example_privacy': study_privacy.describe_example_level(
           config, np.asarray(dataset.train.num_examples), history['done'],
           dataset.client_names,

@@ -23,6 +23,9 @@ from fedjax_med.errors import InputError
 from fedjax_med.privacy import accounting
 from fedjax_med.privacy import example_accounting
 from fedjax_med.privacy import mechanisms
+from fedjax_med.secure import aggregate as secure_aggregate
+from fedjax_med.secure import discrete_gaussian
+from fedjax_med.secure import protocol as secure_protocol
 
 NOT_COVERED = (
     'Per-round metrics and the summary (per-client accuracy, skipped rounds, '
@@ -150,6 +153,13 @@ def _assumptions(config, settings, rounds_below_min: int) -> list[str]:
         "Local noise: the guarantee is local DP of each client's own noisy "
         'update in every round, with no credit for sampling, against a '
         'change of that client\'s whole data set (sensitivity 2 * clip_norm).'
+    )
+  if privacy.noise == 'distributed' and config.secure_aggregation.enabled:
+    assumptions.append(
+        'Under secure aggregation each client adds discrete Gaussian noise '
+        'to its integer-encoded update. The accounting is the zCDP bound of '
+        'Kairouz, Liu and Steinke (2021, Proposition 14) for the sum of the '
+        'guaranteed survivors, with no credit for sampling.'
     )
   if privacy.noise == 'distributed':
     assumptions.append(
@@ -305,3 +315,50 @@ def stop_before_round(accountant, config) -> bool:
       accountant, privacy.target_epsilon, privacy.delta
   )
 
+
+
+def secure_settings(
+    config: config_lib.ExperimentConfig,
+) -> secure_protocol.SecureAggregationSettings | None:
+  """Return the protocol settings, or None when secure aggregation is off."""
+  secure = config.secure_aggregation
+  if not secure.enabled:
+    return None
+  return secure_protocol.SecureAggregationSettings(
+      graph=secure.graph, degree=secure.degree,
+      threshold_fraction=secure.threshold_fraction, bits=secure.ring_bits,
+      scale=secure.fixed_point_scale,
+      unmask_dropout_rate=secure.unmask_dropout_rate,
+  )
+
+
+def build_secure_accountant(
+    config: config_lib.ExperimentConfig,
+    privacy: mechanisms.PrivacySettings,
+    cohort_size: int,
+    num_parameters: int,
+) -> accounting.PrivacyAccountant:
+  """Return the accountant of distributed discrete Gaussian noise.
+
+  One round is a ZCDpEvent with the rho of Kairouz, Liu and Steinke (2021)
+  for `min_reporting_clients` survivors, at the ring scale and dimension
+  that the round will use. No amplification by sampling is claimed.
+  """
+  if config.privacy.accountant != 'rdp':
+    raise InputError(
+        'Distributed discrete Gaussian noise under secure aggregation is '
+        'accounted as zCDP, which only the RDP accountant composes. Set '
+        '`privacy.accountant=rdp`.'
+    )
+  try:
+    plan = secure_aggregate.plan(
+        secure_settings(config), privacy, cohort_size, num_parameters)
+  except ValueError as error:
+    raise InputError(str(error)) from None
+  l2, l1 = discrete_gaussian.integer_sensitivities(
+      privacy.clip_norm, plan.scale, plan.dimension)
+  rho = discrete_gaussian.zcdp_rho(
+      plan.noise_sigma, privacy.min_reporting_clients, l2, l1,
+      plan.dimension)
+  return accounting.PrivacyAccountant(
+      dp_accounting.ZCDpEvent(rho), 'add_or_remove', 'rdp')

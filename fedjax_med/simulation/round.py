@@ -22,6 +22,8 @@ from fedjax_med.aggregation import registry
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.privacy import mechanisms
+from fedjax_med.secure import aggregate as secure_aggregate_lib
+from fedjax_med.secure import protocol as secure_protocol
 from fedjax_med.simulation import sampling
 from fedjax_med.typing import Params, PRNGKey
 
@@ -39,6 +41,7 @@ _CLIENTS_TAG = 2
 _CENTRAL_NOISE_TAG = 3
 _COUNT_NOISE_TAG = 4
 _ATTACK_TAG = 5
+_SECURE_TAG = 6
 # Folded into a client's key for its own noise, apart from its training key.
 _CLIENT_NOISE_TAG = 1 << 30
 # Folded into a client's key for the minibatches of its Ditto personal model.
@@ -131,6 +134,7 @@ def build_round(
     personal_update: local_training.LocalUpdate | None = None,
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    secure_aggregation: secure_protocol.SecureAggregationSettings | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -198,6 +202,16 @@ def build_round(
       The aggregate is then summed across devices in another order, so the
       result equals the one-device result up to float rounding. Under
       `jax.distributed`, a mesh over `jax.devices()` spans every host.
+    secure_aggregation: run the aggregation through the simulated secure
+      aggregation protocol (`fedjax_med.secure`) with these settings. Only
+      fedavg and mean are allowed, `privacy.clip_norm` bounds the encoding,
+      and distributed noise becomes discrete Gaussian noise in ring units.
+      The sampled clients take part in the key exchange; those that then
+      drop out (`dropout_rate`), have no rows or send a non-finite update
+      send no masked input, and the server removes their masks. A round in
+      which the protocol fails leaves the model unchanged, with `skipped`
+      and `secagg_failed` set. `round_fn.secure_plan(params)` returns the
+      scale and other static choices.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -269,6 +283,29 @@ def build_round(
         'unnoised, so it cannot run with DP noise. Turn the noise off or '
         'use FedAvg or FedProx.'
     )
+
+  if secure_aggregation is not None:
+    secure_aggregate_lib.check_settings(secure_aggregation, privacy,
+                                        aggregator)
+    secure_protocol.validate(secure_aggregation, cohort_size)
+    if scaffold or fednova:
+      raise ValueError(
+          'SCAFFOLD and FedNova send per-client values (control variates, '
+          'step counts) that this secure aggregation does not protect. Turn '
+          'them off under secure aggregation.'
+      )
+    if aggregator == 'fedavg' and privacy.weight_cap is None:
+      # The padded length bounds every client's count, also for the
+      # populations that `round_fn(train_data=...)` swaps in.
+      weight_bound = float(max(train_data.max_examples, 1))
+    else:
+      weight_bound = 1.0
+
+    def build_secure(params):
+      return secure_aggregate_lib.build_secure_aggregate(
+          secure_aggregation, update_privacy, aggregator, cohort_size,
+          params, weight_bound,
+      )
 
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f'`chunk_size` must be at least 1; got {chunk_size}.')
@@ -392,18 +429,27 @@ def build_round(
     weights = mechanisms.client_weights(
         aggregator, contributes, counts, privacy.weight_cap
     )
-    aggregate = _privatize_and_aggregate(
-        updates, weights, contributes, client_keys, round_privacy,
-        key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
-        center=state.center,
-        losses=local.initial_loss,
-    )
+    secure_failed = False
+    if secure_aggregation is None:
+      aggregate = _privatize_and_aggregate(
+          updates, weights, contributes, client_keys, round_privacy,
+          key=jax.random.fold_in(round_key, _CENTRAL_NOISE_TAG),
+          center=state.center,
+          losses=local.initial_loss,
+      )
+    else:
+      secure_aggregate, _ = build_secure(state.params)
+      aggregate, secure_failed, secure_metrics = secure_aggregate(
+          updates, weights, contributes, sampled.mask, client_keys,
+          jax.random.fold_in(round_key, _SECURE_TAG),
+      )
+      diagnostics.update(secure_metrics)
     if privacy.noise_kind == 'distributed':
       diagnostics['below_min_reporting'] = (
           jnp.sum(contributes) < privacy.min_reporting_clients
       )
 
-    skipped = jnp.sum(weights) <= 0
+    skipped = (jnp.sum(weights) <= 0) | secure_failed
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
     if scaffold:
       # The controls come from the unclipped updates, zeroed where a client
@@ -491,7 +537,14 @@ def build_round(
         bound_malicious,
     )
 
+  def secure_plan(params):
+    """Return the `SecurePlan` of a round over `params`, or None."""
+    if secure_aggregation is None:
+      return None
+    return build_secure(params)[1]
+
   round_fn.lower = lower
+  round_fn.secure_plan = secure_plan
   return round_fn
 
 

@@ -1,0 +1,174 @@
+"""The simulated secure aggregation protocol: exact sums, dropouts, failure."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from fedjax_med.secure import protocol
+
+N, D = 40, 23
+
+
+def _inputs(seed=0, bits=32):
+  rng = np.random.default_rng(seed)
+  values = rng.integers(0, 2**bits, (N, D), dtype=np.uint64)
+  return jnp.asarray(values.astype(np.uint32))
+
+
+def _survivors(fraction, seed=1):
+  survivors = np.ones(N, bool)
+  dropped = np.random.default_rng(seed).choice(
+      N, int(round(fraction * N)), replace=False)
+  survivors[dropped] = False
+  return jnp.asarray(survivors)
+
+
+def _plain_sum(inputs, survivors, bits=32):
+  total = np.sum(np.where(np.asarray(survivors)[:, None],
+                          np.asarray(inputs, np.uint64), 0), axis=0)
+  return total % (2**bits)
+
+
+def _run(settings, survivors, inputs=None, **kwargs):
+  inputs = _inputs() if inputs is None else inputs
+  participants = jnp.ones(N, bool)
+  return jax.jit(
+      lambda k, x, p, s: protocol.secure_sum(k, x, p, s, settings, **kwargs)
+  )(jax.random.key(7), inputs, participants, survivors)
+
+
+@pytest.mark.parametrize('graph', ['complete', 'harary'])
+@pytest.mark.parametrize('dropped', [0, 1, 12])
+def test_sum_equals_plain_sum_of_survivors(graph, dropped):
+  settings = protocol.SecureAggregationSettings(
+      graph=graph, degree=16 if graph == 'harary' else None,
+      threshold_fraction=0.3)
+  survivors = _survivors(dropped / N)
+  result = _run(settings, survivors)
+  assert bool(result.ok)
+  assert bool(result.rebuilt_correct)
+  np.testing.assert_array_equal(
+      np.asarray(result.total, np.uint64), _plain_sum(_inputs(), survivors))
+
+
+def test_sum_exact_in_small_ring():
+  settings = protocol.SecureAggregationSettings(bits=12)
+  inputs = _inputs(bits=12)
+  survivors = _survivors(0.25)
+  result = _run(settings, survivors, inputs)
+  assert bool(result.ok)
+  np.testing.assert_array_equal(
+      np.asarray(result.total, np.uint64), _plain_sum(inputs, survivors, 12))
+
+
+def test_dropped_masks_stay_without_recovery():
+  settings = protocol.SecureAggregationSettings()
+  survivors = _survivors(1 / N)
+  plain = _plain_sum(_inputs(), survivors)
+  without = _run(settings, survivors, recover_dropped=False)
+  assert not np.array_equal(np.asarray(without.total, np.uint64), plain)
+  no_drop = _run(settings, jnp.ones(N, bool), recover_dropped=False)
+  np.testing.assert_array_equal(
+      np.asarray(no_drop.total, np.uint64),
+      _plain_sum(_inputs(), jnp.ones(N, bool)))
+
+
+def test_no_client_has_both_secrets_rebuilt():
+  settings = protocol.SecureAggregationSettings()
+  result = _run(settings, _survivors(0.3))
+  both = result.rebuilt_secret_keys & result.rebuilt_seeds
+  assert not bool(jnp.any(both))
+  assert int(jnp.sum(result.rebuilt_secret_keys)) == 12
+  assert int(jnp.sum(result.rebuilt_seeds)) == N - 12
+
+
+def test_too_few_survivors_fail():
+  settings = protocol.SecureAggregationSettings(threshold_fraction=0.5)
+  t = protocol.threshold(settings, N)
+  survivors = jnp.arange(N) < t - 1
+  result = _run(settings, survivors)
+  assert not bool(result.ok)
+  assert not bool(jnp.any(result.rebuilt_seeds))
+
+
+def test_unmask_dropouts_still_exact():
+  settings = protocol.SecureAggregationSettings(
+      threshold_fraction=0.3, unmask_dropout_rate=0.2)
+  survivors = _survivors(0.1)
+  result = _run(settings, survivors)
+  assert bool(result.ok)
+  assert int(jnp.sum(result.responders)) < int(jnp.sum(survivors))
+  np.testing.assert_array_equal(
+      np.asarray(result.total, np.uint64), _plain_sum(_inputs(), survivors))
+
+
+def test_unmask_dropouts_below_threshold_fail():
+  settings = protocol.SecureAggregationSettings(
+      threshold_fraction=0.9, unmask_dropout_rate=0.5)
+  result = _run(settings, jnp.ones(N, bool))
+  assert not bool(result.ok)
+
+
+def test_masked_inputs_look_uniform():
+  # Inputs that are all zero or all one constant: the masked vectors must
+  # still be uniform on the ring, judged on the top 4 bits.
+  settings = protocol.SecureAggregationSettings()
+  for inputs in [jnp.zeros((N, D), jnp.uint32),
+                 jnp.full((N, D), 12345, jnp.uint32)]:
+    masked = np.asarray(_run(settings, jnp.ones(N, bool), inputs).masked)
+    counts = np.bincount((masked >> 28).ravel(), minlength=16)
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_masked_inputs_do_not_depend_on_input():
+  settings = protocol.SecureAggregationSettings()
+  zeros = np.asarray(
+      _run(settings, jnp.ones(N, bool), jnp.zeros((N, D), jnp.uint32)).masked)
+  large = np.asarray(_run(
+      settings, jnp.ones(N, bool),
+      jnp.full((N, D), 2**31, jnp.uint32)).masked)
+  # Different inputs under the same key give different masked vectors, yet
+  # the two samples are indistinguishable as distributions.
+  assert not np.array_equal(zeros, large)
+  assert stats.ks_2samp(zeros.ravel(), large.ravel()).pvalue > 1e-3
+
+
+def test_harary_graph_is_regular_and_symmetric():
+  settings = protocol.SecureAggregationSettings(graph='harary', degree=6)
+  neighbours = np.asarray(protocol.neighbours(jax.random.key(0), settings, 30))
+  assert neighbours.shape == (30, 6)
+  edges = {(i, int(j)) for i in range(30) for j in neighbours[i]}
+  assert all((j, i) in edges for i, j in edges)
+  assert all(len(set(row)) == 6 and i not in row
+             for i, row in enumerate(neighbours))
+
+
+def test_cost_of_sparse_graph_is_smaller():
+  complete = _run(protocol.SecureAggregationSettings(), jnp.ones(N, bool))
+  sparse = _run(protocol.SecureAggregationSettings(graph='harary', degree=8),
+                jnp.ones(N, bool))
+  assert float(complete.cost['secagg_client_prg_expansions']) == N
+  assert float(sparse.cost['secagg_client_prg_expansions']) == 9
+  assert (float(sparse.cost['secagg_client_bytes_up'])
+          < float(complete.cost['secagg_client_bytes_up']))
+
+
+def test_server_expansions_count_orphaned_edges():
+  survivors = _survivors(2 / N)
+  result = _run(protocol.SecureAggregationSettings(), survivors)
+  # 38 self masks, plus each of the 2 dropped clients' 38 surviving edges.
+  assert int(result.cost['secagg_server_prg_expansions']) == 38 + 2 * 38
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(graph='ring'), 'graph'),
+    (dict(bits=33), 'bits'),
+    (dict(graph='harary', degree=5), 'even'),
+    (dict(threshold_fraction=1.0), 'threshold_fraction'),
+    (dict(scale=-1.0), 'scale'),
+])
+def test_invalid_settings_rejected(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    protocol.validate(protocol.SecureAggregationSettings(**kwargs), N)
