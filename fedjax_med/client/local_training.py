@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedjax_med import tree
@@ -101,6 +102,97 @@ def _batch_indices(
   return _batch_of(permutation, step % per_epoch, num_examples, batch_size)
 
 
+# `_visit_order` packs `epoch + 1` into the 8-bit exponent field of a
+# positive float32 sort key, and one more field value marks the slots past
+# the last epoch. The field must stay below 255, where the key would be inf
+# or NaN, so at most 253 epochs fit.
+_MAX_PACKED_EPOCHS = 253
+
+
+def _visit_layout(
+    max_examples: int, num_steps: int, batch_size: int,
+    num_epochs: int | None,
+) -> tuple[int, int] | None:
+  """Return `(slots, max_epochs)` for `_visit_order`, or None.
+
+  `max_epochs` is the maximum number of epochs that a client of 1 to
+  `max_examples` rows starts in `num_steps` steps, and `slots` the maximum
+  number of (epoch, row) pairs that such a client needs. None means more
+  epochs than the packed sort keys can encode.
+  """
+  sizes = np.arange(1, max(max_examples, 1) + 1)
+  epochs = -(-num_steps // -(-sizes // batch_size))
+  if num_epochs is not None:
+    epochs = np.minimum(epochs, num_epochs)
+  max_epochs = int(epochs.max())
+  if max_epochs > _MAX_PACKED_EPOCHS:
+    return None
+  return int((sizes * epochs).max()), max_epochs
+
+
+def _visit_order(
+    key: PRNGKey, num_examples: jax.Array, *, slots: int, max_epochs: int,
+    visits: int,
+) -> jax.Array:
+  """Return the first `visits` rows of the client's epochs, end to end.
+
+  Position `e * n + p` of the result is position `p` of
+  `_epoch_permutation(key, e, n, ...)` for a client of `n` rows, as long
+  as it is below `visits`. The batches of `num_steps` steps never read
+  past position `num_steps * batch_size`.
+
+  Slot `s` is row `s % n` of epoch `s // n` and gets that row's
+  sort key from `_epoch_permutation`. The slots are ordered by epoch, then
+  sort key, then slot, which within an epoch is the row order of a stable
+  argsort. `lax.top_k` selects just the first `visits` slots of that
+  order, so the client needs one partial sort of `slots` keys instead of
+  one full sort of `max_examples` keys per epoch.
+  """
+  count = jnp.maximum(num_examples, 1)
+  slot = jnp.arange(slots)
+  # Slots past `max_epochs` epochs are never visited and share one field.
+  epoch = jnp.minimum(slot // count, max_epochs)
+  row = slot % count
+  epoch_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      key, jnp.arange(max_epochs + 1)
+  )
+  row_keys = jax.vmap(jax.random.fold_in)(epoch_keys[epoch], row)
+  sort_keys = jax.vmap(jax.random.uniform)(row_keys)
+  # `jax.random.uniform` returns m * 2**-23 for a 23-bit integer m, so m
+  # is exact and orders the rows as the float does, ties included. A
+  # positive float32 orders as its bits, so (epoch + 1, m) packed into the
+  # exponent and fraction fields orders by epoch, then by sort key.
+  mantissa = (sort_keys * 2**23).astype(jnp.uint32)
+  packed = ((epoch + 1).astype(jnp.uint32) << 23) | mantissa
+  # `lax.top_k` returns the largest values, the lower index first on ties.
+  negated = -jax.lax.bitcast_convert_type(packed, jnp.float32)
+  _, order = jax.lax.top_k(negated, visits)
+  return row[order]
+
+
+def _visited_positions(
+    step: jax.Array, num_examples: jax.Array, num_visits: int,
+    batch_size: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Return the `[batch]` positions in the visit order and validity mask.
+
+  Row `visit_order[positions]` is the batch of `_batch_indices` for the
+  same client and step.
+  """
+  per_epoch = batches_per_epoch(num_examples, batch_size)
+  last = num_visits - 1
+  epoch_start = (step // per_epoch) * num_examples
+  in_epoch = (step % per_epoch) * batch_size + jnp.arange(batch_size)
+  valid = in_epoch < num_examples
+  # As in `_batch_of`, batch entries past the end of the epoch repeat the
+  # epoch's first row with weight 0.
+  positions = jnp.where(
+      valid, jnp.minimum(epoch_start + in_epoch, last),
+      jnp.minimum(epoch_start, last),
+  )
+  return positions, valid
+
+
 def build_local_update(
     model: tabular.Model,
     optimizer: optax.GradientTransformation,
@@ -138,10 +230,12 @@ def build_local_update(
       params and rows. The params, the optimizer, the loss and the returned
       delta stay float32, so aggregation is float32 too.
     min_client_examples: the fewest rows of any client with rows, if known.
-      It bounds how many epochs a client reaches in `num_steps`, so each
-      epoch's shuffle is drawn once before the scan instead of at every
-      step, with the same result. A client with fewer rows would reuse its
-      last shuffle in the epochs past the bound.
+      It matters only where a client could start more epochs in
+      `num_steps` than the visit order of `build_scan` covers (253). There
+      it bounds how many epochs a client reaches, so each epoch's shuffle
+      is drawn once before the scan instead of at every step, with the
+      same result. A client with fewer rows would reuse its last shuffle
+      in the epochs past the bound.
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
@@ -232,10 +326,14 @@ def build_scan(
   are those of the steps taken from `start`.
 
   The minibatches of an epoch come from one shuffle of the client's rows.
-  When the epochs a client reaches are bounded (`num_epochs`, or
-  `max_epochs` from the caller) by fewer than `num_steps`, the shuffles are
-  drawn once per epoch before the scan; otherwise each step redraws its
-  epoch's shuffle. Both give the same batches.
+  Before the scan, each client draws its visit order: the rows of its
+  first `num_steps * batch_size` batch positions, epoch after epoch, from
+  one partial sort (`lax.top_k`) instead of a full sort of `max_examples`
+  keys per epoch. That order covers at most 253 epochs. Where a client of
+  one row could start more, the shuffles are drawn once per epoch before
+  the scan if the epochs are bounded (`num_epochs`, or `max_epochs` from
+  the caller) by fewer than `num_steps`, and at every step otherwise. All
+  three give the same batches.
   """
   traced_mu = tree.is_traced(proximal_mu)
   if not traced_mu and not (proximal_mu >= 0 and proximal_mu < float('inf')):
@@ -269,28 +367,15 @@ def build_scan(
     else:
       initial_loss = jnp.float32(jnp.nan)
 
-    epochs = num_epochs if num_epochs is not None else max_epochs
-    if epochs is not None and epochs < num_steps:
-      permutations = jax.vmap(
-          lambda epoch: _epoch_permutation(
-              key, epoch, num_examples, max_examples)
-      )(jnp.arange(epochs))
-    else:
-      permutations = None
-
-    def batch_indices(step_index):
-      if permutations is None:
-        return _batch_indices(
-            key, step_index, num_examples, max_examples, batch_size)
-      per_epoch = batches_per_epoch(num_examples, batch_size)
-      epoch = jnp.minimum(step_index // per_epoch, epochs - 1)
-      return _batch_of(permutations[epoch], step_index % per_epoch,
-                       num_examples, batch_size)
+    rows, batch_indices = _batch_source(
+        examples, key, num_examples, num_steps=num_steps,
+        batch_size=batch_size, num_epochs=num_epochs, max_epochs=max_epochs,
+    )
 
     def step(carry, step_index):
       params, opt_state = carry
       indices, valid = batch_indices(step_index)
-      batch = jax.tree.map(lambda leaf: leaf[indices], examples)
+      batch = jax.tree.map(lambda leaf: leaf[indices], rows)
       loss, grads = batch_gradient(
           params, batch, valid, jax.random.fold_in(step_keys, step_index),
       )
@@ -322,6 +407,69 @@ def build_scan(
     )
 
   return local_update
+
+
+def _batch_source(
+    examples: dict, key: PRNGKey, num_examples: jax.Array, *,
+    num_steps: int, batch_size: int, num_epochs: int | None,
+    max_epochs: int | None,
+) -> tuple[dict, Callable[[jax.Array], tuple[jax.Array, jax.Array]]]:
+  """Return `(rows, batch_indices)`, the minibatches of one client.
+
+  `batch_indices(step) -> (indices, valid)` gives `[batch]` indices into
+  the leading axis of every leaf of `rows` and a `[batch]` validity mask.
+  The indexed rows are the batch of `_batch_indices`, whichever way below
+  draws them.
+
+  The visit order, drawn once before the scan, is the cheapest. Where it
+  is no longer than the padded client, `rows` are the examples gathered
+  in that order, so the scan reads at most `num_steps * batch_size` rows
+  of the client instead of all its padded rows.
+
+  Beyond the 253 epochs that the visit order covers, `rows` are the
+  examples. Each epoch's shuffle is then drawn before the scan if the
+  epochs are bounded (by `num_epochs`, or `max_epochs` from the caller) by
+  fewer than `num_steps`, and at every step otherwise.
+  """
+  max_examples = jax.tree.leaves(examples)[0].shape[0]
+  layout = _visit_layout(max_examples, num_steps, batch_size, num_epochs)
+  if layout is not None:
+    slots, layout_epochs = layout
+    num_visits = min(slots, num_steps * batch_size)
+    visit_order = _visit_order(
+        key, num_examples, slots=slots, max_epochs=layout_epochs,
+        visits=num_visits,
+    )
+
+    def visited_batch(step):
+      return _visited_positions(step, num_examples, num_visits, batch_size)
+
+    if num_visits <= max_examples:
+      rows = jax.tree.map(lambda leaf: leaf[visit_order], examples)
+      return rows, visited_batch
+
+    def visited_rows(step):
+      positions, valid = visited_batch(step)
+      return visit_order[positions], valid
+
+    return examples, visited_rows
+
+  epochs = num_epochs if num_epochs is not None else max_epochs
+  if epochs is None or epochs >= num_steps:
+    return examples, lambda step: _batch_indices(
+        key, step, num_examples, max_examples, batch_size)
+
+  permutations = jax.vmap(
+      lambda epoch: _epoch_permutation(key, epoch, num_examples, max_examples)
+  )(jnp.arange(epochs))
+
+  def batch_indices(step):
+    per_epoch = batches_per_epoch(num_examples, batch_size)
+    epoch = jnp.minimum(step // per_epoch, epochs - 1)
+    return _batch_of(
+        permutations[epoch], step % per_epoch, num_examples, batch_size)
+
+  return examples, batch_indices
 
 
 def max_local_steps(

@@ -203,10 +203,12 @@ def test_invalid_proximal_mu(mu):
         _model(), optax.sgd(0.1), num_steps=2, batch_size=2, proximal_mu=mu)
 
 
-def test_shuffles_drawn_once_per_epoch_give_same_batches():
+def test_shuffles_drawn_once_per_epoch_give_same_batches(monkeypatch):
   # Clients of 17 and 40 rows, batch 8, 12 steps: with the hint of 17 rows
   # a client reaches at most 4 epochs, so 4 shuffles are drawn before the
-  # scan instead of one per step.
+  # scan instead of one per step. Both are the paths for more epochs than
+  # the visit order holds, which a limit of 0 forces.
+  monkeypatch.setattr(local_training, '_MAX_PACKED_EPOCHS', 0)
   model = tabular.from_flax(tabular.LogisticRegression(3), 3)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(40, 5)).astype(np.float32)
