@@ -217,7 +217,34 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
   if summary['stopped_at_target_epsilon']:
     print(f"  stopped after {summary['rounds_run']} of {summary['rounds']} "
           'rounds: one more would exceed the target epsilon')
-  if summary['skipped_rounds'] == summary['rounds_run']:
+  secure = summary.get('secure_aggregation', {'enabled': False})
+  failed = secure.get('failed_rounds', 0)
+  if secure['enabled']:
+    print(f"  secure aggregation: {secure['degree']} neighbours, threshold "
+          f"{secure['threshold']}, {failed} of {summary['rounds_run']} rounds "
+          f"failed, {secure.get('mean_client_bytes_up', 0):,.0f} bytes up "
+          f"per client (plain: {secure.get('mean_plain_bytes_up', 0):,.0f})")
+  if secure.get('updates_below_quantization'):
+    print(
+        'warning: the client updates are smaller than the fixed-point '
+        f"quantization noise (norm about {secure['quantization_noise_norm']:.3g}"
+        '), so secure aggregation mostly erased them. Lower '
+        '`privacy.clip_norm` towards the update norms (mean_update_norm in '
+        'metrics.jsonl) or use a larger `fixed_point_scale`.',
+        file=sys.stderr,
+    )
+  if failed:
+    print(
+        f'warning: secure aggregation failed in {failed} of '
+        f'{summary["rounds_run"]} rounds: too few clients survived, or too '
+        'few responded to rebuild a secret. The model did not change in '
+        'those rounds. Lower `sampling.dropout_rate`, '
+        '`secure_aggregation.unmask_dropout_rate` or '
+        '`secure_aggregation.threshold_fraction`, or use a larger degree.',
+        file=sys.stderr,
+    )
+  if summary['skipped_rounds'] == summary['rounds_run'] and (
+      failed < summary['rounds_run']):
     print(
         f'warning: all {summary["rounds_run"]} rounds were skipped because no '
         'client contributed, so these are the accuracies of the untrained '

@@ -440,12 +440,15 @@ def prepare(config: config_lib.ExperimentConfig) -> Prepared:
   accountant = study_privacy.build_accountant(
       config, dataset.num_clients, noise_multiplier
   )
-  if (config.secure_aggregation.enabled
-      and config.privacy.noise == 'distributed'):
-    accountant = study_privacy.build_secure_accountant(
+  if config.secure_aggregation.enabled:
+    # Planning the encoding here turns an unusable scale or ring into an
+    # input error before any output is written.
+    secure_plan = study_privacy.secure_plan(
         config, privacy, _cohort_size(sampler),
-        _num_parameters(model, dataset.train),
-    )
+        _num_parameters(model, dataset.train))
+    if config.privacy.noise == 'distributed':
+      accountant = study_privacy.build_secure_accountant(
+          config, privacy, secure_plan)
   study_privacy.check_against_data(config, dataset.num_clients, accountant)
   study_attacks.check_against_data(
       config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
@@ -768,7 +771,7 @@ def _run_rounds(
       if history['secure_plan'] is not None:
         history['secure_rounds'].append(
             {key: value for key, value in record.items()
-             if key.startswith('secagg_')})
+             if key.startswith('secagg_') or key == 'mean_update_norm'})
       if accountant is not None:
         # Every round spends privacy, skipped ones included.
         accountant.step()
@@ -883,6 +886,14 @@ def _secure_summary(history) -> dict[str, Any]:
   section = {'enabled': True, **plan._asdict()}
   section['failed_rounds'] = sum(
       bool(record.get('secagg_failed')) for record in records)
+  # Quantization adds noise of norm about 0.3 sqrt(d) / scale to each
+  # update, so updates much smaller than sqrt(d) / scale are mostly lost.
+  norms = [record['mean_update_norm'] for record in records
+           if record.get('secagg_failed') is False]
+  step_norm = math.sqrt(plan.dimension) / plan.scale
+  section['quantization_noise_norm'] = 0.3 * step_norm
+  section['updates_below_quantization'] = bool(
+      norms and float(np.median(norms)) < step_norm)
   for name in ('secagg_client_bytes_up', 'secagg_client_bytes_down',
                'secagg_server_bytes', 'secagg_plain_bytes_up',
                'secagg_client_prg_expansions',

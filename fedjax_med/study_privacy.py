@@ -332,11 +332,24 @@ def secure_settings(
   )
 
 
-def build_secure_accountant(
+def secure_plan(
     config: config_lib.ExperimentConfig,
     privacy: mechanisms.PrivacySettings,
     cohort_size: int,
     num_parameters: int,
+) -> secure_aggregate.SecurePlan:
+  """Return the round's encoding plan; InputError if it cannot work."""
+  try:
+    return secure_aggregate.plan(
+        secure_settings(config), privacy, cohort_size, num_parameters)
+  except ValueError as error:
+    raise InputError(str(error)) from None
+
+
+def build_secure_accountant(
+    config: config_lib.ExperimentConfig,
+    privacy: mechanisms.PrivacySettings,
+    plan: secure_aggregate.SecurePlan,
 ) -> accounting.PrivacyAccountant:
   """Return the accountant of distributed discrete Gaussian noise.
 
@@ -350,11 +363,6 @@ def build_secure_accountant(
         'accounted as zCDP, which only the RDP accountant composes. Set '
         '`privacy.accountant=rdp`.'
     )
-  try:
-    plan = secure_aggregate.plan(
-        secure_settings(config), privacy, cohort_size, num_parameters)
-  except ValueError as error:
-    raise InputError(str(error)) from None
   l2, l1 = discrete_gaussian.integer_sensitivities(
       privacy.clip_norm, plan.scale, plan.dimension)
   rho = discrete_gaussian.zcdp_rho(

@@ -115,28 +115,42 @@ def plan(
   client_stddev = 0.0
   if privacy.noise_kind == 'distributed':
     client_stddev = float(mechanisms.client_noise_stddev(privacy))
-  if settings.scale is not None:
+  if client_stddev == 0.0:
+    largest = encoding.max_scale(settings.bits, bound, num_clients)
+  else:
+    largest = _largest_noisy_scale(
+        settings.bits, bound, num_clients, client_stddev, dimension)
+  if settings.scale is None:
+    scale = largest
+    if client_stddev * scale > discrete_gaussian.MAX_SIGMA:
+      scale = discrete_gaussian.MAX_SIGMA / client_stddev
+  else:
     scale = float(settings.scale)
     if client_stddev == 0.0:
       encoding.check_no_overflow(settings.bits, scale, bound, num_clients)
-  elif client_stddev == 0.0:
-    scale = encoding.max_scale(settings.bits, bound, num_clients)
-  else:
-    # Leave room for the data sum plus `c` noise std of the summed noise,
-    # where c makes the union-bound overflow probability the target.
-    c = math.sqrt(2 * math.log(2 * dimension / NOISE_OVERFLOW_TARGET))
-    room = 2 ** (settings.bits - 1) - 1 - num_clients
-    scale = room / (num_clients * bound
-                    + c * math.sqrt(num_clients) * client_stddev)
-    if scale <= 0:
+    elif scale > largest:
       raise ValueError(
-          f'{num_clients} clients do not fit a {settings.bits}-bit ring. '
-          'Use more bits or a smaller cohort.'
+          f'Fixed-point scale {scale:g} can overflow a {settings.bits}-bit '
+          f'ring under distributed noise: the sum of {num_clients} noised '
+          f'updates would leave the ring with probability above '
+          f'{NOISE_OVERFLOW_TARGET:g}. Use scale <= {largest:g}, or leave '
+          'it unset.'
       )
+    if client_stddev * scale > discrete_gaussian.MAX_SIGMA:
+      raise ValueError(
+          f'Fixed-point scale {scale:g} makes the discrete Gaussian sigma '
+          f'{client_stddev * scale:g} ring units, above the sampler\'s '
+          f'{discrete_gaussian.MAX_SIGMA:g}. Use scale <= '
+          f'{discrete_gaussian.MAX_SIGMA / client_stddev:g}.'
+      )
+  if privacy.clip_norm * scale < 1:
+    raise ValueError(
+        f'Fixed-point scale {scale:g} rounds an update of norm clip_norm '
+        f'({privacy.clip_norm:g}) to less than one ring unit, so every '
+        'update would be lost. Use more ring bits, a larger scale or a '
+        'smaller cohort.'
+    )
   sigma = client_stddev * scale
-  if sigma > discrete_gaussian.MAX_SIGMA:
-    scale *= discrete_gaussian.MAX_SIGMA / sigma
-    sigma = discrete_gaussian.MAX_SIGMA
   overflow = encoding.overflow_probability(
       settings.bits, scale, bound, num_clients,
       math.sqrt(num_clients) * sigma, dimension,
@@ -148,6 +162,26 @@ def plan(
       degree=protocol.graph_degree(settings, num_clients),
       noise_sigma=sigma, overflow_probability=overflow,
   )
+
+
+def _largest_noisy_scale(bits, bound, num_clients, client_stddev,
+                         dimension) -> float:
+  """Return the largest scale whose overflow bound under noise is at most
+  NOISE_OVERFLOW_TARGET.
+
+  It leaves room for the data sum plus `c` standard deviations of the
+  summed noise, where `c` makes the union bound of
+  `encoding.overflow_probability` equal the target.
+  """
+  c = math.sqrt(2 * math.log(2 * dimension / NOISE_OVERFLOW_TARGET))
+  room = 2 ** (bits - 1) - 1 - num_clients
+  if room <= 0:
+    raise ValueError(
+        f'{num_clients} clients do not fit a {bits}-bit ring. Use more bits '
+        'or a smaller cohort.'
+    )
+  return room / (num_clients * bound
+                 + c * math.sqrt(num_clients) * client_stddev)
 
 
 def build_secure_aggregate(

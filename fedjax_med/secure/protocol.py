@@ -76,8 +76,9 @@ class SecureAggregationSettings(NamedTuple):
     degree: neighbours per client for 'harary', an even number; None picks
       `default_degree(cohort)`.
     threshold_fraction: the Shamir threshold is `floor(fraction * k) + 1`
-      of a client's k neighbours. Above 1/2 keeps an honest-but-curious
-      server from both rebuilding a survivor's `sk` and its `b`.
+      of a client's k neighbours. With a fraction of at least 1/2, a server
+      that lies about who dropped cannot collect t shares of both secrets
+      of one client from its honest neighbours.
     bits: the ring is Z_(2**bits), at most 32.
     scale: fixed-point scale; None picks the largest that cannot overflow
       without noise (`encoding.max_scale`).
@@ -94,11 +95,12 @@ class SecureAggregationSettings(NamedTuple):
 
 
 def default_degree(num_clients: int) -> int:
-  """Return an even degree near `2 * log2(n)`, capped at `n - 1`."""
-  if num_clients <= 2:
-    return max(num_clients - 1, 0)
-  degree = 2 * math.ceil(math.log2(num_clients))
-  return min(degree, num_clients - 1 - (num_clients - 1) % 2)
+  """Return an even degree near `2 * log2(n)`, capped at `n - 1`.
+
+  A harary graph needs `n >= 3`; `validate` rejects smaller cohorts.
+  """
+  degree = 2 * math.ceil(math.log2(max(num_clients, 2)))
+  return max(min(degree, num_clients - 1 - (num_clients - 1) % 2), 2)
 
 
 def graph_degree(settings: SecureAggregationSettings, num_clients: int) -> int:
@@ -118,6 +120,11 @@ def threshold(settings: SecureAggregationSettings, num_clients: int) -> int:
 
 def validate(settings: SecureAggregationSettings, num_clients: int) -> None:
   """Raise ValueError for settings that cannot run on `num_clients`."""
+  if not isinstance(settings, SecureAggregationSettings):
+    raise TypeError(
+        'Secure aggregation settings must be a SecureAggregationSettings; '
+        f'got {settings!r}.'
+    )
   if settings.graph not in GRAPHS:
     raise ValueError(
         f'Secure aggregation graph must be one of {GRAPHS}; got '
@@ -145,8 +152,21 @@ def validate(settings: SecureAggregationSettings, num_clients: int) -> None:
         f'Secure aggregation scale must be positive and finite; got '
         f'{settings.scale}. Leave it unset to pick the largest safe scale.'
     )
+  if settings.graph == 'harary' and num_clients < 3:
+    raise ValueError(
+        f'A harary graph needs a cohort of at least 3 clients; got '
+        f'{num_clients}. Use graph complete for smaller cohorts.'
+    )
+  if settings.graph == 'complete' and settings.degree is not None:
+    raise ValueError(
+        'Secure aggregation degree applies only to graph harary; the '
+        f'complete graph links every pair. Got degree {settings.degree}.'
+    )
   if settings.graph == 'harary' and settings.degree is not None:
     degree = settings.degree
+    if not isinstance(degree, int) or isinstance(degree, bool):
+      raise ValueError(
+          f'Harary graph degree must be an integer; got {degree!r}.')
     if degree < 2 or degree % 2 or degree > num_clients - 1:
       raise ValueError(
           f'Harary graph degree must be even and in [2, {num_clients - 1}] '
@@ -292,6 +312,12 @@ def secure_sum(
   Returns:
     A `SecureSumResult`.
   """
+  if inputs.ndim != 2 or inputs.dtype != jnp.uint32:
+    raise ValueError(
+        'Secure aggregation inputs must be a [clients, d] uint32 array of '
+        f'ring elements; got {inputs.dtype} of shape {inputs.shape}. Encode '
+        'floats with fedjax_med.secure.encoding.encode first.'
+    )
   num_clients, dimension = inputs.shape
   validate(settings, num_clients)
   bits = settings.bits

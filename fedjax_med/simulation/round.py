@@ -445,8 +445,11 @@ def build_round(
       )
       diagnostics.update(secure_metrics)
     if privacy.noise_kind == 'distributed':
+      # A failed secure round releases nothing, so it cannot fall short of
+      # the planned noise.
       diagnostics['below_min_reporting'] = (
-          jnp.sum(contributes) < privacy.min_reporting_clients
+          (jnp.sum(contributes) < privacy.min_reporting_clients)
+          & jnp.logical_not(secure_failed)
       )
 
     skipped = (jnp.sum(weights) <= 0) | secure_failed

@@ -168,7 +168,24 @@ def test_server_expansions_count_orphaned_edges():
     (dict(graph='harary', degree=5), 'even'),
     (dict(threshold_fraction=1.0), 'threshold_fraction'),
     (dict(scale=-1.0), 'scale'),
+    (dict(degree=4), 'only to graph harary'),
+    (dict(graph='harary', degree=4.0), 'integer'),
 ])
 def test_invalid_settings_rejected(kwargs, match):
   with pytest.raises(ValueError, match=match):
     protocol.validate(protocol.SecureAggregationSettings(**kwargs), N)
+
+
+def test_harary_needs_three_clients():
+  settings = protocol.SecureAggregationSettings(graph='harary')
+  with pytest.raises(ValueError, match='at least 3'):
+    protocol.validate(settings, 2)
+  protocol.validate(settings, 3)
+  assert protocol.default_degree(3) == 2
+
+
+def test_inputs_must_be_uint32():
+  settings = protocol.SecureAggregationSettings()
+  with pytest.raises(ValueError, match='uint32'):
+    protocol.secure_sum(jax.random.key(0), jnp.zeros((4, 3), jnp.int32),
+                        jnp.ones(4, bool), jnp.ones(4, bool), settings)

@@ -140,3 +140,37 @@ def test_explicit_scale_that_overflows_rejected():
   round_fn = _round(secure, privacy=mechanisms.PrivacySettings(clip_norm=1.0))
   with pytest.raises(ValueError, match='overflow'):
     round_fn(_state(), jax.random.key(0))
+
+
+def test_noisy_scale_that_overflows_rejected():
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=1.0, noise_multiplier=0.001, noise_kind='distributed',
+      denominator=8.0, min_reporting_clients=8)
+  secure = protocol.SecureAggregationSettings(scale=4e9)
+  round_fn = _round(secure, aggregator='mean', privacy=privacy)
+  with pytest.raises(ValueError, match='under distributed noise'):
+    round_fn(_state(), jax.random.key(0))
+
+
+def test_scale_below_one_unit_rejected():
+  secure = protocol.SecureAggregationSettings(scale=1e-9)
+  round_fn = _round(secure, privacy=mechanisms.PrivacySettings(clip_norm=10.0))
+  with pytest.raises(ValueError, match='less than one ring unit'):
+    round_fn(_state(), jax.random.key(0))
+
+
+def test_settings_of_wrong_type_rejected():
+  with pytest.raises(TypeError, match='SecureAggregationSettings'):
+    _round(True, privacy=mechanisms.PrivacySettings(clip_norm=1.0))
+
+
+def test_failed_round_not_below_min_reporting():
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=1.0, noise_multiplier=1.0, noise_kind='distributed',
+      denominator=8.0, min_reporting_clients=8)
+  secure = protocol.SecureAggregationSettings(threshold_fraction=0.9)
+  round_fn = _round(secure, aggregator='mean', privacy=privacy,
+                    dropout_rate=0.5)
+  _, metrics = round_fn(_state(), jax.random.key(0))
+  assert bool(metrics['secagg_failed'])
+  assert not bool(metrics['below_min_reporting'])

@@ -68,3 +68,28 @@ def test_invalid_secure_config_rejected(overrides, match):
                                       overrides)
   with pytest.raises(InputError, match=match):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({**SECURE, 'secure_aggregation.fixed_point_scale': 1e-9},
+     'less than one ring unit'),
+    ({**SECURE, 'secure_aggregation.ring_bits': 2}, 'cannot be summed'),
+    ({**SECURE, 'secure_aggregation.graph': 'harary',
+      'sampling.sampling': 'uniform', 'sampling.cohort_size': 2},
+     'at least 3'),
+])
+def test_unusable_encoding_rejected_before_output(tmp_path, overrides, match):
+  with pytest.raises(InputError, match=match):
+    study.run_study(_config(**overrides), tmp_path / 'run', progress=False)
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
+def test_huge_clip_norm_flagged(tmp_path):
+  _, summary = study.run_study(
+      _config(**{**SECURE, 'privacy.clip_norm': 1e30}), tmp_path / 'run',
+      progress=False)
+  assert summary['secure_aggregation']['updates_below_quantization']
+  _, fine = study.run_study(_config(**SECURE), tmp_path / 'fine',
+                            progress=False)
+  assert not fine['secure_aggregation']['updates_below_quantization']
