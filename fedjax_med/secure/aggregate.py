@@ -180,8 +180,10 @@ def _largest_noisy_scale(bits, bound, num_clients, client_stddev,
         f'{num_clients} clients do not fit a {bits}-bit ring. Use more bits '
         'or a smaller cohort.'
     )
-  return room / (num_clients * bound
-                 + c * math.sqrt(num_clients) * client_stddev)
+  scale = room / (num_clients * bound
+                  + c * math.sqrt(num_clients) * client_stddev)
+  # The same float32 margin and cap as `encoding.max_scale`.
+  return min(scale * (1 - 2.0**-22), encoding.MAX_SCALED / bound)
 
 
 def build_secure_aggregate(

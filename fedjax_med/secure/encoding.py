@@ -16,10 +16,16 @@ added (unbounded), `overflow_probability` bounds the chance that any
 coordinate of the sum leaves the range, and the sum then wraps around
 (modular clipping) instead of saturating.
 
-Quantization error: each coordinate's rounding error is below `1 / scale`
-in absolute value and has mean 0, so the decoded sum of `n` vectors is
-within `n / scale` of the true sum per coordinate (and within
-`sqrt(n) / (2 scale)` in standard deviation).
+Float32: `encode` multiplies in float32, so `max_scale` also keeps every
+scaled coordinate below 2**23, where float32 rounds the product by at most
+1/4 of a unit, and leaves a relative margin for that rounding. At 32 bits
+and small cohorts this cap, not the ring, sets the scale.
+
+Quantization error: each coordinate's stochastic rounding error is below
+`1 / scale` and has mean 0, the float32 product adds at most `1 / (4
+scale)`, and `decode` converts the integer sum to float32, which adds at
+most `n / (2 scale)`. So the decoded sum of `n` vectors is within
+`2 n / scale` of the true sum per coordinate.
 """
 
 import math
@@ -28,6 +34,10 @@ import jax
 import jax.numpy as jnp
 
 MAX_BITS = 32
+# `encode` multiplies in float32, which holds every integer up to 2**24
+# exactly. Keeping |x * scale| below 2**23 makes that product's rounding at
+# most 1/4 of a ring unit.
+MAX_SCALED = 2.0**23
 
 
 def check_bits(bits: int) -> None:
@@ -50,15 +60,17 @@ def max_scale(bits: int, bound: float, num_clients: int) -> float:
     raise ValueError(
         f'The coordinate bound must be positive and finite; got {bound}.'
     )
-  # n * (bound * scale + 1) <= 2**(bits-1) - 1.
-  room = (2 ** (bits - 1) - 1) / num_clients - 1
+  # n * (bound * scale + 1) <= 2**(bits-1) - 1, where `bound * scale` may
+  # come out of float32 up to one part in 2**22 high, and at most
+  # MAX_SCALED.
+  room = (2 ** (bits - 1) - 1) / num_clients - 2
   if room <= 0:
     raise ValueError(
         f'{num_clients} clients cannot be summed in a {bits}-bit ring even '
         'at scale 0: each rounded coordinate may be 1. Use more bits or a '
         'smaller cohort.'
     )
-  return room / bound
+  return min(room * (1 - 2.0**-22), MAX_SCALED) / bound
 
 
 def check_no_overflow(
@@ -66,7 +78,7 @@ def check_no_overflow(
 ) -> None:
   """Raise ValueError if the encoded sum of `num_clients` could overflow."""
   largest = max_scale(bits, bound, num_clients)
-  if scale > largest:
+  if scale > largest * (1 + 1e-9):
     raise ValueError(
         f'Fixed-point scale {scale:g} can overflow a {bits}-bit ring: '
         f'{num_clients} clients with coordinates up to {bound:g} need '

@@ -40,10 +40,15 @@ def share(
   )
   xs = jnp.broadcast_to(jnp.arange(1, num_shares + 1, dtype=jnp.uint32),
                         (*secrets.shape, num_shares))
-  # Horner's rule from the highest coefficient down to the secret.
+  # Horner's rule from the highest coefficient down to the secret. The loops
+  # here and below are `fori_loop`s, so compile time does not grow with t.
+  def horner_step(index, values):
+    coefficient = coefficients[threshold - 2 - index]
+    return field.add(field.multiply(values, xs), coefficient[..., None])
+
   values = jnp.zeros((*secrets.shape, num_shares), jnp.uint32)
-  for coefficient in coefficients[::-1]:
-    values = field.add(field.multiply(values, xs), coefficient[..., None])
+  if threshold > 1:
+    values = jax.lax.fori_loop(0, threshold - 1, horner_step, values)
   return field.add(field.multiply(values, xs), secrets[..., None])
 
 
@@ -55,28 +60,29 @@ def lagrange_at_zero(xs: jax.Array) -> jax.Array:
   """
   xs = jnp.asarray(xs, jnp.uint32)
   t = xs.shape[-1]
-  others = xs[..., None, :]  # x_m
-  own = xs[..., :, None]  # x_j
-  is_self = jnp.eye(t, dtype=bool)
-  numerators = jnp.where(is_self, jnp.uint32(1), others)
-  denominators = jnp.where(is_self, jnp.uint32(1),
-                           field.subtract(others, own))
+  positions = jnp.arange(t)
 
-  def product(values):
-    result = values[..., 0]
-    for m in range(1, t):
-      result = field.multiply(result, values[..., m])
-    return result
+  def multiply_in(m, carry):
+    numerators, denominators = carry
+    x_m = jnp.broadcast_to(jnp.take(xs, m, axis=-1)[..., None], xs.shape)
+    is_self = positions == m
+    numerators = field.multiply(
+        numerators, jnp.where(is_self, jnp.uint32(1), x_m))
+    denominators = field.multiply(
+        denominators,
+        jnp.where(is_self, jnp.uint32(1), field.subtract(x_m, xs)))
+    return numerators, denominators
 
-  return field.multiply(product(numerators),
-                        field.inverse(product(denominators)))
+  ones = jnp.ones_like(xs)
+  numerators, denominators = jax.lax.fori_loop(
+      0, t, multiply_in, (ones, ones))
+  return field.multiply(numerators, field.inverse(denominators))
 
 
 def reconstruct(xs: jax.Array, shares: jax.Array) -> jax.Array:
   """Return the secret from `t` shares `f(xs)`, both `[..., t]`."""
   weights = lagrange_at_zero(xs)
   terms = field.multiply(weights, jnp.asarray(shares, jnp.uint32))
-  result = terms[..., 0]
-  for j in range(1, terms.shape[-1]):
-    result = field.add(result, terms[..., j])
-  return result
+  return jax.lax.fori_loop(
+      1, terms.shape[-1],
+      lambda j, total: field.add(total, terms[..., j]), terms[..., 0])

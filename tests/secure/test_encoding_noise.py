@@ -31,7 +31,7 @@ def test_encoded_sum_decodes_within_documented_error():
   total = jnp.sum(ring, axis=0) & encoding.ring_mask(16)
   decoded = np.asarray(encoding.decode(total, scale, 16))
   error = np.abs(decoded - vectors.sum(0))
-  assert error.max() < clients / scale
+  assert error.max() < 2 * clients / scale
   # Stochastic rounding is unbiased, so the error is far below that bound.
   assert error.mean() < 4 * math.sqrt(clients) / (2 * scale)
 
@@ -57,6 +57,20 @@ def test_extreme_inputs_at_max_scale_sum_exactly():
   each = np.asarray(encoding.to_signed(ring[0], bits), np.int64)
   assert np.all(each <= -math.floor(scale))
   np.testing.assert_array_equal(np.asarray(total), clients * each)
+
+
+@pytest.mark.parametrize('bits, clients', [(32, 1), (32, 4), (32, 300),
+                                           (24, 7), (16, 100)])
+@pytest.mark.parametrize('value', [1.0, -1.0])
+def test_bound_values_at_max_scale_do_not_wrap(bits, clients, value):
+  scale = encoding.max_scale(bits, 1.0, clients)
+  keys = jax.random.split(jax.random.key(0), clients)
+  ring = jax.vmap(
+      lambda k: encoding.encode(k, jnp.full((5,), value), scale, bits))(keys)
+  total = jnp.sum(ring, axis=0) & encoding.ring_mask(bits)
+  decoded = np.asarray(encoding.decode(total, scale, bits))
+  np.testing.assert_allclose(decoded, clients * value,
+                             atol=2 * clients / scale)
 
 
 def test_too_many_clients_for_ring_rejected():
