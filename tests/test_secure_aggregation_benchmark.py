@@ -37,36 +37,17 @@ def run(benchmark, tmp_path_factory):
   return results, path.read_text()
 
 
-def _tables(page):
-  """Return each markdown table of the page as a list of {column: cell}."""
-  tables, lines = [], page.splitlines()
-  for index, line in enumerate(lines):
-    starts = line.startswith('|') and (
-        index == 0 or not lines[index - 1].startswith('|'))
-    if not starts:
-      continue
-    header = [cell.strip() for cell in line.strip('|').split('|')]
-    rows = []
-    for row_line in lines[index + 2:]:
-      if not row_line.startswith('|'):
-        break
-      cells = [cell.strip() for cell in row_line.strip('|').split('|')]
-      rows.append(dict(zip(header, cells)))
-    tables.append(rows)
-  return tables
-
-
-def test_page_heading_and_tables(run):
+def test_page_heading_and_tables(run, markdown_tables):
   _, page = run
 
   assert page.startswith('### Secure aggregation overhead, ')
   assert 'benchmarks/secure_aggregation.py --population 60' in page
-  assert len(_tables(page)) == 2
+  assert len(markdown_tables(page)) == 2
 
 
-def test_timing_table_structure(run):
+def test_timing_table_structure(run, markdown_tables):
   _, page = run
-  timing = _tables(page)[0]
+  timing = markdown_tables(page)[0]
 
   assert [row['graph'] for row in timing] == ['complete', 'harary']
   for row in timing:

@@ -43,36 +43,17 @@ def run(benchmark, tmp_path_factory):
   return results, path.read_text()
 
 
-def _tables(page):
-  """Return each markdown table of the page as a list of {column: cell}."""
-  tables, lines = [], page.splitlines()
-  for index, line in enumerate(lines):
-    starts = line.startswith('|') and (
-        index == 0 or not lines[index - 1].startswith('|'))
-    if not starts:
-      continue
-    header = [cell.strip() for cell in line.strip('|').split('|')]
-    rows = []
-    for row_line in lines[index + 2:]:
-      if not row_line.startswith('|'):
-        break
-      cells = [cell.strip() for cell in row_line.strip('|').split('|')]
-      rows.append(dict(zip(header, cells)))
-    tables.append(rows)
-  return tables
-
-
-def test_page_heading_and_verdict(run):
+def test_page_heading_and_verdict(run, markdown_tables):
   _, page = run
 
   assert page.startswith('### Unequal client sizes, ')
   assert 'the target of at most 1.2x' in page
-  assert len(_tables(page)) == 2
+  assert len(markdown_tables(page)) == 2
 
 
-def test_cases_table_structure(run):
+def test_cases_table_structure(run, markdown_tables):
   _, page = run
-  cases = _tables(page)[0]
+  cases = markdown_tables(page)[0]
 
   assert [row['case'] for row in cases] == CASES
   assert [row['diagnostic'] for row in cases] == ['no'] * 2 + ['yes'] * 4
@@ -85,9 +66,9 @@ def test_cases_table_structure(run):
   assert cases[0]['x equal'] == '1.00'
 
 
-def test_cases_train_same_total_rows(run):
+def test_cases_train_same_total_rows(run, markdown_tables):
   results, page = run
-  cases = {row['case']: row for row in _tables(page)[0]}
+  cases = {row['case']: row for row in markdown_tables(page)[0]}
   total = TINY_CLIENTS * 64
 
   for result in results:
@@ -101,9 +82,9 @@ def test_cases_train_same_total_rows(run):
   assert cases['equal, padded']['padded to'] == '256'
 
 
-def test_breakdown_table_structure(run):
+def test_breakdown_table_structure(run, markdown_tables):
   _, page = run
-  breakdown = _tables(page)[1]
+  breakdown = markdown_tables(page)[1]
 
   assert [row['difference'] for row in breakdown] == [
       'unequal - equal',
