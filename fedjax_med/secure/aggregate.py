@@ -98,23 +98,14 @@ def check_settings(
     )
 
 
-def plan(
-    settings: protocol.SecureAggregationSettings,
-    privacy: mechanisms.PrivacySettings,
-    num_clients: int,
-    num_parameters: int,
-) -> SecurePlan:
-  """Choose the scale and check it for a cohort of `num_clients`."""
-  protocol.validate(settings, num_clients)
-  weight_coordinate = not privacy.sums_noise
-  dimension = num_parameters + int(weight_coordinate)
-  # The weight coordinate is at most 1 and every weighted update coordinate
-  # at most clip_norm.
-  bound = max(privacy.clip_norm, 1.0) if weight_coordinate else (
-      privacy.clip_norm)
-  client_stddev = 0.0
-  if privacy.noise_kind == 'distributed':
-    client_stddev = float(mechanisms.client_noise_stddev(privacy))
+def _choose_scale(settings, privacy, bound, num_clients, client_stddev,
+                  dimension) -> float:
+  """Return the configured scale after checking it, or the largest safe one.
+
+  Raises:
+    ValueError: if the scale can overflow the ring, exceeds the discrete
+      Gaussian sampler's sigma limit, or rounds a whole update to zero.
+  """
   if client_stddev == 0.0:
     largest = encoding.max_scale(settings.bits, bound, num_clients)
   else:
@@ -150,6 +141,30 @@ def plan(
         'update would be lost. Use more ring bits, a larger scale or a '
         'smaller cohort.'
     )
+  return scale
+
+
+def plan(
+    settings: protocol.SecureAggregationSettings,
+    privacy: mechanisms.PrivacySettings,
+    num_clients: int,
+    num_parameters: int,
+) -> SecurePlan:
+  """Choose the scale and check it for a cohort of `num_clients`."""
+  protocol.validate(settings, num_clients)
+  weight_coordinate = not privacy.sums_noise
+  dimension = num_parameters + int(weight_coordinate)
+  # The weight coordinate is at most 1 and every weighted update coordinate
+  # at most clip_norm.
+  bound = max(privacy.clip_norm, 1.0) if weight_coordinate else (
+      privacy.clip_norm)
+
+  client_stddev = 0.0
+  if privacy.noise_kind == 'distributed':
+    client_stddev = float(mechanisms.client_noise_stddev(privacy))
+  scale = _choose_scale(settings, privacy, bound, num_clients,
+                        client_stddev, dimension)
+
   sigma = client_stddev * scale
   overflow = encoding.overflow_probability(
       settings.bits, scale, bound, num_clients,
@@ -197,9 +212,9 @@ def build_secure_aggregate(
   """Return `aggregate(updates, weights, contributes, participants,
   client_keys, key) -> (mean, failed, metrics)` and its plan.
 
-  `weight_bound` is a public upper bound on the aggregation weights (for
-  FedAvg without a cap, the population's largest client); `participants`
-  are the cohort slots that took part in the key exchange.
+  `weight_bound` is a public upper bound on the aggregation weights, such
+  as the population's largest client for FedAvg without a cap.
+  `participants` are the cohort slots that took part in the key exchange.
   """
   check_settings(settings, privacy, aggregator)
   _, unravel = ravel_pytree(params_template)

@@ -5,12 +5,12 @@ Under secure aggregation each client encodes its update as integers, so
 the noise it adds must be integer too. Each of `n` clients adds
 independent discrete Gaussian noise N_Z(0, sigma**2) (P(x) proportional to
 exp(-x**2 / (2 sigma**2)) on the integers) to each coordinate, and the
-server sees the sum. The sum of discrete Gaussians is not exactly discrete
-Gaussian, so the accounting follows Kairouz, Liu and Steinke (2021, "The
-Distributed Discrete Gaussian Mechanism for Federated Learning with Secure
-Aggregation", ICML, Proposition 14). With integer sensitivities `D2` (L2)
-and `D1` (L1), dimension `d`, `a2 = D2 / (sqrt(n) sigma)`,
-`a1 = D1 / (sqrt(n) sigma)` and
+server receives only the sum. The sum of discrete Gaussians is not exactly
+discrete Gaussian, so the accounting follows Kairouz, Liu and Steinke
+(2021, "The Distributed Discrete Gaussian Mechanism for Federated
+Learning with Secure Aggregation", ICML, Proposition 14). With integer
+sensitivities `D2` (L2) and `D1` (L1), dimension `d`,
+`a2 = D2 / (sqrt(n) sigma)`, `a1 = D1 / (sqrt(n) sigma)` and
 `tau = 10 sum_{k=1}^{n-1} exp(-2 pi**2 sigma**2 k / (k + 1))`, one release
 satisfies Renyi DP of order `alpha` with
 

@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 
 MAX_BITS = 32
-# `encode` multiplies in float32, which holds every integer up to 2**24
-# exactly. Keeping |x * scale| below 2**23 makes that product's rounding at
-# most 1/4 of a ring unit.
+# `encode` multiplies in float32, which represents every integer up to
+# 2**24 exactly. Keeping |x * scale| below 2**23 makes that product's
+# rounding at most 1/4 of a ring unit.
 MAX_SCALED = 2.0**23
 
 

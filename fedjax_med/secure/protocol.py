@@ -260,7 +260,7 @@ def _first_holders(holders_alive: jax.Array, t: int) -> jax.Array:
 
 
 class SecureSumResult(NamedTuple):
-  """What a protocol run produced.
+  """Result of one protocol run.
 
   Attributes:
     total: `[d]` uint32 sum modulo `2**bits` of the survivors' inputs, as the
@@ -306,7 +306,7 @@ def secure_sum(
       A participant that is not a survivor dropped after sharing keys.
     settings: the protocol's settings.
     recover_dropped: False skips the server's removal of the masks that
-      dropped clients left behind, to show what that step is for; the sum
+      dropped clients left behind, to show what that step is for. The sum
       is then wrong whenever a participant dropped.
 
   Returns:
@@ -378,7 +378,7 @@ def secure_sum(
       xs, jnp.take_along_axis(key_shares, chosen, axis=1))
   rebuilt_seeds = shamir.reconstruct(
       xs, jnp.take_along_axis(seed_shares, chosen, axis=1))
-  # The server asks for sk shares of the dropped clients only and for seed
+  # The server requests sk shares of the dropped clients only and seed
   # shares of the survivors only, so no client has both rebuilt.
   rebuilt_correct = jnp.all(
       jnp.where(dropped, rebuilt_keys == secret_keys, True)
@@ -392,9 +392,9 @@ def secure_sum(
           rebuilt_seeds),
       jnp.uint32(0),
   ), axis=0)
-  # A dropped client's masks with its surviving neighbours are left in the
-  # sum; the server adds what the dropped client itself would have added,
-  # which cancels them.
+  # A dropped client's masks with its surviving neighbours stay in the sum.
+  # The server adds what the dropped client itself would have added, which
+  # cancels them.
   edges_to_survivors = edges & survivors[neighbour_ids]
   if recover_dropped:
     restored = _orphaned_masks(

@@ -141,8 +141,8 @@ def test_harary_graph_is_regular_and_symmetric():
   assert neighbours.shape == (30, 6)
   edges = {(i, int(j)) for i in range(30) for j in neighbours[i]}
   assert all((j, i) in edges for i, j in edges)
-  assert all(len(set(row)) == 6 and i not in row
-             for i, row in enumerate(neighbours))
+  assert all(len(set(row)) == 6 for row in neighbours)
+  assert all(i not in row for i, row in enumerate(neighbours))
 
 
 def test_cost_of_sparse_graph_is_smaller():
