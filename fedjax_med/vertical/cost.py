@@ -1,0 +1,61 @@
+"""Per-party communication and computation counts of a vertical protocol.
+
+Every protocol in this package records what each party sends and computes
+into a `CostLedger` as it runs, so the counts are those of the simulated
+transcript, not a formula beside it.
+"""
+
+import collections
+import dataclasses
+
+COUNTERS = (
+    'messages_sent',
+    'bytes_sent',
+    'messages_received',
+    'bytes_received',
+    'exponentiations',  # modular exponentiations in the PSI group
+    'encryptions',  # Paillier encryptions
+    'decryptions',  # Paillier decryptions
+    'ciphertext_additions',  # Paillier ciphertext + ciphertext or plaintext
+    'ciphertext_scalings',  # Paillier ciphertext * plaintext
+)
+
+
+@dataclasses.dataclass
+class CostLedger:
+  """Counters per party, filled while a protocol runs.
+
+  Attributes:
+    parties: party names, in party order.
+    counts: `counts[party][counter]`, every counter of `COUNTERS` starting
+      at 0.
+  """
+
+  parties: tuple[str, ...]
+  counts: dict[str, collections.Counter] = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    self.counts = {
+        party: collections.Counter({name: 0 for name in COUNTERS})
+        for party in self.parties
+    }
+
+  def send(self, sender: str, receiver: str, num_bytes: int) -> None:
+    """Record one message of `num_bytes` bytes from `sender` to `receiver`."""
+    self.counts[sender]['messages_sent'] += 1
+    self.counts[sender]['bytes_sent'] += int(num_bytes)
+    self.counts[receiver]['messages_received'] += 1
+    self.counts[receiver]['bytes_received'] += int(num_bytes)
+
+  def add(self, party: str, counter: str, amount: int = 1) -> None:
+    """Add `amount` to one computation counter of `party`."""
+    if counter not in COUNTERS:
+      raise KeyError(f'unknown counter {counter!r}; use one of {COUNTERS}')
+    self.counts[party][counter] += int(amount)
+
+  def as_dict(self, per: int = 1) -> dict[str, dict[str, float]]:
+    """Return the counts as plain dicts, each divided by `per` (epochs)."""
+    return {
+        party: {name: counter[name] / per for name in COUNTERS}
+        for party, counter in self.counts.items()
+    }

@@ -1,0 +1,161 @@
+"""Centralized logistic regression on the joined data, the reference.
+
+Both vertical protocols run the same gradient descent as this module: the
+weights start at zero, the intercept belongs to the label holder, and each
+epoch visits the rows in the mini-batches that `batch_indices` returns. The
+protocols differ from it only by fixed-point rounding (secret sharing) or
+by the encoding precision of Paillier plaintexts.
+
+Two losses, with labels y in {0, 1} and s = 2y - 1 in {-1, 1}:
+  exact:  log(1 + exp(-s z)), whose gradient in z is sigmoid(z) - y;
+  taylor: log 2 - s z / 2 + z**2 / 8, the second-order Taylor expansion of
+          the exact loss at z = 0, whose gradient in z is 1/2 + z/4 - y.
+The Taylor loss is what a protocol that cannot evaluate the sigmoid on
+encrypted logits (Paillier) trains.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from fedjax_med.errors import InputError
+
+LOSSES = ('exact', 'taylor')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+  """Gradient descent settings that every vertical mode shares.
+
+  Attributes:
+    loss: 'exact' (logistic loss) or 'taylor' (its quadratic expansion).
+    learning_rate: step size of plain gradient descent.
+    epochs: passes over the aligned rows.
+    batch_size: rows per step; None means one full-batch step per epoch.
+    l2: coefficient of `l2 / 2 * |w|**2` on the weights (not the intercept).
+    seed: seed of the key that orders the rows of each epoch.
+  """
+
+  loss: str = 'exact'
+  learning_rate: float = 0.5
+  epochs: int = 100
+  batch_size: int | None = None
+  l2: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise InputError(f'loss={self.loss!r} is invalid; use one of {LOSSES}')
+    if not self.learning_rate > 0:
+      raise InputError(f'learning_rate={self.learning_rate} is invalid; use '
+                       'a positive number')
+    if not (isinstance(self.epochs, int) and self.epochs >= 1):
+      raise InputError(f'epochs={self.epochs!r} is invalid; use an integer '
+                       '>= 1')
+    if self.batch_size is not None and not (
+        isinstance(self.batch_size, int) and self.batch_size >= 1):
+      raise InputError(f'batch_size={self.batch_size!r} is invalid; use an '
+                       'integer >= 1, or None for full batches')
+    if not self.l2 >= 0:
+      raise InputError(f'l2={self.l2} is invalid; use a number >= 0')
+
+
+def batch_indices(settings: TrainingSettings, num_rows: int) -> list[np.ndarray]:
+  """Return the row indices of every step, epoch after epoch.
+
+  The order is public: every party derives it from the shared seed, so the
+  parties process the same rows in each step. A full-batch epoch visits the
+  rows in order; a mini-batch epoch visits a fresh permutation, and its last
+  batch is shorter when `batch_size` does not divide `num_rows`.
+  """
+  if settings.batch_size is None or settings.batch_size >= num_rows:
+    return [np.arange(num_rows)] * settings.epochs
+  key = jax.random.key(settings.seed)
+  steps = []
+  for epoch in range(settings.epochs):
+    order = np.asarray(
+        jax.random.permutation(jax.random.fold_in(key, epoch), num_rows))
+    steps.extend(np.array_split(
+        order, range(settings.batch_size, num_rows, settings.batch_size)))
+  return steps
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+  """Return the logistic function of `z`, without overflow."""
+  return np.exp(-np.logaddexp(0.0, -z))
+
+
+def residual(loss: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Return the gradient of the per-row loss in the logit `z`."""
+  if loss == 'exact':
+    return sigmoid(z) - y
+  return 0.5 + z / 4 - y
+
+
+def loss_value(loss: str, z: np.ndarray, y: np.ndarray) -> float:
+  """Return the mean loss of logits `z` against labels `y` in {0, 1}."""
+  sign = 2.0 * y - 1.0
+  if loss == 'exact':
+    return float(np.mean(np.logaddexp(0.0, -sign * z)))
+  return float(np.mean(np.log(2.0) - sign * z / 2 + z**2 / 8))
+
+
+@dataclasses.dataclass(frozen=True)
+class LogisticModel:
+  """Weights of a vertical logistic regression, one block per party.
+
+  Attributes:
+    weights: one float64 vector per party, in party order.
+    intercept: the label holder's intercept.
+    losses: mean training loss (of the trained loss) before each epoch and
+      after the last, `epochs + 1` values.
+  """
+
+  weights: tuple[np.ndarray, ...]
+  intercept: float
+  losses: tuple[float, ...]
+
+  def logits(self, features: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Return the logits of rows whose party blocks are `features`."""
+    return sum(x @ w for x, w in zip(features, self.weights)) + self.intercept
+
+
+def train_centralized(
+    features: tuple[np.ndarray, ...],
+    labels: np.ndarray,
+    settings: TrainingSettings,
+) -> LogisticModel:
+  """Train on the joined rows in the clear, the way the protocols train.
+
+  Args:
+    features: one `[rows, columns_k]` block per party, rows aligned.
+    labels: `[rows]` labels in {0, 1}.
+    settings: the shared gradient descent settings.
+
+  Returns:
+    The trained model, with one weight block per party.
+  """
+  blocks = [np.asarray(x, np.float64) for x in features]
+  y = np.asarray(labels, np.float64)
+  widths = [x.shape[1] for x in blocks]
+  joined = np.concatenate(blocks, axis=1)
+  weights = np.zeros(joined.shape[1])
+  intercept = 0.0
+  steps = batch_indices(settings, joined.shape[0])
+  steps_per_epoch = len(steps) // settings.epochs
+  losses = []
+  for step, rows in enumerate(steps):
+    if step % steps_per_epoch == 0:
+      losses.append(loss_value(settings.loss, joined @ weights + intercept, y))
+    z = joined[rows] @ weights + intercept
+    r = residual(settings.loss, z, y[rows])
+    gradient = joined[rows].T @ r / len(rows) + settings.l2 * weights
+    weights = weights - settings.learning_rate * gradient
+    intercept -= settings.learning_rate * float(np.mean(r))
+  losses.append(loss_value(settings.loss, joined @ weights + intercept, y))
+  return LogisticModel(
+      weights=tuple(np.split(weights, np.cumsum(widths)[:-1])),
+      intercept=intercept,
+      losses=tuple(losses),
+  )
