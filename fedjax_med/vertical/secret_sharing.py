@@ -1,0 +1,348 @@
+"""Vertical logistic regression with additive secret sharing in Z_(2^64).
+
+Party 0 holds the labels and the intercept; every party k holds a block of
+columns X_k and its weights w_k. One gradient step on rows R runs:
+
+1. Secure sum of the logits. Each party encodes its partial logits
+   u_k = X_k[R] w_k (plus the intercept at party 0) in fixed point and
+   splits them into one uniformly random additive share per party. Each
+   party adds up the shares it received and sends that sum to the label
+   holder, who reconstructs z = sum_k u_k and nothing else: any subset of
+   shares short of all of them is uniformly distributed.
+2. The label holder computes the residual r = dloss/dz from z and its
+   labels, exactly (sigmoid) or with the Taylor loss.
+3. Gradient of each passive party k, X_k^T r, without either side seeing
+   the other's input. A dealer (an offline party that generates correlated
+   randomness and sees no data) hands party k a uniform matrix A and the
+   label holder a uniform vector b, plus additive shares of C = A^T b.
+   Party k sends E = X_k - A, the label holder sends f = r - b; both are
+   uniformly distributed. Then X_k^T r = E^T f + A^T f + E^T b + C, where
+   party k computes the first two terms plus its share of C, the label
+   holder the third plus its share, and the label holder sends its sum to
+   party k, which alone learns its own gradient.
+4. Every party steps its own weights; the label holder uses X_0^T r and
+   mean(r) in the clear.
+
+All ring arithmetic is uint64 with wraparound, under `jax.enable_x64`, and
+vectorized over rows. Values are fixed point with `fraction_bits` bits, so
+a product of two encoded values carries 2 * fraction_bits. Every random
+share comes from the run's PRNG key, split per step and per party.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_med.errors import InputError
+from fedjax_med.vertical import cost
+from fedjax_med.vertical import plaintext
+
+RING_BYTES = 8
+DEALER = 'dealer'
+
+
+def encode(x: jax.Array, fraction_bits: int) -> jax.Array:
+  """Return `round(x * 2**fraction_bits)` as uint64 in two's complement."""
+  scaled = jnp.round(jnp.asarray(x, jnp.float64) * 2.0**fraction_bits)
+  return jax.lax.bitcast_convert_type(scaled.astype(jnp.int64), jnp.uint64)
+
+
+def decode(v: jax.Array, fraction_bits: int) -> jax.Array:
+  """Return the float64 value of the signed fixed-point ring element `v`."""
+  signed = jax.lax.bitcast_convert_type(v, jnp.int64)
+  return signed.astype(jnp.float64) / 2.0**fraction_bits
+
+
+def share(key: jax.Array, values: jax.Array, num_parties: int) -> jax.Array:
+  """Split uint64 `values` into `num_parties` additive shares.
+
+  Returns:
+    `[num_parties, *values.shape]` uint64 whose sum mod 2**64 is `values`.
+    Shares 1 and up are uniform; share 0 completes the sum.
+  """
+  random = jax.random.bits(key, (num_parties - 1, *values.shape), jnp.uint64)
+  return jnp.concatenate([(values - random.sum(axis=0))[None], random])
+
+
+def secure_logit_sum(
+    key: jax.Array, partial_logits: Sequence[jax.Array], fraction_bits: int
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Run step 1: the label holder learns `sum(partial_logits)` only.
+
+  Args:
+    key: PRNG key of this sum.
+    partial_logits: one float64 `[rows]` vector per party.
+    fraction_bits: fixed-point precision.
+
+  Returns:
+    `(z, messages)`: the label holder's reconstructed float64 logits and the
+    messages sent, keyed `'share k->j'` and `'sum j->0'`.
+  """
+  num_parties = len(partial_logits)
+  keys = jax.random.split(key, num_parties)
+  # shares[k][j] is the share of party k's logits that party j receives.
+  shares = [
+      share(keys[k], encode(u, fraction_bits), num_parties)
+      for k, u in enumerate(partial_logits)
+  ]
+  messages = {}
+  for k in range(num_parties):
+    for j in range(num_parties):
+      if j != k:
+        messages[f'share {k}->{j}'] = shares[k][j]
+  held = [sum(shares[k][j] for k in range(num_parties))
+          for j in range(num_parties)]
+  for j in range(1, num_parties):
+    messages[f'sum {j}->0'] = held[j]
+  return decode(sum(held), fraction_bits), messages
+
+
+def shared_gradient(
+    key: jax.Array,
+    features: jax.Array,
+    residuals: jax.Array,
+    fraction_bits: int,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Run step 3: return `features.T @ residuals` to the features' owner.
+
+  Args:
+    key: PRNG key of the dealer's randomness for this product.
+    features: the passive party's `[rows, columns]` block.
+    residuals: the label holder's `[rows]` residuals.
+    fraction_bits: fixed-point precision of each input.
+
+  Returns:
+    `(product, messages)`: the float64 `[columns]` product as the passive
+    party reconstructs it, and the online messages (`'E'`, `'f'`,
+    `'holder share'`) and dealer messages (`'dealer A'`, `'dealer b'`,
+    `'dealer c party'`, `'dealer c holder'`).
+  """
+  rows, columns = features.shape
+  key_a, key_b, key_c = jax.random.split(key, 3)
+  a = jax.random.bits(key_a, (rows, columns), jnp.uint64)
+  b = jax.random.bits(key_b, (rows,), jnp.uint64)
+  c_party, c_holder = share(key_c, a.T @ b, 2)
+
+  e = encode(features, fraction_bits) - a  # party -> holder
+  f = encode(residuals, fraction_bits) - b  # holder -> party
+  party_share = e.T @ f + a.T @ f + c_party
+  holder_share = e.T @ b + c_holder  # holder -> party
+  product = decode(party_share + holder_share, 2 * fraction_bits)
+  messages = {
+      'E': e, 'f': f, 'holder share': holder_share,
+      'dealer A': a, 'dealer b': b,
+      'dealer c party': c_party, 'dealer c holder': c_holder,
+  }
+  return product, messages
+
+
+@functools.partial(jax.jit, static_argnames=('loss', 'fraction_bits'))
+def _step(key, weights, intercept, features, labels, learning_rate, l2, *,
+          loss, fraction_bits):
+  """Run one protocol step on the given rows; return new parameters."""
+  num_parties = len(features)
+  rows = labels.shape[0]
+  keys = jax.random.split(key, num_parties)
+  partial = [x @ w for x, w in zip(features, weights)]
+  partial[0] = partial[0] + intercept
+  z, messages = secure_logit_sum(keys[0], partial, fraction_bits)
+  if loss == 'exact':
+    r = jax.nn.sigmoid(z) - labels
+  else:
+    r = 0.5 + z / 4 - labels
+
+  gradients = [features[0].T @ r / rows]
+  largest_product = jnp.zeros(())
+  for k in range(1, num_parties):
+    product, product_messages = shared_gradient(
+        keys[k], features[k], r, fraction_bits)
+    gradients.append(product / rows)
+    messages |= {f'{name} {k}': v for name, v in product_messages.items()}
+    largest_product = jnp.maximum(
+        largest_product,
+        jnp.abs(features[k]).sum(axis=0).max() * jnp.abs(r).max())
+  new_weights = tuple(
+      w - learning_rate * (g + l2 * w) for w, g in zip(weights, gradients))
+  new_intercept = intercept - learning_rate * r.mean()
+  return new_weights, new_intercept, messages, largest_product
+
+
+@functools.partial(jax.jit, static_argnames=('fraction_bits',))
+def _logits(key, weights, intercept, features, *, fraction_bits):
+  """Return the label holder's logits of `features`, by secure sum."""
+  partial = [x @ w for x, w in zip(features, weights)]
+  partial[0] = partial[0] + intercept
+  return secure_logit_sum(key, partial, fraction_bits)
+
+
+def _record(ledger: cost.CostLedger, names: Sequence[str],
+            messages: dict[str, jax.Array]) -> None:
+  """Record each message of a step in `ledger` from its name and size."""
+  for label, value in messages.items():
+    num_bytes = value.size * RING_BYTES
+    kind, _, route = label.rpartition(' ')
+    if '->' in route:
+      sender, receiver = (names[int(i)] for i in route.split('->'))
+    else:
+      k = names[int(route)]
+      sender, receiver = {
+          'E': (k, names[0]),
+          'f': (names[0], k),
+          'holder share': (names[0], k),
+          'dealer A': (DEALER, k),
+          'dealer b': (DEALER, names[0]),
+          'dealer c party': (DEALER, k),
+          'dealer c holder': (DEALER, names[0]),
+      }[kind]
+    ledger.send(sender, receiver, num_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretSharingResult:
+  """A model trained by the secret-sharing protocol, with its costs.
+
+  Attributes:
+    model: the trained weights; `losses` were computed by the label holder
+      from securely summed logits.
+    ledger: messages and bytes of the whole run, the dealer included.
+    epoch_seconds: wall time of each epoch, after compilation.
+    fraction_bits: fixed-point precision used.
+  """
+
+  model: plaintext.LogisticModel
+  ledger: cost.CostLedger
+  epoch_seconds: tuple[float, ...]
+  fraction_bits: int
+
+
+def predict_logits(
+    model: plaintext.LogisticModel,
+    features: Sequence[np.ndarray],
+    key: jax.Array,
+    fraction_bits: int = 20,
+    ledger: cost.CostLedger | None = None,
+    party_names: Sequence[str] | None = None,
+) -> np.ndarray:
+  """Return the label holder's logits of new rows, by secure sum."""
+  with jax.enable_x64(True):
+    z, messages = _logits(
+        key, tuple(jnp.asarray(w) for w in model.weights),
+        jnp.asarray(model.intercept, jnp.float64),
+        tuple(jnp.asarray(x, jnp.float64) for x in features),
+        fraction_bits=fraction_bits)
+    if ledger is not None:
+      _record(ledger, party_names, messages)
+    return np.asarray(z)
+
+
+def train(
+    features: Sequence[np.ndarray],
+    labels: np.ndarray,
+    settings: plaintext.TrainingSettings,
+    party_names: Sequence[str] | None = None,
+    fraction_bits: int = 20,
+) -> SecretSharingResult:
+  """Train the vertical logistic regression by secret sharing.
+
+  Args:
+    features: one aligned `[rows, columns_k]` block per party, party 0 (the
+      label holder) first.
+    labels: `[rows]` labels in {0, 1}, held by party 0.
+    settings: gradient descent settings, as `plaintext.train_centralized`
+      takes them; `settings.seed` also seeds the shares and the dealer.
+    party_names: names for the ledger; defaults to `party0`, `party1`, ...
+    fraction_bits: fixed-point precision, in [8, 24]. A product of two
+      encoded values needs 2 * fraction_bits bits plus the magnitude of the
+      sum, inside 63 bits.
+
+  Returns:
+    The model, the ledger and the epoch times.
+
+  Raises:
+    InputError: for mismatched shapes, non-finite features, labels outside
+      {0, 1}, or a gradient that would overflow the ring.
+  """
+  features = [np.asarray(x, np.float64) for x in features]
+  labels = np.asarray(labels)
+  _check_inputs(features, labels, fraction_bits)
+  names = tuple(party_names or [f'party{k}' for k in range(len(features))])
+  if len(names) != len(features):
+    raise InputError(f'party_names has {len(names)} names for '
+                     f'{len(features)} feature blocks; give one per block')
+  ledger = cost.CostLedger(names + (DEALER,))
+  steps = plaintext.batch_indices(settings, labels.shape[0])
+  steps_per_epoch = len(steps) // settings.epochs
+  # Overflow of the gradient product is ruled out when every row sum of
+  # |x| * |r| stays below this.
+  product_limit = 2.0 ** (62 - 2 * fraction_bits)
+
+  with jax.enable_x64(True):
+    key = jax.random.key(settings.seed)
+    step_key, loss_key = jax.random.split(key)
+    weights = tuple(jnp.zeros(x.shape[1], jnp.float64) for x in features)
+    intercept = jnp.zeros((), jnp.float64)
+    train_x = tuple(jnp.asarray(x) for x in features)
+    y = jnp.asarray(labels, jnp.float64)
+
+    def monitored_loss(epoch):
+      z, messages = _logits(jax.random.fold_in(loss_key, epoch), weights,
+                            intercept, train_x, fraction_bits=fraction_bits)
+      _record(ledger, names, messages)
+      return plaintext.loss_value(settings.loss, np.asarray(z), labels)
+
+    losses, epoch_seconds, largest = [], [], []
+    for epoch in range(settings.epochs):
+      losses.append(monitored_loss(epoch))
+      start = time.perf_counter()
+      for i in range(steps_per_epoch):
+        step = epoch * steps_per_epoch + i
+        rows = jnp.asarray(steps[step])
+        weights, intercept, messages, product = _step(
+            jax.random.fold_in(step_key, step), weights, intercept,
+            tuple(x[rows] for x in train_x), y[rows],
+            settings.learning_rate, settings.l2,
+            loss=settings.loss, fraction_bits=fraction_bits)
+        _record(ledger, names, messages)
+        largest.append(product)
+      jax.block_until_ready(weights)
+      epoch_seconds.append(time.perf_counter() - start)
+    losses.append(monitored_loss(settings.epochs))
+    if largest and float(jnp.max(jnp.stack(largest))) >= product_limit:
+      raise InputError(
+          f'a gradient sum reached {float(jnp.max(jnp.stack(largest))):.3g}, '
+          f'past the ring limit {product_limit:.3g} at fraction_bits='
+          f'{fraction_bits}; lower fraction_bits, use smaller batches or '
+          'standardize the features')
+    model = plaintext.LogisticModel(
+        weights=tuple(np.asarray(w) for w in weights),
+        intercept=float(intercept),
+        losses=tuple(losses),
+    )
+  return SecretSharingResult(model, ledger, tuple(epoch_seconds),
+                             fraction_bits)
+
+
+def _check_inputs(features, labels, fraction_bits):
+  """Raise InputError for inputs the protocol cannot train on."""
+  if len(features) < 2:
+    raise InputError(f'vertical training needs at least 2 parties, got '
+                     f'{len(features)} feature blocks')
+  if labels.ndim != 1:
+    raise InputError(f'labels have shape {labels.shape}; expected [rows]')
+  for k, x in enumerate(features):
+    if x.ndim != 2 or x.shape[0] != labels.shape[0]:
+      raise InputError(f'feature block {k} has shape {x.shape}; expected '
+                       f'[{labels.shape[0]}, columns], one row per label')
+    if not np.isfinite(x).all():
+      raise InputError(f'feature block {k} has a NaN or infinite value; '
+                       'impute or drop those rows first')
+  if not np.isin(labels, (0, 1)).all():
+    raise InputError('labels must be 0 or 1')
+  if not (isinstance(fraction_bits, int) and 8 <= fraction_bits <= 24):
+    raise InputError(f'fraction_bits={fraction_bits!r} is invalid; use an '
+                     'integer in [8, 24]')

@@ -1,0 +1,196 @@
+"""Tests of the secret-sharing vertical logistic regression."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from fedjax_med.errors import InputError
+from fedjax_med.vertical import plaintext
+from fedjax_med.vertical import secret_sharing
+
+
+def _problem(rows=120, widths=(3, 4, 2), seed=0):
+  """Return party blocks and labels of a logistic problem with signal."""
+  rng = np.random.default_rng(seed)
+  blocks = tuple(rng.normal(size=(rows, width)) for width in widths)
+  joined = np.concatenate(blocks, axis=1)
+  truth = rng.normal(size=joined.shape[1])
+  labels = (joined @ truth + 0.5 * rng.normal(size=rows) > 0).astype(int)
+  return blocks, labels
+
+
+def _max_difference(first, second):
+  return max(np.abs(a - b).max() for a, b in zip(first, second))
+
+
+def _top_byte_pvalue(values):
+  """Return the chi-square p-value of uniform top bytes of uint64 values."""
+  top = (np.asarray(values, np.uint64).ravel() >> np.uint64(56)).astype(int)
+  counts = np.bincount(top, minlength=256)
+  return stats.chisquare(counts).pvalue
+
+
+@pytest.mark.parametrize('loss', ['exact', 'taylor'])
+def test_matches_centralized(loss):
+  blocks, labels = _problem()
+  settings = plaintext.TrainingSettings(loss=loss, epochs=60)
+  central = plaintext.train_centralized(blocks, labels, settings)
+  result = secret_sharing.train(blocks, labels, settings)
+  assert _max_difference(central.weights, result.model.weights) < 1e-5
+  assert abs(central.intercept - result.model.intercept) < 1e-5
+  np.testing.assert_allclose(result.model.losses, central.losses, atol=1e-6)
+  # The model moved: this is not agreement at the zero initialization.
+  assert max(np.abs(w).max() for w in central.weights) > 0.5
+
+
+def test_taylor_differs_from_exact():
+  blocks, labels = _problem()
+  exact = plaintext.train_centralized(
+      blocks, labels, plaintext.TrainingSettings(epochs=60))
+  taylor = secret_sharing.train(
+      blocks, labels, plaintext.TrainingSettings(loss='taylor', epochs=60))
+  assert _max_difference(exact.weights, taylor.model.weights) > 1e-2
+
+
+def test_minibatches_match_centralized():
+  blocks, labels = _problem(rows=100)
+  settings = plaintext.TrainingSettings(epochs=4, batch_size=32, l2=0.01)
+  central = plaintext.train_centralized(blocks, labels, settings)
+  result = secret_sharing.train(blocks, labels, settings)
+  assert _max_difference(central.weights, result.model.weights) < 1e-5
+  # 100 rows in batches of 32 is 4 steps per epoch, the last of 4 rows.
+  assert len(plaintext.batch_indices(settings, 100)) == 16
+
+
+def test_encode_decode_round_trip():
+  with jax.enable_x64(True):
+    x = jnp.asarray([-3.25, -1e-6, 0.0, 2.5, 1000.125])
+    decoded = secret_sharing.decode(secret_sharing.encode(x, 20), 20)
+  np.testing.assert_allclose(decoded, x, atol=2.0**-21)
+
+
+def test_logit_sum_reconstructs_exactly():
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    partial = [jnp.asarray(rng.normal(size=500) * 5) for _ in range(3)]
+    z, messages = secret_sharing.secure_logit_sum(
+        jax.random.key(0), partial, 20)
+    expected = secret_sharing.decode(
+        sum(secret_sharing.encode(u, 20) for u in partial), 20)
+  np.testing.assert_array_equal(z, expected)
+  np.testing.assert_allclose(
+      z, np.sum([np.asarray(u) for u in partial], axis=0), atol=3 * 2.0**-21)
+  # 3 parties: 6 shares between parties and 2 sums to the label holder.
+  assert sorted(messages) == sorted([
+      'share 0->1', 'share 0->2', 'share 1->0', 'share 1->2', 'share 2->0',
+      'share 2->1', 'sum 1->0', 'sum 2->0'])
+
+
+def test_label_holder_view_is_uniform():
+  """The label holder sees uniform shares, not the small encoded logits."""
+  rng = np.random.default_rng(2)
+  with jax.enable_x64(True):
+    partial = [jnp.asarray(rng.normal(size=4000)) for _ in range(3)]
+    _, messages = secret_sharing.secure_logit_sum(
+        jax.random.key(3), partial, 20)
+    # The encoded logit itself has top byte 0x00 or 0xff only.
+    assert _top_byte_pvalue(secret_sharing.encode(partial[1], 20)) < 1e-6
+  for name in ('share 1->0', 'share 2->0', 'sum 1->0', 'sum 2->0'):
+    assert _top_byte_pvalue(messages[name]) > 1e-4, name
+
+
+def test_shares_to_passive_parties_ignore_inputs():
+  """Shares that go to parties 1 and up are pure randomness of the key."""
+  with jax.enable_x64(True):
+    first = [jnp.full(50, 1.0), jnp.full(50, 2.0)]
+    second = [jnp.full(50, -7.0), jnp.full(50, 2.0)]
+    _, a = secret_sharing.secure_logit_sum(jax.random.key(4), first, 20)
+    _, b = secret_sharing.secure_logit_sum(jax.random.key(4), second, 20)
+  np.testing.assert_array_equal(a['share 0->1'], b['share 0->1'])
+  assert not np.array_equal(a['share 1->0'], np.zeros(50, np.uint64))
+
+
+def test_shared_gradient_matches_product():
+  rng = np.random.default_rng(5)
+  features = rng.normal(size=(300, 4)) * 3
+  residuals = rng.uniform(-1, 1, size=300)
+  with jax.enable_x64(True):
+    product, messages = secret_sharing.shared_gradient(
+        jax.random.key(6), jnp.asarray(features), jnp.asarray(residuals), 20)
+    dealer_sum = messages['dealer c party'] + messages['dealer c holder']
+    expected_c = messages['dealer A'].T @ messages['dealer b']
+  np.testing.assert_array_equal(dealer_sum, expected_c)
+  np.testing.assert_allclose(product, features.T @ residuals, atol=1e-3)
+  # Neither input travels: E and f are uniform in the ring.
+  assert _top_byte_pvalue(messages['E']) > 1e-4
+  assert _top_byte_pvalue(messages['f']) > 1e-4
+
+
+def test_ledger_counts_one_step():
+  blocks, labels = _problem(rows=40, widths=(2, 3, 1))
+  names = ('holder', 'a', 'b')
+  result = secret_sharing.train(
+      blocks, labels, plaintext.TrainingSettings(epochs=1), names)
+  counts = result.ledger.as_dict()
+  rows, logit_sums = 40, 3  # the step and the two monitored losses
+  # Per logit sum, each party sends a share to 2 others; a and b also send
+  # their sum to the holder. Per passive party, the holder sends f and its
+  # share of the gradient.
+  assert counts['holder']['messages_sent'] == logit_sums * 2 + 2 * 2
+  assert counts['a']['messages_sent'] == logit_sums * 3 + 1
+  assert counts['a']['bytes_sent'] == (
+      logit_sums * 3 * rows * 8 + rows * 3 * 8)  # plus E: [40, 3]
+  assert counts['b']['bytes_received'] == (
+      logit_sums * 2 * rows * 8 + (rows + 1) * 8 + (rows * 1 + 1) * 8)
+  # The dealer sends A and a share of C to each passive party, and b and a
+  # share of C to the holder, once per passive party.
+  assert counts['dealer']['messages_sent'] == 4 * 2
+  assert counts['dealer']['bytes_sent'] == 8 * (
+      (rows * 3 + 3) + (rows * 1 + 1) + 2 * rows + 3 + 1)
+
+
+def test_same_seed_same_model():
+  blocks, labels = _problem(rows=50)
+  settings = plaintext.TrainingSettings(epochs=3, batch_size=16, seed=7)
+  first = secret_sharing.train(blocks, labels, settings)
+  second = secret_sharing.train(blocks, labels, settings)
+  for a, b in zip(first.model.weights, second.model.weights):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_ring_overflow_raises():
+  blocks, labels = _problem(rows=64)
+  huge = (blocks[0], blocks[1] * 1e7, blocks[2])
+  with pytest.raises(InputError, match='past the ring limit'):
+    secret_sharing.train(huge, labels,
+                         plaintext.TrainingSettings(epochs=1), fraction_bits=24)
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda b, y: (b[:1], y), 'at least 2 parties'),
+    (lambda b, y: ((b[0], b[1][:-1], b[2]), y), 'feature block 1'),
+    (lambda b, y: ((b[0], np.where(b[1] > 1, np.nan, b[1]), b[2]), y),
+     'NaN'),
+    (lambda b, y: (b, y * 2), '0 or 1'),
+])
+def test_invalid_inputs_raise(change, message):
+  blocks, labels = _problem(rows=30)
+  blocks, labels = change(blocks, labels)
+  with pytest.raises(InputError, match=message):
+    secret_sharing.train(blocks, labels, plaintext.TrainingSettings(epochs=1))
+
+
+def test_invalid_fraction_bits_raises():
+  blocks, labels = _problem(rows=30)
+  with pytest.raises(InputError, match='fraction_bits=30'):
+    secret_sharing.train(blocks, labels, plaintext.TrainingSettings(epochs=1),
+                         fraction_bits=30)
+
+
+def test_invalid_settings_raise():
+  with pytest.raises(InputError, match="loss='hinge'"):
+    plaintext.TrainingSettings(loss='hinge')
+  with pytest.raises(InputError, match='batch_size=0'):
+    plaintext.TrainingSettings(batch_size=0)
