@@ -61,7 +61,7 @@ FULL = {
     'hospitals': None,
     'epochs': 200,
     'learning_rate': 0.5,
-    'paillier_epochs': 2,
+    'paillier_epochs': 5,
     'key_bits': 2048,
 }
 # Long Beach VA's 130 patients only, an insecure 512-bit key and few epochs:

@@ -63,6 +63,7 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 
+import gmpy2
 import numpy as np
 
 from fedjax_med.errors import InputError
@@ -320,8 +321,10 @@ class _Protocol:
   def exponentiate(self, party: int, values: list[int]) -> list[int]:
     """Raise every value to `party`'s key and count the exponentiations."""
     self.ledger.add(self.names[party], 'exponentiations', len(values))
-    key = self.keys[party]
-    return [pow(value, key, PRIME) for value in values]
+    key = gmpy2.mpz(self.keys[party])
+    # GMP's powmod is about 5x faster than Python's pow at this size, and
+    # both return the same integer.
+    return [int(gmpy2.powmod(value, key, PRIME)) for value in values]
 
   def shuffle(self, party: int, values: list[int]) -> list[int]:
     """Permute `values` with `party`'s generator."""
