@@ -99,16 +99,38 @@ def _append(path: pathlib.Path, record: dict[str, Any]) -> None:
     file.write(json.dumps(record) + '\n')
 
 
+# Bootstrap resamples of the test patients for the AUROC intervals.
+NUM_RESAMPLES = 1000
+
+
 def _scores(model: plaintext.LogisticModel, aligned: data.AlignedData,
-            parties) -> dict[str, float]:
-  """Return test accuracy and AUROC of a model over the given parties."""
+            parties, baseline: np.ndarray | None,
+            resample_counts: np.ndarray) -> dict[str, Any]:
+  """Return test accuracy and AUROC of a model over the given parties.
+
+  The AUROC interval is a 95% percentile bootstrap over `resample_counts`.
+  With a `baseline` AUROC per resample, the same resamples also give a
+  paired interval of the difference to the baseline.
+  """
   logits = model.logits(tuple(aligned.test_features[k] for k in parties))
   labels = aligned.test_labels
-  return {
+  probabilities = plaintext.sigmoid(logits)
+  resampled = clinical.auroc(labels, probabilities,
+                             sample_weight=resample_counts)
+  valid = np.isfinite(resampled)
+  scores = {
       'accuracy': float(np.mean((logits > 0) == labels)),
-      'auroc': float(clinical.auroc(labels, plaintext.sigmoid(logits))),
+      'auroc': float(clinical.auroc(labels, probabilities)),
+      'auroc_ci': [float(v) for v in
+                   np.quantile(resampled[valid], [0.025, 0.975])],
       'train_loss': model.losses[-1],
   }
+  if baseline is not None:
+    difference = (resampled - baseline)[valid & np.isfinite(baseline)]
+    scores['auroc_gain_ci'] = [
+        float(v) for v in np.quantile(difference, [0.025, 0.975])]
+  scores['resampled_auroc'] = resampled
+  return scores
 
 
 def run_psi(dataset: data.VerticalDataset, seed: int,
@@ -139,12 +161,21 @@ def run_models(aligned: data.AlignedData, sizes: dict[str, Any], seed: int,
   """Train every setting, appending each result as it finishes."""
   names = aligned.party_names
   x, y = aligned.train_features, aligned.train_labels
+  num_test = aligned.test_labels.shape[0]
+  resample_counts = np.random.default_rng(seed).multinomial(
+      num_test, np.full(num_test, 1 / num_test), size=NUM_RESAMPLES)
   rows = []
+  baseline = []  # the label holder alone, AUROC per resample
 
   def record(setting, loss, model, parties, seconds, epochs, **extra):
     row = {'kind': 'model', 'setting': setting, 'loss': loss,
            'epochs': epochs, 'epoch_seconds': seconds}
-    row |= _scores(model, aligned, parties) | extra
+    scores = _scores(model, aligned, parties,
+                     baseline[0] if baseline else None, resample_counts)
+    if not baseline:
+      baseline.append(scores['resampled_auroc'])
+    del scores['resampled_auroc']
+    row |= scores | extra
     _append(results, row)
     rows.append(row)
     return row
@@ -230,9 +261,10 @@ def write_markdown(path, psi_record, rows, *, sizes, seed, command,
       '',
       '## Accuracy on the common test patients',
       '',
-      '| setting | loss | epochs | test accuracy | test AUROC | final '
-      'training loss | max weight gap to centralized |',
-      '|---|---|---|---|---|---|---|',
+      '| setting | loss | epochs | test accuracy | test AUROC (95% CI) | '
+      'AUROC gain over the label holder alone (95% CI) | final training '
+      'loss | max weight gap to centralized |',
+      '|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
     gap = row.get('max_weight_gap')
@@ -240,11 +272,20 @@ def write_markdown(path, psi_record, rows, *, sizes, seed, command,
     label = row['setting']
     if row.get('has_labels') is False:
       label += ' (if it had the labels)'
+    low, high = row['auroc_ci']
+    gain_text = ''
+    if 'auroc_gain_ci' in row:
+      gain_low, gain_high = row['auroc_gain_ci']
+      gain_text = f'{gain_low:+.3f} to {gain_high:+.3f}'
     lines.append(
         f"| {label} | {row['loss']} | {row['epochs']} | "
-        f"{row['accuracy']:.4f} | {row['auroc']:.4f} | "
-        f"{row['train_loss']:.4f} | {gap_text} |")
+        f"{row['accuracy']:.4f} | {row['auroc']:.4f} ({low:.3f}-{high:.3f}) "
+        f"| {gain_text} | {row['train_loss']:.4f} | {gap_text} |")
   lines += [
+      '',
+      f'Intervals: {NUM_RESAMPLES} bootstrap resamples of the test patients, '
+      'the same resamples for every row, so the gain is a paired '
+      'difference.',
       '',
       'The Paillier row trains for only its few epochs; its weight gap is '
       'to centralized Taylor training of the same epochs.',
@@ -280,12 +321,16 @@ def write_markdown(path, psi_record, rows, *, sizes, seed, command,
 
 
 def plot_results(path: pathlib.Path, rows) -> None:
-  """Plot test accuracy per setting and seconds per epoch per training."""
+  """Plot test AUROC with its interval, and seconds per epoch."""
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-  labels = [f"{r['setting']}\n{r['loss']}" for r in rows]
-  left.barh(labels, [r['accuracy'] for r in rows], color='tab:blue')
-  left.set_xlabel('test accuracy')
-  left.set_xlim(0.5, 1.0)
+  labels = [f"{r['setting']}\n{r['loss']}, {r['epochs']} epochs" for r in rows]
+  auroc = np.asarray([r['auroc'] for r in rows])
+  bounds = np.asarray([r['auroc_ci'] for r in rows])
+  errors = np.stack([auroc - bounds[:, 0], bounds[:, 1] - auroc])
+  left.barh(labels, auroc, xerr=errors, color='tab:blue', capsize=3)
+  left.axvline(0.5, color='grey', linewidth=0.8)
+  left.set_xlabel('test AUROC, 95% bootstrap interval')
+  left.set_xlim(0.3, 1.0)
   left.invert_yaxis()
   left.tick_params(axis='y', labelsize='x-small')
   timed = [r for r in rows if r['epoch_seconds'] is not None]

@@ -295,10 +295,11 @@ def train(
       _record(ledger, names, messages)
       return plaintext.loss_value(settings.loss, np.asarray(z), labels)
 
-    losses, epoch_seconds, largest = [], [], []
+    losses, epoch_seconds = [], []
     for epoch in range(settings.epochs):
       losses.append(monitored_loss(epoch))
       start = time.perf_counter()
+      largest = []
       for i in range(steps_per_epoch):
         step = epoch * steps_per_epoch + i
         rows = jnp.asarray(steps[step])
@@ -311,13 +312,15 @@ def train(
         largest.append(product)
       jax.block_until_ready(weights)
       epoch_seconds.append(time.perf_counter() - start)
+      # One check per epoch keeps the steps asynchronous.
+      reached = float(jnp.max(jnp.stack(largest)))
+      if reached >= product_limit:
+        raise InputError(
+            f'a gradient sum reached {reached:.3g} in epoch {epoch}, past '
+            f'the ring limit {product_limit:.3g} at fraction_bits='
+            f'{fraction_bits}; lower fraction_bits, use smaller batches or '
+            'standardize the features')
     losses.append(monitored_loss(settings.epochs))
-    if largest and float(jnp.max(jnp.stack(largest))) >= product_limit:
-      raise InputError(
-          f'a gradient sum reached {float(jnp.max(jnp.stack(largest))):.3g}, '
-          f'past the ring limit {product_limit:.3g} at fraction_bits='
-          f'{fraction_bits}; lower fraction_bits, use smaller batches or '
-          'standardize the features')
     model = plaintext.LogisticModel(
         weights=tuple(np.asarray(w) for w in weights),
         intercept=float(intercept),
