@@ -51,6 +51,19 @@ class PartyData:
   feature_names: tuple[str, ...]
   labels: np.ndarray | None = None
 
+  def __post_init__(self):
+    # Accept lists and other array-likes, and store numpy arrays.
+    try:
+      features = np.asarray(self.features, np.float64)
+      labels = None if self.labels is None else np.asarray(self.labels)
+    except (TypeError, ValueError) as error:
+      raise InputError(f'party {self.name!r} has features or labels that '
+                       f'are not numeric arrays ({error}); pass numbers') from None
+    object.__setattr__(self, 'features', features)
+    object.__setattr__(self, 'labels', labels)
+    object.__setattr__(self, 'ids', tuple(self.ids))
+    object.__setattr__(self, 'feature_names', tuple(self.feature_names))
+
 
 @dataclasses.dataclass(frozen=True)
 class VerticalDataset:
@@ -86,6 +99,12 @@ class VerticalDataset:
 def _check_party(party: PartyData, is_label_holder: bool) -> None:
   """Raise InputError unless `party`'s arrays are consistent and finite."""
   rows = len(party.ids)
+  if rows == 0:
+    raise InputError(f'party {party.name!r} holds no patients; every party '
+                     'needs at least one row')
+  if party.features.ndim == 2 and party.features.shape[1] == 0:
+    raise InputError(f'party {party.name!r} has no feature columns; give '
+                     'every party at least one feature')
   if len(set(party.ids)) != rows:
     raise InputError(f'party {party.name!r} lists a patient identifier '
                      'twice; identifiers must be unique within a party')
@@ -128,20 +147,29 @@ def split_heart_disease(
       `heart_disease.FEATURE_NAMES`), in party order; the first party holds
       the labels. Defaults to `HEART_FEATURE_GROUPS`.
     coverage: party name to the fraction of patients it holds, in (0, 1].
-      Defaults to `HEART_COVERAGE` for the default groups and 1.0 otherwise.
+      A party left out keeps its default: `HEART_COVERAGE` for the default
+      groups, 1.0 for groups of your own.
     seed: seed of the draw of which patients each party holds.
 
   Returns:
     The vertical dataset; FLamby's test rows are its test identifiers.
   """
+  defaults = {name: 1.0 for name in feature_groups or ()}
   if feature_groups is None:
     feature_groups = HEART_FEATURE_GROUPS
-    coverage = HEART_COVERAGE if coverage is None else coverage
-  coverage = {name: 1.0 for name in feature_groups} | dict(coverage or {})
+    defaults = dict(HEART_COVERAGE)
+  coverage = defaults | dict(coverage or {})
   unknown = set(coverage) - set(feature_groups)
   if unknown:
     raise InputError(f'coverage names parties {sorted(unknown)} that have no '
                      f'feature group; parties are {list(feature_groups)}')
+  for name, group in feature_groups.items():
+    if isinstance(group, str) or not group:
+      raise InputError(f'the feature group of party {name!r} is {group!r}; '
+                       'give a non-empty list of feature names')
+  if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+          and seed >= 0):
+    raise InputError(f'seed={seed!r} is invalid; use an integer >= 0')
   listed = [name for group in feature_groups.values() for name in group]
   for name in listed:
     if name not in heart_disease.FEATURE_NAMES:
@@ -151,8 +179,8 @@ def split_heart_disease(
     raise InputError('a feature is assigned to two parties; give each '
                      'feature to one party')
   for name, fraction in coverage.items():
-    if not 0 < fraction <= 1:
-      raise InputError(f'coverage[{name!r}]={fraction} is invalid; use a '
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+      raise InputError(f'coverage[{name!r}]={fraction!r} is invalid; use a '
                        'fraction in (0, 1]')
 
   federated = heart_disease.load_heart_disease()
@@ -176,6 +204,9 @@ def split_heart_disease(
   parties = []
   for position, (name, group) in enumerate(feature_groups.items()):
     count = round(coverage[name] * len(ids))
+    if count == 0:
+      raise InputError(f'coverage[{name!r}]={coverage[name]} keeps none of '
+                       f'the {len(ids)} patients; raise it')
     kept = np.sort(rng.choice(len(ids), size=count, replace=False))
     columns = [heart_disease.FEATURE_NAMES.index(f) for f in group]
     parties.append(PartyData(
@@ -233,7 +264,18 @@ def align(
   Returns:
     The aligned blocks. Rows keep the order of `common_ids`.
   """
+  if isinstance(common_ids, (str, bytes)):
+    raise InputError(f'common_ids is the single value {common_ids!r}; pass a '
+                     'list of identifiers')
   common_ids = list(common_ids)
+  for patient in common_ids:
+    if not isinstance(patient, str):
+      raise InputError(f'common identifier {patient!r} has type '
+                       f'{type(patient).__name__}; identifiers are str')
+  if len(set(common_ids)) != len(common_ids):
+    repeated = next(i for i in common_ids if common_ids.count(i) > 1)
+    raise InputError(f'common identifier {repeated!r} appears twice; pass '
+                     'each common patient once')
   is_test = np.asarray([i in dataset.test_ids for i in common_ids], bool)
   if is_test.all() or not is_test.any():
     raise InputError(f'the {len(common_ids)} common patients include '

@@ -15,11 +15,14 @@ encrypted logits (Paillier) trains.
 """
 
 import dataclasses
+import math
+import numbers
 
 import jax
 import numpy as np
 
 from fedjax_med.errors import InputError
+from fedjax_med.errors import TrainingDiverged
 
 LOSSES = ('exact', 'taylor')
 
@@ -47,18 +50,61 @@ class TrainingSettings:
   def __post_init__(self):
     if self.loss not in LOSSES:
       raise InputError(f'loss={self.loss!r} is invalid; use one of {LOSSES}')
-    if not self.learning_rate > 0:
-      raise InputError(f'learning_rate={self.learning_rate} is invalid; use '
-                       'a positive number')
-    if not (isinstance(self.epochs, int) and self.epochs >= 1):
+    if not (_is_real(self.learning_rate) and 0 < self.learning_rate < math.inf):
+      raise InputError(f'learning_rate={self.learning_rate!r} is invalid; use '
+                       'a finite positive number')
+    if not (_is_integer(self.epochs) and self.epochs >= 1):
       raise InputError(f'epochs={self.epochs!r} is invalid; use an integer '
                        '>= 1')
     if self.batch_size is not None and not (
-        isinstance(self.batch_size, int) and self.batch_size >= 1):
+        _is_integer(self.batch_size) and self.batch_size >= 1):
       raise InputError(f'batch_size={self.batch_size!r} is invalid; use an '
                        'integer >= 1, or None for full batches')
-    if not self.l2 >= 0:
-      raise InputError(f'l2={self.l2} is invalid; use a number >= 0')
+    if not (_is_real(self.l2) and 0 <= self.l2 < math.inf):
+      raise InputError(f'l2={self.l2!r} is invalid; use a finite number >= 0')
+    if not (_is_integer(self.seed) and 0 <= self.seed < 2**32):
+      raise InputError(f'seed={self.seed!r} is invalid; use an integer in '
+                       '[0, 2**32)')
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_finite(model_name: str, weights, intercept, epoch: int) -> None:
+  """Raise TrainingDiverged if a weight or the intercept is not finite."""
+  finite = all(np.isfinite(np.asarray(w)).all() for w in weights)
+  if not (finite and np.isfinite(float(intercept))):
+    raise TrainingDiverged(
+        f'{model_name} weights became NaN or infinite in epoch {epoch}; '
+        'lower the learning rate')
+
+
+def check_blocks(features, labels) -> None:
+  """Raise InputError unless the blocks and labels can be trained on."""
+  if len(features) < 1:
+    raise InputError('no feature blocks; pass one [rows, columns] block per '
+                     'party')
+  if labels.ndim != 1 or labels.shape[0] == 0:
+    raise InputError(f'labels have shape {labels.shape}; expected [rows] '
+                     'with at least one row')
+  for k, x in enumerate(features):
+    if x.ndim != 2 or x.shape[0] != labels.shape[0]:
+      raise InputError(f'feature block {k} has shape {x.shape}; expected '
+                       f'[{labels.shape[0]}, columns], one row per label')
+    if x.shape[1] == 0:
+      raise InputError(f'feature block {k} has no columns; give every party '
+                       'at least one feature')
+    if not np.isfinite(x).all():
+      raise InputError(f'feature block {k} has a NaN or infinite value; '
+                       'impute or drop those rows first')
+  invalid = labels[~np.isin(labels, (0, 1))]
+  if invalid.size:
+    raise InputError(f'labels contain {invalid[0].item()!r}; use 0 and 1')
 
 
 def batch_indices(settings: TrainingSettings, num_rows: int) -> list[np.ndarray]:
@@ -135,8 +181,14 @@ def train_centralized(
 
   Returns:
     The trained model, with one weight block per party.
+
+  Raises:
+    InputError: for mismatched shapes, empty blocks, non-finite features or
+      labels outside {0, 1}.
+    TrainingDiverged: if the weights become NaN or infinite.
   """
   blocks = [np.asarray(x, np.float64) for x in features]
+  check_blocks(blocks, np.asarray(labels))
   y = np.asarray(labels, np.float64)
   widths = [x.shape[1] for x in blocks]
   joined = np.concatenate(blocks, axis=1)
@@ -147,12 +199,15 @@ def train_centralized(
   losses = []
   for step, rows in enumerate(steps):
     if step % steps_per_epoch == 0:
+      check_finite('centralized', (weights,), intercept,
+                   step // steps_per_epoch)
       losses.append(loss_value(settings.loss, joined @ weights + intercept, y))
     z = joined[rows] @ weights + intercept
     r = residual(settings.loss, z, y[rows])
     gradient = joined[rows].T @ r / len(rows) + settings.l2 * weights
     weights = weights - settings.learning_rate * gradient
     intercept -= settings.learning_rate * float(np.mean(r))
+  check_finite('centralized', (weights,), intercept, settings.epochs)
   losses.append(loss_value(settings.loss, joined @ weights + intercept, y))
   return LogisticModel(
       weights=tuple(np.split(weights, np.cumsum(widths)[:-1])),

@@ -415,6 +415,11 @@ def _validate_identifiers(name: str, ids) -> None:
   if isinstance(ids, (str, bytes)):
     raise InputError(f'the identifiers of party {name!r} are the single '
                      f'value {ids!r}; pass a list of identifiers')
+  if not isinstance(ids, Sequence):
+    raise InputError(
+        f'the identifiers of party {name!r} are a {type(ids).__name__}, '
+        'which has no row order; pass a list or tuple in row order, so that '
+        'row_indices index it')
   seen = set()
   for identifier in ids:
     if not isinstance(identifier, str):

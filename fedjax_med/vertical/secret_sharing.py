@@ -157,6 +157,7 @@ def _step(key, weights, intercept, features, labels, learning_rate, l2, *,
     r = 0.5 + z / 4 - labels
 
   gradients = [features[0].T @ r / rows]
+  largest_logit = jnp.max(jnp.stack([jnp.abs(u).max() for u in partial]))
   largest_product = jnp.zeros(())
   for k in range(1, num_parties):
     product, product_messages = shared_gradient(
@@ -169,7 +170,8 @@ def _step(key, weights, intercept, features, labels, learning_rate, l2, *,
   new_weights = tuple(
       w - learning_rate * (g + l2 * w) for w, g in zip(weights, gradients))
   new_intercept = intercept - learning_rate * r.mean()
-  return new_weights, new_intercept, messages, largest_product
+  return new_weights, new_intercept, messages, (largest_logit,
+                                                largest_product)
 
 
 @functools.partial(jax.jit, static_argnames=('fraction_bits',))
@@ -264,8 +266,10 @@ def train(
     The model, the ledger and the epoch times.
 
   Raises:
-    InputError: for mismatched shapes, non-finite features, labels outside
-      {0, 1}, or a gradient that would overflow the ring.
+    InputError: for mismatched shapes, empty blocks, non-finite features,
+      labels outside {0, 1}, or a logit or gradient that would overflow the
+      ring.
+    TrainingDiverged: if the weights become NaN or infinite.
   """
   features = [np.asarray(x, np.float64) for x in features]
   labels = np.asarray(labels)
@@ -274,12 +278,17 @@ def train(
   if len(names) != len(features):
     raise InputError(f'party_names has {len(names)} names for '
                      f'{len(features)} feature blocks; give one per block')
+  if len(set(names + (DEALER,))) != len(names) + 1:
+    raise InputError(f'party_names={list(names)} repeats a name or uses '
+                     f'{DEALER!r}, the name of the dealer; give every party '
+                     'a distinct name')
   ledger = cost.CostLedger(names + (DEALER,))
   steps = plaintext.batch_indices(settings, labels.shape[0])
   steps_per_epoch = len(steps) // settings.epochs
-  # Overflow of the gradient product is ruled out when every row sum of
-  # |x| * |r| stays below this.
-  product_limit = 2.0 ** (62 - 2 * fraction_bits)
+  # Overflow is ruled out while every encoded partial logit stays below
+  # 2**62 in magnitude, and every column sum of |x| * |r| of a gradient
+  # product, which carries 2 * fraction_bits, does too.
+  limits = (2.0 ** (62 - fraction_bits), 2.0 ** (62 - 2 * fraction_bits))
 
   with jax.enable_x64(True):
     key = jax.random.key(settings.seed)
@@ -290,6 +299,7 @@ def train(
     y = jnp.asarray(labels, jnp.float64)
 
     def monitored_loss(epoch):
+      plaintext.check_finite('secret-sharing', weights, intercept, epoch)
       z, messages = _logits(jax.random.fold_in(loss_key, epoch), weights,
                             intercept, train_x, fraction_bits=fraction_bits)
       _record(ledger, names, messages)
@@ -303,23 +313,19 @@ def train(
       for i in range(steps_per_epoch):
         step = epoch * steps_per_epoch + i
         rows = jnp.asarray(steps[step])
-        weights, intercept, messages, product = _step(
+        weights, intercept, messages, magnitudes = _step(
             jax.random.fold_in(step_key, step), weights, intercept,
             tuple(x[rows] for x in train_x), y[rows],
             settings.learning_rate, settings.l2,
             loss=settings.loss, fraction_bits=fraction_bits)
         _record(ledger, names, messages)
-        largest.append(product)
+        largest.append(jnp.stack(magnitudes))
       jax.block_until_ready(weights)
       epoch_seconds.append(time.perf_counter() - start)
       # One check per epoch keeps the steps asynchronous.
-      reached = float(jnp.max(jnp.stack(largest)))
-      if reached >= product_limit:
-        raise InputError(
-            f'a gradient sum reached {reached:.3g} in epoch {epoch}, past '
-            f'the ring limit {product_limit:.3g} at fraction_bits='
-            f'{fraction_bits}; lower fraction_bits, use smaller batches or '
-            'standardize the features')
+      _check_ring_limits(np.max(np.asarray(largest), axis=0), limits, epoch,
+                         fraction_bits)
+      plaintext.check_finite('secret-sharing', weights, intercept, epoch)
     losses.append(monitored_loss(settings.epochs))
     model = plaintext.LogisticModel(
         weights=tuple(np.asarray(w) for w in weights),
@@ -330,22 +336,24 @@ def train(
                              fraction_bits)
 
 
+def _check_ring_limits(reached, limits, epoch, fraction_bits):
+  """Raise unless the epoch's largest logit and gradient sum fit the ring."""
+  for value, limit, what in zip(reached, limits,
+                                ('partial logit', 'gradient sum')):
+    if not value < limit:  # also true for NaN
+      raise InputError(
+          f'a {what} reached {value:.3g} in epoch {epoch}, past the ring '
+          f'limit {limit:.3g} at fraction_bits={fraction_bits}; lower the '
+          'learning rate or fraction_bits, use smaller batches or '
+          'standardize the features')
+
+
 def _check_inputs(features, labels, fraction_bits):
   """Raise InputError for inputs the protocol cannot train on."""
   if len(features) < 2:
     raise InputError(f'vertical training needs at least 2 parties, got '
                      f'{len(features)} feature blocks')
-  if labels.ndim != 1:
-    raise InputError(f'labels have shape {labels.shape}; expected [rows]')
-  for k, x in enumerate(features):
-    if x.ndim != 2 or x.shape[0] != labels.shape[0]:
-      raise InputError(f'feature block {k} has shape {x.shape}; expected '
-                       f'[{labels.shape[0]}, columns], one row per label')
-    if not np.isfinite(x).all():
-      raise InputError(f'feature block {k} has a NaN or infinite value; '
-                       'impute or drop those rows first')
-  if not np.isin(labels, (0, 1)).all():
-    raise InputError('labels must be 0 or 1')
+  plaintext.check_blocks(features, labels)
   if not (isinstance(fraction_bits, int) and 8 <= fraction_bits <= 24):
     raise InputError(f'fraction_bits={fraction_bits!r} is invalid; use an '
                      'integer in [8, 24]')

@@ -60,6 +60,16 @@ def test_heart_split_keeps_each_patients_values():
     np.testing.assert_array_equal(row, full_row[columns])
 
 
+def test_heart_split_partial_coverage_keeps_defaults():
+  dataset = data.split_heart_disease(coverage={'ecg': 0.5})
+  assert [len(p.ids) for p in dataset.parties] == [703, 666, 370]
+
+
+def test_heart_split_negative_seed_raises():
+  with pytest.raises(InputError, match='seed=-1'):
+    data.split_heart_disease(seed=-1)
+
+
 def test_heart_split_seed_changes_patients():
   first = data.split_heart_disease(seed=0)
   second = data.split_heart_disease(seed=1)
@@ -72,6 +82,10 @@ def test_heart_split_seed_changes_patients():
     ({'a': ('age',), 'b': ('chol',)}, {'a': 1.5}, r"coverage\['a'\]=1.5"),
     ({'a': ('age',), 'b': ('chol',)}, {'c': 0.5}, "'c'"),
     ({'a': ('age',)}, None, 'at least 2 parties'),
+    ({'a': ('age',), 'b': ()}, None, "party 'b' is ()"),
+    ({'a': 'age', 'b': ('chol',)}, None, "party 'a' is 'age'"),
+    ({'a': ('age',), 'b': ('chol',)}, {'b': '0.5'}, r"coverage\['b'\]='0.5'"),
+    ({'a': ('age',), 'b': ('chol',)}, {'b': 1e-4}, 'keeps none'),
 ])
 def test_heart_split_invalid_raises(groups, coverage, message):
   with pytest.raises(InputError, match=message):
@@ -107,6 +121,16 @@ def test_align_missing_identifier_raises():
     data.align(_toy_dataset(), ['p-1', 'p-3', 'p-9'])
 
 
+@pytest.mark.parametrize('common, message', [
+    (['p-1', 'p-1', 'p-3'], "'p-1' appears twice"),
+    (['p-1', 3], 'has type int'),
+    ('p-1', 'single value'),
+])
+def test_align_invalid_common_ids_raise(common, message):
+  with pytest.raises(InputError, match=message):
+    data.align(_toy_dataset(), common)
+
+
 def test_align_without_test_rows_raises():
   with pytest.raises(InputError, match='0 test patients'):
     data.align(_toy_dataset(), ['p-1', 'p-2'])
@@ -128,3 +152,16 @@ def test_dataset_checks_parties():
     data.VerticalDataset('toy', (holder, nan), frozenset())
   with pytest.raises(InputError, match='distinct name'):
     data.VerticalDataset('toy', (holder, holder), frozenset())
+  with pytest.raises(InputError, match='no feature columns'):
+    data.VerticalDataset('toy', (holder, data.PartyData(
+        'other', other.ids, np.zeros((6, 0)), ())), frozenset())
+  with pytest.raises(InputError, match='not numeric'):
+    data.PartyData('other', other.ids, [['a']] * 6, ('c',))
+
+
+def test_party_data_accepts_lists():
+  party = data.PartyData('p', ['x', 'y'], [[1.0], [2.0]], ['c'], [0, 1])
+  assert party.features.dtype == np.float64
+  assert party.features.shape == (2, 1)
+  assert party.ids == ('x', 'y')
+  np.testing.assert_array_equal(party.labels, [0, 1])

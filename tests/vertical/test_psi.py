@@ -406,6 +406,8 @@ def test_two_party_message_flow(two_parties):
     ([['a'], 'ab'], ['x', 'y'], 0, "party 'y' are the single value 'ab'"),
     ([['a'], ['b']], ['x', 'y'], -1, 'seed=-1 is invalid'),
     ([['a'], ['b']], ['x', 'y'], 1.5, 'seed=1.5 is invalid'),
+    ([['a'], {'a', 'b'}], ['x', 'y'], 0, "party 'y' are a set"),
+    ([['a'], iter(['a'])], ['x', 'y'], 0, "party 'y' are a list_iterator"),
 ])
 def test_run_psi_rejects_invalid_input(id_sets, names, seed, match):
   with pytest.raises(InputError, match=match):

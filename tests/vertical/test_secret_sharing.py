@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from fedjax_med.errors import InputError
+from fedjax_med.errors import TrainingDiverged
 from fedjax_med.vertical import plaintext
 from fedjax_med.vertical import secret_sharing
 
@@ -173,13 +174,41 @@ def test_ring_overflow_raises():
     (lambda b, y: ((b[0], b[1][:-1], b[2]), y), 'feature block 1'),
     (lambda b, y: ((b[0], np.where(b[1] > 1, np.nan, b[1]), b[2]), y),
      'NaN'),
-    (lambda b, y: (b, y * 2), '0 or 1'),
+    (lambda b, y: (b, y * 2), 'labels contain 2'),
+    (lambda b, y: ((b[0], b[1][:, :0], b[2]), y), 'block 1 has no columns'),
+    (lambda b, y: (tuple(x[:0] for x in b), y[:0]), 'at least one row'),
 ])
 def test_invalid_inputs_raise(change, message):
   blocks, labels = _problem(rows=30)
   blocks, labels = change(blocks, labels)
   with pytest.raises(InputError, match=message):
     secret_sharing.train(blocks, labels, plaintext.TrainingSettings(epochs=1))
+
+
+def test_logit_overflow_raises():
+  blocks, labels = _problem(rows=64)
+  settings = plaintext.TrainingSettings(epochs=3, learning_rate=1e13)
+  with pytest.raises(InputError, match='partial logit reached'):
+    secret_sharing.train(blocks, labels, settings)
+
+
+def test_infinite_weights_raise():
+  blocks, labels = _problem(rows=32)
+  huge = (blocks[0] * 1e200, blocks[1], blocks[2])
+  settings = plaintext.TrainingSettings(epochs=2, learning_rate=1e200)
+  with np.errstate(over='ignore', invalid='ignore'):
+    with pytest.raises(TrainingDiverged, match='epoch 1'):
+      plaintext.train_centralized(huge, labels, settings)
+  with pytest.raises((TrainingDiverged, InputError)):
+    secret_sharing.train(huge, labels, settings)
+
+
+@pytest.mark.parametrize('names', [('a', 'a', 'b'), ('a', 'dealer', 'b')])
+def test_party_names_must_be_distinct(names):
+  blocks, labels = _problem(rows=30)
+  with pytest.raises(InputError, match='distinct name'):
+    secret_sharing.train(blocks, labels, plaintext.TrainingSettings(epochs=1),
+                         names)
 
 
 def test_invalid_fraction_bits_raises():
@@ -189,8 +218,17 @@ def test_invalid_fraction_bits_raises():
                          fraction_bits=30)
 
 
-def test_invalid_settings_raise():
-  with pytest.raises(InputError, match="loss='hinge'"):
-    plaintext.TrainingSettings(loss='hinge')
-  with pytest.raises(InputError, match='batch_size=0'):
-    plaintext.TrainingSettings(batch_size=0)
+@pytest.mark.parametrize('changes, message', [
+    ({'loss': 'hinge'}, "loss='hinge'"),
+    ({'batch_size': 0}, 'batch_size=0'),
+    ({'learning_rate': float('inf')}, 'learning_rate=inf'),
+    ({'learning_rate': '0.5'}, "learning_rate='0.5'"),
+    ({'l2': float('inf')}, 'l2=inf'),
+    ({'epochs': True}, 'epochs=True'),
+    ({'seed': -1}, 'seed=-1'),
+    ({'seed': 2**32}, 'seed=4294967296'),
+    ({'seed': 1.5}, 'seed=1.5'),
+])
+def test_invalid_settings_raise(changes, message):
+  with pytest.raises(InputError, match=message):
+    plaintext.TrainingSettings(**changes)
