@@ -35,7 +35,7 @@ HEART_COVERAGE = {'cardiology': 0.95, 'primary_care': 0.9, 'ecg': 0.85}
 
 @dataclasses.dataclass(frozen=True)
 class PartyData:
-  """What one party holds.
+  """The rows and columns of one party.
 
   Attributes:
     name: the party's name.
