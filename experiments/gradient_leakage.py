@@ -377,7 +377,7 @@ def _optional(value, pattern='{:.2f}') -> str:
 
 
 def write_markdown(path, records, *, command, seed, elapsed_s, load_before,
-                   load_after) -> None:
+                   load_after, quick=False) -> None:
   """Write the results page: one table per part."""
   analytic_rows = [r for r in records if r['part'] == 'analytic']
   imprint_rows = [r for r in records if r['part'] == 'imprint']
@@ -389,6 +389,11 @@ def write_markdown(path, records, *, command, seed, elapsed_s, load_before,
       f'{machine.hardware_line()}. '
       f'{machine.load_sentence(load_before, load_after)}',
       '',
+  ]
+  if quick:
+    lines += ['A --quick smoke test: few victims and attack steps, so these '
+              'numbers are not results.', '']
+  lines += [
       '## Honest server, analytic attack, Fed-Heart-Disease',
       '',
       f'Recovered: the estimate is within relative L2 error {RECOVERED} of '
@@ -558,7 +563,8 @@ def run(sizes, *, seed, out_dir, command) -> list[dict[str, Any]]:
   plot_quality(out_dir / 'leakage_quality.png', records)
   write_markdown(out_dir / 'results.md', records, command=command, seed=seed,
                  elapsed_s=time.perf_counter() - start,
-                 load_before=load_before, load_after=machine.load_average())
+                 load_before=load_before, load_after=machine.load_average(),
+                 quick=sizes is QUICK)
   return records
 
 

@@ -109,18 +109,32 @@ def _dense_layers(params: Params) -> list[Mapping[str, jax.Array]]:
     raise InputError('Expected flax params, a mapping of layer names; got '
                      f'{type(params).__name__}.')
   layers = []
+  others = []
   for name, layer in params.items():
     prefix, _, index = name.partition('_')
     if prefix == 'Dense' and index.isdigit():
       layers.append((int(index), layer))
+    else:
+      others.append(name)
   if not layers:
     raise InputError('Expected flax params with a Dense_0 layer; got layers '
                      f'{sorted(params)}.')
+  if others:
+    # A layer under another name (a custom head, a normalization layer) may
+    # sit above the last Dense_<i>, and its labels would then be read from
+    # a hidden layer.
+    raise InputError(f'Expected only Dense_<i> layers; got also {others}. '
+                     'Pass the params of a stack of flax Dense layers with '
+                     'their default names, or call recover_inputs and the '
+                     'label rules on the layers yourself.')
   layers.sort(key=lambda item: item[0])
   for index, layer in layers:
-    if 'kernel' not in layer or 'bias' not in layer:
+    if not isinstance(layer, Mapping) or (
+        'kernel' not in layer or 'bias' not in layer):
+      contents = (sorted(layer) if isinstance(layer, Mapping)
+                  else type(layer).__name__)
       raise InputError(f'Layer Dense_{index} needs a kernel and a bias; got '
-                       f'{sorted(layer)}.')
+                       f'{contents}.')
   return [layer for _, layer in layers]
 
 
@@ -147,11 +161,13 @@ def recover_from_update(update_params: Params) -> tuple[jax.Array, jax.Array]:
       sigmoid model, more mean softmax.
 
   Returns:
-    `(x_hat [features], label_hat)`, the label an int32 scalar.
+    `(x_hat [features], label_hat)`, the label an int32 scalar. For an
+    all-zero or non-finite update `x_hat` is NaN and the label is
+    meaningless (0).
 
   Raises:
     InputError: if the params have no `Dense_0` layer with a kernel and a
-      bias.
+      bias, or have layers under other names.
   """
   layers = _dense_layers(update_params)
   x_hat = recover_inputs(layers[0]['kernel'], layers[0]['bias'])

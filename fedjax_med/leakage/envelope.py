@@ -123,7 +123,14 @@ def round_envelopes(
       of payload sizes does not match the cohort, a size is negative, or
       `mean_delay_s` is negative.
   """
-  cohort = [int(index) for index in np.asarray(cohort).reshape(-1)]
+  if len(set(client_ids)) != len(client_ids):
+    repeated = next(i for i in client_ids if list(client_ids).count(i) > 1)
+    raise InputError(f'Client id {repeated!r} appears twice in client_ids; '
+                     'give every client a distinct id.')
+  cohort_array = np.asarray(cohort)
+  if cohort_array.size and not np.issubdtype(cohort_array.dtype, np.integer):
+    raise InputError(f'Cohort indices must be integers; got {cohort}.')
+  cohort = [int(index) for index in cohort_array.reshape(-1)]
   for index in cohort:
     if not 0 <= index < len(client_ids):
       raise InputError(f'Cohort index {index} is out of range for '

@@ -89,8 +89,10 @@ def imprint_thresholds(
       or they have too few distinct values for strictly increasing
       thresholds.
   """
-  if num_bins < 2:
-    raise InputError(f'num_bins must be at least 2; got {num_bins}.')
+  if isinstance(num_bins, bool) or not isinstance(
+      num_bins, (int, np.integer)) or num_bins < 2:
+    raise InputError(f'num_bins must be at least 2 and an integer; got '
+                     f'{num_bins!r}.')
   values = np.asarray(public_measurements, np.float64).reshape(-1)
   if values.size == 0 or not np.all(np.isfinite(values)):
     raise InputError('public_measurements must be a non-empty array of finite '
@@ -181,6 +183,10 @@ def make_imprint_params(
   num_bins = thresholds.size
   if not gain > 0:
     raise InputError(f'gain must be positive; got {gain}.')
+  if isinstance(num_classes, bool) or not isinstance(
+      num_classes, (int, np.integer)) or num_classes < 2:
+    raise InputError(f'num_classes must be an integer of at least 2 (2 '
+                     f'means one log-odds logit); got {num_classes!r}.')
   if output_scale is None:
     spread = float(thresholds[-1] - thresholds[0])
     output_scale = 1.0 / (gain * num_bins * spread)

@@ -62,6 +62,7 @@ References:
 
 import dataclasses
 import functools
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -501,7 +502,7 @@ def _make_config(method: str, steps: int | None, hyper: dict[str, Any]):
     raise InputError(
         f'`matching` must be one of {MATCHING}; got {config.matching!r}.'
     )
-  if config.tv_weight < 0:
+  if not config.tv_weight >= 0:  # also rejects NaN
     raise InputError(f'`tv_weight` must be >= 0; got {config.tv_weight}.')
   if config.optimizer == 'adam' and not config.learning_rate > 0:
     raise InputError(
@@ -577,7 +578,11 @@ def reconstruct(
   """
   config = _make_config(method, steps, hyper)
   _check_tree(params, observed_grads)
-  input_shape = tuple(input_shape)
+  input_shape = tuple(
+      int(side) if isinstance(side, numbers.Integral) else side
+      for side in input_shape)
+  if isinstance(num_classes, numbers.Integral):
+    num_classes = int(num_classes)
   if len(input_shape) < 2 or not all(
       isinstance(side, int) and side >= 1 for side in input_shape
   ):
@@ -610,6 +615,11 @@ def reconstruct(
           f'`labels` must be integer class indices shaped [batch] = '
           f'({batch},); got {labels.dtype} shape {labels.shape}.'
       )
+    if not isinstance(labels, jax.core.Tracer) and (
+        labels.min() < 0 or labels.max() >= num_classes):
+      raise InputError(
+          f'`labels` must lie in [0, {num_classes}); got '
+          f'{labels.tolist()}.')
     optimize_labels = False
   elif config.infer_label and batch == 1:
     labels = infer_labels(observed_grads, num_classes, output_grad)

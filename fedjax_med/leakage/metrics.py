@@ -8,6 +8,7 @@ is charged for it.
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
@@ -33,6 +34,15 @@ def _check_pair(reconstructions, targets) -> None:
         'Images must be shaped [n, height, width, channels]; got shape '
         f'{reconstructions.shape}. Add a leading axis for a single image.'
     )
+  # Reconstructions may leave [0, 1] and are charged for it, but targets
+  # outside it mean images on another scale (for example 0-255), for which
+  # PSNR and SSIM at data range 1 are wrong.
+  if not isinstance(targets, jax.core.Tracer):
+    low, high = float(np.min(targets)), float(np.max(targets))
+    if low < 0 or high > DATA_RANGE:
+      raise InputError(
+          f'`targets` must lie in [0, {DATA_RANGE:g}]; got values from '
+          f'{low:g} to {high:g}. Scale images to [0, 1] first.')
 
 
 def mse(reconstructions, targets) -> jnp.ndarray:

@@ -295,3 +295,12 @@ def test_rejects_params_without_dense_layer():
 def test_rejects_unknown_method():
   with pytest.raises(InputError, match="'ratio'"):
     analytic.recover_inputs(jnp.zeros((3, 2)), jnp.ones((2,)), method='ratio')
+
+
+def test_rejects_layers_with_other_names():
+  update = {'params': {
+      'Dense_0': {'kernel': jnp.ones((3, 8)), 'bias': jnp.ones((8,))},
+      'head': {'kernel': jnp.ones((8, 3)), 'bias': jnp.ones((3,))},
+  }}
+  with pytest.raises(InputError, match=r"\['head'\]"):
+    analytic.recover_from_update(update)

@@ -145,3 +145,9 @@ def test_rejects_invalid_round(cohort, sizes, message):
   with pytest.raises(InputError, match=message):
     envelope.round_envelopes(
         jax.random.key(0), 0, cohort, CLIENT_IDS, 0.0, sizes)
+
+
+def test_repeated_client_ids_raise():
+  with pytest.raises(InputError, match="'a' appears twice"):
+    envelope.round_envelopes(jax.random.key(0), 0, [0, 1], ['a', 'a', 'c'],
+                             0.0, 100)

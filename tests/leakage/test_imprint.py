@@ -235,7 +235,7 @@ def test_thresholds_split_public_data_evenly():
 
 
 def test_thresholds_reject_one_bin():
-  with pytest.raises(InputError, match='num_bins must be at least 2; got 1'):
+  with pytest.raises(InputError, match='num_bins must be at least 2 and an integer; got 1'):
     imprint.imprint_thresholds(np.arange(10.0), 1)
 
 
@@ -260,3 +260,8 @@ def test_params_reject_zero_measurement():
   with pytest.raises(InputError, match='all zeros'):
     imprint.make_imprint_params(
         jax.random.key(0), np.zeros(3), np.asarray([0.0, 1.0]), 2)
+
+
+def test_thresholds_reject_fractional_bins():
+  with pytest.raises(InputError, match='got 2.5'):
+    imprint.imprint_thresholds(np.arange(10.0), 2.5)

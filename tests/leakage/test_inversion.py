@@ -105,6 +105,12 @@ def test_ssim_window_must_fit(patches):
     metrics.ssim(patches.images[:1], patches.images[:1], win_size=4)
 
 
+def test_metrics_reject_targets_outside_unit_range(patches):
+  images = patches.images[:2]
+  with pytest.raises(InputError, match='Scale images to'):
+    metrics.psnr(images * 255, images * 255)
+
+
 def test_metrics_reject_mismatched_shapes(patches):
   with pytest.raises(InputError, match='same shape'):
     metrics.mse(patches.images[:2], patches.images[:3])
@@ -346,6 +352,8 @@ def test_gradient_structure_mismatch(mlp_loss, victim, key):
     (dict(restarts=0), 'restarts'),
     (dict(tv_weight=-1.0), 'tv_weight'),
     (dict(boxed=True), 'boxed'),
+    (dict(labels=jnp.array([7])), r'lie in \[0, 4\)'),
+    (dict(tv_weight=float('nan')), 'tv_weight'),
 ])
 def test_invalid_arguments(mlp_loss, victim, key, kwargs, message):
   params, grads = victim
