@@ -82,7 +82,14 @@ def recover_label_binary(bias_grad: jax.Array) -> jax.Array:
 
   Returns:
     int32 scalar label in {0, 1}.
+
+  Raises:
+    InputError: if `bias_grad` has more than one entry.
   """
+  if jnp.size(bias_grad) != 1:
+    raise InputError(f'Expected the bias gradient of one logit; got shape '
+                     f'{jnp.shape(bias_grad)}. Use recover_label_softmax for '
+                     'several logits.')
   return (jnp.reshape(bias_grad, ()) < 0).astype(jnp.int32)
 
 
@@ -214,6 +221,11 @@ def record_error(
     Scalar `min_i ||x_hat - x_i|| / ||x_i||`, inf when `x_hat` is not finite
     or no row is real.
   """
+  if records.ndim != 2 or records.shape[-1] != x_hat.shape[-1]:
+    raise InputError(f'Expected records shaped [records, {x_hat.shape[-1]}] '
+                     f'to match x_hat; got {records.shape}.')
+  if records.shape[0] == 0:
+    return jnp.asarray(jnp.inf, x_hat.dtype)
   errors = relative_errors(x_hat, records)
   if mask is not None:
     errors = jnp.where(mask, errors, jnp.inf)

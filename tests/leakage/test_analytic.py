@@ -304,3 +304,17 @@ def test_rejects_layers_with_other_names():
   }}
   with pytest.raises(InputError, match=r"\['head'\]"):
     analytic.recover_from_update(update)
+
+
+def test_record_error_of_no_records_is_inf():
+  assert float(analytic.record_error(jnp.ones(3), jnp.ones((0, 3)))) == np.inf
+
+
+def test_record_error_rejects_feature_mismatch():
+  with pytest.raises(InputError, match=r'\[records, 3\]'):
+    analytic.record_error(jnp.ones(3), jnp.ones((2, 4)))
+
+
+def test_binary_label_rejects_several_logits():
+  with pytest.raises(InputError, match='recover_label_softmax'):
+    analytic.recover_label_binary(jnp.array([1.0, -1.0]))
