@@ -1,7 +1,12 @@
 """Shared pytest setup: strict rank promotion and a PRNG key fixture."""
 
+import importlib.util
+import pathlib
+
 import jax
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -34,3 +39,19 @@ def _parse_markdown_tables(page: str) -> list[list[dict[str, str]]]:
 def markdown_tables():
   """The parser of a results page's markdown tables, for script tests."""
   return _parse_markdown_tables
+
+
+def _load_script(relative_path: str):
+  """Import a script of the repository, such as an experiment, by path."""
+  path = ROOT / relative_path
+  name = 'script_' + path.stem
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope='session')
+def load_script():
+  """The importer of repository scripts by path, for script tests."""
+  return _load_script

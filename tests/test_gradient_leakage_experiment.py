@@ -1,27 +1,15 @@
 """experiments/gradient_leakage.py at --quick size."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-  spec = importlib.util.spec_from_file_location(
-      'experiments_gradient_leakage',
-      ROOT / 'experiments/gradient_leakage.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 @pytest.fixture(scope='module')
-def quick_run(tmp_path_factory):
+def quick_run(load_script, tmp_path_factory):
   out = tmp_path_factory.mktemp('gradient_leakage')
-  status = _load_script().main(['--quick', '--out', str(out)])
+  script = load_script('experiments/gradient_leakage.py')
+  status = script.main(['--quick', '--out', str(out)])
   lines = (out / 'results.jsonl').read_text().splitlines()
   records = {}
   for line in lines:

@@ -1,28 +1,16 @@
 """experiments/vertical_heart.py at --quick size."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
 from fedjax_med.vertical import data
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-  spec = importlib.util.spec_from_file_location(
-      'experiments_vertical_heart', ROOT / 'experiments/vertical_heart.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 @pytest.fixture(scope='module')
-def script():
-  return _load_script()
+def script(load_script):
+  return load_script('experiments/vertical_heart.py')
 
 
 @pytest.fixture(scope='module')
