@@ -1,6 +1,7 @@
 """Command line of fedjax-med.
 
-* `fedjax-med run [CONFIG] [--set KEY=VALUE ...] [--out DIR]`: one study.
+* `fedjax-med run [CONFIG] [--set KEY=VALUE ...] [--out DIR]`: one study;
+  `fedjax-med run --resume DIR` continues a stopped one from its checkpoint.
 * `fedjax-med matrix CONFIG [--set KEY=VALUE ...] [--out DIR] [--resume]`:
   aggregators x attacks x malicious fractions x seeds, from the config's
   `[matrix]` table.
@@ -57,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
   run.add_argument(
       '--out', default=None,
       help='output folder, new or empty (default: runs/<name>-<time>)',
+  )
+  run.add_argument(
+      '--resume', default=None, metavar='RUN_DIR',
+      help='continue the stopped run in RUN_DIR from its newest checkpoint, '
+      'with the config it started with (no CONFIG, --set or --out)',
+  )
+  run.add_argument(
+      '--checkpoint-every', dest='checkpoint_every', type=float,
+      default=None, metavar='SECONDS',
+      help='save a checkpoint every SECONDS and on Ctrl-C (default 30; 0 '
+      'saves after every round)',
+  )
+  run.add_argument(
+      '--tensorboard', action='store_true',
+      help='also write the per-round metrics as TensorBoard scalars to '
+      '<run folder>/tensorboard (needs tensorboardX)',
   )
   run.add_argument(
       '--no-progress', action='store_true', help='hide the progress bar'
@@ -286,15 +303,28 @@ def _main(args) -> int:
       return _run_matrix(args)
     if args.command == 'sweep':
       return _run_sweep(args)
-    config = _load_config(args)
-    config_lib.validate(config)
-    # Imported here so that `--help` and config errors return without
-    # loading JAX.
-    from fedjax_med import study  # pylint: disable=g-import-not-at-top
+    options = {'progress': not args.no_progress,
+               'tensorboard': args.tensorboard}
+    if args.checkpoint_every is not None:
+      options['checkpoint_interval_s'] = args.checkpoint_every
+    if args.resume is not None:
+      if args.config is not None or args.overrides or args.out is not None:
+        raise InputError(
+            '--resume continues a run with the config it started with; '
+            'drop CONFIG, --set and --out, or start a new run without '
+            '--resume.'
+        )
+      from fedjax_med import study  # pylint: disable=g-import-not-at-top
 
-    run_dir, summary = study.run_study(
-        config, args.out, progress=not args.no_progress
-    )
+      run_dir, summary = study.resume_study(args.resume, **options)
+    else:
+      config = _load_config(args)
+      config_lib.validate(config)
+      # Imported here so that `--help` and config errors return without
+      # loading JAX.
+      from fedjax_med import study  # pylint: disable=g-import-not-at-top
+
+      run_dir, summary = study.run_study(config, args.out, **options)
   except InputError as error:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 2
@@ -317,7 +347,8 @@ def _main(args) -> int:
     else:
       print(
           f'fedjax-med: interrupted; {interrupt.rounds_done} finished rounds '
-          f'are in {interrupt.run_dir / "metrics.jsonl"}.', file=sys.stderr,
+          f'are in {interrupt.run_dir / "metrics.jsonl"}. Continue with '
+          f'fedjax-med run --resume {interrupt.run_dir}.', file=sys.stderr,
       )
     return 130
   _print_summary(run_dir, summary)

@@ -8,6 +8,7 @@ test rows. The run folder gets `config.json`, `provenance.json`,
 """
 
 import dataclasses
+import json
 import math
 import pathlib
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
+from fedjax_med import checkpoint as checkpoint_lib
 from fedjax_med import config as config_lib
 from fedjax_med import study_attacks
 from fedjax_med import study_privacy
@@ -38,6 +40,7 @@ from fedjax_med.models import tabular
 from fedjax_med.report import outputs
 from fedjax_med.report import plots
 from fedjax_med.report import provenance
+from fedjax_med.report import tensorboard as tensorboard_lib
 from fedjax_med.server import optimizers as server_optimizers
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
@@ -52,8 +55,8 @@ _FINETUNE_TAG = 4
 # Folded into the data key for a partition of the pooled rows.
 _PARTITION_TAG = 1
 
-# A cohort whose rows and training state would take more than this trains
-# in chunks of clients, unless `client.chunk_size` is set.
+#: A cohort whose rows and training state would take more than this trains
+#: in chunks of clients, unless `client.chunk_size` is set.
 AUTO_CHUNK_BYTES = 2**30
 # Working copies of the params a client keeps while it trains: the params,
 # gradients, optimizer state (two moments at most), the start and the delta.
@@ -651,37 +654,10 @@ def _constant_schedule(value):
   return lambda count: value
 
 
-def run_study(
-    config: config_lib.ExperimentConfig,
-    out_dir: pathlib.Path | str | None = None,
-    *,
-    progress: bool = True,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[pathlib.Path, dict[str, Any]]:
-  """Run a study and write its output folder.
-
-  Args:
-    config: the study; checked with `config.validate` first.
-    out_dir: output folder, created if missing and required to be empty;
-      None picks a fresh folder under `runs/`.
-    progress: show a progress bar on stderr.
-    on_round: called with each round's record after it is written.
-
-  Returns:
-    The output folder and the summary written to `summary.json`.
-
-  Raises:
-    InputError: for an invalid config value or data file.
-    TrainingDiverged: when the global model's parameters become NaN or
-      infinite; `summary.json` then has `status: diverged` and no accuracy.
-    StudyInterrupted: on Ctrl-C, after the finished rounds are on disk.
-  """
-  config_lib.validate(config)
-  config = dataclasses.replace(config, name=config_lib.run_name(config))
+def _build_run(config: config_lib.ExperimentConfig) -> dict[str, Any]:
+  """Build everything a run needs before its first round: data, round, evaluation."""
   prepared = prepare(config)
   dataset, model = prepared.dataset, prepared.model
-  accountant, privacy = prepared.accountant, prepared.privacy
-  malicious, num_malicious = prepared.malicious, prepared.num_malicious
   round_fn, server_optimizer = build_round_fn(config, prepared)
   evaluate = evaluate_lib.build_evaluate(
       model, jax.device_put(dataset.test),
@@ -694,7 +670,104 @@ def run_study(
         model, jax.device_put(triggered),
         threshold=config.evaluation.threshold,
     )
+  root_key = jax.random.key(config.seed)
+  state = initial_state(config, prepared, server_optimizer, root_key)
+  history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
+             'local_model': model,
+             'state': state, 'start': time.perf_counter(), 'done': 0,
+             'accountant': prepared.accountant, 'privacy': prepared.privacy,
+             'secure_plan': round_fn.secure_plan(state.params),
+             'secure_rounds': [],
+             'below_min_reporting': 0, 'stopped_at_target': False,
+             'attack': study_attacks.describe(
+                 config, prepared.malicious, dataset.client_names,
+                 prepared.num_malicious,
+             ),
+             'backdoor': None if evaluate_triggered is None else (
+                 evaluate_triggered, triggered,
+                 ~np.asarray(prepared.malicious, bool),
+             )}
+  history['snapshot'] = _snapshot(history, 0, state)
+  return {
+      'prepared': prepared, 'round_fn': round_fn, 'evaluate': evaluate,
+      'rounds_key': jax.random.fold_in(root_key, _ROUNDS_TAG),
+      'history': history,
+  }
 
+
+def _snapshot(history, done, state):
+  """Return what a checkpoint after `done` rounds holds, as one value.
+
+  It is replaced with one assignment at the end of each round, so an
+  interrupt never sees the state of one round with the counters of another.
+  """
+  return (done, state, {
+      'skipped': history['skipped'],
+      'below_min_reporting': history['below_min_reporting'],
+      'stopped_at_target': history['stopped_at_target'],
+      'num_evaluated': len(history['rounds']),
+      'num_secure_rounds': len(history['secure_rounds']),
+      'elapsed_s': time.perf_counter() - history['start'],
+  })
+
+
+def _save_snapshot(checkpointer, history) -> None:
+  done, state, counters = history['snapshot']
+  evaluated = counters['num_evaluated']
+  progress = {
+      'rounds_done': done,
+      'skipped': counters['skipped'],
+      'below_min_reporting': counters['below_min_reporting'],
+      'stopped_at_target': counters['stopped_at_target'],
+      'elapsed_s': counters['elapsed_s'],
+      'evaluated_rounds': history['rounds'][:evaluated],
+      'client_accuracy': history['client_accuracy'][:evaluated],
+      'secure_rounds': history['secure_rounds'][
+          :counters['num_secure_rounds']],
+  }
+  checkpointer.save(done, state, progress)
+
+
+def run_study(
+    config: config_lib.ExperimentConfig,
+    out_dir: pathlib.Path | str | None = None,
+    *,
+    progress: bool = True,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_interval_s: float = checkpoint_lib.DEFAULT_INTERVAL_S,
+    tensorboard: bool = False,
+) -> tuple[pathlib.Path, dict[str, Any]]:
+  """Run a study and write its output folder.
+
+  Args:
+    config: the study; checked with `config.validate` first.
+    out_dir: output folder, created if missing and required to be empty;
+      None picks a fresh folder under `runs/`.
+    progress: show a progress bar on stderr.
+    on_round: called with each round's record after it is written.
+    checkpoint_interval_s: save a checkpoint of the server state every
+      this many seconds, and on Ctrl-C; 0 saves after every round.
+      `resume_study` continues from the newest one.
+    tensorboard: also write each round's metrics as TensorBoard scalars to
+      `tensorboard/` in the run folder (needs the `tensorboardX` package).
+
+  Returns:
+    The output folder and the summary written to `summary.json`.
+
+  Raises:
+    InputError: for an invalid config value or data file.
+    TrainingDiverged: when the global model's parameters become NaN or
+      infinite; `summary.json` then has `status: diverged` and no accuracy.
+    StudyInterrupted: on Ctrl-C, after the finished rounds and a checkpoint
+      of the last one are on disk.
+  """
+  config_lib.validate(config)
+  _check_interval(checkpoint_interval_s)
+  if tensorboard:
+    tensorboard_lib.require()
+  config = dataclasses.replace(config, name=config_lib.run_name(config))
+  run = _build_run(config)
+  dataset = run['prepared'].dataset
   run_dir = outputs.make_run_dir(
       None if out_dir is None else pathlib.Path(out_dir), config.name
   )
@@ -702,32 +775,150 @@ def run_study(
   outputs.write_json(
       run_dir / 'provenance.json', provenance.collect(dataset.source_files)
   )
+  return _continue(config, run, run_dir, progress=progress,
+                   on_round=on_round,
+                   checkpoint_interval_s=checkpoint_interval_s,
+                   tensorboard=tensorboard)
 
-  root_key = jax.random.key(config.seed)
-  state = initial_state(config, prepared, server_optimizer, root_key)
-  rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
-  history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
-             'local_model': model,
-             'state': state, 'start': time.perf_counter(), 'done': 0,
-             'accountant': accountant, 'privacy': privacy,
-             'secure_plan': round_fn.secure_plan(state.params),
-             'secure_rounds': [],
-             'below_min_reporting': 0, 'stopped_at_target': False,
-             'attack': study_attacks.describe(
-                 config, malicious, dataset.client_names, num_malicious
-             ),
-             'backdoor': None if evaluate_triggered is None else (
-                 evaluate_triggered, triggered,
-                 ~np.asarray(malicious, bool),
-             )}
+
+def resume_study(
+    run_dir: pathlib.Path | str,
+    *,
+    progress: bool = True,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_interval_s: float = checkpoint_lib.DEFAULT_INTERVAL_S,
+    tensorboard: bool = False,
+) -> tuple[pathlib.Path, dict[str, Any]]:
+  """Continue a stopped study from its newest checkpoint.
+
+  The config comes from the folder's `config.json`. Lines of
+  `metrics.jsonl` after the checkpoint are removed and those rounds run
+  again, so each round appears once, with the values an uninterrupted run
+  gives. A folder whose study already finished is left as it is and its
+  summary returned.
+
+  Args:
+    run_dir: the folder of a run started by `run_study`.
+    progress, on_round, checkpoint_interval_s, tensorboard: as in
+      `run_study`.
+
+  Returns:
+    The output folder and the summary written to `summary.json`.
+
+  Raises:
+    InputError: if `run_dir` is not a run folder, its data files changed
+      since the run started, or the run diverged.
+    TrainingDiverged, StudyInterrupted: as `run_study`.
+  """
+  _check_interval(checkpoint_interval_s)
+  if tensorboard:
+    tensorboard_lib.require()
+  run_dir = pathlib.Path(run_dir)
   try:
-    _run_rounds(
-        config, dataset, round_fn, evaluate, rounds_key, run_dir, history,
-        progress=progress, on_round=on_round,
+    saved = json.loads((run_dir / 'config.json').read_text())
+  except (OSError, ValueError):
+    raise InputError(
+        f'{run_dir} is not a run folder: it has no readable config.json. '
+        'Pass the folder of a run started with `fedjax-med run`.'
+    ) from None
+  summary_path = run_dir / 'summary.json'
+  if summary_path.exists():
+    summary = json.loads(summary_path.read_text())
+    if summary.get('status') == 'diverged':
+      raise InputError(
+          f'The run in {run_dir} diverged at round '
+          f"{summary.get('diverged_round')}; resuming would diverge again. "
+          'Start a new run with a smaller learning rate or clip norm.'
+      )
+    return run_dir, summary
+  config = config_lib.from_document(saved)
+  config_lib.validate(config)
+  run = _build_run(config)
+  _check_same_data(run_dir, run['prepared'].dataset)
+  history = run['history']
+  checkpointer = checkpoint_lib.Checkpointer(run_dir, checkpoint_interval_s)
+  try:
+    restored = checkpointer.restore(history['state'])
+  finally:
+    checkpointer.close()
+  done = 0 if restored is None else restored.rounds_done
+  checkpoint_lib.truncate_metrics(run_dir / 'metrics.jsonl', done)
+  if restored is not None:
+    saved_progress = restored.progress
+    history.update(
+        state=restored.state, done=done,
+        skipped=saved_progress['skipped'],
+        below_min_reporting=saved_progress['below_min_reporting'],
+        stopped_at_target=saved_progress['stopped_at_target'],
+        rounds=list(saved_progress['evaluated_rounds']),
+        client_accuracy=[list(row)
+                         for row in saved_progress['client_accuracy']],
+        secure_rounds=list(saved_progress['secure_rounds']),
+        start=time.perf_counter() - saved_progress['elapsed_s'],
     )
-    summary = _write_summary(config, dataset, evaluate, run_dir, history)
+    if history['accountant'] is not None:
+      history['accountant'].step(done)
+    history['snapshot'] = _snapshot(history, done, restored.state)
+  return _continue(config, run, run_dir, progress=progress,
+                   on_round=on_round,
+                   checkpoint_interval_s=checkpoint_interval_s,
+                   tensorboard=tensorboard)
+
+
+def _check_interval(interval_s) -> None:
+  if (isinstance(interval_s, bool)
+      or not isinstance(interval_s, (int, float))
+      or not math.isfinite(interval_s) or interval_s < 0):
+    raise InputError(
+        f'checkpoint_interval_s must be a finite number of seconds, 0 or '
+        f'more; got {interval_s!r}. Use 0 to save after every round.'
+    )
+
+
+def _check_same_data(run_dir: pathlib.Path, dataset) -> None:
+  """Refuse to resume when a data file changed since the run started."""
+  try:
+    recorded = json.loads(
+        (run_dir / 'provenance.json').read_text())['data_files']
+  except (OSError, ValueError, KeyError):
+    return
+  for path in dataset.source_files:
+    key = str(pathlib.Path(path).resolve())
+    if key in recorded and recorded[key] != provenance.sha256_file(
+        pathlib.Path(path)):
+      raise InputError(
+          f'Data file {key} changed since the run in {run_dir} started, so '
+          'the resumed rounds would train on other data. Restore the file, '
+          'or start a new run.'
+      )
+
+
+def _continue(config, run, run_dir, *, progress, on_round,
+              checkpoint_interval_s, tensorboard):
+  """Run the remaining rounds and the summary, checkpointing as it goes."""
+  dataset = run['prepared'].dataset
+  history = run['history']
+  checkpointer = checkpoint_lib.Checkpointer(run_dir, checkpoint_interval_s)
+  logger = None
+  if tensorboard:
+    logger = tensorboard_lib.RoundLogger(
+        run_dir / 'tensorboard', first_round=history['done'] + 1)
+  try:
+    try:
+      _run_rounds(
+          config, dataset, run['round_fn'], run['evaluate'],
+          run['rounds_key'], run_dir, history,
+          progress=progress, on_round=on_round, checkpointer=checkpointer,
+          logger=logger,
+      )
+    except KeyboardInterrupt:
+      if history['snapshot'][0] > 0:
+        _save_snapshot(checkpointer, history)
+      raise
+    summary = _write_summary(config, dataset, run['evaluate'], run_dir,
+                             history)
   except KeyboardInterrupt:
-    raise StudyInterrupted(run_dir, history['done']) from None
+    raise StudyInterrupted(run_dir, history['snapshot'][0]) from None
   except TrainingDiverged:
     outputs.write_json(run_dir / 'summary.json', {
         'name': config.name, 'dataset': dataset.name, 'seed': config.seed,
@@ -735,14 +926,18 @@ def run_study(
         'rounds': config.server.rounds,
     })
     raise
+  finally:
+    checkpointer.close()
+    if logger is not None:
+      logger.close()
   return run_dir, summary
 
 
 def _run_rounds(
     config, dataset, round_fn, evaluate, rounds_key, run_dir, history,
-    *, progress, on_round,
+    *, progress, on_round, checkpointer, logger,
 ):
-  """Run every round, writing each one's metrics line as it finishes.
+  """Run the rounds after `history['done']`, writing each one as it finishes.
 
   `history` is updated in place, so the caller sees how far a run got when
   it stops early.
@@ -751,14 +946,15 @@ def _run_rounds(
   state = history['state']
   # `disable=None` hides the bar when stderr is not a terminal.
   bar = tqdm.tqdm(
-      total=num_rounds, desc=config.name, unit='round',
-      disable=None if progress else True, dynamic_ncols=True,
+      total=num_rounds, initial=history['done'], desc=config.name,
+      unit='round', disable=None if progress else True, dynamic_ncols=True,
   )
   with bar, outputs.MetricsWriter(run_dir / 'metrics.jsonl') as writer:
-    for round_index in range(num_rounds):
+    for round_index in range(history['done'], num_rounds):
       accountant = history['accountant']
       if study_privacy.stop_before_round(accountant, config):
         history['stopped_at_target'] = True
+        history['snapshot'] = _snapshot(history, history['done'], state)
         break
       round_key = jax.random.fold_in(rounds_key, round_index)
       state, metrics = round_fn(state, round_key)
@@ -812,6 +1008,11 @@ def _run_rounds(
       writer.write(record)
       history['done'] = round_index + 1
       history['state'] = state
+      history['snapshot'] = _snapshot(history, round_index + 1, state)
+      if logger is not None:
+        logger.write(record, per_client=record.get('test_accuracy'))
+      if checkpointer.due():
+        _save_snapshot(checkpointer, history)
       if on_round is not None:
         on_round(record)
       bar.update(1)

@@ -31,16 +31,19 @@ from fedjax_med.typing import PyTree
 
 Aggregate = Callable[[PyTree, jax.Array, jax.Array], PyTree]
 
-# Aggregators that a server seeing only a sum of updates (secure
-# aggregation) can compute. norm_bounded qualifies because each client can
-# clip its own update before it is summed.
+#: Aggregators that a server seeing only a sum of updates (secure
+#: aggregation) can compute. norm_bounded qualifies because each client can
+#: clip its own update before it is summed.
 SUM_BASED = ('fedavg', 'mean', 'norm_bounded')
+#: Robust aggregators: the alternatives to the mean that limit the effect of
+#: poisoned updates.
 ROBUST = ('median', 'trimmed_mean', 'krum', 'multi_krum', 'geometric_median',
           'bulyan', 'norm_bounded', 'centered_clipping')
-# Aggregators that start from a center carried between rounds.
+#: Aggregators that start from a center carried between rounds.
 NEEDS_CENTER = ('centered_clipping',)
-# Aggregators that weigh clients by their loss at the global model.
+#: Aggregators that weigh clients by their loss at the global model.
 NEEDS_LOSSES = ('qffl',)
+#: Every name that `build_aggregate` accepts.
 AGGREGATORS = ('fedavg', 'mean') + ROBUST + NEEDS_LOSSES
 
 
@@ -134,8 +137,14 @@ def build_aggregate(
   if name == 'multi_krum':
     return functools.partial(
         _multi_krum, num_byzantine=num_byzantine, num_selected=num_selected)
-  bound = functools.partial(krum.krum, num_byzantine=num_byzantine)
-  return lambda updates, weights, mask: bound(updates, mask)
+  if name == 'krum':
+    bound = functools.partial(krum.krum, num_byzantine=num_byzantine)
+    return lambda updates, weights, mask: bound(updates, mask)
+  # A name added to AGGREGATORS without a branch above.
+  raise NotImplementedError(
+      f'Aggregator {name!r} is listed in AGGREGATORS but build_aggregate has '
+      'no branch for it; add one.'
+  )
 
 
 def _multi_krum(updates, weights, mask, *, num_byzantine, num_selected):

@@ -2,8 +2,8 @@
 
 `build_local_update` returns a function of (server params, one client's padded
 examples, its example count, key) that runs an optax optimizer for a fixed
-number of scan steps and returns the model delta. The round `jax.vmap`s it
-over the cohort axis.
+number of scan steps and returns the model delta. The round maps it over the
+cohort axis with `jax.vmap`.
 
 Minibatches follow PyTorch's shuffled `DataLoader` with `drop_last=False`:
 each epoch visits a fresh permutation of the client's real rows in batches of

@@ -38,6 +38,13 @@ def write_json(path: pathlib.Path, document: Any) -> None:
   os.replace(temporary, path)
 
 
+def replace_synced(source: pathlib.Path, target: pathlib.Path) -> None:
+  """Sync `source` to disk, then rename it over `target` in one step."""
+  with open(source, 'rb') as stream:
+    os.fsync(stream.fileno())
+  os.replace(source, target)
+
+
 def make_run_dir(base: pathlib.Path | None, name: str) -> pathlib.Path:
   """Create the run's folder: `base` itself, or a new `runs/<name>-<time>`.
 

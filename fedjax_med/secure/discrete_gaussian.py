@@ -28,7 +28,7 @@ stated epsilon no longer holds. No amplification by sampling is claimed.
 The sampler is Canonne, Kamath and Steinke's (2020, "The Discrete Gaussian
 for Differential Privacy", NeurIPS, Algorithm 3): draw a discrete Laplace
 value with scale `t = floor(sigma) + 1` and accept it with probability
-exp(-(|y| - sigma**2 / t)**2 / (2 sigma**2)). It runs in float32 on the
+exp(-(abs(y) - sigma**2 / t)**2 / (2 sigma**2)). It runs in float32 on the
 accelerator, so the acceptance test is rounded there; the paper's exact
 version uses rational arithmetic.
 """

@@ -10,6 +10,7 @@ plaintext but not the sigmoid, so the parties train the Taylor loss of
 logit z. [[v]] below is the encryption of v.
 
 One gradient step on the rows of a batch:
+
   1. Each host h encrypts its partial logits u_h = X_h w_h and sends [[u_h]]
      to the guest.
   2. The guest adds its own u_0 = X_0 w_0 + b to get [[z]], forms the
@@ -21,18 +22,21 @@ One gradient step on the rows of a batch:
   4. The arbiter decrypts the masked sums and returns them. Each party
      subtracts its mask mod n, divides by the batch size, adds l2 * w_k and
      steps w_k -= learning_rate * g_k.
+
 Because each mask is uniform mod n, every value the arbiter decrypts from a
 gradient is uniform and independent of the gradient.
 
 Before each epoch and after the last, the parties evaluate the mean Taylor
 loss log 2 - s z / 2 + z**2 / 8 (s = 2y - 1) on all rows. The guest cannot
 multiply two ciphertexts, so the parties expand z**2 = (sum_k u_k)**2:
+
   * each host h sends the guest [[u_h]] and [[sum_i u_h,i**2 / (8n)]];
   * for every pair of hosts j < k, host j sends [[u_j]] to host k, which
     returns the cross term [[sum_i u_j,i u_k,i / (4n)]] to the guest;
   * the guest adds its own terms, which pair u_0 and s with [[u_h]], and the
     plaintext terms of u_0 alone, then sends [[loss]] to the arbiter, which
     decrypts it and returns it.
+
 The first step of each epoch reuses the [[u_h]] of that loss evaluation,
 which used the same weights, so the hosts encrypt nothing new for it.
 
@@ -82,7 +86,7 @@ class Message:
     sender: party name, or 'arbiter'.
     receiver: party name, or 'arbiter'.
     content: what the payload is, e.g. 'encrypted_residuals'.
-    payload: `phe.paillier.EncryptedNumber`s, except in the arbiter's
+    payload: `phe.paillier.EncryptedNumber` objects, except in the arbiter's
       messages, which carry the public key, masked gradient sums (ints mod n)
       or the loss (float).
   """

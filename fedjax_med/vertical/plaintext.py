@@ -6,10 +6,12 @@ epoch visits the rows in the mini-batches that `batch_indices` returns. The
 protocols differ from it only by fixed-point rounding (secret sharing) or
 by the encoding precision of Paillier plaintexts.
 
-Two losses, with labels y in {0, 1} and s = 2y - 1 in {-1, 1}:
+Two losses, with labels y in {0, 1} and s = 2y - 1 in {-1, 1}::
+
   exact:  log(1 + exp(-s z)), whose gradient in z is sigmoid(z) - y;
   taylor: log 2 - s z / 2 + z**2 / 8, the second-order Taylor expansion of
           the exact loss at z = 0, whose gradient in z is 1/2 + z/4 - y.
+
 The Taylor loss is what a protocol that cannot evaluate the sigmoid on
 encrypted logits (Paillier) trains.
 """

@@ -15,6 +15,7 @@ integers modulo p onto that subgroup, so `hash_to_group` squares a wide hash.
 Parties 0, ..., m, with m >= 1. Party 0 is the active party (the leader and
 label holder). Parties 1, ..., m are passive, and party m is the
 collector. The protocol:
+
   1. Each party hashes its identifiers into the group and raises them to its
      key.
   2. Each passive set visits every party: its owner, then the parties
@@ -35,6 +36,7 @@ collector. The protocol:
      them (sorted) to every passive party.
 
 What each party learns:
+
   * Every party learns every party's set size, because every set passes
     through every party, and the final sorted intersection.
   * The leader also learns the size of the intersection of the passive sets.
@@ -49,6 +51,7 @@ What each party learns:
   * With two parties the leader applies the last key to the passive set and
     so learns its intersection with the passive set directly, which is the
     output anyway.
+
 No party receives a group element that it can match with a dictionary of
 identifiers using only its own key (tests/vertical/test_psi.py checks this).
 The protocol assumes semi-honest (honest-but-curious) parties and does not

@@ -1,0 +1,314 @@
+"""Run studies from Python and get their metrics back as arrays.
+
+The command line and this module run the same study (`fedjax_med.study`);
+this module returns the results instead of printing them::
+
+  import fedjax_med as fm
+
+  config = fm.configure(rounds=30, aggregator='median')
+  result = fm.run(config)
+  result.summary['mean_accuracy']        # final mean per-hospital accuracy
+  result.metric('train_loss')            # one value per round
+  result.rounds_table()                  # columns, ready for pandas.DataFrame
+  result.plot_accuracy()                 # per-hospital accuracy per round
+
+Each run still writes its folder (config, metrics, summary, plot), so a
+result can be reloaded later with `load_run`.
+"""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable
+
+import numpy as np
+
+from fedjax_med import config as config_lib
+from fedjax_med.errors import InputError
+
+ExperimentConfig = config_lib.ExperimentConfig
+
+
+def configure(
+    base: config_lib.ExperimentConfig | str | pathlib.Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    **settings: Any,
+) -> config_lib.ExperimentConfig:
+  """Build a study config from a base and settings, checked.
+
+  Args:
+    base: the config to start from: an `ExperimentConfig`, the path of a
+      TOML file such as `experiments/heart_disease_fedavg.toml`, or None for
+      the defaults (FedAvg on the bundled Fed-Heart-Disease data).
+    overrides: settings keyed by `section.key`, such as
+      `{'privacy.noise': 'central'}`; needed where a bare key is ambiguous.
+    **settings: settings keyed by a bare key that names one field, such as
+      `rounds=30` or `aggregator='median'`.
+
+  Returns:
+    The config, after `fedjax_med.config.validate`.
+
+  Raises:
+    InputError: for an unknown key, a value of the wrong type, or a setting
+      that fails validation; the message names the key and what is allowed.
+  """
+  if base is None:
+    config = config_lib.ExperimentConfig()
+  elif isinstance(base, config_lib.ExperimentConfig):
+    config = base
+  elif isinstance(base, (str, pathlib.Path)):
+    config = config_lib.load_toml(base)
+  else:
+    raise InputError(
+        f'configure() takes an ExperimentConfig, a TOML path or None as its '
+        f'base; got {type(base).__name__}.'
+    )
+  config = config_lib.apply_overrides(config, dict(overrides or {}))
+  config = config_lib.apply_overrides(config, settings)
+  config_lib.validate(config)
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """A finished study: its folder, summary and per-round records.
+
+  Attributes:
+    run_dir: the run's output folder.
+    config: the config the run used.
+    summary: the contents of `summary.json`.
+    records: one dict per round from `metrics.jsonl`, in round order.
+  """
+
+  run_dir: pathlib.Path
+  config: config_lib.ExperimentConfig
+  summary: dict[str, Any]
+  records: tuple[dict[str, Any], ...]
+
+  @property
+  def client_names(self) -> list[str]:
+    """The clients' names, in the order of the accuracy columns."""
+    return list(self.summary.get('test_accuracy', {}))
+
+  @property
+  def rounds(self) -> np.ndarray:
+    """The round numbers of `records`, 1-based."""
+    return np.array([record['round'] for record in self.records], np.int64)
+
+  def metric(self, name: str) -> np.ndarray:
+    """Return one scalar metric per round, NaN in rounds without it.
+
+    Args:
+      name: a key of the per-round records, such as `train_loss`,
+        `mean_accuracy` (evaluated rounds only) or `epsilon`.
+
+    Raises:
+      InputError: if no round has `name`; the message lists the names.
+    """
+    if not any(name in record for record in self.records):
+      raise InputError(
+          f'No round of {self.run_dir} has the metric {name!r}. Metrics: '
+          f'{", ".join(self.metric_names())}.'
+      )
+    values = []
+    for record in self.records:
+      value = record.get(name)
+      if isinstance(value, (dict, list, str)):
+        raise InputError(
+            f'{name!r} is not a scalar metric; use client_accuracy() for '
+            'the per-client test accuracy.'
+        )
+      values.append(np.nan if value is None else float(value))
+    return np.array(values, np.float64)
+
+  def metric_names(self) -> list[str]:
+    """Return the names of the scalar metrics found in any round."""
+    names = {}
+    for record in self.records:
+      for name, value in record.items():
+        if name != 'round' and not isinstance(value, (dict, list, str)):
+          names[name] = True
+    return list(names)
+
+  def client_accuracy(self) -> tuple[np.ndarray, np.ndarray]:
+    """Return the per-client test accuracy of the evaluated rounds.
+
+    Returns:
+      `(rounds, accuracy)`: the evaluated round numbers `[E]`, and
+      `accuracy[E, clients]` in the order of `client_names` (NaN for a
+      client without test rows).
+
+    Raises:
+      InputError: for a population of more than 100 clients, whose
+        per-round lines hold only the mean, worst and 10th percentile.
+    """
+    evaluated = [record for record in self.records
+                 if 'test_accuracy' in record]
+    if not evaluated and any('mean_accuracy' in record
+                             for record in self.records):
+      raise InputError(
+          'Per-client accuracy is written to metrics.jsonl only for '
+          'populations of up to 100 clients; use '
+          "metric('mean_accuracy'), metric('worst_accuracy') or "
+          "summary['test_accuracy'] instead."
+      )
+    names = self.client_names
+    accuracy = np.array(
+        [[np.nan if record['test_accuracy'].get(name) is None
+          else record['test_accuracy'][name] for name in names]
+         for record in evaluated], np.float64).reshape(len(evaluated),
+                                                       len(names))
+    return (np.array([record['round'] for record in evaluated], np.int64),
+            accuracy)
+
+  def rounds_table(self) -> dict[str, np.ndarray]:
+    """Return every scalar metric as a column, one row per round.
+
+    `pandas.DataFrame(result.rounds_table())` gives a table indexed by row;
+    its `round` column holds the round numbers.
+    """
+    table = {'round': self.rounds}
+    for name in self.metric_names():
+      table[name] = self.metric(name)
+    return table
+
+  def clients_table(self) -> dict[str, np.ndarray]:
+    """Return the per-client accuracy in long form: one row per client and round.
+
+    Columns: `round`, `client`, `accuracy`, `num_test_examples`.
+    """
+    rounds, accuracy = self.client_accuracy()
+    names = self.client_names
+    counts = self.summary.get('num_test_examples', {})
+    return {
+        'round': np.repeat(rounds, len(names)),
+        'client': np.tile(np.array(names, dtype=object), len(rounds)),
+        'accuracy': accuracy.reshape(-1),
+        'num_test_examples': np.tile(
+            np.array([counts.get(name, 0) for name in names], np.int64),
+            len(rounds)),
+    }
+
+  def plot_accuracy(self, ax=None):
+    """Plot each client's test accuracy and their mean against the round.
+
+    Args:
+      ax: a matplotlib Axes to draw on; None makes a new figure.
+
+    Returns:
+      The Axes.
+    """
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    if ax is None:
+      _, ax = plt.subplots(figsize=(6.4, 4.0))
+    rounds, accuracy = self.client_accuracy()
+    for column, name in enumerate(self.client_names):
+      ax.plot(rounds, accuracy[:, column], marker='.', linewidth=1,
+              label=name)
+    ax.plot(rounds, np.nanmean(accuracy, axis=1), color='black',
+            linewidth=2, label='mean')
+    ax.set_xlabel('round')
+    ax.set_ylabel('test accuracy')
+    ax.set_title(self.summary.get('name', self.config.name) or '')
+    ax.legend(fontsize='small')
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def run(
+    config: config_lib.ExperimentConfig | str | pathlib.Path | None = None,
+    out_dir: str | pathlib.Path | None = None,
+    *,
+    progress: bool = True,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_interval_s: float | None = None,
+    tensorboard: bool = False,
+    **settings: Any,
+) -> Result:
+  """Run one study and return its result.
+
+  Args:
+    config: as `configure`'s base.
+    out_dir: output folder, new or empty; None picks `runs/<name>-<time>`.
+    progress: show a progress bar (in a notebook it goes to stderr).
+    on_round: called with each round's record as it finishes.
+    checkpoint_interval_s: seconds between checkpoints; None keeps the
+      default of `fedjax_med.study.run_study`.
+    tensorboard: also write TensorBoard scalars (needs tensorboardX).
+    **settings: bare-key settings applied on top of `config`, as in
+      `configure`.
+
+  Returns:
+    The finished study's `Result`.
+
+  Raises:
+    InputError, TrainingDiverged, StudyInterrupted: as
+      `fedjax_med.study.run_study`.
+  """
+  from fedjax_med import study  # pylint: disable=g-import-not-at-top
+
+  config = configure(config, **settings)
+  options = {}
+  if checkpoint_interval_s is not None:
+    options['checkpoint_interval_s'] = checkpoint_interval_s
+  run_dir, _ = study.run_study(
+      config, out_dir, progress=progress, on_round=on_round,
+      tensorboard=tensorboard, **options)
+  return load_run(run_dir)
+
+
+def resume(
+    run_dir: str | pathlib.Path,
+    *,
+    progress: bool = True,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_interval_s: float | None = None,
+    tensorboard: bool = False,
+) -> Result:
+  """Continue a stopped study from its newest checkpoint; see `run`.
+
+  Raises:
+    InputError, TrainingDiverged, StudyInterrupted: as
+      `fedjax_med.study.resume_study`.
+  """
+  from fedjax_med import study  # pylint: disable=g-import-not-at-top
+
+  options = {}
+  if checkpoint_interval_s is not None:
+    options['checkpoint_interval_s'] = checkpoint_interval_s
+  run_dir, _ = study.resume_study(
+      run_dir, progress=progress, on_round=on_round, tensorboard=tensorboard,
+      **options)
+  return load_run(run_dir)
+
+
+def load_run(run_dir: str | pathlib.Path) -> Result:
+  """Read a finished run's folder back as a `Result`.
+
+  Raises:
+    InputError: if the folder lacks `config.json`, `summary.json` or
+      `metrics.jsonl`, or the run did not complete.
+  """
+  run_dir = pathlib.Path(run_dir)
+  paths = {name: run_dir / name
+           for name in ('config.json', 'summary.json', 'metrics.jsonl')}
+  missing = [name for name, path in paths.items() if not path.is_file()]
+  if missing:
+    raise InputError(
+        f'{run_dir} lacks {", ".join(missing)}: it is not the folder of a '
+        'finished run. A stopped run continues with fedjax_med.resume().'
+    )
+  summary = json.loads(paths['summary.json'].read_text())
+  if summary.get('status') != 'completed':
+    raise InputError(
+        f'The run in {run_dir} did not complete (status '
+        f"{summary.get('status')!r}); its metrics.jsonl holds the rounds it "
+        'finished.'
+    )
+  config = config_lib.from_document(
+      json.loads(paths['config.json'].read_text()))
+  lines = paths['metrics.jsonl'].read_text(encoding='utf-8').splitlines()
+  records = tuple(json.loads(line) for line in lines if line.strip())
+  return Result(run_dir=run_dir, config=config, summary=summary,
+                records=records)

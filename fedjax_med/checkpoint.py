@@ -1,0 +1,162 @@
+"""Checkpoints of a running study, written with orbax-checkpoint.
+
+A study saves its server state and the counters its summary needs to
+`<run folder>/checkpoints/<rounds done>/` every `interval_s` seconds and
+when it is interrupted; a run that finishes sooner than that saves none. Orbax writes each
+checkpoint to a temporary folder and renames it when complete, so a process
+killed during a save leaves the previous checkpoint intact.
+
+`fedjax_med.study.resume_study` restores the newest checkpoint and runs the
+remaining rounds. Every round's key is derived from the seed and the round
+number, so the resumed run computes the same rounds as an uninterrupted one,
+bit for bit on the same machine.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+from fedjax_med.report import outputs
+
+CHECKPOINT_DIR = 'checkpoints'
+# Seconds between checkpoints when the caller sets no interval. A save of a
+# small model takes about 0.1 s, so this costs well under 1% of a long run.
+DEFAULT_INTERVAL_S = 30.0
+# Checkpoints kept: the newest and the one before it.
+_MAX_TO_KEEP = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint read back.
+
+  Attributes:
+    rounds_done: rounds finished when the checkpoint was saved.
+    state: the server state after those rounds.
+    progress: the JSON counters saved with it (see `Checkpointer.save`).
+  """
+
+  rounds_done: int
+  state: Any
+  progress: dict[str, Any]
+
+
+class Checkpointer:
+  """Save and restore a study's server state under `run_dir/checkpoints`.
+
+  Args:
+    run_dir: the run's output folder.
+    interval_s: seconds between periodic saves; 0 saves after every round.
+  """
+
+  def __init__(self, run_dir: pathlib.Path, interval_s: float):
+    self.directory = pathlib.Path(run_dir).resolve() / CHECKPOINT_DIR
+    self.interval_s = interval_s
+    # Orbax takes about 2 s to import, so it is loaded at the first save or
+    # restore; a run shorter than `interval_s` never loads it.
+    self._manager = None
+    self._last_save = time.monotonic()
+    self._last_step = None
+
+  def _open(self):
+    if self._manager is None:
+      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=_MAX_TO_KEEP,
+              enable_async_checkpointing=False,
+              create=True,
+          ),
+      )
+      self._last_step = self._manager.latest_step()
+    return self._manager
+
+  def due(self) -> bool:
+    """Tell whether `interval_s` has passed since the last save."""
+    return time.monotonic() - self._last_save >= self.interval_s
+
+  def save(self, rounds_done: int, state: Any,
+           progress: dict[str, Any]) -> None:
+    """Save `state` and the JSON-ready `progress` as step `rounds_done`.
+
+    Saving the step already saved last does nothing.
+    """
+    manager = self._open()
+    if rounds_done == self._last_step:
+      return
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    manager.save(
+        rounds_done,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            progress=ocp.args.JsonSave(outputs.to_json_value(progress)),
+        ),
+        force=True,
+    )
+    manager.wait_until_finished()
+    self._last_step = rounds_done
+    self._last_save = time.monotonic()
+
+  def latest_step(self) -> int | None:
+    """Return the rounds done at the newest complete checkpoint, or None."""
+    if not self.directory.is_dir():
+      return None
+    return self._open().latest_step()
+
+  def restore(self, template_state: Any) -> Restored | None:
+    """Restore the newest checkpoint, shaped like `template_state`.
+
+    Returns:
+      The restored checkpoint, or None when there is none.
+    """
+    step = self.latest_step()
+    if step is None:
+      return None
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template_state),
+            progress=ocp.args.JsonRestore(),
+        ),
+    )
+    return Restored(rounds_done=int(step), state=restored.state,
+                    progress=dict(restored.progress))
+
+  def close(self) -> None:
+    if self._manager is not None:
+      self._manager.close()
+
+
+def truncate_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
+  """Keep the lines of `metrics.jsonl` up to round `rounds_done`.
+
+  Lines after the checkpoint are dropped because the resumed run writes
+  those rounds again, and a line cut short by a kill is dropped too. The
+  file is replaced atomically.
+
+  Returns:
+    The records kept, in order.
+  """
+  kept = []
+  if path.exists():
+    for line in path.read_text(encoding='utf-8').splitlines():
+      try:
+        record = json.loads(line)
+      except ValueError:
+        break
+      if not isinstance(record, dict) or record.get('round', 0) > rounds_done:
+        break
+      kept.append(record)
+  temporary = path.with_name(path.name + '.tmp')
+  temporary.write_text(
+      ''.join(json.dumps(record, allow_nan=False) + '\n' for record in kept),
+      encoding='utf-8')
+  outputs.replace_synced(temporary, path)
+  return kept

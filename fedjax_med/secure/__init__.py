@@ -1,0 +1,1 @@
+"""Secure aggregation: finite-field encoding, Shamir sharing and the SecAgg protocol."""

@@ -1,0 +1,210 @@
+"""Checkpoints and resume: a killed run continues to the uninterrupted result."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedjax_med import checkpoint
+from fedjax_med import config as config_lib
+from fedjax_med import study
+from fedjax_med.errors import InputError
+from fedjax_med.errors import StudyInterrupted
+
+# A synthetic study of 40 short rounds with per-round metrics that change
+# every round (loss, update norms) and an evaluation every 4 rounds.
+_SETTINGS = {
+    'dataset': 'synthetic', 'num_clients': 12, 'rounds': 40,
+    'eval_every': 4, 'bootstrap_resamples': 100,
+}
+
+
+def _config():
+  return config_lib.apply_overrides(config_lib.ExperimentConfig(), _SETTINGS)
+
+
+def _records(run_dir):
+  lines = (run_dir / 'metrics.jsonl').read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  for record in records:
+    record.pop('elapsed_s')
+  return records
+
+
+def _summary(run_dir):
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  summary.pop('wall_time_s')
+  return summary
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  run_dir = tmp_path_factory.mktemp('uninterrupted') / 'run'
+  study.run_study(_config(), run_dir, progress=False)
+  return run_dir
+
+
+def _cli(*args):
+  return [sys.executable, '-m', 'fedjax_med', 'run', '--no-progress', *args]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    uninterrupted, tmp_path):
+  run_dir = tmp_path / 'killed'
+  overrides = [arg for key, value in _SETTINGS.items()
+               for arg in ('--set', f'{key}={value}')]
+  process = subprocess.Popen(
+      _cli(*overrides, '--out', str(run_dir), '--checkpoint-every', '0'),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  metrics = run_dir / 'metrics.jsonl'
+  deadline = time.monotonic() + 300
+  # Kill it with SIGKILL, which no handler sees, after round 13 is written
+  # and while later rounds and checkpoints are being written.
+  while time.monotonic() < deadline and process.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 13:
+      break
+    time.sleep(0.01)
+  assert process.poll() is None, process.stderr.read().decode()
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  process.stderr.close()
+  assert not (run_dir / 'summary.json').exists()
+  killed_at = len(metrics.read_text().splitlines())
+  assert 13 <= killed_at < _SETTINGS['rounds']
+
+  resumed = subprocess.run(_cli('--resume', str(run_dir)),
+                           capture_output=True, text=True, check=False)
+  assert resumed.returncode == 0, resumed.stderr
+  # Every round once, in order, with the uninterrupted run's values.
+  assert _records(run_dir) == _records(uninterrupted)
+  assert _summary(run_dir) == _summary(uninterrupted)
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_matches(
+    uninterrupted, tmp_path):
+  run_dir = tmp_path / 'interrupted'
+
+  def interrupt_after_round_9(record):
+    if record['round'] == 9:
+      raise KeyboardInterrupt
+
+  with pytest.raises(StudyInterrupted) as stopped:
+    # A long interval: only the interrupt saves a checkpoint.
+    study.run_study(_config(), run_dir, progress=False,
+                    on_round=interrupt_after_round_9,
+                    checkpoint_interval_s=3600)
+  assert stopped.value.rounds_done == 9
+  assert checkpoint.Checkpointer(run_dir, 0).latest_step() == 9
+  # Round 9's line is on disk; resuming keeps it and writes 10 to 40.
+  study.resume_study(run_dir, progress=False)
+  assert _records(run_dir) == _records(uninterrupted)
+  assert _summary(run_dir) == _summary(uninterrupted)
+
+
+def test_resume_without_checkpoint_restarts_and_drops_partial_lines(
+    uninterrupted, tmp_path):
+  run_dir = tmp_path / 'early'
+  run_dir.mkdir()
+  for name in ('config.json', 'provenance.json'):
+    (run_dir / name).write_text((uninterrupted / name).read_text())
+  lines = (uninterrupted / 'metrics.jsonl').read_text().splitlines()
+  # Two rounds written before any checkpoint, the second cut short.
+  (run_dir / 'metrics.jsonl').write_text(lines[0] + '\n' + lines[1][:25])
+  study.resume_study(run_dir, progress=False)
+  assert _records(run_dir) == _records(uninterrupted)
+
+
+def test_truncate_metrics_keeps_rounds_up_to_the_checkpoint(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text(''.join(json.dumps({'round': r, 'loss': r / 10}) + '\n'
+                          for r in range(1, 8)) + '{"round": 8, "lo')
+  kept = checkpoint.truncate_metrics(path, 5)
+  assert [record['round'] for record in kept] == [1, 2, 3, 4, 5]
+  assert [json.loads(line)['round'] for line in
+          path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+  assert checkpoint.truncate_metrics(path, 0) == []
+  assert path.read_text() == ''
+
+
+def test_resume_of_a_finished_run_returns_its_summary(uninterrupted):
+  before = (uninterrupted / 'metrics.jsonl').read_text()
+  run_dir, summary = study.resume_study(uninterrupted, progress=False)
+  assert run_dir == uninterrupted
+  assert summary == json.loads((uninterrupted / 'summary.json').read_text())
+  assert (uninterrupted / 'metrics.jsonl').read_text() == before
+
+
+def test_resume_rejects_a_folder_without_config(tmp_path):
+  with pytest.raises(InputError, match='no readable config.json'):
+    study.resume_study(tmp_path, progress=False)
+
+
+def test_resume_rejects_a_diverged_run(tmp_path):
+  (tmp_path / 'config.json').write_text('{}')
+  (tmp_path / 'summary.json').write_text(
+      json.dumps({'status': 'diverged', 'diverged_round': 3}))
+  with pytest.raises(InputError, match='diverged at round 3'):
+    study.resume_study(tmp_path, progress=False)
+
+
+def test_resume_rejects_changed_data(tmp_path):
+  csv = tmp_path / 'clients.csv'
+  rows = ['site,x1,x2,y']
+  for site in ('a', 'b'):
+    for index in range(20):
+      rows.append(f'{site},{index / 20},{(index % 3) / 3},{index % 2}')
+  csv.write_text('\n'.join(rows) + '\n')
+  config = config_lib.apply_overrides(config_lib.ExperimentConfig(), {
+      'dataset': 'csv', 'csv_path': str(csv), 'client_column': 'site',
+      'label_column': 'y', 'rounds': 3, 'bootstrap_resamples': 100,
+  })
+  run_dir = tmp_path / 'run'
+  study.run_study(config, run_dir, progress=False)
+  (run_dir / 'summary.json').unlink()
+  csv.write_text(csv.read_text().replace('a,0.0,', 'a,0.5,', 1))
+  with pytest.raises(InputError, match='changed since the run'):
+    study.resume_study(run_dir, progress=False)
+
+
+@pytest.mark.parametrize('interval', [-1, float('nan'), 'often', True])
+def test_checkpoint_interval_must_be_seconds(interval, tmp_path):
+  with pytest.raises(InputError, match='checkpoint_interval_s'):
+    study.run_study(_config(), tmp_path / 'run', progress=False,
+                    checkpoint_interval_s=interval)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_cli_resume_refuses_a_new_config(tmp_path, capsys):
+  from fedjax_med import cli  # pylint: disable=g-import-not-at-top
+
+  status = cli.main(['run', '--resume', str(tmp_path), '--set', 'rounds=3'])
+  assert status == 2
+  assert 'drop CONFIG, --set and --out' in capsys.readouterr().err
+
+
+def test_checkpointer_skips_a_step_already_saved(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  saver = checkpoint.Checkpointer(tmp_path, 0)
+  state = {'w': jnp.arange(3.0)}
+  saver.save(2, state, {'rounds_done': 2})
+  saver.save(2, {'w': jnp.zeros(3)}, {'rounds_done': 2})
+  restored = saver.restore({'w': jnp.zeros(3)})
+  saver.close()
+  assert restored.rounds_done == 2
+  assert restored.progress == {'rounds_done': 2}
+  assert restored.state['w'].tolist() == [0.0, 1.0, 2.0]
+  assert os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR) == ['2']
+
+
+def test_checkpointer_without_checkpoints_restores_nothing(tmp_path):
+  saver = checkpoint.Checkpointer(pathlib.Path(tmp_path), 0)
+  assert saver.latest_step() is None
+  assert saver.restore({}) is None
+  assert not (tmp_path / checkpoint.CHECKPOINT_DIR).exists()

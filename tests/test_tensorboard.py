@@ -1,0 +1,76 @@
+"""TensorBoard scalars of a study's rounds."""
+
+import json
+import sys
+import time
+
+import pytest
+
+from fedjax_med import config as config_lib
+from fedjax_med import study
+from fedjax_med.errors import InputError
+from fedjax_med.report import tensorboard
+
+
+def test_study_writes_every_round_and_client(tmp_path):
+  config = config_lib.apply_overrides(config_lib.ExperimentConfig(), {
+      'rounds': 4, 'eval_every': 2, 'bootstrap_resamples': 100})
+  run_dir, _ = study.run_study(config, tmp_path / 'run', progress=False,
+                               tensorboard=True)
+  scalars = tensorboard.read_scalars(run_dir / 'tensorboard')
+  records = [json.loads(line) for line in
+             (run_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert scalars['train_loss'] == pytest.approx(
+      {r['round']: r['train_loss'] for r in records})
+  assert scalars['mean_accuracy'] == pytest.approx(
+      {r['round']: r['mean_accuracy'] for r in records if r['round'] % 2 == 0})
+  for name in ('cleveland', 'hungarian', 'switzerland', 'va'):
+    assert scalars[f'test_accuracy/{name}'] == pytest.approx(
+        {r['round']: r['test_accuracy'][name] for r in records
+         if 'test_accuracy' in r})
+  # Booleans become 0 or 1; the round number is the step, not a scalar.
+  assert scalars['skipped'] == {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}
+  assert 'round' not in scalars
+
+
+def test_a_resumed_logger_replaces_the_rounds_it_writes_again(tmp_path):
+  first = tensorboard.RoundLogger(tmp_path)
+  for step in range(1, 6):
+    first.write({'round': step, 'loss': float(step), 'old_only': 1.0})
+  first.close()
+  # Event file names carry the time in seconds; keep the second one later.
+  time.sleep(1.1)
+  second = tensorboard.RoundLogger(tmp_path, first_round=3)
+  for step in range(3, 7):
+    second.write({'round': step, 'loss': 10.0 * step},
+                 per_client={'a': 0.5, 'b': None})
+  second.close()
+  scalars = tensorboard.read_scalars(tmp_path)
+  assert scalars['loss'] == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0, 5: 50.0,
+                             6: 60.0}
+  assert scalars['old_only'] == {1: 1.0, 2: 1.0}
+  assert scalars['test_accuracy/a'] == {3: 0.5, 4: 0.5, 5: 0.5, 6: 0.5}
+  assert 'test_accuracy/b' not in scalars
+
+
+def test_reader_stops_at_a_record_cut_short(tmp_path):
+  logger = tensorboard.RoundLogger(tmp_path)
+  logger.write({'round': 1, 'loss': 1.0})
+  logger.write({'round': 2, 'loss': 2.0})
+  logger.close()
+  [path] = tmp_path.glob('events.out.tfevents.*')
+  path.write_bytes(path.read_bytes()[:-6])
+  assert tensorboard.read_scalars(tmp_path)['loss'] == {1: 1.0}
+
+
+def test_missing_event_files_are_named(tmp_path):
+  with pytest.raises(InputError, match='No TensorBoard event file'):
+    tensorboard.read_scalars(tmp_path)
+
+
+def test_missing_tensorboardx_is_a_clear_error(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, 'tensorboardX', None)
+  with pytest.raises(InputError, match=r"pip install 'fedjax_med\[tensorboard"):
+    study.run_study(config_lib.ExperimentConfig(), tmp_path / 'run',
+                    progress=False, tensorboard=True)
+  assert not (tmp_path / 'run').exists()
