@@ -49,10 +49,12 @@ class Checkpointer:
   Args:
     run_dir: the run's output folder.
     interval_s: seconds between periodic saves; 0 saves after every round.
+    name: the checkpoint folder's path inside `run_dir`.
   """
 
-  def __init__(self, run_dir: pathlib.Path, interval_s: float):
-    self.directory = pathlib.Path(run_dir).resolve() / CHECKPOINT_DIR
+  def __init__(self, run_dir: pathlib.Path, interval_s: float,
+               name: str = CHECKPOINT_DIR):
+    self.directory = pathlib.Path(run_dir).resolve() / name
     self.interval_s = interval_s
     # Orbax takes about 2 s to import, so it is loaded at the first save or
     # restore; a run shorter than `interval_s` never loads it.
@@ -108,13 +110,23 @@ class Checkpointer:
       return None
     return self._open().latest_step()
 
-  def restore(self, template_state: Any) -> Restored | None:
-    """Restore the newest checkpoint, shaped like `template_state`.
+  def restore(self, template_state: Any,
+              step: int | None = None) -> Restored | None:
+    """Restore a checkpoint, shaped like `template_state`.
+
+    Args:
+      template_state: a tree with the saved state's structure and shapes.
+      step: the rounds done of the checkpoint to restore; None takes the
+        newest.
 
     Returns:
-      The restored checkpoint, or None when there is none.
+      The restored checkpoint, or None when there is none (or none at
+      `step`).
     """
-    step = self.latest_step()
+    if step is None:
+      step = self.latest_step()
+    elif self.latest_step() is None or step not in self._open().all_steps():
+      return None
     if step is None:
       return None
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top

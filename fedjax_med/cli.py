@@ -133,6 +133,12 @@ def _parser() -> argparse.ArgumentParser:
       help='continue the sweep in --out, skipping the points it finished',
   )
   sweep.add_argument(
+      '--checkpoint-every', dest='checkpoint_every', type=float,
+      default=None, metavar='SECONDS',
+      help='checkpoint a running batch or point every SECONDS and on Ctrl-C '
+      '(default 30; 0 saves after every round)',
+  )
+  sweep.add_argument(
       '--no-progress', action='store_true', help='hide the progress bar'
   )
   commands.add_parser('keys', help='list every config key and its default')
@@ -162,10 +168,13 @@ def _run_sweep(args) -> int:
 
   overrides = dict(config_lib.parse_override(text) for text in args.overrides)
   base, axes = sweep.load_sweep_toml(args.config, overrides)
+  options = {}
+  if args.checkpoint_every is not None:
+    options['checkpoint_interval_s'] = args.checkpoint_every
   run_dir, records = sweep.run_sweep(
       base, axes, args.out, resume=args.resume,
       progress=not args.no_progress,
-      log=lambda line: print(line, file=sys.stderr),
+      log=lambda line: print(line, file=sys.stderr), **options,
   )
   written = [name for name in ('table.csv', 'summary.md', 'sweep.png')
              if (run_dir / name).exists()]

@@ -762,7 +762,7 @@ def run_study(
       of the last one are on disk.
   """
   config_lib.validate(config)
-  _check_interval(checkpoint_interval_s)
+  check_checkpoint_interval(checkpoint_interval_s)
   if tensorboard:
     tensorboard_lib.require()
   config = dataclasses.replace(config, name=config_lib.run_name(config))
@@ -810,7 +810,7 @@ def resume_study(
       since the run started, or the run diverged.
     TrainingDiverged, StudyInterrupted: as `run_study`.
   """
-  _check_interval(checkpoint_interval_s)
+  check_checkpoint_interval(checkpoint_interval_s)
   if tensorboard:
     tensorboard_lib.require()
   run_dir = pathlib.Path(run_dir)
@@ -865,7 +865,7 @@ def resume_study(
                    tensorboard=tensorboard)
 
 
-def _check_interval(interval_s) -> None:
+def check_checkpoint_interval(interval_s) -> None:
   if (isinstance(interval_s, bool)
       or not isinstance(interval_s, (int, float))
       or not math.isfinite(interval_s) or interval_s < 0):

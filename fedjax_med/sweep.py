@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from fedjax_med import checkpoint as checkpoint_lib
 from fedjax_med import config as config_lib
 from fedjax_med import matrix as matrix_lib
 from fedjax_med import study
@@ -454,8 +455,13 @@ class _Batched:
         step, in_axes=(0, train_axis, malicious_axis, 0, 0, None)))
     self.evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, test_axis)))
 
-  def run(self, rounds_writer, bar):
-    """Run every round of every point; return one record per point."""
+  def run(self, rounds_writer, bar, run_dir, interval_s):
+    """Run every round of every point; return one record per point.
+
+    The batch's state is checkpointed every `interval_s` seconds and on
+    Ctrl-C under `run_dir/checkpoints/batch-<first point>`; a resumed sweep
+    continues the batch from there.
+    """
     config = self.template
     num_points = len(self.points)
     start = time.perf_counter()
@@ -464,25 +470,58 @@ class _Batched:
     skipped = np.zeros(num_points, int)
     last_loss = np.full(num_points, np.nan)
     num_rounds = config.server.rounds
+    indices = [point.index for point in self.points]
+    name = _batch_checkpoint_name(indices)
+    checkpointer = checkpoint_lib.Checkpointer(run_dir, interval_s, name=name)
+    first_round = 0
+    saved = _read_batch_progress(run_dir).get(name)
+    if saved is not None and saved['points'] == indices:
+      restored = checkpointer.restore(state, step=saved['rounds_done'])
+      if restored is not None:
+        state = restored.state
+        first_round = restored.rounds_done
+        diverged_round = np.array(restored.progress['diverged_round'], int)
+        skipped = np.array(restored.progress['skipped'], int)
+        last_loss = np.array([np.nan if value is None else value
+                              for value in restored.progress['last_loss']])
+        bar.update(first_round * num_points)
+    snapshot = (first_round, state, diverged_round, skipped, last_loss)
     evaluated = None
-    for round_index in range(num_rounds):
-      state, metrics = self.step(
-          self.hyper, self.train, self.malicious, state, self.root_keys,
-          round_index,
-      )
-      metrics = {key: np.asarray(value) for key, value in metrics.items()}
-      finite = metrics.pop('params_finite')
-      diverged_round[~finite & (diverged_round == 0)] = round_index + 1
-      skipped += metrics['skipped'].astype(int)
-      last_loss = np.where(metrics['skipped'], last_loss, metrics['train_loss'])
+    try:
+      for round_index in range(first_round, num_rounds):
+        state, metrics = self.step(
+            self.hyper, self.train, self.malicious, state, self.root_keys,
+            round_index,
+        )
+        metrics = {key: np.asarray(value) for key, value in metrics.items()}
+        finite = metrics.pop('params_finite')
+        diverged_round = np.where(~finite & (diverged_round == 0),
+                                  round_index + 1, diverged_round)
+        skipped = skipped + metrics['skipped'].astype(int)
+        last_loss = np.where(metrics['skipped'], last_loss,
+                             metrics['train_loss'])
 
-      is_last = round_index + 1 == num_rounds
-      evaluated = None
-      if is_last or (round_index + 1) % config.evaluation.eval_every == 0:
-        evaluated = self.evaluate(state.params, self.test)
-      self._write_round(rounds_writer, round_index, metrics, evaluated,
-                        diverged_round)
-      bar.update(num_points)
+        is_last = round_index + 1 == num_rounds
+        evaluated = None
+        if is_last or (round_index + 1) % config.evaluation.eval_every == 0:
+          evaluated = self.evaluate(state.params, self.test)
+        self._write_round(rounds_writer, round_index, metrics, evaluated,
+                          diverged_round)
+        # One assignment, so that an interrupt sees one round's values.
+        snapshot = (round_index + 1, state, diverged_round, skipped,
+                    last_loss)
+        if checkpointer.due():
+          _save_batch(checkpointer, run_dir, name, indices, snapshot)
+        bar.update(num_points)
+    except KeyboardInterrupt:
+      if snapshot[0] > first_round:
+        _save_batch(checkpointer, run_dir, name, indices, snapshot)
+      raise
+    finally:
+      checkpointer.close()
+    if evaluated is None:
+      # Restored from a checkpoint of the last round.
+      evaluated = self.evaluate(state.params, self.test)
 
     seconds_per_point = (time.perf_counter() - start) / num_points
     records = []
@@ -517,6 +556,64 @@ class _Batched:
       writer.write(record)
 
 
+def _batch_checkpoint_name(indices: list[int]) -> str:
+  return f'{checkpoint_lib.CHECKPOINT_DIR}/batch-{indices[0]:04d}'
+
+
+def _batch_progress_path(run_dir: pathlib.Path) -> pathlib.Path:
+  return run_dir / checkpoint_lib.CHECKPOINT_DIR / 'batches.json'
+
+
+def _read_batch_progress(run_dir: pathlib.Path) -> dict[str, Any]:
+  """Return `{checkpoint name: {'points', 'rounds_done'}}` of saved batches.
+
+  This file is written after each batch checkpoint completes, so the
+  rounds it names are on disk in `rounds.jsonl` and in the checkpoint.
+  """
+  try:
+    return json.loads(_batch_progress_path(run_dir).read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def _save_batch(checkpointer, run_dir, name, indices, snapshot) -> None:
+  rounds_done, state, diverged_round, skipped, last_loss = snapshot
+  checkpointer.save(rounds_done, state, {
+      'points': indices, 'diverged_round': diverged_round,
+      'skipped': skipped, 'last_loss': last_loss,
+  })
+  progress = _read_batch_progress(run_dir)
+  progress[name] = {'points': indices, 'rounds_done': rounds_done}
+  outputs.write_json(_batch_progress_path(run_dir), progress)
+
+
+def _prune_rounds(run_dir: pathlib.Path, finished: set[int]) -> None:
+  """Keep the `rounds.jsonl` lines that a resumed sweep will not write again.
+
+  Those are the lines of finished points and of rounds up to a batch's
+  checkpoint; the other rounds run again.
+  """
+  path = run_dir / 'rounds.jsonl'
+  if not path.exists():
+    return
+  kept_up_to = {}
+  for saved in _read_batch_progress(run_dir).values():
+    for index in saved['points']:
+      kept_up_to[index] = saved['rounds_done']
+  kept = []
+  for line in path.read_text(encoding='utf-8').splitlines():
+    try:
+      record = json.loads(line)
+      point, round_number = record['point'], record['round']
+    except (ValueError, TypeError, KeyError):
+      continue
+    if point in finished or round_number <= kept_up_to.get(point, 0):
+      kept.append(line + '\n')
+  temporary = path.with_name(path.name + '.tmp')
+  temporary.write_text(''.join(kept), encoding='utf-8')
+  outputs.replace_synced(temporary, path)
+
+
 def _accuracies(evaluation, slot) -> list:
   return [None if np.isnan(value) else float(value)
           for value in np.asarray(evaluation.accuracy)[slot]]
@@ -548,14 +645,23 @@ def _epsilon(config, prepared, num_rounds) -> float | None:
   return float(accountant.epsilon(config.privacy.delta))
 
 
-def _run_single(point: Point, run_dir: pathlib.Path) -> dict[str, Any]:
-  """Run one point through `run_study`; return its record."""
+def _run_single(point: Point, run_dir: pathlib.Path,
+                interval_s: float) -> dict[str, Any]:
+  """Run one point through `run_study`; return its record.
+
+  A folder left by an interrupted run of this point continues from its
+  checkpoint.
+  """
   out = run_dir / 'runs' / f'point-{point.index:04d}'
-  if out.exists():
-    # Left by an interrupted run of this point; start it again.
+  if out.exists() and not (out / 'config.json').exists():
     shutil.rmtree(out)
   try:
-    _, summary = study.run_study(point.config, out, progress=False)
+    if out.exists():
+      _, summary = study.resume_study(out, progress=False,
+                                      checkpoint_interval_s=interval_s)
+    else:
+      _, summary = study.run_study(point.config, out, progress=False,
+                                   checkpoint_interval_s=interval_s)
   except TrainingDiverged:
     summary = json.loads((out / 'summary.json').read_text())
     return {'status': 'diverged', 'mode': 'loop',
@@ -614,6 +720,7 @@ def run_sweep(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    checkpoint_interval_s: float = checkpoint_lib.DEFAULT_INTERVAL_S,
 ) -> tuple[pathlib.Path, list[dict[str, Any]]]:
   """Run every point of the sweep and write the folder.
 
@@ -622,10 +729,13 @@ def run_sweep(
     sweep: the axes, variants and seeds.
     out_dir: output folder; None picks a fresh one under `runs/`. With
       `resume`, an earlier sweep folder to continue.
-    resume: skip the points already in `out_dir/points.jsonl`; the base
-      config and sweep must be the ones the folder was started with.
+    resume: skip the points already in `out_dir/points.jsonl` and continue
+      unfinished ones from their checkpoints; the base config and sweep
+      must be the ones the folder was started with.
     progress: show a progress bar on stderr, counted in point-rounds.
     log: receives the plan and notes, one line each; None prints nothing.
+    checkpoint_interval_s: seconds between checkpoints of a running batch
+      or point, which also checkpoints on Ctrl-C; 0 saves after every round.
 
   Returns:
     The folder and one record per point, in point order.
@@ -635,6 +745,7 @@ def run_sweep(
     StudyInterrupted: on Ctrl-C, after the finished groups are on disk.
   """
   log = log or (lambda line: None)
+  study.check_checkpoint_interval(checkpoint_interval_s)
   all_points = points(base, sweep)
   name = f'{config_lib.run_name(base)}_sweep'
   settings = json.loads(json.dumps({
@@ -658,6 +769,7 @@ def run_sweep(
     with open(run_dir / 'points.jsonl', 'w', encoding='utf-8') as f:
       f.writelines(json.dumps(r, allow_nan=False) + '\n'
                    for r in records.values())
+    _prune_rounds(run_dir, set(records))
   else:
     run_dir = outputs.make_run_dir(
         None if out_dir is None else pathlib.Path(out_dir), name
@@ -679,7 +791,7 @@ def run_sweep(
         outputs.MetricsWriter(run_dir / 'rounds.jsonl') as rounds_writer:
       for group in groups:
         for point, record in _run_group(group, run_dir, rounds_writer, bar,
-                                        log):
+                                        log, checkpoint_interval_s):
           record = {'point': point.index, **point.settings, **record}
           writer.write(record)
           records[point.index] = record
@@ -690,11 +802,11 @@ def run_sweep(
   return run_dir, ordered
 
 
-def _run_group(group, run_dir, rounds_writer, bar, log):
+def _run_group(group, run_dir, rounds_writer, bar, log, interval_s):
   """Yield `(point, record)` for each point of the group."""
   if group.reason is not None or len(group.points) == 1:
     point = group.points[0]
-    yield point, _run_single_recorded(point, run_dir)
+    yield point, _run_single_recorded(point, run_dir, interval_s)
     bar.update(point.config.server.rounds)
     return
   # Points whose data fails (such as a partition that cannot give every
@@ -719,7 +831,7 @@ def _run_group(group, run_dir, rounds_writer, bar, log):
           f'{", ".join(str(len(b)) for b in batches)}, to bound padding and '
           'memory')
     for batch in batches:
-      yield from _run_batch(batch, run_dir, rounds_writer, bar)
+      yield from _run_batch(batch, run_dir, rounds_writer, bar, interval_s)
 
 
 def _point_bytes(prepared: study.Prepared) -> int:
@@ -763,23 +875,23 @@ def _batches(members):
   return batches
 
 
-def _run_batch(members, run_dir, rounds_writer, bar):
+def _run_batch(members, run_dir, rounds_writer, bar, interval_s):
   """Yield `(point, record)` for a batch, run together or alone."""
   if len(members) == 1:
     point = members[0][0]
-    yield point, _run_single_recorded(point, run_dir)
+    yield point, _run_single_recorded(point, run_dir, interval_s)
     bar.update(point.config.server.rounds)
     return
   batched = _Batched([m[0] for m in members], [m[1] for m in members])
-  records = batched.run(rounds_writer, bar)
+  records = batched.run(rounds_writer, bar, run_dir, interval_s)
   for (point, _), record in zip(members, records):
     record['batched_over'] = ', '.join(batched.varied) or 'seed'
     yield point, record
 
 
-def _run_single_recorded(point, run_dir):
+def _run_single_recorded(point, run_dir, interval_s):
   try:
-    return _run_single(point, run_dir)
+    return _run_single(point, run_dir, interval_s)
   except InputError as error:
     return {'status': 'error', 'mode': 'loop', 'error': str(error)}
 

@@ -208,3 +208,57 @@ def test_checkpointer_without_checkpoints_restores_nothing(tmp_path):
   assert saver.latest_step() is None
   assert saver.restore({}) is None
   assert not (tmp_path / checkpoint.CHECKPOINT_DIR).exists()
+
+
+_SWEEP_TOML = '''
+[server]
+rounds = 30
+[evaluation]
+eval_every = 5
+bootstrap_resamples = 100
+[sweep]
+seeds = [0, 1]
+"client.learning_rate" = [0.01, 0.05]
+'''
+
+
+def _sweep_files(run_dir):
+  points = [json.loads(line) for line in
+            (run_dir / 'points.jsonl').read_text().splitlines()]
+  for record in points:
+    record.pop('wall_time_s')
+  rounds = (run_dir / 'rounds.jsonl').read_text().splitlines()
+  return points, [json.loads(line) for line in rounds]
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
+  config = tmp_path / 'sweep.toml'
+  config.write_text(_SWEEP_TOML)
+  command = [sys.executable, '-m', 'fedjax_med', 'sweep', str(config),
+             '--no-progress']
+  subprocess.run([*command, '--out', str(tmp_path / 'whole')], check=True,
+                 capture_output=True)
+  run_dir = tmp_path / 'killed'
+  process = subprocess.Popen(
+      [*command, '--out', str(run_dir), '--checkpoint-every', '0'],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  rounds = run_dir / 'rounds.jsonl'
+  deadline = time.monotonic() + 300
+  # The four points run as one batch; kill it after its 11th round.
+  while time.monotonic() < deadline and process.poll() is None:
+    if rounds.exists() and len(rounds.read_text().splitlines()) >= 44:
+      break
+    time.sleep(0.01)
+  assert process.poll() is None
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (run_dir / 'points.jsonl').read_text()
+  progress = json.loads(
+      (run_dir / 'checkpoints' / 'batches.json').read_text())
+  [saved] = progress.values()
+  assert saved['points'] == [0, 1, 2, 3] and saved['rounds_done'] >= 10
+
+  subprocess.run([*command, '--out', str(run_dir), '--resume'], check=True,
+                 capture_output=True)
+  assert _sweep_files(run_dir) == _sweep_files(tmp_path / 'whole')
