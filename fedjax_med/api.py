@@ -25,6 +25,7 @@ import numpy as np
 
 from fedjax_med import config as config_lib
 from fedjax_med.errors import InputError
+from fedjax_med.report import outputs
 
 ExperimentConfig = config_lib.ExperimentConfig
 
@@ -63,7 +64,24 @@ def configure(
         f'configure() takes an ExperimentConfig, a TOML path or None as its '
         f'base; got {type(base).__name__}.'
     )
-  config = config_lib.apply_overrides(config, dict(overrides or {}))
+  if overrides is None:
+    overrides = {}
+  if not isinstance(overrides, dict) or not all(
+      isinstance(key, str) for key in overrides):
+    raise InputError(
+        'overrides must be a dict of settings keyed by `section.key`, such '
+        "as {'privacy.noise': 'central'}; got "
+        f'{type(overrides).__name__} {overrides!r}.'
+    )
+  both = {config_lib.resolve_key(key) for key in overrides} & {
+      config_lib.resolve_key(key) for key in settings}
+  if both:
+    names = ', '.join(sorted('.'.join(filter(None, key)) for key in both))
+    raise InputError(
+        f'{names} is set both in overrides and as a keyword argument; set it '
+        'once.'
+    )
+  config = config_lib.apply_overrides(config, overrides)
   config = config_lib.apply_overrides(config, settings)
   config_lib.validate(config)
   return config
@@ -272,6 +290,8 @@ def resume(
     InputError, TrainingDiverged, StudyInterrupted: as
       `fedjax_med.study.resume_study`.
   """
+  if not isinstance(run_dir, (str, pathlib.PurePath)):
+    raise InputError(f'resume() takes the path of a run folder; got {run_dir!r}.')
   from fedjax_med import study  # pylint: disable=g-import-not-at-top
 
   options = {}
@@ -290,7 +310,14 @@ def load_run(run_dir: str | pathlib.Path) -> Result:
     InputError: if the folder lacks `config.json`, `summary.json` or
       `metrics.jsonl`, or the run did not complete.
   """
+  if not isinstance(run_dir, (str, pathlib.PurePath)) or not str(run_dir):
+    raise InputError(
+        f'load_run() takes the path of a run folder; got {run_dir!r}.')
   run_dir = pathlib.Path(run_dir)
+  if not run_dir.is_dir():
+    raise InputError(
+        f'Run folder not found: {run_dir}. Pass the folder that run() or '
+        '`fedjax-med run` printed.')
   paths = {name: run_dir / name
            for name in ('config.json', 'summary.json', 'metrics.jsonl')}
   missing = [name for name, path in paths.items() if not path.is_file()]
@@ -299,16 +326,21 @@ def load_run(run_dir: str | pathlib.Path) -> Result:
         f'{run_dir} lacks {", ".join(missing)}: it is not the folder of a '
         'finished run. A stopped run continues with fedjax_med.resume().'
     )
-  summary = json.loads(paths['summary.json'].read_text())
+  summary = outputs.read_json(paths['summary.json'])
   if summary.get('status') != 'completed':
     raise InputError(
         f'The run in {run_dir} did not complete (status '
         f"{summary.get('status')!r}); its metrics.jsonl holds the rounds it "
         'finished.'
     )
-  config = config_lib.from_document(
-      json.loads(paths['config.json'].read_text()))
+  config = config_lib.from_document(outputs.read_json(paths['config.json']))
   lines = paths['metrics.jsonl'].read_text(encoding='utf-8').splitlines()
-  records = tuple(json.loads(line) for line in lines if line.strip())
+  try:
+    records = tuple(json.loads(line) for line in lines if line.strip())
+  except ValueError:
+    raise InputError(
+        f"{paths['metrics.jsonl']} has a line that is not valid JSON: it was "
+        'edited or cut short. Restore it, or run the study again.'
+    ) from None
   return Result(run_dir=run_dir, config=config, summary=summary,
                 records=records)

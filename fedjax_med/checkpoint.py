@@ -125,15 +125,14 @@ class Checkpointer:
       The restored checkpoint, or None when there is none (or none at
       `step`).
     """
+    steps = self.all_steps()
     if step is None:
-      step = self.latest_step()
-    elif self.latest_step() is None or step not in self._open().all_steps():
-      return None
-    if step is None:
+      step = steps[-1] if steps else None
+    if step is None or step not in steps:
       return None
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-    restored = self._manager.restore(
+    restored = self._open().restore(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(template_state),
@@ -143,31 +142,67 @@ class Checkpointer:
     return Restored(rounds_done=int(step), state=restored.state,
                     progress=dict(restored.progress))
 
+  def restore_progress(self, step: int) -> dict[str, Any]:
+    """Return the JSON progress saved at `step`, without the state."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    restored = self._open().restore(
+        step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return dict(restored.progress)
+
+  def all_steps(self) -> list[int]:
+    """Return the rounds done of every complete checkpoint, oldest first."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(int(step) for step in self._open().all_steps())
+
   def close(self) -> None:
     if self._manager is not None:
       self._manager.close()
 
 
+def valid_rounds(path: pathlib.Path) -> int:
+  """Return how many rounds `metrics.jsonl` holds intact from round 1.
+
+  Counting stops at the first line that is not a JSON record of the next
+  round (missing, cut short by a kill, edited), so every round up to the
+  returned count is on disk exactly once.
+  """
+  if not path.exists():
+    return 0
+  count = 0
+  for line in path.read_text(encoding='utf-8').splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      break
+    number = record.get('round') if isinstance(record, dict) else None
+    if type(number) is not int or number != count + 1:  # pylint: disable=unidiomatic-typecheck
+      break
+    count += 1
+  return count
+
+
 def truncate_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
-  """Keep the lines of `metrics.jsonl` up to round `rounds_done`.
+  """Keep the first `rounds_done` rounds of `metrics.jsonl`.
 
   Lines after the checkpoint are dropped because the resumed run writes
-  those rounds again, and a line cut short by a kill is dropped too. The
-  file is replaced atomically.
+  those rounds again. The file is replaced atomically.
+
+  Raises:
+    ValueError: if the file holds fewer than `rounds_done` intact rounds;
+      call `valid_rounds` first.
 
   Returns:
     The records kept, in order.
   """
-  kept = []
-  if path.exists():
-    for line in path.read_text(encoding='utf-8').splitlines():
-      try:
-        record = json.loads(line)
-      except ValueError:
-        break
-      if not isinstance(record, dict) or record.get('round', 0) > rounds_done:
-        break
-      kept.append(record)
+  intact = valid_rounds(path)
+  if intact < rounds_done:
+    raise ValueError(
+        f'{path} holds {intact} intact rounds, fewer than {rounds_done}.')
+  lines = (path.read_text(encoding='utf-8').splitlines()
+           if path.exists() else [])
+  kept = [json.loads(line) for line in lines[:rounds_done]]
   temporary = path.with_name(path.name + '.tmp')
   temporary.write_text(
       ''.join(json.dumps(record, allow_nan=False) + '\n' for record in kept),

@@ -11,14 +11,15 @@
 * `fedjax-med keys`: every config key and its default.
 
 Exit status: 0 on success; 2 for invalid input, with a one-line message on
-stderr; 1 when training diverged; 130 after Ctrl-C, once the finished
-rounds are on disk.
+stderr; 1 when training diverged; 130 after Ctrl-C or SIGTERM, once the
+finished rounds and a checkpoint are on disk.
 """
 
 import argparse
 import json
 import logging
 import pathlib
+import signal
 import sys
 
 from fedjax_med import config as config_lib
@@ -289,8 +290,23 @@ def _quiet_rdp_convergence_warnings() -> None:
   )
 
 
+def _interrupt_on_sigterm() -> None:
+  """Treat SIGTERM, which job schedulers send before a kill, like Ctrl-C.
+
+  A run then saves a checkpoint and exits with status 130, and
+  `--resume` continues it.
+  """
+
+  def interrupt(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt
+
+  signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
   _quiet_rdp_convergence_warnings()
+  _interrupt_on_sigterm()
   parser = _parser()
   args = parser.parse_args(argv)
   try:
@@ -325,7 +341,9 @@ def _main(args) -> int:
         )
       from fedjax_med import study  # pylint: disable=g-import-not-at-top
 
-      run_dir, summary = study.resume_study(args.resume, **options)
+      run_dir, summary = study.resume_study(
+          args.resume, log=lambda line: print(line, file=sys.stderr),
+          **options)
     else:
       config = _load_config(args)
       config_lib.validate(config)

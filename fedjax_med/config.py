@@ -457,8 +457,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
   raise TypeError(f'Unsupported config type {annotation} for `{key}`.')
 
 
-def _resolve_key(key: str) -> tuple[str | None, str]:
-  """Map `section.field` or a unique bare `field` to (section, field)."""
+def resolve_key(key: str) -> tuple[str | None, str]:
+  """Map `section.field` or a unique bare `field` to (section, field).
+
+  Raises:
+    InputError: for an unknown or ambiguous key.
+  """
   if '.' in key:
     section, name = key.split('.', 1)
     if section not in _SECTIONS:
@@ -506,7 +510,7 @@ def apply_overrides(
 ) -> ExperimentConfig:
   """Return `config` with fields replaced, keyed by `section.field` or `field`."""
   for key, value in overrides.items():
-    section, name = _resolve_key(key)
+    section, name = resolve_key(key)
     if section is None:
       annotation = _field_types(ExperimentConfig)[name]
       config = dataclasses.replace(config, **{name: _coerce(key, value, annotation)})

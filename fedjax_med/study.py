@@ -688,6 +688,8 @@ def _build_run(config: config_lib.ExperimentConfig) -> dict[str, Any]:
                  ~np.asarray(prepared.malicious, bool),
              )}
   history['snapshot'] = _snapshot(history, 0, state)
+  history['config'] = json.loads(json.dumps(
+      outputs.to_json_value(config_lib.to_dict(config))))
   return {
       'prepared': prepared, 'round_fn': round_fn, 'evaluate': evaluate,
       'rounds_key': jax.random.fold_in(root_key, _ROUNDS_TAG),
@@ -715,6 +717,7 @@ def _save_snapshot(checkpointer, history) -> None:
   done, state, counters = history['snapshot']
   evaluated = counters['num_evaluated']
   progress = {
+      'config': history['config'],
       'rounds_done': done,
       'skipped': counters['skipped'],
       'below_min_reporting': counters['below_min_reporting'],
@@ -775,10 +778,11 @@ def run_study(
   outputs.write_json(
       run_dir / 'provenance.json', provenance.collect(dataset.source_files)
   )
-  return _continue(config, run, run_dir, progress=progress,
-                   on_round=on_round,
-                   checkpoint_interval_s=checkpoint_interval_s,
-                   tensorboard=tensorboard)
+  with outputs.lock_run_dir(run_dir):
+    return _continue(config, run, run_dir, progress=progress,
+                     on_round=on_round,
+                     checkpoint_interval_s=checkpoint_interval_s,
+                     tensorboard=tensorboard, kept_records=[])
 
 
 def resume_study(
@@ -788,32 +792,39 @@ def resume_study(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_interval_s: float = checkpoint_lib.DEFAULT_INTERVAL_S,
     tensorboard: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[pathlib.Path, dict[str, Any]]:
   """Continue a stopped study from its newest checkpoint.
 
   The config comes from the folder's `config.json`. Lines of
   `metrics.jsonl` after the checkpoint are removed and those rounds run
   again, so each round appears once, with the values an uninterrupted run
-  gives. A folder whose study already finished is left as it is and its
-  summary returned.
+  gives. The newest checkpoint that is readable and not past the intact
+  rounds of `metrics.jsonl` is used; without one, the run starts again
+  from round 1. A folder whose study already finished is left as it is and
+  its summary returned.
 
   Args:
     run_dir: the folder of a run started by `run_study`.
     progress, on_round, checkpoint_interval_s, tensorboard: as in
       `run_study`.
+    log: receives one line on where the run continues from and on each
+      checkpoint passed over; None prints nothing.
 
   Returns:
     The output folder and the summary written to `summary.json`.
 
   Raises:
-    InputError: if `run_dir` is not a run folder, its data files changed
-      since the run started, or the run diverged.
+    InputError: if `run_dir` is not a run folder, its data files or
+      `config.json` changed since the run started, the run diverged, or
+      another process is running it.
     TrainingDiverged, StudyInterrupted: as `run_study`.
   """
   check_checkpoint_interval(checkpoint_interval_s)
   if tensorboard:
     tensorboard_lib.require()
-  run_dir = pathlib.Path(run_dir)
+  log = log or (lambda line: None)
+  run_dir = _run_folder(run_dir)
   try:
     saved = json.loads((run_dir / 'config.json').read_text())
   except (OSError, ValueError):
@@ -823,55 +834,134 @@ def resume_study(
     ) from None
   summary_path = run_dir / 'summary.json'
   if summary_path.exists():
-    summary = json.loads(summary_path.read_text())
+    summary = outputs.read_json(summary_path)
     if summary.get('status') == 'diverged':
       raise InputError(
           f'The run in {run_dir} diverged at round '
           f"{summary.get('diverged_round')}; resuming would diverge again. "
           'Start a new run with a smaller learning rate or clip norm.'
       )
+    log(f'{run_dir} already finished; nothing to resume.')
     return run_dir, summary
+  if not isinstance(saved, dict):
+    raise InputError(
+        f'{run_dir}/config.json is not a config (a JSON object). Restore '
+        'it, or start a new run.')
   config = config_lib.from_document(saved)
   config_lib.validate(config)
-  run = _build_run(config)
-  _check_same_data(run_dir, run['prepared'].dataset)
-  history = run['history']
-  checkpointer = checkpoint_lib.Checkpointer(run_dir, checkpoint_interval_s)
+  with outputs.lock_run_dir(run_dir):
+    run = _build_run(config)
+    _check_same_data(run_dir, run['prepared'].dataset)
+    history = run['history']
+    restored = _restore_newest(run_dir, history, log)
+    done = 0 if restored is None else restored.rounds_done
+    kept = checkpoint_lib.truncate_metrics(run_dir / 'metrics.jsonl', done)
+    if restored is None:
+      log(f'No usable checkpoint in {run_dir}: running all '
+          f'{config.server.rounds} rounds from round 1 (same seed, same '
+          'result).')
+    else:
+      log(f'Resuming {run_dir} after round {done} of '
+          f'{config.server.rounds}.')
+      saved_progress = restored.progress
+      history.update(
+          state=restored.state, done=done,
+          skipped=saved_progress['skipped'],
+          below_min_reporting=saved_progress['below_min_reporting'],
+          stopped_at_target=saved_progress['stopped_at_target'],
+          rounds=list(saved_progress['evaluated_rounds']),
+          client_accuracy=[list(row)
+                           for row in saved_progress['client_accuracy']],
+          secure_rounds=list(saved_progress['secure_rounds']),
+          start=time.perf_counter() - saved_progress['elapsed_s'],
+      )
+      if history['accountant'] is not None:
+        history['accountant'].step(done)
+      history['snapshot'] = _snapshot(history, done, restored.state)
+    return _continue(config, run, run_dir, progress=progress,
+                     on_round=on_round,
+                     checkpoint_interval_s=checkpoint_interval_s,
+                     tensorboard=tensorboard, kept_records=kept)
+
+
+def _run_folder(run_dir) -> pathlib.Path:
+  if not isinstance(run_dir, (str, pathlib.PurePath)) or not str(run_dir):
+    raise InputError(
+        f'A run folder must be a path; got {run_dir!r}. Pass the folder of a '
+        'run started with `fedjax-med run` or `fedjax_med.run`.')
+  run_dir = pathlib.Path(run_dir)
+  if not run_dir.is_dir():
+    raise InputError(
+        f'Run folder not found: {run_dir}. Pass the folder of a run started '
+        'with `fedjax-med run` or `fedjax_med.run`.')
+  return run_dir
+
+
+def _flat(document, prefix=''):
+  items = {}
+  for key, value in document.items():
+    if isinstance(value, dict):
+      items.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      items[f'{prefix}{key}'] = value
+  return items
+
+
+def _restore_newest(run_dir, history, log):
+  """Restore the newest usable checkpoint of `run_dir`, or return None.
+
+  A checkpoint is usable when it is readable and no later than the intact
+  rounds of `metrics.jsonl`, so that no round goes missing from the file.
+
+  Raises:
+    InputError: if a checkpoint was saved with another config than
+      `config.json` now holds.
+  """
+  intact = checkpoint_lib.valid_rounds(run_dir / 'metrics.jsonl')
+  checkpointer = checkpoint_lib.Checkpointer(run_dir, 0)
   try:
-    restored = checkpointer.restore(history['state'])
+    for step in reversed(checkpointer.all_steps()):
+      if step > intact:
+        log(f'Passing over the checkpoint of round {step}: metrics.jsonl '
+            f'holds rounds 1 to {intact} intact, so an older checkpoint is '
+            'used and the rounds after it run again.')
+        continue
+      try:
+        saved = checkpointer.restore_progress(step)
+      # Orbax and tensorstore raise many kinds of error for a damaged
+      # checkpoint (KeyError, ValueError, OSError, JSON errors).
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        log(f'Passing over the unreadable checkpoint of round {step} '
+            f'({type(error).__name__}).')
+        continue
+      if saved.get('config') not in (None, history['config']):
+        before, now = _flat(saved['config']), _flat(history['config'])
+        changed = sorted(key for key in before.keys() | now.keys()
+                         if before.get(key) != now.get(key))
+        raise InputError(
+            f'{run_dir}/config.json changed since the run started '
+            f'({", ".join(changed)}), so its checkpoints do not fit it. '
+            'Restore config.json, or start a new run with the new settings.'
+        )
+      try:
+        return checkpointer.restore(history['state'], step)
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        log(f'Passing over the unreadable checkpoint of round {step} '
+            f'({type(error).__name__}).')
+    return None
   finally:
     checkpointer.close()
-  done = 0 if restored is None else restored.rounds_done
-  checkpoint_lib.truncate_metrics(run_dir / 'metrics.jsonl', done)
-  if restored is not None:
-    saved_progress = restored.progress
-    history.update(
-        state=restored.state, done=done,
-        skipped=saved_progress['skipped'],
-        below_min_reporting=saved_progress['below_min_reporting'],
-        stopped_at_target=saved_progress['stopped_at_target'],
-        rounds=list(saved_progress['evaluated_rounds']),
-        client_accuracy=[list(row)
-                         for row in saved_progress['client_accuracy']],
-        secure_rounds=list(saved_progress['secure_rounds']),
-        start=time.perf_counter() - saved_progress['elapsed_s'],
-    )
-    if history['accountant'] is not None:
-      history['accountant'].step(done)
-    history['snapshot'] = _snapshot(history, done, restored.state)
-  return _continue(config, run, run_dir, progress=progress,
-                   on_round=on_round,
-                   checkpoint_interval_s=checkpoint_interval_s,
-                   tensorboard=tensorboard)
 
 
 def check_checkpoint_interval(interval_s) -> None:
+  """Raise `InputError` unless `interval_s` is a finite number, 0 or more."""
   if (isinstance(interval_s, bool)
       or not isinstance(interval_s, (int, float))
       or not math.isfinite(interval_s) or interval_s < 0):
     raise InputError(
-        f'checkpoint_interval_s must be a finite number of seconds, 0 or '
-        f'more; got {interval_s!r}. Use 0 to save after every round.'
+        f'Invalid checkpoint interval {interval_s!r} (--checkpoint-every, '
+        'checkpoint_interval_s): give a finite number of seconds, 0 or more. '
+        '0 saves after every round.'
     )
 
 
@@ -894,15 +984,22 @@ def _check_same_data(run_dir: pathlib.Path, dataset) -> None:
 
 
 def _continue(config, run, run_dir, *, progress, on_round,
-              checkpoint_interval_s, tensorboard):
-  """Run the remaining rounds and the summary, checkpointing as it goes."""
+              checkpoint_interval_s, tensorboard, kept_records):
+  """Run the remaining rounds and the summary, checkpointing as it goes.
+
+  `kept_records` are the rounds already in `metrics.jsonl`. A resumed run
+  writes them to TensorBoard again, because the events of a killed process
+  may not have reached its file.
+  """
   dataset = run['prepared'].dataset
   history = run['history']
   checkpointer = checkpoint_lib.Checkpointer(run_dir, checkpoint_interval_s)
   logger = None
   if tensorboard:
-    logger = tensorboard_lib.RoundLogger(
-        run_dir / 'tensorboard', first_round=history['done'] + 1)
+    logdir = run_dir / 'tensorboard'
+    logger = tensorboard_lib.RoundLogger(logdir, purge=logdir.exists())
+    for record in kept_records:
+      logger.write(record, per_client=record.get('test_accuracy'))
   try:
     try:
       _run_rounds(

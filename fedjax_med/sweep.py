@@ -787,7 +787,8 @@ def run_sweep(
   bar = tqdm.tqdm(total=total, initial=done, desc=name, unit='point-round',
                   disable=None if progress else True, dynamic_ncols=True)
   try:
-    with bar, outputs.MetricsWriter(run_dir / 'points.jsonl') as writer, \
+    with bar, outputs.lock_run_dir(run_dir), \
+        outputs.MetricsWriter(run_dir / 'points.jsonl') as writer, \
         outputs.MetricsWriter(run_dir / 'rounds.jsonl') as rounds_writer:
       for group in groups:
         for point, record in _run_group(group, run_dir, rounds_writer, bar,

@@ -134,3 +134,29 @@ def test_config_import_leaves_jax_unloaded():
           "assert 'jax' not in sys.modules, 'jax loaded'; "
           "fedjax_med.configure; assert 'jax' not in sys.modules")
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_configure_rejects_a_key_set_twice():
+  with pytest.raises(InputError, match='server.rounds is set both'):
+    fm.configure(overrides={'server.rounds': 7}, rounds=9)
+  with pytest.raises(InputError, match='overrides must be a dict'):
+    fm.configure(overrides='server.rounds=7')
+
+
+def test_load_run_names_missing_and_damaged_files(result, tmp_path):
+  with pytest.raises(InputError, match='Run folder not found'):
+    fm.load_run(tmp_path / 'nothere')
+  with pytest.raises(InputError, match='takes the path of a run folder'):
+    fm.load_run(None)
+  with pytest.raises(InputError, match='takes the path of a run folder'):
+    fm.resume(5)
+  copy = tmp_path / 'copy'
+  copy.mkdir()
+  for name in ('config.json', 'summary.json', 'metrics.jsonl'):
+    (copy / name).write_text((result.run_dir / name).read_text())
+  (copy / 'metrics.jsonl').write_text('{"round": 1, "tr')
+  with pytest.raises(InputError, match='metrics.jsonl has a line that is not'):
+    fm.load_run(copy)
+  (copy / 'summary.json').write_text('{"status": "compl')
+  with pytest.raises(InputError, match='summary.json is not valid JSON'):
+    fm.load_run(copy)

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from fedjax_med import config as config_lib
 from fedjax_med import study
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
+from fedjax_med.report import outputs
 
 # A synthetic study of 40 short rounds with per-round metrics that change
 # every round (loss, update norms) and an evaluation every 4 rounds.
@@ -124,12 +126,28 @@ def test_truncate_metrics_keeps_rounds_up_to_the_checkpoint(tmp_path):
   path = tmp_path / 'metrics.jsonl'
   path.write_text(''.join(json.dumps({'round': r, 'loss': r / 10}) + '\n'
                           for r in range(1, 8)) + '{"round": 8, "lo')
+  assert checkpoint.valid_rounds(path) == 7
   kept = checkpoint.truncate_metrics(path, 5)
   assert [record['round'] for record in kept] == [1, 2, 3, 4, 5]
   assert [json.loads(line)['round'] for line in
           path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+  with pytest.raises(ValueError, match='5 intact rounds, fewer than 6'):
+    checkpoint.truncate_metrics(path, 6)
   assert checkpoint.truncate_metrics(path, 0) == []
   assert path.read_text() == ''
+
+
+@pytest.mark.parametrize('lines, intact', [
+    (['{"round": 1}', '{"round": 3}'], 1),
+    (['{"round": 1}', '{"round": "2"}'], 1),
+    (['{"round": 1}', '[2]', '{"round": 3}'], 1),
+    (['{"round": true}'], 0),
+])
+def test_valid_rounds_stops_at_a_gap_or_bad_line(lines, intact, tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('\n'.join(lines) + '\n')
+  assert checkpoint.valid_rounds(path) == intact
+  assert checkpoint.valid_rounds(tmp_path / 'missing.jsonl') == 0
 
 
 def test_resume_of_a_finished_run_returns_its_summary(uninterrupted):
@@ -143,6 +161,10 @@ def test_resume_of_a_finished_run_returns_its_summary(uninterrupted):
 def test_resume_rejects_a_folder_without_config(tmp_path):
   with pytest.raises(InputError, match='no readable config.json'):
     study.resume_study(tmp_path, progress=False)
+  with pytest.raises(InputError, match='Run folder not found'):
+    study.resume_study(tmp_path / 'missing', progress=False)
+  with pytest.raises(InputError, match='must be a path; got None'):
+    study.resume_study(None, progress=False)
 
 
 def test_resume_rejects_a_diverged_run(tmp_path):
@@ -262,3 +284,72 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
   subprocess.run([*command, '--out', str(run_dir), '--resume'], check=True,
                  capture_output=True)
   assert _sweep_files(run_dir) == _sweep_files(tmp_path / 'whole')
+
+
+@pytest.fixture(scope='module')
+def stopped(tmp_path_factory):
+  """A run stopped after round 9, with checkpoints of rounds 8 and 9."""
+  run_dir = tmp_path_factory.mktemp('stopped') / 'run'
+
+  def interrupt_after_round_9(record):
+    if record['round'] == 9:
+      raise KeyboardInterrupt
+
+  with pytest.raises(StudyInterrupted):
+    study.run_study(_config(), run_dir, progress=False,
+                    on_round=interrupt_after_round_9, checkpoint_interval_s=0)
+  return run_dir
+
+
+def _copy(run_dir, tmp_path):
+  copy = tmp_path / 'copy'
+  shutil.copytree(run_dir, copy)
+  return copy
+
+
+def test_unreadable_newest_checkpoint_falls_back(
+    stopped, uninterrupted, tmp_path):
+  run_dir = _copy(stopped, tmp_path)
+  assert checkpoint.Checkpointer(run_dir, 0).all_steps() == [8, 9]
+  for path in (run_dir / 'checkpoints' / '9' / 'progress').iterdir():
+    path.write_text('{"cut')
+  notes = []
+  study.resume_study(run_dir, progress=False, log=notes.append)
+  assert 'unreadable checkpoint of round 9' in notes[0]
+  assert notes[1].startswith(f'Resuming {run_dir} after round 8 of 40')
+  assert _records(run_dir) == _records(uninterrupted)
+
+
+def test_damaged_metrics_line_reruns_from_an_older_checkpoint(
+    stopped, uninterrupted, tmp_path):
+  run_dir = _copy(stopped, tmp_path)
+  lines = (run_dir / 'metrics.jsonl').read_text().splitlines()
+  lines[4] = '{garbage'
+  (run_dir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+  notes = []
+  study.resume_study(run_dir, progress=False, log=notes.append)
+  # Rounds 1 to 4 are intact, so neither checkpoint may be used.
+  assert 'rounds 1 to 4 intact' in notes[0]
+  assert notes[-1].startswith('No usable checkpoint')
+  assert _records(run_dir) == _records(uninterrupted)
+  assert _summary(run_dir) == _summary(uninterrupted)
+
+
+def test_resume_rejects_an_edited_config(stopped, tmp_path):
+  run_dir = _copy(stopped, tmp_path)
+  saved = json.loads((run_dir / 'config.json').read_text())
+  saved['server']['rounds'] = 5
+  saved['model']['model'] = 'mlp'
+  (run_dir / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(InputError,
+                     match=r'changed since the run started \(model.model, '
+                     r'server.rounds\)'):
+    study.resume_study(run_dir, progress=False)
+
+
+def test_resume_rejects_a_folder_in_use(stopped, tmp_path):
+  run_dir = _copy(stopped, tmp_path)
+  with outputs.lock_run_dir(run_dir):
+    with pytest.raises(InputError, match='Another process is running'):
+      study.resume_study(run_dir, progress=False)
+  assert len(_records(run_dir)) == 9

@@ -1,8 +1,9 @@
 """benchmarks/scaling.py at a tiny size.
 
 Each case of the benchmark runs in its own Python process, so the table test
-starts four processes (the floor and one variant at two client counts). No
-test asserts a timing threshold, because times depend on the machine.
+starts two processes (the floor and one variant at one client count), each
+of which imports JAX and compiles its program. No test asserts a timing
+threshold, because times depend on the machine.
 """
 
 import importlib.util
@@ -45,15 +46,13 @@ def test_scaling_table_and_figure(benchmark, tmp_path):
   figure = tmp_path / 'figures' / 'scaling.png'
 
   results = benchmark.main([
-      '--clients', '50', '200', '--variants', 'mean', '--repeats', '1',
+      '--clients', '50', '--variants', 'mean', '--repeats', '1',
       '--results', str(results_page), '--figure', str(figure),
   ])
 
   page = results_page.read_text()
   table = _table_rows(page)
-  assert sorted(table) == [
-      ('200', 'floor'), ('200', 'mean'), ('50', 'floor'), ('50', 'mean'),
-  ]
+  assert sorted(table) == [('50', 'floor'), ('50', 'mean')]
   for key, cells in table.items():
     seconds = float(cells['s per round'])
     assert math.isfinite(seconds), key
@@ -62,12 +61,12 @@ def test_scaling_table_and_figure(benchmark, tmp_path):
     assert float(cells['peak RSS MB'].replace(',', '')) > 0, key
     assert cells['rounds timed'] == '1', key
   assert float(table[('50', 'mean')]['x floor']) > 0
-  assert float(table[('200', 'mean')]['client updates/s']
+  assert float(table[('50', 'mean')]['client updates/s']
                .replace(',', '')) > 0
   for result in results:
     assert result.get('params_finite'), result
   mean_results = [result for result in results if result['variant'] == 'mean']
-  assert [result['num_contributing'] for result in mean_results] == [50, 200]
+  assert [result['num_contributing'] for result in mean_results] == [50]
   assert page.startswith('### Round scaling, ')
   assert 'mean: no slope' in page
   assert figure.stat().st_size > 0

@@ -33,24 +33,48 @@ def test_study_writes_every_round_and_client(tmp_path):
   assert 'round' not in scalars
 
 
-def test_a_resumed_logger_replaces_the_rounds_it_writes_again(tmp_path):
+def test_a_purging_logger_replaces_earlier_files(tmp_path):
   first = tensorboard.RoundLogger(tmp_path)
   for step in range(1, 6):
     first.write({'round': step, 'loss': float(step), 'old_only': 1.0})
   first.close()
   # Event file names carry the time in seconds; keep the second one later.
   time.sleep(1.1)
-  second = tensorboard.RoundLogger(tmp_path, first_round=3)
-  for step in range(3, 7):
+  second = tensorboard.RoundLogger(tmp_path, purge=True)
+  for step in range(1, 5):
     second.write({'round': step, 'loss': 10.0 * step},
                  per_client={'a': 0.5, 'b': None})
   second.close()
   scalars = tensorboard.read_scalars(tmp_path)
-  assert scalars['loss'] == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0, 5: 50.0,
-                             6: 60.0}
-  assert scalars['old_only'] == {1: 1.0, 2: 1.0}
-  assert scalars['test_accuracy/a'] == {3: 0.5, 4: 0.5, 5: 0.5, 6: 0.5}
+  assert scalars['loss'] == {1: 10.0, 2: 20.0, 3: 30.0, 4: 40.0}
+  assert scalars['old_only'] == {}
+  assert scalars['test_accuracy/a'] == {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}
   assert 'test_accuracy/b' not in scalars
+
+
+def test_resumed_study_logs_every_round_once(tmp_path):
+  config = config_lib.apply_overrides(config_lib.ExperimentConfig(), {
+      'rounds': 6, 'eval_every': 2, 'bootstrap_resamples': 100})
+
+  def interrupt_after_round_4(record):
+    if record['round'] == 4:
+      raise KeyboardInterrupt
+
+  run_dir = tmp_path / 'run'
+  with pytest.raises(KeyboardInterrupt):
+    study.run_study(config, run_dir, progress=False, tensorboard=True,
+                    on_round=interrupt_after_round_4)
+  # A killed process may lose the events it had not flushed.
+  [events] = (run_dir / 'tensorboard').glob('events.out.tfevents.*')
+  events.write_bytes(events.read_bytes()[:len(events.read_bytes()) // 3])
+  time.sleep(1.1)
+  study.resume_study(run_dir, progress=False, tensorboard=True)
+  scalars = tensorboard.read_scalars(run_dir / 'tensorboard')
+  records = [json.loads(line) for line in
+             (run_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert scalars['train_loss'] == pytest.approx(
+      {r['round']: r['train_loss'] for r in records})
+  assert sorted(scalars['test_accuracy/va']) == [2, 4, 6]
 
 
 def test_reader_stops_at_a_record_cut_short(tmp_path):

@@ -4,12 +4,18 @@
 round finishes, so a run that is killed keeps every round it completed.
 """
 
+import contextlib
 import datetime
 import json
 import math
 import os
 import pathlib
 from typing import Any
+
+try:
+  import fcntl  # pylint: disable=g-import-not-at-top
+except ImportError:  # Windows: runs are not locked.
+  fcntl = None
 
 from fedjax_med.errors import InputError
 
@@ -36,6 +42,47 @@ def write_json(path: pathlib.Path, document: Any) -> None:
       json.dumps(to_json_value(document), indent=2, allow_nan=False) + '\n'
   )
   os.replace(temporary, path)
+
+
+def read_json(path: pathlib.Path) -> Any:
+  """Read a JSON file that a run wrote.
+
+  Raises:
+    InputError: if the file is missing or is not valid JSON.
+  """
+  try:
+    return json.loads(pathlib.Path(path).read_text(encoding='utf-8'))
+  except OSError as error:
+    raise InputError(f'Cannot read {path}: {error.strerror}.') from None
+  except ValueError:
+    raise InputError(
+        f'{path} is not valid JSON: it was cut short or edited. Restore it, '
+        'or run the study again.'
+    ) from None
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: pathlib.Path):
+  """Hold an exclusive lock on `run_dir` while a run writes to it.
+
+  Raises:
+    InputError: if another process holds the lock.
+  """
+  path = pathlib.Path(run_dir) / '.lock'
+  with open(path, 'a', encoding='utf-8') as stream:
+    if fcntl is not None:
+      try:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        raise InputError(
+            f'Another process is running the study in {run_dir}. Wait for '
+            'it to finish or stop it, then resume.'
+        ) from None
+    try:
+      yield
+    finally:
+      if fcntl is not None:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_UN)
 
 
 def replace_synced(source: pathlib.Path, target: pathlib.Path) -> None:
@@ -79,7 +126,8 @@ def make_run_dir(base: pathlib.Path | None, name: str) -> pathlib.Path:
   if base.is_dir() and any(base.iterdir()):
     raise InputError(
         f'Output folder {base} already exists and is not empty. Pass a new '
-        'folder with --out, or leave --out unset for a fresh one under runs/.'
+        'folder (--out, or out_dir in Python), or leave it unset for a fresh '
+        'one under runs/.'
     )
   try:
     base.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,12 @@ import pathlib
 from typing import Sequence
 
 import matplotlib
+from matplotlib import figure as figure_lib
+import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+# Figures are drawn on `Figure` objects and saved without pyplot, so that
+# writing a run's plots neither needs a display nor changes the backend of
+# the caller's session (a notebook's inline plots keep working).
 
 
 def plot_accuracy(
@@ -27,7 +29,8 @@ def plot_accuracy(
     client_names: one label per client.
     title: plot title.
   """
-  figure, axes = plt.subplots(figsize=(8.5, 4.5))
+  figure = figure_lib.Figure(figsize=(8.5, 4.5))
+  axes = figure.subplots()
   max_lines = 12
   for index, name in enumerate(client_names[:max_lines]):
     values = [row[index] for row in client_accuracy]
@@ -49,7 +52,6 @@ def plot_accuracy(
   axes.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize='small')
   figure.tight_layout()
   figure.savefig(path, dpi=120)
-  plt.close(figure)
 
 
 _METRIC_TITLES = {
@@ -92,9 +94,8 @@ def plot_matrix(
     return
   width = max(6.0, 0.55 * max(len(columns) for _, columns in panels) + 3.0)
   height = sum(0.45 * len(aggregators) + 1.6 for _ in panels)
-  figure, axes_list = plt.subplots(
-      len(panels), 1, figsize=(width, height), squeeze=False
-  )
+  figure = figure_lib.Figure(figsize=(width, height))
+  axes_list = figure.subplots(len(panels), 1, squeeze=False)
   lookup = {(row['aggregator'], row['attack'], row['malicious_fraction']): row
             for row in rows}
   colormap = matplotlib.colormaps['viridis'].with_extremes(bad='lightgray')
@@ -135,7 +136,6 @@ def plot_matrix(
   # Leave room at the top so the title does not cover the first panel's.
   figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / height))
   figure.savefig(path, dpi=120)
-  plt.close(figure)
 
 
 def plot_sweep(
@@ -172,7 +172,8 @@ def plot_sweep(
     label = ', '.join(f'{row[key]}' if key == 'variant' else
                       f'{key.split(".")[-1]}={row[key]}' for key in line_keys)
     lines.setdefault(label, []).append(row)
-  figure, axes_list = plt.subplots(1, 2, figsize=(11.0, 4.2), squeeze=False)
+  figure = figure_lib.Figure(figsize=(11.0, 4.2))
+  axes_list = figure.subplots(1, 2, squeeze=False)
   for axes, metric, name in zip(
       axes_list[0], ('mean_accuracy', 'worst_accuracy'),
       ('mean client accuracy', 'worst client accuracy')):
@@ -202,4 +203,3 @@ def plot_sweep(
   figure.suptitle(title)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
-  plt.close(figure)

@@ -34,18 +34,17 @@ class RoundLogger:
 
   Args:
     logdir: folder of the event files.
-    first_round: the first round this logger will write. A resumed run
-      passes the round after its checkpoint, and TensorBoard then drops the
-      earlier run's events from that round on, so no round shows twice.
+    purge: have TensorBoard drop every event of earlier files in `logdir`.
+      A resumed run sets it and writes all its rounds again, so no round
+      shows twice and none is lost with a killed process's unflushed events.
   """
 
-  def __init__(self, logdir: pathlib.Path, first_round: int = 1):
+  def __init__(self, logdir: pathlib.Path, purge: bool = False):
     require()
     import tensorboardX  # pylint: disable=g-import-not-at-top
 
     self._writer = tensorboardX.SummaryWriter(
-        str(logdir), purge_step=first_round if first_round > 1 else None,
-        flush_secs=10,
+        str(logdir), purge_step=1 if purge else None, flush_secs=10,
     )
 
   def write(self, record: dict[str, Any],
