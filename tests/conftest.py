@@ -1,14 +1,41 @@
-"""Shared pytest setup: strict rank promotion and a PRNG key fixture."""
+"""Shared pytest setup: strict rank promotion, a shared XLA cache, fixtures."""
 
 import importlib.util
+import os
 import pathlib
+import shutil
+import tempfile
 
-import jax
-import pytest
+# The suite's processes (the pytest-xdist workers, the command-line and
+# script tests run as subprocesses, the notebook kernels) compile many
+# identical programs, and every study builds its round anew. A persistent
+# compilation cache shared through the environment compiles each program
+# once per run. The process that loads this file first (the xdist
+# controller, or pytest itself with -n 0) creates the folder and deletes
+# it at the end; the workers and subprocesses inherit its path.
+_OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+if _OWN_CACHE:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+      prefix='fedjax_med_tests_xla_')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_sessionfinish(session):
+  del session
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
 @pytest.fixture
