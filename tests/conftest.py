@@ -12,7 +12,7 @@ import tempfile
 # compilation cache shared through the environment compiles each program
 # once per run. The process that loads this file first (the xdist
 # controller, or pytest itself with -n 0) creates the folder and deletes
-# it at the end; the workers and subprocesses inherit its path.
+# it at the end. The workers and subprocesses inherit its path.
 _OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
 if _OWN_CACHE:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
