@@ -183,7 +183,7 @@ class Result:
     """Return every scalar metric as a column, one row per round.
 
     `pandas.DataFrame(result.rounds_table())` gives a table indexed by row;
-    its `round` column holds the round numbers.
+    its `round` column contains the round numbers.
     """
     table = {'round': self.rounds}
     for name in self.metric_names():
@@ -290,8 +290,6 @@ def resume(
     InputError, TrainingDiverged, StudyInterrupted: as
       `fedjax_med.study.resume_study`.
   """
-  if not isinstance(run_dir, (str, pathlib.PurePath)):
-    raise InputError(f'resume() takes the path of a run folder; got {run_dir!r}.')
   from fedjax_med import study  # pylint: disable=g-import-not-at-top
 
   options = {}
@@ -310,14 +308,7 @@ def load_run(run_dir: str | pathlib.Path) -> Result:
     InputError: if the folder lacks `config.json`, `summary.json` or
       `metrics.jsonl`, or the run did not complete.
   """
-  if not isinstance(run_dir, (str, pathlib.PurePath)) or not str(run_dir):
-    raise InputError(
-        f'load_run() takes the path of a run folder; got {run_dir!r}.')
-  run_dir = pathlib.Path(run_dir)
-  if not run_dir.is_dir():
-    raise InputError(
-        f'Run folder not found: {run_dir}. Pass the folder that run() or '
-        '`fedjax-med run` printed.')
+  run_dir = outputs.existing_run_dir(run_dir)
   paths = {name: run_dir / name
            for name in ('config.json', 'summary.json', 'metrics.jsonl')}
   missing = [name for name, path in paths.items() if not path.is_file()]

@@ -162,7 +162,7 @@ class Checkpointer:
 
 
 def valid_rounds(path: pathlib.Path) -> int:
-  """Return how many rounds `metrics.jsonl` holds intact from round 1.
+  """Return how many intact rounds `metrics.jsonl` contains from round 1.
 
   Counting stops at the first line that is not a JSON record of the next
   round (missing, cut short by a kill, edited), so every round up to the
@@ -190,7 +190,7 @@ def truncate_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
   those rounds again. The file is replaced atomically.
 
   Raises:
-    ValueError: if the file holds fewer than `rounds_done` intact rounds;
+    ValueError: if the file contains fewer than `rounds_done` intact rounds;
       call `valid_rounds` first.
 
   Returns:
@@ -199,7 +199,7 @@ def truncate_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
   intact = valid_rounds(path)
   if intact < rounds_done:
     raise ValueError(
-        f'{path} holds {intact} intact rounds, fewer than {rounds_done}.')
+        f'{path} contains {intact} intact rounds, fewer than {rounds_done}.')
   lines = (path.read_text(encoding='utf-8').splitlines()
            if path.exists() else [])
   kept = [json.loads(line) for line in lines[:rounds_done]]

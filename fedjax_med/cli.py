@@ -65,12 +65,7 @@ def _parser() -> argparse.ArgumentParser:
       help='continue the stopped run in RUN_DIR from its newest checkpoint, '
       'with the config it started with (no CONFIG, --set or --out)',
   )
-  run.add_argument(
-      '--checkpoint-every', dest='checkpoint_every', type=float,
-      default=None, metavar='SECONDS',
-      help='save a checkpoint every SECONDS and on Ctrl-C (default 30; 0 '
-      'saves after every round)',
-  )
+  _add_checkpoint_option(run, 'save a checkpoint')
   run.add_argument(
       '--tensorboard', action='store_true',
       help='also write the per-round metrics as TensorBoard scalars to '
@@ -133,17 +128,28 @@ def _parser() -> argparse.ArgumentParser:
       '--resume', action='store_true',
       help='continue the sweep in --out, skipping the points it finished',
   )
-  sweep.add_argument(
-      '--checkpoint-every', dest='checkpoint_every', type=float,
-      default=None, metavar='SECONDS',
-      help='checkpoint a running batch or point every SECONDS and on Ctrl-C '
-      '(default 30; 0 saves after every round)',
-  )
+  _add_checkpoint_option(sweep, 'checkpoint a running batch or point')
   sweep.add_argument(
       '--no-progress', action='store_true', help='hide the progress bar'
   )
   commands.add_parser('keys', help='list every config key and its default')
   return parser
+
+
+def _add_checkpoint_option(parser, action: str) -> None:
+  parser.add_argument(
+      '--checkpoint-every', dest='checkpoint_every', type=float,
+      default=None, metavar='SECONDS',
+      help=f'{action} every SECONDS and on Ctrl-C (default 30; 0 saves after '
+      'every round)',
+  )
+
+
+def _checkpoint_options(args) -> dict[str, float]:
+  """Return the `checkpoint_interval_s` keyword, when the flag was given."""
+  if args.checkpoint_every is None:
+    return {}
+  return {'checkpoint_interval_s': args.checkpoint_every}
 
 
 def _run_matrix(args) -> int:
@@ -169,9 +175,7 @@ def _run_sweep(args) -> int:
 
   overrides = dict(config_lib.parse_override(text) for text in args.overrides)
   base, axes = sweep.load_sweep_toml(args.config, overrides)
-  options = {}
-  if args.checkpoint_every is not None:
-    options['checkpoint_interval_s'] = args.checkpoint_every
+  options = _checkpoint_options(args)
   run_dir, records = sweep.run_sweep(
       base, axes, args.out, resume=args.resume,
       progress=not args.no_progress,
@@ -329,9 +333,7 @@ def _main(args) -> int:
     if args.command == 'sweep':
       return _run_sweep(args)
     options = {'progress': not args.no_progress,
-               'tensorboard': args.tensorboard}
-    if args.checkpoint_every is not None:
-      options['checkpoint_interval_s'] = args.checkpoint_every
+               'tensorboard': args.tensorboard, **_checkpoint_options(args)}
     if args.resume is not None:
       if args.config is not None or args.overrides or args.out is not None:
         raise InputError(

@@ -698,10 +698,10 @@ def _build_run(config: config_lib.ExperimentConfig) -> dict[str, Any]:
 
 
 def _snapshot(history, done, state):
-  """Return what a checkpoint after `done` rounds holds, as one value.
+  """Return the contents of a checkpoint after `done` rounds, as one value.
 
   It is replaced with one assignment at the end of each round, so an
-  interrupt never sees the state of one round with the counters of another.
+  interrupt never reads the state of one round with the counters of another.
   """
   return (done, state, {
       'skipped': history['skipped'],
@@ -824,7 +824,7 @@ def resume_study(
   if tensorboard:
     tensorboard_lib.require()
   log = log or (lambda line: None)
-  run_dir = _run_folder(run_dir)
+  run_dir = outputs.existing_run_dir(run_dir)
   try:
     saved = json.loads((run_dir / 'config.json').read_text())
   except (OSError, ValueError):
@@ -882,19 +882,6 @@ def resume_study(
                      on_round=on_round,
                      checkpoint_interval_s=checkpoint_interval_s,
                      tensorboard=tensorboard, kept_records=kept)
-
-
-def _run_folder(run_dir) -> pathlib.Path:
-  if not isinstance(run_dir, (str, pathlib.PurePath)) or not str(run_dir):
-    raise InputError(
-        f'A run folder must be a path; got {run_dir!r}. Pass the folder of a '
-        'run started with `fedjax-med run` or `fedjax_med.run`.')
-  run_dir = pathlib.Path(run_dir)
-  if not run_dir.is_dir():
-    raise InputError(
-        f'Run folder not found: {run_dir}. Pass the folder of a run started '
-        'with `fedjax-med run` or `fedjax_med.run`.')
-  return run_dir
 
 
 def _flat(document, prefix=''):

@@ -507,7 +507,7 @@ class _Batched:
           evaluated = self.evaluate(state.params, self.test)
         self._write_round(rounds_writer, round_index, metrics, evaluated,
                           diverged_round)
-        # One assignment, so that an interrupt sees one round's values.
+        # One assignment, so that an interrupt reads one round's values.
         snapshot = (round_index + 1, state, diverged_round, skipped,
                     last_loss)
         if checkpointer.due():

@@ -146,9 +146,9 @@ def test_configure_rejects_a_key_set_twice():
 def test_load_run_names_missing_and_damaged_files(result, tmp_path):
   with pytest.raises(InputError, match='Run folder not found'):
     fm.load_run(tmp_path / 'nothere')
-  with pytest.raises(InputError, match='takes the path of a run folder'):
+  with pytest.raises(InputError, match='must be a path; got None'):
     fm.load_run(None)
-  with pytest.raises(InputError, match='takes the path of a run folder'):
+  with pytest.raises(InputError, match='must be a path; got 5'):
     fm.resume(5)
   copy = tmp_path / 'copy'
   copy.mkdir()

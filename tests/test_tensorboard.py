@@ -33,7 +33,7 @@ def test_study_writes_every_round_and_client(tmp_path):
   assert 'round' not in scalars
 
 
-def test_a_purging_logger_replaces_earlier_files(tmp_path):
+def test_logger_purge_replaces_earlier_files(tmp_path):
   first = tensorboard.RoundLogger(tmp_path)
   for step in range(1, 6):
     first.write({'round': step, 'loss': float(step), 'old_only': 1.0})

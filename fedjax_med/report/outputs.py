@@ -85,6 +85,24 @@ def lock_run_dir(run_dir: pathlib.Path):
         fcntl.flock(stream.fileno(), fcntl.LOCK_UN)
 
 
+def existing_run_dir(run_dir: Any) -> pathlib.Path:
+  """Return `run_dir` as a path after checking that it is a folder.
+
+  Raises:
+    InputError: if `run_dir` is not a path or the folder does not exist.
+  """
+  if not isinstance(run_dir, (str, pathlib.PurePath)) or not str(run_dir):
+    raise InputError(
+        f'A run folder must be a path; got {run_dir!r}. Pass the folder of a '
+        'run started with `fedjax-med run` or `fedjax_med.run`.')
+  run_dir = pathlib.Path(run_dir)
+  if not run_dir.is_dir():
+    raise InputError(
+        f'Run folder not found: {run_dir}. Pass the folder of a run started '
+        'with `fedjax-med run` or `fedjax_med.run`.')
+  return run_dir
+
+
 def replace_synced(source: pathlib.Path, target: pathlib.Path) -> None:
   """Sync `source` to disk, then rename it over `target` in one step."""
   with open(source, 'rb') as stream:

@@ -76,7 +76,7 @@ def read_scalars(logdir: pathlib.Path | str) -> dict[str, dict[int, float]]:
   values from its step on, as TensorBoard does.
 
   Raises:
-    InputError: when `logdir` holds no event file.
+    InputError: when `logdir` contains no event file.
   """
   require()
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
