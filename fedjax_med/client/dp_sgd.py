@@ -103,12 +103,21 @@ def build_dp_sgd_local_update(
 
   Raises:
     ValueError: if `num_steps` or `batch_size` is below 1, `num_epochs` is
-      below 1, `l2_norm_clip` is not positive and finite, or
-      `noise_multiplier` is negative or not finite.
+      below 1, `l2_norm_clip` is not positive and finite,
+      `noise_multiplier` is negative or not finite, or the model stores
+      batch normalization statistics.
   """
   _check_arguments(
       num_steps, batch_size, l2_norm_clip, noise_multiplier, num_epochs
   )
+  if model.refresh_stats is not None:
+    # Batch statistics mix the examples of a batch, so a per-example
+    # gradient is undefined, and the recomputed statistics would leave the
+    # client without clipping or noise.
+    raise ValueError(
+        'DP-SGD cannot train a model with batch normalization statistics. '
+        "Use group normalization (ResNet(norm='group')) or no normalization."
+    )
   noisy_gradient = _build_noisy_gradient(
       model, batch_size, l2_norm_clip, noise_multiplier
   )

@@ -264,8 +264,12 @@ def build_local_update(
       # float32 master params.
       params = jax.tree.map(lambda leaf: leaf.astype(dtype), params)
       x = x.astype(dtype)
-    logits = model.apply(params, x).astype(jnp.float32)
-    losses = tabular.per_example_loss(logits, y, model.num_classes)
+    if model.apply_train is None:
+      logits = model.apply(params, x)
+    else:
+      logits = model.apply_train(params, x, weights > 0)
+    losses = tabular.per_example_loss(
+        logits.astype(jnp.float32), y, model.num_classes)
     return jnp.sum(weights * losses)
 
   grad_fn = jax.value_and_grad(batch_loss)
@@ -278,10 +282,21 @@ def build_local_update(
   max_epochs = None
   if min_client_examples is not None:
     max_epochs = -(-num_steps // -(-max(min_client_examples, 1) // batch_size))
+  finalize = None
+  if model.refresh_stats is not None:
+
+    def finalize(params, examples, num_examples):
+      # Every real row, in float32 whatever `compute_dtype` is: the stored
+      # statistics are part of the update.
+      real = jnp.arange(examples['x'].shape[0]) < num_examples
+      rows = jnp.where(real, jnp.arange(examples['x'].shape[0]), 0)
+      return model.refresh_stats(params, examples['x'][rows], real)
+
   return build_scan(
       batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
       num_epochs=num_epochs, proximal_mu=proximal_mu,
       report_initial_loss=report_initial_loss, max_epochs=max_epochs,
+      finalize=finalize,
   )
 
 
@@ -306,6 +321,7 @@ def build_scan(
     proximal_mu: float = 0.0,
     report_initial_loss: bool = False,
     max_epochs: int | None = None,
+    finalize: Callable[[Params, dict, jax.Array], Params] | None = None,
 ) -> LocalUpdate:
   """Build a client's `lax.scan` of optimizer steps around `batch_gradient`.
 
@@ -334,6 +350,10 @@ def build_scan(
   the scan if the epochs are bounded (`num_epochs`, or `max_epochs` from
   the caller) by fewer than `num_steps`, and at every step otherwise. All
   three give the same batches.
+
+  `finalize(params, examples, num_examples) -> params`, if given, runs once
+  on the trained params of a client that took a step, before the delta:
+  models with batch normalization recompute their statistics there.
   """
   traced_mu = tree.is_traced(proximal_mu)
   if not traced_mu and not (proximal_mu >= 0 and proximal_mu < float('inf')):
@@ -399,6 +419,9 @@ def build_scan(
       start = server_params
     init = (start, optimizer.init(start))
     (params, _), losses = jax.lax.scan(step, init, jnp.arange(num_steps))
+    if finalize is not None:
+      params = tree.tree_where(
+          client_steps > 0, finalize(params, examples, num_examples), params)
     mean_loss = jnp.sum(losses) / jnp.maximum(client_steps, 1)
     delta = tree.tree_sub(params, start)
     truncated = requested_steps > num_steps

@@ -69,11 +69,23 @@ class Model(NamedTuple):
     init: `(key, sample_x [batch, features]) -> params`.
     apply: `(params, x [batch, features]) -> logits [batch, logits]`.
     num_classes: number of label classes; 2 means one log-odds logit.
+    apply_train: `(params, x, mask [batch]) -> logits` in training mode,
+      for a model whose layers behave differently when training (batch
+      normalization over the rows where `mask` is True). None means
+      training uses `apply`.
+    refresh_stats: `(params, x, mask [examples]) -> params` with the
+      model's stored statistics (batch normalization's mean and variance)
+      recomputed over the rows where `mask` is True. Local training calls
+      it after its last step. None means the model stores no statistics.
   """
 
   init: Callable[[PRNGKey, jax.Array], Params]
   apply: Callable[[Params, jax.Array], jax.Array]
   num_classes: int
+  apply_train: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = (
+      None)
+  refresh_stats: Callable[[Params, jax.Array, jax.Array], Params] | None = (
+      None)
 
 
 def from_flax(module: nn.Module, num_classes: int) -> Model:

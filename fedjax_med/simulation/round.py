@@ -24,6 +24,7 @@ from fedjax_med.data import federated
 from fedjax_med.privacy import mechanisms
 from fedjax_med.secure import aggregate as secure_aggregate_lib
 from fedjax_med.secure import protocol as secure_protocol
+from fedjax_med.simulation import local_leaves
 from fedjax_med.simulation import sampling
 from fedjax_med.typing import Params, PRNGKey
 
@@ -64,6 +65,9 @@ class ServerState(NamedTuple):
     personal: Ditto's personal models v_k, one per client of the population,
       each leaf shaped `[clients, *param_shape]`; they never leave their
       clients, so nothing in the round aggregates them.
+    local: FedBN's client-local leaves (`simulation.local_leaves`): a
+      nested dict of only the leaves that `local_mask` marks, each shaped
+      `[clients, *leaf_shape]`. They never leave their clients either.
   """
 
   params: Params
@@ -74,6 +78,7 @@ class ServerState(NamedTuple):
   control: Params | None = None
   client_controls: Params | None = None
   personal: Params | None = None
+  local: Params | None = None
 
 
 def init_server_state(
@@ -84,6 +89,8 @@ def init_server_state(
     aggregator: str = 'fedavg',
     scaffold_clients: int | None = None,
     personal_clients: int | None = None,
+    local_mask: Params | None = None,
+    local_clients: int | None = None,
 ) -> ServerState:
   """Return the state before round 1.
 
@@ -91,7 +98,9 @@ def init_server_state(
   round's `aggregator`, so that centered clipping gets a zero center, and
   for SCAFFOLD the population size as `scaffold_clients`, so that every
   control variate starts at zero. For Ditto, pass the population size as
-  `personal_clients`: every personal model starts at `params`.
+  `personal_clients`: every personal model starts at `params`. For FedBN,
+  pass the round's `local_mask` and the population size as
+  `local_clients`: every client's local leaves start at those of `params`.
   """
   if clip_norm is not None:
     clip_norm = jnp.float32(clip_norm)
@@ -111,9 +120,18 @@ def init_server_state(
         lambda leaf: jnp.broadcast_to(leaf, (personal_clients,) + leaf.shape),
         params,
     )
+  local = None
+  if (local_mask is None) != (local_clients is None):
+    raise ValueError(
+        'FedBN needs both `local_mask` and `local_clients` (the population '
+        'size); pass both or neither.'
+    )
+  if local_mask is not None:
+    local_leaves.check_mask(params, local_mask)
+    local = local_leaves.init_local(params, local_mask, local_clients)
   return ServerState(
       params, server_optimizer.init(params), jnp.int32(0), clip_norm, center,
-      control, client_controls, personal,
+      control, client_controls, personal, local,
   )
 
 
@@ -135,6 +153,7 @@ def build_round(
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     secure_aggregation: secure_protocol.SecureAggregationSettings | None = None,
+    local_mask: Params | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -212,6 +231,15 @@ def build_round(
       which the protocol fails leaves the model unchanged, with `skipped`
       and `secagg_failed` set. `round_fn.secure_plan(params)` returns the
       scale and other static choices.
+    local_mask: turns on FedBN (`simulation.local_leaves`): a bool per
+      params leaf, True for a leaf that stays on its client, such as
+      `models.cnn.norm_mask(params)`. A cohort member trains from the
+      global params with its own local leaves put in and stores its
+      trained local leaves (if it reports and has rows); its update has
+      zeros there, so clipping, noise, attacks and aggregation see only
+      the shared leaves. Start from `init_server_state(...,
+      local_mask=..., local_clients=train_data.num_clients)`. Not
+      combined with SCAFFOLD or Ditto.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -277,6 +305,12 @@ def build_round(
         f'aggregator fedavg or mean and no DP noise; got aggregator '
         f'{aggregator} and noise {privacy.noise_kind}.'
     )
+  if local_mask is not None and (scaffold or personal_update is not None):
+    raise ValueError(
+        'FedBN keeps some leaves on the clients, which SCAFFOLD\'s control '
+        'variates and Ditto\'s personal models do not account for. Turn '
+        'SCAFFOLD and Ditto off with FedBN.'
+    )
   if scaffold and privacy.noise_kind != 'none':
     raise ValueError(
         'SCAFFOLD sends each client\'s control variate unclipped and '
@@ -319,6 +353,12 @@ def build_round(
     train_personal = jax.vmap(
         lambda params, examples, count, key, start: personal_update(
             params, examples, count, key, start=start),
+        in_axes=(None, 0, 0, 0, 0),
+    )
+  if local_mask is not None:
+    train_own = jax.vmap(
+        lambda params, own, examples, count, key: local_update(
+            local_leaves.merge(params, own), examples, count, key),
         in_axes=(None, 0, 0, 0, 0),
     )
   if scaffold:
@@ -403,6 +443,17 @@ def build_round(
               corrections),
           cohort.client_ids, client_keys, corrections,
       )
+    elif local_mask is not None:
+      local = map_cohort(
+          lambda ids, keys, own: train_own(
+              state.params, own, _gather(examples, ids), num_examples[ids],
+              keys),
+          cohort.client_ids, client_keys,
+          jax.tree.map(lambda leaf: leaf[cohort.client_ids], state.local),
+      )
+      own_deltas = local_leaves.split(local.delta, local_mask)
+      local = local._replace(
+          delta=local_leaves.zero_local(local.delta, local_mask))
     else:
       local = map_cohort(
           lambda ids, keys: train_local(
@@ -470,6 +521,15 @@ def build_round(
       new_state = new_state._replace(
           center=tree.tree_where(skipped, state.center, aggregate)
       )
+    if local_mask is not None:
+      # As for Ditto's personal models, changes are added at the members'
+      # ids, so a cohort's padding slots cannot overwrite a member.
+      trains = cohort.mask & (counts > 0)
+      new_state = new_state._replace(local=jax.tree.map(
+          lambda stored, delta: stored.at[cohort.client_ids].add(
+              jnp.where(_expand(trains, delta), delta, 0.0)),
+          state.local, own_deltas,
+      ))
     if personal_update is not None:
       new_state = new_state._replace(personal=_update_personal(
           state, train_personal, map_cohort, cohort, examples, num_examples,
@@ -516,6 +576,12 @@ def build_round(
           'Ditto needs personal models in the server state: call '
           '`init_server_state(params, optimizer, '
           'personal_clients=num_clients)`.'
+      )
+    if local_mask is not None and state.local is None:
+      raise ValueError(
+          'FedBN needs the clients\' local leaves in the server state: call '
+          '`init_server_state(params, optimizer, local_mask=local_mask, '
+          'local_clients=num_clients)`.'
       )
     if needs_center and state.center is None:
       raise ValueError(
@@ -738,14 +804,10 @@ def _server_update(state, aggregate, skipped, server_optimizer):
       pseudo_gradient, state.opt_state, state.params
   )
   params = optax.apply_updates(state.params, updates)
-  return ServerState(
+  return state._replace(
       params=tree.tree_where(skipped, state.params, params),
       opt_state=tree.tree_where(skipped, state.opt_state, opt_state),
       round=state.round + 1,
-      clip_norm=state.clip_norm,
-      center=state.center,
-      control=state.control,
-      client_controls=state.client_controls,
   )
 
 
