@@ -21,8 +21,13 @@ from typing import Any
 
 from fedjax_med.errors import InputError
 
-DATASETS = ('heart_disease', 'csv', 'synthetic', 'synthetic_iid')
-MODELS = ('logistic_regression', 'mlp')
+DATASETS = ('heart_disease', 'csv', 'synthetic', 'synthetic_iid', 'digits',
+            'synthetic_images', 'image_folder', 'image_npz')
+IMAGE_DATASETS = ('digits', 'synthetic_images', 'image_folder', 'image_npz')
+MODELS = ('logistic_regression', 'mlp', 'cnn', 'resnet', 'pfl_cnn')
+# Models of `[height, width, channels]` images; the others take feature rows.
+IMAGE_MODELS = ('cnn', 'resnet', 'pfl_cnn')
+NORMS = ('batch', 'group', 'none')
 CLIENT_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 SERVER_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adagrad', 'yogi',
@@ -52,7 +57,12 @@ class DataConfig:
   Attributes:
     dataset: 'heart_disease' (bundled), 'csv' (your file), 'synthetic'
       (FedProx's Synthetic(alpha, beta)) or 'synthetic_iid' (FedProx's IID
-      variant: one shared model and feature distribution).
+      variant: one shared model and feature distribution). Images:
+      'digits' (the bundled 8x8 handwritten digits dealt into
+      `num_clients` clients), 'synthetic_images' (classes drawn from
+      smooth random prototypes, `fedjax_med.data.images`),
+      'image_folder' (`image_path/<site>/<class>/<files>`) or 'image_npz'
+      (one .npz per site in `image_path`).
     csv_path: CSV file for `dataset='csv'`.
     client_column: CSV column holding the client (hospital) id.
     label_column: CSV column holding the integer class label.
@@ -76,6 +86,19 @@ class DataConfig:
     classes_per_client: labels per client of the pathological partition.
     size_sigma: standard deviation of the log client size of the quantity
       partition.
+    image_path: the folder of 'image_folder' or 'image_npz' (for
+      'image_npz' also a single .npz file).
+    image_size: `(height, width)` that 'image_folder' resizes every image
+      to; None requires one size for all.
+    grayscale: 'image_folder' converts color images to one channel.
+    image_shape: `(height, width, channels)` of 'synthetic_images'.
+    separation: class separation of 'synthetic_images': 0 makes the
+      classes indistinguishable, larger values make them easier.
+    scanner_profiles: names from `fedjax_med.data.scanner.PROFILES`; each
+      client of an image dataset gets one of them at random (equal odds),
+      and its train and test images pass through that scanner's intensity
+      curve, blur, resolution loss and noise. Empty leaves images as
+      loaded.
   """
 
   dataset: str = 'heart_disease'
@@ -94,14 +117,34 @@ class DataConfig:
   dirichlet_alpha: float = 0.5
   classes_per_client: int = 2
   size_sigma: float = 1.0
+  image_path: str | None = None
+  image_size: tuple[int, ...] | None = None
+  grayscale: bool = False
+  image_shape: tuple[int, ...] = (32, 32, 3)
+  separation: float = 1.0
+  scanner_profiles: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  """Model architecture; `hidden_sizes` applies to the MLP only."""
+  """Model architecture.
+
+  Attributes:
+    model: 'logistic_regression' or 'mlp' for feature rows; for images
+      'cnn' (LeNet-5 style), 'resnet' (a small ResNet with normalization
+      layers) or 'pfl_cnn' (pfl-research's CIFAR-10 CNN), all from
+      `fedjax_med.models.cnn`.
+    hidden_sizes: widths of the MLP's hidden layers.
+    widths: channels of each ResNet stage; each stage after the first
+      halves the resolution.
+    norm: the ResNet's normalization: 'batch' (BatchNorm, whose statistics
+      each client recomputes after local training), 'group' or 'none'.
+  """
 
   model: str = 'logistic_regression'
   hidden_sizes: tuple[int, ...] = (32,)
+  widths: tuple[int, ...] = (16, 32)
+  norm: str = 'batch'
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,6 +181,10 @@ class ClientConfig:
     compute_dtype: 'float32', or 'bfloat16' to run the model's forward and
       backward passes in bfloat16 while params, optimizer and aggregation
       stay float32.
+    fedbn: FedBN (Li et al., 2021): the weights and statistics of the
+      model's normalization layers stay on each client and only the other
+      layers are averaged. Each client is then evaluated with its own
+      normalization layers. Needs `model.model=resnet` with a norm.
   """
 
   optimizer: str = 'sgd'
@@ -154,6 +201,7 @@ class ClientConfig:
   chunk_size: int | None = None
   shard_over_devices: bool = False
   compute_dtype: str = 'float32'
+  fedbn: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -424,9 +472,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     items = value
     if isinstance(value, str):
       items = [item for item in value.strip('()[] ').split(',') if item.strip()]
+    item_type = typing.get_args(annotation)[0]
     if not isinstance(items, (list, tuple)):
-      raise InputError(f'`{key}` must be a list of integers; got {value!r}.')
-    return tuple(_coerce(key, item, int) for item in items)
+      kind = 'names' if item_type is str else 'integers'
+      raise InputError(f'`{key}` must be a list of {kind}; got {value!r}.')
+    if item_type is str:
+      items = [item.strip() if isinstance(item, str) else item
+               for item in items]
+    return tuple(_coerce(key, item, item_type) for item in items)
   try:
     if annotation is bool:
       if isinstance(value, str):
@@ -627,6 +680,7 @@ _NOISY = ('central', 'distributed', 'local')
 # Step counts go into int32 scan indices.
 _MAX_STEPS = 2**31 - 1
 _SYNTHETIC = ('synthetic', 'synthetic_iid')
+_GENERATED = _SYNTHETIC + ('synthetic_images',)
 
 # Settings that only some choices read, as (section, field, the choice
 # field, the choices that read it). Setting one away from its default while
@@ -636,18 +690,27 @@ _SETTINGS_USED_BY = (
     ('data', 'client_column', 'dataset', ('csv',)),
     ('data', 'label_column', 'dataset', ('csv',)),
     ('data', 'split_seed', 'dataset', ('csv',)),
-    ('data', 'test_fraction', 'dataset', ('csv',) + _SYNTHETIC),
-    ('data', 'num_clients', 'dataset', _SYNTHETIC),
+    ('data', 'test_fraction', 'dataset',
+     ('csv',) + _SYNTHETIC + IMAGE_DATASETS),
+    ('data', 'num_clients', 'dataset', _GENERATED + ('digits',)),
     ('data', 'alpha', 'dataset', ('synthetic',)),
     ('data', 'beta', 'dataset', ('synthetic',)),
-    ('data', 'min_examples', 'dataset', _SYNTHETIC),
-    ('data', 'max_examples', 'dataset', _SYNTHETIC),
+    ('data', 'min_examples', 'dataset', _GENERATED),
+    ('data', 'max_examples', 'dataset', _GENERATED),
+    ('data', 'image_path', 'dataset', ('image_folder', 'image_npz')),
+    ('data', 'image_size', 'dataset', ('image_folder',)),
+    ('data', 'grayscale', 'dataset', ('image_folder',)),
+    ('data', 'image_shape', 'dataset', ('synthetic_images',)),
+    ('data', 'separation', 'dataset', ('synthetic_images',)),
+    ('data', 'scanner_profiles', 'dataset', IMAGE_DATASETS),
     ('data', 'partition_clients', 'partition',
      ('dirichlet', 'pathological', 'quantity')),
     ('data', 'dirichlet_alpha', 'partition', ('dirichlet',)),
     ('data', 'classes_per_client', 'partition', ('pathological',)),
     ('data', 'size_sigma', 'partition', ('quantity',)),
     ('model', 'hidden_sizes', 'model', ('mlp',)),
+    ('model', 'widths', 'model', ('resnet',)),
+    ('model', 'norm', 'model', ('resnet',)),
     ('sampling', 'cohort_size', 'sampling', ('uniform',)),
     ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
     ('privacy', 'noise_multiplier', 'noise', _NOISY),
@@ -759,6 +822,27 @@ def _validate_data(data: DataConfig) -> None:
   # exp(sigma * normal) overflows float64 long before sigma reaches 1e300;
   # sigma = 100 already gives one client almost every row.
   _require_range('data.size_sigma', data.size_sigma, 0.0, 100.0)
+  if data.dataset in ('image_folder', 'image_npz') and not data.image_path:
+    raise InputError(
+        f'`data.dataset={data.dataset}` needs `data.image_path`, for example '
+        '`--set image_path=scans/`.'
+    )
+  if data.image_size is not None:
+    if len(data.image_size) != 2:
+      raise InputError(
+          f'Invalid `data.image_size`: {list(data.image_size)}. Give '
+          '[height, width], for example `--set image_size=64,64`.'
+      )
+    for size in data.image_size:
+      _require_range('data.image_size', size, 1)
+  if len(data.image_shape) != 3:
+    raise InputError(
+        f'Invalid `data.image_shape`: {list(data.image_shape)}. Give '
+        '[height, width, channels], for example `--set image_shape=32,32,3`.'
+    )
+  for size in data.image_shape:
+    _require_range('data.image_shape', size, 1)
+  _require_range('data.separation', data.separation, 0.0)
   if data.dataset == 'csv' and not data.csv_path:
     raise InputError(
         '`data.dataset=csv` needs `data.csv_path`, for example '
@@ -782,11 +866,48 @@ def _validate_data(data: DataConfig) -> None:
     )
 
 
+def _validate_fedbn(config: ExperimentConfig) -> None:
+  """Reject the settings that FedBN or batch normalization cannot run with."""
+  client, model = config.client, config.model
+  batch_norm = model.model == 'resnet' and model.norm == 'batch'
+  if batch_norm and client.dp_sgd:
+    raise InputError(
+        '`client.dp_sgd=true` cannot train `model.norm=batch`: batch '
+        'statistics mix the examples of a batch, so no per-example gradient '
+        'exists. Set `model.norm=group` or `model.norm=none`.'
+    )
+  if not client.fedbn:
+    return
+  if model.model != 'resnet' or model.norm == 'none':
+    raise InputError(
+        '`client.fedbn=true` keeps normalization layers local, but '
+        f'`model.model={model.model}`'
+        + (' with `model.norm=none`' if model.model == 'resnet' else '')
+        + ' has none. Use `model.model=resnet` with `model.norm` batch or '
+        'group.'
+    )
+  if client.scaffold or client.ditto_lambda is not None:
+    raise InputError(
+        '`client.fedbn=true` cannot run with `client.scaffold` or '
+        '`client.ditto_lambda`, whose per-client state covers every layer. '
+        'Turn those off.'
+    )
+
+
 def _validate_training(config: ExperimentConfig) -> None:
   _require_choice('model.model', config.model.model, MODELS)
   for size in config.model.hidden_sizes:
     _require_range('model.hidden_sizes', size, 1)
+  if not config.model.widths:
+    raise InputError(
+        '`model.widths` is empty; give the ResNet at least one stage, for '
+        'example `--set widths=16,32`.'
+    )
+  for size in config.model.widths:
+    _require_range('model.widths', size, 1)
+  _require_choice('model.norm', config.model.norm, NORMS)
   client = config.client
+  _validate_fedbn(config)
   _require_choice('client.optimizer', client.optimizer, CLIENT_OPTIMIZERS)
   _require_choice('client.compute_dtype', client.compute_dtype,
                   COMPUTE_DTYPES)

@@ -355,7 +355,8 @@ class _Runner:
         config, dataset.train.examples['x'].shape[-1], dataset.num_classes,
         dataset.num_clients,
     )
-    model = study.build_model(config.model, dataset.num_classes)
+    model = study.build_model(config.model, dataset.num_classes,
+                              dataset.train.examples['x'].shape[2:])
     server_optimizer = study.build_optimizer(
         config.server.server_optimizer, config.server.server_learning_rate,
         tau=config.server.server_tau,
@@ -669,6 +670,13 @@ def _check_base(base: config_lib.ExperimentConfig) -> None:
         '`attack.attack_strength` must stay unset in the base config. Use '
         '`matrix.attacks`, `matrix.malicious_fractions` and '
         '`matrix.strengths`.'
+    )
+  if base.client.fedbn:
+    # NOTE: the matrix builds its own rounds and evaluates the global
+    # params only; FedBN's per-client norm layers are not wired in here.
+    raise InputError(
+        'The robustness matrix does not run `client.fedbn=true`. Compare '
+        'FedBN with `fedjax-med run` or a sweep instead.'
     )
   config_lib.validate(config_lib.reset_unused_settings(base))
 

@@ -29,13 +29,16 @@ from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
+from fedjax_med.data import images
 from fedjax_med.data import partitions
+from fedjax_med.data import scanner
 from fedjax_med.data import synthetic
 from fedjax_med.data import tabular as tabular_data
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
 from fedjax_med.errors import TrainingDiverged
 from fedjax_med.evaluation import clinical
+from fedjax_med.models import cnn
 from fedjax_med.models import tabular
 from fedjax_med.report import outputs
 from fedjax_med.report import plots
@@ -43,6 +46,7 @@ from fedjax_med.report import provenance
 from fedjax_med.report import tensorboard as tensorboard_lib
 from fedjax_med.server import optimizers as server_optimizers
 from fedjax_med.simulation import evaluate as evaluate_lib
+from fedjax_med.simulation import local_leaves
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -54,6 +58,10 @@ _ATTACK_TAG = 3
 _FINETUNE_TAG = 4
 # Folded into the data key for a partition of the pooled rows.
 _PARTITION_TAG = 1
+# Folded into the data key for the clients' scanner profiles.
+_SCANNER_TAG = 3
+# Folded into the data key for the sizes of synthetic image clients.
+_SIZES_TAG = 4
 
 #: A cohort whose rows and training state would take more than this trains
 #: in chunks of clients, unless `client.chunk_size` is set.
@@ -70,14 +78,37 @@ MAX_CLIENTS_PER_ROUND_LINE = 100
 def load_dataset(
     data: config_lib.DataConfig, seed: int
 ) -> federated.FederatedDataset:
-  """Load the dataset that `data` names and apply its `partition`."""
+  """Load the dataset that `data` names, then apply its `partition` and
+  scanner profiles."""
   dataset = _load_clients(data, seed)
-  if data.partition == 'none':
-    return dataset
-  key = jax.random.fold_in(
-      jax.random.fold_in(jax.random.key(seed), _DATA_TAG), _PARTITION_TAG
-  )
-  return _repartition(dataset, data, key)
+  data_key = jax.random.fold_in(jax.random.key(seed), _DATA_TAG)
+  if data.partition != 'none':
+    dataset = _repartition(
+        dataset, data, jax.random.fold_in(data_key, _PARTITION_TAG))
+  if data.scanner_profiles:
+    dataset = _apply_scanners(
+        dataset, data, jax.random.fold_in(data_key, _SCANNER_TAG))
+  return dataset
+
+
+def _apply_scanners(dataset, data, key) -> federated.FederatedDataset:
+  """Give each client a random profile of `data.scanner_profiles`."""
+  names = tuple(data.scanner_profiles)
+  unknown = [name for name in names if name not in scanner.PROFILES]
+  if unknown:
+    raise InputError(
+        f'Unknown `data.scanner_profiles` {unknown}. Known profiles: '
+        f'{", ".join(scanner.PROFILES)}.'
+    )
+  assign_key, shift_key = jax.random.split(key)
+  assignment = scanner.assign_profiles(
+      dataset.num_clients, key=assign_key, names=names)
+  profiles = scanner.stack_profiles(names, assignment)
+  shifted = scanner.shift_dataset_scanners(dataset, profiles, key=shift_key)
+  return dataclasses.replace(
+      shifted, client_names=tuple(
+          f'{client}_{names[index]}'
+          for client, index in zip(dataset.client_names, assignment)))
 
 
 def _pooled_rows(dataset: federated.FederatedDataset):
@@ -167,6 +198,8 @@ def _load_clients(
         seed=data.split_seed,
     )
   key = jax.random.fold_in(jax.random.key(seed), _DATA_TAG)
+  if data.dataset in config_lib.IMAGE_DATASETS:
+    return _load_images(data, key)
   iid = data.dataset == 'synthetic_iid'
   dataset = synthetic.synthetic(
       key=key,
@@ -181,10 +214,73 @@ def _load_clients(
   return dataclasses.replace(dataset, name=data.dataset)
 
 
+def _load_images(data: config_lib.DataConfig, key) -> federated.FederatedDataset:
+  """Load or generate the image dataset that `data.dataset` names."""
+  if data.dataset == 'digits':
+    return images.digits_dataset(
+        data.num_clients, key=key, test_fraction=data.test_fraction)
+  if data.dataset == 'image_folder':
+    return images.load_image_folder(
+        data.image_path, key=key, image_size=data.image_size,
+        grayscale=data.grayscale, test_fraction=data.test_fraction)
+  if data.dataset == 'image_npz':
+    return images.load_npz_sites(
+        data.image_path, key=key, test_fraction=data.test_fraction)
+  # synthetic_images: client sizes uniform in [min_examples, max_examples]
+  # before the split, as for the other synthetic datasets.
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(
+      jax.random.fold_in(key, _SIZES_TAG))).ravel())
+  sizes = rng.integers(data.min_examples, data.max_examples + 1,
+                       size=data.num_clients)
+  test_sizes = np.ceil(data.test_fraction * sizes).astype(np.int64)
+  dataset = images.synthetic_image_clients(
+      key, num_clients=data.num_clients,
+      examples_per_client=sizes - test_sizes,
+      test_examples_per_client=test_sizes,
+      image_shape=tuple(data.image_shape), separation=data.separation,
+  )
+  return dataclasses.replace(dataset, name=data.dataset)
+
+
 def build_model(
-    model: config_lib.ModelConfig, num_classes: int
+    model: config_lib.ModelConfig,
+    num_classes: int,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tabular.Model:
-  if model.model == 'mlp':
+  """Return the configured model.
+
+  `input_shape` is the shape of one example, `x.shape[2:]` of the data. An
+  image model needs `(height, width, channels)`; a model of feature rows
+  needs `(features,)` (or None, which skips the check).
+
+  Raises:
+    InputError: if the model does not fit the shape of the examples.
+  """
+  is_image_model = model.model in config_lib.IMAGE_MODELS
+  if input_shape is not None or is_image_model:
+    rank = None if input_shape is None else len(input_shape)
+    if is_image_model and rank != 3:
+      raise InputError(
+          f'`model.model={model.model}` needs images shaped [height, width, '
+          f'channels], but the examples have shape {input_shape}. Use an '
+          'image dataset (digits, synthetic_images, image_folder, '
+          'image_npz) or `model.model` logistic_regression or mlp.'
+      )
+    if not is_image_model and rank != 1:
+      raise InputError(
+          f'`model.model={model.model}` needs rows of features, but the '
+          f'examples have shape {input_shape}. Use `model.model` cnn, '
+          'resnet or pfl_cnn for images.'
+      )
+  if model.model == 'resnet':
+    module = cnn.ResNet(num_classes, widths=tuple(model.widths),
+                        norm=model.norm)
+    return cnn.from_flax_stateful(module, num_classes, input_shape)
+  if model.model == 'cnn':
+    module = cnn.LeNet5(num_classes)
+  elif model.model == 'pfl_cnn':
+    module = cnn.PflCNN(num_classes)
+  elif model.model == 'mlp':
     module = tabular.MLP(num_classes, tuple(model.hidden_sizes))
   else:
     module = tabular.LogisticRegression(num_classes)
@@ -313,9 +409,9 @@ def _diverged(round_number: int, what: str) -> TrainingDiverged:
   )
 
 
-def _checked_evaluation(evaluate, params, round_number):
-  """Evaluate `params`, raising TrainingDiverged on NaN or inf outputs."""
-  evaluation = evaluate(params)
+def _checked_evaluation(evaluate, state, round_number):
+  """Evaluate `state`'s model, raising TrainingDiverged on NaN or inf outputs."""
+  evaluation = evaluate(state)
   num_nonfinite = int(np.sum(np.asarray(evaluation.num_nonfinite)))
   if num_nonfinite:
     raise _diverged(
@@ -433,7 +529,8 @@ def prepare(config: config_lib.ExperimentConfig) -> Prepared:
   """
   dataset = load_dataset(config.data, config.seed)
   sampler = build_sampler(config.sampling, dataset.num_clients)
-  model = build_model(config.model, dataset.num_classes)
+  model = build_model(config.model, dataset.num_classes,
+                      dataset.train.examples['x'].shape[2:])
   noise_multiplier = study_privacy.resolve_noise_multiplier(
       config, dataset.num_clients
   )
@@ -561,6 +658,7 @@ def build_round_fn(
         chunk_size=chunk_size(config, prepared),
         mesh=client_mesh() if config.client.shard_over_devices else None,
         secure_aggregation=study_privacy.secure_settings(config),
+        local_mask=_local_mask(config, prepared),
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -589,7 +687,39 @@ def initial_state(
                         if config.client.scaffold else None),
       personal_clients=(prepared.dataset.num_clients
                         if config.client.ditto_lambda is not None else None),
+      local_mask=_local_mask(config, prepared),
+      local_clients=(prepared.dataset.num_clients if config.client.fedbn
+                     else None),
   )
+
+
+def _local_mask(config, prepared):
+  """Return FedBN's mask of client-local leaves, or None when it is off."""
+  if not config.client.fedbn:
+    return None
+  sample_x = jnp.asarray(prepared.dataset.train.examples['x'][0, :1])
+  shapes = jax.eval_shape(prepared.model.init, jax.random.key(0), sample_x)
+  return cnn.norm_mask(shapes)
+
+
+def evaluated_params(state: round_lib.ServerState):
+  """Return the params to evaluate: per client under FedBN, else global."""
+  if state.local is None:
+    return state.params
+  return local_leaves.client_params(state.params, state.local)
+
+
+def build_study_evaluate(config, model, test):
+  """Return `evaluate(state) -> ClientEvaluation` over `test`.
+
+  Under FedBN each client is evaluated with the global params and its own
+  normalization layers.
+  """
+  evaluate = evaluate_lib.build_evaluate(
+      model, jax.device_put(test), threshold=config.evaluation.threshold,
+      personalized=config.client.fedbn,
+  )
+  return lambda state: evaluate(evaluated_params(state))
 
 
 def chunk_size(
@@ -659,17 +789,11 @@ def _build_run(config: config_lib.ExperimentConfig) -> dict[str, Any]:
   prepared = prepare(config)
   dataset, model = prepared.dataset, prepared.model
   round_fn, server_optimizer = build_round_fn(config, prepared)
-  evaluate = evaluate_lib.build_evaluate(
-      model, jax.device_put(dataset.test),
-      threshold=config.evaluation.threshold,
-  )
+  evaluate = build_study_evaluate(config, model, dataset.test)
   triggered = study_attacks.triggered_test_data(config, dataset.test)
   evaluate_triggered = None
   if triggered is not None:
-    evaluate_triggered = evaluate_lib.build_evaluate(
-        model, jax.device_put(triggered),
-        threshold=config.evaluation.threshold,
-    )
+    evaluate_triggered = build_study_evaluate(config, model, triggered)
   root_key = jax.random.key(config.seed)
   state = initial_state(config, prepared, server_optimizer, root_key)
   history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
@@ -1067,7 +1191,7 @@ def _run_rounds(
           )
         if evaluate_now:
           evaluation = _checked_evaluation(
-              evaluate, state.params, round_index + 1
+              evaluate, state, round_index + 1
           )
       except TrainingDiverged:
         record['diverged'] = True
@@ -1083,7 +1207,7 @@ def _run_rounds(
         record.update(_accuracy_summary(accuracies))
         if history['backdoor'] is not None:
           record['backdoor_success'] = _backdoor_success(
-              config, history['backdoor'], state.params
+              config, history['backdoor'], state
           )['backdoor_success']
         history['rounds'].append(round_index + 1)
         history['client_accuracy'].append(accuracies)
@@ -1102,19 +1226,21 @@ def _run_rounds(
       bar.update(1)
 
 
-def _backdoor_success(config, backdoor, params) -> dict[str, Any]:
+def _backdoor_success(config, backdoor, state) -> dict[str, Any]:
   evaluate_triggered, triggered, honest = backdoor
   return study_attacks.backdoor_success(
-      config, evaluate_triggered(params), triggered, honest
+      config, evaluate_triggered(state), triggered, honest
   )
 
 
-def _finetuned_summary(config, dataset, params, model) -> dict[str, Any]:
+def _finetuned_summary(config, dataset, params, model, local=None
+                       ) -> dict[str, Any]:
   """Fine-tune the final model on each client's rows and evaluate it there.
 
   Each client runs `finetune_steps` steps of its local optimizer from the
-  global params (FLamby's FedAvg-FT). Clients without training rows keep
-  the global model.
+  global params (FLamby's FedAvg-FT), or under FedBN from the global params
+  with its own normalization layers. Clients without training rows keep
+  the model they start from.
   """
   finetune = dataclasses.replace(
       config.client, local_steps=config.evaluation.finetune_steps,
@@ -1126,10 +1252,16 @@ def _finetuned_summary(config, dataset, params, model) -> dict[str, Any]:
       jnp.arange(dataset.num_clients),
   )
   train = jax.device_put(dataset.train)
-  results = jax.jit(jax.vmap(local_update, in_axes=(None, 0, 0, 0)))(
-      params, train.examples, train.num_examples, keys
-  )
-  personal = jax.tree.map(lambda p, d: p[None] + d, params, results.delta)
+  # Under FedBN each client fine-tunes its own model.
+  per_client = local is not None
+  if per_client:
+    params = local_leaves.client_params(params, local)
+  results = jax.jit(jax.vmap(
+      local_update, in_axes=(0 if per_client else None, 0, 0, 0)))(
+          params, train.examples, train.num_examples, keys
+      )
+  personal = jax.tree.map(
+      lambda p, d: (p if per_client else p[None]) + d, params, results.delta)
   evaluate = evaluate_lib.build_evaluate(
       model, jax.device_put(dataset.test),
       threshold=config.evaluation.threshold, personalized=True,
@@ -1192,7 +1324,7 @@ def _secure_summary(history) -> dict[str, Any]:
 def _write_summary(config, dataset, evaluate, run_dir, history):
   """Evaluate the final model, then write `summary.json` and the plot."""
   evaluation = _checked_evaluation(
-      evaluate, history['state'].params, history['done']
+      evaluate, history['state'], history['done']
   )
   accuracies = _client_accuracy(evaluation)
   counts = np.asarray(dataset.test.num_examples)
@@ -1227,7 +1359,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
   }
   if history['backdoor'] is not None:
     success = _backdoor_success(
-        config, history['backdoor'], history['state'].params
+        config, history['backdoor'], history['state']
     )
     summary['attack']['backdoor_success'] = success['backdoor_success']
     summary['attack']['backdoor_success_per_client'] = dict(
@@ -1238,7 +1370,8 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
         config, dataset, history['state'].personal, history['local_model'])
   if config.evaluation.finetune_steps:
     summary['finetuned'] = _finetuned_summary(
-        config, dataset, history['state'].params, history['local_model']
+        config, dataset, history['state'].params, history['local_model'],
+        history['state'].local
     )
   worst = summary['worst_accuracy']
   summary['worst_client'] = next(

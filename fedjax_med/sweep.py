@@ -288,6 +288,8 @@ def _loop_reason(config: config_lib.ExperimentConfig) -> str | None:
     return 'fine-tuning runs after the rounds'
   if config.client.ditto_lambda is not None:
     return 'its Ditto personal models are evaluated after the rounds'
+  if config.client.fedbn:
+    return 'FedBN evaluates every client with its own normalization layers'
   if config.secure_aggregation.enabled:
     return ('secure aggregation fixes its encoding scale from the noise '
             'multiplier when the round is built')
