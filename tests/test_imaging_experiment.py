@@ -1,0 +1,46 @@
+"""experiments/imaging_scanner_shift.py at a tiny size."""
+
+import json
+
+import numpy as np
+
+
+def test_imaging_experiment_writes_tables_and_figures(load_script, tmp_path):
+  experiment = load_script('experiments/imaging_scanner_shift.py')
+  markdown = tmp_path / 'page.md'
+  runs = tmp_path / 'runs.jsonl'
+  figure = tmp_path / 'accuracy.png'
+  profiles_figure = tmp_path / 'profiles.png'
+
+  records = experiment.main([
+      '--seeds', '0', '--rounds', '2', '--clients', '10',
+      '--algorithms', 'fedavg', 'fedbn',
+      '--markdown', str(markdown), '--json', str(runs),
+      '--figure', str(figure), '--profiles-figure', str(profiles_figure),
+  ])
+
+  assert [record['algorithm'] for record in records] == ['fedavg', 'fedbn']
+  lines = runs.read_text().splitlines()
+  assert [json.loads(line)['algorithm'] for line in lines] == [
+      'fedavg', 'fedbn']
+  for record in records:
+    accuracies = list(record['test_accuracy'].values())
+    assert len(accuracies) == 10
+    assert record['mean_accuracy'] == np.mean(accuracies)
+    assert record['worst_accuracy'] == min(accuracies)
+    # Every client name carries its profile, and the per-profile means
+    # are the means over those clients.
+    for profile, value in record['profile_accuracy'].items():
+      members = [accuracy for name, accuracy in record['test_accuracy']
+                 .items() if name.endswith('_' + profile)]
+      if members:
+        assert value == np.mean(members)
+      else:
+        assert value is None
+  page = markdown.read_text()
+  assert experiment.RESULTS_START in page
+  assert '| FedAvg |' in page
+  assert '| FedBN |' in page
+  assert '| low_contrast_vendor |' in page
+  assert figure.stat().st_size > 0
+  assert profiles_figure.stat().st_size > 0
