@@ -185,6 +185,12 @@ class ClientConfig:
       model's normalization layers stay on each client and only the other
       layers are averaged. Each client is then evaluated with its own
       normalization layers. Needs `model.model=resnet` with a norm.
+    unroll_loops: compile the local steps, and the chunks of a chunked
+      cohort, as straight-line code instead of loops. XLA's CPU backend
+      runs convolutions inside loops far slower than outside them, so
+      None (automatic) unrolls for image data on CPU when at most
+      `fedjax_med.study.MAX_AUTO_UNROLLED_STEPS` (64) step copies result.
+      True always unrolls (compile time grows with the steps); False never.
   """
 
   optimizer: str = 'sgd'
@@ -202,6 +208,7 @@ class ClientConfig:
   shard_over_devices: bool = False
   compute_dtype: str = 'float32'
   fedbn: bool = False
+  unroll_loops: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -63,6 +63,10 @@ _SCANNER_TAG = 3
 # Folded into the data key for the sizes of synthetic image clients.
 _SIZES_TAG = 4
 
+#: Automatic unrolling (`client.unroll_loops` None) stops at this many
+#: copies of the local step in one program, to bound compile time.
+MAX_AUTO_UNROLLED_STEPS = 64
+
 #: A cohort whose rows and training state would take more than this trains
 #: in chunks of clients, unless `client.chunk_size` is set.
 AUTO_CHUNK_BYTES = 2**30
@@ -346,14 +350,8 @@ def build_local_update(
   if proximal_mu is None:
     proximal_mu = client.proximal_mu
   optimizer = build_optimizer(client.optimizer, learning_rate)
-  if client.local_epochs is None:
-    num_steps = client.local_steps
-  else:
-    if max_client_examples is None:
-      max_client_examples = int(np.max(train.num_examples))
-    num_steps = local_training.max_local_steps(
-        max_client_examples, client.batch_size, client.local_epochs
-    )
+  num_steps = _num_local_steps(client, train, max_client_examples)
+  unroll = _unroll(client, train, num_steps)
   if client.dp_sgd:
     return dp_sgd.build_dp_sgd_local_update(
         model,
@@ -364,6 +362,7 @@ def build_local_update(
         noise_multiplier=client.example_noise_multiplier,
         num_epochs=client.local_epochs,
         proximal_mu=proximal_mu,
+        unroll=unroll,
     )
   return local_training.build_local_update(
       model,
@@ -376,7 +375,32 @@ def build_local_update(
       compute_dtype=client.compute_dtype,
       min_client_examples=(_fewest_rows(train) if min_client_examples is None
                            else min_client_examples),
+      unroll=unroll,
   )
+
+
+def _num_local_steps(client, train, max_client_examples=None) -> int:
+  """Return the length of a client's scan of local steps."""
+  if client.local_epochs is None:
+    return client.local_steps
+  if max_client_examples is None:
+    max_client_examples = int(np.max(train.num_examples))
+  return local_training.max_local_steps(
+      max_client_examples, client.batch_size, client.local_epochs
+  )
+
+
+def _unroll(client, train, step_copies: int) -> bool:
+  """Return whether to unroll loops holding `step_copies` local steps.
+
+  Automatic unrolling is for image data (convolutions) on a CPU backend,
+  where XLA runs a convolution inside a loop body far slower than outside.
+  """
+  if client.unroll_loops is not None:
+    return client.unroll_loops
+  is_image = np.ndim(train.examples['x']) == 5
+  return (is_image and jax.default_backend() == 'cpu'
+          and step_copies <= MAX_AUTO_UNROLLED_STEPS)
 
 
 def _fewest_rows(train: federated.FederatedData) -> int:
@@ -659,6 +683,7 @@ def build_round_fn(
         mesh=client_mesh() if config.client.shard_over_devices else None,
         secure_aggregation=study_privacy.secure_settings(config),
         local_mask=_local_mask(config, prepared),
+        unroll_chunks=_unroll_chunks(config, prepared, max_client_examples),
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -691,6 +716,18 @@ def initial_state(
       local_clients=(prepared.dataset.num_clients if config.client.fedbn
                      else None),
   )
+
+
+def _unroll_chunks(config, prepared, max_client_examples) -> bool:
+  """Return whether the cohort's chunks run unrolled (see `_unroll`)."""
+  size = chunk_size(config, prepared)
+  if size is None:
+    return False
+  cohort = _cohort_size(prepared.sampler)
+  num_steps = _num_local_steps(config.client, prepared.train,
+                               max_client_examples)
+  return _unroll(config.client, prepared.train,
+                 -(-cohort // size) * num_steps)
 
 
 def _local_mask(config, prepared):

@@ -46,6 +46,7 @@ def build_dp_sgd_local_update(
     noise_multiplier: float,
     num_epochs: int | None = None,
     proximal_mu: float = 0.0,
+    unroll: bool = False,
 ) -> local_training.LocalUpdate:
   """Build the DP-SGD training function of one client.
 
@@ -93,6 +94,8 @@ def build_dp_sgd_local_update(
     num_epochs: if set, a client with `n` examples takes
       `num_epochs * ceil(n / batch_size)` steps, at most `num_steps`, and
       reports `truncated` when that cap cut it short.
+    unroll: compile the steps as straight-line code (see
+      `local_training.build_scan`).
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
@@ -124,7 +127,7 @@ def build_dp_sgd_local_update(
 
   return local_training.build_scan(
       noisy_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
-      num_epochs=num_epochs, proximal_mu=proximal_mu,
+      num_epochs=num_epochs, proximal_mu=proximal_mu, unroll=unroll,
   )
 
 

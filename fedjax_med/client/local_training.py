@@ -204,6 +204,7 @@ def build_local_update(
     report_initial_loss: bool = False,
     compute_dtype: str = 'float32',
     min_client_examples: int | None = None,
+    unroll: bool = False,
 ) -> LocalUpdate:
   """Build the local training function of one client.
 
@@ -236,6 +237,8 @@ def build_local_update(
       is drawn once before the scan instead of at every step, with the
       same result. A client with fewer rows would reuse its last shuffle
       in the epochs past the bound.
+    unroll: unroll the scan over the steps into straight-line code (see
+      `build_scan`). It helps convolutional models on CPU.
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
@@ -296,7 +299,7 @@ def build_local_update(
       batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
       num_epochs=num_epochs, proximal_mu=proximal_mu,
       report_initial_loss=report_initial_loss, max_epochs=max_epochs,
-      finalize=finalize,
+      finalize=finalize, unroll=unroll,
   )
 
 
@@ -322,6 +325,7 @@ def build_scan(
     report_initial_loss: bool = False,
     max_epochs: int | None = None,
     finalize: Callable[[Params, dict, jax.Array], Params] | None = None,
+    unroll: bool = False,
 ) -> LocalUpdate:
   """Build a client's `lax.scan` of optimizer steps around `batch_gradient`.
 
@@ -354,6 +358,11 @@ def build_scan(
   `finalize(params, examples, num_examples) -> params`, if given, runs once
   on the trained params of a client that took a step, before the delta:
   models with batch normalization recompute their statistics there.
+
+  `unroll=True` compiles the steps as straight-line code instead of a
+  loop. XLA's CPU backend runs a convolution inside a loop body far slower
+  than outside one (jax-ml/jax issue 12868); `benchmarks/cnn_round.py`
+  measures both forms. Compile time then grows with `num_steps`.
   """
   traced_mu = tree.is_traced(proximal_mu)
   if not traced_mu and not (proximal_mu >= 0 and proximal_mu < float('inf')):
@@ -418,7 +427,8 @@ def build_scan(
     if start is None:
       start = server_params
     init = (start, optimizer.init(start))
-    (params, _), losses = jax.lax.scan(step, init, jnp.arange(num_steps))
+    (params, _), losses = jax.lax.scan(
+        step, init, jnp.arange(num_steps), unroll=bool(unroll))
     if finalize is not None:
       params = tree.tree_where(
           client_steps > 0, finalize(params, examples, num_examples), params)

@@ -154,6 +154,7 @@ def build_round(
     mesh: jax.sharding.Mesh | None = None,
     secure_aggregation: secure_protocol.SecureAggregationSettings | None = None,
     local_mask: Params | None = None,
+    unroll_chunks: bool = False,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -240,6 +241,10 @@ def build_round(
       the shared leaves. Start from `init_server_state(...,
       local_mask=..., local_clients=train_data.num_clients)`. Not
       combined with SCAFFOLD or Ditto.
+    unroll_chunks: with `chunk_size`, train the chunks one after another in
+      straight-line code instead of a `lax.map` loop, for convolutional
+      models on CPU (see `local_training.build_scan`). Compile time grows
+      with the number of chunks.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -348,7 +353,7 @@ def build_round(
         "`mesh` needs an axis named 'clients'; got axes "
         f'{mesh.axis_names}. Build it as Mesh(devices, ("clients",)).'
     )
-  map_cohort = _cohort_mapper(chunk_size, mesh)
+  map_cohort = _cohort_mapper(chunk_size, mesh, unroll=unroll_chunks)
   if personal_update is not None:
     train_personal = jax.vmap(
         lambda params, examples, count, key, start: personal_update(
@@ -718,13 +723,14 @@ def _gather(examples, client_ids):
   return jax.tree.map(lambda leaf: leaf[client_ids], examples)
 
 
-def _cohort_mapper(chunk_size: int | None, mesh):
+def _cohort_mapper(chunk_size: int | None, mesh, *, unroll: bool = False):
   """Return `map_cohort(fn, *per_client)` that applies `fn` to the cohort.
 
   `fn` takes arrays with a leading cohort axis (ids, keys, ...) and returns
   a pytree with the same leading axis. With `chunk_size`, the cohort is
   padded to whole chunks by repeating its first member, `fn` runs on one
-  chunk at a time in a `lax.map`, and the padding rows are dropped. With
+  chunk at a time in a `lax.map` (or, with `unroll`, in a Python loop
+  traced into one program), and the padding rows are dropped. With
   `mesh`, the per-client inputs of each call are sharded over 'clients'.
   """
   def constrain(tree):
@@ -747,7 +753,14 @@ def _cohort_mapper(chunk_size: int | None, mesh):
       return leaf.reshape((num_chunks, chunk_size) + leaf.shape[1:])
 
     chunks = jax.tree.map(to_chunks, per_client)
-    results = jax.lax.map(lambda args: fn(*constrain(args)), chunks)
+    if unroll:
+      outputs = [
+          fn(*constrain(jax.tree.map(lambda leaf, i=index: leaf[i], chunks)))
+          for index in range(num_chunks)
+      ]
+      results = jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+    else:
+      results = jax.lax.map(lambda args: fn(*constrain(args)), chunks)
     return jax.tree.map(
         lambda leaf: leaf.reshape((padded,) + leaf.shape[2:])[:size], results)
 

@@ -258,3 +258,20 @@ def test_pfl_cnn_param_count(key):
   model = tabular.from_flax(cnn.PflCNN(10), 10)
   params = model.init(key, jnp.zeros((1, 32, 32, 3)))
   assert sum(leaf.size for leaf in jax.tree.leaves(params)) == 1_626_442
+
+
+def test_unrolled_round_matches_loops(key):
+  data = _population([5, 9, 3, 7, 6])
+  params = RESNET.init(key, jnp.zeros((1,) + SHAPE))
+  results = []
+  for unroll in (False, True):
+    local_update = local_training.build_local_update(
+        RESNET, optax.sgd(0.1), num_steps=3, batch_size=3, unroll=unroll)
+    round_fn = round_lib.build_round(
+        data, local_update, _fixed_sampler([0, 1, 2, 3, 4]), optax.sgd(1.0),
+        chunk_size=2, unroll_chunks=unroll)
+    state = round_lib.init_server_state(params, optax.sgd(1.0))
+    new_state, _ = round_fn(state, jax.random.fold_in(key, 4))
+    results.append(new_state.params)
+  # The same arithmetic, compiled as straight-line code instead of loops.
+  _assert_trees_close(results[1], results[0], rtol=1e-5, atol=1e-6)
