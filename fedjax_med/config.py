@@ -97,8 +97,9 @@ class DataConfig:
     scanner_profiles: names from `fedjax_med.data.scanner.PROFILES`; each
       client of an image dataset gets one of them at random (equal odds),
       and its train and test images pass through that scanner's intensity
-      curve, blur, resolution loss and noise. Empty leaves images as
-      loaded.
+      curve, blur, resolution loss and noise. The profile's name is
+      appended to each client's name, such as `site_007_bright_vendor`.
+      Empty leaves images as loaded.
   """
 
   dataset: str = 'heart_disease'
@@ -882,6 +883,24 @@ def _validate_fedbn(config: ExperimentConfig) -> None:
         '`client.dp_sgd=true` cannot train `model.norm=batch`: batch '
         'statistics mix the examples of a batch, so no per-example gradient '
         'exists. Set `model.norm=group` or `model.norm=none`.'
+    )
+  if (batch_norm and not client.fedbn
+      and config.privacy.noise != 'none'):
+    raise InputError(
+        '`model.norm=batch` sends each client\'s batch statistics in its '
+        f'update, so `privacy.noise={config.privacy.noise}` would clip and '
+        'noise them with the weights, and they would take most of the clip '
+        'budget. Set `client.fedbn=true` (the statistics stay local) or '
+        '`model.norm=group`.'
+    )
+  if (config.attack.attack == 'backdoor'
+      and config.data.dataset in IMAGE_DATASETS):
+    # NOTE: the backdoor trigger sets feature columns of tabular rows; no
+    # image trigger (a pixel patch) exists yet.
+    raise InputError(
+        '`attack.attack=backdoor` stamps its trigger on feature columns and '
+        f'does not support image data (`data.dataset={config.data.dataset}`).'
+        ' Use label_flip or a model-poisoning attack with images.'
     )
   if not client.fedbn:
     return

@@ -223,13 +223,16 @@ def _load_images(data: config_lib.DataConfig, key) -> federated.FederatedDataset
   if data.dataset == 'digits':
     return images.digits_dataset(
         data.num_clients, key=key, test_fraction=data.test_fraction)
-  if data.dataset == 'image_folder':
-    return images.load_image_folder(
-        data.image_path, key=key, image_size=data.image_size,
-        grayscale=data.grayscale, test_fraction=data.test_fraction)
-  if data.dataset == 'image_npz':
-    return images.load_npz_sites(
-        data.image_path, key=key, test_fraction=data.test_fraction)
+  if data.dataset in ('image_folder', 'image_npz'):
+    if data.dataset == 'image_folder':
+      dataset = images.load_image_folder(
+          data.image_path, key=key, image_size=data.image_size,
+          grayscale=data.grayscale, test_fraction=data.test_fraction)
+    else:
+      dataset = images.load_npz_sites(
+          data.image_path, key=key, test_fraction=data.test_fraction)
+    _check_two_classes(dataset, data.image_path)
+    return dataset
   # synthetic_images: client sizes uniform in [min_examples, max_examples]
   # before the split, as for the other synthetic datasets.
   rng = np.random.default_rng(np.asarray(jax.random.key_data(
@@ -244,6 +247,21 @@ def _load_images(data: config_lib.DataConfig, key) -> federated.FederatedDataset
       image_shape=tuple(data.image_shape), separation=data.separation,
   )
   return dataclasses.replace(dataset, name=data.dataset)
+
+
+def _check_two_classes(dataset, path) -> None:
+  """Reject image data whose labels hold fewer than two classes."""
+  labels = set()
+  for split in (dataset.train, dataset.test):
+    y = np.asarray(split.examples['y'])
+    for client, count in enumerate(np.asarray(split.num_examples)):
+      labels.update(np.unique(y[client, :count]).tolist())
+  if len(labels) < 2:
+    raise InputError(
+        f'The images in {path} have {len(labels)} class(es) with images '
+        f'({sorted(labels)}); a classifier needs at least two. Add the '
+        'other class folders or labels.'
+    )
 
 
 def build_model(
@@ -276,6 +294,13 @@ def build_model(
           f'examples have shape {input_shape}. Use `model.model` cnn, '
           'resnet or pfl_cnn for images.'
       )
+  if model.model == 'pfl_cnn' and min(input_shape[:2]) < 6:
+    raise InputError(
+        f'`model.model=pfl_cnn` needs images of at least 6x6 pixels (two '
+        'valid 3x3 convolutions, then a 2x2 pool); the examples are '
+        f'{input_shape[0]}x{input_shape[1]}. Use larger images or '
+        '`model.model=cnn`.'
+    )
   if model.model == 'resnet':
     module = cnn.ResNet(num_classes, widths=tuple(model.widths),
                         norm=model.norm)
@@ -1120,10 +1145,22 @@ def _check_same_data(run_dir: pathlib.Path, dataset) -> None:
         (run_dir / 'provenance.json').read_text())['data_files']
   except (OSError, ValueError, KeyError):
     return
+  current = {str(pathlib.Path(path).resolve()) for path in
+             dataset.source_files}
+  added = sorted(current - set(recorded))
+  removed = sorted(set(recorded) - current)
+  if added or removed:
+    listed = ', '.join((added + removed)[:3])
+    raise InputError(
+        f'The data files differ from those of the run in {run_dir}: '
+        f'{len(added)} added and {len(removed)} missing ({listed}). A '
+        'relative data path may resolve to another folder from here. '
+        'Restore the files, resume from the original folder, or start a '
+        'new run.'
+    )
   for path in dataset.source_files:
     key = str(pathlib.Path(path).resolve())
-    if key in recorded and recorded[key] != provenance.sha256_file(
-        pathlib.Path(path)):
+    if recorded[key] != provenance.sha256_file(pathlib.Path(path)):
       raise InputError(
           f'Data file {key} changed since the run in {run_dir} started, so '
           'the resumed rounds would train on other data. Restore the file, '
@@ -1311,6 +1348,26 @@ def _finetuned_summary(config, dataset, params, model, local=None
   }
 
 
+def _fedbn_summary(dataset, state) -> dict[str, Any]:
+  """List the clients whose local norm layers never trained.
+
+  A client outside every cohort keeps the initial normalization layers, so
+  its accuracy measures an untrained part of the model.
+  """
+  server_copy = local_leaves.split(state.params, jax.tree.map(
+      lambda _: True, state.local))
+  unchanged = jnp.ones(dataset.num_clients, bool)
+  for stored, initial in zip(jax.tree.leaves(state.local),
+                             jax.tree.leaves(server_copy)):
+    same = jnp.all(stored == initial[None],
+                   axis=tuple(range(1, stored.ndim)))
+    unchanged = unchanged & same
+  names = [name for name, never in zip(dataset.client_names,
+                                       np.asarray(unchanged)) if never]
+  return {'clients_never_trained': names,
+          'num_clients_never_trained': len(names)}
+
+
 def _personal_summary(config, dataset, personal, model) -> dict[str, Any]:
   """Evaluate each client's Ditto personal model on its own test rows."""
   evaluate = evaluate_lib.build_evaluate(
@@ -1402,6 +1459,8 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
     summary['attack']['backdoor_success_per_client'] = dict(
         zip(dataset.client_names, success['per_client'])
     )
+  if history['state'].local is not None:
+    summary['fedbn'] = _fedbn_summary(dataset, history['state'])
   if config.client.ditto_lambda is not None:
     summary['ditto'] = _personal_summary(
         config, dataset, history['state'].personal, history['local_model'])

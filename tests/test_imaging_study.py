@@ -181,3 +181,74 @@ def test_image_folder_needs_a_path():
     config_lib.validate(config_lib.apply_overrides(
         config_lib.ExperimentConfig(),
         {'dataset': 'image_folder', 'model': 'cnn'}))
+
+
+@pytest.mark.parametrize('settings, match', [
+    ({'attack': 'backdoor', 'malicious_fraction': 0.2,
+      'trigger_features': '0'}, 'does not support image data'),
+    ({'fedbn': False, 'noise': 'central', 'clip_norm': 1.0,
+      'noise_multiplier': 1.0, 'aggregator': 'mean'}, 'clip budget'),
+])
+def test_unsupported_image_combinations_rejected(settings, match):
+  with pytest.raises(InputError, match=match):
+    _config(**settings)
+
+
+def test_group_norm_with_twelve_channels(key):
+  config = _config(fedbn=False, norm='group', widths='12')
+  model = study.build_model(config.model, 10, (8, 8, 1))
+  params = model.init(key, np.zeros((1, 8, 8, 1), np.float32))
+  assert model.apply(params, np.ones((2, 8, 8, 1), np.float32)).shape == (
+      2, 10)
+
+
+def test_pfl_cnn_needs_six_pixels():
+  config = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(), {'model': 'pfl_cnn'})
+  with pytest.raises(InputError, match='at least 6x6'):
+    study.build_model(config.model, 10, (4, 4, 3))
+
+
+def test_negative_stored_variance_stays_finite(key):
+  config = _config()
+  model = study.build_model(config.model, 10, (8, 8, 1))
+  params = model.init(key, np.zeros((1, 8, 8, 1), np.float32))
+  # As after DP noise or a poisoned average pushed a variance below 0.
+  params['batch_stats'] = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf - 2.0 if path[-1].key == 'var' else leaf,
+      params['batch_stats'])
+  logits = model.apply(params, np.ones((3, 8, 8, 1), np.float32))
+  assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_one_class_npz_rejected(tmp_path):
+  for site in ('a', 'b'):
+    np.savez(tmp_path / f'{site}.npz',
+             images=np.random.default_rng(0).random((6, 8, 8)),
+             labels=np.zeros(6, np.int64))
+  config = config_lib.apply_overrides(config_lib.ExperimentConfig(), {
+      'dataset': 'image_npz', 'image_path': str(tmp_path), 'model': 'cnn'})
+  config_lib.validate(config)
+  with pytest.raises(InputError, match='at least two'):
+    study.load_dataset(config.data, seed=0)
+
+
+def test_resume_rejects_added_data_file(tmp_path):
+  config = _config(rounds=1)
+  dataset = study.load_dataset(config.data, seed=0)
+  recorded = {str(path.resolve()): 'x' for path in dataset.source_files}
+  recorded[str(tmp_path / 'gone.png')] = 'y'
+  (tmp_path / 'provenance.json').write_text(
+      json.dumps({'data_files': recorded}))
+  with pytest.raises(InputError, match='1 missing'):
+    study._check_same_data(tmp_path, dataset)
+
+
+def test_fedbn_summary_lists_untrained_clients(tmp_path):
+  config = _config(rounds=1, sampling='uniform', cohort_size=2,
+                   eval_every=1)
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+  never = summary['fedbn']['clients_never_trained']
+  assert summary['fedbn']['num_clients_never_trained'] == 8
+  assert len(never) == 8
+  assert set(never) < set(summary['test_accuracy'])

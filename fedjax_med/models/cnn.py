@@ -44,6 +44,7 @@ References:
 """
 
 from collections.abc import Sequence
+import math
 
 import flax.linen as nn
 import jax
@@ -130,7 +131,9 @@ class _Norm(nn.Module):
       )
       return norm(x, mask=_row_mask(mask, x) if self.train else None)
     if self.kind == 'group':
-      return nn.GroupNorm(num_groups=min(8, x.shape[-1]), name='norm')(x)
+      # The largest group count up to 8 that divides the channels.
+      groups = math.gcd(8, x.shape[-1])
+      return nn.GroupNorm(num_groups=groups, name='norm')(x)
     return x
 
 
@@ -147,7 +150,8 @@ class ResNet(nn.Module):
     widths: channels of each stage.
     blocks_per_stage: basic blocks in every stage.
     norm: 'batch' (BatchNorm, running statistics in `batch_stats`), 'group'
-      (GroupNorm with up to 8 groups, no statistics) or 'none'.
+      (GroupNorm with the largest group count up to 8 that divides the
+      channels, no statistics) or 'none'.
     train: normalize with the statistics of the batch (training mode)
       instead of the stored ones. `from_flax_stateful` sets it.
   """
@@ -190,6 +194,23 @@ class ResNet(nn.Module):
     return nn.Dense(tabular.num_logits(self.num_classes), name='logits')(x)
 
 
+def _valid_stats(params: Params) -> Params:
+  """Return `params` with every stored variance raised to at least 0.
+
+  A client computes a variance >= 0, but the server's copy is an average of
+  updates that clipping, DP noise or a poisoning attack may have changed,
+  and a negative variance would make the normalization NaN.
+  """
+  if 'batch_stats' not in params:
+    return params
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (jnp.maximum(leaf, 0.0)
+                          if getattr(path[-1], 'key', None) == 'var'
+                          else leaf),
+      params['batch_stats'])
+  return {**params, 'batch_stats': stats}
+
+
 def from_flax_stateful(
     module: nn.Module, num_classes: int, input_shape: Sequence[int],
 ) -> tabular.Model:
@@ -216,7 +237,7 @@ def from_flax_stateful(
     return dict(eval_module.init(key, sample_x))
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
-    return eval_module.apply(params, x)
+    return eval_module.apply(_valid_stats(params), x)
 
   def apply_train(params: Params, x: jax.Array, mask: jax.Array
                   ) -> jax.Array:
