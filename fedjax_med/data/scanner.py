@@ -94,9 +94,9 @@ class ScannerProfile(NamedTuple):
   resolution: ProfileValue = 1.0
 
 
-# Named profiles for images with intensities in [0, 1]. The values are chosen
-# to give visible, plausible differences. They are not measured from any
-# vendor's scanner.
+#: Named profiles for images with intensities in [0, 1]. The values are
+#: chosen to give visible, plausible differences. They are not measured from
+#: any vendor's scanner.
 PROFILES: dict[str, ScannerProfile] = {
     # The scanner the source images came from: no change.
     'reference': ScannerProfile(),
@@ -369,7 +369,7 @@ def apply_profile(
   Args:
     images: `[examples, height, width, channels]` floating images with
       values in [0, 1]. A negative value v goes through the gamma step as
-      -(|v| ** gamma).
+      `-(abs(v) ** gamma)`.
     profile: a `ScannerProfile` with scalar fields.
     key: JAX PRNG key for the noise. The same key gives the same noise.
 
@@ -394,9 +394,9 @@ def invert_intensity(
 ) -> jax.Array:
   """Undo the gamma and gain/offset steps of `profile`.
 
-  Computes sign(u) * |u| ** (1 / gamma) with u = (images - offset) / gain,
-  the exact inverse of x -> gain * sign(x) * |x| ** gamma + offset for any
-  real x, up to float32 rounding. So on the output of `apply_profile` with
+  Computes `sign(u) * abs(u) ** (1 / gamma)` with `u = (images - offset) /
+  gain`, the exact inverse of `x -> gain * sign(x) * abs(x) ** gamma +
+  offset` for any real x, up to float32 rounding. So on the output of `apply_profile` with
   `blur_sigma` 0, `noise_std` 0 and `resolution` 1 it returns the input.
   Near 0 with gamma > 1 the root magnifies that rounding by about
   x ** (1 - gamma) / gamma, which is 500 at x = 0.001 with gamma = 2.
