@@ -7,15 +7,12 @@ without training. No test asserts a timing threshold, because times depend
 on the machine.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = [
     '--digits-clients', '3', '--resnet-clients', '--cifar-clients', '0',
     '--repeats', '1', '--loop-max-clients', 'lenet_digits=2',
@@ -27,15 +24,6 @@ TIME_COLUMNS = (
 MEMORY_COLUMNS = (
     'peak RSS MB', 'client floor s', 'vmapped x floor', 'loop x floor',
 )
-
-
-def _load_benchmark():
-  spec = importlib.util.spec_from_file_location(
-      'benchmarks_cnn_round', ROOT / 'benchmarks/cnn_round.py'
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _table_rows(page, header_start):
@@ -60,8 +48,8 @@ def _number(cell):
 
 
 @pytest.fixture(scope='module')
-def benchmark():
-  return _load_benchmark()
+def benchmark(load_script):
+  return load_script('benchmarks/cnn_round.py')
 
 
 @pytest.fixture(scope='module')
