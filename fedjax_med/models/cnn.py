@@ -13,7 +13,7 @@ same local training, round and evaluation run them.
   layer of 128 units and the output layer. pfl's model also has dropout,
   which this one leaves out because local training draws no dropout keys.
 
-Batch normalization holds running statistics, which flax keeps in a
+Batch normalization stores running statistics, which flax keeps in a
 `batch_stats` collection beside `params`. `from_flax_stateful` wraps such a
 module into a `tabular.Model` whose params are the whole variables dict
 `{'params': ..., 'batch_stats': ...}`:
@@ -141,7 +141,7 @@ class ResNet(nn.Module):
   """A small residual network with a normalization after every convolution.
 
   A 3x3 stem convolution is followed by `blocks_per_stage` basic blocks
-  (two 3x3 convolutions and a skip connection) per stage; each stage after
+  (two 3x3 convolutions and a skip connection) per stage. Each stage after
   the first halves the resolution and uses the given width. Global average
   pooling feeds the output layer.
 

@@ -2,9 +2,9 @@
 
 FedBN (Li et al., 2021) averages every layer but the normalization layers,
 whose weights and statistics each client keeps for itself. The round takes
-a bool `mask` shaped like the params (True for a leaf that stays local, such
-as `models.cnn.norm_mask` gives) and keeps one copy of those leaves per
-client of the population in `ServerState.local`, a nested dict with only
+a bool `mask` shaped like the params, True for a leaf that stays local (as
+`models.cnn.norm_mask` marks them). It keeps one copy of those leaves per
+client of the population in `ServerState.local`: a nested dict of only
 the local leaves, each shaped `[clients, *leaf_shape]`. The server never
 reads or averages them: a cohort member trains from the global params with
 its own local leaves put in, writes its new local leaves back, and sends

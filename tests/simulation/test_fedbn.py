@@ -161,7 +161,7 @@ def test_fedbn_keeps_norm_leaves_local(key):
                       local_leaves.split(state.params, mask), rtol=0, atol=0)
 
   # Each member's new local leaves are what its own training produced,
-  # started from the global params with its local leaves put in; the
+  # started from the global params with its local leaves put in. The
   # shared leaves move by the example-weighted mean of the shared deltas.
   shared = []
   for client in cohort:
