@@ -41,6 +41,8 @@ class LocalResult(NamedTuple):
     initial_loss: mean loss over all the client's rows at the server
       params, before any step, when the update was built with
       `report_initial_loss=True` (q-FFL needs it); NaN otherwise.
+    planned_steps: steps the client would have taken without a
+      `step_limit`, or None from an update that does not report it.
   """
 
   delta: Params
@@ -48,6 +50,7 @@ class LocalResult(NamedTuple):
   num_steps: jax.Array
   truncated: jax.Array
   initial_loss: jax.Array = float('nan')
+  planned_steps: jax.Array | None = None
 
 
 LocalUpdate = Callable[[Params, dict, jax.Array, PRNGKey], LocalResult]
@@ -341,7 +344,10 @@ def build_scan(
   The returned `local_update` takes an optional `correction`, a pytree like
   the params added to every step's gradient: SCAFFOLD's c - c_i; and an
   optional `start`, params to train from instead of the server params, for
-  a model that stays on the client (Ditto's personal model). The proximal
+  a model that stays on the client (Ditto's personal model); and an
+  optional `step_limit`, the most steps the client may take, for a
+  straggler stopped at a deadline (`truncated` still reports only the scan
+  length). The proximal
   term still pulls towards the server params, and the loss and the delta
   are those of the steps taken from `start`.
 
@@ -371,7 +377,7 @@ def build_scan(
     )
 
   def local_update(server_params, examples, num_examples, key,
-                   correction=None, start=None):
+                   correction=None, start=None, step_limit=None):
     # numpy input cannot be indexed by the traced batch indices.
     examples = jax.tree.map(jnp.asarray, examples)
     max_examples = examples['x'].shape[0]
@@ -380,7 +386,10 @@ def build_scan(
     else:
       requested_steps = num_epochs * batches_per_epoch(num_examples, batch_size)
       requested_steps = jnp.where(num_examples > 0, requested_steps, 0)
-    client_steps = jnp.minimum(requested_steps, num_steps)
+    planned_steps = jnp.minimum(requested_steps, num_steps)
+    client_steps = planned_steps
+    if step_limit is not None:
+      client_steps = jnp.minimum(planned_steps, step_limit)
     step_keys = jax.random.fold_in(key, _STEP_KEY_TAG)
     if report_initial_loss:
       # One pass over every real row at the server params; the gradient is
@@ -436,7 +445,7 @@ def build_scan(
     delta = tree.tree_sub(params, start)
     truncated = requested_steps > num_steps
     return LocalResult(
-        delta, mean_loss, client_steps, truncated, initial_loss
+        delta, mean_loss, client_steps, truncated, initial_loss, planned_steps
     )
 
   return local_update

@@ -11,20 +11,24 @@ Keys: a client's key is `fold_in(clients_key, client_id)`, where
 depends only on the round and its id, not on its slot in the cohort.
 """
 
+import inspect
 from typing import Callable, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
 from fedjax_med import tree
 from fedjax_med.aggregation import registry
+from fedjax_med.communication import compression as compression_lib
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.privacy import mechanisms
 from fedjax_med.secure import aggregate as secure_aggregate_lib
 from fedjax_med.secure import protocol as secure_protocol
 from fedjax_med.simulation import local_leaves
+from fedjax_med.simulation import participation as participation_lib
 from fedjax_med.simulation import sampling
 from fedjax_med.typing import Params, PRNGKey
 
@@ -43,6 +47,11 @@ _CENTRAL_NOISE_TAG = 3
 _COUNT_NOISE_TAG = 4
 _ATTACK_TAG = 5
 _SECURE_TAG = 6
+_AVAILABILITY_TAG = 7
+_LEAVE_TAG = 8
+_SPEED_TAG = 9
+# Folded into a client's key for its compression draws.
+_COMPRESSION_TAG = (1 << 30) + 2
 # Folded into a client's key for its own noise, apart from its training key.
 _CLIENT_NOISE_TAG = 1 << 30
 # Folded into a client's key for the minibatches of its Ditto personal model.
@@ -68,6 +77,13 @@ class ServerState(NamedTuple):
     local: FedBN's client-local leaves (`simulation.local_leaves`): a
       nested dict of only the leaves that `local_mask` marks, each shaped
       `[clients, *leaf_shape]`. They never leave their clients either.
+    clock: virtual seconds since the first round, under `participation`.
+    contributions: `[clients]` int32 count of the rounds in which each
+      client's update entered the aggregate, under `participation` or
+      `compression`; the privacy accounting of realized participation
+      reads it.
+    residual: `[clients, num_params]` top-k error feedback, what each
+      client has computed but not yet sent.
   """
 
   params: Params
@@ -79,6 +95,9 @@ class ServerState(NamedTuple):
   client_controls: Params | None = None
   personal: Params | None = None
   local: Params | None = None
+  clock: jax.Array | None = None
+  contributions: jax.Array | None = None
+  residual: jax.Array | None = None
 
 
 def init_server_state(
@@ -91,6 +110,8 @@ def init_server_state(
     personal_clients: int | None = None,
     local_mask: Params | None = None,
     local_clients: int | None = None,
+    num_clients: int | None = None,
+    error_feedback: bool = False,
 ) -> ServerState:
   """Return the state before round 1.
 
@@ -101,6 +122,10 @@ def init_server_state(
   `personal_clients`: every personal model starts at `params`. For FedBN,
   pass the round's `local_mask` and the population size as
   `local_clients`: every client's local leaves start at those of `params`.
+  Under `participation` or `compression`, pass the population size as
+  `num_clients`: the clock starts at 0 and every contribution count at 0.
+  With top-k error feedback, also pass `error_feedback=True`: every
+  residual starts at zero.
   """
   if clip_norm is not None:
     clip_norm = jnp.float32(clip_norm)
@@ -129,9 +154,22 @@ def init_server_state(
   if local_mask is not None:
     local_leaves.check_mask(params, local_mask)
     local = local_leaves.init_local(params, local_mask, local_clients)
+  clock = contributions = residual = None
+  if error_feedback and num_clients is None:
+    raise ValueError(
+        'Error feedback keeps one residual per client: pass the population '
+        'size as `num_clients` too.'
+    )
+  if num_clients is not None:
+    clock = jnp.float32(0.0)
+    contributions = jnp.zeros((num_clients,), jnp.int32)
+  if error_feedback:
+    size = sum(leaf.size for leaf in jax.tree.leaves(params))
+    residual = jnp.zeros((num_clients, size), jnp.float32)
   return ServerState(
       params, server_optimizer.init(params), jnp.int32(0), clip_norm, center,
-      control, client_controls, personal, local,
+      control, client_controls, personal, local, clock, contributions,
+      residual,
   )
 
 
@@ -155,6 +193,8 @@ def build_round(
     secure_aggregation: secure_protocol.SecureAggregationSettings | None = None,
     local_mask: Params | None = None,
     unroll_chunks: bool = False,
+    participation: participation_lib.Participation | None = None,
+    compression: compression_lib.CompressionSettings | None = None,
 ) -> Callable[[ServerState, PRNGKey], tuple[ServerState, dict]]:
   """Build one jitted federated round over `train_data`.
 
@@ -245,6 +285,23 @@ def build_round(
       straight-line code instead of a `lax.map` loop, for convolutional
       models on CPU (see `local_training.build_scan`). Compile time grows
       with the number of chunks.
+    participation: availability, per-client dropouts, speeds, a deadline
+      and a straggler policy (`simulation.participation`). The sampler
+      then draws only from the clients available at the virtual clock
+      (the built-in samplers take `available=`). Under 'partial', each
+      client's `local_update` gets a `step_limit` keyword, as
+      `build_scan`'s does. Start from `init_server_state(...,
+      num_clients=...)`, which starts the clock.
+    compression: how each client encodes its update
+      (`fedjax_med.communication.compression`). A client compresses its
+      update after local training (and after a poisoning attack); the
+      server decodes it and then screens, clips, weighs and noises the
+      decoded update as without compression. Clipping after decoding keeps
+      the sensitivity of central noise at `clip_norm` whatever the
+      compressor does. Local and distributed noise, secure aggregation,
+      SCAFFOLD and FedBN are rejected with it. Top-k with error feedback
+      keeps each client's residual in `ServerState.residual`: start from
+      `init_server_state(..., num_clients=..., error_feedback=True)`.
 
   Returns:
     `round_fn(server_state, round_key, *, train_data=None, malicious=None)
@@ -274,6 +331,21 @@ def build_round(
       state are then unchanged.
     * `params_finite`: False once the server step has produced a NaN or
       infinite parameter (for example from a far too large learning rate).
+
+    Under `participation` or `compression`, also:
+
+    * `num_available`: clients online when the cohort was drawn.
+    * `num_reported`: sampled clients whose update reached the server: not
+      dropped out and not dropped as late.
+    * `num_stragglers`: clients that would not finish their local steps by
+      the deadline (dropped under 'drop', cut short under 'partial', waited
+      for under 'wait').
+    * `round_seconds` and `clock`: the round's virtual length and the
+      clock after it.
+    * `bytes_down`, `bytes_up`: float32 totals of the round; every sampled
+      client downloads `round_fn.message_bytes['down']` bytes and every
+      reporting client uploads `round_fn.message_bytes['up']` (exact
+      Python ints, to multiply by the counts where float32 rounds).
   """
   aggregate_fn = registry.build_aggregate(
       aggregator, **(aggregator_options or {}),
@@ -346,6 +418,38 @@ def build_round(
           params, weight_bound,
       )
 
+  compress = compression is not None and compression.kind != 'none'
+  if compression is not None:
+    compression_lib.validate(compression)
+    if (privacy.noise_kind in ('local', 'distributed')
+        or secure_aggregation is not None or scaffold
+        or local_mask is not None):
+      raise ValueError(
+          'Compression runs before the server clips and noises each decoded '
+          'update, so it cannot follow local or distributed noise or secure '
+          'aggregation, and SCAFFOLD\'s controls and FedBN\'s local leaves '
+          'would not be compressed. Use central or no noise, and turn '
+          'SCAFFOLD, FedBN and secure aggregation off with compression.'
+      )
+  error_feedback = compress and compression.kind == 'top_k' and (
+      compression.error_feedback)
+  partial = False
+  if participation is not None:
+    participation_lib.validate(participation, train_data.num_clients)
+    partial = participation.straggler_policy == 'partial'
+    if participation.availability is not None and (
+        'available' not in inspect.signature(sampler).parameters):
+      raise ValueError(
+          'Availability needs a sampler that takes `available=` (a [clients] '
+          'bool mask), as `sampling.uniform_sampler` and '
+          '`sampling.poisson_sampler` do.'
+      )
+    if secure_aggregation is not None and partial:
+      raise ValueError(
+          'Partial work sends step counts that secure aggregation does not '
+          'protect; use straggler_policy "wait" or "drop" with it.'
+      )
+  tracks = participation is not None or compression is not None
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f'`chunk_size` must be at least 1; got {chunk_size}.')
   if mesh is not None and 'clients' not in mesh.axis_names:
@@ -360,21 +464,37 @@ def build_round(
             params, examples, count, key, start=start),
         in_axes=(None, 0, 0, 0, 0),
     )
+  def limited(*args, limit=None, **kwargs):
+    # Only a 'partial' round passes `step_limit`, so that a hand-written
+    # `local_update` without that keyword still works elsewhere.
+    if partial:
+      kwargs['step_limit'] = limit
+    return local_update(*args, **kwargs)
+
   if local_mask is not None:
     train_own = jax.vmap(
-        lambda params, own, examples, count, key: local_update(
-            local_leaves.merge(params, own), examples, count, key),
-        in_axes=(None, 0, 0, 0, 0),
+        lambda params, own, examples, count, key, limit: limited(
+            local_leaves.merge(params, own), examples, count, key,
+            limit=limit),
+        in_axes=(None, 0, 0, 0, 0, 0),
     )
   if scaffold:
-    train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0, 0))
+    train_local = jax.vmap(
+        lambda params, examples, count, key, correction, limit: limited(
+            params, examples, count, key, correction, limit=limit),
+        in_axes=(None, 0, 0, 0, 0, 0),
+    )
     population_weights = mechanisms.client_weights(
         aggregator, jnp.ones(train_data.num_clients, bool),
         jnp.asarray(train_data.num_examples), privacy.weight_cap,
     )
     control_weights = population_weights / jnp.sum(population_weights)
   else:
-    train_local = jax.vmap(local_update, in_axes=(None, 0, 0, 0))
+    train_local = jax.vmap(
+        lambda params, examples, count, key, limit: limited(
+            params, examples, count, key, limit=limit),
+        in_axes=(None, 0, 0, 0, 0),
+    )
   # Moved once here, so numpy input is not copied to the device every round.
   if mesh is None:
     train_data = jax.device_put(train_data)
@@ -422,13 +542,47 @@ def build_round(
       weights = contributes.astype(jnp.float32)
     return mechanisms.noised_mean(updates, weights, privacy, key=key)
 
+  def message_bytes(params):
+    """Return the bytes each client downloads and uploads in a round."""
+    size = sum(leaf.size for leaf in jax.tree.leaves(params))
+    settings = compression or compression_lib.CompressionSettings()
+    return {
+        'down': participation_lib.FLOAT32_BYTES * size,
+        'up': compression_lib.encoded_bytes(settings, size),
+    }
+
   @jax.jit
   def round_step(state, round_key, examples, num_examples, malicious):
-    sampled = sampler(jax.random.fold_in(round_key, _SAMPLE_TAG))
+    sample_key = jax.random.fold_in(round_key, _SAMPLE_TAG)
+    if participation is not None and participation.availability is not None:
+      available = participation_lib.available_clients(
+          participation, jax.random.fold_in(round_key, _AVAILABILITY_TAG),
+          state.clock, num_examples.shape[0],
+      )
+      sampled = sampler(sample_key, available=available)
+      num_available = jnp.sum(available)
+    else:
+      sampled = sampler(sample_key)
+      num_available = jnp.int32(num_examples.shape[0])
     num_sampled = jnp.sum(sampled.mask)
     cohort = sampling.apply_dropout(
         jax.random.fold_in(round_key, _DROPOUT_TAG), sampled, dropout_rate
     )
+    sizes = message_bytes(state.params)
+    if participation is not None:
+      cohort = cohort._replace(mask=cohort.mask & participation_lib.stays(
+          participation, jax.random.fold_in(round_key, _LEAVE_TAG),
+          cohort.client_ids,
+      ))
+      times = participation_lib.timing(
+          participation, jax.random.fold_in(round_key, _SPEED_TAG),
+          cohort.client_ids, model_bytes=sizes['down'],
+          upload_bytes=sizes['up'],
+      )
+      limits = times.step_limit
+    else:
+      limits = jnp.full(cohort.client_ids.shape, participation_lib.NO_STEP_LIMIT, jnp.int32)
+    num_left = jnp.sum(cohort.mask)
     counts = num_examples[cohort.client_ids]
     clients_key = jax.random.fold_in(round_key, _CLIENTS_TAG)
     client_keys = jax.vmap(jax.random.fold_in, (None, 0))(
@@ -443,28 +597,37 @@ def build_round(
           lambda c, c_i: c[None] - c_i, state.control, cohort_controls
       )
       local = map_cohort(
-          lambda ids, keys, corrections: train_local(
+          lambda ids, keys, corrections, limits: train_local(
               state.params, _gather(examples, ids), num_examples[ids], keys,
-              corrections),
-          cohort.client_ids, client_keys, corrections,
+              corrections, limits),
+          cohort.client_ids, client_keys, corrections, limits,
       )
     elif local_mask is not None:
       local = map_cohort(
-          lambda ids, keys, own: train_own(
+          lambda ids, keys, own, limits: train_own(
               state.params, own, _gather(examples, ids), num_examples[ids],
-              keys),
+              keys, limits),
           cohort.client_ids, client_keys,
           jax.tree.map(lambda leaf: leaf[cohort.client_ids], state.local),
+          limits,
       )
       own_deltas = local_leaves.split(local.delta, local_mask)
       local = local._replace(
           delta=local_leaves.zero_local(local.delta, local_mask))
     else:
       local = map_cohort(
-          lambda ids, keys: train_local(
-              state.params, _gather(examples, ids), num_examples[ids], keys),
-          cohort.client_ids, client_keys,
+          lambda ids, keys, limits: train_local(
+              state.params, _gather(examples, ids), num_examples[ids], keys,
+              limits),
+          cohort.client_ids, client_keys, limits,
       )
+    num_stragglers = jnp.int32(0)
+    if participation is not None:
+      finish = participation_lib.finish_times(times, local.num_steps)
+      late, stragglers = _stragglers(
+          participation, local, finish, limits, cohort.mask & (counts > 0))
+      num_stragglers = jnp.sum(stragglers)
+      cohort = cohort._replace(mask=cohort.mask & ~late)
     if attack is not None:
       cohort_malicious = malicious[cohort.client_ids] & cohort.mask
       honest = cohort.mask & ~cohort_malicious & (counts > 0)
@@ -472,6 +635,11 @@ def build_round(
           local.delta, cohort_malicious, honest,
           jax.random.fold_in(round_key, _ATTACK_TAG),
       ))
+    if compress:
+      local, new_residuals = _compress_updates(
+          compression, local, client_keys,
+          None if not error_feedback else state.residual[cohort.client_ids],
+      )
     if fednova:
       local = local._replace(delta=_normalize_steps(
           local, cohort.mask, counts, aggregator, privacy.weight_cap
@@ -549,10 +717,39 @@ def build_round(
           clip_norm=jnp.where(skipped, state.clip_norm, next_clip)
       )
       diagnostics['clip_norm'] = state.clip_norm
+    if tracks:
+      reported = cohort.mask
+      if participation is not None:
+        seconds = participation_lib.round_seconds(
+            participation, finish, reported, late)
+      else:
+        seconds = jnp.float32(0.0)
+      new_state = new_state._replace(
+          clock=state.clock + seconds,
+          contributions=state.contributions.at[cohort.client_ids].add(
+              contributes.astype(jnp.int32)),
+      )
+      if error_feedback:
+        # A client whose update did not arrive keeps its old residual.
+        kept = jnp.where(contributes[:, None],
+                         new_residuals - state.residual[cohort.client_ids],
+                         0.0)
+        new_state = new_state._replace(
+            residual=state.residual.at[cohort.client_ids].add(kept))
+      diagnostics.update({
+          'num_available': num_available,
+          'num_reported': jnp.sum(reported),
+          'num_stragglers': num_stragglers,
+          'round_seconds': seconds,
+          'clock': new_state.clock,
+          'bytes_down': num_sampled.astype(jnp.float32) * sizes['down'],
+          'bytes_up': jnp.sum(reported).astype(jnp.float32) * sizes['up'],
+      })
     metrics = _round_metrics(
         state, num_sampled, cohort, counts, contributes, local, diagnostics,
         skipped,
     )
+    metrics['num_dropped'] = num_sampled - num_left
     metrics['params_finite'] = tree.tree_is_finite(new_state.params)
     return new_state, metrics
 
@@ -588,6 +785,18 @@ def build_round(
           '`init_server_state(params, optimizer, local_mask=local_mask, '
           'local_clients=num_clients)`.'
       )
+    if tracks and state.clock is None:
+      raise ValueError(
+          'Participation and compression need the clock and contribution '
+          'counts in the server state: call `init_server_state(params, '
+          'optimizer, num_clients=num_clients)`.'
+      )
+    if error_feedback and state.residual is None:
+      raise ValueError(
+          'Top-k error feedback needs the residuals in the server state: '
+          'call `init_server_state(params, optimizer, '
+          'num_clients=num_clients, error_feedback=True)`.'
+      )
     if needs_center and state.center is None:
       raise ValueError(
           f'Aggregator {aggregator} needs a center in the server state: call '
@@ -619,6 +828,7 @@ def build_round(
 
   round_fn.lower = lower
   round_fn.secure_plan = secure_plan
+  round_fn.message_bytes = message_bytes
   return round_fn
 
 
@@ -646,6 +856,47 @@ def scan_rounds(
     return jax.lax.scan(body, state, indices)
 
   return run
+
+
+def _stragglers(participation, local, finish, limits, active):
+  """Return `(late, stragglers)`, `[cohort]` bools.
+
+  `late` marks the updates the server discards as too late ('drop', and
+  under 'partial' the clients that could not take one step in time).
+  `stragglers` marks the clients the deadline affects: late under 'wait'
+  and 'drop', cut short under 'partial'.
+  """
+  deadline = participation.deadline
+  none = jnp.zeros_like(active)
+  if deadline is None:
+    return none, none
+  policy = participation.straggler_policy
+  if policy == 'partial':
+    planned = local.planned_steps
+    if planned is None:
+      cut = local.num_steps >= limits
+    else:
+      cut = local.num_steps < planned
+    return active & (local.num_steps == 0), active & cut
+  stragglers = active & (finish > deadline)
+  if policy == 'drop':
+    return stragglers, stragglers
+  return none, stragglers
+
+
+def _compress_updates(settings, local, client_keys, residuals):
+  """Return the cohort's decoded updates and new error-feedback residuals."""
+  flat = jax.vmap(lambda delta: jax.flatten_util.ravel_pytree(delta)[0])(
+      local.delta)
+  _, unravel = jax.flatten_util.ravel_pytree(
+      jax.tree.map(lambda leaf: leaf[0], local.delta))
+  keys = jax.vmap(jax.random.fold_in, (0, None))(client_keys, _COMPRESSION_TAG)
+  decoded, new_residuals = jax.vmap(
+      lambda vector, key, residual: compression_lib.compress(
+          settings, vector, key, residual),
+  )(flat.astype(jnp.float32), keys, residuals)
+  delta = jax.vmap(unravel)(decoded)
+  return local._replace(delta=delta), new_residuals
 
 
 def _normalize_steps(local, mask, counts, aggregator, weight_cap):

@@ -26,11 +26,17 @@ class Cohort(NamedTuple):
   num_overflow: jax.Array
 
 
-Sampler = Callable[[PRNGKey], Cohort]
+# `sampler(key) -> Cohort`. The built-in samplers also take
+# `available=`, a `[clients]` bool mask of the clients that can be drawn.
+Sampler = Callable[..., Cohort]
 
 
 def uniform_sampler(num_clients: int, cohort_size: int) -> Sampler:
   """Draw `cohort_size` distinct clients uniformly at random each round.
+
+  With `available`, the cohort is drawn uniformly from the available
+  clients only, and its mask is False in the slots left when fewer than
+  `cohort_size` clients are available.
 
   Raises:
     ValueError: if `cohort_size` is not in `[1, num_clients]`.
@@ -41,7 +47,14 @@ def uniform_sampler(num_clients: int, cohort_size: int) -> Sampler:
         f'({num_clients}); got {cohort_size}.'
     )
 
-  def sample(key: PRNGKey) -> Cohort:
+  def sample(key: PRNGKey, available: jax.Array | None = None) -> Cohort:
+    if available is not None:
+      # Random priorities, with the offline clients last; when fewer than
+      # `cohort_size` are online, the rest of the slots are masked.
+      priority = jnp.where(
+          available, jax.random.uniform(key, (num_clients,)), -1.0)
+      top_priority, ids = jax.lax.top_k(priority, cohort_size)
+      return Cohort(ids.astype(jnp.int32), top_priority >= 0.0, jnp.int32(0))
     if cohort_size == num_clients:
       ids = jnp.arange(num_clients, dtype=jnp.int32)
     else:
@@ -68,6 +81,9 @@ def poisson_sampler(
 ) -> Sampler:
   """Include each client independently with probability `rate`.
 
+  With `available`, only available clients can be included, so a client's
+  inclusion probability is `rate` times its availability.
+
   The cohort has a fixed `capacity` of slots. If more clients are drawn
   than fit, a uniformly random subset of them fills the slots and the rest
   are counted in `num_overflow`, so a caller can see that the sample was cut.
@@ -85,9 +101,11 @@ def poisson_sampler(
         f'`capacity` must be between 1 and {num_clients}; got {capacity}.'
     )
 
-  def sample(key: PRNGKey) -> Cohort:
+  def sample(key: PRNGKey, available: jax.Array | None = None) -> Cohort:
     include_key, order_key = jax.random.split(key)
     included = jax.random.uniform(include_key, (num_clients,)) < rate
+    if available is not None:
+      included = included & available
     # Random priorities choose which included clients fill the slots.
     priority = jax.random.uniform(order_key, (num_clients,))
     priority = jnp.where(included, priority, -1.0)

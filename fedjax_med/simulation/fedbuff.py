@@ -1,0 +1,384 @@
+"""Asynchronous buffered aggregation (FedBuff) on a virtual clock.
+
+Nguyen et al., 2022, "Federated Learning with Buffered Asynchronous
+Aggregation", AISTATS, https://arxiv.org/abs/2106.06639.
+
+`concurrency` clients train at once, each from the model version that was
+current when it started. The server applies an update as soon as
+`buffer_size` client updates (K) have arrived, weighing update i by
+`(1 + staleness_i) ** -staleness_exponent`, where the staleness counts the
+server steps since the client started. It then starts as many new clients
+as updates it took, from the new model.
+
+The clients in flight are a masked batch of `concurrency` slots: per slot
+the client id, the model version it started from, its arrival time on the
+virtual clock and its (compressed, decoded) update. A server step is one
+jitted call:
+
+1. take the K earliest valid arrivals, move the clock to the last of them
+   and free the slots of clients that dropped out before then;
+2. screen, clip and weigh the K updates by example count and staleness,
+   add central noise if set, and apply the mean through the server
+   optimizer;
+3. draw `dispatch_size` new clients among those available and idle, train
+   them from the new params (a vmap over the new clients only) and put
+   them in free slots with their arrival times.
+
+With `buffer_size == concurrency == dispatch_size`, uniform sampling and
+`staleness_exponent` irrelevant (every update has staleness 0), a step
+equals a synchronous FedAvg round over the same clients; a test checks
+that.
+"""
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med import tree
+from fedjax_med.client import local_training
+from fedjax_med.communication import compression as compression_lib
+from fedjax_med.data import federated
+from fedjax_med.privacy import mechanisms
+from fedjax_med.privacy import noise
+from fedjax_med.simulation import participation as participation_lib
+from fedjax_med.simulation import round as round_lib
+from fedjax_med.simulation import sampling
+from fedjax_med.typing import Params, PRNGKey
+
+
+class FedBuffState(NamedTuple):
+  """Server state plus the clients in flight.
+
+  Attributes:
+    server: the `round_lib.ServerState`; its `round` counts server steps
+      (the model version) and its `clock` is the virtual time.
+    client_ids: `[slots]` int32 client in each slot.
+    busy: `[slots]` bool, True while the slot holds a client in flight.
+    valid: `[slots]` bool, False for a client that dropped out; its slot
+      frees once the clock passes its `arrival`.
+    version: `[slots]` int32 model version the client started from.
+    arrival: `[slots]` float32 virtual time its update arrives (or, after
+      a dropout, the time the server notices).
+    delta: the slots' updates, each leaf `[slots, *param_shape]`.
+    loss: `[slots]` mean local training loss.
+  """
+
+  server: round_lib.ServerState
+  client_ids: jax.Array
+  busy: jax.Array
+  valid: jax.Array
+  version: jax.Array
+  arrival: jax.Array
+  delta: Params
+  loss: jax.Array
+
+
+class FedBuff(NamedTuple):
+  """The functions `build_fedbuff` returns.
+
+  Attributes:
+    init: `init(server_state, key) -> FedBuffState`, which starts
+      `concurrency` clients from the server params at the state's clock.
+    step: `step(state, key) -> (state, metrics)`, one server step.
+    message_bytes: `message_bytes(params) -> {'down': int, 'up': int}`,
+      the bytes one client downloads and uploads.
+  """
+
+  init: Callable[[round_lib.ServerState, PRNGKey], FedBuffState]
+  step: Callable[[FedBuffState, PRNGKey], tuple[FedBuffState, dict]]
+  message_bytes: Callable[[Params], dict]
+
+
+def build_fedbuff(
+    train_data: federated.FederatedData,
+    local_update: local_training.LocalUpdate,
+    server_optimizer: optax.GradientTransformation,
+    *,
+    concurrency: int,
+    buffer_size: int,
+    dispatch_size: int | None = None,
+    staleness_exponent: float = 0.5,
+    aggregator: str = 'fedavg',
+    privacy: mechanisms.PrivacySettings = mechanisms.PrivacySettings(),
+    participation: participation_lib.Participation | None = None,
+    compression: compression_lib.CompressionSettings | None = None,
+    chunk_size: int | None = None,
+) -> FedBuff:
+  """Build FedBuff's jitted `init` and `step` over `train_data`.
+
+  Args:
+    train_data: the whole population, `[clients, examples, ...]`.
+    local_update: a client's training, from `build_local_update`.
+    server_optimizer: applied to the negative buffered mean; FedBuff's
+      server learning rate is that of `optax.sgd`.
+    concurrency: clients in flight at once (at most the population).
+    buffer_size: K, the updates per server step (at most `concurrency`).
+    dispatch_size: new clients started per step; None uses `buffer_size`,
+      which keeps `concurrency` constant when nobody drops out. With
+      dropouts, slots can free faster than this refills them; the metric
+      `num_in_flight` shows it.
+    staleness_exponent: a in the weight `(1 + staleness) ** -a`; FedBuff
+      uses 0.5, and 0 weighs every update equally.
+    aggregator: 'fedavg' (example weights) or 'mean'.
+    privacy: clipping and central noise. Noise needs the fixed
+      `privacy.denominator` and, for fedavg, `privacy.weight_cap`, as in a
+      synchronous round.
+    participation: availability, dropouts and speeds; a deadline and
+      straggler policy are rejected, since nobody waits for stragglers.
+    compression: each client's update encoding, as in `build_round`.
+    chunk_size: train the new clients this many at a time.
+
+  Returns:
+    A `FedBuff` of `init`, `step` and `message_bytes`. Start from
+    `round_lib.init_server_state(params, optimizer, num_clients=...)`
+    (with `error_feedback=True` for top-k error feedback). The step's
+    metrics are scalars: `round` (server steps so far), `clock`,
+    `num_collected` (valid updates taken), `num_contributing` (of those,
+    finite with rows), `num_dispatched`, `num_dropped` (new clients that
+    will drop out), `num_in_flight`, `num_available`, `mean_staleness`,
+    `max_staleness`, `train_loss`, `num_clipped`, `mean_update_norm`,
+    `skipped`, `bytes_down`, `bytes_up` and `params_finite`.
+  """
+  num_clients = train_data.num_clients
+  dispatch_size = buffer_size if dispatch_size is None else dispatch_size
+  for name, value, upper in (
+      ('concurrency', concurrency, num_clients),
+      ('buffer_size', buffer_size, concurrency),
+      ('dispatch_size', dispatch_size, concurrency)):
+    if not (isinstance(value, int) and 1 <= value <= upper):
+      raise ValueError(
+          f'`{name}` must be an integer in [1, {upper}]; got {value!r}.'
+      )
+  if not (math.isfinite(staleness_exponent) and staleness_exponent >= 0):
+    raise ValueError(
+        f'`staleness_exponent` must be >= 0; got {staleness_exponent}.'
+    )
+  if aggregator not in ('fedavg', 'mean'):
+    raise ValueError(
+        f'FedBuff averages a buffer, so `aggregator` must be fedavg or mean; '
+        f'got {aggregator!r}.'
+    )
+  mechanisms.validate_privacy(privacy, aggregator)
+  if privacy.noise_kind not in ('none', 'central') or (
+      privacy.adaptive_clipping):
+    raise ValueError(
+        'FedBuff supports clipping and central noise only; got noise '
+        f'{privacy.noise_kind!r} and adaptive_clipping '
+        f'{privacy.adaptive_clipping}.'
+    )
+  participation = participation or participation_lib.Participation()
+  participation_lib.validate(participation, num_clients)
+  if participation.deadline is not None:
+    raise ValueError(
+        'FedBuff never waits for a round, so it has no deadline; set '
+        '`participation.deadline=None`.'
+    )
+  compression = compression or compression_lib.CompressionSettings()
+  compression_lib.validate(compression)
+  compress = compression.kind != 'none'
+  error_feedback = compression.kind == 'top_k' and compression.error_feedback
+  map_cohort = round_lib._cohort_mapper(chunk_size, None)
+  train_many = jax.vmap(local_update, in_axes=(None, 0, 0, 0))
+  train_data = jax.device_put(train_data)
+
+  def message_bytes(params):
+    size = sum(leaf.size for leaf in jax.tree.leaves(params))
+    return {
+        'down': participation_lib.FLOAT32_BYTES * size,
+        'up': compression_lib.encoded_bytes(compression, size),
+    }
+
+  def check_state(server):
+    if server.clock is None or (error_feedback and server.residual is None):
+      raise ValueError(
+          'FedBuff needs the clock and contribution counts in the server '
+          'state: call `init_server_state(params, optimizer, '
+          'num_clients=num_clients)`, with `error_feedback=True` for top-k '
+          'error feedback.'
+      )
+
+  def dispatch(server, key, idle, size):
+    """Start `size` clients among the idle available ones."""
+    examples, num_examples = train_data.examples, train_data.num_examples
+    available = participation_lib.available_clients(
+        participation, jax.random.fold_in(key, round_lib._AVAILABILITY_TAG),
+        server.clock, num_clients,
+    )
+    cohort = sampling.uniform_sampler(num_clients, size)(
+        jax.random.fold_in(key, round_lib._SAMPLE_TAG),
+        available=available & idle,
+    )
+    stays = participation_lib.stays(
+        participation, jax.random.fold_in(key, round_lib._LEAVE_TAG),
+        cohort.client_ids)
+    sizes = message_bytes(server.params)
+    times = participation_lib.timing(
+        participation, jax.random.fold_in(key, round_lib._SPEED_TAG),
+        cohort.client_ids, model_bytes=sizes['down'],
+        upload_bytes=sizes['up'],
+    )
+    clients_key = jax.random.fold_in(key, round_lib._CLIENTS_TAG)
+    client_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+        clients_key, cohort.client_ids)
+    local = map_cohort(
+        lambda ids, keys: train_many(
+            server.params, round_lib._gather(examples, ids),
+            num_examples[ids], keys),
+        cohort.client_ids, client_keys,
+    )
+    residual = server.residual
+    if compress:
+      local, new_residuals = round_lib._compress_updates(
+          compression, local,  client_keys,
+          residual[cohort.client_ids] if error_feedback else None,
+      )
+      if error_feedback:
+        # Only clients that send keep what they did not send.
+        sends = cohort.mask & stays
+        change = jnp.where(sends[:, None],
+                           new_residuals - residual[cohort.client_ids], 0.0)
+        residual = residual.at[cohort.client_ids].add(change)
+    finish = participation_lib.finish_times(times, local.num_steps)
+    # A client that drops out leaves after its download.
+    arrival = server.clock + jnp.where(stays, finish, times.download)
+    num_available = jnp.sum(available)
+    return cohort, stays, local, arrival, residual, num_available
+
+  def place(state, cohort, stays, local, arrival):
+    """Put the started clients into free slots (first free slot first)."""
+    free_order = jnp.argsort(state.busy, stable=True)
+    num_free = jnp.sum(~state.busy)
+    position = jnp.cumsum(cohort.mask) - 1
+    fits = cohort.mask & (position < num_free)
+    target = jnp.where(fits, free_order[jnp.clip(position, 0)], -1)
+    target = jnp.where(fits, target, state.busy.shape[0])
+
+    def put(stored, new):
+      return stored.at[target].set(new.astype(stored.dtype), mode='drop')
+
+    return state._replace(
+        client_ids=put(state.client_ids, cohort.client_ids),
+        busy=put(state.busy, fits),
+        valid=put(state.valid, stays),
+        version=put(state.version,
+                    jnp.broadcast_to(state.server.round, target.shape)),
+        arrival=put(state.arrival, arrival),
+        delta=jax.tree.map(put, state.delta, local.delta),
+        loss=put(state.loss, local.loss),
+    ), jnp.sum(fits)
+
+  @jax.jit
+  def init_step(server, key):
+    slots = jax.tree.map(
+        lambda leaf: jnp.zeros((concurrency,) + leaf.shape, jnp.float32),
+        server.params)
+    state = FedBuffState(
+        server=server,
+        client_ids=jnp.zeros((concurrency,), jnp.int32),
+        busy=jnp.zeros((concurrency,), bool),
+        valid=jnp.zeros((concurrency,), bool),
+        version=jnp.zeros((concurrency,), jnp.int32),
+        arrival=jnp.zeros((concurrency,), jnp.float32),
+        delta=slots,
+        loss=jnp.zeros((concurrency,), jnp.float32),
+    )
+    idle = jnp.ones((num_clients,), bool)
+    cohort, stays, local, arrival, residual, _ = dispatch(
+        server, key, idle, concurrency)
+    state = state._replace(server=server._replace(residual=residual))
+    state, _ = place(state, cohort, stays, local, arrival)
+    return state
+
+  @jax.jit
+  def server_step(state, key):
+    server = state.server
+    num_examples = train_data.num_examples
+    # 1. The K earliest valid arrivals; exactly K when K are in flight.
+    waiting = state.busy & state.valid
+    pending = jnp.where(waiting, state.arrival, jnp.inf)
+    neg_times, picked = jax.lax.top_k(-pending, buffer_size)
+    picked_ok = jnp.isfinite(neg_times)
+    collected = jnp.zeros_like(waiting).at[picked].set(picked_ok)
+    now = jnp.maximum(
+        server.clock, jnp.max(jnp.where(picked_ok, -neg_times, -jnp.inf)))
+    gone = state.busy & ~state.valid & (state.arrival <= now)
+
+    # 2. Screen, clip, weigh and apply.
+    counts = num_examples[state.client_ids]
+    updates, norms, contributes, diagnostics = round_lib._screen_and_clip(
+        state.delta, collected, counts, privacy)
+    staleness = (server.round - state.version).astype(jnp.float32)
+    decay = (1.0 + staleness) ** -staleness_exponent
+    weights = mechanisms.client_weights(
+        aggregator, contributes, counts, privacy.weight_cap)
+    summed = jax.tree.map(
+        lambda leaf: jnp.tensordot(weights * decay, leaf, axes=1), updates)
+    if privacy.noise_kind == 'central':
+      summed = noise.add_gaussian_noise(
+          summed, privacy.noise_multiplier * privacy.clip_norm,
+          key=jax.random.fold_in(key, round_lib._CENTRAL_NOISE_TAG))
+      denominator = jnp.float32(privacy.denominator)
+    else:
+      total = jnp.sum(weights)
+      denominator = jnp.where(total > 0, total, 1.0)
+    aggregate = jax.tree.map(lambda leaf: leaf / denominator, summed)
+    skipped = jnp.sum(weights) <= 0
+    new_server = round_lib._server_update(
+        server, aggregate, skipped, server_optimizer)
+    new_server = new_server._replace(
+        clock=now,
+        contributions=server.contributions.at[state.client_ids].add(
+            contributes.astype(jnp.int32)),
+    )
+    example_weights = jnp.where(contributes, counts, 0).astype(jnp.float32)
+    # `where`, so that the NaN loss of a screened-out client cannot leak in.
+    train_loss = jnp.sum(
+        jnp.where(contributes, example_weights * state.loss, 0.0)
+    ) / jnp.maximum(jnp.sum(example_weights), 1.0)
+    freed = collected | gone
+    state = state._replace(server=new_server, busy=state.busy & ~freed)
+
+    # 3. Start new clients from the new params.
+    in_flight = jnp.zeros((num_clients,), jnp.int32).at[state.client_ids].max(
+        state.busy.astype(jnp.int32)) > 0
+    cohort, stays, local, arrival, residual, num_available = dispatch(
+        new_server, key, ~in_flight, dispatch_size)
+    state = state._replace(server=new_server._replace(residual=residual))
+    state, num_dispatched = place(state, cohort, stays, local, arrival)
+
+    sizes = message_bytes(server.params)
+    num_collected = jnp.sum(collected)
+    metrics = {
+        'round': new_server.round,
+        'clock': now,
+        'num_collected': num_collected,
+        'num_contributing': jnp.sum(contributes),
+        'num_dispatched': num_dispatched,
+        'num_dropped': jnp.sum(cohort.mask & ~stays),
+        'num_in_flight': jnp.sum(state.busy),
+        'num_available': num_available,
+        'mean_staleness': jnp.sum(jnp.where(collected, staleness, 0.0))
+        / jnp.maximum(num_collected, 1),
+        'max_staleness': jnp.max(jnp.where(collected, staleness, 0.0)),
+        'train_loss': jnp.where(skipped, jnp.nan, train_loss),
+        'skipped': skipped,
+        'bytes_down': num_dispatched.astype(jnp.float32) * sizes['down'],
+        'bytes_up': num_collected.astype(jnp.float32) * sizes['up'],
+        'params_finite': tree.tree_is_finite(new_server.params),
+        **diagnostics,
+    }
+    del norms
+    return state, metrics
+
+  def init(server, key):
+    check_state(server)
+    return init_step(server, key)
+
+  def step(state, key):
+    check_state(state.server)
+    return server_step(state, key)
+
+  return FedBuff(init, step, message_bytes)

@@ -1,0 +1,212 @@
+"""FedBuff: buffered asynchronous aggregation on the virtual clock."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_med.client import local_training
+from fedjax_med.communication import compression
+from fedjax_med.data import federated
+from fedjax_med.models import tabular
+from fedjax_med.simulation import fedbuff
+from fedjax_med.simulation import participation as participation_lib
+from fedjax_med.simulation import round as round_lib
+from fedjax_med.simulation import sampling
+
+MODEL = tabular.from_flax(tabular.LogisticRegression(2), 2)
+NUM_PARAMS = 4
+
+
+def _population(counts, seed=0):
+  rng = np.random.default_rng(seed)
+  clients = []
+  for count in counts:
+    x = rng.normal(size=(count, 3)).astype(np.float32)
+    clients.append({'x': x, 'y': (rng.random(count) > 0.5).astype(np.int32)})
+  return jax.device_put(federated.stack_clients(clients))
+
+
+def _local_update():
+  return local_training.build_local_update(
+      MODEL, optax.sgd(0.1), num_steps=4, batch_size=2)
+
+
+def _state(key, num_clients, **kwargs):
+  params = MODEL.init(key, jnp.zeros((1, 3)))
+  return round_lib.init_server_state(
+      params, optax.sgd(1.0), num_clients=num_clients, **kwargs)
+
+
+def _leaves_close(a, b, **tolerance):
+  for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(left, right, **tolerance)
+
+
+def test_full_buffer_equals_sync_fedavg(key):
+  data = _population([3, 8, 5, 6, 9, 4])
+  participation = participation_lib.Participation(
+      availability=np.ones(6, np.float32))
+  sync = round_lib.build_round(
+      data, _local_update(), sampling.uniform_sampler(6, 3), optax.sgd(1.0),
+      participation=participation)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=3, buffer_size=3,
+      participation=participation)
+  keys = [jax.random.fold_in(key, index) for index in range(4)]
+  sync_state = _state(key, 6)
+  for round_key in keys[:3]:
+    sync_state, _ = sync(sync_state, round_key)
+  state = buffered.init(_state(key, 6), keys[0])
+  for step_key in keys[1:]:
+    state, metrics = buffered.step(state, step_key)
+    assert float(metrics['max_staleness']) == 0.0
+    assert int(metrics['num_collected']) == 3
+  _leaves_close(state.server.params, sync_state.params, rtol=1e-6,
+                atol=1e-7)
+  np.testing.assert_array_equal(state.server.contributions,
+                                sync_state.contributions)
+
+
+def test_stale_update_weighted_by_hand(key):
+  # Client 0 is fast and client 1 slow; one update per server step.
+  data = _population([6, 6])
+  participation = participation_lib.Participation(
+      steps_per_second=np.array([100.0, 1.0], np.float32))
+  local_update = _local_update()
+  buffered = fedbuff.build_fedbuff(
+      data, local_update, optax.sgd(1.0), concurrency=2, buffer_size=1,
+      participation=participation, aggregator='mean')
+  start = _state(key, 2)
+  init_key = jax.random.fold_in(key, 0)
+  state = buffered.init(start, init_key)
+  state, first = buffered.step(state, jax.random.fold_in(key, 1))
+  # Four steps at 100 steps/s: client 0 arrives at 0.04 s.
+  assert float(first['max_staleness']) == 0.0
+  np.testing.assert_allclose(first['clock'], 0.04, rtol=1e-5)
+  index = 2
+  while True:
+    before = state.server.params
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    index += 1
+    if float(metrics['max_staleness']) > 0:
+      break
+  # Client 1 started at version 0 from the start params and arrives at 4 s,
+  # after client 0's repeated 0.04 s trips.
+  np.testing.assert_allclose(metrics['clock'], 4.0, rtol=1e-5)
+  staleness = float(metrics['max_staleness'])
+  assert staleness == index - 2
+  clients_key = jax.random.fold_in(init_key, round_lib._CLIENTS_TAG)
+  examples = jax.tree.map(lambda a: a[1], data.examples)
+  slow = local_update(start.params, examples, data.num_examples[1],
+                      jax.random.fold_in(clients_key, 1))
+  expected = jax.tree.map(
+      lambda old, delta: old + delta / np.sqrt(1.0 + staleness),
+      before, slow.delta)
+  _leaves_close(state.server.params, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_staleness_decay_applied(key):
+  data = _population([6, 6])
+  participation = participation_lib.Participation(
+      steps_per_second=np.array([100.0, 1.0], np.float32))
+  local_update = _local_update()
+  init_key = jax.random.fold_in(key, 0)
+  results = {}
+  for exponent in (0.0, 1.0):
+    buffered = fedbuff.build_fedbuff(
+        data, local_update, optax.sgd(1.0), concurrency=2, buffer_size=1,
+        participation=participation, aggregator='mean',
+        staleness_exponent=exponent)
+    state = buffered.init(_state(key, 2), init_key)
+    index = 1
+    while True:
+      before = state.server.params
+      state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+      index += 1
+      if float(metrics['max_staleness']) > 0:
+        break
+    results[exponent] = (before, state.server.params,
+                         float(metrics['max_staleness']))
+  # The same stale update, once unweighted and once divided by 1 + tau.
+  before, after_plain, staleness = results[0.0]
+  _, after_decayed, _ = results[1.0]
+  plain_step = jax.tree.map(jnp.subtract, after_plain, before)
+  decayed_step = jax.tree.map(jnp.subtract, after_decayed, results[1.0][0])
+  _leaves_close(decayed_step,
+                jax.tree.map(lambda x: x / (1.0 + staleness), plain_step),
+                rtol=1e-5, atol=1e-7)
+
+
+def test_dropouts_free_slots_and_skip_buffer(key):
+  data = _population([5] * 8)
+  participation = participation_lib.Participation(
+      dropout=np.array([1.0, 0.0] * 4, np.float32),
+      steps_per_second=np.ones(8, np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=2,
+      dispatch_size=4, participation=participation)
+  state = buffered.init(_state(key, 8), key)
+  collected = 0
+  for index in range(1, 8):
+    waiting = int(jnp.sum(state.busy & state.valid))
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    # The buffer takes K updates when K valid ones are in flight.
+    assert int(metrics['num_collected']) == min(2, waiting)
+    assert int(metrics['num_in_flight']) <= 4
+    collected += int(metrics['num_collected'])
+  contributions = np.asarray(state.server.contributions)
+  assert contributions[0::2].sum() == 0
+  assert contributions.sum() == collected
+  assert collected >= 7
+
+
+def test_bytes_and_clock(key):
+  data = _population([5] * 6)
+  settings = compression.CompressionSettings('qsgd', levels=2)
+  participation = participation_lib.Participation(
+      steps_per_second=np.linspace(1.0, 3.0, 6).astype(np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=2,
+      participation=participation, compression=settings)
+  params = MODEL.init(key, jnp.zeros((1, 3)))
+  sizes = buffered.message_bytes(params)
+  assert sizes['up'] == compression.encoded_bytes(settings, NUM_PARAMS)
+  state = buffered.init(_state(key, 6), key)
+  clock = 0.0
+  for index in range(1, 5):
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    assert float(metrics['clock']) >= clock
+    clock = float(metrics['clock'])
+    assert float(metrics['bytes_up']) == 2 * sizes['up']
+    assert float(metrics['bytes_down']) == 2 * sizes['down']
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'concurrency': 7, 'buffer_size': 2}, 'concurrency'),
+    ({'concurrency': 2, 'buffer_size': 3}, 'buffer_size'),
+    ({'concurrency': 2, 'buffer_size': 1, 'dispatch_size': 0},
+     'dispatch_size'),
+    ({'concurrency': 2, 'buffer_size': 1, 'staleness_exponent': -1.0},
+     'staleness_exponent'),
+    ({'concurrency': 2, 'buffer_size': 1, 'aggregator': 'median'},
+     'aggregator'),
+    ({'concurrency': 2, 'buffer_size': 1,
+      'participation': participation_lib.Participation(
+          steps_per_second=np.ones(6, np.float32), deadline=3.0)},
+     'deadline'),
+])
+def test_build_rejects(options, message):
+  data = _population([5] * 6)
+  with pytest.raises(ValueError, match=message):
+    fedbuff.build_fedbuff(data, _local_update(), optax.sgd(1.0), **options)
+
+
+def test_step_needs_clock(key):
+  data = _population([5] * 4)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1)
+  params = MODEL.init(key, jnp.zeros((1, 3)))
+  with pytest.raises(ValueError, match='num_clients'):
+    buffered.init(round_lib.init_server_state(params, optax.sgd(1.0)), key)
