@@ -4,7 +4,7 @@
 population with a fixed rate or cohort size. Availability, dropouts,
 stragglers and asynchronous aggregation change who takes part, so this
 module builds the accounting from what the run recorded instead. It gives
-two claims; each holds under the assumptions listed with it.
+two claims, each valid under the assumptions listed with it.
 
 Both claims assume central noise: each contribution is clipped to L2 norm
 `C` after decoding (so compression cannot raise the sensitivity), each
@@ -67,8 +67,8 @@ class Guarantee(NamedTuple):
     claim: 'contributions' (no amplification) or 'poisson' or 'uniform'
       (amplified by sampling).
     rounds: the rounds or server steps accounted for.
-    max_contributions: the most contributions of any one client, for the
-      'contributions' claim; None otherwise.
+    max_contributions: the maximum number of contributions of one client,
+      for the 'contributions' claim; None otherwise.
   """
 
   epsilon: float
@@ -91,7 +91,7 @@ def contribution_epsilon(
 
   Args:
     contributions: `[clients]` count of the rounds in which each client's
-      update entered the aggregate, as `ServerState.contributions` holds.
+      update entered the aggregate, as in `ServerState.contributions`.
     noise_multiplier: noise std on the sum divided by the clip norm.
     delta: the target delta.
     relation: 'replace_one' (any data-independent participation) or
@@ -113,12 +113,14 @@ def contribution_epsilon(
   accounting._check_choice('relation', relation,
                            accounting.NEIGHBORING_RELATIONS)
   accounting._check_noise_multiplier(noise_multiplier)
-  most = int(counts.max())
+  max_count = int(counts.max())
   multiplier = noise_multiplier / 2 if relation == 'replace_one' else (
       noise_multiplier)
   event = dp_accounting.GaussianDpEvent(multiplier)
-  epsilon = accounting.epsilon_for(event, relation, most, delta, accountant)
-  return Guarantee(epsilon, delta, relation, 'contributions', most, most)
+  epsilon = accounting.epsilon_for(event, relation, max_count, delta,
+                                   accountant)
+  return Guarantee(epsilon, delta, relation, 'contributions', max_count,
+                   max_count)
 
 
 def sampled_epsilon(

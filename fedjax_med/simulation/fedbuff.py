@@ -24,10 +24,9 @@ jitted call:
    them from the new params (a vmap over the new clients only) and put
    them in free slots with their arrival times.
 
-With `buffer_size == concurrency == dispatch_size`, uniform sampling and
-`staleness_exponent` irrelevant (every update has staleness 0), a step
-equals a synchronous FedAvg round over the same clients; a test checks
-that.
+With `buffer_size == concurrency == dispatch_size`, every update has
+staleness 0, so a step equals a synchronous FedAvg round over the same
+clients. `tests/simulation/test_fedbuff.py` checks this.
 """
 
 import math
@@ -56,7 +55,7 @@ class FedBuffState(NamedTuple):
     server: the `round_lib.ServerState`; its `round` counts server steps
       (the model version) and its `clock` is the virtual time.
     client_ids: `[slots]` int32 client in each slot.
-    busy: `[slots]` bool, True while the slot holds a client in flight.
+    busy: `[slots]` bool, True while a client in flight occupies the slot.
     valid: `[slots]` bool, False for a client that dropped out; its slot
       frees once the clock passes its `arrival`.
     version: `[slots]` int32 model version the client started from.
@@ -117,7 +116,7 @@ def build_fedbuff(
     concurrency: clients in flight at once (at most the population).
     buffer_size: K, the updates per server step (at most `concurrency`).
     dispatch_size: new clients started per step; None uses `buffer_size`,
-      which keeps `concurrency` constant when nobody drops out. With
+      which keeps `concurrency` constant when no client drops out. With
       dropouts, slots can free faster than this refills them; the metric
       `num_in_flight` shows it.
     staleness_exponent: a in the weight `(1 + staleness) ** -a`; FedBuff
@@ -304,7 +303,7 @@ def build_fedbuff(
     collected = jnp.zeros_like(waiting).at[picked].set(picked_ok)
     now = jnp.maximum(
         server.clock, jnp.max(jnp.where(picked_ok, -neg_times, -jnp.inf)))
-    gone = state.busy & ~state.valid & (state.arrival <= now)
+    dropped = state.busy & ~state.valid & (state.arrival <= now)
 
     # 2. Screen, clip, weigh and apply.
     counts = num_examples[state.client_ids]
@@ -338,7 +337,7 @@ def build_fedbuff(
     train_loss = jnp.sum(
         jnp.where(contributes, example_weights * state.loss, 0.0)
     ) / jnp.maximum(jnp.sum(example_weights), 1.0)
-    freed = collected | gone
+    freed = collected | dropped
     state = state._replace(server=new_server, busy=state.busy & ~freed)
 
     # 3. Start new clients from the new params.

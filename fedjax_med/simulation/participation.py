@@ -14,11 +14,11 @@ read it:
   upload. `speed_jitter` multiplies a client's step time by a lognormal
   factor drawn per client and round.
 * A deadline cuts the round. The straggler policy decides what happens to
-  a client that would not finish its local steps by then: 'wait' ignores
-  the deadline and waits for everyone, 'drop' discards the late updates,
-  and 'partial' stops the client at the deadline and uses the steps it
-  finished (combine with `fednova=True`, which divides each update by its
-  step count).
+  a client that would not finish its local steps by then. 'wait' ignores
+  the deadline and waits for everyone, and 'drop' discards the late
+  updates. 'partial' stops the client at the deadline and uses the steps
+  it finished; combine it with `fednova=True`, which divides each update
+  by its step count.
 
 All times are virtual seconds on the simulated clock, not the time the
 simulation takes.
@@ -41,7 +41,7 @@ NO_STEP_LIMIT = 1 << 30
 
 
 class Participation(NamedTuple):
-  """Who can take part in a round and how long each client takes.
+  """Availability, dropout and speed of every client, and the deadline.
 
   Attributes:
     availability: `[clients]` probability that a client is online in a
@@ -169,8 +169,8 @@ def validate(participation: Participation, num_clients: int) -> None:
   schedule = p.availability is not None and np.ndim(p.availability) == 2
   if schedule and p.steps_per_second is None and p.server_seconds == 0:
     raise InputError(
-        'An availability schedule follows the virtual clock, which stands '
-        'still without `steps_per_second` or `server_seconds`; set one.'
+        'An availability schedule follows the virtual clock, which does not '
+        'advance without `steps_per_second` or `server_seconds`; set one.'
     )
 
 
@@ -207,8 +207,8 @@ def timing(
   """Return the cohort's download, step and upload times for one round.
 
   `model_bytes` is what each client downloads and `upload_bytes` what it
-  sends (after compression). Under 'partial', `step_limit` holds the whole
-  steps that fit between the download and the upload before the deadline;
+  sends (after compression). Under 'partial', `step_limit` is the number of
+  whole steps that fit between the download and the upload before the deadline;
   a client that cannot even download and upload in time gets 0.
   """
   p = participation
@@ -310,6 +310,6 @@ def _check_probabilities(name: str, values: np.ndarray) -> None:
   if not (np.all(np.isfinite(values)) and np.all(values >= 0)
           and np.all(values <= 1)):
     raise InputError(
-        f'`{name}` must hold probabilities in [0, 1]; got values from '
+        f'`{name}` must contain probabilities in [0, 1]; got values from '
         f'{np.min(values)} to {np.max(values)}.'
     )

@@ -186,7 +186,8 @@ def test_dropout_equals_round_without_dropped(key):
 
 
 def _straggler_round(policy, fednova=False, deadline=3.0):
-  # Client i takes 1 / speed[i] seconds per step, plus 0.5 s down and up.
+  # Client i takes 1 / speed[i] seconds per step, plus 0.25 s to download
+  # and 0.25 s to upload.
   data = _population([20, 20, 20, 20])
   speeds = np.array([4.0, 2.0, 1.0, 0.5], np.float32)
   participation = participation_lib.Participation(

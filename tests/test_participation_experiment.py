@@ -1,0 +1,52 @@
+"""experiments/participation_communication.py at a tiny size."""
+
+import json
+
+
+def test_participation_experiment_writes_results(load_script, tmp_path):
+  experiment = load_script('experiments/participation_communication.py')
+  markdown = tmp_path / 'page.md'
+  runs = tmp_path / 'runs.jsonl'
+  clock_figure = tmp_path / 'clock.png'
+  bytes_figure = tmp_path / 'bytes.png'
+
+  records = experiment.main([
+      '--clients', '120', '--seeds', '0', '--hours', '0.5',
+      '--evaluate-every', '900', '--compression-rounds', '2',
+      '--markdown', str(markdown), '--json', str(runs),
+      '--clock-figure', str(clock_figure), '--bytes-figure',
+      str(bytes_figure),
+  ])
+
+  parts = [(record['part'], record['method']) for record in records]
+  expected = ([('clock', method) for method in experiment.CLOCK_METHODS]
+              + [('bytes', name) for name in experiment.COMPRESSORS]
+              + [('privacy', 'fedavg_drop_dp')])
+  assert parts == expected
+  lines = runs.read_text().splitlines()
+  assert [json.loads(line)['method'] for line in lines] == [
+      method for _, method in expected]
+  for record in records:
+    if record['part'] == 'clock':
+      # Every run passes the time budget, and its clock never goes back.
+      times = [moment for moment, _ in record['curve']]
+      assert times == sorted(times)
+      assert times[-1] >= 1800.0
+    if record['part'] == 'bytes':
+      # Everyone is online and nobody drops out: 100 uploads a round.
+      assert record['bytes_up'] == 2 * 100 * record['message_bytes']
+  sizes = {record['method']: record['message_bytes'] for record in records
+           if record['part'] == 'bytes'}
+  # 610 float32 parameters; QSGD with 16 levels sends 6 bits each.
+  assert sizes['none'] == 2440
+  assert sizes['qsgd_16'] == 4 + (610 * 6 + 7) // 8
+  privacy = records[-1]
+  assert privacy['max_contributions'] <= privacy['rounds']
+  assert privacy['epsilon_contributions'] > 0
+  page = markdown.read_text()
+  assert experiment.RESULTS_START in page
+  assert '| FedBuff (K=25 of 100) |' in page
+  assert '| top-1% + error feedback |' in page
+  assert 'epsilon, no amplification' in page
+  assert clock_figure.stat().st_size > 0
+  assert bytes_figure.stat().st_size > 0
