@@ -6,19 +6,24 @@ Usage:
       [--markdown PATH] [--json PATH] [--clock-figure PATH]
       [--bytes-figure PATH]
 
-The population is FedProx's Synthetic(0.5, 0.5) with `--clients` clients
-of 20 to 100 rows (60 features, 10 classes), trained with multinomial
-logistic regression (610 parameters), 10 local SGD steps of batch 10 at
-learning rate 0.3.
+The population has `--clients` clients of 20 to 100 rows (60 features, 10
+classes) in two groups. 70% are well-equipped sites and 30% are
+under-resourced sites whose data follow another labelling rule: each group
+is FedProx's IID synthetic data (`synthetic(iid=True)`) from its own key,
+so each group has one linear model and the two models differ. All clients
+train one multinomial logistic regression (610 parameters), 10 local SGD
+steps of batch 10 at learning rate 0.3, and the tables report the test
+accuracy over all clients and over the under-resourced group.
 
-Part 1, accuracy against simulated wall clock. Every client has a
-lognormal compute speed (median 0.02 steps per second, so a median client
-needs 500 s for its 10 steps; log-std 1.0), lognormal links (median 2 kB/s
-up and 20 kB/s down, log-std 0.5), a per-round speed jitter (log-std 0.3),
-a 5% chance to drop out in a round, and a working-day availability
-schedule (online with probability 0.8 from 8:00 to 18:00 local time and
-0.2 otherwise; time zones spread from UTC-6 to UTC+5). Four algorithms
-run until the virtual clock passes `--hours`:
+Part 1, accuracy against simulated wall clock. Each client has a lognormal
+compute speed with log-std 0.5 and median 0.02 steps per second (a median
+well-equipped site needs 500 s for its 10 steps), or 0.005 at the
+under-resourced sites (2,000 s). Links are lognormal too (median 2 kB/s up
+and 20 kB/s down, log-std 0.5). On top come a per-round speed jitter
+(log-std 0.3), a 5% chance to drop out in a round, and a working-day
+availability schedule: online with probability 0.8 from 8:00 to 18:00
+local time and 0.2 otherwise, with time zones from UTC-6 to UTC+5. Four
+algorithms run until the virtual clock passes `--hours`:
 
 * FedAvg, wait: 100 clients per round, the server waits for the slowest;
 * FedAvg, drop: the same with a 900 s deadline, late updates discarded;
@@ -60,6 +65,7 @@ import optax
 
 from fedjax_med.client import local_training
 from fedjax_med.communication import compression
+from fedjax_med.data import federated
 from fedjax_med.data import synthetic
 from fedjax_med.models import tabular
 from fedjax_med.privacy import accounting
@@ -84,6 +90,9 @@ LOCAL_STEPS = 10
 BATCH_SIZE = 10
 LEARNING_RATE = 0.3
 COHORT = 100
+SLOW_SHARE = 0.3
+FAST_STEPS_PER_SECOND = 0.02
+SLOW_STEPS_PER_SECOND = 0.005
 DEADLINE_S = 900.0
 FEDBUFF_CONCURRENCY = 100
 FEDBUFF_BUFFER = 25
@@ -124,13 +133,27 @@ class Setup:
 
   def __init__(self, seed: int, num_clients: int):
     key = jax.random.key(seed)
-    data_key, model_key, speed_key, up_key, down_key = jax.random.split(
-        key, 5)
-    dataset = synthetic.synthetic(
-        key=data_key, num_clients=num_clients, alpha=0.5, beta=0.5,
-        num_features=NUM_FEATURES, num_classes=NUM_CLASSES, min_examples=20,
-        max_examples=100)
-    self.train, self.test = dataset.train, dataset.test
+    keys = jax.random.split(key, 6)
+    data_key, slow_data_key, model_key, speed_key, up_key, down_key = keys
+    num_slow = int(round(SLOW_SHARE * num_clients))
+    groups = [
+        synthetic.synthetic(
+            key=group_key, num_clients=size, alpha=0.0, beta=0.0, iid=True,
+            num_features=NUM_FEATURES, num_classes=NUM_CLASSES,
+            min_examples=20, max_examples=100)
+        for group_key, size in ((data_key, num_clients - num_slow),
+                                (slow_data_key, num_slow))
+    ]
+    self.train, self.test = (
+        federated.FederatedData(
+            {name: np.concatenate([np.asarray(getattr(group, split)
+                                              .examples[name])
+                                   for group in groups])
+             for name in ('x', 'y')},
+            np.concatenate([np.asarray(getattr(group, split).num_examples)
+                            for group in groups]))
+        for split in ('train', 'test'))
+    self.slow = np.arange(num_clients) >= num_clients - num_slow
     self.num_clients = num_clients
     self.model = tabular.from_flax(
         tabular.LogisticRegression(NUM_CLASSES), NUM_CLASSES)
@@ -148,7 +171,8 @@ class Setup:
             closed_probability=0.2),
         dropout=0.05,
         steps_per_second=participation_lib.lognormal_speeds(
-            speed_key, num_clients, 0.02, 1.0),
+            speed_key, num_clients, 1.0, 0.5) * np.where(
+                self.slow, SLOW_STEPS_PER_SECOND, FAST_STEPS_PER_SECOND),
         upload_bytes_per_second=participation_lib.lognormal_speeds(
             up_key, num_clients, 2_000.0, 0.5),
         download_bytes_per_second=participation_lib.lognormal_speeds(
@@ -157,12 +181,14 @@ class Setup:
     )
     self.key = key
 
-  def accuracy(self, params) -> float:
-    """Return the example-weighted test accuracy over all clients."""
+  def accuracy(self, params) -> tuple[float, float]:
+    """Return the example-weighted test accuracy, overall and slow group."""
     result = self.evaluate(params)
     counts = np.asarray(self.test.num_examples, np.float64)
-    accuracy = np.nan_to_num(np.asarray(result.accuracy, np.float64))
-    return float(np.sum(accuracy * counts) / np.sum(counts))
+    correct = np.nan_to_num(np.asarray(result.accuracy, np.float64)) * counts
+    overall = np.sum(correct) / np.sum(counts)
+    slow = np.sum(correct[self.slow]) / max(np.sum(counts[self.slow]), 1.0)
+    return float(overall), float(slow)
 
 
 def _sync_round(setup: Setup, method: str, **options):
@@ -188,7 +214,7 @@ def run_clock(setup: Setup, method: str, hours: float, seed: int,
       method))
   state = round_lib.init_server_state(
       setup.params, optax.sgd(1.0), num_clients=setup.num_clients)
-  curve = [(0.0, setup.accuracy(state.params))]
+  curve = [(0.0, *setup.accuracy(state.params))]
   totals = {'updates': 0, 'stragglers': 0, 'sampled': 0, 'steps': 0}
   next_eval = evaluate_every_s
   if method == 'fedbuff':
@@ -208,7 +234,7 @@ def run_clock(setup: Setup, method: str, hours: float, seed: int,
       totals['sampled'] += int(metrics['num_dispatched'])
       staleness.append(float(metrics['mean_staleness']))
       if clock >= next_eval or clock >= limit:
-        curve.append((clock, setup.accuracy(fb_state.server.params)))
+        curve.append((clock, *setup.accuracy(fb_state.server.params)))
         next_eval = clock + evaluate_every_s
     totals['steps'] = index
     totals['mean_staleness'] = float(np.mean(staleness))
@@ -223,13 +249,14 @@ def run_clock(setup: Setup, method: str, hours: float, seed: int,
       totals['stragglers'] += int(metrics['num_stragglers'])
       totals['sampled'] += int(metrics['num_sampled'])
       if clock >= next_eval or clock >= limit:
-        curve.append((clock, setup.accuracy(state.params)))
+        curve.append((clock, *setup.accuracy(state.params)))
         next_eval = clock + evaluate_every_s
     totals['steps'] = index
   return {
       'part': 'clock', 'method': method, 'seed': seed, 'hours': hours,
       'clients': setup.num_clients, 'curve': curve,
-      'final_accuracy': curve[-1][1], **totals,
+      'final_accuracy': curve[-1][1], 'final_slow_accuracy': curve[-1][2],
+      **totals,
   }
 
 
@@ -247,13 +274,13 @@ def run_compression(setup: Setup, name: str, rounds: int,
   sizes = round_fn.message_bytes(setup.params)
   run_key = jax.random.fold_in(setup.key, 2000)
   sent = 0
-  curve = [(0, setup.accuracy(state.params))]
+  curve = [(0, *setup.accuracy(state.params))]
   for index in range(rounds):
     state, metrics = round_fn(state, jax.random.fold_in(run_key, index))
     # Exact integer bytes: the count times the exact message size.
     sent += int(metrics['num_reported']) * sizes['up']
     if (index + 1) % max(rounds // 10, 1) == 0 or index + 1 == rounds:
-      curve.append((sent, setup.accuracy(state.params)))
+      curve.append((sent, *setup.accuracy(state.params)))
   return {
       'part': 'bytes', 'method': name, 'seed': seed, 'rounds': rounds,
       'clients': setup.num_clients, 'message_bytes': sizes['up'],
@@ -294,7 +321,7 @@ def run_privacy(setup: Setup, hours: float, seed: int) -> dict[str, Any]:
   return {
       'part': 'privacy', 'method': 'fedavg_drop_dp', 'seed': seed,
       'clients': setup.num_clients, 'rounds': index,
-      'accuracy': setup.accuracy(state.params),
+      'accuracy': setup.accuracy(state.params)[0],
       'mean_available': float(np.mean(available)),
       'min_available': int(np.min(available)),
       'max_contributions': int(contributions.max()),
@@ -311,12 +338,16 @@ def _mean_std(values) -> str:
   return f'{values.mean():.3f} ± {values.std(ddof=1):.3f}'
 
 
-def _accuracy_at(curve, when) -> float:
-  """Return the accuracy of the last evaluation at or before `when`."""
-  value = curve[0][1]
-  for moment, accuracy in curve:
-    if moment <= when:
-      value = accuracy
+def _accuracy_at(curve, when, column=1) -> float:
+  """Return the accuracy of the last evaluation at or before `when`.
+
+  Column 1 is the accuracy over all clients, column 2 over the
+  under-resourced group.
+  """
+  value = curve[0][column]
+  for point in curve:
+    if point[0] <= when:
+      value = point[column]
   return value
 
 
@@ -325,8 +356,9 @@ def clock_table(records, hours: float) -> list[str]:
   lines = [
       '| algorithm | ' + ' | '.join(f'accuracy at {mark:g} h'
                                      for mark in marks)
+      + f' | under-resourced sites at {hours:g} h'
       + ' | server steps | updates used | stragglers |',
-      '|---|' + '---|' * (len(marks) + 3),
+      '|---|' + '---|' * (len(marks) + 4),
   ]
   for method, label in CLOCK_METHODS.items():
     runs = [r for r in records if r['part'] == 'clock'
@@ -335,6 +367,8 @@ def clock_table(records, hours: float) -> list[str]:
       continue
     cells = [_mean_std([_accuracy_at(r['curve'], mark * 3600.0)
                         for r in runs]) for mark in marks]
+    cells.append(_mean_std([_accuracy_at(r['curve'], hours * 3600.0, 2)
+                            for r in runs]))
     steps = np.mean([r['steps'] for r in runs])
     updates = np.mean([r['updates'] for r in runs])
     stragglers = np.mean([r['stragglers'] for r in runs])
@@ -397,7 +431,7 @@ def plot_clock(records, path: pathlib.Path) -> None:
     runs = [r for r in records if r['part'] == 'clock'
             and r['method'] == method]
     for index, run in enumerate(runs):
-      hours, accuracy = zip(*run['curve'])
+      hours, accuracy, _ = zip(*run['curve'])
       axes.plot(np.asarray(hours) / 3600.0, accuracy,
                 color=f'C{list(CLOCK_METHODS).index(method)}', alpha=0.8,
                 label=label if index == 0 else None)
@@ -416,7 +450,7 @@ def plot_bytes(records, path: pathlib.Path) -> None:
     runs = [r for r in records if r['part'] == 'bytes'
             and r['method'] == method]
     for index, run in enumerate(runs):
-      sent, accuracy = zip(*run['curve'])
+      sent, accuracy, _ = zip(*run['curve'])
       axes.plot(np.maximum(np.asarray(sent, np.float64), 1.0) / 1e6,
                 accuracy, color=f'C{position}', alpha=0.8,
                 label=label if index == 0 else None)

@@ -393,6 +393,72 @@ class AttackConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ParticipationConfig:
+  """Client availability, speeds and a round deadline on a virtual clock.
+
+  Per-client values are drawn once from the seed. See
+  `fedjax_med.simulation.participation`; `sampling.dropout_rate` still sets
+  the chance that a sampled client drops out in the middle of a round.
+
+  Attributes:
+    availability: probability that a client is online in a round; under
+      `schedule=office_hours`, its probability during working hours.
+    schedule: 'none', or 'office_hours': online with `availability` from
+      8:00 to 18:00 local time and `off_hours_availability` otherwise.
+      Clients are spread over `time_zones` whole-hour zones, from UTC
+      westward.
+    off_hours_availability: the probability outside working hours.
+    time_zones: number of time zones the clients are spread over.
+    steps_per_second: median local steps per second; None makes training
+      take no time.
+    speed_spread: standard deviation of the log of the speeds over
+      clients (lognormal speeds).
+    upload_bytes_per_second: median uplink speed; None means instant.
+    download_bytes_per_second: median downlink speed; None means instant.
+    link_spread: standard deviation of the log of link speeds over clients.
+    speed_jitter: standard deviation of the log of a per-round factor on
+      each client's step time.
+    deadline_s: seconds a round may last, or None for no deadline.
+    straggler_policy: 'wait' for the slowest client, 'drop' late updates,
+      or 'partial': stop each client at the deadline and use its finished
+      steps (combine with `server.fednova=true`).
+    server_seconds: seconds each round adds to the clock on the server.
+  """
+
+  availability: float = 1.0
+  schedule: str = 'none'
+  off_hours_availability: float = 0.1
+  time_zones: int = 1
+  steps_per_second: float | None = None
+  speed_spread: float = 0.0
+  upload_bytes_per_second: float | None = None
+  download_bytes_per_second: float | None = None
+  link_spread: float = 0.0
+  speed_jitter: float = 0.0
+  deadline_s: float | None = None
+  straggler_policy: str = 'wait'
+  server_seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CompressionConfig:
+  """Compression of each client's upload (`fedjax_med.communication`).
+
+  Attributes:
+    compressor: 'none', 'qsgd', 'rotated_qsgd' or 'top_k'.
+    quantization_levels: levels s of QSGD and rotated QSGD.
+    top_k_fraction: share of the coordinates top-k sends.
+    error_feedback: top-k keeps what it did not send and adds it to the
+      client's next update.
+  """
+
+  compressor: str = 'none'
+  quantization_levels: int = 16
+  top_k_fraction: float = 0.01
+  error_feedback: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvaluationConfig:
   """Test-set evaluation.
 
@@ -435,6 +501,8 @@ class ExperimentConfig:
   secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
   server: ServerConfig = ServerConfig()
   attack: AttackConfig = AttackConfig()
+  participation: ParticipationConfig = ParticipationConfig()
+  compression: CompressionConfig = CompressionConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
 
 
@@ -740,6 +808,13 @@ _SETTINGS_USED_BY = (
     ('attack', 'trigger_value', 'attack', ('backdoor',)),
     ('attack', 'target_label', 'attack', ('backdoor',)),
     ('attack', 'poison_fraction', 'attack', ('backdoor',)),
+    ('participation', 'off_hours_availability', 'schedule',
+     ('office_hours',)),
+    ('participation', 'time_zones', 'schedule', ('office_hours',)),
+    ('compression', 'quantization_levels', 'compressor',
+     ('qsgd', 'rotated_qsgd')),
+    ('compression', 'top_k_fraction', 'compressor', ('top_k',)),
+    ('compression', 'error_feedback', 'compressor', ('top_k',)),
 )
 # Settings read only when adaptive clipping is on.
 _ADAPTIVE_SETTINGS = ('target_quantile', 'clip_learning_rate',
@@ -1043,6 +1118,68 @@ def _validate_sampling_and_privacy(config: ExperimentConfig) -> None:
 
   _validate_privacy(config)
   _validate_secure_aggregation(config)
+  _validate_participation(config)
+
+
+SCHEDULES = ('none', 'office_hours')
+STRAGGLER_POLICIES = ('wait', 'drop', 'partial')
+COMPRESSORS = ('none', 'qsgd', 'rotated_qsgd', 'top_k')
+
+
+def participation_active(config: ExperimentConfig) -> bool:
+  """Return whether the participation section differs from its defaults."""
+  return config.participation != ParticipationConfig()
+
+
+def _validate_participation(config: ExperimentConfig) -> None:
+  part = config.participation
+  _require_range('participation.availability', part.availability, 0.0, 1.0,
+                 low_open=True)
+  _require_choice('participation.schedule', part.schedule, SCHEDULES)
+  _require_range('participation.off_hours_availability',
+                 part.off_hours_availability, 0.0, 1.0)
+  _require_range('participation.time_zones', part.time_zones, 1, 24)
+  for name in ('steps_per_second', 'upload_bytes_per_second',
+               'download_bytes_per_second', 'deadline_s'):
+    _require_range(f'participation.{name}', getattr(part, name), 0.0,
+                   low_open=True)
+  for name in ('speed_spread', 'link_spread', 'speed_jitter',
+               'server_seconds'):
+    _require_range(f'participation.{name}', getattr(part, name), 0.0)
+  _require_choice('participation.straggler_policy', part.straggler_policy,
+                  STRAGGLER_POLICIES)
+  if part.straggler_policy != 'wait' and (
+      part.deadline_s is None or part.steps_per_second is None):
+    raise InputError(
+        f'`participation.straggler_policy={part.straggler_policy}` needs '
+        '`participation.deadline_s` and `participation.steps_per_second`, '
+        'so that clients take time and a deadline can cut them.'
+    )
+  if (part.schedule != 'none' and part.steps_per_second is None
+      and part.server_seconds == 0):
+    raise InputError(
+        '`participation.schedule` follows the virtual clock, which does not '
+        'advance without `participation.steps_per_second` or '
+        '`participation.server_seconds`; set one.'
+    )
+  compression = config.compression
+  _require_choice('compression.compressor', compression.compressor,
+                  COMPRESSORS)
+  _require_range('compression.quantization_levels',
+                 compression.quantization_levels, 1, 2**24)
+  _require_range('compression.top_k_fraction', compression.top_k_fraction,
+                 0.0, 1.0, low_open=True)
+  if compression.compressor != 'none' and (
+      config.privacy.noise in ('local', 'distributed')
+      or config.secure_aggregation.enabled
+      or config.client.scaffold or config.client.fedbn):
+    raise InputError(
+        '`compression.compressor` runs before the server clips and noises '
+        'each decoded update, so it cannot be combined with '
+        '`privacy.noise=local` or `distributed`, secure aggregation, '
+        '`client.scaffold` or `client.fedbn`. Turn those off or set '
+        '`compression.compressor=none`.'
+    )
 
 
 def _validate_secure_aggregation(config: ExperimentConfig) -> None:

@@ -678,6 +678,14 @@ def _check_base(base: config_lib.ExperimentConfig) -> None:
         'The robustness matrix does not run `client.fedbn=true`. Compare '
         'FedBN with `fedjax-med run` or a sweep instead.'
     )
+  if config_lib.participation_active(base) or (
+      base.compression.compressor != 'none'):
+    # NOTE: the matrix builds its own rounds, without participation or
+    # compression.
+    raise InputError(
+        'The robustness matrix does not run the `participation` or '
+        '`compression` sections. Run them with `fedjax-med run` or a sweep.'
+    )
   config_lib.validate(config_lib.reset_unused_settings(base))
 
 

@@ -24,6 +24,7 @@ from fedjax_med import checkpoint as checkpoint_lib
 from fedjax_med import config as config_lib
 from fedjax_med import study_attacks
 from fedjax_med import study_privacy
+from fedjax_med import study_participation
 from fedjax_med import tree
 from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
@@ -709,6 +710,9 @@ def build_round_fn(
         secure_aggregation=study_privacy.secure_settings(config),
         local_mask=_local_mask(config, prepared),
         unroll_chunks=_unroll_chunks(config, prepared, max_client_examples),
+        participation=study_participation.participation_settings(
+            config, prepared.dataset.num_clients),
+        compression=study_participation.compression_settings(config),
     )
   except ValueError as error:
     # Settings that only fail against the data, such as a noise multiplier
@@ -740,6 +744,9 @@ def initial_state(
       local_mask=_local_mask(config, prepared),
       local_clients=(prepared.dataset.num_clients if config.client.fedbn
                      else None),
+      num_clients=(prepared.dataset.num_clients
+                   if study_participation.tracks(config) else None),
+      error_feedback=study_participation.error_feedback(config),
   )
 
 
@@ -1461,6 +1468,9 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
     )
   if history['state'].local is not None:
     summary['fedbn'] = _fedbn_summary(dataset, history['state'])
+  if study_participation.tracks(config):
+    summary['participation'] = study_participation.summary(
+        config, run_dir, history['state'], dataset.num_clients)
   if config.client.ditto_lambda is not None:
     summary['ditto'] = _personal_summary(
         config, dataset, history['state'].personal, history['local_model'])

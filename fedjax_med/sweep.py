@@ -293,6 +293,10 @@ def _loop_reason(config: config_lib.ExperimentConfig) -> str | None:
   if config.secure_aggregation.enabled:
     return ('secure aggregation fixes its encoding scale from the noise '
             'multiplier when the round is built')
+  if config_lib.participation_active(config) or (
+      config.compression.compressor != 'none'):
+    return ('participation and compression keep a clock and per-client '
+            'counts in the server state')
   return None
 
 

@@ -1,0 +1,140 @@
+"""The `participation` and `compression` config sections through a study."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedjax_med import config as config_lib
+from fedjax_med import matrix
+from fedjax_med import study
+from fedjax_med.communication import compression
+from fedjax_med.errors import InputError
+from fedjax_med.errors import StudyInterrupted
+from fedjax_med.privacy import participation_accounting
+
+# 30 synthetic clients, 10 a round, half online, lognormal speeds, a
+# deadline with partial work, and top-k with error feedback.
+_SETTINGS = {
+    'dataset': 'synthetic', 'num_clients': 30, 'sampling': 'uniform',
+    'cohort_size': 10, 'availability': 0.5, 'steps_per_second': 2.0,
+    'speed_spread': 1.0, 'upload_bytes_per_second': 1000.0,
+    'deadline_s': 4.0, 'straggler_policy': 'partial', 'fednova': True,
+    'compressor': 'top_k', 'top_k_fraction': 0.1, 'dropout_rate': 0.2,
+    'rounds': 6, 'eval_every': 3, 'bootstrap_resamples': 100,
+}
+
+
+def _config(**changes):
+  config = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(), {**_SETTINGS, **changes})
+  config_lib.validate(config)
+  return config
+
+
+def _records(run_dir):
+  records = [json.loads(line) for line in
+             (run_dir / 'metrics.jsonl').read_text().splitlines()]
+  for record in records:
+    record.pop('elapsed_s')
+  return records
+
+
+def test_summary_sums_rounds(tmp_path):
+  study.run_study(_config(), tmp_path, progress=False)
+  records = _records(tmp_path)
+  section = json.loads((tmp_path / 'summary.json').read_text())[
+      'participation']
+  reported = sum(record['num_reported'] for record in records)
+  sampled = sum(record['num_sampled'] for record in records)
+  assert section['num_reported'] == reported
+  assert section['num_sampled'] == sampled
+  assert section['bytes_up'] == reported * section['bytes_per_upload']
+  assert section['bytes_down'] == sampled * section['bytes_per_download']
+  # Logistic regression on 60 features and 10 classes: 610 parameters.
+  settings = compression.CompressionSettings('top_k', fraction=0.1)
+  assert section['bytes_per_upload'] == compression.encoded_bytes(
+      settings, 610)
+  assert section['bytes_per_download'] == 4 * 610
+  assert section['clock_s'] == pytest.approx(
+      sum(record['round_seconds'] for record in records), rel=1e-5)
+  for record in records:
+    assert record['num_available'] <= 30
+    assert record['num_sampled'] <= min(10, record['num_available'])
+    assert record['round_seconds'] <= 4.0 + 1e-4
+  assert 'privacy' not in section
+
+
+def test_central_noise_reports_claims(tmp_path):
+  config = _config(clip_norm=1.0, noise='central', noise_multiplier=1.0,
+                   aggregator='mean', compressor='none', top_k_fraction=0.01,
+                   fednova=False, straggler_policy='wait', deadline_s=None)
+  study.run_study(config, tmp_path, progress=False)
+  section = json.loads((tmp_path / 'summary.json').read_text())[
+      'participation']
+  claims = section['privacy']
+  available = [record['num_available'] for record in _records(tmp_path)]
+  expected = participation_accounting.sampled_epsilon(
+      sampling='uniform', noise_multiplier=1.0, delta=config.privacy.delta,
+      num_available=np.asarray(available), cohort_size=10)
+  assert claims['sampled']['epsilon'] == pytest.approx(expected.epsilon)
+  most = section['max_contributions']
+  assert claims['contributions']['rounds'] == most
+  assert claims['contributions']['epsilon'] > 0
+
+
+def test_interrupt_and_resume_match(tmp_path):
+  uninterrupted = tmp_path / 'uninterrupted'
+  study.run_study(_config(), uninterrupted, progress=False)
+
+  def interrupt_after_round_3(record):
+    if record['round'] == 3:
+      raise KeyboardInterrupt
+
+  resumed = tmp_path / 'resumed'
+  with pytest.raises(StudyInterrupted):
+    study.run_study(_config(), resumed, progress=False,
+                    on_round=interrupt_after_round_3,
+                    checkpoint_interval_s=3600)
+  study.resume_study(resumed, progress=False)
+  # The clock, the contribution counts and the error-feedback residuals
+  # come back from the checkpoint.
+  assert _records(resumed) == _records(uninterrupted)
+  summaries = [json.loads((path / 'summary.json').read_text())[
+      'participation'] for path in (uninterrupted, resumed)]
+  assert summaries[0] == summaries[1]
+
+
+@pytest.mark.parametrize('settings, match', [
+    ({'straggler_policy': 'drop', 'deadline_s': None}, 'deadline_s'),
+    ({'availability': 0.0}, 'participation.availability'),
+    ({'availability': 1.5}, 'participation.availability'),
+    ({'schedule': 'weekends'}, 'participation.schedule'),
+    ({'time_zones': 2}, 'time_zones'),
+    ({'steps_per_second': -1.0}, 'participation.steps_per_second'),
+    ({'compressor': 'zip'}, 'compression.compressor'),
+    ({'quantization_levels': 4}, 'quantization_levels'),
+    ({'top_k_fraction': 0.0}, 'top_k_fraction'),
+    ({'clip_norm': 1.0, 'noise': 'local', 'noise_multiplier': 1.0,
+      'fednova': False}, 'compression.compressor'),
+])
+def test_invalid_settings_rejected(settings, match):
+  config = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(), {**_SETTINGS, **settings})
+  with pytest.raises(InputError, match=match):
+    config_lib.validate(config)
+
+
+def test_schedule_needs_moving_clock():
+  config = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(),
+      {'schedule': 'office_hours', 'time_zones': 3})
+  with pytest.raises(InputError, match='clock'):
+    config_lib.validate(config)
+
+
+def test_matrix_rejects_participation():
+  base = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(), {'availability': 0.5})
+  with pytest.raises(InputError, match='participation'):
+    matrix._check_base(base)
