@@ -20,13 +20,16 @@ its number of examples.
    however. This holds for any data-independent participation, FedBuff
    included. Under replace-one-client neighboring (the participation
    pattern stays the same and one client's data changes) the sum moves by
-   up to 2C, so each contribution is a Gaussian mechanism with multiplier
-   `noise_multiplier / 2`. Under add-or-remove-one-client neighboring the
+   up to 2C. dp_accounting's PLD accountant (0.6.0) accounts for that
+   sensitivity itself under replace-one, and its RDP accountant does not,
+   so the RDP event carries multiplier `noise_multiplier / 2`. Under
+   add-or-remove-one-client neighboring the
    multiplier is `noise_multiplier`, which is valid only when removing a
    client does not change who else takes part: independent (Poisson)
    inclusion, not a fixed-size cohort.
 2. `sampled_epsilon`, amplification by sampling, which also needs the
-   cohort to stay secret from whoever sees the released models:
+   cohort to stay secret from whoever sees the released models.
+
    * Poisson sampling at rate q with availability: a client is included
      in a round only if it is available (an independent coin with
      probability at most `max_availability`) and drawn, so its inclusion
@@ -38,6 +41,7 @@ its number of examples.
      `cohort_size` of `num_available[t]` clients without replacement. The
      rounds are composed with their recorded `num_available`. Replace-one
      neighboring, with the same halving as `accounting.round_event`.
+
    FedBuff gets no amplified claim here: whether a client is picked
    depends on which clients are still in flight.
 
@@ -114,8 +118,12 @@ def contribution_epsilon(
                            accounting.NEIGHBORING_RELATIONS)
   accounting._check_noise_multiplier(noise_multiplier)
   max_count = int(counts.max())
-  multiplier = noise_multiplier / 2 if relation == 'replace_one' else (
-      noise_multiplier)
+  accounting._check_choice('accountant', accountant, accounting.ACCOUNTANTS)
+  # Replace-one moves the sum by up to 2C. The PLD accountant of
+  # dp_accounting 0.6.0 scales the Gaussian event by that sensitivity
+  # itself, and its RDP accountant does not.
+  halve = relation == 'replace_one' and accountant == 'rdp'
+  multiplier = noise_multiplier / 2 if halve else noise_multiplier
   event = dp_accounting.GaussianDpEvent(multiplier)
   epsilon = accounting.epsilon_for(event, relation, max_count, delta,
                                    accountant)
@@ -153,11 +161,13 @@ def sampled_epsilon(
       argument, or an accountant that cannot handle the events.
   """
   available = np.asarray(num_available)
-  if available.ndim != 1 or not np.all(available >= 0):
+  if available.ndim != 1 or not np.all(available >= 0) or not np.all(
+      available == np.round(available)):
     raise InputError(
-        '`num_available` must be a [rounds] array of non-negative counts; '
-        f'got shape {available.shape}.'
+        '`num_available` must be a [rounds] array of non-negative whole '
+        f'counts; got shape {available.shape} and values {available[:5]}.'
     )
+  accounting._check_delta(delta)
   accounting._check_noise_multiplier(noise_multiplier)
   accounting._check_choice('accountant', accountant, accounting.ACCOUNTANTS)
   rounds = int(available.size)
@@ -205,6 +215,5 @@ def sampled_epsilon(
   else:
     composed = accounting._new_accountant('rdp', 'replace_one')
     composed.compose(dp_accounting.ComposedDpEvent(events))
-    accounting._check_delta(delta)
     epsilon = float(composed.get_epsilon(delta))
   return Guarantee(epsilon, delta, 'replace_one', 'uniform', rounds)

@@ -30,6 +30,7 @@ clients. `tests/simulation/test_fedbuff.py` checks this.
 """
 
 import math
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -115,10 +116,12 @@ def build_fedbuff(
       server learning rate is that of `optax.sgd`.
     concurrency: clients in flight at once (at most the population).
     buffer_size: K, the updates per server step (at most `concurrency`).
-    dispatch_size: new clients started per step; None uses `buffer_size`,
-      which keeps `concurrency` constant when no client drops out. With
-      dropouts, slots can free faster than this refills them; the metric
-      `num_in_flight` shows it.
+    dispatch_size: new clients started per step, at most the free slots;
+      None uses `buffer_size`, which keeps `concurrency` constant when no
+      client drops out and enough clients are online. Otherwise slots can
+      free faster than this refills them, which the metric `num_in_flight`
+      shows. `dispatch_size=concurrency` refills every free slot at each
+      step, at the cost of training that many clients per step.
     staleness_exponent: a in the weight `(1 + staleness) ** -a`; FedBuff
       uses 0.5, and 0 weighs every update equally.
     aggregator: 'fedavg' (example weights) or 'mean'.
@@ -126,7 +129,8 @@ def build_fedbuff(
       `privacy.denominator` and, for fedavg, `privacy.weight_cap`, as in a
       synchronous round.
     participation: availability, dropouts and speeds; a deadline and
-      straggler policy are rejected, since nobody waits for stragglers.
+      straggler policy are rejected, since no one waits for stragglers.
+      Each step adds `server_seconds` to the clock.
     compression: each client's update encoding, as in `build_round`.
     chunk_size: train the new clients this many at a time.
 
@@ -143,11 +147,14 @@ def build_fedbuff(
   """
   num_clients = train_data.num_clients
   dispatch_size = buffer_size if dispatch_size is None else dispatch_size
+  concurrency, buffer_size = int(concurrency), int(buffer_size)
+  dispatch_size = int(dispatch_size) if isinstance(
+      dispatch_size, numbers.Integral) else dispatch_size
   for name, value, upper in (
       ('concurrency', concurrency, num_clients),
       ('buffer_size', buffer_size, concurrency),
       ('dispatch_size', dispatch_size, concurrency)):
-    if not (isinstance(value, int) and 1 <= value <= upper):
+    if not (isinstance(value, numbers.Integral) and 1 <= value <= upper):
       raise ValueError(
           f'`{name}` must be an integer in [1, {upper}]; got {value!r}.'
       )
@@ -198,9 +205,20 @@ def build_fedbuff(
           'num_clients=num_clients)`, with `error_feedback=True` for top-k '
           'error feedback.'
       )
+    if server.contributions.shape != (num_clients,):
+      raise ValueError(
+          'The server state counts contributions for '
+          f'{server.contributions.shape[0]} clients, but FedBuff was built '
+          f'for {num_clients}; call `init_server_state(..., '
+          f'num_clients={num_clients})`.'
+      )
 
-  def dispatch(server, key, idle, size):
-    """Start `size` clients among the idle available ones."""
+  def dispatch(server, key, idle, size, num_free):
+    """Start up to `num_free` of `size` drawn clients, idle and available.
+
+    Clients drawn beyond the free slots are masked out before anything
+    about them is recorded (they are still computed, as part of the batch).
+    """
     examples, num_examples = train_data.examples, train_data.num_examples
     available = participation_lib.available_clients(
         participation, jax.random.fold_in(key, round_lib._AVAILABILITY_TAG),
@@ -210,6 +228,8 @@ def build_fedbuff(
         jax.random.fold_in(key, round_lib._SAMPLE_TAG),
         available=available & idle,
     )
+    fits = cohort.mask & (jnp.cumsum(cohort.mask) <= num_free)
+    cohort = cohort._replace(mask=fits)
     stays = participation_lib.stays(
         participation, jax.random.fold_in(key, round_lib._LEAVE_TAG),
         cohort.client_ids)
@@ -286,7 +306,7 @@ def build_fedbuff(
     )
     idle = jnp.ones((num_clients,), bool)
     cohort, stays, local, arrival, residual, _ = dispatch(
-        server, key, idle, concurrency)
+        server, key, idle, concurrency, concurrency)
     state = state._replace(server=server._replace(residual=residual))
     state, _ = place(state, cohort, stays, local, arrival)
     return state
@@ -301,8 +321,17 @@ def build_fedbuff(
     neg_times, picked = jax.lax.top_k(-pending, buffer_size)
     picked_ok = jnp.isfinite(neg_times)
     collected = jnp.zeros_like(waiting).at[picked].set(picked_ok)
-    now = jnp.maximum(
-        server.clock, jnp.max(jnp.where(picked_ok, -neg_times, -jnp.inf)))
+    # Without a valid update in flight, the clock moves to the next event:
+    # the first dropout the server notices, or else (nobody in flight) the
+    # next slot of an availability schedule. It never stalls on either.
+    last_arrival = jnp.max(jnp.where(picked_ok, -neg_times, -jnp.inf))
+    first_dropout = jnp.min(jnp.where(state.busy, state.arrival, jnp.inf))
+    idle_until = server.clock + participation_lib.idle_seconds(
+        participation, server.clock)
+    event = jnp.where(
+        jnp.any(picked_ok), last_arrival,
+        jnp.where(jnp.any(state.busy), first_dropout, idle_until))
+    now = jnp.maximum(server.clock, event) + participation.server_seconds
     dropped = state.busy & ~state.valid & (state.arrival <= now)
 
     # 2. Screen, clip, weigh and apply.
@@ -344,7 +373,7 @@ def build_fedbuff(
     in_flight = jnp.zeros((num_clients,), jnp.int32).at[state.client_ids].max(
         state.busy.astype(jnp.int32)) > 0
     cohort, stays, local, arrival, residual, num_available = dispatch(
-        new_server, key, ~in_flight, dispatch_size)
+        new_server, key, ~in_flight, dispatch_size, jnp.sum(~state.busy))
     state = state._replace(server=new_server._replace(residual=residual))
     state, num_dispatched = place(state, cohort, stays, local, arrival)
 

@@ -193,11 +193,15 @@ def available_clients(
 def stays(
     participation: Participation, key: PRNGKey, client_ids: jax.Array
 ) -> jax.Array:
-  """Draw which cohort members do not drop out, `[cohort]` bool."""
+  """Draw which cohort members do not drop out, `[cohort]` bool.
+
+  Each client's draw comes from `fold_in(key, client_id)`, so it does not
+  depend on the client's slot in the cohort.
+  """
   dropout = jnp.asarray(participation.dropout, jnp.float32)
   if dropout.ndim == 1:
     dropout = dropout[client_ids]
-  return jax.random.uniform(key, client_ids.shape) >= dropout
+  return _per_client_uniform(key, client_ids) >= dropout
 
 
 def timing(
@@ -221,17 +225,23 @@ def timing(
       upload_bytes / jnp.asarray(p.upload_bytes_per_second,
                                  jnp.float32)[client_ids])
   if p.steps_per_second is None:
-    step = zeros
+    speed = jnp.full((size,), jnp.inf, jnp.float32)
   else:
-    step = 1.0 / jnp.asarray(p.steps_per_second, jnp.float32)[client_ids]
+    speed = jnp.asarray(p.steps_per_second, jnp.float32)[client_ids]
     if p.speed_jitter > 0:
-      step = step * jnp.exp(p.speed_jitter * jax.random.normal(key, (size,)))
+      # Per client, from `fold_in(key, client_id)`, like the dropouts.
+      normal = jax.vmap(
+          lambda client: jax.random.normal(jax.random.fold_in(key, client))
+      )(client_ids)
+      speed = speed * jnp.exp(-p.speed_jitter * normal)
+  step = 1.0 / speed
   step_limit = jnp.full((size,), NO_STEP_LIMIT, jnp.int32)
   if p.straggler_policy == 'partial':
     spare = p.deadline - download - upload
-    fits = jnp.floor(spare / jnp.maximum(step, 1e-30))
+    # The spare time times the speed, rather than divided by the step
+    # time, so that 1 s at 7 steps/s gives 7 steps, not 6.
+    fits = jnp.floor(jnp.maximum(spare, 0.0) * speed)
     step_limit = jnp.clip(fits, 0, NO_STEP_LIMIT).astype(jnp.int32)
-    step_limit = jnp.where(spare >= 0, step_limit, 0)
   return Timing(download, step, upload, step_limit)
 
 
@@ -304,6 +314,26 @@ def lognormal_speeds(
     )
   draws = jax.random.normal(key, (num_clients,))
   return np.asarray(median * jnp.exp(sigma * draws), np.float32)
+
+
+def idle_seconds(participation: Participation, clock: jax.Array) -> jax.Array:
+  """Return the seconds to skip when no client could be reached.
+
+  Under a schedule, the clock jumps to the start of the next slot, so that
+  a night with every client offline ends. Otherwise it does not move.
+  """
+  availability = participation.availability
+  if availability is None or np.ndim(availability) != 2:
+    return jnp.float32(0.0)
+  length = participation.seconds_per_slot
+  next_slot = (jnp.floor(clock / length) + 1.0) * length
+  return next_slot - clock
+
+
+def _per_client_uniform(key: PRNGKey, client_ids: jax.Array) -> jax.Array:
+  return jax.vmap(
+      lambda client: jax.random.uniform(jax.random.fold_in(key, client))
+  )(client_ids)
 
 
 def _check_probabilities(name: str, values: np.ndarray) -> None:

@@ -722,6 +722,10 @@ def build_round(
       if participation is not None:
         seconds = participation_lib.round_seconds(
             participation, finish, reported, late)
+        # With nobody online, a schedule's clock moves on to the next slot.
+        seconds = seconds + jnp.where(
+            num_sampled == 0,
+            participation_lib.idle_seconds(participation, state.clock), 0.0)
       else:
         seconds = jnp.float32(0.0)
       new_state = new_state._replace(
@@ -790,6 +794,13 @@ def build_round(
           'Participation and compression need the clock and contribution '
           'counts in the server state: call `init_server_state(params, '
           'optimizer, num_clients=num_clients)`.'
+      )
+    if tracks and state.contributions.shape != (bound_data.num_clients,):
+      raise ValueError(
+          'The server state counts contributions for '
+          f'{state.contributions.shape[0]} clients, but the round was built '
+          f'for {bound_data.num_clients}; call `init_server_state(..., '
+          f'num_clients={bound_data.num_clients})`.'
       )
     if error_feedback and state.residual is None:
       raise ValueError(

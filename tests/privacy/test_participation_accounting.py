@@ -40,6 +40,17 @@ def test_replace_one_costs_more_than_add_or_remove():
   assert replace.epsilon > add_remove.epsilon
 
 
+def test_pld_replace_one_not_halved_twice():
+  # dp_accounting's PLD accountant doubles the sensitivity under
+  # replace-one itself: multiplier z there is z / 2 under add-or-remove.
+  replace = lib.contribution_epsilon(
+      np.array([3]), noise_multiplier=1.0, delta=DELTA, accountant='pld')
+  add_remove = lib.contribution_epsilon(
+      np.array([3]), noise_multiplier=0.5, delta=DELTA,
+      relation='add_or_remove', accountant='pld')
+  assert replace.epsilon == pytest.approx(add_remove.epsilon, rel=1e-6)
+
+
 def test_no_contributions_spend_nothing():
   guarantee = lib.contribution_epsilon(
       np.zeros(3, np.int32), noise_multiplier=1.0, delta=DELTA)
@@ -121,6 +132,12 @@ def test_uniform_cohort_covering_available_has_no_amplification():
     (lambda: lib.sampled_epsilon(
         sampling='fedbuff', noise_multiplier=1.0, delta=DELTA,
         num_available=np.ones(3)), 'sampling'),
+    (lambda: lib.sampled_epsilon(
+        sampling='uniform', noise_multiplier=1.0, delta=7.0,
+        num_available=np.zeros(3), cohort_size=1), 'delta'),
+    (lambda: lib.sampled_epsilon(
+        sampling='uniform', noise_multiplier=1.0, delta=DELTA,
+        num_available=np.array([2.5]), cohort_size=1), 'num_available'),
 ])
 def test_rejects_bad_input(call, message):
   with pytest.raises(InputError, match=message):

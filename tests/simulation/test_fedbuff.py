@@ -210,3 +210,82 @@ def test_step_needs_clock(key):
   params = MODEL.init(key, jnp.zeros((1, 3)))
   with pytest.raises(ValueError, match='num_clients'):
     buffered.init(round_lib.init_server_state(params, optax.sgd(1.0)), key)
+
+
+def test_clock_moves_past_dropped_clients(key):
+  # Every client drops out after a download: no update ever arrives, and
+  # the clock must still move so that their slots free.
+  data = _population([5] * 20)
+  participation = participation_lib.Participation(
+      dropout=0.7, steps_per_second=np.ones(20, np.float32),
+      download_bytes_per_second=np.ones(20, np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=5, buffer_size=2,
+      participation=participation)
+  state = buffered.init(_state(key, 20), key)
+  clocks, collected = [], 0
+  for index in range(1, 31):
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    clocks.append(float(metrics['clock']))
+    collected += int(metrics['num_collected'])
+  assert clocks == sorted(clocks)
+  assert clocks[-1] > clocks[10]
+  assert collected > 0
+
+
+def test_clock_skips_offline_night(key):
+  # Online only in slot 1 of 2: the first step finds nobody, and the
+  # clock jumps to the next slot instead of stalling.
+  data = _population([5] * 6)
+  schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (6, 1))
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0,
+      steps_per_second=np.full(6, 10.0, np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1,
+      participation=participation)
+  state = buffered.init(_state(key, 6), key)
+  assert int(jnp.sum(state.busy)) == 0
+  state, metrics = buffered.step(state, jax.random.fold_in(key, 1))
+  assert float(metrics['clock']) == 100.0
+  assert int(metrics['num_in_flight']) == 1
+  state, metrics = buffered.step(state, jax.random.fold_in(key, 2))
+  assert int(metrics['num_collected']) == 1
+
+
+def test_dispatch_limited_to_free_slots(key):
+  data = _population([5] * 8)
+  settings = compression.CompressionSettings('top_k', fraction=0.25)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=1,
+      dispatch_size=4, compression=settings)
+  state = buffered.init(_state(key, 8, error_feedback=True), key)
+  started = {int(client) for client in state.client_ids}
+  for index in range(1, 4):
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    # One slot frees per step, so one client starts.
+    assert int(metrics['num_dispatched']) == 1
+    assert int(metrics['num_dropped']) == 0
+    started |= {int(client) for client in state.client_ids}
+  residual = np.asarray(state.server.residual)
+  # Only clients that started (and sent) carry a residual.
+  for client in range(8):
+    if client not in started:
+      np.testing.assert_array_equal(residual[client], np.zeros(NUM_PARAMS))
+
+
+def test_rejects_state_of_other_population(key):
+  data = _population([5] * 6)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1)
+  with pytest.raises(ValueError, match='for 6'):
+    buffered.init(_state(key, 4), key)
+
+
+def test_numpy_integer_sizes_accepted(key):
+  data = _population([5] * 6)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=np.int64(3),
+      buffer_size=np.int32(2))
+  state = buffered.init(_state(key, 6), key)
+  assert int(jnp.sum(state.busy)) == 3

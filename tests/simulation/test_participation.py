@@ -405,3 +405,55 @@ def test_validate_rejects(fields, message):
   participation = participation_lib.Participation(**fields)
   with pytest.raises(InputError, match=message):
     participation_lib.validate(participation, 4)
+
+
+def test_draws_follow_client_not_slot(key):
+  participation = participation_lib.Participation(
+      dropout=0.5, steps_per_second=np.ones(10, np.float32),
+      speed_jitter=0.5)
+  forward = jnp.array([3, 5, 7])
+  backward = jnp.array([7, 5, 3])
+  np.testing.assert_array_equal(
+      participation_lib.stays(participation, key, forward),
+      participation_lib.stays(participation, key, backward)[::-1])
+  times = [participation_lib.timing(
+      participation, key, ids, model_bytes=4, upload_bytes=4).step
+           for ids in (forward, backward)]
+  np.testing.assert_array_equal(times[0], times[1][::-1])
+  assert len(set(np.asarray(times[0]).tolist())) == 3
+
+
+def test_partial_limit_exact_for_whole_steps(key):
+  participation = participation_lib.Participation(
+      steps_per_second=np.array([7.0, 3.0], np.float32), deadline=1.0,
+      straggler_policy='partial')
+  times = participation_lib.timing(
+      participation, key, jnp.array([0, 1]), model_bytes=4, upload_bytes=4)
+  np.testing.assert_array_equal(times.step_limit, [7, 3])
+
+
+def test_sync_clock_skips_offline_slot(key):
+  data = _population([5] * 4)
+  schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (4, 1))
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0,
+      steps_per_second=np.full(4, 10.0, np.float32))
+  round_fn = round_lib.build_round(
+      data, _local_update(), sampling.uniform_sampler(4, 2), optax.sgd(1.0),
+      participation=participation)
+  state, metrics = round_fn(_state(key, 4), key)
+  assert int(metrics['num_sampled']) == 0
+  np.testing.assert_allclose(metrics['clock'], 100.0)
+  state, metrics = round_fn(state, jax.random.fold_in(key, 1))
+  assert int(metrics['num_sampled']) == 2
+  # 0.6 s of training after the jump to 100 s.
+  np.testing.assert_allclose(metrics['clock'], 100.6, rtol=1e-6)
+
+
+def test_round_rejects_state_of_other_population(key):
+  data = _population([5] * 6)
+  round_fn = round_lib.build_round(
+      data, _local_update(), _all_sampler(6), optax.sgd(1.0),
+      participation=participation_lib.Participation())
+  with pytest.raises(ValueError, match='built for 6'):
+    round_fn(_state(key, 4), key)
