@@ -3,6 +3,7 @@
 Usage:
   python experiments/participation_communication.py [--clients 10000]
       [--seeds 0 1 2] [--hours 24] [--compression-rounds 60]
+      [--compressors NAME ...] [--parts clock bytes privacy]
       [--markdown PATH] [--json PATH] [--clock-figure PATH]
       [--bytes-figure PATH]
 
@@ -20,9 +21,10 @@ compute speed with log-std 0.5 and median 0.02 steps per second (a median
 well-equipped site needs 500 s for its 10 steps), or 0.005 at the
 under-resourced sites (2,000 s). Links are lognormal too (median 2 kB/s up
 and 20 kB/s down, log-std 0.5). On top come a per-round speed jitter
-(log-std 0.3), a 5% chance to drop out in a round, and a working-day
-availability schedule: online with probability 0.8 from 8:00 to 18:00
-local time and 0.2 otherwise, with time zones from UTC-6 to UTC+5. Four
+(log-std 0.3) and a 5% chance to drop out in a round. A working-day
+availability schedule puts each client online with probability 0.8 from
+8:00 to 18:00 local time and 0.2 otherwise, with time zones from UTC-6 to
+UTC+5. Four
 algorithms run until the virtual clock passes `--hours`:
 
 * FedAvg, wait: 100 clients per round, the server waits for the slowest;
@@ -527,6 +529,9 @@ def parse_args(argv):
                       help='simulated seconds between evaluations')
   parser.add_argument('--compression-rounds', type=int, default=60,
                       help='rounds of each compressor in part 2')
+  parser.add_argument('--compressors', nargs='+', default=list(COMPRESSORS),
+                      choices=list(COMPRESSORS),
+                      help='compressors of part 2')
   parser.add_argument('--parts', nargs='+', default=['clock', 'bytes',
                                                      'privacy'],
                       choices=['clock', 'bytes', 'privacy'],
@@ -573,7 +578,7 @@ def main(argv=None) -> list[dict[str, Any]]:
       for method in CLOCK_METHODS:
         keep(run_clock(setup, method, args.hours, seed, args.evaluate_every))
     if 'bytes' in args.parts:
-      for name in COMPRESSORS:
+      for name in args.compressors:
         keep(run_compression(setup, name, args.compression_rounds, seed))
     if 'privacy' in args.parts:
       keep(run_privacy(setup, args.hours, seed))

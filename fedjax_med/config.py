@@ -1136,6 +1136,7 @@ def _validate_participation(config: ExperimentConfig) -> None:
   _require_range('participation.availability', part.availability, 0.0, 1.0,
                  low_open=True)
   _require_choice('participation.schedule', part.schedule, SCHEDULES)
+
   _require_range('participation.off_hours_availability',
                  part.off_hours_availability, 0.0, 1.0)
   _require_range('participation.time_zones', part.time_zones, 1, 24)
@@ -1146,6 +1147,7 @@ def _validate_participation(config: ExperimentConfig) -> None:
   for name in ('speed_spread', 'link_spread', 'speed_jitter',
                'server_seconds'):
     _require_range(f'participation.{name}', getattr(part, name), 0.0)
+
   _require_choice('participation.straggler_policy', part.straggler_policy,
                   STRAGGLER_POLICIES)
   if part.straggler_policy != 'wait' and (
@@ -1162,6 +1164,7 @@ def _validate_participation(config: ExperimentConfig) -> None:
         'advance without `participation.steps_per_second` or '
         '`participation.server_seconds`; set one.'
     )
+
   compression = config.compression
   _require_choice('compression.compressor', compression.compressor,
                   COMPRESSORS)

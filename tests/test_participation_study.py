@@ -78,8 +78,8 @@ def test_central_noise_reports_claims(tmp_path):
       sampling='uniform', noise_multiplier=1.0, delta=config.privacy.delta,
       num_available=np.asarray(available), cohort_size=10)
   assert claims['sampled']['epsilon'] == pytest.approx(expected.epsilon)
-  most = section['max_contributions']
-  assert claims['contributions']['rounds'] == most
+  max_count = section['max_contributions']
+  assert claims['contributions']['rounds'] == max_count
   assert claims['contributions']['epsilon'] > 0
 
 
