@@ -30,9 +30,13 @@ def test_participation_experiment_writes_results(load_script, tmp_path):
   for record in records:
     if record['part'] == 'clock':
       # Every run passes the time budget, and its clock never goes back.
-      times = [moment for moment, _ in record['curve']]
+      times = [point[0] for point in record['curve']]
       assert times == sorted(times)
       assert times[-1] >= 1800.0
+      # Each point has the overall and the under-resourced accuracy.
+      for _, overall, slow in record['curve']:
+        assert 0.0 <= overall <= 1.0
+        assert 0.0 <= slow <= 1.0
     if record['part'] == 'bytes':
       # Every client is online and none drops out: 100 uploads a round.
       assert record['bytes_up'] == 2 * 100 * record['message_bytes']
