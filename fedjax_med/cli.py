@@ -242,6 +242,14 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "
           f"{privacy['noise_multiplier']:.4g}, {privacy['rounds_accounted']} "
           'rounds)')
+  claims = summary.get('participation', {}).get('privacy')
+  if claims is not None:
+    sampled = claims.get('sampled', {}).get('epsilon')
+    sampled_text = '' if sampled is None else (
+        f', {sampled:.4g} with sampling among the online clients')
+    print('  privacy from the recorded participation: epsilon '
+          f"{claims['contributions']['epsilon']:.4g} without amplification"
+          f"{sampled_text}; report the smaller")
   example_privacy = summary['example_privacy']
   if example_privacy['private']:
     print(f"  example-level privacy: {example_privacy['guarantee']}")

@@ -1140,13 +1140,34 @@ def _validate_participation(config: ExperimentConfig) -> None:
   _require_range('participation.off_hours_availability',
                  part.off_hours_availability, 0.0, 1.0)
   _require_range('participation.time_zones', part.time_zones, 1, 24)
+  # Beyond these, lognormal draws and the float32 clock overflow.
+  for name in ('speed_spread', 'link_spread', 'speed_jitter'):
+    _require_range(f'participation.{name}', getattr(part, name), 0.0, 5.0)
+  _require_range('participation.server_seconds', part.server_seconds, 0.0,
+                 1e9)
   for name in ('steps_per_second', 'upload_bytes_per_second',
                'download_bytes_per_second', 'deadline_s'):
-    _require_range(f'participation.{name}', getattr(part, name), 0.0,
+    _require_range(f'participation.{name}', getattr(part, name), 0.0, 1e12,
                    low_open=True)
-  for name in ('speed_spread', 'link_spread', 'speed_jitter',
-               'server_seconds'):
-    _require_range(f'participation.{name}', getattr(part, name), 0.0)
+  if part.speed_spread and part.steps_per_second is None:
+    raise InputError(
+        '`participation.speed_spread` has no effect without '
+        '`participation.steps_per_second`; set both or neither.'
+    )
+  if part.link_spread and (part.upload_bytes_per_second is None
+                           and part.download_bytes_per_second is None):
+    raise InputError(
+        '`participation.link_spread` has no effect without '
+        '`participation.upload_bytes_per_second` or '
+        '`download_bytes_per_second`; set a link speed or remove it.'
+    )
+  if part.deadline_s is not None and (
+      part.steps_per_second is None and part.upload_bytes_per_second is None
+      and part.download_bytes_per_second is None):
+    raise InputError(
+        '`participation.deadline_s` has no effect while clients take no '
+        'time; set `participation.steps_per_second` or a link speed.'
+    )
 
   _require_choice('participation.straggler_policy', part.straggler_policy,
                   STRAGGLER_POLICIES)
@@ -1165,6 +1186,15 @@ def _validate_participation(config: ExperimentConfig) -> None:
         '`participation.server_seconds`; set one.'
     )
 
+  if config.privacy.target_epsilon is not None and (
+      participation_active(config) or config.compression.compressor != 'none'):
+    raise InputError(
+        '`privacy.target_epsilon` calibrates and stops by the accountant '
+        'that assumes every sampled client online and uncompressed, which '
+        'the `participation` and `compression` sections change. Set '
+        '`privacy.noise_multiplier` instead and read the claims in '
+        "summary.json's `participation.privacy`."
+    )
   compression = config.compression
   _require_choice('compression.compressor', compression.compressor,
                   COMPRESSORS)

@@ -1471,6 +1471,10 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
   if study_participation.tracks(config):
     summary['participation'] = study_participation.summary(
         config, run_dir, history['state'], dataset.num_clients)
+    if 'privacy' in summary['participation'] and (
+        study_participation.clients_offline(config)):
+      # The accountant's epsilon assumes every client is always online.
+      summary['privacy']['guarantee_holds'] = False
   if config.client.ditto_lambda is not None:
     summary['ditto'] = _personal_summary(
         config, dataset, history['state'].personal, history['local_model'])

@@ -34,6 +34,12 @@ def tracks(config: config_lib.ExperimentConfig) -> bool:
           or config.compression.compressor != 'none')
 
 
+def clients_offline(config: config_lib.ExperimentConfig) -> bool:
+  """Return whether clients can be offline when the cohort is drawn."""
+  part = config.participation
+  return part.availability < 1.0 or part.schedule != 'none'
+
+
 def error_feedback(config: config_lib.ExperimentConfig) -> bool:
   """Return whether the clients keep top-k error-feedback residuals."""
   return (config.compression.compressor == 'top_k'
