@@ -112,11 +112,9 @@ def summary(
     for line in stream:
       if line.strip():
         records.append(json.loads(line))
-  size = sum(leaf.size for leaf in jax.tree.leaves(state.params))
-  settings = compression_settings(config) or (
-      compression_lib.CompressionSettings())
-  down = participation_lib.FLOAT32_BYTES * size
-  up = compression_lib.encoded_bytes(settings, size)
+  sizes = participation_lib.message_bytes(
+      state.params, compression_settings(config))
+  down, up = sizes['down'], sizes['up']
 
   def total(name):
     return int(sum(int(record.get(name, 0)) for record in records))

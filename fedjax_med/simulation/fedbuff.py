@@ -191,11 +191,7 @@ def build_fedbuff(
   train_data = jax.device_put(train_data)
 
   def message_bytes(params):
-    size = sum(leaf.size for leaf in jax.tree.leaves(params))
-    return {
-        'down': participation_lib.FLOAT32_BYTES * size,
-        'up': compression_lib.encoded_bytes(compression, size),
-    }
+    return participation_lib.message_bytes(params, compression)
 
   def check_state(server):
     if server.clock is None or (error_feedback and server.residual is None):
@@ -322,8 +318,8 @@ def build_fedbuff(
     picked_ok = jnp.isfinite(neg_times)
     collected = jnp.zeros_like(waiting).at[picked].set(picked_ok)
     # Without a valid update in flight, the clock moves to the next event:
-    # the first dropout the server notices, or else (nobody in flight) the
-    # next slot of an availability schedule. It never stalls on either.
+    # the first dropout the server notices, or else, with no client in
+    # flight, the next slot of an availability schedule.
     last_arrival = jnp.max(jnp.where(picked_ok, -neg_times, -jnp.inf))
     first_dropout = jnp.min(jnp.where(state.busy, state.arrival, jnp.inf))
     idle_until = server.clock + participation_lib.idle_seconds(

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med.communication import compression as compression_lib
 from fedjax_med.errors import InputError
 from fedjax_med.typing import PRNGKey
 
@@ -172,6 +173,18 @@ def validate(participation: Participation, num_clients: int) -> None:
         'An availability schedule follows the virtual clock, which does not '
         'advance without `steps_per_second` or `server_seconds`; set one.'
     )
+
+
+def message_bytes(
+    params, compression: compression_lib.CompressionSettings | None,
+) -> dict[str, int]:
+  """Return the bytes one client downloads (float32 params) and uploads."""
+  size = sum(leaf.size for leaf in jax.tree.leaves(params))
+  settings = compression or compression_lib.CompressionSettings()
+  return {
+      'down': FLOAT32_BYTES * size,
+      'up': compression_lib.encoded_bytes(settings, size),
+  }
 
 
 def available_clients(

@@ -544,12 +544,7 @@ def build_round(
 
   def message_bytes(params):
     """Return the bytes each client downloads and uploads in a round."""
-    size = sum(leaf.size for leaf in jax.tree.leaves(params))
-    settings = compression or compression_lib.CompressionSettings()
-    return {
-        'down': participation_lib.FLOAT32_BYTES * size,
-        'up': compression_lib.encoded_bytes(settings, size),
-    }
+    return participation_lib.message_bytes(params, compression)
 
   @jax.jit
   def round_step(state, round_key, examples, num_examples, malicious):
@@ -722,7 +717,7 @@ def build_round(
       if participation is not None:
         seconds = participation_lib.round_seconds(
             participation, finish, reported, late)
-        # With nobody online, a schedule's clock moves on to the next slot.
+        # With no client online, a schedule's clock moves to the next slot.
         seconds = seconds + jnp.where(
             num_sampled == 0,
             participation_lib.idle_seconds(participation, state.clock), 0.0)

@@ -234,8 +234,8 @@ def test_clock_moves_past_dropped_clients(key):
 
 
 def test_clock_skips_offline_night(key):
-  # Online only in slot 1 of 2: the first step finds nobody, and the
-  # clock jumps to the next slot instead of stalling.
+  # Online only in slot 1 of 2: the first step finds no client online,
+  # and the clock jumps to the next slot instead of stalling.
   data = _population([5] * 6)
   schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (6, 1))
   participation = participation_lib.Participation(
