@@ -316,6 +316,24 @@ def _interrupt_on_sigterm() -> None:
   signal.signal(signal.SIGTERM, interrupt)
 
 
+def _print_interrupt(command: str, interrupt: StudyInterrupted) -> None:
+  """Print where an interrupted command left its results and how to resume."""
+  unit, records, resume = {
+      'sweep': ('point', 'points.jsonl',
+                f'--out {interrupt.run_dir} --resume'),
+      'matrix': ('run', 'cells.jsonl', f'--out {interrupt.run_dir} --resume'),
+  }.get(command, ('round', 'metrics.jsonl',
+                  f'fedjax-med run --resume {interrupt.run_dir}'))
+  count = interrupt.rounds_done
+  noun = unit if count == 1 else unit + 's'
+  verb = 'is' if count == 1 else 'are'
+  print(
+      f'fedjax-med: interrupted; {count} finished {noun} {verb} in '
+      f'{interrupt.run_dir / records}. Continue with {resume}.',
+      file=sys.stderr,
+  )
+
+
 def main(argv: list[str] | None = None) -> int:
   _quiet_rdp_convergence_warnings()
   _interrupt_on_sigterm()
@@ -369,24 +387,7 @@ def _main(args) -> int:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 1
   except StudyInterrupted as interrupt:
-    if args.command == 'sweep':
-      print(
-          f'fedjax-med: interrupted; {interrupt.rounds_done} finished points '
-          f'are in {interrupt.run_dir / "points.jsonl"}. Continue with '
-          f'--out {interrupt.run_dir} --resume.', file=sys.stderr,
-      )
-    elif args.command == 'matrix':
-      print(
-          f'fedjax-med: interrupted; {interrupt.rounds_done} finished runs '
-          f'are in {interrupt.run_dir / "cells.jsonl"}. Continue with '
-          f'--out {interrupt.run_dir} --resume.', file=sys.stderr,
-      )
-    else:
-      print(
-          f'fedjax-med: interrupted; {interrupt.rounds_done} finished rounds '
-          f'are in {interrupt.run_dir / "metrics.jsonl"}. Continue with '
-          f'fedjax-med run --resume {interrupt.run_dir}.', file=sys.stderr,
-      )
+    _print_interrupt(args.command, interrupt)
     return 130
   _print_summary(run_dir, summary)
   return 0

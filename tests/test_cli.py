@@ -300,3 +300,17 @@ def test_aggregator_input_exits_2(capsys, tmp_path, args, expected):
   assert status == 2
   assert expected in captured.err
   assert captured.err.count('\n') == 1
+
+
+@pytest.mark.parametrize('command, count, expected', [
+    ('run', 1, '1 finished round is in'),
+    ('run', 3, '3 finished rounds are in'),
+    ('sweep', 1, '1 finished point is in'),
+    ('matrix', 0, '0 finished runs are in'),
+])
+def test_interrupt_message_counts(capsys, tmp_path, command, count, expected):
+  interrupt = cli.StudyInterrupted(tmp_path, count)
+
+  cli._print_interrupt(command, interrupt)  # pylint: disable=protected-access
+
+  assert expected in capsys.readouterr().err
