@@ -85,6 +85,7 @@ METRICS = (
     'mean_accuracy', 'worst_accuracy', 'p10_accuracy', 'std_accuracy',
     'best_worst_gap', 'smallest_clients_accuracy', 'largest_clients_accuracy',
     'train_loss', 'epsilon', 'ditto_mean_accuracy', 'ditto_worst_accuracy',
+    'clock_s', 'bytes_up',
 )
 _SUMMARY_METRICS = ('mean_accuracy', 'worst_accuracy', 'p10_accuracy',
                     'best_worst_gap')
@@ -651,6 +652,20 @@ def _epsilon(config, prepared, num_rounds) -> float | None:
   return float(accountant.epsilon(config.privacy.delta))
 
 
+def _valid_epsilon(summary: dict[str, Any]) -> float | None:
+  """Return the run's epsilon, or the smaller claim from participation.
+
+  When clients can be offline, the accountant's epsilon assumes every
+  client online and is not an upper bound; the claims built from the
+  recorded participation are.
+  """
+  claims = (summary.get('participation') or {}).get('privacy')
+  if claims is not None and summary['privacy'].get('guarantee_holds') is False:
+    return min(claims[name]['epsilon'] for name in ('contributions', 'sampled')
+               if name in claims)
+  return summary['privacy'].get('epsilon')
+
+
 def _run_single(point: Point, run_dir: pathlib.Path,
                 interval_s: float) -> dict[str, Any]:
   """Run one point through `run_study`; return its record.
@@ -681,7 +696,7 @@ def _run_single(point: Point, run_dir: pathlib.Path,
       **{key: fairness.get(key) for key in (
           'std_accuracy', 'best_worst_gap', 'smallest_clients_accuracy',
           'largest_clients_accuracy')},
-      'epsilon': summary['privacy'].get('epsilon'),
+      'epsilon': _valid_epsilon(summary),
       'skipped_rounds': summary['skipped_rounds'],
       'wall_time_s': summary['wall_time_s'],
       'run_dir': str(out),
@@ -691,6 +706,10 @@ def _run_single(point: Point, run_dir: pathlib.Path,
   losses = [m['train_loss'] for m in metrics
             if m.get('train_loss') is not None and not m['skipped']]
   record['train_loss'] = losses[-1] if losses else None
+  participation = summary.get('participation')
+  if participation is not None:
+    record['clock_s'] = participation['clock_s']
+    record['bytes_up'] = participation['bytes_up']
   ditto = summary.get('ditto')
   if ditto is not None:
     record['ditto_mean_accuracy'] = ditto['mean_accuracy']

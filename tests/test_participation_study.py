@@ -8,6 +8,7 @@ import pytest
 from fedjax_med import config as config_lib
 from fedjax_med import matrix
 from fedjax_med import study
+from fedjax_med import sweep
 from fedjax_med.communication import compression
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
@@ -69,11 +70,14 @@ def test_central_noise_reports_claims(tmp_path):
   config = _config(clip_norm=1.0, noise='central', noise_multiplier=1.0,
                    aggregator='mean', compressor='none', top_k_fraction=0.01,
                    fednova=False, straggler_policy='wait', deadline_s=None)
-  study.run_study(config, tmp_path, progress=False)
-  section = json.loads((tmp_path / 'summary.json').read_text())[
-      'participation']
+  # A one-point sweep runs the study on its own and also lists the point.
+  sweep_dir, records = sweep.run_sweep(
+      config, sweep.SweepConfig(), tmp_path / 'sweep', progress=False)
+  run_dir = sweep_dir / 'runs' / 'point-0000'
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  section = summary['participation']
   claims = section['privacy']
-  available = [record['num_available'] for record in _records(tmp_path)]
+  available = [record['num_available'] for record in _records(run_dir)]
   expected = participation_accounting.sampled_epsilon(
       sampling='uniform', noise_multiplier=1.0, delta=config.privacy.delta,
       num_available=np.asarray(available), cohort_size=10)
@@ -83,8 +87,14 @@ def test_central_noise_reports_claims(tmp_path):
   assert claims['contributions']['epsilon'] > 0
   # The accountant's epsilon assumes every client online, so with half
   # the clients offline it is not an upper bound.
-  summary = json.loads((tmp_path / 'summary.json').read_text())
   assert summary['privacy']['guarantee_holds'] is False
+  # The sweep's table reports the smaller of the valid claims instead.
+  [record] = records
+  assert record['epsilon'] == min(claims['sampled']['epsilon'],
+                                  claims['contributions']['epsilon'])
+  assert record['epsilon'] != summary['privacy']['epsilon']
+  assert record['clock_s'] == section['clock_s']
+  assert record['bytes_up'] == section['bytes_up']
 
 
 def test_interrupt_and_resume_match(tmp_path):
