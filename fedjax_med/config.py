@@ -1171,12 +1171,15 @@ def _validate_participation(config: ExperimentConfig) -> None:
 
   _require_choice('participation.straggler_policy', part.straggler_policy,
                   STRAGGLER_POLICIES)
-  if part.straggler_policy != 'wait' and (
-      part.deadline_s is None or part.steps_per_second is None):
+  if part.straggler_policy != 'wait' and part.deadline_s is None:
     raise InputError(
         f'`participation.straggler_policy={part.straggler_policy}` needs '
-        '`participation.deadline_s` and `participation.steps_per_second`, '
-        'so that clients take time and a deadline can cut them.'
+        '`participation.deadline_s`; set it or use `straggler_policy=wait`.'
+    )
+  if part.straggler_policy == 'partial' and part.steps_per_second is None:
+    raise InputError(
+        '`participation.straggler_policy=partial` cuts local steps at the '
+        'deadline, so it needs `participation.steps_per_second`; set it.'
     )
   if (part.schedule != 'none' and part.steps_per_second is None
       and part.server_seconds == 0):

@@ -121,6 +121,7 @@ def test_interrupt_and_resume_match(tmp_path):
 
 @pytest.mark.parametrize('settings, match', [
     ({'straggler_policy': 'drop', 'deadline_s': None}, 'deadline_s'),
+    ({'steps_per_second': None, 'speed_spread': 0.0}, 'steps_per_second'),
     ({'availability': 0.0}, 'participation.availability'),
     ({'availability': 1.5}, 'participation.availability'),
     ({'schedule': 'weekends'}, 'participation.schedule'),
@@ -163,3 +164,9 @@ def test_matrix_rejects_participation():
       config_lib.ExperimentConfig(), {'availability': 0.5})
   with pytest.raises(InputError, match='participation'):
     matrix._check_base(base)
+
+
+def test_drop_with_link_speed_only_is_valid():
+  config = _config(steps_per_second=None, speed_spread=0.0, fednova=False,
+                   straggler_policy='drop')
+  assert config.participation.upload_bytes_per_second == 1000.0

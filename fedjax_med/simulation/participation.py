@@ -154,10 +154,17 @@ def validate(participation: Participation, num_clients: int) -> None:
         f'`straggler_policy={p.straggler_policy!r}` needs a `deadline` in '
         'seconds; set one or use straggler_policy="wait".'
     )
-  if p.straggler_policy != 'wait' and p.steps_per_second is None:
+  if p.straggler_policy == 'partial' and p.steps_per_second is None:
+    raise InputError(
+        "`straggler_policy='partial'` cuts local steps at the deadline; "
+        'set `steps_per_second`.'
+    )
+  if p.straggler_policy == 'drop' and (
+      p.steps_per_second is None and p.upload_bytes_per_second is None
+      and p.download_bytes_per_second is None):
     raise InputError(
         'A deadline can only cut clients that take time: set '
-        '`steps_per_second` for the stragglers.'
+        '`steps_per_second` or a link speed for the stragglers.'
     )
   if not (math.isfinite(p.seconds_per_slot) and p.seconds_per_slot > 0):
     raise InputError(

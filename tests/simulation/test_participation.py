@@ -223,6 +223,22 @@ def test_drop_policy_discards_late_clients(key):
   assert float(metrics['bytes_up']) == 4 * NUM_PARAMS
 
 
+def test_drop_policy_with_link_speeds_only(key):
+  # Uploads take 1, 2, 4 and 8 s and steps take no time.
+  data = _population([20, 20, 20, 20])
+  upload = 4 * NUM_PARAMS / np.array([1.0, 2.0, 4.0, 8.0], np.float32)
+  participation = participation_lib.Participation(
+      upload_bytes_per_second=upload, deadline=3.0, straggler_policy='drop')
+  round_fn = round_lib.build_round(
+      data, _local_update(), _all_sampler(4), optax.sgd(1.0),
+      participation=participation)
+  state, metrics = round_fn(_state(key, 4), key)
+  assert int(metrics['num_stragglers']) == 2
+  assert int(metrics['num_reported']) == 2
+  np.testing.assert_array_equal(state.contributions, [1, 1, 0, 0])
+  np.testing.assert_allclose(metrics['round_seconds'], 3.0, rtol=1e-6)
+
+
 def test_partial_policy_uses_finished_steps(key):
   data, round_fn = _straggler_round('partial')
   state = _state(key, 4)
@@ -398,6 +414,8 @@ def test_round_needs_clock_state(key):
     ({'straggler_policy': 'drop', 'steps_per_second': np.ones(4)},
      'deadline'),
     ({'straggler_policy': 'drop', 'deadline': 5.0}, 'steps_per_second'),
+    ({'straggler_policy': 'partial', 'deadline': 5.0,
+      'upload_bytes_per_second': np.ones(4)}, 'steps_per_second'),
     ({'deadline': -1.0}, 'deadline'),
     ({'availability': np.ones((4, 24))}, 'clock'),
 ])
