@@ -287,8 +287,25 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(
         f'warning: all {summary["rounds_run"]} rounds were skipped because no '
         'client contributed, so these are the accuracies of the untrained '
-        'model.', file=sys.stderr,
+        f'model.{_no_contribution_cause(summary)}', file=sys.stderr,
     )
+
+
+def _no_contribution_cause(summary: dict) -> str:
+  """Return a sentence on why no client reported, from the participation."""
+  section = summary.get('participation')
+  if section is None or section['num_reported'] > 0:
+    return ''
+  if section['num_sampled'] == 0:
+    return (' No client was online when sampled; raise '
+            '`participation.availability`.')
+  if section['num_dropped'] == section['num_sampled']:
+    return ' Every sampled client dropped out; lower `sampling.dropout_rate`.'
+  if section['num_stragglers'] > 0:
+    return (f' {section["num_stragglers"]} updates missed '
+            '`participation.deadline_s` and were discarded; raise the '
+            'deadline or use `participation.straggler_policy=wait`.')
+  return ''
 
 
 def _quiet_rdp_convergence_warnings() -> None:

@@ -210,6 +210,18 @@ def test_all_rounds_skipped_warns(capsys, tmp_path):
   assert 'all 2 rounds were skipped' in captured.err
 
 
+def test_all_rounds_late_warns_of_deadline(capsys, tmp_path):
+  # One local step takes 1 s, so no client reports within 0.5 s.
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'steps_per_second=1.0', '--set',
+      'deadline_s=0.5', '--set', 'straggler_policy=drop',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'all 2 rounds were skipped' in captured.err
+  assert 'missed `participation.deadline_s`' in captured.err
+
+
 def test_default_name_follows_dataset(capsys, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
 
