@@ -293,14 +293,16 @@ def add_client_noise(
 
 def noised_mean(
     updates: PyTree, weights: jax.Array, privacy: PrivacySettings,
-    *, key: PRNGKey,
+    *, key: PRNGKey, denominator_weights: jax.Array | None = None,
 ) -> PyTree:
   """Return `(sum_c weights[c] * updates[c] + noise) / denominator`.
 
   Central noise of std `z * C` is added once to the sum. Distributed noise
   was already added by each client. The denominator is the fixed
   `privacy.denominator` under central or distributed noise, else the
-  realized total weight.
+  realized total of `denominator_weights` (default: `weights`). FedBuff
+  passes its example weights there, so that staleness discounts an update
+  without raising the weight of the others.
   """
   summed = jax.tree.map(
       lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
@@ -312,6 +314,7 @@ def noised_mean(
   if privacy.sums_noise:
     denominator = jnp.float32(privacy.denominator)
   else:
-    total = jnp.sum(weights)
+    total = jnp.sum(weights if denominator_weights is None
+                    else denominator_weights)
     denominator = jnp.where(total > 0, total, 1.0)
   return jax.tree.map(lambda leaf: leaf / denominator, summed)

@@ -42,7 +42,6 @@ from fedjax_med.client import local_training
 from fedjax_med.communication import compression as compression_lib
 from fedjax_med.data import federated
 from fedjax_med.privacy import mechanisms
-from fedjax_med.privacy import noise
 from fedjax_med.simulation import participation as participation_lib
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
@@ -338,17 +337,10 @@ def build_fedbuff(
     decay = (1.0 + staleness) ** -staleness_exponent
     weights = mechanisms.client_weights(
         aggregator, contributes, counts, privacy.weight_cap)
-    summed = jax.tree.map(
-        lambda leaf: jnp.tensordot(weights * decay, leaf, axes=1), updates)
-    if privacy.noise_kind == 'central':
-      summed = noise.add_gaussian_noise(
-          summed, privacy.noise_multiplier * privacy.clip_norm,
-          key=jax.random.fold_in(key, round_lib._CENTRAL_NOISE_TAG))
-      denominator = jnp.float32(privacy.denominator)
-    else:
-      total = jnp.sum(weights)
-      denominator = jnp.where(total > 0, total, 1.0)
-    aggregate = jax.tree.map(lambda leaf: leaf / denominator, summed)
+    aggregate = mechanisms.noised_mean(
+        updates, weights * decay, privacy,
+        key=jax.random.fold_in(key, round_lib._CENTRAL_NOISE_TAG),
+        denominator_weights=weights)
     skipped = jnp.sum(weights) <= 0
     new_server = round_lib._server_update(
         server, aggregate, skipped, server_optimizer)

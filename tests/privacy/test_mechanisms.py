@@ -90,6 +90,21 @@ def test_noise_differs_across_rounds(key):
   assert abs(correlation) < 0.3
 
 
+def test_noised_mean_denominator_weights(key):
+  updates = {'w': jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+  weights = jnp.array([1.0, 0.5])
+
+  own = mechanisms.noised_mean(
+      updates, weights, mechanisms.PrivacySettings(), key=key)
+  other = mechanisms.noised_mean(
+      updates, weights, mechanisms.PrivacySettings(), key=key,
+      denominator_weights=jnp.array([1.0, 1.0]))
+
+  # (1 * [1, 2] + 0.5 * [3, 4]) divided by 1.5, then by 2.
+  np.testing.assert_allclose(own['w'], [2.5 / 1.5, 4.0 / 1.5], rtol=1e-6)
+  np.testing.assert_allclose(other['w'], [1.25, 2.0], rtol=1e-6)
+
+
 def test_capped_weights():
   counts = jnp.array([10, 100, 300, 0])
   contributes = jnp.array([True, True, True, False])
