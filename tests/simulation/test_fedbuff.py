@@ -6,46 +6,20 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_med.client import local_training
 from fedjax_med.communication import compression
-from fedjax_med.data import federated
-from fedjax_med.models import tabular
 from fedjax_med.simulation import fedbuff
 from fedjax_med.simulation import participation as participation_lib
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
-
-MODEL = tabular.from_flax(tabular.LogisticRegression(2), 2)
-NUM_PARAMS = 4
-
-
-def _population(counts, seed=0):
-  rng = np.random.default_rng(seed)
-  clients = []
-  for count in counts:
-    x = rng.normal(size=(count, 3)).astype(np.float32)
-    clients.append({'x': x, 'y': (rng.random(count) > 0.5).astype(np.int32)})
-  return jax.device_put(federated.stack_clients(clients))
+from tests.simulation import small_population as small
 
 
 def _local_update():
-  return local_training.build_local_update(
-      MODEL, optax.sgd(0.1), num_steps=4, batch_size=2)
-
-
-def _state(key, num_clients, **kwargs):
-  params = MODEL.init(key, jnp.zeros((1, 3)))
-  return round_lib.init_server_state(
-      params, optax.sgd(1.0), num_clients=num_clients, **kwargs)
-
-
-def _leaves_close(a, b, **tolerance):
-  for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(left, right, **tolerance)
+  return small.local_update(num_steps=4)
 
 
 def test_full_buffer_equals_sync_fedavg(key):
-  data = _population([3, 8, 5, 6, 9, 4])
+  data = small.population([3, 8, 5, 6, 9, 4])
   participation = participation_lib.Participation(
       availability=np.ones(6, np.float32))
   sync = round_lib.build_round(
@@ -55,15 +29,15 @@ def test_full_buffer_equals_sync_fedavg(key):
       data, _local_update(), optax.sgd(1.0), concurrency=3, buffer_size=3,
       participation=participation)
   keys = [jax.random.fold_in(key, index) for index in range(4)]
-  sync_state = _state(key, 6)
+  sync_state = small.server_state(key, num_clients=6)
   for round_key in keys[:3]:
     sync_state, _ = sync(sync_state, round_key)
-  state = buffered.init(_state(key, 6), keys[0])
+  state = buffered.init(small.server_state(key, num_clients=6), keys[0])
   for step_key in keys[1:]:
     state, metrics = buffered.step(state, step_key)
     assert float(metrics['max_staleness']) == 0.0
     assert int(metrics['num_collected']) == 3
-  _leaves_close(state.server.params, sync_state.params, rtol=1e-6,
+  small.assert_leaves_close(state.server.params, sync_state.params, rtol=1e-6,
                 atol=1e-7)
   np.testing.assert_array_equal(state.server.contributions,
                                 sync_state.contributions)
@@ -71,14 +45,14 @@ def test_full_buffer_equals_sync_fedavg(key):
 
 def test_stale_update_weighted_by_hand(key):
   # Client 0 is fast and client 1 slow; one update per server step.
-  data = _population([6, 6])
+  data = small.population([6, 6])
   participation = participation_lib.Participation(
       steps_per_second=np.array([100.0, 1.0], np.float32))
   local_update = _local_update()
   buffered = fedbuff.build_fedbuff(
       data, local_update, optax.sgd(1.0), concurrency=2, buffer_size=1,
       participation=participation, aggregator='mean')
-  start = _state(key, 2)
+  start = small.server_state(key, num_clients=2)
   init_key = jax.random.fold_in(key, 0)
   state = buffered.init(start, init_key)
   state, first = buffered.step(state, jax.random.fold_in(key, 1))
@@ -104,11 +78,11 @@ def test_stale_update_weighted_by_hand(key):
   expected = jax.tree.map(
       lambda old, delta: old + delta / np.sqrt(1.0 + staleness),
       before, slow.delta)
-  _leaves_close(state.server.params, expected, rtol=1e-5, atol=1e-7)
+  small.assert_leaves_close(state.server.params, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_staleness_decay_applied(key):
-  data = _population([6, 6])
+  data = small.population([6, 6])
   participation = participation_lib.Participation(
       steps_per_second=np.array([100.0, 1.0], np.float32))
   local_update = _local_update()
@@ -119,7 +93,7 @@ def test_staleness_decay_applied(key):
         data, local_update, optax.sgd(1.0), concurrency=2, buffer_size=1,
         participation=participation, aggregator='mean',
         staleness_exponent=exponent)
-    state = buffered.init(_state(key, 2), init_key)
+    state = buffered.init(small.server_state(key, num_clients=2), init_key)
     index = 1
     while True:
       before = state.server.params
@@ -134,20 +108,20 @@ def test_staleness_decay_applied(key):
   _, after_decayed, _ = results[1.0]
   plain_step = jax.tree.map(jnp.subtract, after_plain, before)
   decayed_step = jax.tree.map(jnp.subtract, after_decayed, results[1.0][0])
-  _leaves_close(decayed_step,
+  small.assert_leaves_close(decayed_step,
                 jax.tree.map(lambda x: x / (1.0 + staleness), plain_step),
                 rtol=1e-5, atol=1e-7)
 
 
 def test_dropouts_free_slots_and_skip_buffer(key):
-  data = _population([5] * 8)
+  data = small.population([5] * 8)
   participation = participation_lib.Participation(
       dropout=np.array([1.0, 0.0] * 4, np.float32),
       steps_per_second=np.ones(8, np.float32))
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=2,
       dispatch_size=4, participation=participation)
-  state = buffered.init(_state(key, 8), key)
+  state = buffered.init(small.server_state(key, num_clients=8), key)
   collected = 0
   for index in range(1, 8):
     waiting = int(jnp.sum(state.busy & state.valid))
@@ -163,17 +137,17 @@ def test_dropouts_free_slots_and_skip_buffer(key):
 
 
 def test_bytes_and_clock(key):
-  data = _population([5] * 6)
+  data = small.population([5] * 6)
   settings = compression.CompressionSettings('qsgd', levels=2)
   participation = participation_lib.Participation(
       steps_per_second=np.linspace(1.0, 3.0, 6).astype(np.float32))
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=2,
       participation=participation, compression=settings)
-  params = MODEL.init(key, jnp.zeros((1, 3)))
+  params = small.MODEL.init(key, jnp.zeros((1, 3)))
   sizes = buffered.message_bytes(params)
-  assert sizes['up'] == compression.encoded_bytes(settings, NUM_PARAMS)
-  state = buffered.init(_state(key, 6), key)
+  assert sizes['up'] == compression.encoded_bytes(settings, small.NUM_PARAMS)
+  state = buffered.init(small.server_state(key, num_clients=6), key)
   clock = 0.0
   for index in range(1, 5):
     state, metrics = buffered.step(state, jax.random.fold_in(key, index))
@@ -198,16 +172,16 @@ def test_bytes_and_clock(key):
      'deadline'),
 ])
 def test_build_rejects(options, message):
-  data = _population([5] * 6)
+  data = small.population([5] * 6)
   with pytest.raises(ValueError, match=message):
     fedbuff.build_fedbuff(data, _local_update(), optax.sgd(1.0), **options)
 
 
 def test_step_needs_clock(key):
-  data = _population([5] * 4)
+  data = small.population([5] * 4)
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1)
-  params = MODEL.init(key, jnp.zeros((1, 3)))
+  params = small.MODEL.init(key, jnp.zeros((1, 3)))
   with pytest.raises(ValueError, match='num_clients'):
     buffered.init(round_lib.init_server_state(params, optax.sgd(1.0)), key)
 
@@ -215,14 +189,14 @@ def test_step_needs_clock(key):
 def test_clock_moves_past_dropped_clients(key):
   # Every client drops out after a download: no update ever arrives, and
   # the clock must still move so that their slots free.
-  data = _population([5] * 20)
+  data = small.population([5] * 20)
   participation = participation_lib.Participation(
       dropout=0.7, steps_per_second=np.ones(20, np.float32),
       download_bytes_per_second=np.ones(20, np.float32))
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=5, buffer_size=2,
       participation=participation)
-  state = buffered.init(_state(key, 20), key)
+  state = buffered.init(small.server_state(key, num_clients=20), key)
   clocks, collected = [], 0
   for index in range(1, 31):
     state, metrics = buffered.step(state, jax.random.fold_in(key, index))
@@ -236,7 +210,7 @@ def test_clock_moves_past_dropped_clients(key):
 def test_clock_skips_offline_night(key):
   # Online only in slot 1 of 2: the first step finds no client online,
   # and the clock jumps to the next slot instead of stalling.
-  data = _population([5] * 6)
+  data = small.population([5] * 6)
   schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (6, 1))
   participation = participation_lib.Participation(
       availability=schedule, seconds_per_slot=100.0,
@@ -244,7 +218,7 @@ def test_clock_skips_offline_night(key):
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1,
       participation=participation)
-  state = buffered.init(_state(key, 6), key)
+  state = buffered.init(small.server_state(key, num_clients=6), key)
   assert int(jnp.sum(state.busy)) == 0
   state, metrics = buffered.step(state, jax.random.fold_in(key, 1))
   assert float(metrics['clock']) == 100.0
@@ -254,12 +228,13 @@ def test_clock_skips_offline_night(key):
 
 
 def test_dispatch_limited_to_free_slots(key):
-  data = _population([5] * 8)
+  data = small.population([5] * 8)
   settings = compression.CompressionSettings('top_k', fraction=0.25)
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=1,
       dispatch_size=4, compression=settings)
-  state = buffered.init(_state(key, 8, error_feedback=True), key)
+  state = buffered.init(
+      small.server_state(key, num_clients=8, error_feedback=True), key)
   started = {int(client) for client in state.client_ids}
   for index in range(1, 4):
     state, metrics = buffered.step(state, jax.random.fold_in(key, index))
@@ -271,21 +246,22 @@ def test_dispatch_limited_to_free_slots(key):
   # Only clients that started (and sent) carry a residual.
   for client in range(8):
     if client not in started:
-      np.testing.assert_array_equal(residual[client], np.zeros(NUM_PARAMS))
+      np.testing.assert_array_equal(
+          residual[client], np.zeros(small.NUM_PARAMS))
 
 
 def test_rejects_state_of_other_population(key):
-  data = _population([5] * 6)
+  data = small.population([5] * 6)
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1)
   with pytest.raises(ValueError, match='for 6'):
-    buffered.init(_state(key, 4), key)
+    buffered.init(small.server_state(key, num_clients=4), key)
 
 
 def test_numpy_integer_sizes_accepted(key):
-  data = _population([5] * 6)
+  data = small.population([5] * 6)
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=np.int64(3),
       buffer_size=np.int32(2))
-  state = buffered.init(_state(key, 6), key)
+  state = buffered.init(small.server_state(key, num_clients=6), key)
   assert int(jnp.sum(state.busy)) == 3

@@ -6,49 +6,17 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_med.client import local_training
 from fedjax_med.communication import compression
 from fedjax_med.data import federated
 from fedjax_med.errors import InputError
-from fedjax_med.models import tabular
 from fedjax_med.simulation import participation as participation_lib
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
-
-MODEL = tabular.from_flax(tabular.LogisticRegression(2), 2)
-NUM_STEPS = 6
-# LogisticRegression(2) on 3 features: a [3, 1] kernel and a [1] bias.
-NUM_PARAMS = 4
-
-
-def _population(counts, seed=0):
-  rng = np.random.default_rng(seed)
-  clients = []
-  for count in counts:
-    x = rng.normal(size=(count, 3)).astype(np.float32)
-    clients.append({'x': x, 'y': (rng.random(count) > 0.5).astype(np.int32)})
-  return jax.device_put(federated.stack_clients(clients))
-
-
-def _local_update():
-  return local_training.build_local_update(
-      MODEL, optax.sgd(0.1), num_steps=NUM_STEPS, batch_size=2)
-
-
-def _state(key, num_clients, error_feedback=False):
-  params = MODEL.init(key, jnp.zeros((1, 3)))
-  return round_lib.init_server_state(
-      params, optax.sgd(1.0), num_clients=num_clients,
-      error_feedback=error_feedback)
+from tests.simulation import small_population as small
 
 
 def _all_sampler(num_clients):
   return sampling.uniform_sampler(num_clients, num_clients)
-
-
-def _leaves_close(a, b, **tolerance):
-  for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(left, right, **tolerance)
 
 
 # --- availability -----------------------------------------------------------
@@ -114,13 +82,14 @@ def test_poisson_sampler_respects_available(key):
 
 
 def test_round_never_samples_offline_clients(key):
-  data = _population([5] * 8)
+  data = small.population([5] * 8)
   availability = np.array([1, 0] * 4, np.float32)
   participation = participation_lib.Participation(availability=availability)
   round_fn = round_lib.build_round(
-      data, _local_update(), sampling.uniform_sampler(8, 3), optax.sgd(1.0),
+      data, small.local_update(), sampling.uniform_sampler(8, 3),
+      optax.sgd(1.0),
       participation=participation)
-  state = _state(key, 8)
+  state = small.server_state(key, num_clients=8)
   for index in range(4):
     state, metrics = round_fn(state, jax.random.fold_in(key, index))
     assert int(metrics['num_available']) == 4
@@ -130,7 +99,7 @@ def test_round_never_samples_offline_clients(key):
 
 
 def test_availability_needs_sampler_with_mask():
-  data = _population([5] * 4)
+  data = small.population([5] * 4)
   participation = participation_lib.Participation(
       availability=np.ones(4, np.float32))
 
@@ -139,7 +108,7 @@ def test_availability_needs_sampler_with_mask():
     return sampling.Cohort(jnp.arange(4), jnp.ones(4, bool), jnp.int32(0))
 
   with pytest.raises(ValueError, match='available='):
-    round_lib.build_round(data, _local_update(), sampler, optax.sgd(1.0),
+    round_lib.build_round(data, small.local_update(), sampler, optax.sgd(1.0),
                           participation=participation)
 
 
@@ -147,39 +116,39 @@ def test_availability_needs_sampler_with_mask():
 
 
 def test_per_client_dropout(key):
-  data = _population([5] * 6)
+  data = small.population([5] * 6)
   dropout = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0], np.float32)
   participation = participation_lib.Participation(dropout=dropout)
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(6), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(6), optax.sgd(1.0),
       participation=participation)
-  state = _state(key, 6)
+  state = small.server_state(key, num_clients=6)
   state, metrics = round_fn(state, key)
   assert int(metrics['num_sampled']) == 6
   assert int(metrics['num_dropped']) == 3
   assert int(metrics['num_reported']) == 3
   np.testing.assert_array_equal(state.contributions, [0, 1, 0, 1, 0, 1])
   # Dropped clients downloaded the model and sent nothing.
-  assert float(metrics['bytes_down']) == 6 * 4 * NUM_PARAMS
-  assert float(metrics['bytes_up']) == 3 * 4 * NUM_PARAMS
+  assert float(metrics['bytes_down']) == 6 * 4 * small.NUM_PARAMS
+  assert float(metrics['bytes_up']) == 3 * 4 * small.NUM_PARAMS
 
 
 def test_dropout_equals_round_without_dropped(key):
-  data = _population([4, 9, 6, 7])
+  data = small.population([4, 9, 6, 7])
   participation = participation_lib.Participation(
       dropout=np.array([0.0, 1.0, 0.0, 0.0], np.float32))
   with_dropout = round_lib.build_round(
-      data, _local_update(), _all_sampler(4), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(4), optax.sgd(1.0),
       participation=participation)
   emptied = federated.FederatedData(
       data.examples, jnp.asarray(data.num_examples).at[1].set(0))
   without = round_lib.build_round(
-      emptied, _local_update(), _all_sampler(4), optax.sgd(1.0),
+      emptied, small.local_update(), _all_sampler(4), optax.sgd(1.0),
       participation=participation_lib.Participation())
-  state = _state(key, 4)
+  state = small.server_state(key, num_clients=4)
   left, _ = with_dropout(state, key)
   right, _ = without(state, key)
-  _leaves_close(left.params, right.params, rtol=1e-6, atol=1e-7)
+  small.assert_leaves_close(left.params, right.params, rtol=1e-6, atol=1e-7)
 
 
 # --- stragglers -------------------------------------------------------------
@@ -188,22 +157,23 @@ def test_dropout_equals_round_without_dropped(key):
 def _straggler_round(policy, fednova=False, deadline=3.0):
   # Client i takes 1 / speed[i] seconds per step, plus 0.25 s to download
   # and 0.25 s to upload.
-  data = _population([20, 20, 20, 20])
+  data = small.population([20, 20, 20, 20])
   speeds = np.array([4.0, 2.0, 1.0, 0.5], np.float32)
+  link_speed = 4 * small.NUM_PARAMS / 0.25
   participation = participation_lib.Participation(
       steps_per_second=speeds,
-      download_bytes_per_second=np.full(4, 4 * NUM_PARAMS / 0.25, np.float32),
-      upload_bytes_per_second=np.full(4, 4 * NUM_PARAMS / 0.25, np.float32),
+      download_bytes_per_second=np.full(4, link_speed, np.float32),
+      upload_bytes_per_second=np.full(4, link_speed, np.float32),
       deadline=deadline, straggler_policy=policy)
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(4), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(4), optax.sgd(1.0),
       participation=participation, fednova=fednova)
   return data, round_fn
 
 
 def test_wait_policy_waits_for_slowest(key):
   _, round_fn = _straggler_round('wait')
-  state, metrics = round_fn(_state(key, 4), key)
+  state, metrics = round_fn(small.server_state(key, num_clients=4), key)
   # Slowest: 0.25 + 6 / 0.5 + 0.25 = 12.5 s.
   np.testing.assert_allclose(metrics['round_seconds'], 12.5, rtol=1e-6)
   np.testing.assert_allclose(state.clock, 12.5, rtol=1e-6)
@@ -214,25 +184,25 @@ def test_wait_policy_waits_for_slowest(key):
 
 def test_drop_policy_discards_late_clients(key):
   _, round_fn = _straggler_round('drop')
-  state, metrics = round_fn(_state(key, 4), key)
+  state, metrics = round_fn(small.server_state(key, num_clients=4), key)
   assert int(metrics['num_stragglers']) == 3
   assert int(metrics['num_reported']) == 1
   assert int(metrics['num_contributing']) == 1
   np.testing.assert_allclose(metrics['round_seconds'], 3.0, rtol=1e-6)
   np.testing.assert_array_equal(state.contributions, [1, 0, 0, 0])
-  assert float(metrics['bytes_up']) == 4 * NUM_PARAMS
+  assert float(metrics['bytes_up']) == 4 * small.NUM_PARAMS
 
 
 def test_drop_policy_with_link_speeds_only(key):
   # Uploads take 1, 2, 4 and 8 s and steps take no time.
-  data = _population([20, 20, 20, 20])
-  upload = 4 * NUM_PARAMS / np.array([1.0, 2.0, 4.0, 8.0], np.float32)
+  data = small.population([20, 20, 20, 20])
+  upload = 4 * small.NUM_PARAMS / np.array([1.0, 2.0, 4.0, 8.0], np.float32)
   participation = participation_lib.Participation(
       upload_bytes_per_second=upload, deadline=3.0, straggler_policy='drop')
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(4), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(4), optax.sgd(1.0),
       participation=participation)
-  state, metrics = round_fn(_state(key, 4), key)
+  state, metrics = round_fn(small.server_state(key, num_clients=4), key)
   assert int(metrics['num_stragglers']) == 2
   assert int(metrics['num_reported']) == 2
   np.testing.assert_array_equal(state.contributions, [1, 1, 0, 0])
@@ -241,13 +211,13 @@ def test_drop_policy_with_link_speeds_only(key):
 
 def test_partial_policy_uses_finished_steps(key):
   data, round_fn = _straggler_round('partial')
-  state = _state(key, 4)
+  state = small.server_state(key, num_clients=4)
   new_state, metrics = round_fn(state, key)
   # 2.5 s between download and upload: 10, 5, 2 and 1 steps fit.
   limits = [6, 5, 2, 1]
   assert int(metrics['num_stragglers']) == 3
   assert int(metrics['num_contributing']) == 4
-  local_update = _local_update()
+  local_update = small.local_update()
   clients_key = jax.random.fold_in(key, round_lib._CLIENTS_TAG)
   deltas = []
   for client, limit in enumerate(limits):
@@ -259,17 +229,17 @@ def test_partial_policy_uses_finished_steps(key):
     deltas.append(result.delta)
   expected = jax.tree.map(
       lambda p, *d: p + sum(d) / 4.0, state.params, *deltas)
-  _leaves_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
+  small.assert_leaves_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
   # Client 1 reports last: 0.25 + 5 * 0.5 + 0.25 s.
   np.testing.assert_allclose(metrics['round_seconds'], 3.0, rtol=1e-6)
 
 
 def test_partial_with_fednova_rescales(key):
   data, round_fn = _straggler_round('partial', fednova=True)
-  state = _state(key, 4)
+  state = small.server_state(key, num_clients=4)
   new_state, _ = round_fn(state, key)
   limits = np.array([6, 5, 2, 1], np.float32)
-  local_update = _local_update()
+  local_update = small.local_update()
   clients_key = jax.random.fold_in(key, round_lib._CLIENTS_TAG)
   deltas = []
   for client, limit in enumerate(limits):
@@ -284,42 +254,42 @@ def test_partial_with_fednova_rescales(key):
       lambda p, *d: p + sum(
           leaf * effective / tau for leaf, tau in zip(d, limits)) / 4.0,
       state.params, *deltas)
-  _leaves_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
+  small.assert_leaves_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_partial_drops_client_without_time(key):
   # A 0.6 s deadline leaves 0.1 s: client 0 fits no step at 4 steps/s.
   _, round_fn = _straggler_round('partial', deadline=0.6)
-  state, metrics = round_fn(_state(key, 4), key)
+  state, metrics = round_fn(small.server_state(key, num_clients=4), key)
   assert int(metrics['num_reported']) == 0
   assert bool(metrics['skipped'])
   np.testing.assert_array_equal(state.contributions, [0, 0, 0, 0])
 
 
 def test_step_limit_above_planned_changes_nothing(key):
-  data = _population([7])
-  local_update = _local_update()
+  data = small.population([7])
+  local_update = small.local_update()
   examples = jax.tree.map(lambda a: a[0], data.examples)
-  params = MODEL.init(key, jnp.zeros((1, 3)))
+  params = small.MODEL.init(key, jnp.zeros((1, 3)))
   free = local_update(params, examples, data.num_examples[0], key)
   limited = local_update(params, examples, data.num_examples[0], key,
                          step_limit=100)
-  _leaves_close(free.delta, limited.delta, rtol=0, atol=0)
-  assert int(limited.planned_steps) == NUM_STEPS
+  small.assert_leaves_close(free.delta, limited.delta, rtol=0, atol=0)
+  assert int(limited.planned_steps) == small.NUM_STEPS
 
 
 def test_same_key_same_round(key):
-  data = _population([20, 20, 20, 20])
+  data = small.population([20, 20, 20, 20])
   participation = participation_lib.Participation(
       steps_per_second=np.ones(4, np.float32), speed_jitter=0.5,
       dropout=0.3, deadline=4.0, straggler_policy='partial')
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(4), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(4), optax.sgd(1.0),
       participation=participation)
-  state = _state(key, 4)
+  state = small.server_state(key, num_clients=4)
   first, first_metrics = round_fn(state, key)
   second, second_metrics = round_fn(state, key)
-  _leaves_close(first.params, second.params, rtol=0, atol=0)
+  small.assert_leaves_close(first.params, second.params, rtol=0, atol=0)
   assert float(first_metrics['clock']) == float(second_metrics['clock'])
 
 
@@ -327,72 +297,72 @@ def test_same_key_same_round(key):
 
 
 def test_top_k_everything_equals_plain_round(key):
-  data = _population([4, 9, 6])
+  data = small.population([4, 9, 6])
   settings = compression.CompressionSettings('top_k', fraction=1.0)
   compressed = round_lib.build_round(
-      data, _local_update(), _all_sampler(3), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(3), optax.sgd(1.0),
       compression=settings)
   plain = round_lib.build_round(
-      data, _local_update(), _all_sampler(3), optax.sgd(1.0))
-  state = _state(key, 3, error_feedback=True)
+      data, small.local_update(), _all_sampler(3), optax.sgd(1.0))
+  state = small.server_state(key, num_clients=3, error_feedback=True)
   left, metrics = compressed(state, key)
   right, _ = plain(state._replace(clock=None, contributions=None,
                                   residual=None), key)
-  _leaves_close(left.params, right.params, rtol=0, atol=0)
-  np.testing.assert_array_equal(left.residual, np.zeros((3, NUM_PARAMS)))
+  small.assert_leaves_close(left.params, right.params, rtol=0, atol=0)
+  np.testing.assert_array_equal(left.residual, np.zeros((3, small.NUM_PARAMS)))
   assert float(metrics['bytes_up']) == 3 * compression.encoded_bytes(
-      settings, NUM_PARAMS)
+      settings, small.NUM_PARAMS)
 
 
 def test_error_feedback_stores_unsent_part(key):
-  data = _population([4, 9, 6])
+  data = small.population([4, 9, 6])
   settings = compression.CompressionSettings('top_k', fraction=0.25)
   participation = participation_lib.Participation(
       dropout=np.array([0.0, 0.0, 1.0], np.float32))
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(3), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(3), optax.sgd(1.0),
       compression=settings, participation=participation)
-  state = _state(key, 3, error_feedback=True)
+  state = small.server_state(key, num_clients=3, error_feedback=True)
   new_state, _ = round_fn(state, key)
   residual = np.asarray(new_state.residual)
   # One of four coordinates sent: three stay behind for clients 0 and 1.
   assert np.count_nonzero(residual[0]) == 3
   assert np.count_nonzero(residual[1]) == 3
   # Client 2 dropped out and keeps its old (zero) residual.
-  np.testing.assert_array_equal(residual[2], np.zeros(NUM_PARAMS))
+  np.testing.assert_array_equal(residual[2], np.zeros(small.NUM_PARAMS))
 
 
 def test_compression_round_message_bytes(key):
-  data = _population([4, 9])
+  data = small.population([4, 9])
   settings = compression.CompressionSettings('qsgd', levels=4)
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(2), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(2), optax.sgd(1.0),
       compression=settings)
-  params = MODEL.init(key, jnp.zeros((1, 3)))
+  params = small.MODEL.init(key, jnp.zeros((1, 3)))
   sizes = round_fn.message_bytes(params)
-  assert sizes == {'down': 4 * NUM_PARAMS,
-                   'up': compression.encoded_bytes(settings, NUM_PARAMS)}
-  _, metrics = round_fn(_state(key, 2), key)
+  assert sizes == {'down': 4 * small.NUM_PARAMS,
+                   'up': compression.encoded_bytes(settings, small.NUM_PARAMS)}
+  _, metrics = round_fn(small.server_state(key, num_clients=2), key)
   assert float(metrics['bytes_up']) == 2 * sizes['up']
 
 
 def test_compression_rejects_local_noise():
-  data = _population([4, 9])
+  data = small.population([4, 9])
   privacy = round_lib.PrivacySettings(
       clip_norm=1.0, noise_multiplier=1.0, noise_kind='local')
   with pytest.raises(ValueError, match='Compression'):
     round_lib.build_round(
-        data, _local_update(), _all_sampler(2), optax.sgd(1.0),
+        data, small.local_update(), _all_sampler(2), optax.sgd(1.0),
         privacy=privacy,
         compression=compression.CompressionSettings('qsgd'))
 
 
 def test_round_needs_clock_state(key):
-  data = _population([4, 9])
+  data = small.population([4, 9])
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(2), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(2), optax.sgd(1.0),
       participation=participation_lib.Participation(dropout=0.5))
-  params = MODEL.init(key, jnp.zeros((1, 3)))
+  params = small.MODEL.init(key, jnp.zeros((1, 3)))
   state = round_lib.init_server_state(params, optax.sgd(1.0))
   with pytest.raises(ValueError, match='num_clients'):
     round_fn(state, key)
@@ -451,15 +421,16 @@ def test_partial_limit_exact_for_whole_steps(key):
 
 
 def test_sync_clock_skips_offline_slot(key):
-  data = _population([5] * 4)
+  data = small.population([5] * 4)
   schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (4, 1))
   participation = participation_lib.Participation(
       availability=schedule, seconds_per_slot=100.0,
       steps_per_second=np.full(4, 10.0, np.float32))
   round_fn = round_lib.build_round(
-      data, _local_update(), sampling.uniform_sampler(4, 2), optax.sgd(1.0),
+      data, small.local_update(), sampling.uniform_sampler(4, 2),
+      optax.sgd(1.0),
       participation=participation)
-  state, metrics = round_fn(_state(key, 4), key)
+  state, metrics = round_fn(small.server_state(key, num_clients=4), key)
   assert int(metrics['num_sampled']) == 0
   np.testing.assert_allclose(metrics['clock'], 100.0)
   state, metrics = round_fn(state, jax.random.fold_in(key, 1))
@@ -469,9 +440,9 @@ def test_sync_clock_skips_offline_slot(key):
 
 
 def test_round_rejects_state_of_other_population(key):
-  data = _population([5] * 6)
+  data = small.population([5] * 6)
   round_fn = round_lib.build_round(
-      data, _local_update(), _all_sampler(6), optax.sgd(1.0),
+      data, small.local_update(), _all_sampler(6), optax.sgd(1.0),
       participation=participation_lib.Participation())
   with pytest.raises(ValueError, match='built for 6'):
-    round_fn(_state(key, 4), key)
+    round_fn(small.server_state(key, num_clients=4), key)

@@ -6,25 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_med.client import local_training
-from fedjax_med.data import federated
-from fedjax_med.models import tabular
 from fedjax_med.privacy import mechanisms
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
-
-MODEL = tabular.from_flax(tabular.LogisticRegression(2), 2)
-
-
-def _population(counts, nan_client=None, seed=0):
-  rng = np.random.default_rng(seed)
-  clients = []
-  for index, count in enumerate(counts):
-    x = rng.normal(size=(count, 3)).astype(np.float32)
-    if index == nan_client:
-      x[:] = np.nan
-    clients.append({'x': x, 'y': (rng.random(count) > 0.5).astype(np.int32)})
-  return jax.device_put(federated.stack_clients(clients))
+from tests.simulation import small_population as small
 
 
 def _fixed_sampler(ids):
@@ -37,29 +22,18 @@ def _fixed_sampler(ids):
   return sample
 
 
-def _local_update(learning_rate=0.1):
-  return local_training.build_local_update(
-      MODEL, optax.sgd(learning_rate), num_steps=6, batch_size=2
-  )
-
-
-def _state(server_optimizer, key):
-  params = MODEL.init(key, jnp.zeros((1, 3)))
-  return round_lib.init_server_state(params, server_optimizer)
-
-
 def _leaves_equal(a, b):
   for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(left, right)
 
 
 def test_fedavg_equals_weighted_mean(key):
-  data = _population([4, 12, 7])
-  local_update = _local_update()
+  data = small.population([4, 12, 7])
+  local_update = small.local_update()
   round_fn = round_lib.build_round(
       data, local_update, _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
   )
-  state = _state(optax.sgd(1.0), key)
+  state = small.server_state(key, optax.sgd(1.0))
   round_key = jax.random.fold_in(key, 5)
 
   new_state, metrics = round_fn(state, round_key)
@@ -87,11 +61,11 @@ def test_fedavg_equals_weighted_mean(key):
 
 
 def test_same_seed_same_result(key):
-  data = _population([5, 8, 3, 9])
+  data = small.population([5, 8, 3, 9])
   round_fn = round_lib.build_round(
-      data, _local_update(), sampling.uniform_sampler(4, 2), optax.sgd(1.0)
+      data, small.local_update(), sampling.uniform_sampler(4, 2), optax.sgd(1.0)
   )
-  state = _state(optax.sgd(1.0), key)
+  state = small.server_state(key, optax.sgd(1.0))
 
   first, _ = round_fn(state, jax.random.fold_in(key, 1))
   second, _ = round_fn(state, jax.random.fold_in(key, 1))
@@ -104,12 +78,12 @@ def test_same_seed_same_result(key):
 
 
 def test_cohort_order_does_not_matter(key):
-  data = _population([5, 8, 3])
-  state = _state(optax.sgd(1.0), key)
+  data = small.population([5, 8, 3])
+  state = small.server_state(key, optax.sgd(1.0))
   results = []
   for order in ([0, 1, 2], [2, 0, 1]):
     round_fn = round_lib.build_round(
-        data, _local_update(), _fixed_sampler(order), optax.sgd(1.0),
+        data, small.local_update(), _fixed_sampler(order), optax.sgd(1.0),
         aggregator='mean',
     )
     results.append(round_fn(state, jax.random.fold_in(key, 3))[0].params)
@@ -122,13 +96,14 @@ def test_cohort_order_does_not_matter(key):
 
 @pytest.mark.parametrize('aggregator', ['fedavg', 'mean', 'median'])
 def test_all_dropped_round_skipped(key, aggregator):
-  data = _population([5, 8, 3])
+  data = small.population([5, 8, 3])
   server_optimizer = optax.adam(0.1)
   round_fn = round_lib.build_round(
-      data, _local_update(), sampling.uniform_sampler(3, 3), server_optimizer,
+      data, small.local_update(), sampling.uniform_sampler(3, 3),
+      server_optimizer,
       aggregator=aggregator, dropout_rate=1.0,
   )
-  state = _state(server_optimizer, key)
+  state = small.server_state(key, server_optimizer)
 
   new_state, metrics = round_fn(state, key)
 
@@ -139,11 +114,11 @@ def test_all_dropped_round_skipped(key, aggregator):
 
 
 def test_zero_example_cohort_skipped(key):
-  data = _population([0, 6, 0])
+  data = small.population([0, 6, 0])
   round_fn = round_lib.build_round(
-      data, _local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
+      data, small.local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
   )
-  state = _state(optax.sgd(1.0), key)
+  state = small.server_state(key, optax.sgd(1.0))
 
   new_state, metrics = round_fn(state, key)
 
@@ -155,15 +130,15 @@ def test_zero_example_cohort_skipped(key):
 
 
 def test_nan_update_excluded_and_counted(key):
-  data = _population([5, 8, 6], nan_client=1)
-  clean = _population([5, 8, 6])
-  state = _state(optax.sgd(1.0), key)
+  data = small.population([5, 8, 6], nan_client=1)
+  clean = small.population([5, 8, 6])
+  state = small.server_state(key, optax.sgd(1.0))
 
   with_nan = round_lib.build_round(
-      data, _local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
   )
   without = round_lib.build_round(
-      clean, _local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
+      clean, small.local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
   )
   nan_state, metrics = with_nan(state, key)
   clean_state, _ = without(state, key)
@@ -179,13 +154,14 @@ def test_nan_update_excluded_and_counted(key):
 def test_central_noise_std(key):
   # A learning rate of 0 makes every delta 0, so the aggregate is pure noise
   # with std noise_multiplier * clip_norm / num_clients = 1.0 * 2.0 / 4.
-  data = _population([5, 5, 5, 5])
+  data = small.population([5, 5, 5, 5])
   round_fn = round_lib.build_round(
-      data, _local_update(0.0), sampling.uniform_sampler(4, 4),
+      data, small.local_update(learning_rate=0.0),
+      sampling.uniform_sampler(4, 4),
       optax.sgd(1.0), aggregator='mean',
       privacy=round_lib.PrivacySettings(2.0, 1.0, 'central', denominator=4.0),
   )
-  state = _state(optax.sgd(1.0), key)
+  state = small.server_state(key, optax.sgd(1.0))
   start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
 
   samples = []
@@ -224,18 +200,19 @@ def test_central_noise_needs_weight_cap():
 def test_unknown_aggregator_rejected(key):
   with pytest.raises(ValueError, match='teleport'):
     round_lib.build_round(
-        _population([2]), _local_update(), _fixed_sampler([0]),
+        small.population([2]), small.local_update(), _fixed_sampler([0]),
         optax.sgd(1.0), aggregator='teleport',
     )
 
 
 def test_clipping_counted(key):
-  data = _population([8, 8])
+  data = small.population([8, 8])
   round_fn = round_lib.build_round(
-      data, _local_update(1.0), _fixed_sampler([0, 1]), optax.sgd(1.0),
+      data, small.local_update(learning_rate=1.0), _fixed_sampler([0, 1]),
+      optax.sgd(1.0),
       privacy=round_lib.PrivacySettings(clip_norm=1e-4),
   )
-  state = _state(optax.sgd(1.0), key)
+  state = small.server_state(key, optax.sgd(1.0))
 
   new_state, metrics = round_fn(state, key)
 
@@ -249,24 +226,25 @@ def test_clipping_counted(key):
 
 
 def test_train_loss_ignores_nan_client(key):
-  data = _population([5, 8, 6], nan_client=1)
+  data = small.population([5, 8, 6], nan_client=1)
   round_fn = round_lib.build_round(
-      data, _local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
   )
 
-  _, metrics = round_fn(_state(optax.sgd(1.0), key), key)
+  _, metrics = round_fn(small.server_state(key, optax.sgd(1.0)), key)
 
   assert np.isfinite(float(metrics['train_loss']))
 
 
 def test_dropped_clients_counted(key):
-  data = _population([5, 8, 6])
+  data = small.population([5, 8, 6])
   round_fn = round_lib.build_round(
-      data, _local_update(), sampling.uniform_sampler(3, 3), optax.sgd(1.0),
+      data, small.local_update(), sampling.uniform_sampler(3, 3),
+      optax.sgd(1.0),
       dropout_rate=1.0,
   )
 
-  _, metrics = round_fn(_state(optax.sgd(1.0), key), key)
+  _, metrics = round_fn(small.server_state(key, optax.sgd(1.0)), key)
 
   assert int(metrics['num_sampled']) == 3
   assert int(metrics['num_dropped']) == 3
@@ -283,7 +261,7 @@ def test_noise_multiplier_without_noise_rejected():
 def test_sign_flip_attack_moves_mean_not_median(key):
   from fedjax_med.attacks import model_poisoning
 
-  data = _population([6, 6, 6, 6, 6])
+  data = small.population([6, 6, 6, 6, 6])
   malicious = jnp.array([False, False, False, False, True])
 
   def attack(updates, bad, honest, attack_key):
@@ -293,13 +271,13 @@ def test_sign_flip_attack_moves_mean_not_median(key):
   results = {}
   for aggregator in ('mean', 'median'):
     clean_fn = round_lib.build_round(
-        data, _local_update(), _fixed_sampler([0, 1, 2, 3, 4]),
+        data, small.local_update(), _fixed_sampler([0, 1, 2, 3, 4]),
         optax.sgd(1.0), aggregator=aggregator)
     attacked_fn = round_lib.build_round(
-        data, _local_update(), _fixed_sampler([0, 1, 2, 3, 4]),
+        data, small.local_update(), _fixed_sampler([0, 1, 2, 3, 4]),
         optax.sgd(1.0), aggregator=aggregator, attack=attack,
         malicious=malicious)
-    state = _state(optax.sgd(1.0), key)
+    state = small.server_state(key, optax.sgd(1.0))
     clean = jax.tree.leaves(clean_fn(state, key)[0].params)
     attacked = jax.tree.leaves(attacked_fn(state, key)[0].params)
     results[aggregator] = max(

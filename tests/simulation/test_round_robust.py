@@ -10,6 +10,7 @@ from fedjax_med.aggregation import registry
 from fedjax_med.attacks import model_poisoning
 from fedjax_med.privacy import mechanisms
 from fedjax_med.simulation import round as round_lib
+from tests.simulation import small_population as small
 from tests.simulation import test_round as helpers
 
 
@@ -41,8 +42,8 @@ def _clipped_step(deltas, center, radius):
 
 
 def test_centered_clipping_starts_from_previous_aggregate(key):
-  data = helpers._population([5, 8, 6, 7])
-  local_update = helpers._local_update()
+  data = small.population([5, 8, 6, 7])
+  local_update = small.local_update()
   ids = [0, 1, 2, 3]
   radius = 0.05
   round_fn = round_lib.build_round(
@@ -50,7 +51,7 @@ def test_centered_clipping_starts_from_previous_aggregate(key):
       aggregator='centered_clipping',
       aggregator_options={'clip_radius': radius, 'num_iterations': 1},
   )
-  params = helpers.MODEL.init(key, jnp.zeros((1, 3)))
+  params = small.MODEL.init(key, jnp.zeros((1, 3)))
   state = round_lib.init_server_state(
       params, optax.sgd(1.0), aggregator='centered_clipping'
   )
@@ -75,14 +76,14 @@ def test_centered_clipping_starts_from_previous_aggregate(key):
 
 
 def test_centered_clipping_needs_center_in_state(key):
-  data = helpers._population([5, 8])
+  data = small.population([5, 8])
   round_fn = round_lib.build_round(
-      data, helpers._local_update(), helpers._fixed_sampler([0, 1]),
+      data, small.local_update(), helpers._fixed_sampler([0, 1]),
       optax.sgd(1.0), aggregator='centered_clipping',
       aggregator_options={'clip_radius': 1.0},
   )
   with pytest.raises(ValueError, match="aggregator='centered_clipping'"):
-    round_fn(helpers._state(optax.sgd(1.0), key), key)
+    round_fn(small.server_state(key, optax.sgd(1.0)), key)
 
 
 def test_centered_clipping_needs_radius():
@@ -108,13 +109,13 @@ def test_secure_aggregation_allows_sum_based(name):
 
 
 def test_distributed_noise_refuses_median(key):
-  data = helpers._population([5, 8, 6])
+  data = small.population([5, 8, 6])
   privacy = mechanisms.PrivacySettings(
       clip_norm=1.0, noise_kind='distributed', noise_multiplier=1.0,
       denominator=3.0, min_reporting_clients=3)
   with pytest.raises(ValueError, match='only their sum'):
     round_lib.build_round(
-        data, helpers._local_update(), helpers._fixed_sampler([0, 1, 2]),
+        data, small.local_update(), helpers._fixed_sampler([0, 1, 2]),
         optax.sgd(1.0), aggregator='median', privacy=privacy)
 
 
@@ -124,18 +125,18 @@ def _sign_flip(updates, bad, honest, attack_key):
 
 
 def test_swapped_data_and_mask_match_a_fresh_round(key):
-  first = helpers._population([5, 8, 6, 7], seed=0)
-  second = helpers._population([5, 8, 6, 7], seed=1)
+  first = small.population([5, 8, 6, 7], seed=0)
+  second = small.population([5, 8, 6, 7], seed=1)
   mask_a = jnp.array([True, False, False, False])
   mask_b = jnp.array([False, False, True, True])
   sampler = helpers._fixed_sampler([0, 1, 2, 3])
   reused = round_lib.build_round(
-      first, helpers._local_update(), sampler, optax.sgd(1.0),
+      first, small.local_update(), sampler, optax.sgd(1.0),
       attack=_sign_flip, malicious=mask_a)
   fresh = round_lib.build_round(
-      second, helpers._local_update(), sampler, optax.sgd(1.0),
+      second, small.local_update(), sampler, optax.sgd(1.0),
       attack=_sign_flip, malicious=mask_b)
-  state = helpers._state(optax.sgd(1.0), key)
+  state = small.server_state(key, optax.sgd(1.0))
 
   swapped, _ = reused(state, key, train_data=second, malicious=mask_b)
   expected, _ = fresh(state, key)
@@ -146,12 +147,12 @@ def test_swapped_data_and_mask_match_a_fresh_round(key):
 
 
 def test_swapped_data_must_keep_shapes(key):
-  data = helpers._population([5, 8])
+  data = small.population([5, 8])
   round_fn = round_lib.build_round(
-      data, helpers._local_update(), helpers._fixed_sampler([0, 1]),
+      data, small.local_update(), helpers._fixed_sampler([0, 1]),
       optax.sgd(1.0))
-  state = helpers._state(optax.sgd(1.0), key)
+  state = small.server_state(key, optax.sgd(1.0))
   with pytest.raises(ValueError, match='array shapes'):
-    round_fn(state, key, train_data=helpers._population([5, 9]))
+    round_fn(state, key, train_data=small.population([5, 9]))
   with pytest.raises(ValueError, match='malicious'):
     round_fn(state, key, malicious=jnp.zeros(3, bool))
