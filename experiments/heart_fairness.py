@@ -37,9 +37,7 @@ between its two marker lines (the rest of the page is kept), the plot into
 import argparse
 import datetime
 import json
-import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -56,6 +54,8 @@ from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
 from fedjax_med.data import tabular
 from fedjax_med.evaluation import subgroups
+from fedjax_med.report import machine
+from fedjax_med.report import results_page
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
 
@@ -429,19 +429,6 @@ def run_leave_one_out(dataset, model, evaluate, seeds, rounds):
 # --- Tables ------------------------------------------------------------------
 
 
-def _mean_std(values: list[float | None]) -> str:
-  """Format mean ± sample std over seeds, ignoring undefined seeds."""
-  present = [value for value in values if value is not None]
-  if not present:
-    return 'n/a'
-  text = f'{np.mean(present):.3f}'
-  if len(present) > 1:
-    text += f' ± {np.std(present, ddof=1):.3f}'
-  if len(present) < len(values):
-    text += f' ({len(present)}/{len(values)} seeds)'
-  return text
-
-
 def _by_algorithm(records) -> dict[str, list[dict[str, Any]]]:
   grouped = {}
   for record in records:
@@ -466,12 +453,12 @@ def accuracy_table(records, client_names, majority) -> list[str]:
   ]
   for algorithm, rows in _by_algorithm(records).items():
     per_client = [
-        _mean_std([row['test_accuracy'][name] for row in rows])
+        results_page.mean_std([row['test_accuracy'][name] for row in rows])
         for name in client_names
     ]
     values = [list(row['test_accuracy'].values()) for row in rows]
-    mean = _mean_std([float(np.mean(v)) for v in values])
-    worst = _mean_std([float(np.min(v)) for v in values])
+    mean = results_page.mean_std([float(np.mean(v)) for v in values])
+    worst = results_page.mean_std([float(np.min(v)) for v in values])
     lines.append(
         f'| {LABELS[algorithm]} | ' + ' | '.join(per_client)
         + f' | {mean} | {worst} |'
@@ -497,9 +484,9 @@ def rates_table(records, client_names) -> list[str]:
   for algorithm, rows in _by_algorithm(records).items():
     cells = []
     for name in client_names:
-      true_rate = _mean_std(
+      true_rate = results_page.mean_std(
           [row['rates'][name]['true_positive_rate'] for row in rows])
-      false_rate = _mean_std(
+      false_rate = results_page.mean_std(
           [row['rates'][name]['false_positive_rate'] for row in rows])
       cells.append(f'{true_rate} / {false_rate}')
     lines.append(f'| {LABELS[algorithm]} | ' + ' | '.join(cells) + ' |')
@@ -538,11 +525,11 @@ def pooled_subgroup_table(records, grouping) -> list[str]:
   for algorithm, rows in _by_algorithm(records).items():
     pooled = [row['subgroups'][grouping]['pooled'] for row in rows]
     cells = [
-        _mean_std([report['groups'][name]['accuracy'] for report in pooled])
+        results_page.mean_std([report['groups'][name]['accuracy'] for report in pooled])
         for name in names
     ]
     cells += [
-        _mean_std([report['gaps'][gap]['value'] for report in pooled])
+        results_page.mean_std([report['gaps'][gap]['value'] for report in pooled])
         for gap in subgroups.GAPS
     ]
     lines.append(f'| {LABELS[algorithm]} | ' + ' | '.join(cells) + ' |')
@@ -561,8 +548,8 @@ def hospital_gap_table(records, grouping, client_names) -> list[str]:
     for rows in grouped.values():
       gaps = [row['subgroups'][grouping]['clients'][client]['gaps']
               for row in rows]
-      accuracy_gap = _mean_std([gap['accuracy_gap']['value'] for gap in gaps])
-      opportunity_gap = _mean_std(
+      accuracy_gap = results_page.mean_std([gap['accuracy_gap']['value'] for gap in gaps])
+      opportunity_gap = results_page.mean_std(
           [gap['equal_opportunity_gap']['value'] for gap in gaps])
       cells.append(f'{accuracy_gap} / {opportunity_gap}')
     lines.append(f'| {client} | ' + ' | '.join(cells) + ' |')
@@ -591,24 +578,11 @@ def leave_one_out_table(records, client_names) -> list[str]:
     differences = [outside[seed] - inside[seed]
                    for seed in outside if seed in inside]
     lines.append(
-        f'| {client} | {_mean_std(list(outside.values()))} | '
-        f'{_mean_std(list(inside.values()))} | {_mean_std(local)} | '
-        f'{_mean_std(differences)} |'
+        f'| {client} | {results_page.mean_std(list(outside.values()))} | '
+        f'{results_page.mean_std(list(inside.values()))} | {results_page.mean_std(local)} | '
+        f'{results_page.mean_std(differences)} |'
     )
   return lines
-
-
-def _hardware() -> str:
-  model = platform.processor() or platform.machine()
-  cpuinfo = pathlib.Path('/proc/cpuinfo')
-  if cpuinfo.is_file():
-    for line in cpuinfo.read_text().splitlines():
-      if line.startswith('model name'):
-        model = line.split(':', 1)[1].strip()
-        break
-  device = jax.devices()[0]
-  return (f'{model}, {os.cpu_count()} CPU cores visible, JAX {jax.__version__} '
-          f'on {device.platform}')
 
 
 def render_results(records, dataset, groups_report, *, command, seeds,
@@ -624,7 +598,7 @@ def render_results(records, dataset, groups_report, *, command, seeds,
   sections = [
       f'Command: `{command}`',
       '',
-      f'Date: {date}. Hardware: {_hardware()}. Wall time: {elapsed_s:.0f} s.',
+      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
       '',
       f'Seeds {", ".join(str(seed) for seed in seeds)}, each with {rounds} '
       'rounds of 100 local SGD steps. Cells are the mean ± sample standard '

@@ -29,9 +29,7 @@ marker lines of the markdown page; the rest of the page is kept.
 import argparse
 import datetime
 import json
-import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -46,6 +44,8 @@ from fedjax_med import study
 from fedjax_med.data import images
 from fedjax_med.data import scanner
 from fedjax_med.report import image_plots
+from fedjax_med.report import machine
+from fedjax_med.report import results_page
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_MARKDOWN = ROOT / 'experiments' / 'imaging_scanner_shift.md'
@@ -121,15 +121,6 @@ def run_one(algorithm: str, *, seed: int, rounds: int, clients: int,
   }
 
 
-def _mean_std(values) -> str:
-  values = [value for value in values if value is not None]
-  if not values:
-    return 'n/a'
-  if len(values) == 1:
-    return f'{values[0]:.3f}'
-  return f'{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}'
-
-
 def _by_algorithm(records) -> dict[str, list[dict[str, Any]]]:
   grouped = {}
   for record in records:
@@ -144,9 +135,9 @@ def accuracy_table(records) -> list[str]:
   for algorithm, rows in _by_algorithm(records).items():
     lines.append(
         f'| {LABELS[algorithm]} | '
-        f"{_mean_std([row['mean_accuracy'] for row in rows])} | "
-        f"{_mean_std([row['worst_accuracy'] for row in rows])} | "
-        f"{_mean_std([row['p10_accuracy'] for row in rows])} | "
+        f"{results_page.mean_std([row['mean_accuracy'] for row in rows])} | "
+        f"{results_page.mean_std([row['worst_accuracy'] for row in rows])} | "
+        f"{results_page.mean_std([row['p10_accuracy'] for row in rows])} | "
         f"{np.mean([row['wall_time_s'] for row in rows]):.0f} |")
   return lines
 
@@ -157,7 +148,7 @@ def profile_table(records) -> list[str]:
       LABELS[name] for name in grouped) + ' |',
            '|---' * (len(grouped) + 1) + '|']
   for profile in PROFILE_NAMES:
-    cells = [_mean_std([row['profile_accuracy'][profile] for row in rows])
+    cells = [results_page.mean_std([row['profile_accuracy'][profile] for row in rows])
              for rows in grouped.values()]
     lines.append(f'| {profile} | ' + ' | '.join(cells) + ' |')
   return lines
@@ -197,18 +188,6 @@ def plot_profile_examples(path: pathlib.Path) -> None:
   figure.savefig(path, dpi=100)
 
 
-def _hardware() -> str:
-  model = platform.processor() or platform.machine()
-  cpuinfo = pathlib.Path('/proc/cpuinfo')
-  if cpuinfo.is_file():
-    for line in cpuinfo.read_text().splitlines():
-      if line.startswith('model name'):
-        model = line.split(':', 1)[1].strip()
-        break
-  return (f'{model}, {os.cpu_count()} CPU cores visible, JAX '
-          f'{jax.__version__} on {jax.devices()[0].platform}')
-
-
 def render_results(records, *, command: str, elapsed_s: float) -> str:
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')
   seeds = sorted({record['seed'] for record in records})
@@ -216,7 +195,7 @@ def render_results(records, *, command: str, elapsed_s: float) -> str:
   return '\n'.join([
       f'Command: `{command}`',
       '',
-      f'Date: {date}. Hardware: {_hardware()}. Wall time: {elapsed_s:.0f} s.',
+      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
       '',
       f"{first['clients']} sites, {first['rounds']} rounds, seeds "
       f"{', '.join(str(seed) for seed in seeds)}. Cells are the mean ± "
@@ -231,19 +210,6 @@ def render_results(records, *, command: str, elapsed_s: float) -> str:
       '',
       *profile_table(records),
   ])
-
-
-def write_markdown(path: pathlib.Path, block: str) -> None:
-  """Put `block` between the page's result markers, keeping the rest."""
-  text = path.read_text() if path.exists() else (
-      f'# Scanner shift on digits\n\n{RESULTS_START}\n{RESULTS_END}\n')
-  if RESULTS_START not in text or RESULTS_END not in text:
-    raise ValueError(
-        f'{path} lacks the result markers {RESULTS_START!r} and '
-        f'{RESULTS_END!r}; add both lines where the results belong.')
-  before, rest = text.split(RESULTS_START, 1)
-  _, after = rest.split(RESULTS_END, 1)
-  path.write_text(f'{before}{RESULTS_START}\n{block}\n{RESULTS_END}{after}')
 
 
 def parse_args(argv):
@@ -292,9 +258,11 @@ def main(argv=None) -> list[dict[str, Any]]:
   plot_profiles_accuracy(records, args.figure)
   command = 'python experiments/imaging_scanner_shift.py ' + ' '.join(
       argv if argv is not None else sys.argv[1:])
-  write_markdown(args.markdown, render_results(
-      records, command=command.strip(),
-      elapsed_s=time.perf_counter() - start))
+  results_page.replace_results(
+      args.markdown, render_results(
+          records, command=command.strip(),
+          elapsed_s=time.perf_counter() - start),
+      start=RESULTS_START, end=RESULTS_END, title='Scanner shift on digits')
   return records
 
 

@@ -52,9 +52,7 @@ markdown page; the rest of the page is kept.
 import argparse
 import datetime
 import json
-import os
 import pathlib
-import platform
 import sys
 import time
 from typing import Any
@@ -73,6 +71,8 @@ from fedjax_med.models import tabular
 from fedjax_med.privacy import accounting
 from fedjax_med.privacy import mechanisms
 from fedjax_med.privacy import participation_accounting
+from fedjax_med.report import machine
+from fedjax_med.report import results_page
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import fedbuff
 from fedjax_med.simulation import participation as participation_lib
@@ -333,13 +333,6 @@ def run_privacy(setup: Setup, hours: float, seed: int) -> dict[str, Any]:
   }
 
 
-def _mean_std(values) -> str:
-  values = np.asarray(values, np.float64)
-  if values.size == 1:
-    return f'{values[0]:.3f}'
-  return f'{values.mean():.3f} ± {values.std(ddof=1):.3f}'
-
-
 def _accuracy_at(curve, when, column=1) -> float:
   """Return the accuracy of the last evaluation at or before `when`.
 
@@ -367,9 +360,9 @@ def clock_table(records, hours: float) -> list[str]:
             and r['method'] == method]
     if not runs:
       continue
-    cells = [_mean_std([_accuracy_at(r['curve'], mark * 3600.0)
+    cells = [results_page.mean_std([_accuracy_at(r['curve'], mark * 3600.0)
                         for r in runs]) for mark in marks]
-    cells.append(_mean_std([_accuracy_at(r['curve'], hours * 3600.0, 2)
+    cells.append(results_page.mean_std([_accuracy_at(r['curve'], hours * 3600.0, 2)
                             for r in runs]))
     steps = np.mean([r['steps'] for r in runs])
     updates = np.mean([r['updates'] for r in runs])
@@ -398,7 +391,7 @@ def bytes_table(records) -> list[str]:
     total = np.mean([r['bytes_up'] for r in runs]) / 1e6
     lines.append(
         f'| {label} | {size:,} | {ratio} | {total:.2f} | '
-        f"{_mean_std([r['final_accuracy'] for r in runs])} |")
+        f"{results_page.mean_std([r['final_accuracy'] for r in runs])} |")
   return lines
 
 
@@ -465,25 +458,13 @@ def plot_bytes(records, path: pathlib.Path) -> None:
   figure.savefig(path, dpi=120, bbox_inches='tight')
 
 
-def _hardware() -> str:
-  model = platform.processor() or platform.machine()
-  cpuinfo = pathlib.Path('/proc/cpuinfo')
-  if cpuinfo.is_file():
-    for line in cpuinfo.read_text().splitlines():
-      if line.startswith('model name'):
-        model = line.split(':', 1)[1].strip()
-        break
-  return (f'{model}, {os.cpu_count()} CPU cores visible, JAX '
-          f'{jax.__version__} on {jax.devices()[0].platform}')
-
-
 def render_results(records, args, *, command: str, elapsed_s: float) -> str:
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')
   seeds = ', '.join(str(seed) for seed in args.seeds)
   return '\n'.join([
       f'Command: `{command}`',
       '',
-      f'Date: {date}. Hardware: {_hardware()}. Wall time: {elapsed_s:.0f} s.',
+      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
       '',
       f'{args.clients} clients, seeds {seeds}. Cells are the mean ± sample '
       'standard deviation over seeds.',
@@ -501,20 +482,6 @@ def render_results(records, args, *, command: str, elapsed_s: float) -> str:
       '',
       *privacy_table(records),
   ])
-
-
-def write_markdown(path: pathlib.Path, block: str) -> None:
-  """Put `block` between the page's result markers, keeping the rest."""
-  text = path.read_text() if path.exists() else (
-      '# Participation and communication\n\n'
-      f'{RESULTS_START}\n{RESULTS_END}\n')
-  if RESULTS_START not in text or RESULTS_END not in text:
-    raise ValueError(
-        f'{path} lacks the result markers {RESULTS_START!r} and '
-        f'{RESULTS_END!r}; add both lines where the results belong.')
-  before, rest = text.split(RESULTS_START, 1)
-  _, after = rest.split(RESULTS_END, 1)
-  path.write_text(f'{before}{RESULTS_START}\n{block}\n{RESULTS_END}{after}')
 
 
 def parse_args(argv):
@@ -585,8 +552,11 @@ def main(argv=None) -> list[dict[str, Any]]:
   elapsed = time.perf_counter() - started
   command = 'python experiments/participation_communication.py ' + ' '.join(
       sys.argv[1:] if argv is None else argv)
-  write_markdown(args.markdown, render_results(
-      records, args, command=command.strip(), elapsed_s=elapsed))
+  results_page.replace_results(
+      args.markdown, render_results(
+          records, args, command=command.strip(), elapsed_s=elapsed),
+      start=RESULTS_START, end=RESULTS_END,
+      title='Participation and communication')
   if 'clock' in args.parts:
     plot_clock(records, args.clock_figure)
   if 'bytes' in args.parts:

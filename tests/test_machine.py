@@ -77,6 +77,19 @@ def test_hardware_line_names_versions():
   assert line.startswith(f'{device.platform} ({device.device_kind}, ')
   assert line.endswith(f'), JAX {jax.__version__}')
   assert f'{os.cpu_count()} CPU cores' in line
+  assert machine.cpu_model() in line
+
+
+@pytest.mark.skipif(
+    not os.path.exists('/proc/cpuinfo'), reason='needs /proc/cpuinfo'
+)
+def test_cpu_model_from_cpuinfo():
+  with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
+    names = [line.split(':', 1)[1].strip() for line in cpuinfo
+             if line.startswith('model name')]
+  if not names:
+    pytest.skip('/proc/cpuinfo has no model name on this architecture')
+  assert machine.cpu_model() == names[0]
 
 
 @pytest.mark.skipif(

@@ -65,14 +65,27 @@ def load_average() -> float | None:
     return None
 
 
+def cpu_model() -> str:
+  """Return the CPU's model name from /proc/cpuinfo, or the architecture."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def hardware_line() -> str:
-  """Return the device, CPU cores, RAM and JAX version as one phrase."""
+  """Return the device, CPU, RAM and JAX version as one phrase."""
   device = jax.devices()[0]
   memory = total_memory_gib()
   memory_text = '' if memory is None else f', {memory:.0f} GiB RAM'
   return (
-      f'{device.platform} ({device.device_kind}, {os.cpu_count()} CPU cores'
-      f'{memory_text}, {platform.machine()}), JAX {jax.__version__}'
+      f'{device.platform} ({device.device_kind}, {cpu_model()}, '
+      f'{os.cpu_count()} CPU cores{memory_text}, {platform.machine()}), '
+      f'JAX {jax.__version__}'
   )
 
 

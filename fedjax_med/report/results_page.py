@@ -1,0 +1,50 @@
+"""Helpers for the markdown results pages of the experiments.
+
+An experiment's page keeps hand-written text around a block of results
+that the script rewrites between two marker lines.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+
+def mean_std(values: Sequence[float | None]) -> str:
+  """Format the mean ± sample standard deviation over seeds.
+
+  None marks a seed where the metric is undefined: it is left out, and the
+  cell says how many seeds remain, or 'n/a' when none does.
+  """
+  present = [value for value in values if value is not None]
+  if not present:
+    return 'n/a'
+  text = f'{np.mean(present):.3f}'
+  if len(present) > 1:
+    text += f' ± {np.std(present, ddof=1):.3f}'
+  if len(present) < len(values):
+    text += f' ({len(present)}/{len(values)} seeds)'
+  return text
+
+
+def replace_results(path: pathlib.Path, block: str, *, start: str, end: str,
+                    title: str) -> None:
+  """Write `block` between the `start` and `end` lines of the page at `path`.
+
+  The rest of the page is kept. A missing page is created with `title` as
+  its heading.
+
+  Raises:
+    ValueError: if the page exists without both markers.
+  """
+  text = path.read_text() if path.exists() else (
+      f'# {title}\n\n{start}\n{end}\n')
+  if start not in text or end not in text:
+    raise ValueError(
+        f'{path} lacks the result markers {start!r} and {end!r}; add both '
+        'lines where the results belong.')
+  before, rest = text.split(start, 1)
+  _, after = rest.split(end, 1)
+  path.write_text(f'{before}{start}\n{block}\n{end}{after}')
