@@ -838,6 +838,13 @@ def reset_unused_settings(config: ExperimentConfig) -> ExperimentConfig:
   return config
 
 
+def _toml_text(value: Any) -> str:
+  """Return `value` as it would be written in a config file or `--set`."""
+  if isinstance(value, bool):
+    return 'true' if value else 'false'
+  return str(value)
+
+
 def _check_unused_settings(config: ExperimentConfig) -> None:
   defaults = ExperimentConfig()
   for section, name, choice_name, users in _SETTINGS_USED_BY:
@@ -849,7 +856,7 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
       continue  # A partition splits every new client by test_fraction.
     if choice not in users and value != getattr(getattr(defaults, section), name):
       raise InputError(
-          f'`{section}.{name}={value}` has no effect with '
+          f'`{section}.{name}={_toml_text(value)}` has no effect with '
           f'`{section}.{choice_name}={choice}`; it applies only to '
           f'{choice_name} {" or ".join(users)}. Remove it or change '
           f'`{section}.{choice_name}`.'
@@ -860,7 +867,7 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
       value = getattr(client, name)
       if value != getattr(defaults.client, name):
         raise InputError(
-            f'`client.{name}={value}` has no effect unless '
+            f'`client.{name}={_toml_text(value)}` has no effect unless '
             '`client.dp_sgd=true`.'
         )
   for name in ('delta', 'accountant'):
@@ -868,7 +875,7 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
     if (value != getattr(defaults.privacy, name)
         and config.privacy.noise == 'none' and not client.dp_sgd):
       raise InputError(
-          f'`privacy.{name}={value}` has no effect without client-level '
+          f'`privacy.{name}={_toml_text(value)}` has no effect without client-level '
           'noise (`privacy.noise`) or `client.dp_sgd=true`.'
       )
   if (config.privacy.target_epsilon is None
@@ -882,7 +889,7 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
       value = getattr(config.privacy, name)
       if value != getattr(defaults.privacy, name):
         raise InputError(
-            f'`privacy.{name}={value}` has no effect unless '
+            f'`privacy.{name}={_toml_text(value)}` has no effect unless '
             '`privacy.adaptive_clipping=true`.'
         )
   client = config.client
@@ -1235,7 +1242,7 @@ def _validate_secure_aggregation(config: ExperimentConfig) -> None:
       value = getattr(secure, field.name)
       if field.name != 'enabled' and value != getattr(defaults, field.name):
         raise InputError(
-            f'`secure_aggregation.{field.name}={value}` has no effect unless '
+            f'`secure_aggregation.{field.name}={_toml_text(value)}` has no effect unless '
             '`secure_aggregation.enabled=true`.'
         )
     return

@@ -151,6 +151,13 @@ def test_invalid_settings_rejected(settings, match):
     config_lib.validate(config)
 
 
+def test_unused_boolean_named_as_toml():
+  config = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(), {'error_feedback': False})
+  with pytest.raises(InputError, match='`compression.error_feedback=false`'):
+    config_lib.validate(config)
+
+
 def test_schedule_needs_moving_clock():
   config = config_lib.apply_overrides(
       config_lib.ExperimentConfig(),
