@@ -35,7 +35,7 @@ import os
 import pathlib
 import struct
 import zipfile
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -306,18 +306,26 @@ def digits_dataset(
 # Synthetic images.
 
 
-def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
-  shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else ()
-  if len(shape) != 3 or not all(
+def _positive_ints(value: Any, length: int) -> tuple[int, ...] | None:
+  """Return `value` as `length` positive ints, or None if it is not that."""
+  sides = tuple(value) if isinstance(value, (tuple, list)) else ()
+  if len(sides) != length or not all(
       isinstance(side, (int, np.integer)) and not isinstance(side, bool)
       and side >= 1
-      for side in shape
+      for side in sides
   ):
+    return None
+  return tuple(int(side) for side in sides)
+
+
+def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+  shape = _positive_ints(image_shape, 3)
+  if shape is None:
     raise InputError(
         '`image_shape` must be three positive integers (height, width, '
         f'channels), such as (32, 32, 3); got {image_shape!r}.'
     )
-  return tuple(int(side) for side in shape)
+  return shape
 
 
 def _grid_shape(
@@ -830,17 +838,13 @@ def _check_image_size(
 ) -> tuple[int, int] | None:
   if image_size is None:
     return None
-  size = tuple(image_size) if isinstance(image_size, (tuple, list)) else ()
-  if len(size) != 2 or not all(
-      isinstance(side, (int, np.integer)) and not isinstance(side, bool)
-      and side >= 1
-      for side in size
-  ):
+  size = _positive_ints(image_size, 2)
+  if size is None:
     raise InputError(
         '`image_size` must be None or two positive integers (height, width), '
         f'such as (64, 64); got {image_size!r}.'
     )
-  return int(size[0]), int(size[1])
+  return size
 
 
 def _read_image(path: pathlib.Path, grayscale: bool) -> np.ndarray:

@@ -611,6 +611,14 @@ def test_image_folder_nan_pixels(tmp_path, key):
 
 
 @pytest.mark.parametrize(
+    'image_shape', [(8, 8), (0, 8, 1), (8.0, 8, 1), (True, 8, 1), 8], ids=str
+)
+def test_synthetic_invalid_shape(key, image_shape):
+  with pytest.raises(InputError, match='`image_shape` must be three'):
+    images.synthetic_images(key, 10, image_shape=image_shape)
+
+
+@pytest.mark.parametrize(
     'image_size', [(4,), (0, 4), (4.0, 4), 4], ids=str
 )
 def test_image_folder_invalid_size(tmp_path, key, image_size):
