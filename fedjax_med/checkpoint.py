@@ -74,6 +74,11 @@ class Checkpointer:
               max_to_keep=_MAX_TO_KEEP,
               enable_async_checkpointing=False,
               create=True,
+              # A process killed while saving leaves a step folder with
+              # orbax's temporary suffix. The resumed run removes it, in the
+              # background and at the latest before its first save. Runs
+              # lock their folder, so no other save can be in progress.
+              cleanup_tmp_directories=True,
           ),
       )
       self._last_step = self._manager.latest_step()

@@ -225,6 +225,25 @@ def test_checkpointer_skips_a_step_already_saved(tmp_path):
   assert os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR) == ['2']
 
 
+def test_checkpointer_removes_a_killed_save(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  saver = checkpoint.Checkpointer(tmp_path, 0)
+  saver.save(1, {'w': jnp.arange(3.0)}, {'rounds_done': 1})
+  saver.close()
+  # What a process killed while writing step 2 leaves behind.
+  partial = tmp_path / checkpoint.CHECKPOINT_DIR / '2.orbax-checkpoint-tmp-7'
+  (partial / 'state').mkdir(parents=True)
+
+  # The resumed run removes it before its first save.
+  reopened = checkpoint.Checkpointer(tmp_path, 0)
+  assert reopened.all_steps() == [1]
+  reopened.save(2, {'w': jnp.zeros(3)}, {'rounds_done': 2})
+  reopened.close()
+  assert sorted(os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR)) == [
+      '1', '2']
+
+
 def test_checkpointer_without_checkpoints_restores_nothing(tmp_path):
   saver = checkpoint.Checkpointer(pathlib.Path(tmp_path), 0)
   assert saver.latest_step() is None
