@@ -318,7 +318,8 @@ class ServerConfig:
     num_byzantine: `f`, the malicious clients Krum, multi-Krum and Bulyan
       tolerate; Krum needs a cohort above 2f + 2, Bulyan at least 4f + 3.
     trim_fraction: fraction trimmed at each end by trimmed_mean.
-    num_selected: updates multi-Krum averages; None means cohort - f.
+    num_selected: updates multi-Krum averages; None means n - f for the
+      n clients that report in the round.
     max_norm: L2 bound of each update for norm_bounded.
     num_iterations: Weiszfeld steps of geometric_median, or clipping
       iterations of centered_clipping.

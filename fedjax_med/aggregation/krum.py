@@ -119,7 +119,7 @@ def multi_krum(
     mask: jax.Array,
     *,
     num_byzantine: int,
-    num_selected: int,
+    num_selected: int | None = None,
 ) -> PyTree:
   """Average the `num_selected` valid updates with the lowest Krum scores.
 
@@ -133,7 +133,10 @@ def multi_krum(
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
     mask: `[clients]` bool; False rows are ignored whatever they contain.
     num_byzantine: f, a Python int; see `krum`.
-    num_selected: m, a Python int in [1, clients]. m = 1 is Krum.
+    num_selected: m, a Python int in [1, clients]. m = 1 is Krum. None
+      selects n - f of the n clients valid at run time (at least 1), so
+      masked slots (dropouts, Poisson sampling) do not let the f
+      highest-scoring updates back in.
 
   Returns:
     A pytree with leaves shaped `param_shape`; zeros when no client is valid.
@@ -148,12 +151,16 @@ def multi_krum(
     https://papers.nips.cc/paper/6617-machine-learning-with-adversaries-byzantine-tolerant-gradient-descent.
   """
   clients = _check_krum_arguments(client_updates, mask, num_byzantine)
-  num_selected = _flat.check_int('num_selected', num_selected, 1)
-  if num_selected > clients:
-    raise ValueError(
-        f'num_selected must be at most the {clients} clients, got '
-        f'{num_selected}.'
-    )
+  if num_selected is None:
+    valid = jnp.sum(mask.astype(jnp.int32))
+    num_selected = jnp.maximum(valid - num_byzantine, 1)
+  else:
+    num_selected = _flat.check_int('num_selected', num_selected, 1)
+    if num_selected > clients:
+      raise ValueError(
+          f'num_selected must be at most the {clients} clients, got '
+          f'{num_selected}.'
+      )
   matrix, unflatten = _flat.flatten_clients(client_updates)
   matrix = _flat.mask_rows(matrix, mask)
   scores = krum_scores(pairwise_squared_distances(matrix), mask, num_byzantine)

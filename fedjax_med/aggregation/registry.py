@@ -67,7 +67,8 @@ def build_aggregate(
     num_byzantine: f, the number of Byzantine clients that Krum, multi-Krum
       and Bulyan tolerate.
     trim_fraction: fraction trimmed at each end by trimmed_mean.
-    num_selected: updates averaged by multi-Krum; None means n - f.
+    num_selected: updates averaged by multi-Krum; None means n - f for
+      the n clients valid in the round.
     max_norm: the clip bound of norm_bounded.
     num_iterations: iterations of geometric_median and centered_clipping.
     clip_radius: tau of centered_clipping.
@@ -149,10 +150,8 @@ def build_aggregate(
 
 def _multi_krum(updates, weights, mask, *, num_byzantine, num_selected):
   del weights
-  rows = jax.tree.leaves(updates)[0].shape[0]
-  selected = num_selected or rows - num_byzantine
   return krum.multi_krum(
-      updates, mask, num_byzantine=num_byzantine, num_selected=selected)
+      updates, mask, num_byzantine=num_byzantine, num_selected=num_selected)
 
 
 def check_cohort(

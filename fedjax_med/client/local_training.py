@@ -274,6 +274,14 @@ def build_local_update(
       logits = model.apply(params, x)
     else:
       logits = model.apply_train(params, x, weights > 0)
+    expected = tabular.num_logits(model.num_classes)
+    if logits.ndim != 2 or logits.shape[-1] != expected:
+      raise ValueError(
+          f'The model returns logits shaped {logits.shape[1:]} per example, '
+          f'but num_classes={model.num_classes} needs ({expected},): one '
+          'log-odds logit for 2 classes, else one logit per class. Change '
+          "the model's output width or `num_classes`."
+      )
     losses = tabular.per_example_loss(
         logits.astype(jnp.float32), y, model.num_classes)
     return jnp.sum(weights * losses)
@@ -298,12 +306,15 @@ def build_local_update(
       rows = jnp.where(real, jnp.arange(examples['x'].shape[0]), 0)
       return model.refresh_stats(params, examples['x'][rows], real)
 
-  return build_scan(
+  local_update = build_scan(
       batch_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
       num_epochs=num_epochs, proximal_mu=proximal_mu,
       report_initial_loss=report_initial_loss, max_epochs=max_epochs,
       finalize=finalize, unroll=unroll,
   )
+  # `build_round` checks the labels of its population against this.
+  local_update.num_classes = model.num_classes
+  return local_update
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')

@@ -174,6 +174,7 @@ def build_fedbuff(
         f'{privacy.noise_kind!r} and adaptive_clipping '
         f'{privacy.adaptive_clipping}.'
     )
+  round_lib.check_population(train_data, local_update, sampler=None)
   participation = participation or participation_lib.Participation()
   participation_lib.validate(participation, num_clients)
   if participation.deadline is not None:

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedjax_med import tree
@@ -360,6 +361,7 @@ def build_round(
   if attack is not None and malicious is None:
     raise ValueError('`attack` needs a `malicious` mask over the clients.')
   _check_malicious(malicious, train_data.num_clients)
+  check_population(train_data, local_update, sampler)
   if not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
   scaffold = scaffold_learning_rate is not None
@@ -559,6 +561,11 @@ def build_round(
     else:
       sampled = sampler(sample_key)
       num_available = jnp.int32(num_examples.shape[0])
+    # A custom sampler's ids outside the population would read a clamped
+    # client twice; such slots are left out.
+    sampled = sampled._replace(mask=sampled.mask & (
+        (sampled.client_ids >= 0)
+        & (sampled.client_ids < num_examples.shape[0])))
     num_sampled = jnp.sum(sampled.mask)
     cohort = sampling.apply_dropout(
         jax.random.fold_in(round_key, _DROPOUT_TAG), sampled, dropout_rate
@@ -754,6 +761,23 @@ def build_round(
 
   bound_data, bound_malicious = train_data, malicious
 
+  opt_structures = {}
+
+  def check_opt_state(state):
+    # Once per params structure: the state must come from this optimizer.
+    params_structure = jax.tree.structure(state.params)
+    if params_structure not in opt_structures:
+      opt_structures[params_structure] = jax.tree.structure(
+          jax.eval_shape(server_optimizer.init, state.params))
+    if jax.tree.structure(state.opt_state) != opt_structures[
+        params_structure]:
+      raise ValueError(
+          "The server state's `opt_state` does not match "
+          '`server_optimizer`; build the state with '
+          '`init_server_state(params, server_optimizer)` using the '
+          'optimizer the round was built with.'
+      )
+
   def round_fn(
       state: ServerState,
       round_key: PRNGKey,
@@ -761,6 +785,8 @@ def build_round(
       train_data: federated.FederatedData | None = None,
       malicious: jax.Array | None = None,
   ):
+    _check_round_key(round_key)
+    check_opt_state(state)
     if privacy.adaptive_clipping and state.clip_norm is None:
       raise ValueError(
           'Adaptive clipping needs the starting bound in the server state: '
@@ -1022,6 +1048,93 @@ def _cohort_mapper(chunk_size: int | None, mesh, *, unroll: bool = False):
         lambda leaf: leaf.reshape((padded,) + leaf.shape[2:])[:size], results)
 
   return map_cohort
+
+
+def check_population(
+    train_data: federated.FederatedData,
+    local_update: local_training.LocalUpdate,
+    sampler: sampling.Sampler | None,
+) -> None:
+  """Check the population against the sampler and the local update.
+
+  The checks that read values skip traced data, such as the stacked
+  points of a batched sweep.
+
+  Raises:
+    ValueError: if a built-in sampler was built for another population
+      size, if `num_examples` is outside [0, padded length], or, for a
+      `build_local_update` classifier, if the examples lack `x` or `y` or
+      a real row's label is outside [0, num_classes).
+  """
+  num_clients = train_data.num_clients
+  population = getattr(sampler, 'num_clients', None)
+  if population is not None and population != num_clients:
+    raise ValueError(
+        f'The sampler draws from {population} clients, but `train_data` has '
+        f'{num_clients}; build the sampler with num_clients={num_clients}.'
+    )
+  counts = train_data.num_examples
+  if jnp.ndim(counts) != 1:
+    raise ValueError(
+        f'`num_examples` must be shaped [clients]; got {jnp.shape(counts)}.')
+  if tree.is_traced(counts):
+    return
+  counts = np.asarray(counts)
+  padded = train_data.max_examples
+  if not np.issubdtype(counts.dtype, np.integer) or (
+      counts.min(initial=0) < 0 or counts.max(initial=0) > padded):
+    raise ValueError(
+        '`num_examples` must be integers in [0, padded length '
+        f'{padded}]; got values from {counts.min(initial=0)} to '
+        f'{counts.max(initial=0)} ({counts.dtype}). Build the data with '
+        '`federated.stack_clients`.'
+    )
+  num_classes = getattr(local_update, 'num_classes', None)
+  if num_classes is None:
+    return
+  missing = sorted({'x', 'y'} - set(train_data.examples))
+  if missing:
+    raise ValueError(
+        f'`train_data.examples` lacks {missing}; a classifier\'s local '
+        "update reads features from 'x' and labels from 'y'. Got keys "
+        f'{sorted(train_data.examples)}.'
+    )
+  labels = train_data.examples['y']
+  if tree.is_traced(labels):
+    return
+  labels = jnp.asarray(labels)
+  if labels.ndim != 2 or jnp.issubdtype(labels.dtype, jnp.floating):
+    raise ValueError(
+        "`train_data.examples['y']` must be integer class labels shaped "
+        f'[clients, examples]; got {labels.dtype} {labels.shape}.'
+    )
+  bad = train_data.example_mask() & ((labels < 0) | (labels >= num_classes))
+  if bool(jnp.any(bad)):
+    client = int(jnp.argmax(jnp.any(bad, axis=1)))
+    row = int(jnp.argmax(bad[client]))
+    raise ValueError(
+        f'Client {client} has label {int(labels[client, row])} in row {row}, '
+        f'outside [0, {num_classes}) for num_classes={num_classes}. Map the '
+        "labels to 0 .. num_classes - 1 or raise the model's num_classes."
+    )
+
+
+def _check_round_key(round_key) -> None:
+  """Raise unless `round_key` is one typed or raw (uint32 [2]) PRNG key."""
+  dtype = getattr(round_key, 'dtype', None)
+  typed = dtype is not None and jax.dtypes.issubdtype(
+      dtype, jax.dtypes.prng_key)
+  if typed and jnp.ndim(round_key) == 0:
+    return
+  if not typed and dtype == jnp.uint32 and jnp.shape(round_key) == (2,):
+    return
+  raise ValueError(
+      '`round_key` must be one PRNG key, such as '
+      '`jax.random.fold_in(jax.random.key(seed), round_number)`; got '
+      f'{type(round_key).__name__} with dtype {dtype} and shape '
+      f'{jnp.shape(round_key)}. For several rounds, call the round once '
+      'per key or use `scan_rounds`.'
+  )
 
 
 def _check_malicious(malicious, num_clients: int) -> None:

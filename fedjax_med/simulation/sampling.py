@@ -26,8 +26,10 @@ class Cohort(NamedTuple):
   num_overflow: jax.Array
 
 
-# `sampler(key) -> Cohort`. The built-in samplers also take
-# `available=`, a `[clients]` bool mask of the clients that can be drawn.
+# `sampler(key) -> Cohort`, with client ids in [0, population size). The
+# built-in samplers also take `available=`, a `[clients]` bool mask of the
+# clients that can be drawn, and store their population size in the
+# attribute `num_clients`, which `build_round` checks against its data.
 Sampler = Callable[..., Cohort]
 
 
@@ -62,6 +64,7 @@ def uniform_sampler(num_clients: int, cohort_size: int) -> Sampler:
     mask = jnp.ones((cohort_size,), dtype=bool)
     return Cohort(ids.astype(jnp.int32), mask, jnp.int32(0))
 
+  sample.num_clients = num_clients
   return sample
 
 
@@ -114,6 +117,7 @@ def poisson_sampler(
     num_overflow = jnp.sum(included) - jnp.sum(mask)
     return Cohort(ids.astype(jnp.int32), mask, num_overflow.astype(jnp.int32))
 
+  sample.num_clients = num_clients
   return sample
 
 

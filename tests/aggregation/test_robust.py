@@ -108,6 +108,18 @@ def test_multi_krum_averages_best():
   np.testing.assert_allclose(result['w'], [1.0])
 
 
+def test_multi_krum_default_counts_valid_rows():
+  # 4 valid rows, one of them an outlier, and 2 masked slots: the default
+  # selects 4 - 1 = 3 rows, not 6 - 1 = 5, so the outlier stays out.
+  updates = {'w': jnp.array([[1.0], [2.0], [3.0], [100.0], [0.0], [0.0]])}
+  mask = jnp.array([True, True, True, True, False, False])
+
+  result = jax.jit(functools.partial(krum.multi_krum, num_byzantine=1))(
+      updates, mask)
+
+  np.testing.assert_allclose(result['w'], [2.0])
+
+
 def test_trimmed_mean_textbook():
   aggregate = jax.jit(
       functools.partial(trimmed_mean.trimmed_mean, trim_fraction=0.2)

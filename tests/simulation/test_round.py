@@ -6,6 +6,9 @@ import numpy as np
 import optax
 import pytest
 
+from fedjax_med.client import local_training
+from fedjax_med.data import federated
+from fedjax_med.models import tabular
 from fedjax_med.privacy import mechanisms
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
@@ -284,3 +287,103 @@ def test_sign_flip_attack_moves_mean_not_median(key):
         float(jnp.max(jnp.abs(a - b))) for a, b in zip(clean, attacked))
 
   assert results['mean'] > 10 * results['median']
+
+
+def test_sampler_of_other_population_rejected():
+  with pytest.raises(ValueError, match='num_clients=3'):
+    round_lib.build_round(
+        small.population([5, 7, 6]), small.local_update(),
+        sampling.uniform_sampler(10, 3), optax.sgd(1.0))
+
+
+def test_custom_sampler_ids_out_of_range_left_out(key):
+  data = small.population([5, 7, 6])
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _fixed_sampler([0, 7]), optax.sgd(1.0))
+
+  _, metrics = round_fn(small.server_state(key), key)
+
+  assert int(metrics['num_sampled']) == 1
+  assert int(metrics['num_examples']) == 5
+
+
+@pytest.mark.parametrize('counts', [[5, 7, 60], [5, -7, 6]])
+def test_num_examples_outside_padding_rejected(counts):
+  data = small.population([5, 7, 6])
+  bad = federated.FederatedData(data.examples, np.array(counts, np.int32))
+  with pytest.raises(ValueError, match='num_examples'):
+    round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
+                          optax.sgd(1.0))
+
+
+@pytest.mark.parametrize('label', [3, -1])
+def test_label_outside_classes_rejected(label):
+  data = small.population([5, 7, 6])
+  labels = np.array(data.examples['y'])
+  labels[1, 2] = label
+  bad = federated.FederatedData(
+      {'x': data.examples['x'], 'y': labels}, data.num_examples)
+  with pytest.raises(ValueError, match=f'Client 1 has label {label} in row 2'):
+    round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
+                          optax.sgd(1.0))
+
+
+def test_label_in_padding_ignored():
+  data = small.population([5, 7, 6])
+  labels = np.array(data.examples['y'])
+  labels[0, 6] = 9  # client 0 has 5 rows; row 6 is padding
+  padded = federated.FederatedData(
+      {'x': data.examples['x'], 'y': labels}, data.num_examples)
+  round_lib.build_round(padded, small.local_update(), _fixed_sampler([0]),
+                        optax.sgd(1.0))
+
+
+def test_missing_labels_rejected():
+  data = small.population([5, 7, 6])
+  bad = federated.FederatedData({'x': data.examples['x']}, data.num_examples)
+  with pytest.raises(ValueError, match="lacks \\['y'\\]"):
+    round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
+                          optax.sgd(1.0))
+
+
+def test_model_width_must_match_classes(key):
+  model = tabular.from_flax(tabular.LogisticRegression(2), 3)
+  local_update = local_training.build_local_update(
+      model, optax.sgd(0.1), num_steps=2, batch_size=2)
+  round_fn = round_lib.build_round(
+      small.population([5, 7]), local_update, _fixed_sampler([0, 1]),
+      optax.sgd(1.0))
+  with pytest.raises(ValueError, match='num_classes=3 needs \\(3,\\)'):
+    round_fn(small.server_state(key), key)
+
+
+@pytest.mark.parametrize('state_optimizer, round_optimizer', [
+    (optax.sgd(1.0), optax.adam(0.1)),
+    (optax.adam(0.1), optax.sgd(1.0)),
+])
+def test_state_of_other_optimizer_rejected(key, state_optimizer,
+                                           round_optimizer):
+  round_fn = round_lib.build_round(
+      small.population([5, 7]), small.local_update(), _fixed_sampler([0, 1]),
+      round_optimizer)
+  with pytest.raises(ValueError, match='opt_state'):
+    round_fn(small.server_state(key, state_optimizer), key)
+
+
+@pytest.mark.parametrize('round_key', [0, np.arange(3, dtype=np.uint32)])
+def test_round_key_must_be_a_key(key, round_key):
+  round_fn = round_lib.build_round(
+      small.population([5, 7]), small.local_update(), _fixed_sampler([0, 1]),
+      optax.sgd(1.0))
+  with pytest.raises(ValueError, match='`round_key` must be one PRNG key'):
+    round_fn(small.server_state(key), round_key)
+
+
+def test_raw_uint32_key_accepted(key):
+  round_fn = round_lib.build_round(
+      small.population([5, 7]), small.local_update(), _fixed_sampler([0, 1]),
+      optax.sgd(1.0))
+  state = small.server_state(key)
+  raw, _ = round_fn(state, jax.random.PRNGKey(3))
+  typed, _ = round_fn(state, jax.random.key(3))
+  small.assert_leaves_close(raw.params, typed.params, rtol=0, atol=0)
