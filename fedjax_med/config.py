@@ -702,7 +702,16 @@ def read_toml(path: str | pathlib.Path) -> dict[str, Any]:
         'one from experiments/.'
     )
   try:
-    document = tomllib.loads(path.read_text())
+    # TOML files are UTF-8; 'utf-8-sig' also drops a byte-order mark,
+    # which some editors write and which is invisible in them.
+    text = path.read_text(encoding='utf-8-sig')
+  except UnicodeDecodeError as error:
+    raise InputError(
+        f'Config file {path} is not UTF-8 text ({error.reason} at byte '
+        f'{error.start}). Save it as UTF-8.'
+    ) from None
+  try:
+    document = tomllib.loads(text)
   except tomllib.TOMLDecodeError as error:
     raise InputError(f'Invalid TOML in {path}: {error}.') from None
   return document

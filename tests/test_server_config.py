@@ -84,6 +84,21 @@ def test_toml_bool_must_be_bool(tmp_path, value):
     config_lib.load_toml(path)
 
 
+def test_toml_with_byte_order_mark_read(tmp_path):
+  path = tmp_path / 'bom.toml'
+  path.write_bytes(b'\xef\xbb\xbf[server]\nrounds = 2\n')
+  assert config_lib.load_toml(path).server.rounds == 2
+
+
+@pytest.mark.parametrize('content', [
+    b'\xff\xfe[server]\n', '[server]\nrounds = 2\n'.encode('utf-16')])
+def test_toml_not_utf8_rejected(tmp_path, content):
+  path = tmp_path / 'other.toml'
+  path.write_bytes(content)
+  with pytest.raises(errors.InputError, match='not UTF-8 text'):
+    config_lib.load_toml(path)
+
+
 def test_qffl_needs_sgd():
   with pytest.raises(errors.InputError, match='qffl` needs `client.optimizer'):
     _validate(aggregator='qffl', optimizer='adam')
