@@ -696,8 +696,9 @@ class ImageFolderLayout(NamedTuple):
   Attributes:
     root: the folder that contains the site folders.
     site_names: site folder names, sorted. Site i is client i.
-    class_names: the sorted union of the class folder names of all sites,
-      empty class folders included. Label k is `class_names[k]`.
+    class_names: the sorted union of the class folder names of all sites;
+      a class may be empty at some sites but not at all. Label k is
+      `class_names[k]`.
     files: one tuple per site of `(path, label)` pairs, sorted by class and
       then by file name.
   """
@@ -766,9 +767,10 @@ def scan_image_folder(root: str | os.PathLike[str]) -> ImageFolderLayout:
 
   Raises:
     InputError: if `root` is missing, is not a folder or has no site
-      folders, or if a site has no class folders or no images. Also if an
-      image lies outside a class folder, or a class folder contains a
-      subfolder or a file whose extension is not in `IMAGE_EXTENSIONS`.
+      folders, or if a site has no class folders or no images, or if a
+      class has no image in any site. Also if an image lies outside a class
+      folder, or a class folder contains a subfolder or a file whose
+      extension is not in `IMAGE_EXTENSIONS`.
   """
   root = pathlib.Path(root)
   if not root.exists():
@@ -817,6 +819,15 @@ def scan_image_folder(root: str | os.PathLike[str]) -> ImageFolderLayout:
     site_classes.append(classes)
 
   class_names = tuple(sorted(set().union(*site_classes)))
+  for class_name in class_names:
+    if not any(classes.get(class_name) for classes in site_classes):
+      empty = [str(folder / class_name) for folder, classes
+               in zip(site_folders, site_classes) if class_name in classes]
+      raise InputError(
+          f'Class {class_name!r} has no image in any site (empty folders: '
+          f'{", ".join(empty)}), so it would add a class the model never '
+          'sees. Remove the empty folders or add images.'
+      )
   files = tuple(
       tuple(
           (path, class_names.index(class_name))
@@ -1121,6 +1132,12 @@ def _read_npz_site(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         f'{path}: images have shape {images.shape}. Expected [n, height, '
         'width] or [n, height, width, channels].'
     )
+  if images.shape[1] in (1, 3, 4) and images.shape[3] > 4:
+    raise InputError(
+        f'{path}: images have shape {images.shape}, which looks '
+        'channels-first ([n, channels, height, width]). Save them '
+        'channels-last with numpy.moveaxis(images, 1, -1).'
+    )
   if labels.ndim != 1:
     raise InputError(
         f'{path}: labels have shape {labels.shape}. Expected [n], one '
@@ -1207,6 +1224,14 @@ def load_npz_sites(
   largest = max(int(labels.max()) for labels in site_labels)
   if num_classes is None:
     num_classes = largest + 1
+    present = np.unique(np.concatenate(site_labels))
+    if len(present) < num_classes:
+      missing = sorted(set(range(num_classes)) - set(present.tolist()))
+      raise InputError(
+          f'The labels of {len(files)} sites are {present.tolist()}, so '
+          f'classes {missing} of 0 to {largest} have no image. Relabel them '
+          'as 0 to K - 1, or pass `num_classes` to keep empty classes.'
+      )
   for path, labels in zip(files, site_labels):
     if labels.max() >= num_classes:
       raise InputError(

@@ -821,6 +821,39 @@ def test_npz_sites_label_out_of_range(tmp_path, key):
     images.load_npz_sites([path], key=key, num_classes=3)
 
 
+def test_npz_sites_channels_first_rejected(tmp_path, key):
+  path = _save_npz(tmp_path / 'a.npz', images=np.zeros((2, 3, 8, 8)),
+                   labels=[0, 1])
+
+  with pytest.raises(InputError, match=r'numpy\.moveaxis\(images, 1, -1\)'):
+    images.load_npz_sites([path], key=key)
+
+
+def test_npz_sites_label_gap_rejected(tmp_path, key):
+  path = _save_npz(tmp_path / 'a.npz', images=np.zeros((4, 3, 3)),
+                   labels=[0, 2, 0, 2])
+
+  with pytest.raises(InputError, match=r'classes \[1\] of 0 to 2 have no'):
+    images.load_npz_sites([path], key=key)
+
+
+def test_npz_sites_label_gap_kept_with_num_classes(tmp_path, key):
+  path = _save_npz(tmp_path / 'a.npz', images=np.zeros((4, 3, 3)),
+                   labels=[0, 2, 0, 2])
+
+  dataset = images.load_npz_sites([path], key=key, num_classes=3)
+
+  assert dataset.num_classes == 3
+
+
+def test_image_folder_class_empty_everywhere(tmp_path):
+  _two_site_tree(tmp_path)
+  (tmp_path / 'a' / 'unknown').mkdir()
+
+  with pytest.raises(InputError, match="Class 'unknown' has no image"):
+    images.scan_image_folder(tmp_path)
+
+
 def test_npz_sites_repeated_stem(tmp_path, key):
   first = _save_npz(tmp_path / 'x' / 'site.npz', images=np.zeros((2, 3, 3)),
                     labels=[0, 1])
