@@ -237,6 +237,17 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
         '`client.ditto_lambda` or `client.learning_rate`; with SGD, their '
         'product must stay below 2.', file=sys.stderr,
     )
+  untrained = summary.get('num_clients_without_training_rows', 0)
+  if untrained:
+    names = summary['clients_without_training_rows']
+    more = ', ...' if untrained > len(names) else ''
+    print(
+        f'warning: {untrained} of {len(accuracies)} clients have no training '
+        f'rows after the test split ({", ".join(names)}{more}). They never '
+        'train, and their test accuracy, which counts in the mean and worst '
+        'accuracy, measures only the global model. Give them more rows, '
+        'lower `data.test_fraction` or remove them.', file=sys.stderr,
+    )
   privacy = summary['privacy']
   if privacy['private']:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "

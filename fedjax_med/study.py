@@ -486,6 +486,24 @@ def _accuracy_summary(accuracies: list) -> dict[str, Any]:
   }
 
 
+# Names of clients without training rows listed in summary.json at most.
+_MAX_UNTRAINED_NAMES = 20
+
+
+def _untrained_clients(dataset) -> dict[str, Any]:
+  """Return the count and first names of clients with no training rows.
+
+  Such a client never trains; its test accuracy measures the global model.
+  """
+  counts = np.asarray(dataset.train.num_examples)
+  names = [name for name, count in zip(dataset.client_names, counts)
+           if count == 0]
+  return {
+      'num_clients_without_training_rows': len(names),
+      'clients_without_training_rows': names[:_MAX_UNTRAINED_NAMES],
+  }
+
+
 def fairness_summary(
     accuracies: list, train_counts: np.ndarray
 ) -> dict[str, Any]:
@@ -1446,6 +1464,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       ),
       'fairness': fairness_summary(
           accuracies, np.asarray(dataset.train.num_examples)),
+      **_untrained_clients(dataset),
       'clinical': _clinical_reports(config, dataset, evaluation),
       'privacy': study_privacy.describe(
           config, history['privacy'], history['accountant'],

@@ -65,6 +65,25 @@ def test_csv_with_nan_exits_2(capsys, tmp_path):
   assert 'age' in captured.err
 
 
+def test_client_without_training_rows_warns(capsys, tmp_path):
+  # Client c's only row goes to its test set.
+  rows = [f'{client},{age},{age % 2}' for client in 'ab'
+          for age in range(40, 52)]
+  data = tmp_path / 'hospitals.csv'
+  data.write_text('client,age,label\n' + '\n'.join(rows) + '\nc,50,1\n')
+
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'dataset=csv', '--set', f'csv_path={data}',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'warning: 1 of 3 clients have no training rows' in captured.err
+  assert '(c)' in captured.err
+  summary = json.loads((tmp_path / 'r' / 'summary.json').read_text())
+  assert summary['num_clients_without_training_rows'] == 1
+  assert summary['clients_without_training_rows'] == ['c']
+
+
 def test_subprocess_error_has_no_traceback(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'fedjax_med', 'run', '--set', 'aggregator=teleport',
