@@ -9,6 +9,7 @@ with one client column and one label column.
 import csv
 import math
 import pathlib
+from typing import Sequence
 
 import numpy as np
 
@@ -77,7 +78,8 @@ def stratified_split(
 
 
 def zscore(
-    train_x: np.ndarray, test_x: np.ndarray
+    train_x: np.ndarray, test_x: np.ndarray,
+    feature_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Standardize features with the mean and std of the train rows.
 
@@ -103,21 +105,38 @@ def zscore(
 
   mean = np.zeros(num_features)
   std = np.ones(num_features)
-  if train_x.shape[0] >= 1:
-    mean = train_x.mean(axis=0)
-  if train_x.shape[0] >= 2:
-    std = train_x.std(axis=0, ddof=1)
-  scale = std + STD_EPSILON
-
-  train_z = (train_x - mean) / scale
-  test_z = (test_x - mean) / scale
-  return train_z.astype(np.float32), test_z.astype(np.float32)
+  # Huge finite values overflow the std (zeroing the column) or the
+  # float32 cast; both are reported below instead of warned about.
+  with np.errstate(over='ignore', invalid='ignore'):
+    if train_x.shape[0] >= 1:
+      mean = train_x.mean(axis=0)
+    if train_x.shape[0] >= 2:
+      std = train_x.std(axis=0, ddof=1)
+    scale = std + STD_EPSILON
+    train_z = ((train_x - mean) / scale).astype(np.float32)
+    test_z = ((test_x - mean) / scale).astype(np.float32)
+  finite = (np.isfinite(mean) & np.isfinite(std)
+            & np.all(np.isfinite(train_z), axis=0)
+            & np.all(np.isfinite(test_z), axis=0))
+  if not np.all(finite):
+    column = int(np.argmin(finite))
+    largest = float(np.max(np.abs(np.concatenate(
+        [train_x[:, column], test_x[:, column]]))))
+    name = (f'column {column}' if feature_names is None
+            else repr(feature_names[column]))
+    raise InputError(
+        f'Feature {name} has values up to {largest:.3g} in '
+        'magnitude, too large to standardize in float32. Rescale that '
+        'column, for example by changing its unit.'
+    )
+  return train_z, test_z
 
 
 def split_and_stack(
     client_x: list[np.ndarray],
     client_y: list[np.ndarray],
     client_splits: list[tuple[np.ndarray, np.ndarray]],
+    feature_names: Sequence[str] | None = None,
 ) -> tuple[federated.FederatedData, federated.FederatedData]:
   """Z-score every client from its train rows and stack train and test sets.
 
@@ -125,6 +144,7 @@ def split_and_stack(
     client_x: one `[examples, features]` array per client.
     client_y: one `[examples]` integer label array per client.
     client_splits: one `(train_indices, test_indices)` pair per client.
+    feature_names: names of the feature columns, for error messages.
 
   Returns:
     `(train, test)` padded `FederatedData`, with float32 `x` and int32 `y`.
@@ -134,7 +154,7 @@ def split_and_stack(
   for x, y, (train_indices, test_indices) in zip(
       client_x, client_y, client_splits
   ):
-    train_x, test_x = zscore(x[train_indices], x[test_indices])
+    train_x, test_x = zscore(x[train_indices], x[test_indices], feature_names)
     labels = np.asarray(y, dtype=np.int32)
     train_clients.append({'x': train_x, 'y': labels[train_indices]})
     test_clients.append({'x': test_x, 'y': labels[test_indices]})
@@ -330,7 +350,11 @@ def load_csv(
         labels[rows], test_fraction=test_fraction, seed=seed + client_index
     ))
 
-  train, test = split_and_stack(client_x, client_y, client_splits)
+  try:
+    train, test = split_and_stack(client_x, client_y, client_splits,
+                                  feature_names)
+  except InputError as error:
+    raise InputError(f'{path}: {error}') from None
   return federated.FederatedDataset(
       name=path.stem,
       train=train,

@@ -160,6 +160,31 @@ def test_csv_round_trip(tmp_path):
   np.testing.assert_array_equal(dataset.test.num_examples, [5, 4])
 
 
+@pytest.mark.parametrize('value', ['1e308', '-1e200'])
+def test_csv_values_too_large_rejected(tmp_path, value):
+  # 1e308 overflows the std, which would zero the column; -1e200 overflows
+  # the std's square or, in a test row, the float32 cast.
+  path = _good_csv(tmp_path)
+  lines = path.read_text().splitlines()
+  lines[3] = f'A,{value},22,0'
+  path.write_text('\n'.join(lines) + '\n')
+
+  with pytest.raises(InputError, match="Feature 'age' has values up to"):
+    tabular.load_csv(path, client_column='site', label_column='outcome')
+
+
+def test_csv_large_values_standardized(tmp_path):
+  # Values far beyond float32 are fine while their z-scores are finite.
+  path = _good_csv(tmp_path)
+  text = path.read_text().replace('A,40,', 'A,4e45,')
+  path.write_text(text)
+
+  dataset = tabular.load_csv(path, client_column='site', label_column='outcome')
+
+  assert np.all(np.isfinite(dataset.train.examples['x']))
+  assert np.all(np.isfinite(dataset.test.examples['x']))
+
+
 def test_csv_labels_preserved(tmp_path):
   path = _good_csv(tmp_path)
 
