@@ -601,8 +601,8 @@ def render_results(records, dataset, groups_report, *, command, seeds,
       f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
       '',
       f'Seeds {", ".join(str(seed) for seed in seeds)}, each with {rounds} '
-      'rounds of 100 local SGD steps. Cells are the mean ± sample standard '
-      'deviation over seeds, or n/a where a metric is undefined in every '
+      f'round{"" if rounds == 1 else "s"} of 100 local SGD steps. Cells '
+      'are the mean ± sample standard deviation over seeds, or n/a where a metric is undefined in every '
       f'seed. The retrained FedAvg of seed {seeds[0]} matched `run_study` '
       f'{reproduction}.',
       '',
@@ -642,21 +642,24 @@ def render_results(records, dataset, groups_report, *, command, seeds,
 def write_results_page(path: pathlib.Path, results: str) -> None:
   """Put `results` between the page's markers, keeping the rest of it.
 
-  A page without both markers is replaced by a title and the markers.
+  A missing page is created with a title and the markers.
+
+  Raises:
+    ValueError: if the page exists without both markers in order.
   """
-  block = f'{RESULTS_START}\n\n{results}\n{RESULTS_END}'
-  text = path.read_text() if path.is_file() else ''
-  start, end = text.find(RESULTS_START), text.find(RESULTS_END)
-  if start >= 0 and end > start:
-    text = text[:start] + block + text[end + len(RESULTS_END):]
-  else:
-    text = ('# Subgroup fairness on Fed-Heart-Disease\n\n'
-            f'{block}\n')
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(text)
+  results_page.replace_results(
+      path, '\n' + results.rstrip('\n'), start=RESULTS_START,
+      end=RESULTS_END, title='Subgroup fairness on Fed-Heart-Disease')
 
 
 # --- Figure ------------------------------------------------------------------
+
+
+def _sample_std(values: np.ndarray) -> np.ndarray:
+  """Return the sample std over seeds (axis 0), 0 for a single seed."""
+  if len(values) < 2:
+    return np.zeros(np.shape(values)[1:])
+  return np.std(values, axis=0, ddof=1)
 
 
 def plot_results(
@@ -678,7 +681,7 @@ def plot_results(
                        for row in rows])
     left.bar(
         positions + (offset - (len(grouped) - 1) / 2) * width,
-        values.mean(axis=0), width, yerr=values.std(axis=0),
+        values.mean(axis=0), width, yerr=_sample_std(values),
         label=LABELS[algorithm], capsize=2,
     )
   left.hlines([majority[name] for name in client_names], positions - 0.4,
@@ -698,9 +701,9 @@ def plot_results(
                      for row in grouped['fedavg']])
   outside = [np.array(held_out[name]) for name in client_names]
   right.bar(positions - 0.2, inside.mean(axis=0), 0.4,
-            yerr=inside.std(axis=0), label='in FedAvg of all 4', capsize=2)
+            yerr=_sample_std(inside), label='in FedAvg of all 4', capsize=2)
   right.bar(positions + 0.2, [values.mean() for values in outside], 0.4,
-            yerr=[values.std() for values in outside],
+            yerr=[_sample_std(values) for values in outside],
             label='held out of FedAvg', capsize=2)
   right.set_xticks(positions, client_names)
   right.set_ylim(0, 1)

@@ -43,6 +43,7 @@ from fedjax_med import config as config_lib
 from fedjax_med import study
 from fedjax_med.data import images
 from fedjax_med.data import scanner
+from fedjax_med.errors import InputError
 from fedjax_med.report import image_plots
 from fedjax_med.report import machine
 from fedjax_med.report import results_page
@@ -197,7 +198,8 @@ def render_results(records, *, command: str, elapsed_s: float) -> str:
       '',
       f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
       '',
-      f"{first['clients']} sites, {first['rounds']} rounds, seeds "
+      f"{first['clients']} sites, {first['rounds']} "
+      f"round{'' if first['rounds'] == 1 else 's'}, seeds "
       f"{', '.join(str(seed) for seed in seeds)}. Cells are the mean ± "
       'sample standard deviation over seeds of the per-site test accuracy '
       'statistics.',
@@ -233,7 +235,15 @@ def parse_args(argv):
                       help='PNG of example digits through each profile')
   parser.add_argument('--json', type=pathlib.Path, default=None,
                       help='JSON-lines file; each finished run is appended')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  for algorithm in args.algorithms:
+    try:
+      build_config(algorithm, seed=args.seeds[0], rounds=args.rounds,
+                   clients=args.clients)
+    except InputError as error:
+      parser.error(f'--rounds {args.rounds} or --clients {args.clients}: '
+                   f'{error}')
+  return args
 
 
 def main(argv=None) -> list[dict[str, Any]]:

@@ -7,8 +7,8 @@ folder:
 * `matrix.json`: the base study config and the matrix settings.
 * `cells.jsonl`: one line per cell and seed, written as each finishes, so an
   interrupted matrix keeps its finished cells and `resume=True` skips them.
-* `table.md`, `table.csv`: per cell, the mean and standard deviation over
-  seeds of the clean accuracy, worst-client accuracy and backdoor success.
+* `table.md`, `table.csv`: per cell, the mean and population standard
+  deviation (ddof=0) over seeds of the clean accuracy, worst-client accuracy and backdoor success.
 * `heatmap.png`: the same three metrics as heatmaps, aggregators by cell.
 
 The robust aggregators are given the size of the attack: Krum, multi-Krum and
@@ -520,7 +520,8 @@ def write_tables(run_dir: pathlib.Path, rows, title: str) -> None:
                        for key in columns})
   lines = [
       f'# {title}', '',
-      'Mean ± standard deviation over the completed seeds. Metrics count '
+      'Mean ± population standard deviation (ddof=0) over the completed '
+      'seeds. Metrics count '
       'honest clients only. n/a: the aggregator cannot run in that cell.', '',
       '| aggregator | attack | fraction | clean accuracy | worst accuracy '
       '| backdoor success | seeds |',

@@ -41,7 +41,7 @@ The output folder gets:
 * `rounds.jsonl`: the round metrics of the batched points, one line per
   point and round (`runs/` holds the folders of the points run one by one).
 * `table.csv`: one row per point; `summary.csv` and `summary.md`: mean and
-  standard deviation over seeds for each setting.
+  population standard deviation (ddof=0) over seeds for each setting.
 * `sweep.png`: mean and worst-client accuracy against the first swept value.
 """
 
@@ -976,6 +976,8 @@ def _write_results(run_dir, records, sweep) -> list[dict[str, Any]]:
       value, std = row[metric], row[f'{metric}_std']
       cells.append('n/a' if value is None else f'{value:.3f} ± {std:.3f}')
     lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', 'Cells: mean ± population standard deviation (ddof=0) over '
+            'the completed seeds.']
   (run_dir / 'summary.md').write_text('\n'.join(lines) + '\n',
                                       encoding='utf-8')
   if rows and sweep.axes:

@@ -132,6 +132,16 @@ def test_results_page_created_when_missing(tmp_path):
   assert script.RESULTS_END in text
 
 
+def test_results_page_without_markers_kept(tmp_path):
+  script = _load_script()
+  page = tmp_path / 'page.md'
+  page.write_text('# Notes\nhand-written text\n')
+
+  with pytest.raises(ValueError, match='lacks the result markers'):
+    script.write_results_page(page, 'table\n')
+  assert page.read_text() == '# Notes\nhand-written text\n'
+
+
 def test_rejects_zero_rounds(capsys):
   script = _load_script()
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 
 def test_imaging_experiment_writes_tables_and_figures(load_script, tmp_path):
@@ -44,3 +45,13 @@ def test_imaging_experiment_writes_tables_and_figures(load_script, tmp_path):
   assert '| low_contrast_vendor |' in page
   assert figure.stat().st_size > 0
   assert profiles_figure.stat().st_size > 0
+
+
+def test_imaging_experiment_rejects_zero_rounds(load_script, capsys):
+  experiment = load_script('experiments/imaging_scanner_shift.py')
+
+  with pytest.raises(SystemExit) as exit_info:
+    experiment.parse_args(['--rounds', '0'])
+
+  assert exit_info.value.code == 2
+  assert 'server.rounds' in capsys.readouterr().err

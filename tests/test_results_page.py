@@ -28,7 +28,7 @@ def test_replace_results_keeps_text(tmp_path):
 
 
 def test_replace_results_creates_page(tmp_path):
-  page = tmp_path / 'page.md'
+  page = tmp_path / 'new' / 'page.md'
 
   results_page.replace_results(page, 'rows', start='<!-- s -->',
                                end='<!-- e -->', title='Results')
@@ -43,3 +43,13 @@ def test_replace_results_needs_markers(tmp_path):
   with pytest.raises(ValueError, match='<!-- e -->'):
     results_page.replace_results(page, 'rows', start='<!-- s -->',
                                  end='<!-- e -->', title='Results')
+
+
+def test_replace_results_needs_markers_in_order(tmp_path):
+  page = tmp_path / 'page.md'
+  page.write_text('# Title\n<!-- e -->\nnotes\n<!-- s -->\n')
+
+  with pytest.raises(ValueError, match='in this order'):
+    results_page.replace_results(page, 'rows', start='<!-- s -->',
+                                 end='<!-- e -->', title='Results')
+  assert page.read_text() == '# Title\n<!-- e -->\nnotes\n<!-- s -->\n'

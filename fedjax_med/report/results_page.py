@@ -37,14 +37,16 @@ def replace_results(path: pathlib.Path, block: str, *, start: str, end: str,
   its heading.
 
   Raises:
-    ValueError: if the page exists without both markers.
+    ValueError: if the page exists without both markers, or with the end
+      marker before the start marker.
   """
   text = path.read_text() if path.exists() else (
       f'# {title}\n\n{start}\n{end}\n')
-  if start not in text or end not in text:
+  if start not in text or end not in text.split(start, 1)[1]:
     raise ValueError(
-        f'{path} lacks the result markers {start!r} and {end!r}; add both '
-        'lines where the results belong.')
+        f'{path} lacks the result markers {start!r} and then {end!r}; add '
+        'both lines, in this order, where the results belong.')
   before, rest = text.split(start, 1)
   _, after = rest.split(end, 1)
+  path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(f'{before}{start}\n{block}\n{end}{after}')
