@@ -298,24 +298,48 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(
         f'warning: all {summary["rounds_run"]} rounds were skipped because no '
         'client contributed, so these are the accuracies of the untrained '
-        f'model.{_no_contribution_cause(summary)}', file=sys.stderr,
+        f'model.{_no_contribution_cause(run_dir, summary)}', file=sys.stderr,
     )
 
 
-def _no_contribution_cause(summary: dict) -> str:
-  """Return a sentence on why no client reported, from the participation."""
-  section = summary.get('participation')
-  if section is None or section['num_reported'] > 0:
-    return ''
-  if section['num_sampled'] == 0:
+def _round_totals(run_dir: pathlib.Path) -> dict[str, int]:
+  """Sum the integer client counts of every round in `metrics.jsonl`."""
+  totals = {}
+  path = run_dir / 'metrics.jsonl'
+  if not path.exists():
+    return totals
+  for line in path.read_text(encoding='utf-8').splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    for name, value in record.items():
+      if name.startswith('num_') and isinstance(value, (int, float)):
+        totals[name] = totals.get(name, 0) + int(value)
+  return totals
+
+
+def _no_contribution_cause(run_dir: pathlib.Path, summary: dict) -> str:
+  """Return a sentence on why no client contributed, from the round counts."""
+  totals = _round_totals(run_dir)
+  if summary.get('participation') is not None and totals.get(
+      'num_sampled', 0) == 0:
     return (' No client was online when sampled; raise '
             '`participation.availability`.')
-  if section['num_dropped'] == section['num_sampled']:
+  if totals.get('num_sampled', 0) and totals.get(
+      'num_dropped') == totals['num_sampled']:
     return ' Every sampled client dropped out; lower `sampling.dropout_rate`.'
-  if section['num_stragglers'] > 0:
-    return (f' {section["num_stragglers"]} updates missed '
+  if totals.get('num_stragglers', 0) and not totals.get('num_reported', 0):
+    return (f' {totals["num_stragglers"]} updates missed '
             '`participation.deadline_s` and were discarded; raise the '
-            'deadline or use `participation.straggler_policy=wait`.')
+            'deadline, lower `client.local_steps` or use '
+            '`participation.straggler_policy=wait`.')
+  if totals.get('num_nonfinite', 0):
+    return (f' {totals["num_nonfinite"]} updates were NaN or infinite and '
+            'were left out; lower `client.learning_rate` or check the data '
+            'for extreme values.')
+  if totals.get('num_sampled', 0) and not totals.get('num_examples', 0):
+    return ' The sampled clients have no training rows.'
   return ''
 
 
@@ -344,12 +368,17 @@ def _interrupt_on_sigterm() -> None:
   signal.signal(signal.SIGTERM, interrupt)
 
 
-def _print_interrupt(command: str, interrupt: StudyInterrupted) -> None:
-  """Print where an interrupted command left its results and how to resume."""
+def _print_interrupt(command: str, interrupt: StudyInterrupted,
+                     config: str | None = None) -> None:
+  """Print where an interrupted command left its results and how to resume.
+
+  `config` is the sweep's or matrix's TOML file, which their resume
+  command needs again.
+  """
+  again = f'fedjax-med {command} {config} --out {interrupt.run_dir} --resume'
   unit, records, resume = {
-      'sweep': ('point', 'points.jsonl',
-                f'--out {interrupt.run_dir} --resume'),
-      'matrix': ('run', 'cells.jsonl', f'--out {interrupt.run_dir} --resume'),
+      'sweep': ('point', 'points.jsonl', again),
+      'matrix': ('run', 'cells.jsonl', again),
   }.get(command, ('round', 'metrics.jsonl',
                   f'fedjax-med run --resume {interrupt.run_dir}'))
   count = interrupt.rounds_done
@@ -415,7 +444,7 @@ def _main(args) -> int:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 1
   except StudyInterrupted as interrupt:
-    _print_interrupt(args.command, interrupt)
+    _print_interrupt(args.command, interrupt, getattr(args, 'config', None))
     return 130
   _print_summary(run_dir, summary)
   return 0

@@ -577,12 +577,16 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         raise ValueError(value)
       return float(value)
     if annotation is str:
+      if isinstance(value, bool):
+        raise ValueError(value)
       return str(value)
   except (ValueError, TypeError):
     # TypeError: a TOML list or table where a single value belongs.
-    kind = {int: 'an integer', float: 'a number', bool: 'true or false'}
+    kind = {int: 'an integer', float: 'a number', bool: 'true or false',
+            str: 'a string'}
+    shown = _toml_text(value) if isinstance(value, bool) else repr(value)
     raise InputError(
-        f'`{key}` must be {kind.get(annotation, annotation)}; got {value!r}.'
+        f'`{key}` must be {kind.get(annotation, annotation)}; got {shown}.'
     ) from None
   raise TypeError(f'Unsupported config type {annotation} for `{key}`.')
 

@@ -227,6 +227,7 @@ def test_all_rounds_skipped_warns(capsys, tmp_path):
 
   assert status == 0
   assert 'all 2 rounds were skipped' in captured.err
+  assert 'Every sampled client dropped out' in captured.err
 
 
 def test_all_rounds_late_warns_of_deadline(capsys, tmp_path):
@@ -342,6 +343,15 @@ def test_aggregator_input_exits_2(capsys, tmp_path, args, expected):
 def test_interrupt_message_counts(capsys, tmp_path, command, count, expected):
   interrupt = cli.StudyInterrupted(tmp_path, count)
 
-  cli._print_interrupt(command, interrupt)  # pylint: disable=protected-access
+  cli._print_interrupt(command, interrupt, 'grid.toml')  # pylint: disable=protected-access
 
   assert expected in capsys.readouterr().err
+
+
+def test_interrupted_sweep_names_its_config(capsys, tmp_path):
+  interrupt = cli.StudyInterrupted(tmp_path, 2)
+
+  cli._print_interrupt('sweep', interrupt, 'grid.toml')  # pylint: disable=protected-access
+
+  assert (f'Continue with fedjax-med sweep grid.toml --out {tmp_path} '
+          '--resume.') in capsys.readouterr().err

@@ -120,3 +120,18 @@ def test_qffl_zero_q_matches_uniform_mean(tmp_path):
 def test_fednova_needs_plain_sgd():
   with pytest.raises(errors.InputError, match='fednova=true` needs'):
     _validate(fednova=True, optimizer='adam')
+
+
+@pytest.mark.parametrize('document, message', [
+    ('[server]\nrounds = true\n', '`server.rounds` must be an integer; got true.'),
+    ('[participation]\ndeadline_s = false\n',
+     '`participation.deadline_s` must be a number; got false.'),
+    ('[participation]\nstraggler_policy = true\n',
+     '`participation.straggler_policy` must be a string; got true.'),
+])
+def test_toml_boolean_shown_as_written(tmp_path, document, message):
+  path = tmp_path / 'bad.toml'
+  path.write_text(document)
+  with pytest.raises(errors.InputError) as error:
+    config_lib.load_toml(path)
+  assert str(error.value) == message
