@@ -227,33 +227,42 @@ def run_clock(setup: Setup, method: str, hours: float, seed: int,
     fb_state = buffered.init(state, jax.random.fold_in(run_key, 0))
     clock, index = 0.0, 0
     staleness = []
-    while clock < limit:
-      index += 1
-      fb_state, metrics = buffered.step(
-          fb_state, jax.random.fold_in(run_key, index))
+    # A step counts only if it ends within the budget.
+    while True:
+      stepped, metrics = buffered.step(
+          fb_state, jax.random.fold_in(run_key, index + 1))
+      if float(metrics['clock']) > limit:
+        break
+      fb_state, index = stepped, index + 1
       clock = float(metrics['clock'])
       totals['updates'] += int(metrics['num_contributing'])
       totals['sampled'] += int(metrics['num_dispatched'])
       staleness.append(float(metrics['mean_staleness']))
-      if clock >= next_eval or clock >= limit:
+      if clock >= next_eval:
         curve.append((clock, *setup.accuracy(fb_state.server.params)))
         next_eval = clock + evaluate_every_s
-    totals['steps'] = index
-    totals['mean_staleness'] = float(np.mean(staleness))
+    params = fb_state.server.params
+    totals['mean_staleness'] = (float(np.mean(staleness)) if staleness
+                                else None)
   else:
     round_fn = _sync_round(setup, method)
     clock, index = 0.0, 0
-    while clock < limit:
-      state, metrics = round_fn(state, jax.random.fold_in(run_key, index))
-      index += 1
+    while True:
+      stepped, metrics = round_fn(state, jax.random.fold_in(run_key, index))
+      if float(metrics['clock']) > limit:
+        break
+      state, index = stepped, index + 1
       clock = float(metrics['clock'])
       totals['updates'] += int(metrics['num_contributing'])
       totals['stragglers'] += int(metrics['num_stragglers'])
       totals['sampled'] += int(metrics['num_sampled'])
-      if clock >= next_eval or clock >= limit:
+      if clock >= next_eval:
         curve.append((clock, *setup.accuracy(state.params)))
         next_eval = clock + evaluate_every_s
-    totals['steps'] = index
+    params = state.params
+  totals['steps'] = index
+  if curve[-1][0] < clock:
+    curve.append((clock, *setup.accuracy(params)))
   return {
       'part': 'clock', 'method': method, 'seed': seed, 'hours': hours,
       'clients': setup.num_clients, 'curve': curve,
@@ -304,12 +313,18 @@ def run_privacy(setup: Setup, hours: float, seed: int) -> dict[str, Any]:
   state = round_lib.init_server_state(
       setup.params, optax.sgd(1.0), num_clients=setup.num_clients)
   run_key = jax.random.fold_in(setup.key, 3000)
-  available, clock, index = [], 0.0, 0
-  while clock < hours * 3600.0:
-    state, metrics = round_fn(state, jax.random.fold_in(run_key, index))
-    index += 1
-    clock = float(metrics['clock'])
+  available, index = [], 0
+  # A round counts only if it ends within the budget.
+  while True:
+    stepped, metrics = round_fn(state, jax.random.fold_in(run_key, index))
+    if float(metrics['clock']) > hours * 3600.0:
+      break
+    state, index = stepped, index + 1
     available.append(int(metrics['num_available']))
+  if not available:
+    raise ValueError(
+        f'No round of the privacy part ends within {hours:g} h; raise '
+        '--hours.')
   contributions = np.asarray(state.contributions)
   realized = participation_accounting.contribution_epsilon(
       contributions, noise_multiplier=NOISE_MULTIPLIER, delta=DELTA)
