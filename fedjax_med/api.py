@@ -266,6 +266,10 @@ def run(
   """
   from fedjax_med import study  # pylint: disable=g-import-not-at-top
 
+  for name in ('out', 'output', 'out_path', 'run_dir'):
+    if name in settings:
+      raise InputError(
+          f'`run` takes the output folder as `out_dir`, not `{name}`.')
   config = configure(config, **settings)
   options = {}
   if checkpoint_interval_s is not None:

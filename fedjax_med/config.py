@@ -619,6 +619,11 @@ def resolve_key(key: str) -> tuple[str | None, str]:
       if key in _field_types(type(getattr(ExperimentConfig(), section)))
   ]
   if not owners:
+    if key in _SECTIONS:
+      raise InputError(
+          f'`{key}` is a config section, not a key: write it as a table '
+          f'`[{key}]` in TOML, or set `{key}.<key>=value`.'
+      )
     raise InputError(
         f'Unknown config key `{key}`. Valid keys: {", ".join(all_keys())}.'
     )

@@ -44,6 +44,11 @@ def test_configure_rejects_bad_values_with_the_key_named():
     fm.configure(42)
 
 
+def test_run_names_out_dir(tmp_path):
+  with pytest.raises(InputError, match='as `out_dir`, not `out`'):
+    fm.run(out=str(tmp_path / 'r'))
+
+
 def test_result_matches_the_run_folder(result):
   lines = (result.run_dir / 'metrics.jsonl').read_text().splitlines()
   records = [json.loads(line) for line in lines]

@@ -135,3 +135,10 @@ def test_toml_boolean_shown_as_written(tmp_path, document, message):
   with pytest.raises(errors.InputError) as error:
     config_lib.load_toml(path)
   assert str(error.value) == message
+
+
+def test_section_given_a_value_rejected(tmp_path):
+  path = tmp_path / 'bad.toml'
+  path.write_text('server = 3\n')
+  with pytest.raises(errors.InputError, match=r'table `\[server\]`'):
+    config_lib.load_toml(path)

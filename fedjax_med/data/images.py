@@ -988,7 +988,8 @@ def _check_same_size(
       raise InputError(
           f'Images {paths[0]} ({first_size[0]}x{first_size[1]}) and {path} '
           f'({image.shape[0]}x{image.shape[1]}) differ in size. Pass '
-          'image_size=(height, width) to resize every image to one size.'
+          'image_size=(height, width), or `--set image_size=H,W` on the '
+          'command line, to resize every image to one size.'
       )
 
 

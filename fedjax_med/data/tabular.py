@@ -187,6 +187,12 @@ def _column_index(
     header: list[str], column: str, role: str, path: pathlib.Path
 ) -> int:
   if column not in header:
+    if len(header) == 1 and any(mark in header[0] for mark in ';\t|'):
+      raise InputError(
+          f'CSV file {path} has one column, {header[0]!r}: its cells seem '
+          'separated by another character than a comma. Save it with '
+          'commas between the cells.'
+      )
     raise InputError(
         f'CSV file {path} has no {role} column {column!r}. The header has '
         f'columns {header}. Pass one of them as `{role}_column`.'
@@ -324,6 +330,8 @@ def load_csv(
       the header, and the file line.
   """
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise InputError(f'CSV path {path} is a folder. Pass the CSV file.')
   if not path.is_file():
     raise InputError(f'CSV file {path} not found. Check the path.')
   try:

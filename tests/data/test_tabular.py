@@ -185,6 +185,18 @@ def test_csv_large_values_standardized(tmp_path):
   assert np.all(np.isfinite(dataset.test.examples['x']))
 
 
+def test_csv_semicolons_named(tmp_path):
+  path = _write(tmp_path, 'site;age;outcome\nA;40;0\nA;41;1\n')
+
+  with pytest.raises(InputError, match='commas between the cells'):
+    tabular.load_csv(path, client_column='site', label_column='outcome')
+
+
+def test_csv_path_folder_named(tmp_path):
+  with pytest.raises(InputError, match='is a folder'):
+    tabular.load_csv(tmp_path, client_column='site', label_column='outcome')
+
+
 def test_csv_labels_preserved(tmp_path):
   path = _good_csv(tmp_path)
 
