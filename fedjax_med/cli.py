@@ -23,6 +23,7 @@ import signal
 import sys
 
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
 from fedjax_med.errors import TrainingDiverged
@@ -396,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
   _interrupt_on_sigterm()
   parser = _parser()
   args = parser.parse_args(argv)
+  previous = interrupts.defer_ctrl_c()
   try:
     return _main(args)
   except KeyboardInterrupt:
@@ -403,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     print('fedjax-med: interrupted before any result was written.',
           file=sys.stderr)
     return 130
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def _main(args) -> int:

@@ -37,6 +37,7 @@ import numpy as np
 import tqdm
 
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med import study_attacks
 from fedjax_med import study_privacy
@@ -627,6 +628,7 @@ def run_matrix(
           on_record(record)
         bar.set_postfix_str(f'{cell.aggregator} / {cell.label}')
         bar.update(1)
+        interrupts.raise_if_requested()
   except KeyboardInterrupt:
     _write_results(run_dir, records, matrix, title)
     raise StudyInterrupted(run_dir, len(records)) from None

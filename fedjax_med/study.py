@@ -22,6 +22,7 @@ import tqdm
 
 from fedjax_med import checkpoint as checkpoint_lib
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study_attacks
 from fedjax_med import study_privacy
 from fedjax_med import study_participation
@@ -1323,6 +1324,7 @@ def _run_rounds(
       if on_round is not None:
         on_round(record)
       bar.update(1)
+      interrupts.raise_if_requested()
 
 
 def _backdoor_success(config, backdoor, state) -> dict[str, Any]:

@@ -61,6 +61,7 @@ import tqdm
 
 from fedjax_med import checkpoint as checkpoint_lib
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import matrix as matrix_lib
 from fedjax_med import study
 from fedjax_med.data import federated
@@ -520,6 +521,7 @@ class _Batched:
         if checkpointer.due():
           _save_batch(checkpointer, run_dir, name, indices, snapshot)
         bar.update(num_points)
+        interrupts.raise_if_requested()
     except KeyboardInterrupt:
       if snapshot[0] > first_round:
         _save_batch(checkpointer, run_dir, name, indices, snapshot)
@@ -821,6 +823,7 @@ def run_sweep(
           record = {'point': point.index, **point.settings, **record}
           writer.write(record)
           records[point.index] = record
+          interrupts.raise_if_requested()
   except KeyboardInterrupt:
     _write_results(run_dir, records, sweep)
     raise StudyInterrupted(run_dir, len(records)) from None

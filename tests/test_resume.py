@@ -13,6 +13,7 @@ import pytest
 
 from fedjax_med import checkpoint
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
@@ -107,6 +108,24 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches(
   study.resume_study(run_dir, progress=False)
   assert _records(run_dir) == _records(uninterrupted)
   assert _summary(run_dir) == _summary(uninterrupted)
+
+
+def test_stop_request_ends_after_the_round(uninterrupted, tmp_path):
+  # What the command line's first Ctrl-C does: request a stop, which the
+  # loop raises between rounds.
+  run_dir = tmp_path / 'stopped'
+
+  def request_in_round_5(record):
+    if record['round'] == 5:
+      interrupts.request_stop()
+
+  with pytest.raises(StudyInterrupted) as stopped:
+    study.run_study(_config(), run_dir, progress=False,
+                    on_round=request_in_round_5, checkpoint_interval_s=3600)
+  assert stopped.value.rounds_done == 5
+  assert checkpoint.Checkpointer(run_dir, 0).latest_step() == 5
+  study.resume_study(run_dir, progress=False)
+  assert _records(run_dir) == _records(uninterrupted)
 
 
 def test_resume_without_checkpoint_restarts_and_drops_partial_lines(

@@ -1,0 +1,50 @@
+"""Stop requests that take effect between rounds.
+
+Python's default Ctrl-C handler raises KeyboardInterrupt wherever the main
+thread is, including inside callbacks from JAX's C++ code, where it can be
+ignored or crash the process. The command line installs
+`defer_ctrl_c`: the first Ctrl-C only records a request, which the study,
+sweep and matrix loops turn into a KeyboardInterrupt between rounds with
+`raise_if_requested`. A second Ctrl-C raises at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+_requested = False
+
+
+def request_stop() -> None:
+  """Ask the running loop to stop after its current round."""
+  global _requested
+  _requested = True
+
+
+def raise_if_requested() -> None:
+  """Raise KeyboardInterrupt once if a stop was requested, and clear it."""
+  global _requested
+  if _requested:
+    _requested = False
+    raise KeyboardInterrupt
+
+
+def defer_ctrl_c():
+  """Make the first Ctrl-C a stop request and a second one immediate.
+
+  Clears any earlier request. Returns the previous SIGINT handler, for
+  `signal.signal` to restore.
+  """
+  global _requested
+  _requested = False
+
+  def handle(signum, frame):
+    del signum, frame
+    if _requested:
+      raise KeyboardInterrupt
+    request_stop()
+    print('fedjax-med: stopping after the current round; press Ctrl-C '
+          'again to stop at once.', file=sys.stderr, flush=True)
+
+  return signal.signal(signal.SIGINT, handle)
