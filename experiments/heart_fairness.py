@@ -525,11 +525,13 @@ def pooled_subgroup_table(records, grouping) -> list[str]:
   for algorithm, rows in _by_algorithm(records).items():
     pooled = [row['subgroups'][grouping]['pooled'] for row in rows]
     cells = [
-        results_page.mean_std([report['groups'][name]['accuracy'] for report in pooled])
+        results_page.mean_std(
+            [report['groups'][name]['accuracy'] for report in pooled])
         for name in names
     ]
     cells += [
-        results_page.mean_std([report['gaps'][gap]['value'] for report in pooled])
+        results_page.mean_std(
+            [report['gaps'][gap]['value'] for report in pooled])
         for gap in subgroups.GAPS
     ]
     lines.append(f'| {LABELS[algorithm]} | ' + ' | '.join(cells) + ' |')
@@ -548,7 +550,8 @@ def hospital_gap_table(records, grouping, client_names) -> list[str]:
     for rows in grouped.values():
       gaps = [row['subgroups'][grouping]['clients'][client]['gaps']
               for row in rows]
-      accuracy_gap = results_page.mean_std([gap['accuracy_gap']['value'] for gap in gaps])
+      accuracy_gap = results_page.mean_std(
+          [gap['accuracy_gap']['value'] for gap in gaps])
       opportunity_gap = results_page.mean_std(
           [gap['equal_opportunity_gap']['value'] for gap in gaps])
       cells.append(f'{accuracy_gap} / {opportunity_gap}')
@@ -579,7 +582,8 @@ def leave_one_out_table(records, client_names) -> list[str]:
                    for seed in outside if seed in inside]
     lines.append(
         f'| {client} | {results_page.mean_std(list(outside.values()))} | '
-        f'{results_page.mean_std(list(inside.values()))} | {results_page.mean_std(local)} | '
+        f'{results_page.mean_std(list(inside.values()))} | '
+        f'{results_page.mean_std(local)} | '
         f'{results_page.mean_std(differences)} |'
     )
   return lines
@@ -598,11 +602,13 @@ def render_results(records, dataset, groups_report, *, command, seeds,
   sections = [
       f'Command: `{command}`',
       '',
-      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
+      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: '
+      f'{elapsed_s:.0f} s.',
       '',
       f'Seeds {", ".join(str(seed) for seed in seeds)}, each with {rounds} '
       f'round{"" if rounds == 1 else "s"} of 100 local SGD steps. Cells '
-      'are the mean ± sample standard deviation over seeds, or n/a where a metric is undefined in every '
+      'are the mean ± sample standard deviation over seeds, or n/a where a '
+      'metric is undefined in every '
       f'seed. The retrained FedAvg of seed {seeds[0]} matched `run_study` '
       f'{reproduction}.',
       '',

@@ -149,8 +149,11 @@ def profile_table(records) -> list[str]:
       LABELS[name] for name in grouped) + ' |',
            '|---' * (len(grouped) + 1) + '|']
   for profile in PROFILE_NAMES:
-    cells = [results_page.mean_std([row['profile_accuracy'][profile] for row in rows])
-             for rows in grouped.values()]
+    cells = [
+        results_page.mean_std(
+            [row['profile_accuracy'][profile] for row in rows])
+        for rows in grouped.values()
+    ]
     lines.append(f'| {profile} | ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -196,7 +199,8 @@ def render_results(records, *, command: str, elapsed_s: float) -> str:
   return '\n'.join([
       f'Command: `{command}`',
       '',
-      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
+      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: '
+      f'{elapsed_s:.0f} s.',
       '',
       f"{first['clients']} sites, {first['rounds']} "
       f"round{'' if first['rounds'] == 1 else 's'}, seeds "

@@ -375,10 +375,13 @@ def clock_table(records, hours: float) -> list[str]:
             and r['method'] == method]
     if not runs:
       continue
-    cells = [results_page.mean_std([_accuracy_at(r['curve'], mark * 3600.0)
-                        for r in runs]) for mark in marks]
-    cells.append(results_page.mean_std([_accuracy_at(r['curve'], hours * 3600.0, 2)
-                            for r in runs]))
+    cells = [
+        results_page.mean_std(
+            [_accuracy_at(r['curve'], mark * 3600.0) for r in runs])
+        for mark in marks
+    ]
+    cells.append(results_page.mean_std(
+        [_accuracy_at(r['curve'], hours * 3600.0, 2) for r in runs]))
     steps = np.mean([r['steps'] for r in runs])
     updates = np.mean([r['updates'] for r in runs])
     stragglers = np.mean([r['stragglers'] for r in runs])
@@ -479,7 +482,8 @@ def render_results(records, args, *, command: str, elapsed_s: float) -> str:
   return '\n'.join([
       f'Command: `{command}`',
       '',
-      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: {elapsed_s:.0f} s.',
+      f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: '
+      f'{elapsed_s:.0f} s.',
       '',
       f'{args.clients} clients, seeds {seeds}. Cells are the mean ± sample '
       'standard deviation over seeds.',

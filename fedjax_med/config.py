@@ -584,9 +584,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     # TypeError: a TOML list or table where a single value belongs.
     kind = {int: 'an integer', float: 'a number', bool: 'true or false',
             str: 'a string'}
-    shown = _toml_text(value) if isinstance(value, bool) else repr(value)
+    written = _toml_text(value) if isinstance(value, bool) else repr(value)
     raise InputError(
-        f'`{key}` must be {kind.get(annotation, annotation)}; got {shown}.'
+        f'`{key}` must be {kind.get(annotation, annotation)}; got {written}.'
     ) from None
   raise TypeError(f'Unsupported config type {annotation} for `{key}`.')
 
@@ -894,8 +894,8 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
     if (value != getattr(defaults.privacy, name)
         and config.privacy.noise == 'none' and not client.dp_sgd):
       raise InputError(
-          f'`privacy.{name}={_toml_text(value)}` has no effect without client-level '
-          'noise (`privacy.noise`) or `client.dp_sgd=true`.'
+          f'`privacy.{name}={_toml_text(value)}` has no effect without '
+          'client-level noise (`privacy.noise`) or `client.dp_sgd=true`.'
       )
   if (config.privacy.target_epsilon is None
       and config.privacy.target_mode != defaults.privacy.target_mode):
@@ -1261,8 +1261,8 @@ def _validate_secure_aggregation(config: ExperimentConfig) -> None:
       value = getattr(secure, field.name)
       if field.name != 'enabled' and value != getattr(defaults, field.name):
         raise InputError(
-            f'`secure_aggregation.{field.name}={_toml_text(value)}` has no effect unless '
-            '`secure_aggregation.enabled=true`.'
+            f'`secure_aggregation.{field.name}={_toml_text(value)}` has no '
+            'effect unless `secure_aggregation.enabled=true`.'
         )
     return
   if secure.degree is not None and secure.graph != 'harary':

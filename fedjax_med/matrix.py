@@ -8,7 +8,8 @@ folder:
 * `cells.jsonl`: one line per cell and seed, written as each finishes, so an
   interrupted matrix keeps its finished cells and `resume=True` skips them.
 * `table.md`, `table.csv`: per cell, the mean and population standard
-  deviation (ddof=0) over seeds of the clean accuracy, worst-client accuracy and backdoor success.
+  deviation (ddof=0) over seeds of the clean accuracy, worst-client
+  accuracy and backdoor success.
 * `heatmap.png`: the same three metrics as heatmaps, aggregators by cell.
 
 The robust aggregators are given the size of the attack: Krum, multi-Krum and

@@ -657,9 +657,9 @@ def _epsilon(config, prepared, num_rounds) -> float | None:
 def _valid_epsilon(summary: dict[str, Any]) -> float | None:
   """Return the run's epsilon, or the smaller claim from participation.
 
-  When clients can be offline, the accountant's epsilon assumes every
-  client online and is not an upper bound; the claims built from the
-  recorded participation are.
+  When clients can be offline, the accountant's epsilon is not an upper
+  bound, because it assumes every client online. The claims built from the
+  recorded participation are upper bounds.
   """
   claims = (summary.get('participation') or {}).get('privacy')
   if claims is not None and summary['privacy'].get('guarantee_holds') is False:

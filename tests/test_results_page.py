@@ -36,20 +36,15 @@ def test_replace_results_creates_page(tmp_path):
   assert page.read_text() == '# Results\n\n<!-- s -->\nrows\n<!-- e -->\n'
 
 
-def test_replace_results_needs_markers(tmp_path):
+@pytest.mark.parametrize('text, message', [
+    ('# Title\n<!-- s -->\n', '<!-- e -->'),
+    ('# Title\n<!-- e -->\nnotes\n<!-- s -->\n', 'in this order'),
+], ids=['end_missing', 'reversed'])
+def test_replace_results_rejects_markers(tmp_path, text, message):
   page = tmp_path / 'page.md'
-  page.write_text('# Title\n<!-- s -->\n')
+  page.write_text(text)
 
-  with pytest.raises(ValueError, match='<!-- e -->'):
+  with pytest.raises(ValueError, match=message):
     results_page.replace_results(page, 'rows', start='<!-- s -->',
                                  end='<!-- e -->', title='Results')
-
-
-def test_replace_results_needs_markers_in_order(tmp_path):
-  page = tmp_path / 'page.md'
-  page.write_text('# Title\n<!-- e -->\nnotes\n<!-- s -->\n')
-
-  with pytest.raises(ValueError, match='in this order'):
-    results_page.replace_results(page, 'rows', start='<!-- s -->',
-                                 end='<!-- e -->', title='Results')
-  assert page.read_text() == '# Title\n<!-- e -->\nnotes\n<!-- s -->\n'
+  assert page.read_text() == text

@@ -15,8 +15,9 @@ import numpy as np
 def mean_std(values: Sequence[float | None]) -> str:
   """Format the mean ± sample standard deviation over seeds.
 
-  None marks a seed where the metric is undefined: it is left out, and the
-  cell says how many seeds remain, or 'n/a' when none does.
+  None marks a seed where the metric is undefined. Such seeds are left out,
+  and the cell gives the count of remaining seeds, or 'n/a' when none
+  remains.
   """
   present = [value for value in values if value is not None]
   if not present:
