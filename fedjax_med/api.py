@@ -81,8 +81,8 @@ def configure(
         f'{names} is set both in overrides and as a keyword argument; set it '
         'once.'
     )
-  config = config_lib.apply_overrides(config, overrides)
-  config = config_lib.apply_overrides(config, settings)
+  config = config_lib.apply_overrides(config, overrides, strict=True)
+  config = config_lib.apply_overrides(config, settings, strict=True)
   config_lib.validate(config)
   return config
 

@@ -13,6 +13,8 @@ with the seed; `experiments/heart_disease_flamby.toml` keeps 1e-3.
 
 import dataclasses
 import math
+import numbers
+import os
 import pathlib
 import tomllib
 import types
@@ -531,8 +533,52 @@ def _field_types(section_class) -> dict[str, Any]:
   return {field.name: hints[field.name] for field in dataclasses.fields(section_class)}
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-  """Convert `value` (TOML value or override string) to the field's type."""
+_KINDS = {int: 'an integer', float: 'a number', bool: 'true or false',
+          str: 'a string'}
+
+
+def _check_typed(key: str, value: Any, annotation: Any) -> None:
+  """Raise unless a typed value (TOML, JSON or Python) fits `annotation`.
+
+  Strings are text only where the field is text: TOML's `rounds = "2"` is
+  a mistake that parsing would hide, and so is `csv_path = 5`.
+  """
+  name = key.rsplit('.', 1)[-1]
+  if annotation is str:
+    if isinstance(value, (str, os.PathLike)):
+      return
+    hint = ''
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+      hint = f' Put it in quotes: `{name} = "{_toml_text(value)}"`.'
+    raise InputError(
+        f'`{key}` must be a string; got {_toml_text(value)}.{hint}')
+  if isinstance(value, str):
+    kind, written = _KINDS.get(annotation), value
+    if typing.get_origin(annotation) is tuple:
+      items = [item.strip() for item in value.strip('()[] ').split(',')
+               if item.strip()]
+      if typing.get_args(annotation)[0] is str:
+        items = [f'"{item}"' for item in items]
+      kind, written = 'a list', f'[{", ".join(items)}]'
+    raise InputError(
+        f'`{key}` must be {kind}; got the string {value!r}. Write it without '
+        f'quotes: `{name} = {written}`.'
+    )
+
+
+def _coerce(
+    key: str, value: Any, annotation: Any, *, strict: bool = False
+) -> Any:
+  """Convert `value` to the field's type.
+
+  Args:
+    key: the config key, for messages.
+    value: a TOML, JSON or Python value, or a command-line string.
+    annotation: the field's type.
+    strict: reject text for a number, flag or list field, and anything
+      but text for a text field. Set for values that carry their own type
+      (TOML, JSON, Python); leave unset for `--set` strings.
+  """
   if isinstance(value, str) and not value.strip():
     raise InputError(
         f'`{key}` is empty. Give a value, or `none` where the key allows it.'
@@ -545,6 +591,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     ):
       return None
     annotation = next(arg for arg in args if arg is not type(None))
+  if strict:
+    _check_typed(key, value, annotation)
   if typing.get_origin(annotation) is tuple:
     items = value
     if isinstance(value, str):
@@ -556,7 +604,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if item_type is str:
       items = [item.strip() if isinstance(item, str) else item
                for item in items]
-    return tuple(_coerce(key, item, item_type) for item in items)
+    return tuple(_coerce(key, item, item_type, strict=strict)
+                 for item in items)
   try:
     if annotation is bool:
       if isinstance(value, str):
@@ -582,11 +631,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
       return str(value)
   except (ValueError, TypeError):
     # TypeError: a TOML list or table where a single value belongs.
-    kind = {int: 'an integer', float: 'a number', bool: 'true or false',
-            str: 'a string'}
     written = _toml_text(value) if isinstance(value, bool) else repr(value)
     raise InputError(
-        f'`{key}` must be {kind.get(annotation, annotation)}; got {written}.'
+        f'`{key}` must be {_KINDS.get(annotation, annotation)}; got {written}.'
     ) from None
   raise TypeError(f'Unsupported config type {annotation} for `{key}`.')
 
@@ -645,18 +692,26 @@ def all_keys() -> list[str]:
 
 
 def apply_overrides(
-    config: ExperimentConfig, overrides: dict[str, Any]
+    config: ExperimentConfig, overrides: dict[str, Any], *,
+    strict: bool = False,
 ) -> ExperimentConfig:
-  """Return `config` with fields replaced, keyed by `section.field` or `field`."""
+  """Return `config` with fields replaced, keyed by `section.field` or `field`.
+
+  Set `strict` when the values carry their own types (TOML, JSON, Python):
+  then `"2"` is not an integer and `5` is not a path. Command-line strings
+  are parsed, so leave it unset for them.
+  """
   for key, value in overrides.items():
     section, name = resolve_key(key)
     if section is None:
       annotation = _field_types(ExperimentConfig)[name]
-      config = dataclasses.replace(config, **{name: _coerce(key, value, annotation)})
+      config = dataclasses.replace(
+          config, **{name: _coerce(key, value, annotation, strict=strict)})
       continue
     current = getattr(config, section)
     annotation = _field_types(type(current))[name]
-    updated = dataclasses.replace(current, **{name: _coerce(key, value, annotation)})
+    updated = dataclasses.replace(
+        current, **{name: _coerce(key, value, annotation, strict=strict)})
     config = dataclasses.replace(config, **{section: updated})
   return config
 
@@ -739,7 +794,7 @@ def from_document(document: dict[str, Any]) -> ExperimentConfig:
         overrides[f'{key}.{name}'] = inner
     else:
       overrides[key] = value
-  return apply_overrides(ExperimentConfig(), overrides)
+  return apply_overrides(ExperimentConfig(), overrides, strict=True)
 
 
 def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

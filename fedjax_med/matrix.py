@@ -117,8 +117,11 @@ def matrix_from_document(
       repeated entry.
   """
   values = dict(section)
+  # Command-line strings are parsed; TOML values must have the right type.
+  typed = set(values)
   for key, value in (overrides or {}).items():
     values[key.removeprefix('matrix.')] = value
+    typed.discard(key.removeprefix('matrix.'))
   fields = {field.name for field in dataclasses.fields(MatrixConfig)}
   for key in values:
     if key not in fields:
@@ -140,7 +143,8 @@ def matrix_from_document(
   if 'malicious_fractions' in values:
     fractions = []
     for item in _as_list('malicious_fractions', values['malicious_fractions']):
-      fraction = config_lib._coerce('matrix.malicious_fractions', item, float)
+      fraction = config_lib._coerce('matrix.malicious_fractions', item, float,
+                                    strict='malicious_fractions' in typed)
       if not 0.0 <= fraction < 1.0:
         raise InputError(
             f'`matrix.malicious_fractions` has {fraction}; each fraction '
@@ -149,7 +153,8 @@ def matrix_from_document(
       fractions.append(fraction)
     built['malicious_fractions'] = tuple(fractions)
   if 'seeds' in values:
-    seeds = [config_lib._coerce('matrix.seeds', item, int)
+    seeds = [config_lib._coerce('matrix.seeds', item, int,
+                                strict='seeds' in typed)
              for item in _as_list('seeds', values['seeds'])]
     for seed in seeds:
       if not 0 <= seed <= config_lib.MAX_SEED:
@@ -174,7 +179,8 @@ def matrix_from_document(
             f'`matrix.strengths` has attack {name!r}, which takes no strength '
             'or does not exist.'
         )
-      strength = config_lib._coerce(f'matrix.strengths.{name}', value, float)
+      strength = config_lib._coerce(f'matrix.strengths.{name}', value, float,
+                                    strict='strengths' in typed)
       if not math.isfinite(strength):
         raise InputError(
             f'`matrix.strengths.{name}` must be finite; got {strength}.'

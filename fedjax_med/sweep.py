@@ -163,12 +163,16 @@ def sweep_from_document(
   section = dict(section)
   variants_table = section.pop('variants', None)
   values = dict(_flat_items(section))
+  # Command-line strings are parsed; TOML values must have the right type.
+  typed = set(values)
   for key, value in (overrides or {}).items():
     values[key.removeprefix('sweep.')] = value
+    typed.discard(key.removeprefix('sweep.'))
   seeds = (base.seed,)
   if 'seeds' in values:
     seeds = tuple(
-        config_lib._coerce('sweep.seeds', item, int)  # pylint: disable=protected-access
+        config_lib._coerce(  # pylint: disable=protected-access
+            'sweep.seeds', item, int, strict='seeds' in typed)
         for item in _as_values('seeds', values.pop('seeds'))
     )
     for seed in seeds:
@@ -186,7 +190,7 @@ def sweep_from_document(
     items = _as_values(key, value)
     # Checks the key and each value's type now, before any training.
     for item in items:
-      config_lib.apply_overrides(base, {key: item})
+      config_lib.apply_overrides(base, {key: item}, strict=key in typed)
     axes.append((key, items))
   variants = (('', ()),)
   if variants_table is not None:
@@ -209,7 +213,7 @@ def sweep_from_document(
               f'`sweep.variants.{name}` sets `{key}`, which is also a sweep '
               'axis. Sweep it in one place only.'
           )
-        config_lib.apply_overrides(base, {key: item})
+        config_lib.apply_overrides(base, {key: item}, strict=True)
       variants.append((str(name), pairs))
     variants = tuple(variants)
   return SweepConfig(axes=tuple(axes), variants=variants, seeds=seeds)

@@ -31,6 +31,8 @@ def _base(**overrides):
     ({'strengths': 'sign_flip'}, 'attack:strength'),
     ({'strengths': 'sign_flip:1,sign_flip:2'}, 'twice'),
     ({'seeds': [[0]]}, 'integer'),
+    ({'seeds': '0,1'}, 'got the string'),
+    ({'malicious_fractions': ['0.1']}, 'got the string'),
     ({'malicious_fractions': [[0.1]]}, 'number'),
 ])
 def test_bad_matrix_rejected(section, message):

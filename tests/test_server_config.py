@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fedjax_med as fm
 from fedjax_med import config as config_lib
 from fedjax_med import errors
 from fedjax_med import study
@@ -135,6 +136,46 @@ def test_toml_boolean_shown_as_written(tmp_path, document, message):
   with pytest.raises(errors.InputError) as error:
     config_lib.load_toml(path)
   assert str(error.value) == message
+
+
+@pytest.mark.parametrize('document, message', [
+    ('[server]\nrounds = "2"\n',
+     "`server.rounds` must be an integer; got the string '2'. Write it "
+     'without quotes: `rounds = 2`.'),
+    ('[client]\nlearning_rate = "0.1"\n',
+     "`client.learning_rate` must be a number; got the string '0.1'. Write "
+     'it without quotes: `learning_rate = 0.1`.'),
+    ('[client]\ndp_sgd = "true"\n',
+     "`client.dp_sgd` must be true or false; got the string 'true'. Write "
+     'it without quotes: `dp_sgd = true`.'),
+    ('[model]\nhidden_sizes = "32,16"\n',
+     "`model.hidden_sizes` must be a list; got the string '32,16'. Write it "
+     'without quotes: `hidden_sizes = [32, 16]`.'),
+    ('[data]\ncsv_path = 5\n',
+     '`data.csv_path` must be a string; got 5. Put it in quotes: '
+     '`csv_path = "5"`.'),
+])
+def test_toml_value_of_wrong_type_rejected(tmp_path, document, message):
+  # The same text on the command line is parsed (`--set rounds=2`), but a
+  # TOML value carries its type, and a quoted number there is a mistake.
+  path = tmp_path / 'bad.toml'
+  path.write_text(document)
+  with pytest.raises(errors.InputError) as error:
+    config_lib.load_toml(path)
+  assert str(error.value) == message
+
+
+def test_typed_values_keep_optional_none_and_numpy_numbers():
+  config = fm.configure(rounds=np.int64(4), clip_norm='none',
+                        learning_rate=np.float32(0.5))
+  assert (config.server.rounds, config.privacy.clip_norm) == (4, None)
+  assert config.client.learning_rate == 0.5
+  with pytest.raises(errors.InputError, match="got the string '4'"):
+    fm.configure(rounds='4')
+  # Command-line values are strings and stay parsed.
+  config = config_lib.apply_overrides(config_lib.ExperimentConfig(),
+                                      {'rounds': '4'})
+  assert config.server.rounds == 4
 
 
 def test_section_given_a_value_rejected(tmp_path):
