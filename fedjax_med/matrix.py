@@ -744,7 +744,13 @@ def check_same_settings(saved, settings, run_dir) -> None:
       if old.get(key, defaults.get(key)) != new.get(key)
   )
   if differing:
-    shown = ', '.join(key.removeprefix('base.') for key in differing[:5])
+    def written(document, key):
+      if key not in document and key not in defaults:
+        return 'unset'
+      return json.dumps(document.get(key, defaults.get(key)))
+    shown = '; '.join(
+        f'{key.removeprefix("base.")} was {written(old, key)}, now '
+        f'{written(new, key)}' for key in differing)
     raise InputError(
         f'The settings differ from the ones {run_dir} was started with: '
         f'{shown}. Resume with the same config file and --set values, or '

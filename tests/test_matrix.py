@@ -281,3 +281,22 @@ def test_resume_names_changed_setting(tmp_path):
 
   assert rows[0]['completed'] == 1
   assert len(_records(run_dir)) == 1
+
+
+def test_resume_rejection_names_every_changed_setting():
+  base = config_lib.to_dict(config_lib.ExperimentConfig())
+  saved = json.loads(json.dumps({'base': base, 'matrix': {'seeds': [0, 1]}}))
+  changed = json.loads(json.dumps(saved))
+  keys = ('rounds', 'learning_rate', 'local_steps', 'batch_size',
+          'aggregator', 'trim_fraction')
+  for key in keys:
+    section, name = config_lib.resolve_key(key)
+    changed['base'][section][name] = 'changed'
+  changed['matrix']['seeds'] = [0]
+  with pytest.raises(errors.InputError) as error:
+    matrix_lib.check_same_settings(saved, changed, 'runs/m')
+  message = str(error.value)
+  for key in keys:
+    assert f'.{key} was ' in message
+  assert 'server.rounds was 15, now "changed"' in message
+  assert 'matrix.seeds was [0, 1], now [0]' in message
