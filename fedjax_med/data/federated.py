@@ -142,6 +142,31 @@ class FederatedDataset:
     return int(self.train.examples['x'].shape[-1])
 
 
+def check_test_fraction(value: float, *, allow_zero: bool = True) -> float:
+  """Return `value` as a float, or raise InputError if it is not a fraction.
+
+  Args:
+    value: the share of each client's rows held out for testing.
+    allow_zero: accept 0 (no test rows); else the range is (0, 1).
+  """
+  interval = '[0, 1)' if allow_zero else '(0, 1)'
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, float, np.integer, np.floating))
+      or not (0.0 <= value < 1.0 if allow_zero else 0.0 < value < 1.0)):
+    raise InputError(
+        f'`test_fraction` must be a number in {interval}; got {value!r}.')
+  return float(value)
+
+
+def check_seed(value: int) -> int:
+  """Return `value` as an int, or raise InputError unless it is >= 0."""
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, np.integer)) or value < 0):
+    raise InputError(
+        f'`seed` must be an integer >= 0, as numpy seeds are; got {value!r}.')
+  return int(value)
+
+
 def bundled_folder(name: str) -> pathlib.Path:
   """Return the folder of a dataset bundled under `fedjax_med/data/files/`."""
   resource = importlib.resources.files('fedjax_med.data') / 'files' / name

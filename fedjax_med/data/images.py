@@ -120,16 +120,6 @@ def _check_scale(name: str, value: float) -> None:
     raise InputError(f'`{name}` must be a finite number >= 0; got {value!r}.')
 
 
-def _check_test_fraction(test_fraction: float) -> None:
-  if not (
-      isinstance(test_fraction, (int, float, np.integer, np.floating))
-      and 0.0 <= test_fraction < 1.0
-  ):
-    raise InputError(
-        f'`test_fraction` must be in [0, 1); got {test_fraction!r}.'
-    )
-
-
 def site_names(num_sites: int) -> tuple[str, ...]:
   """Return 'site_000', 'site_001', ..., with at least three digits."""
   width = max(3, len(str(num_sites - 1)))
@@ -268,7 +258,7 @@ def digits_dataset(
   """
   _check_key(key)
   _check_count('num_clients', num_clients, 1)
-  _check_test_fraction(test_fraction)
+  federated.check_test_fraction(test_fraction)
   images, labels = load_digits()
   partition_key, split_key = jax.random.split(key)
 
@@ -943,7 +933,7 @@ def load_image_folder(
   """
   _check_key(key)
   size = _check_image_size(image_size)
-  _check_test_fraction(test_fraction)
+  federated.check_test_fraction(test_fraction)
   layout = scan_image_folder(root)
 
   paths = [path for site_files in layout.files for path, _ in site_files]
@@ -1196,7 +1186,7 @@ def load_npz_sites(
       label is negative, fractional or >= `num_classes`.
   """
   _check_key(key)
-  _check_test_fraction(test_fraction)
+  federated.check_test_fraction(test_fraction)
   if num_classes is not None:
     _check_count('num_classes', num_classes, 1)
   files = _npz_paths(paths)

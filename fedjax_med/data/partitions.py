@@ -710,8 +710,7 @@ def build_dataset(
   _, num_classes = _check_labels(y, num_classes, 'y')
   client_indices = _check_client_indices(client_indices, len(y))
   _check_no_overlap(client_indices, len(y))
-  if not 0.0 <= test_fraction < 1.0:
-    raise InputError(f'`test_fraction` must be in [0, 1); got {test_fraction}.')
+  federated.check_test_fraction(test_fraction)
   num_clients = len(client_indices)
   client_names = _names_or_default(client_names, num_clients, 'client_names',
                                    'client_')

@@ -48,10 +48,24 @@ def _validate(
     min_examples: int,
     max_examples: int,
     test_fraction: float,
+    lognormal_mean: float,
     lognormal_sigma: float,
     iid: bool,
 ) -> None:
   """Raise InputError unless the generator arguments are in range."""
+  federated.check_test_fraction(test_fraction)
+  counts = dict(num_clients=num_clients, num_features=num_features,
+                num_classes=num_classes, min_examples=min_examples,
+                max_examples=max_examples)
+  for name, value in counts.items():
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise InputError(f'`{name}` must be an integer; got {value!r}.')
+  for name, value in dict(alpha=alpha, beta=beta, lognormal_mean=lognormal_mean,
+                          lognormal_sigma=lognormal_sigma).items():
+    if (isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not np.isfinite(value)):
+      raise InputError(f'`{name}` must be a finite number; got {value!r}.')
   checks = (
       (num_clients >= 1, 'num_clients', num_clients, '>= 1'),
       (alpha >= 0, 'alpha', alpha, '>= 0'),
@@ -61,7 +75,6 @@ def _validate(
       (min_examples >= 1, 'min_examples', min_examples, '>= 1'),
       (max_examples >= min_examples, 'max_examples', max_examples,
        f'>= min_examples ({min_examples})'),
-      (0 <= test_fraction < 1, 'test_fraction', test_fraction, 'in [0, 1)'),
       (lognormal_sigma >= 0, 'lognormal_sigma', lognormal_sigma, '>= 0'),
   )  # fmt: skip
   for passed, name, value, requirement in checks:
@@ -267,7 +280,8 @@ def synthetic(
       num_clients=num_clients, alpha=alpha, beta=beta,
       num_features=num_features, num_classes=num_classes,
       min_examples=min_examples, max_examples=max_examples,
-      test_fraction=test_fraction, lognormal_sigma=lognormal_sigma, iid=iid,
+      test_fraction=test_fraction, lognormal_mean=lognormal_mean,
+      lognormal_sigma=lognormal_sigma, iid=iid,
   )  # fmt: skip
   count_key, clients_key = jax.random.split(key)
 

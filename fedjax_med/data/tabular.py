@@ -43,12 +43,11 @@ def stratified_split(
     hold every index in `range(len(labels))` once.
 
   Raises:
-    InputError: if `test_fraction` is not in (0, 1) or `labels` is not 1-D.
+    InputError: if `test_fraction` is not in (0, 1), `seed` is not an
+      integer >= 0 or `labels` is not 1-D.
   """
-  if not 0.0 < test_fraction < 1.0:
-    raise InputError(
-        f'`test_fraction` must be in (0, 1); got {test_fraction}.'
-    )
+  federated.check_test_fraction(test_fraction, allow_zero=False)
+  seed = federated.check_seed(seed)
   labels = np.asarray(labels)
   if labels.ndim != 1:
     raise InputError(f'`labels` must be 1-D; got shape {labels.shape}.')
@@ -322,13 +321,16 @@ def load_csv(
     `num_classes = max label + 1`.
 
   Raises:
-    InputError: if the file is missing, empty or not UTF-8 text, if the header
+    InputError: if `test_fraction` is not in (0, 1) or `seed` is not an
+      integer >= 0, if the file is missing, empty or not UTF-8 text, if the header
       lacks either column, or if a row has the wrong number of cells, an empty
       cell, a value that is not a finite number, or a label that is not a
       whole number >= 0, or if the labels are not exactly 0 to K - 1 for
       some K >= 2 (every class present in the file). Row errors give the 1-based data row, not counting
       the header, and the file line.
   """
+  federated.check_test_fraction(test_fraction, allow_zero=False)
+  seed = federated.check_seed(seed)
   path = pathlib.Path(path)
   if path.is_dir():
     raise InputError(f'CSV path {path} is a folder. Pass the CSV file.')

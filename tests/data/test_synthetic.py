@@ -162,6 +162,10 @@ def test_synthetic_alpha_zero_labels_vary(key):
         ({'num_features': 0}, 'num_features'),
         ({'test_fraction': 1.0}, 'test_fraction'),
         ({'lognormal_sigma': -1.0}, 'lognormal_sigma'),
+        ({'test_fraction': '0.2'}, 'test_fraction'),
+        ({'num_clients': 4.0}, 'num_clients'),
+        ({'alpha': '1'}, 'alpha'),
+        ({'lognormal_mean': float('nan')}, 'lognormal_mean'),
     ],
 )
 def test_synthetic_invalid_arguments(key, overrides, name):

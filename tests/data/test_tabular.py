@@ -93,12 +93,25 @@ def test_split_small_client():
   np.testing.assert_array_equal(test, [0])
 
 
-@pytest.mark.parametrize('test_fraction', [0.0, 1.0, -0.1, 1.5])
+@pytest.mark.parametrize('test_fraction', [0.0, 1.0, -0.1, 1.5, '0.3', True])
 def test_split_invalid_fraction(test_fraction):
   with pytest.raises(InputError, match='test_fraction'):
     tabular.stratified_split(
         np.zeros(10), test_fraction=test_fraction, seed=0
     )
+
+
+@pytest.mark.parametrize('arguments, message', [
+    ({'seed': -1}, r"`seed` must be an integer >= 0.*got -1\."),
+    ({'seed': 1.5}, '`seed` must be an integer'),
+    ({'seed': '0'}, '`seed` must be an integer'),
+    ({'test_fraction': '0.3'}, r"`test_fraction` must be a number in \(0, 1\)"),
+])
+def test_csv_bad_split_arguments_named_before_reading(arguments, message):
+  # The path does not exist: the arguments are checked first.
+  with pytest.raises(InputError, match=message):
+    tabular.load_csv('missing.csv', client_column='site', label_column='y',
+                     **arguments)
 
 
 def test_zscore_train_stats():
