@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from fedjax_med.aggregation import clipping_aggregators
 from fedjax_med.aggregation import registry
 from fedjax_med.report import machine
+from fedjax_med.report import script_help
 
 CENTERED_CLIPPING = 'centered_clipping'
 REFERENCE = 'mean'
@@ -486,7 +487,9 @@ def markdown(rows, command: str, settings: str) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--clients', type=int, nargs='+', default=[10000],
       help='cohort sizes to time, each at least 3 (default: 10000)',

@@ -43,6 +43,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import synthetic
 from fedjax_med.models import tabular
 from fedjax_med.report import machine
+from fedjax_med.report import script_help
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -226,7 +227,9 @@ def markdown(rows, command: str, settings: str) -> str:
 
 
 def _parse_args(argv) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--clients', type=int, nargs='+', default=[1000, 10000],
       help='numbers of clients, each both the population and the cohort '

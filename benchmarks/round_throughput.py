@@ -27,6 +27,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import synthetic
 from fedjax_med.models import tabular
 from fedjax_med.report import machine
+from fedjax_med.report import script_help
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -127,12 +128,19 @@ def _markdown(rows, settings) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--clients', type=int, nargs='+',
-                      default=[100, 1000, 10000])
-  parser.add_argument('--local-steps', type=int, default=10)
-  parser.add_argument('--batch-size', type=int, default=10)
-  parser.add_argument('--max-examples', type=int, default=20)
+                      default=[100, 1000, 10000],
+                      help='cohort sizes to time; every client is in the '
+                      'cohort')
+  parser.add_argument('--local-steps', type=int, default=10,
+                      help='SGD steps of each client per round')
+  parser.add_argument('--batch-size', type=int, default=10,
+                      help='examples per local step')
+  parser.add_argument('--max-examples', type=int, default=20,
+                      help='largest number of rows of a synthetic client')
   parser.add_argument('--results', default=None,
                       help='markdown page to append the table to')
   args = parser.parse_args(argv)

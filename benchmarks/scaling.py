@@ -69,6 +69,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.models import tabular
 from fedjax_med.report import machine
+from fedjax_med.report import script_help
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -680,7 +681,9 @@ def plot(results, variants, path) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--clients', type=int, nargs='+', default=[100, 1000, 10000, 100000],
       help='population sizes; every client is in the cohort (default: 100 '

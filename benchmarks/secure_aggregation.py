@@ -54,6 +54,7 @@ from fedjax_med.data import federated
 from fedjax_med.data import synthetic
 from fedjax_med.models import tabular
 from fedjax_med.report import machine
+from fedjax_med.report import script_help
 from fedjax_med.secure import protocol
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
@@ -304,7 +305,9 @@ def markdown(results, command, *, load_before, load_after) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--population', type=int, default=10_000,
       help='clients in the population (default: 10000)',

@@ -69,6 +69,7 @@ from fedjax_med import study
 from fedjax_med import sweep as sweep_lib
 from fedjax_med.errors import TrainingDiverged
 from fedjax_med.report import machine
+from fedjax_med.report import script_help
 
 # Recorded once per XLA backend compilation (checked with JAX 0.10.2).
 COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
@@ -344,7 +345,9 @@ def markdown(rows, command: str, load_average: float | None) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--workloads', nargs='+', choices=list(WORKLOADS),
       default=list(WORKLOADS),

@@ -59,6 +59,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.models import tabular
 from fedjax_med.report import machine
+from fedjax_med.report import script_help
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -431,7 +432,9 @@ def markdown(results, command, *, load_before, load_after) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--clients', type=int, default=1000,
       help='number of clients, all in the cohort (default: 1000)',

@@ -50,6 +50,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.privacy import accounting
 from fedjax_med.privacy import audit
+from fedjax_med.report import script_help
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
@@ -277,7 +278,9 @@ def _comparison(row: dict[str, Any]) -> str:
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--noise-multipliers', type=float, nargs='+', default=None,
       help='noise multipliers of the real round (default: '

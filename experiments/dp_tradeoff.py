@@ -63,6 +63,7 @@ from fedjax_med import study_privacy
 from fedjax_med.data import federated
 from fedjax_med.errors import InputError
 from fedjax_med.report import outputs
+from fedjax_med.report import script_help
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
 
@@ -522,7 +523,9 @@ def plot_tradeoff(
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--seeds', type=int, nargs='+', default=None,
       help='experiment seeds of every setting; the first one is attacked '

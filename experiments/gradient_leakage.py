@@ -70,6 +70,7 @@ from fedjax_med.privacy.clipping import clip_update
 from fedjax_med.privacy.noise import add_gaussian_noise
 from fedjax_med.report import machine
 from fedjax_med.report import outputs
+from fedjax_med.report import script_help
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -576,7 +577,9 @@ def _seed(text: str) -> int:
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--quick', action='store_true',
                       help='reduced sizes for a smoke test.')
   parser.add_argument('--seed', type=_seed, default=0,

@@ -56,6 +56,7 @@ from fedjax_med.data import tabular
 from fedjax_med.evaluation import subgroups
 from fedjax_med.report import machine
 from fedjax_med.report import results_page
+from fedjax_med.report import script_help
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
 
@@ -725,7 +726,9 @@ def plot_results(
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
 
   parser.add_argument(
       '--seeds', type=int, nargs='+', default=list(DEFAULT_SEEDS),

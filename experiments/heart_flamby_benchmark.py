@@ -64,6 +64,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
 from fedjax_med.models import tabular
+from fedjax_med.report import script_help
 from fedjax_med.server import optimizers
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
@@ -151,7 +152,9 @@ class Row(NamedTuple):
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--seeds', type=int, nargs='+', default=list(SEEDS),
       help='seeds of the initial model and of the batch shuffles',

@@ -47,6 +47,7 @@ from fedjax_med.errors import InputError
 from fedjax_med.report import image_plots
 from fedjax_med.report import machine
 from fedjax_med.report import results_page
+from fedjax_med.report import script_help
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_MARKDOWN = ROOT / 'experiments' / 'imaging_scanner_shift.md'
@@ -219,7 +220,9 @@ def render_results(records, *, command: str, elapsed_s: float) -> str:
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
                       help='seeds; each runs every algorithm once')
   parser.add_argument('--rounds', type=int, default=20,
@@ -227,7 +230,8 @@ def parse_args(argv):
   parser.add_argument('--clients', type=int, default=100,
                       help='sites the 1,797 digits are dealt into')
   parser.add_argument('--algorithms', nargs='+', default=list(ALGORITHMS),
-                      choices=list(ALGORITHMS))
+                      choices=list(ALGORITHMS),
+                      help='algorithms to run, each on every seed')
   parser.add_argument('--markdown', type=pathlib.Path,
                       default=DEFAULT_MARKDOWN,
                       help='results page; the block between its markers '

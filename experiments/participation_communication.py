@@ -73,6 +73,7 @@ from fedjax_med.privacy import mechanisms
 from fedjax_med.privacy import participation_accounting
 from fedjax_med.report import machine
 from fedjax_med.report import results_page
+from fedjax_med.report import script_help
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import fedbuff
 from fedjax_med.simulation import participation as participation_lib
@@ -504,7 +505,9 @@ def render_results(records, args, *, command: str, elapsed_s: float) -> str:
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--clients', type=int, default=10_000,
                       help='synthetic clients in the population')
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
@@ -527,9 +530,11 @@ def parse_args(argv):
   parser.add_argument('--json', type=pathlib.Path, default=None,
                       help='JSON lines file, one finished run per line')
   parser.add_argument('--clock-figure', type=pathlib.Path,
-                      default=DEFAULT_CLOCK_FIGURE)
+                      default=DEFAULT_CLOCK_FIGURE,
+                      help='PNG of accuracy against simulated hours (part 1)')
   parser.add_argument('--bytes-figure', type=pathlib.Path,
-                      default=DEFAULT_BYTES_FIGURE)
+                      default=DEFAULT_BYTES_FIGURE,
+                      help='PNG of accuracy against megabytes sent up (part 2)')
   args = parser.parse_args(argv)
   if args.clients < COHORT:
     parser.error(f'--clients must be at least the cohort of {COHORT}; got '

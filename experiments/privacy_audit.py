@@ -43,6 +43,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.privacy import lira
 from fedjax_med.privacy import membership
+from fedjax_med.report import script_help
 
 SETTINGS = ('federated', 'pooled')
 MAX_FPR = 0.01
@@ -239,7 +240,9 @@ def attack_target(
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--setting', choices=SETTINGS, default='federated',
       help='federated: the four hospitals are the clients. pooled: one '

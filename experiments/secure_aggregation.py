@@ -76,6 +76,7 @@ from fedjax_med import study
 from fedjax_med.errors import InputError
 from fedjax_med.report import machine
 from fedjax_med.report import outputs
+from fedjax_med.report import script_help
 from fedjax_med.secure import protocol
 
 matplotlib.use('Agg')
@@ -753,7 +754,9 @@ def run(sizes: dict[str, Any], *, seed: int, out_dir: pathlib.Path,
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--quick', action='store_true',
       help=f'the reduced sizes {QUICK}, for a smoke test.',

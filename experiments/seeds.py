@@ -21,14 +21,24 @@ from fedjax_med import config as config_lib
 from fedjax_med import study
 from fedjax_med.errors import InputError
 from fedjax_med.report import outputs
+from fedjax_med.report import script_help
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('config', nargs='?', default=None)
-  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
-  parser.add_argument('--set', dest='overrides', action='append', default=[])
-  parser.add_argument('--out', default=None)
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
+  parser.add_argument('config', nargs='?', default=None,
+                      help='study TOML file; the defaults without one')
+  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4],
+                      help='seeds; each runs the whole study once')
+  parser.add_argument('--set', dest='overrides', action='append', default=[],
+                      metavar='KEY=VALUE',
+                      help='a config setting, as in `fedjax-med run --set`; '
+                      'repeat it for more')
+  parser.add_argument('--out', default=None,
+                      help='empty or new folder of the results; without it, '
+                      'a new folder under runs/')
   return parser.parse_args(argv)
 
 

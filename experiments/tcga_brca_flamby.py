@@ -56,6 +56,7 @@ from fedjax_med.client import survival_training
 from fedjax_med.data import federated
 from fedjax_med.data import tcga_brca
 from fedjax_med.models import tabular
+from fedjax_med.report import script_help
 from fedjax_med.server import optimizers
 from fedjax_med.simulation import evaluate_survival
 from fedjax_med.simulation import round as round_lib
@@ -119,7 +120,9 @@ ALL_STRATEGIES = (POOLED,) + tuple(STRATEGIES)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--seeds', type=int, nargs='+', default=list(SEEDS),
       help='seeds of the initial model and of the batch shuffles',

@@ -47,6 +47,7 @@ from fedjax_med.errors import InputError
 from fedjax_med.evaluation import clinical
 from fedjax_med.report import machine
 from fedjax_med.report import outputs
+from fedjax_med.report import script_help
 from fedjax_med.vertical import cost
 from fedjax_med.vertical import data
 from fedjax_med.vertical import paillier
@@ -390,7 +391,9 @@ def _seed(text: str) -> int:
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--quick', action='store_true',
                       help=f'the reduced sizes {QUICK}, for a smoke test.')
   parser.add_argument('--seed', type=_seed, default=0,

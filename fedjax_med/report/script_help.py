@@ -1,0 +1,32 @@
+"""The `--help` text of the experiment and benchmark scripts."""
+
+import argparse
+import os
+import pathlib
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+  """Adds `(default: ...)` to each option's help unless the help gives it.
+
+  A default of None or False is left out: None means the script works the
+  value out, as its help says, and False is a flag left off. Lists print
+  the way they are typed (`0 1 2`) and paths relative to the working folder.
+  """
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    text = action.help or ''
+    default = action.default
+    if (default is None or default is False or default is argparse.SUPPRESS
+        or 'default' in text or action.help is argparse.SUPPRESS):
+      return text
+    if isinstance(default, (list, tuple)):
+      if not default:
+        return text
+      written = ' '.join(str(item) for item in default)
+    elif isinstance(default, pathlib.PurePath):
+      written = os.path.relpath(default)
+    else:
+      written = str(default)
+    # The text goes through %-formatting; a literal % must be doubled.
+    written = written.replace('%', '%%')
+    return f'{text} (default: {written})' if text else f'default: {written}'
