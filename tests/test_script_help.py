@@ -1,5 +1,5 @@
-"""Every option of the experiment and benchmark scripts says what it is and
-names its default."""
+"""Help texts of the experiment and benchmark scripts: each option is
+described and names its default."""
 
 import argparse
 import pathlib

@@ -8,8 +8,8 @@ import pathlib
 class DefaultsHelpFormatter(argparse.HelpFormatter):
   """Adds `(default: ...)` to each option's help unless the help gives it.
 
-  A default of None or False is left out: None means the script works the
-  value out, as its help says, and False is a flag left off. Lists print
+  A default of None or False is left out. None means the script computes
+  the value, as its help explains, and False is a flag left off. Lists print
   the way they are typed (`0 1 2`) and paths relative to the working folder.
   """
 
@@ -27,6 +27,6 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
       written = os.path.relpath(default)
     else:
       written = str(default)
-    # The text goes through %-formatting; a literal % must be doubled.
+    # argparse %-formats the help text, so a literal % must be doubled.
     written = written.replace('%', '%%')
     return f'{text} (default: {written})' if text else f'default: {written}'
