@@ -167,9 +167,12 @@ def plot_profiles_accuracy(records, path: pathlib.Path) -> None:
   width = 0.8 / len(grouped)
   positions = np.arange(len(PROFILE_NAMES))
   for index, (algorithm, rows) in enumerate(grouped.items()):
-    means = [np.mean([row['profile_accuracy'][profile] for row in rows
-                      if row['profile_accuracy'][profile] is not None])
-             for profile in PROFILE_NAMES]
+    means = []
+    for profile in PROFILE_NAMES:
+      values = [row['profile_accuracy'][profile] for row in rows
+                if row['profile_accuracy'][profile] is not None]
+      # A profile without sites (few clients) gets no bar, as n/a on the page.
+      means.append(float(np.mean(values)) if values else np.nan)
     axes.bar(positions + index * width, means, width,
              label=LABELS[algorithm])
   axes.set_xticks(positions + width * (len(grouped) - 1) / 2,

@@ -1,6 +1,7 @@
 """experiments/imaging_scanner_shift.py at a tiny size."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -55,3 +56,18 @@ def test_imaging_experiment_rejects_zero_rounds(load_script, capsys):
 
   assert exit_info.value.code == 2
   assert 'server.rounds' in capsys.readouterr().err
+
+
+def test_profile_plot_skips_profiles_without_sites(load_script, tmp_path):
+  experiment = load_script('experiments/imaging_scanner_shift.py')
+  empty, *others = experiment.PROFILE_NAMES
+  records = [{'algorithm': 'fedavg',
+              'profile_accuracy': {empty: None,
+                                   **{name: 0.5 for name in others}}}]
+  path = tmp_path / 'accuracy.png'
+
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # numpy warns on the mean of nothing
+    experiment.plot_profiles_accuracy(records, path)
+
+  assert path.stat().st_size > 0
