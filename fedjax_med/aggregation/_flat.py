@@ -100,6 +100,15 @@ def flatten_clients(
   return matrix, unflatten
 
 
+def finite_rows(matrix: jax.Array, keep: jax.Array) -> jax.Array:
+  """Return `keep` without the rows that contain NaN or inf.
+
+  A non-finite update has no usable norm or distance, so the aggregators
+  that measure whole updates leave it out, as they leave out masked rows.
+  """
+  return keep & jnp.all(jnp.isfinite(matrix), axis=1)
+
+
 def mask_rows(matrix: jax.Array, keep: jax.Array) -> jax.Array:
   """Replace the rows where `keep` is False by zeros, discarding NaN there."""
   return jnp.where(keep[:, None], matrix, jnp.zeros_like(matrix))

@@ -37,10 +37,11 @@ def _select_by_krum(
     scores = krum_lib.krum_scores(distances, remaining, num_byzantine)
     others = remaining[None, :] & remaining[:, None]
     spread = jnp.sum(jnp.where(others, distances, 0.0), axis=1)
-    tied = remaining & (scores == jnp.min(scores))
-    best = jnp.argmin(jnp.where(tied, spread, jnp.inf))
+    lowest = jnp.min(jnp.where(remaining, scores, jnp.inf))
+    tied = remaining & (scores == lowest)
+    best = krum_lib.valid_first_order(spread, tied)[0]
     take = (step < theta) & jnp.any(remaining)
-    chosen = take & (jnp.arange(clients) == best)
+    chosen = take & remaining & (jnp.arange(clients) == best)
     return remaining & ~chosen, selected | chosen
 
   start = (mask, jnp.zeros_like(mask))
@@ -68,7 +69,8 @@ def bulyan(
 
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
-    mask: `[clients]` bool; False rows are ignored whatever they contain.
+    mask: `[clients]` bool; False rows are ignored whatever they contain,
+      and so are rows with NaN or inf.
     num_byzantine: f, a Python int >= 0 fixed at trace time.
 
   Returns:
@@ -95,6 +97,7 @@ def bulyan(
     )
 
   matrix, unflatten = _flat.flatten_clients(client_updates)
+  mask = _flat.finite_rows(matrix, mask)
   matrix = _flat.mask_rows(matrix, mask)
   count = jnp.sum(mask.astype(jnp.int32))
   theta = jnp.maximum(count - 2 * num_byzantine, 1)

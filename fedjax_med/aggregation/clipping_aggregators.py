@@ -34,7 +34,7 @@ def norm_bounded_mean(
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
     weights: `[clients]` non-negative weights. Rows with weight <= 0 are
-      ignored whatever they contain.
+      ignored whatever they contain, and so are rows with NaN or inf.
     max_norm: Python float > 0, the L2 bound on each update.
 
   Returns:
@@ -53,7 +53,7 @@ def norm_bounded_mean(
   max_norm = _flat.check_positive_float('max_norm', max_norm)
 
   matrix, unflatten = _flat.flatten_clients(client_updates)
-  valid = weights > 0
+  valid = _flat.finite_rows(matrix, weights > 0)
   matrix = _flat.mask_rows(matrix, valid)
   clean_weights = jnp.where(valid, weights, 0).astype(matrix.dtype)
   factors = _clip_factors(_flat.row_l2_norms(matrix), max_norm)
@@ -81,7 +81,8 @@ def centered_clipping(
 
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
-    mask: `[clients]` bool; False rows are ignored whatever they contain.
+    mask: `[clients]` bool; False rows are ignored whatever they contain,
+      and so are rows with NaN or inf.
     center: pytree with the structure of `client_updates` and leaves shaped
       `param_shape`, the starting point v (the previous aggregate or server
       momentum in the paper).
@@ -122,6 +123,7 @@ def centered_clipping(
       )
 
   matrix, unflatten = _flat.flatten_clients(client_updates)
+  mask = _flat.finite_rows(matrix, mask)
   matrix = _flat.mask_rows(matrix, mask)
   center_matrix, _ = _flat.flatten_clients(
       jax.tree.map(lambda leaf: leaf[None], center)

@@ -32,7 +32,7 @@ def geometric_median(
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
     weights: `[clients]` non-negative weights. Rows with weight <= 0 are
-      ignored whatever they contain.
+      ignored whatever they contain, and so are rows with NaN or inf.
     num_iterations: T, a Python int >= 1 of Weiszfeld steps; the loop always
       runs all of them.
     smoothing: nu > 0, the floor on each distance, which keeps a step finite
@@ -57,7 +57,7 @@ def geometric_median(
   smoothing = _flat.check_positive_float('smoothing', smoothing)
 
   matrix, unflatten = _flat.flatten_clients(client_updates)
-  valid = weights > 0
+  valid = _flat.finite_rows(matrix, weights > 0)
   matrix = _flat.mask_rows(matrix, valid)
   base_weights = jnp.where(valid, weights, 0).astype(matrix.dtype)
 

@@ -29,6 +29,17 @@ def pairwise_squared_distances(matrix: jax.Array) -> jax.Array:
   return jax.lax.map(distances_to, matrix)
 
 
+def valid_first_order(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Return the row indices sorted: rows of `mask` first, then by value.
+
+  Equal values keep the lower index first. Unlike `jnp.argmin` over values
+  set to inf outside `mask`, the first index is a row of `mask` even when
+  every value there is inf, as when float32 squared distances overflow.
+  """
+  index = jnp.arange(values.shape[0])
+  return jnp.lexsort((index, values, ~mask))
+
+
 def krum_scores(
     distances: jax.Array, mask: jax.Array, num_byzantine: int
 ) -> jax.Array:
@@ -85,7 +96,8 @@ def krum(
 
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
-    mask: `[clients]` bool; False rows are ignored whatever they contain.
+    mask: `[clients]` bool; False rows are ignored whatever they contain,
+      and so are rows with NaN or inf.
     num_byzantine: f, a Python int fixed at trace time. The check n > 2f + 2
       uses n = the number of rows, since the valid count is known only at
       run time. With fewer valid clients at run time the neighbor count is
@@ -106,10 +118,10 @@ def krum(
   """
   _check_krum_arguments(client_updates, mask, num_byzantine)
   matrix, unflatten = _flat.flatten_clients(client_updates)
+  mask = _flat.finite_rows(matrix, mask)
   matrix = _flat.mask_rows(matrix, mask)
   scores = krum_scores(pairwise_squared_distances(matrix), mask, num_byzantine)
-  # jnp.argmin returns the first index among equal minima.
-  best = jnp.argmin(scores)
+  best = valid_first_order(scores, mask)[0]
   selected = jnp.where(jnp.any(mask), matrix[best], jnp.zeros_like(matrix[0]))
   return unflatten(selected)
 
@@ -131,7 +143,8 @@ def multi_krum(
 
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
-    mask: `[clients]` bool; False rows are ignored whatever they contain.
+    mask: `[clients]` bool; False rows are ignored whatever they contain,
+      and so are rows with NaN or inf.
     num_byzantine: f, a Python int; see `krum`.
     num_selected: m, a Python int in [1, clients]. m = 1 is Krum. None
       selects n - f of the n clients valid at run time (at least 1), so
@@ -151,10 +164,7 @@ def multi_krum(
     https://papers.nips.cc/paper/6617-machine-learning-with-adversaries-byzantine-tolerant-gradient-descent.
   """
   clients = _check_krum_arguments(client_updates, mask, num_byzantine)
-  if num_selected is None:
-    valid = jnp.sum(mask.astype(jnp.int32))
-    num_selected = jnp.maximum(valid - num_byzantine, 1)
-  else:
+  if num_selected is not None:
     num_selected = _flat.check_int('num_selected', num_selected, 1)
     if num_selected > clients:
       raise ValueError(
@@ -162,10 +172,15 @@ def multi_krum(
           f'{num_selected}.'
       )
   matrix, unflatten = _flat.flatten_clients(client_updates)
+  mask = _flat.finite_rows(matrix, mask)
   matrix = _flat.mask_rows(matrix, mask)
+  if num_selected is None:
+    valid = jnp.sum(mask.astype(jnp.int32))
+    num_selected = jnp.maximum(valid - num_byzantine, 1)
   scores = krum_scores(pairwise_squared_distances(matrix), mask, num_byzantine)
-  order = jnp.argsort(scores, stable=True)
-  rank = jnp.zeros(clients, jnp.int32).at[order].set(jnp.arange(clients))
+  order = valid_first_order(scores, mask)
+  rank = jnp.zeros(clients, jnp.int32).at[order].set(
+      jnp.arange(clients, dtype=jnp.int32))
   selected = (rank < num_selected) & mask
   count = jnp.sum(selected.astype(matrix.dtype))
   total = jnp.sum(_flat.mask_rows(matrix, selected), axis=0)

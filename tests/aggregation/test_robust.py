@@ -175,6 +175,62 @@ def test_masked_nan_rows_ignored(name):
   _assert_trees_close(result, expected)
 
 
+@pytest.mark.parametrize(
+    'name', [name for name in NAMES if name != 'trimmed_mean'])
+def test_valid_non_finite_rows_left_out(name):
+  # Aggregators of whole updates have no norm or distance for a NaN or inf
+  # row, so they leave it out. The trimmed mean ranks NaN per coordinate.
+  aggregate = jax.jit(AGGREGATORS[name])
+  clean = _random_updates(clients=9)
+  poisoned = jax.tree.map(
+      lambda leaf: jnp.concatenate(
+          [leaf[:3], jnp.full_like(leaf[:1], jnp.nan), leaf[3:],
+           jnp.full_like(leaf[:1], jnp.inf)]),
+      clean,
+  )
+
+  result = aggregate(poisoned, jnp.ones(11, bool))
+
+  _assert_trees_close(result, aggregate(clean, jnp.ones(9, bool)))
+
+
+@pytest.mark.parametrize('name', ['krum', 'multi_krum', 'bulyan'])
+def test_overflowing_distances_keep_honest_choice(name):
+  # In float32 two updates 1e20 apart have squared distance inf. Slot 0
+  # holds one of them, where an argmin over all-inf values would land.
+  aggregate = jax.jit(AGGREGATORS[name])
+  honest = _random_updates(clients=9)
+
+  def with_attackers(value):
+    return jax.tree.map(
+        lambda leaf: jnp.concatenate(
+            [jnp.full_like(leaf[:1], value), leaf[:4],
+             jnp.full_like(leaf[:1], value), leaf[4:]]),
+        honest,
+    )
+
+  result = aggregate(with_attackers(1e20), jnp.ones(11, bool))
+  finite = aggregate(with_attackers(1e15), jnp.ones(11, bool))
+
+  _assert_trees_close(result, finite)
+  for leaf in jax.tree.leaves(result):
+    assert np.all(np.abs(leaf) < 10.0)
+
+
+def test_bulyan_never_picks_masked_slot():
+  # The masked slot 0 holds -7. With a far update among the valid ones,
+  # Bulyan used to return slot 0's zeroed row.
+  values = jnp.array([[-7.0], [0.1], [0.2], [1e20], [0.15], [0.25], [0.05],
+                      [0.12]])
+  mask = jnp.array([False] + [True] * 7)
+
+  result = bulyan.bulyan(values, mask, num_byzantine=1)
+  without_slot = bulyan.bulyan(values[1:], mask[1:], num_byzantine=1)
+
+  np.testing.assert_allclose(result, without_slot)
+  assert 0.05 <= float(result[0]) <= 0.25
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_client_order_invariant(name):
   aggregate = jax.jit(AGGREGATORS[name])
