@@ -50,7 +50,8 @@ def test_summary_contents(tmp_path):
     assert report['num_patients'] == summary['num_test_examples'][name]
     assert report['accuracy']['value'] == pytest.approx(
         summary['test_accuracy'][name], abs=1e-6)
-    for metric in ('auroc', 'auprc', 'sensitivity', 'specificity', 'brier'):
+    for metric in ('auroc', 'auprc', 'sensitivity', 'specificity', 'brier',
+                   'calibration_intercept', 'calibration_slope'):
       assert metric in report
 
 

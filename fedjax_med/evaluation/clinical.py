@@ -25,6 +25,9 @@ References:
   Brier. Verification of forecasts expressed in terms of probability.
   Monthly Weather Review 78(1):1-3, 1950.
 
+  Cox. Two further applications of a model for binary regression.
+  Biometrika 45(3-4):562-565, 1958.
+
   Efron, Tibshirani. An Introduction to the Bootstrap. Chapman & Hall, 1993.
 """
 
@@ -419,6 +422,152 @@ def brier_score(
   return _to_output(_divide(squared_error, np.sum(weights, axis=-1)))
 
 
+# Scores are clipped to [eps, 1 - eps] before the logit, so that a score of
+# exactly 0 or 1 gives a large finite log-odds.
+_LOGIT_EPS = 1e-12
+_NEWTON_STEPS = 100
+# A fit counts as converged once its last Newton step is below this size.
+_NEWTON_TOLERANCE = 1e-8
+
+
+def _log_odds(scores: np.ndarray) -> np.ndarray:
+  clipped = np.clip(scores, _LOGIT_EPS, 1 - _LOGIT_EPS)
+  return np.log(clipped) - np.log1p(-clipped)
+
+
+def _fit_recalibration(
+    labels: np.ndarray, log_odds: np.ndarray, weights: np.ndarray, *,
+    fit_slope: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Fit logit P(label = 1) = a + b * log_odds by weighted maximum likelihood.
+
+  Newton's method, run on every row of `weights` at once. A single row
+  starts from a = 0, b = 1 (a calibrated model). Bootstrap rows start from
+  the fit with their mean weights, near which most of them lie, so each
+  takes a few steps. With `fit_slope` False, b stays 1 and only a is
+  fitted (log_odds is an offset).
+
+  Returns:
+    `(a, b)`, each shaped like `weights` without its last axis. NaN where
+    the fit has no finite optimum: one class only (or no weight), constant
+    scores when fitting the slope, or scores that separate the classes
+    perfectly, where the estimates grow without bound.
+  """
+  batch = weights.shape[:-1]
+  intercept = np.zeros(batch)
+  slope = np.ones(batch)
+  if weights.ndim == 2:
+    start_a, start_b = _fit_recalibration(
+        labels, log_odds, np.mean(weights, axis=0), fit_slope=fit_slope)
+    if np.isfinite(start_a) and np.isfinite(start_b):
+      intercept = np.full(batch, start_a)
+      slope = np.full(batch, start_b)
+  positive = np.sum(weights * labels, axis=-1)
+  negative = np.sum(weights * (1 - labels), axis=-1)
+  # Rows of one class have no finite optimum, so they are never fitted.
+  converged = ~((positive > 0) & (negative > 0))
+  with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+    for _ in range(_NEWTON_STEPS):
+      if np.all(converged):
+        break
+      eta = intercept[..., None] + slope[..., None] * log_odds
+      fitted = 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic function
+      residual = weights * (labels - fitted)
+      curvature = weights * fitted * (1.0 - fitted)
+      grad_a = np.sum(residual, axis=-1)
+      hess_aa = np.sum(curvature, axis=-1)
+      if fit_slope:
+        grad_b = np.sum(residual * log_odds, axis=-1)
+        hess_ab = np.sum(curvature * log_odds, axis=-1)
+        hess_bb = np.sum(curvature * log_odds**2, axis=-1)
+        determinant = hess_aa * hess_bb - hess_ab**2
+        step_a = (hess_bb * grad_a - hess_ab * grad_b) / determinant
+        step_b = (hess_aa * grad_b - hess_ab * grad_a) / determinant
+      else:
+        step_a = grad_a / hess_aa
+        step_b = np.zeros(batch)
+      step_a = np.where(converged, 0.0, step_a)
+      step_b = np.where(converged, 0.0, step_b)
+      intercept = intercept + step_a
+      slope = slope + step_b
+      step = np.maximum(np.abs(step_a), np.abs(step_b))
+      # A NaN step (a singular fit, such as constant scores) also stops.
+      converged |= ~(step >= _NEWTON_TOLERANCE)
+  defined = (converged & (positive > 0) & (negative > 0)
+             & np.isfinite(intercept) & np.isfinite(slope))
+  return (np.where(defined, intercept, np.nan),
+          np.where(defined, slope, np.nan))
+
+
+def calibration_slope(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    *,
+    sample_weight: npt.ArrayLike | None = None,
+) -> float | np.ndarray:
+  """Compute the calibration slope: b in logit P(y = 1) = a + b logit(score).
+
+  1 is ideal. Below 1, predictions are too extreme (the usual sign of
+  overfitting); above 1, too modest. Fitted by logistic regression of the
+  labels on the log-odds of the scores, the recalibration model of Cox
+  (1958). Scores are clipped to [1e-12, 1 - 1e-12] first.
+
+  Args:
+    labels: `[examples]` labels, each 0 or 1.
+    scores: `[examples]` predicted probabilities of label 1.
+    sample_weight: optional `[examples]` or `[resamples, examples]`
+      non-negative weights. A weight of k counts a patient k times.
+
+  Returns:
+    A float, or `[resamples]` floats for 2-D weights. NaN where the fit has
+    no finite optimum: patients of one class only, a single distinct score,
+    or scores that separate the classes perfectly.
+
+  Raises:
+    ValueError: if an input is invalid (see `auroc`).
+    TypeError: if an input is not numeric.
+  """
+  labels, scores, weights = _validate_inputs(labels, scores, sample_weight)
+  _, slope = _fit_recalibration(labels, _log_odds(scores), weights,
+                                fit_slope=True)
+  return _to_output(slope)
+
+
+def calibration_intercept(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    *,
+    sample_weight: npt.ArrayLike | None = None,
+) -> float | np.ndarray:
+  """Compute calibration-in-the-large: a in logit P(y = 1) = a + logit(score).
+
+  0 is ideal. Above 0, the model underestimates risk on average; below 0,
+  it overestimates it. The slope is fixed at 1 (the log-odds enter as an
+  offset), so this measures the average error alone. It differs from the
+  intercept of the fit with a free slope, which R's `rms::val.prob`
+  reports, unless that slope is 1. Scores are clipped to
+  [1e-12, 1 - 1e-12] first.
+
+  Args:
+    labels: `[examples]` labels, each 0 or 1.
+    scores: `[examples]` predicted probabilities of label 1.
+    sample_weight: optional `[examples]` or `[resamples, examples]`
+      non-negative weights. A weight of k counts a patient k times.
+
+  Returns:
+    A float, or `[resamples]` floats for 2-D weights. NaN where patients of
+    one class only have weight, because the optimum is then infinite.
+
+  Raises:
+    ValueError: if an input is invalid (see `auroc`).
+    TypeError: if an input is not numeric.
+  """
+  labels, scores, weights = _validate_inputs(labels, scores, sample_weight)
+  intercept, _ = _fit_recalibration(labels, _log_odds(scores), weights,
+                                    fit_slope=False)
+  return _to_output(intercept)
+
+
 def _validate_bootstrap_options(num_resamples: int, confidence: float) -> None:
   if isinstance(num_resamples, bool) or not isinstance(
       num_resamples, (int, np.integer)
@@ -594,8 +743,8 @@ def clinical_report(
 
   Returns:
     A dict with the int keys `num_patients` and `num_positive`, and for each
-    of `accuracy`, `auroc`, `auprc`, `sensitivity`, `specificity` and
-    `brier` a dict with keys `value`, `ci_low`, `ci_high` (float or None)
+    of `accuracy`, `auroc`, `auprc`, `sensitivity`, `specificity`, `brier`,
+    `calibration_intercept` and `calibration_slope` a dict with keys `value`, `ci_low`, `ci_high` (float or None)
     and `ci_resamples` (int, the resamples with a defined metric).
 
   Raises:
@@ -617,6 +766,8 @@ def clinical_report(
       'sensitivity': functools.partial(sensitivity, threshold=threshold),
       'specificity': functools.partial(specificity, threshold=threshold),
       'brier': brier_score,
+      'calibration_intercept': calibration_intercept,
+      'calibration_slope': calibration_slope,
   }
   resampled = {name: [] for name in metrics}
   if num_examples > 0:

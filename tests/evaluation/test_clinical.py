@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.optimize
 
 from fedjax_med.evaluation import clinical
 
@@ -304,6 +305,106 @@ def test_bootstrap_rejects_scalar_metric():
     clinical.bootstrap_ci(scalar_metric, [0, 1], [0.2, 0.8])
 
 
+def _logistic_fit(labels, scores, weights, *, fit_slope):
+  """Return (intercept, slope) by scipy's optimizer, as a reference."""
+  log_odds = np.log(scores) - np.log1p(-scores)
+
+  def negative_log_likelihood(parameters):
+    slope = parameters[1] if fit_slope else 1.0
+    eta = parameters[0] + slope * log_odds
+    return np.sum(weights * (np.logaddexp(0.0, eta) - labels * eta))
+
+  start = [0.0, 1.0] if fit_slope else [0.0]
+  result = scipy.optimize.minimize(negative_log_likelihood, start,
+                                   method='BFGS', options={'gtol': 1e-10})
+  return result.x[0], (result.x[1] if fit_slope else 1.0)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_calibration_matches_scipy_fit(seed):
+  rng = np.random.default_rng(seed)
+  scores = rng.uniform(0.02, 0.98, size=60)
+  labels = (rng.uniform(size=60) < scores**1.5).astype(int)
+  weights = rng.integers(0, 3, size=60).astype(float)
+
+  slope = clinical.calibration_slope(labels, scores, sample_weight=weights)
+  intercept = clinical.calibration_intercept(labels, scores,
+                                             sample_weight=weights)
+
+  _, expected_slope = _logistic_fit(labels, scores, weights, fit_slope=True)
+  expected_intercept, _ = _logistic_fit(labels, scores, weights,
+                                        fit_slope=False)
+  assert slope == pytest.approx(expected_slope, abs=1e-5)
+  assert intercept == pytest.approx(expected_intercept, abs=1e-5)
+
+
+def test_calibration_recovers_known_miscalibration():
+  # Outcomes drawn with logit P = -0.5 + 0.6 * logit(score): the scores are
+  # too extreme (slope 0.6) and too high on average (intercept < 0).
+  rng = np.random.default_rng(3)
+  scores = rng.uniform(0.01, 0.99, size=200_000)
+  log_odds = np.log(scores / (1 - scores))
+  labels = (rng.uniform(size=scores.size)
+            < 1 / (1 + np.exp(0.5 - 0.6 * log_odds))).astype(int)
+
+  assert clinical.calibration_slope(labels, scores) == pytest.approx(
+      0.6, abs=0.01)
+  assert clinical.calibration_intercept(labels, scores) < -0.3
+
+
+def test_calibrated_scores_give_slope_one_intercept_zero():
+  rng = np.random.default_rng(4)
+  scores = rng.uniform(0.05, 0.95, size=200_000)
+  labels = (rng.uniform(size=scores.size) < scores).astype(int)
+
+  assert clinical.calibration_slope(labels, scores) == pytest.approx(
+      1.0, abs=0.02)
+  assert clinical.calibration_intercept(labels, scores) == pytest.approx(
+      0.0, abs=0.02)
+
+
+@pytest.mark.parametrize('metric, labels, scores', [
+    # One class only: the optimum is at infinity.
+    (clinical.calibration_slope, [1, 1, 1], [0.2, 0.5, 0.9]),
+    (clinical.calibration_intercept, [0, 0], [0.2, 0.5]),
+    # Scores that separate the classes: the slope grows without bound.
+    (clinical.calibration_slope, [0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]),
+    # A single distinct score: no slope to fit.
+    (clinical.calibration_slope, [0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]),
+])
+def test_calibration_undefined_is_nan(metric, labels, scores):
+  assert math.isnan(metric(labels, scores))
+
+
+def test_calibration_intercept_of_constant_score():
+  # Half the patients are positive, so a constant 0.5 is calibrated, and a
+  # constant 0.2 needs logit(0.5) - logit(0.2) = log(4) added.
+  labels = [0, 1, 0, 1]
+
+  assert clinical.calibration_intercept(labels, [0.5] * 4) == pytest.approx(
+      0.0, abs=1e-9)
+  assert clinical.calibration_intercept(labels, [0.2] * 4) == pytest.approx(
+      math.log(4.0), abs=1e-9)
+
+
+@pytest.mark.parametrize('metric', [clinical.calibration_slope,
+                                    clinical.calibration_intercept])
+def test_calibration_resamples_match_single_calls(metric):
+  labels, scores = _synthetic_patients(40, seed=6)
+  counts = np.random.default_rng(7).integers(0, 3, size=(5, 40))
+  counts[2] = 0
+  # One patient of each class: their two scores separate the classes, so
+  # the slope has no finite optimum, but the intercept alone has one.
+  counts[2, :2] = 1
+
+  batched = metric(labels, scores, sample_weight=counts)
+
+  for row, value in zip(counts, batched):
+    np.testing.assert_allclose(
+        value, metric(labels, scores, sample_weight=row), atol=1e-7)
+  assert math.isnan(batched[2]) == (metric is clinical.calibration_slope)
+
+
 def test_report_matches_bootstrap_ci():
   labels, scores = _synthetic_patients(300, seed=4)
 
@@ -330,6 +431,11 @@ def test_report_values_and_counts():
   assert report['accuracy']['value'] == pytest.approx(0.75)
   assert report['sensitivity']['value'] == pytest.approx(0.5)
   assert report['specificity']['value'] == pytest.approx(1.0)
+  # The scores rank the classes imperfectly, so the slope is finite.
+  assert report['calibration_slope']['value'] == pytest.approx(
+      clinical.calibration_slope(SKLEARN_LABELS, SKLEARN_SCORES))
+  assert report['calibration_intercept']['value'] == pytest.approx(
+      clinical.calibration_intercept(SKLEARN_LABELS, SKLEARN_SCORES))
 
 
 def test_report_single_class_json():
