@@ -19,14 +19,12 @@ import numpy as np
 import optax
 
 from fedjax_med import tree
+from fedjax_med.client import key_tags
 from fedjax_med.models import tabular
 from fedjax_med.typing import Params, PRNGKey
 
 
-# Folded into a client key before the step index, so per-step gradient noise
-# never reuses a shuffle key `fold_in(key, epoch)`. The round folds
-# `1 << 30` into the same client key for its own client noise.
-_STEP_KEY_TAG = (1 << 30) + 1
+_STEP_KEY_TAG = key_tags.DP_SGD_STEPS
 
 
 class LocalResult(NamedTuple):

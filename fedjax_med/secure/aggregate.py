@@ -215,6 +215,9 @@ def build_secure_aggregate(
   `weight_bound` is a public upper bound on the aggregation weights, such
   as the population's largest client for FedAvg without a cap.
   `participants` are the cohort slots that took part in the key exchange.
+  `client_keys` are used for the clients' rounding and noise only; the
+  round passes `fold_in(client_key, key_tags.SECURE)`, so that they are
+  apart from the keys of local training.
   """
   check_settings(settings, privacy, aggregator)
   _, unravel = ravel_pytree(params_template)

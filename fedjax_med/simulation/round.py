@@ -23,6 +23,7 @@ import optax
 from fedjax_med import tree
 from fedjax_med.aggregation import registry
 from fedjax_med.communication import compression as compression_lib
+from fedjax_med.client import key_tags
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.privacy import mechanisms
@@ -51,12 +52,10 @@ _SECURE_TAG = 6
 _AVAILABILITY_TAG = 7
 _LEAVE_TAG = 8
 _SPEED_TAG = 9
-# Folded into a client's key for its compression draws.
-_COMPRESSION_TAG = (1 << 30) + 2
-# Folded into a client's key for its own noise, apart from its training key.
-_CLIENT_NOISE_TAG = 1 << 30
-# Folded into a client's key for the minibatches of its Ditto personal model.
-_PERSONAL_TAG = (1 << 30) + 1
+# Folded into a client's key; `key_tags` lists every use of that key.
+_COMPRESSION_TAG = key_tags.COMPRESSION
+_CLIENT_NOISE_TAG = key_tags.CLIENT_NOISE
+_PERSONAL_TAG = key_tags.PERSONAL
 
 
 class ServerState(NamedTuple):
@@ -665,8 +664,10 @@ def build_round(
       )
     else:
       secure_aggregate, _ = build_secure(state.params)
+      secure_keys = jax.vmap(jax.random.fold_in, (0, None))(
+          client_keys, key_tags.SECURE)
       aggregate, secure_failed, secure_metrics = secure_aggregate(
-          updates, weights, contributes, sampled.mask, client_keys,
+          updates, weights, contributes, sampled.mask, secure_keys,
           jax.random.fold_in(round_key, _SECURE_TAG),
       )
       diagnostics.update(secure_metrics)
