@@ -2,8 +2,9 @@
 
 `build_aggregate(name, ...)` returns `aggregate(client_updates, weights,
 mask) -> update`, where `client_updates` has leaves `[clients, ...]`,
-`weights [clients]` are the example or uniform weights (0 for clients that
-do not count) and `mask [clients]` marks the contributing clients. The
+`weights [clients]` are the example or uniform weights and `mask
+[clients]` marks the contributing clients. A client outside the mask is
+left out by every aggregator, whatever its weight and update contain. The
 aggregators in `NEEDS_CENTER` take a fourth argument, `center`, a pytree
 shaped like one update: the reference point they start from, which the round
 keeps in its server state. The aggregators in `NEEDS_LOSSES` take each
@@ -18,6 +19,7 @@ import functools
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from fedjax_med.aggregation import bulyan
 from fedjax_med.aggregation import clipping_aggregators
@@ -114,7 +116,16 @@ def build_aggregate(
     return lambda updates, weights, mask, center: bound(
         updates, mask, center=center)
   if name in ('fedavg', 'mean'):
-    return lambda updates, weights, mask: mean.weighted_mean(updates, weights)
+    def weighted_mean(updates, weights, mask):
+      weights = _masked_weights(weights, mask)
+      keep = weights > 0
+      # A row of weight 0 may hold NaN, and 0 * NaN is NaN.
+      kept = jax.tree.map(
+          lambda leaf: jnp.where(
+              keep.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf, 0),
+          updates)
+      return mean.weighted_mean(kept, weights)
+    return weighted_mean
   if name == 'median':
     return lambda updates, weights, mask: median.coordinate_median(
         updates, mask)
@@ -125,13 +136,15 @@ def build_aggregate(
   if name == 'geometric_median':
     bound = functools.partial(
         geometric_median.geometric_median, num_iterations=num_iterations)
-    return lambda updates, weights, mask: bound(updates, weights)
+    return lambda updates, weights, mask: bound(
+        updates, _masked_weights(weights, mask))
   if name == 'norm_bounded':
     if max_norm is None:
       raise ValueError('Aggregator norm_bounded needs `max_norm`.')
     bound = functools.partial(
         clipping_aggregators.norm_bounded_mean, max_norm=max_norm)
-    return lambda updates, weights, mask: bound(updates, weights)
+    return lambda updates, weights, mask: bound(
+        updates, _masked_weights(weights, mask))
   if name == 'bulyan':
     bound = functools.partial(bulyan.bulyan, num_byzantine=num_byzantine)
     return lambda updates, weights, mask: bound(updates, mask)
@@ -146,6 +159,11 @@ def build_aggregate(
       f'Aggregator {name!r} is listed in AGGREGATORS but build_aggregate has '
       'no branch for it; add one.'
   )
+
+
+def _masked_weights(weights: jax.Array, mask: jax.Array) -> jax.Array:
+  """Return `weights` with 0 where `mask` is False."""
+  return jnp.where(mask, weights, jnp.zeros_like(weights))
 
 
 def _multi_krum(updates, weights, mask, *, num_byzantine, num_selected):
