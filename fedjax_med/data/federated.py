@@ -142,6 +142,24 @@ class FederatedDataset:
     return int(self.train.examples['x'].shape[-1])
 
 
+def check_key(key) -> None:
+  """Raise InputError unless `key` is one JAX PRNG key, typed or `uint32[2]`."""
+  if isinstance(key, jax.Array):
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+      if key.shape == ():
+        return
+    elif key.dtype == jnp.uint32 and key.shape == (2,):
+      return
+  if isinstance(key, jax.Array):
+    found = f'an array of shape {key.shape} and dtype {key.dtype}'
+  else:
+    found = repr(key)
+  raise InputError(
+      '`key` must be a single JAX PRNG key such as `jax.random.key(0)`; got '
+      f'{found}.'
+  )
+
+
 def check_test_fraction(value: float, *, allow_zero: bool = True) -> float:
   """Return `value` as a float, or raise InputError if it is not a fraction.
 

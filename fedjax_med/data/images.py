@@ -78,24 +78,6 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 # Shared helpers.
 
 
-def _check_key(key: PRNGKey) -> None:
-  """Raise unless `key` is one JAX PRNG key, typed or raw `uint32[2]`."""
-  if isinstance(key, jax.Array):
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-      if key.shape == ():
-        return
-    elif key.dtype == jnp.uint32 and key.shape == (2,):
-      return
-  if isinstance(key, jax.Array):
-    found = f'an array of shape {key.shape} and dtype {key.dtype}'
-  else:
-    found = repr(key)
-  raise InputError(
-      '`key` must be a single JAX PRNG key such as `jax.random.key(0)`; got '
-      f'{found}.'
-  )
-
-
 def _check_count(name: str, value: int, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise InputError(f'`{name}` must be an integer; got {value!r}.')
@@ -256,7 +238,7 @@ def digits_dataset(
       exceeds 1,797, no Dirichlet draw gives every client `min_examples`
       images, or the bundled file is missing or changed.
   """
-  _check_key(key)
+  federated.check_key(key)
   _check_count('num_clients', num_clients, 1)
   federated.check_test_fraction(test_fraction)
   images, labels = load_digits()
@@ -458,7 +440,7 @@ def synthetic_images(
   Raises:
     InputError: if an argument is out of range.
   """
-  _check_key(key)
+  federated.check_key(key)
   num_examples = _check_count('num_examples', num_examples, 1)
   image_shape, grid_shape = _check_synthetic_arguments(
       image_shape=image_shape, num_classes=num_classes,
@@ -629,7 +611,7 @@ def synthetic_image_clients(
   Raises:
     InputError: if an argument is out of range.
   """
-  _check_key(key)
+  federated.check_key(key)
   num_clients = _check_count('num_clients', num_clients, 1)
   train_counts = _check_client_counts(
       'examples_per_client', examples_per_client, num_clients
@@ -931,7 +913,7 @@ def load_image_folder(
       images of different sizes without `image_size`. Also if `key`,
       `image_size` or `test_fraction` is invalid.
   """
-  _check_key(key)
+  federated.check_key(key)
   size = _check_image_size(image_size)
   federated.check_test_fraction(test_fraction)
   layout = scan_image_folder(root)
@@ -1185,7 +1167,7 @@ def load_npz_sites(
       contain NaN or infinite values or have an unsupported dtype, or a
       label is negative, fractional or >= `num_classes`.
   """
-  _check_key(key)
+  federated.check_key(key)
   federated.check_test_fraction(test_fraction)
   if num_classes is not None:
     _check_count('num_classes', num_classes, 1)

@@ -66,17 +66,9 @@ from fedjax_med.typing import PRNGKey
 # Validation and shared helpers.
 
 
-def _check_key(key: PRNGKey) -> None:
-  if not isinstance(key, jax.Array):
-    raise InputError(
-        '`key` must be a JAX PRNG key such as `jax.random.key(0)`; got '
-        f'{type(key).__name__}.'
-    )
-
-
 def _host_rng(key: PRNGKey) -> np.random.Generator:
   """Return a numpy Generator seeded with 128 bits drawn from `key`."""
-  _check_key(key)
+  federated.check_key(key)
   try:
     bits = jax.random.bits(key, (4,), jnp.uint32)
   except (TypeError, ValueError) as error:
@@ -937,7 +929,7 @@ def shift_dataset(
   Raises:
     InputError: if an argument is out of range.
   """
-  _check_key(key)
+  federated.check_key(key)
   shift_key, train_key, test_key = jax.random.split(key, 3)
   shift = draw_feature_shift(
       key=shift_key,

@@ -385,7 +385,7 @@ def apply_profile(
   _check_profile(
       profile, shape=(), argument='profile', image_size=images.shape[1:3]
   )
-  partitions._check_key(key)
+  federated.check_key(key)
   return _apply_traced(images, profile, key)
 
 
@@ -601,7 +601,7 @@ def shift_clients(
       argument='profiles',
       image_size=images.shape[2:4],
   )
-  partitions._check_key(key)
+  federated.check_key(key)
   profiles = ScannerProfile(
       *(jnp.asarray(value, images.dtype) for value in profiles)
   )
@@ -648,7 +648,7 @@ def shift_dataset_scanners(
       )
     unique = list(dict.fromkeys(names))
     profiles = stack_profiles(unique, [unique.index(name) for name in names])
-  partitions._check_key(key)
+  federated.check_key(key)
   train_key, test_key = jax.random.split(key)
   return dataclasses.replace(
       dataset,

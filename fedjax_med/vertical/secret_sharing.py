@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med.data import federated
 from fedjax_med.errors import InputError
 from fedjax_med.vertical import cost
 from fedjax_med.vertical import plaintext
@@ -230,12 +231,63 @@ def predict_logits(
     ledger: cost.CostLedger | None = None,
     party_names: Sequence[str] | None = None,
 ) -> np.ndarray:
-  """Return the label holder's logits of new rows, by secure sum."""
+  """Return the label holder's logits of new rows, by secure sum.
+
+  Args:
+    model: a trained model, one weight vector per party.
+    features: one `[rows, columns_k]` block per party, in the order of
+      `model.weights`, with the same rows in every block.
+    key: JAX PRNG key of the shares.
+    fraction_bits: fixed-point precision, in [8, 24].
+    ledger: where to record the messages, if given.
+    party_names: the parties' names in the ledger.
+
+  Raises:
+    InputError: for a block count or column count that differs from the
+      model, blocks with different row counts, non-finite features, a
+      key that is not a PRNG key, or a partial logit too large for the ring.
+  """
+  federated.check_key(key)
+  features = [np.asarray(x, np.float64) for x in features]
+  if len(features) != len(model.weights):
+    raise InputError(
+        f'{len(features)} feature blocks for a model of '
+        f'{len(model.weights)} parties; pass one block per party, in the '
+        'order the model was trained with')
+  if not features or features[0].ndim != 2:
+    raise InputError('feature block 0 must be [rows, columns]; got shape '
+                     f'{features[0].shape if features else None}')
+  for k, x in enumerate(features[1:], start=1):
+    if x.ndim != 2 or x.shape[0] != features[0].shape[0]:
+      raise InputError(
+          f'feature block {k} has shape {x.shape}; block 0 has '
+          f'{features[0].shape[0]} rows, and every party passes the same '
+          'aligned rows')
+  plaintext.check_blocks(features, np.zeros(features[0].shape[0]))
+  for k, (x, w) in enumerate(zip(features, model.weights)):
+    if x.shape[1] != np.shape(w)[0]:
+      raise InputError(
+          f'feature block {k} has {x.shape[1]} columns; the model has '
+          f'{np.shape(w)[0]} weights for party {k}. Pass the blocks in the '
+          'order the model was trained with')
+  if not (isinstance(fraction_bits, int) and 8 <= fraction_bits <= 24):
+    raise InputError(f'fraction_bits={fraction_bits!r} is invalid; use an '
+                     'integer in [8, 24]')
+  partial = [np.abs(x @ np.asarray(w, np.float64))
+             for x, w in zip(features, model.weights)]
+  partial[0] = partial[0] + abs(model.intercept)
+  largest = max(float(np.max(values)) for values in partial)
+  limit = 2.0 ** (62 - fraction_bits)
+  if not largest < limit:
+    raise InputError(
+        f'a partial logit reaches {largest:.3g}, past the ring limit '
+        f'{limit:.3g} at fraction_bits={fraction_bits}; lower fraction_bits '
+        'or standardize the features as in training')
   with jax.enable_x64(True):
     z, messages = _logits(
         key, tuple(jnp.asarray(w) for w in model.weights),
         jnp.asarray(model.intercept, jnp.float64),
-        tuple(jnp.asarray(x, jnp.float64) for x in features),
+        tuple(jnp.asarray(x) for x in features),
         fraction_bits=fraction_bits)
     if ledger is not None:
       _record(ledger, party_names, messages)

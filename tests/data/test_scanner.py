@@ -387,7 +387,7 @@ def test_apply_profile_rejects_inputs(key):
     scanner.apply_profile(_images(), _client_profiles(), key)
   with pytest.raises(InputError, match=r'must be a ScannerProfile; got dict'):
     scanner.apply_profile(_images(), {'gain': 1.0}, key)
-  with pytest.raises(InputError, match=r'must be a JAX PRNG key'):
+  with pytest.raises(InputError, match=r'must be a single JAX PRNG key'):
     scanner.apply_profile(_images(), scanner.ScannerProfile(), 0)
   with pytest.raises(InputError, match=r"profile\.gamma. must be a number"):
     scanner.apply_profile(_images(), scanner.ScannerProfile(gamma='steep'),

@@ -232,3 +232,42 @@ def test_invalid_fraction_bits_raises():
 def test_invalid_settings_raise(changes, message):
   with pytest.raises(InputError, match=message):
     plaintext.TrainingSettings(**changes)
+
+
+def test_predict_logits_match_plain_logits():
+  blocks, labels = _problem(rows=40)
+  settings = plaintext.TrainingSettings(loss='exact', epochs=3)
+  model = secret_sharing.train(blocks, labels, settings).model
+
+  logits = secret_sharing.predict_logits(model, blocks, jax.random.key(1))
+
+  plain = sum(x @ w for x, w in zip(blocks, model.weights)) + model.intercept
+  np.testing.assert_allclose(logits, plain, atol=1e-4)
+
+
+def _rows_with_nan(block):
+  changed = block.copy()
+  changed[3, 0] = np.nan
+  return changed
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda blocks: blocks[:2], '2 feature blocks for a model of 3 parties'),
+    (lambda blocks: (blocks[1], blocks[0], blocks[2]),
+     'feature block 0 has 4 columns; the model has 3'),
+    (lambda blocks: (blocks[0], blocks[1][:10], blocks[2]),
+     'feature block 1 has shape'),
+    (lambda blocks: (_rows_with_nan(blocks[0]),) + tuple(blocks[1:]),
+     'NaN or infinite'),
+    (lambda blocks: (blocks[0], blocks[1] * 1e15, blocks[2]),
+     'past the ring limit'),
+])
+def test_predict_logits_invalid_inputs_raise(change, message):
+  blocks, labels = _problem(rows=40)
+  settings = plaintext.TrainingSettings(loss='exact', epochs=1)
+  model = secret_sharing.train(blocks, labels, settings).model
+
+  with pytest.raises(InputError, match=message):
+    secret_sharing.predict_logits(model, change(blocks), jax.random.key(1))
+  with pytest.raises(InputError, match='PRNG key'):
+    secret_sharing.predict_logits(model, blocks, 1)
