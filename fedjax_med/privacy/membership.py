@@ -162,7 +162,7 @@ def evaluate_attack(
   Raises:
     ValueError: for the reasons of `tpr_at_fpr`.
   """
-  is_member = np.asarray(is_member).astype(bool)
+  is_member, _ = _validate_attack_inputs(is_member, scores)
   return AttackMetrics(
       auc=attack_auc(is_member, scores),
       tpr_at_low_fpr=tpr_at_fpr(is_member, scores, max_fpr=max_fpr),

@@ -92,6 +92,14 @@ def test_attack_rejects_one_class():
     membership.evaluate_attack([1, 1], [0.1, 0.2])
 
 
+@pytest.mark.parametrize('is_member', [[2, 1, 0, 0], [0.5, 1, 0, 0],
+                                       [np.nan, 1, 0, 0]])
+def test_evaluate_attack_rejects_non_boolean_members(is_member):
+  # Casting to bool first read 2, 0.5 and NaN as members.
+  with pytest.raises(ValueError, match='only booleans, 0 or 1'):
+    membership.evaluate_attack(is_member, [0.9, 0.8, 0.1, 0.2])
+
+
 def test_attack_rejects_nan_score():
   with pytest.raises(ValueError, match='NaN'):
     membership.attack_auc([1, 0], [np.nan, 0.2])
