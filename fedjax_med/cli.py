@@ -344,17 +344,6 @@ def _no_contribution_cause(run_dir: pathlib.Path, summary: dict) -> str:
   return ''
 
 
-def _quiet_rdp_convergence_warnings() -> None:
-  """Drop dp-accounting's warning about RDP orders it could not compute.
-
-  The RDP accountant leaves those orders out and still returns a valid
-  upper bound from the others, so the warning is noise in a study's output.
-  """
-  logging.getLogger('absl').addFilter(
-      lambda record: 'failed to converge' not in record.getMessage()
-  )
-
-
 def _interrupt_on_sigterm() -> None:
   """Treat SIGTERM, which job schedulers send before a kill, like Ctrl-C.
 
@@ -393,7 +382,6 @@ def _print_interrupt(command: str, interrupt: StudyInterrupted,
 
 
 def main(argv: list[str] | None = None) -> int:
-  _quiet_rdp_convergence_warnings()
   _interrupt_on_sigterm()
   parser = _parser()
   args = parser.parse_args(argv)

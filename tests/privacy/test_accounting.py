@@ -8,6 +8,7 @@ noise multiplier `z` are mu-GDP with `mu = sqrt(k) * sensitivity / z`, and
 mu-GDP gives delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2).
 """
 
+import logging
 import math
 
 import dp_accounting
@@ -447,3 +448,19 @@ def test_accountant_rejects_choice(arguments, name):
 
   with pytest.raises(InputError, match=name):
     accounting.PrivacyAccountant(**(valid | arguments))
+
+
+def test_rdp_convergence_warning_dropped_from_library_use():
+  # dp-accounting logs this through absl when an RDP order does not
+  # converge; the accountant still returns a valid bound.
+  def record(pathname, message):
+    return logging.LogRecord('absl', logging.WARNING, pathname, 1, message,
+                             None, None)
+
+  absl_logger = logging.getLogger('absl')
+  dropped = record('/site-packages/dp_accounting/rdp/rdp_privacy_accountant.py',
+                   '_compute_log_a_frac failed to converge')
+  kept = record('/site-packages/other/module.py', 'failed to converge')
+
+  assert not absl_logger.filter(dropped)
+  assert absl_logger.filter(kept)
