@@ -202,6 +202,20 @@ def _load_config(args) -> config_lib.ExperimentConfig:
   return config_lib.apply_overrides(config, overrides)
 
 
+def _warn_low_threshold(config: config_lib.ExperimentConfig) -> None:
+  """Warn when secure aggregation protects only against an honest server."""
+  secure = config.secure_aggregation
+  if secure.enabled and secure.threshold_fraction < 0.5:
+    print(
+        'warning: secure_aggregation.threshold_fraction='
+        f'{secure.threshold_fraction:g} is below 0.5, so a server that lies '
+        'about which clients dropped out can collect both secrets of a '
+        'client from its neighbours and unmask its update. This setting '
+        'models an honest server only.',
+        file=sys.stderr,
+    )
+
+
 def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
   print(f'Results in {run_dir}')
   accuracies = summary['test_accuracy']
@@ -291,7 +305,8 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
         'few responded to rebuild a secret. The model did not change in '
         'those rounds. Lower `sampling.dropout_rate`, '
         '`secure_aggregation.unmask_dropout_rate` or '
-        '`secure_aggregation.threshold_fraction`, or use a larger degree.',
+        '`secure_aggregation.threshold_fraction` (below 0.5 it holds only '
+        'against an honest server), or use a larger degree.',
         file=sys.stderr,
     )
   if summary['skipped_rounds'] == summary['rounds_run'] and (
@@ -424,6 +439,7 @@ def _main(args) -> int:
     else:
       config = _load_config(args)
       config_lib.validate(config)
+      _warn_low_threshold(config)
       # Imported here so that `--help` and config errors return without
       # loading JAX.
       from fedjax_med import study  # pylint: disable=g-import-not-at-top

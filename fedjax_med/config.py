@@ -289,7 +289,9 @@ class SecureAggregationConfig:
     degree: neighbours per client for the harary graph, even; None picks
       about 2 log2(cohort).
     threshold_fraction: the Shamir threshold is floor(fraction * k) + 1 of
-      a client's k neighbours.
+      a client's k neighbours. Below 0.5, a server that lies about which
+      clients dropped out can unmask a client's update, so such a value
+      models an honest server only; the command line warns.
     ring_bits: updates are encoded in the ring of integers modulo
       2**ring_bits, at most 32.
     fixed_point_scale: multiplier before rounding to integers; None picks

@@ -5,6 +5,7 @@ import math
 import dp_accounting
 import pytest
 
+from fedjax_med import cli
 from fedjax_med import config as config_lib
 from fedjax_med import study
 from fedjax_med.errors import InputError
@@ -93,3 +94,15 @@ def test_huge_clip_norm_flagged(tmp_path):
   _, fine = study.run_study(_config(**SECURE), tmp_path / 'fine',
                             progress=False)
   assert not fine['secure_aggregation']['updates_below_quantization']
+
+
+@pytest.mark.parametrize('fraction, warned', [(0.0, True), (0.4, True),
+                                               (0.5, False)])
+def test_low_threshold_warns(capsys, fraction, warned):
+  config = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(),
+      {**SECURE, 'secure_aggregation.threshold_fraction': fraction})
+
+  cli._warn_low_threshold(config)  # pylint: disable=protected-access
+
+  assert ('models an honest server only' in capsys.readouterr().err) == warned
