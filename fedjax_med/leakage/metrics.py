@@ -34,10 +34,17 @@ def _check_pair(reconstructions, targets) -> None:
         'Images must be shaped [n, height, width, channels]; got shape '
         f'{reconstructions.shape}. Add a leading axis for a single image.'
     )
+  if 0 in reconstructions.shape:
+    raise InputError(
+        f'Images must not be empty; got shape {reconstructions.shape}.')
   # Reconstructions may leave [0, 1] and are charged for it, but targets
   # outside it mean images on another scale (for example 0-255), for which
   # PSNR and SSIM at data range 1 are wrong.
   if not isinstance(targets, jax.core.Tracer):
+    if not np.all(np.isfinite(targets)):
+      raise InputError(
+          '`targets` contain NaN or inf; pass the original images, scaled '
+          'to [0, 1].')
     low, high = float(np.min(targets)), float(np.max(targets))
     if low < 0 or high > DATA_RANGE:
       raise InputError(
@@ -123,6 +130,9 @@ def best_match(reconstructions, targets) -> Match:
     reconstructions: `[n, height, width, channels]`.
     targets: `[n, height, width, channels]`.
 
+  A reconstruction with NaN or inf pixels, as a diverged attack leaves,
+  counts as the farthest from every target, so it is paired last.
+
   Returns:
     The `Match`.
   """
@@ -132,6 +142,11 @@ def best_match(reconstructions, targets) -> Match:
   flat_reconstructions = reconstructions.reshape(len(reconstructions), -1)
   flat_targets = targets.reshape(len(targets), -1)
   difference = flat_targets[:, np.newaxis, :] - flat_reconstructions[np.newaxis]
-  cost = np.mean(np.square(difference, dtype=np.float64), axis=-1)
+  with np.errstate(over='ignore', invalid='ignore'):
+    cost = np.mean(np.square(difference, dtype=np.float64), axis=-1)
+  # The Hungarian method rejects NaN and inf, so they become one large cost
+  # whose sum over all n pairs still fits in float64.
+  worst = np.finfo(np.float64).max / (len(cost) + 1)
+  cost = np.where(np.isfinite(cost), np.minimum(cost, worst), worst)
   _, indices = scipy.optimize.linear_sum_assignment(cost)
   return Match(indices=indices, reconstructions=reconstructions[indices])

@@ -111,6 +111,30 @@ def test_metrics_reject_targets_outside_unit_range(patches):
     metrics.psnr(images * 255, images * 255)
 
 
+def test_metrics_reject_non_finite_or_empty_targets(patches):
+  images = np.array(patches.images[:2])
+  images[1, 0, 0, 0] = np.nan
+  with pytest.raises(InputError, match='NaN or inf'):
+    metrics.psnr(images, images)
+  with pytest.raises(InputError, match='must not be empty'):
+    metrics.best_match(images[:0], images[:0])
+
+
+def test_best_match_pairs_diverged_reconstruction_last(patches):
+  # A diverged attack leaves NaN and inf; the finite reconstructions still
+  # pair with their own targets.
+  targets = np.array(patches.images[:4])
+  reconstructions = targets[[1, 0, 3, 2]] + np.float32(0.01)
+  reconstructions[2] = np.nan
+  reconstructions[0, 0, 0, 0] = np.inf
+
+  match = metrics.best_match(reconstructions, targets)
+
+  # Targets 0 and 2 keep their finite reconstructions 1 and 3.
+  np.testing.assert_array_equal(match.indices[[0, 2]], [1, 3])
+  assert sorted(match.indices[[1, 3]].tolist()) == [0, 2]
+
+
 def test_metrics_reject_mismatched_shapes(patches):
   with pytest.raises(InputError, match='same shape'):
     metrics.mse(patches.images[:2], patches.images[:3])
