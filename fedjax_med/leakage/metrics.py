@@ -144,9 +144,12 @@ def best_match(reconstructions, targets) -> Match:
   difference = flat_targets[:, np.newaxis, :] - flat_reconstructions[np.newaxis]
   with np.errstate(over='ignore', invalid='ignore'):
     cost = np.mean(np.square(difference, dtype=np.float64), axis=-1)
-  # The Hungarian method rejects NaN and inf, so they become one large cost
-  # whose sum over all n pairs still fits in float64.
-  worst = np.finfo(np.float64).max / (len(cost) + 1)
-  cost = np.where(np.isfinite(cost), np.minimum(cost, worst), worst)
+  # The Hungarian method rejects NaN and inf, so they cost more than any n
+  # finite pairs together, yet little enough that sums of finite costs keep
+  # their precision next to it.
+  finite = np.isfinite(cost)
+  largest = float(np.max(cost, where=finite, initial=0.0))
+  worst = (largest + 1.0) * (len(cost) + 1)
+  cost = np.where(finite, cost, worst)
   _, indices = scipy.optimize.linear_sum_assignment(cost)
   return Match(indices=indices, reconstructions=reconstructions[indices])
