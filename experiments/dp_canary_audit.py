@@ -31,6 +31,7 @@ allows: the canary's contribution is the only signal beside the noise.
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 import time
@@ -317,10 +318,13 @@ def _parse_args(argv):
 
   if args.num_trials < 2:
     parser.error(f'--num-trials must be at least 2; got {args.num_trials}.')
-  if args.clip_norm <= 0:
-    parser.error(f'--clip-norm must be positive; got {args.clip_norm}.')
-  if min(args.noise_multipliers) <= 0:
-    parser.error('--noise-multipliers must all be positive.')
+  # Written so that NaN fails too.
+  if not 0 < args.clip_norm < math.inf:
+    parser.error(f'--clip-norm must be positive and finite; got '
+                 f'{args.clip_norm}.')
+  if not all(0 < value < math.inf for value in args.noise_multipliers):
+    parser.error('--noise-multipliers must all be positive and finite; got '
+                 f'{args.noise_multipliers}.')
   return args
 
 

@@ -60,6 +60,7 @@ def recover_inputs(
   if method not in _METHODS:
     raise InputError(f'Unknown recovery method {method!r}; expected one of '
                      f'{_METHODS}.')
+  kernel_grad, bias_grad = jnp.asarray(kernel_grad), jnp.asarray(bias_grad)
   if kernel_grad.ndim != 2 or bias_grad.shape != kernel_grad.shape[1:]:
     raise InputError(
         f'Expected a kernel gradient [in, out] and a bias gradient [out]; '
@@ -221,9 +222,13 @@ def record_error(
     Scalar `min_i ||x_hat - x_i|| / ||x_i||`, inf when `x_hat` is not finite
     or no row is real.
   """
+  x_hat, records = jnp.asarray(x_hat), jnp.asarray(records)
   if records.ndim != 2 or records.shape[-1] != x_hat.shape[-1]:
     raise InputError(f'Expected records shaped [records, {x_hat.shape[-1]}] '
                      f'to match x_hat; got {records.shape}.')
+  if mask is not None and jnp.shape(mask) != records.shape[:1]:
+    raise InputError(f'Expected mask shaped [{records.shape[0]}], one entry '
+                     f'per record; got {jnp.shape(mask)}.')
   if records.shape[0] == 0:
     return jnp.asarray(jnp.inf, x_hat.dtype)
   errors = relative_errors(x_hat, records)

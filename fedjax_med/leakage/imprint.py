@@ -250,7 +250,16 @@ def recover_from_imprint(
     mean of its records if it contains several, and NaN if `non_empty[j]`
     is False. The gradient alone does not tell a one-record bin from a
     multi-record one. `match_records` does, given the true records.
+
+  Raises:
+    InputError: if the shapes are not `[features, num_bins]` and
+      `[num_bins]`.
   """
+  kernel_grad, bias_grad = jnp.asarray(kernel_grad), jnp.asarray(bias_grad)
+  if kernel_grad.ndim != 2 or bias_grad.shape != kernel_grad.shape[1:]:
+    raise InputError(
+        'Expected a kernel gradient [features, num_bins] and a bias gradient '
+        f'[num_bins]; got shapes {kernel_grad.shape} and {bias_grad.shape}.')
   next_kernel = jnp.concatenate(
       [kernel_grad[:, 1:], jnp.zeros_like(kernel_grad[:, :1])], axis=1)
   next_bias = jnp.concatenate([bias_grad[1:], jnp.zeros_like(bias_grad[:1])])

@@ -29,10 +29,12 @@ References:
   in the Case of the Binomial", Biometrika 26(4):404-413, 1934.
 """
 
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
@@ -275,8 +277,10 @@ def canary_audit(
     ValueError: if `num_trials` is below 2, a score is NaN, or for the
       reasons of `epsilon_lower_bound`.
   """
-  if num_trials < 2:
-    raise ValueError(f'`num_trials` must be at least 2; got {num_trials}.')
+  if (isinstance(num_trials, bool) or not isinstance(num_trials, numbers.Integral)
+      or num_trials < 2):
+    raise ValueError(
+        f'`num_trials` must be an integer of at least 2; got {num_trials!r}.')
   if not 0.0 <= delta < 1.0:
     raise ValueError(f'`delta` must be in [0, 1); got {delta}.')
   _validate_confidence(confidence)

@@ -26,6 +26,7 @@ import numpy.typing as npt
 import optax
 
 from fedjax_med.client import local_training
+from fedjax_med.data import federated
 from fedjax_med.models import tabular
 from fedjax_med.privacy import membership
 from fedjax_med.typing import Params, PRNGKey
@@ -123,8 +124,10 @@ def sample_shadow_masks(
   trains on about half of the pool.
 
   Raises:
-    ValueError: if `num_shadows` is below 2 or `num_candidates` below 1.
+    ValueError: if `key` is not a PRNG key, `num_shadows` is below 2 or
+      `num_candidates` below 1.
   """
+  federated.check_key(key)
   if num_shadows < 2:
     raise ValueError(f'`num_shadows` must be at least 2; got {num_shadows}.')
   if num_candidates < 1:

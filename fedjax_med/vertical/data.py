@@ -154,6 +154,14 @@ def split_heart_disease(
   Returns:
     The vertical dataset; FLamby's test rows are its test identifiers.
   """
+  for argument, value, example in (
+      ('feature_groups', feature_groups,
+       "{'cardiology': ('age', 'sex'), 'lab': ('chol',)}"),
+      ('coverage', coverage, "{'lab': 0.9}")):
+    if value is not None and not isinstance(value, Mapping):
+      raise InputError(
+          f'{argument} must be a mapping from party name, such as '
+          f'{example}; got {type(value).__name__} {value!r}')
   defaults = {name: 1.0 for name in feature_groups or ()}
   if feature_groups is None:
     feature_groups = HEART_FEATURE_GROUPS
@@ -179,7 +187,9 @@ def split_heart_disease(
     raise InputError('a feature is assigned to two parties; give each '
                      'feature to one party')
   for name, fraction in coverage.items():
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+    if not (isinstance(fraction, (int, float, np.integer, np.floating))
+            and not isinstance(fraction, (bool, np.bool_))
+            and 0 < fraction <= 1):
       raise InputError(f'coverage[{name!r}]={fraction!r} is invalid; use a '
                        'fraction in (0, 1]')
 
