@@ -119,7 +119,13 @@ def _stochastic_round(key: jax.Array, values: jax.Array) -> jax.Array:
 def encode(key: jax.Array, values: jax.Array, scale: float,
            bits: int) -> jax.Array:
   """Return `values * scale`, stochastically rounded, as uint32 ring
-  elements modulo `2**bits`."""
+  elements modulo `2**bits`.
+
+  `values * scale` must be finite and below 2**31 in magnitude. The cast to
+  int32 turns NaN into 0 and clamps larger values, without an error, as
+  this runs under `jit`. The round clips updates and `max_scale` picks a
+  scale that keeps them inside; call `encode` directly only on such values.
+  """
   integers = _stochastic_round(key, values.astype(jnp.float32) * scale)
   return jax.lax.bitcast_convert_type(integers, jnp.uint32) & ring_mask(bits)
 

@@ -300,7 +300,8 @@ def secure_sum(
   Args:
     key: PRNG key of this round's protocol randomness (keys, seeds, Shamir
       polynomials, graph, unmasking dropouts).
-    inputs: `[n, d]` uint32 ring elements, one row per cohort slot.
+    inputs: `[n, d]` uint32 ring elements below `2**settings.bits`, one
+      row per cohort slot.
     participants: `[n]` bool, the clients that advertised and shared keys.
     survivors: `[n]` bool, the participants whose masked input arrived.
       A participant that is not a survivor dropped after sharing keys.
@@ -321,6 +322,13 @@ def secure_sum(
   num_clients, dimension = inputs.shape
   validate(settings, num_clients)
   bits = settings.bits
+  if not isinstance(inputs, jax.core.Tracer) and bits < 32:
+    largest = int(jnp.max(inputs, initial=0))
+    if largest >= 2**bits:
+      raise ValueError(
+          f'Secure aggregation inputs must be ring elements below '
+          f'2**bits = {2**bits}; got {largest}. Encode with '
+          'fedjax_med.secure.encoding.encode at the same bits.')
   t = threshold(settings, num_clients)
   degree = graph_degree(settings, num_clients)
   survivors = survivors & participants

@@ -189,3 +189,18 @@ def test_inputs_must_be_uint32():
   with pytest.raises(ValueError, match='uint32'):
     protocol.secure_sum(jax.random.key(0), jnp.zeros((4, 3), jnp.int32),
                         jnp.ones(4, bool), jnp.ones(4, bool), settings)
+
+
+def test_inputs_beyond_ring_rejected():
+  # With an 8-bit ring, 300 is not a ring element; its sum would wrap.
+  settings = protocol.SecureAggregationSettings(bits=8)
+  everyone = jnp.ones(4, bool)
+  with pytest.raises(ValueError, match='below 2\\*\\*bits = 256; got 300'):
+    protocol.secure_sum(jax.random.key(0), jnp.full((4, 3), 300, jnp.uint32),
+                        everyone, everyone, settings)
+
+  result = protocol.secure_sum(
+      jax.random.key(0), jnp.full((4, 3), 30, jnp.uint32), everyone,
+      everyone, settings)
+
+  np.testing.assert_array_equal(result.total, [120, 120, 120])
