@@ -28,8 +28,9 @@ def test_masked_client_left_out(name, masked_row):
 
   result = aggregate(updates, jnp.ones(4), jnp.array([True, True, True, False]),
                      *extra)
-  kept = [extra[0][:3]] if name in registry.NEEDS_LOSSES else list(extra)
+  extra_without_slot = (
+      [extra[0][:3]] if name in registry.NEEDS_LOSSES else list(extra))
   expected = aggregate({'w': updates['w'][:3]}, jnp.ones(3),
-                       jnp.ones(3, bool), *kept)
+                       jnp.ones(3, bool), *extra_without_slot)
 
   np.testing.assert_allclose(result['w'], expected['w'], rtol=1e-5)
