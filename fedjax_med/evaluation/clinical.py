@@ -426,6 +426,8 @@ def brier_score(
 # exactly 0 or 1 gives a large finite log-odds.
 _LOGIT_EPS = 1e-12
 _NEWTON_STEPS = 100
+# A Newton step is halved at most this many times in its line search.
+_LINE_SEARCH_HALVINGS = 30
 # A fit counts as converged once its last Newton step is below this size.
 _NEWTON_TOLERANCE = 1e-8
 
@@ -435,17 +437,24 @@ def _log_odds(scores: np.ndarray) -> np.ndarray:
   return np.log(clipped) - np.log1p(-clipped)
 
 
+def _recalibration_likelihood(labels, log_odds, weights, intercept, slope):
+  """Return the weighted log-likelihood of each row's (intercept, slope)."""
+  eta = intercept[..., None] + slope[..., None] * log_odds
+  return np.sum(weights * (labels * eta - np.logaddexp(0.0, eta)), axis=-1)
+
+
 def _fit_recalibration(
     labels: np.ndarray, log_odds: np.ndarray, weights: np.ndarray, *,
     fit_slope: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Fit logit P(label = 1) = a + b * log_odds by weighted maximum likelihood.
 
-  Newton's method, run on every row of `weights` at once. A single row
-  starts from a = 0, b = 1 (a calibrated model). Bootstrap rows start from
-  the fit with their mean weights, near which most of them lie, so each
-  takes a few steps. With `fit_slope` False, b stays 1 and only a is
-  fitted (log_odds is an offset).
+  Newton's method with a backtracking line search, on every row of
+  `weights` at once, from a = 0, b = 1 (a calibrated model). The
+  log-likelihood is concave, and each step is halved until it does not
+  lower it, so the fit converges from that start even where a plain Newton
+  step overshoots, as for a slope far below 1. With `fit_slope` False, b
+  stays 1 and only a is fitted (log_odds is an offset).
 
   Returns:
     `(a, b)`, each shaped like `weights` without its last axis. NaN where
@@ -456,19 +465,14 @@ def _fit_recalibration(
   batch = weights.shape[:-1]
   intercept = np.zeros(batch)
   slope = np.ones(batch)
-  if weights.ndim == 2:
-    start_a, start_b = _fit_recalibration(
-        labels, log_odds, np.mean(weights, axis=0), fit_slope=fit_slope)
-    if np.isfinite(start_a) and np.isfinite(start_b):
-      intercept = np.full(batch, start_a)
-      slope = np.full(batch, start_b)
   positive = np.sum(weights * labels, axis=-1)
   negative = np.sum(weights * (1 - labels), axis=-1)
   # Rows of one class have no finite optimum, so they are never fitted.
-  converged = ~((positive > 0) & (negative > 0))
+  failed = ~((positive > 0) & (negative > 0))
+  done = failed.copy()
   with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
     for _ in range(_NEWTON_STEPS):
-      if np.all(converged):
+      if np.all(done):
         break
       eta = intercept[..., None] + slope[..., None] * log_odds
       fitted = 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic function
@@ -486,15 +490,34 @@ def _fit_recalibration(
       else:
         step_a = grad_a / hess_aa
         step_b = np.zeros(batch)
-      step_a = np.where(converged, 0.0, step_a)
-      step_b = np.where(converged, 0.0, step_b)
-      intercept = intercept + step_a
-      slope = slope + step_b
-      step = np.maximum(np.abs(step_a), np.abs(step_b))
-      # A NaN step (a singular fit, such as constant scores) also stops.
-      converged |= ~(step >= _NEWTON_TOLERANCE)
-  defined = (converged & (positive > 0) & (negative > 0)
-             & np.isfinite(intercept) & np.isfinite(slope))
+      # A singular Hessian (such as constant scores) has no Newton step.
+      singular = ~(np.isfinite(step_a) & np.isfinite(step_b)) & ~done
+      failed |= singular
+      done |= singular
+      step_a = np.where(done, 0.0, step_a)
+      step_b = np.where(done, 0.0, step_b)
+      current = _recalibration_likelihood(labels, log_odds, weights,
+                                          intercept, slope)
+      # Rounding makes the likelihood at the optimum wobble by a few ulps.
+      floor = current - 1e-12 * (1.0 + np.abs(current))
+      size = np.ones(batch)
+      accepted = done.copy()
+      for _ in range(_LINE_SEARCH_HALVINGS):
+        trial_a = intercept + size * step_a
+        trial_b = slope + size * step_b
+        better = ~accepted & (_recalibration_likelihood(
+            labels, log_odds, weights, trial_a, trial_b) >= floor)
+        intercept = np.where(better, trial_a, intercept)
+        slope = np.where(better, trial_b, slope)
+        accepted |= better
+        if np.all(accepted):
+          break
+        size = np.where(accepted, size, 0.5 * size)
+      # A full step this small, or none that does not lower the likelihood,
+      # means the fit is at its optimum to float64 precision.
+      small = np.maximum(np.abs(step_a), np.abs(step_b)) < _NEWTON_TOLERANCE
+      done |= small | ~accepted
+  defined = (done & ~failed & np.isfinite(intercept) & np.isfinite(slope))
   return (np.where(defined, intercept, np.nan),
           np.where(defined, slope, np.nan))
 
@@ -720,8 +743,10 @@ def clinical_report(
   The intervals are those of `bootstrap_ci` with the same arguments, and
   all metrics share the same resamples, drawn once. Values that are
   undefined (NaN) become None, so `json.dumps(report, allow_nan=False)`
-  succeeds. An empty test set returns a report with `num_patients` 0 and
-  None for every value.
+  succeeds. A metric undefined on the whole test set gets no interval
+  either, because the resamples where it exists are a biased subset. An
+  empty test set returns a report with `num_patients` 0 and None for every
+  value.
 
   Example:
     >>> report = clinical_report(
@@ -784,8 +809,12 @@ def clinical_report(
     low, high, num_valid = _percentile_interval(
         np.concatenate(resampled[name] or [np.empty(0)]), confidence
     )
+    value = _none_if_nan(metric_fn(labels, scores))
+    if value is None:
+      # The resamples where the metric exists are a biased subset then.
+      low = high = float('nan')
     report[name] = {
-        'value': _none_if_nan(metric_fn(labels, scores)),
+        'value': value,
         'ci_low': _none_if_nan(low),
         'ci_high': _none_if_nan(high),
         'ci_resamples': num_valid,

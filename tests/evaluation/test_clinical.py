@@ -320,11 +320,16 @@ def _logistic_fit(labels, scores, weights, *, fit_slope):
   return result.x[0], (result.x[1] if fit_slope else 1.0)
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
-def test_calibration_matches_scipy_fit(seed):
+@pytest.mark.parametrize('seed, sharpening', [(0, 1.0), (1, 1.0), (2, 1.0),
+                                               (3, 3.0), (5, 2.0)])
+def test_calibration_matches_scipy_fit(seed, sharpening):
+  # Sharpened scores are overconfident, with a slope near 1 / sharpening,
+  # where a Newton step from slope 1 without a line search overshoots.
   rng = np.random.default_rng(seed)
-  scores = rng.uniform(0.02, 0.98, size=60)
-  labels = (rng.uniform(size=60) < scores**1.5).astype(int)
+  truth = rng.uniform(0.02, 0.98, size=60)
+  exponent = 1.5 if sharpening == 1.0 else 1.0
+  labels = (rng.uniform(size=60) < truth**exponent).astype(int)
+  scores = 1 / (1 + ((1 - truth) / truth)**sharpening)
   weights = rng.integers(0, 3, size=60).astype(float)
 
   slope = clinical.calibration_slope(labels, scores, sample_weight=weights)
