@@ -263,20 +263,20 @@ def predict_logits(
           f'feature block {k} has shape {x.shape}; block 0 has '
           f'{features[0].shape[0]} rows, and every party passes the same '
           'aligned rows')
-  plaintext.check_blocks(features, np.zeros(features[0].shape[0]))
   for k, (x, w) in enumerate(zip(features, model.weights)):
     if x.shape[1] != np.shape(w)[0]:
       raise InputError(
           f'feature block {k} has {x.shape[1]} columns; the model has '
           f'{np.shape(w)[0]} weights for party {k}. Pass the blocks in the '
           'order the model was trained with')
-  if not (isinstance(fraction_bits, int) and 8 <= fraction_bits <= 24):
-    raise InputError(f'fraction_bits={fraction_bits!r} is invalid; use an '
-                     'integer in [8, 24]')
+    if not np.isfinite(x).all():
+      raise InputError(f'feature block {k} has a NaN or infinite value; '
+                       'impute or drop those rows first')
+  fraction_bits = _check_fraction_bits(fraction_bits)
   partial = [np.abs(x @ np.asarray(w, np.float64))
              for x, w in zip(features, model.weights)]
   partial[0] = partial[0] + abs(model.intercept)
-  largest = max(float(np.max(values)) for values in partial)
+  largest = max(float(np.max(values, initial=0.0)) for values in partial)
   limit = 2.0 ** (62 - fraction_bits)
   if not largest < limit:
     raise InputError(
@@ -326,6 +326,7 @@ def train(
   features = [np.asarray(x, np.float64) for x in features]
   labels = np.asarray(labels)
   _check_inputs(features, labels, fraction_bits)
+  fraction_bits = int(fraction_bits)
   names = tuple(party_names or [f'party{k}' for k in range(len(features))])
   if len(names) != len(features):
     raise InputError(f'party_names has {len(names)} names for '
@@ -406,6 +407,14 @@ def _check_inputs(features, labels, fraction_bits):
     raise InputError(f'vertical training needs at least 2 parties, got '
                      f'{len(features)} feature blocks')
   plaintext.check_blocks(features, labels)
-  if not (isinstance(fraction_bits, int) and 8 <= fraction_bits <= 24):
+  _check_fraction_bits(fraction_bits)
+
+
+def _check_fraction_bits(fraction_bits) -> int:
+  """Return `fraction_bits` as an int, or raise InputError."""
+  if (isinstance(fraction_bits, (bool, np.bool_))
+      or not isinstance(fraction_bits, (int, np.integer))
+      or not 8 <= fraction_bits <= 24):
     raise InputError(f'fraction_bits={fraction_bits!r} is invalid; use an '
                      'integer in [8, 24]')
+  return int(fraction_bits)

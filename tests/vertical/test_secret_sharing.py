@@ -245,6 +245,21 @@ def test_predict_logits_match_plain_logits():
   np.testing.assert_allclose(logits, plain, atol=1e-4)
 
 
+def test_predict_logits_of_no_rows_and_numpy_bits():
+  blocks, labels = _problem(rows=40)
+  settings = plaintext.TrainingSettings(loss='exact', epochs=1)
+  model = secret_sharing.train(blocks, labels, settings,
+                               fraction_bits=np.int64(16)).model
+
+  empty = secret_sharing.predict_logits(
+      model, [x[:0] for x in blocks], jax.random.key(1))
+  some = secret_sharing.predict_logits(
+      model, blocks, jax.random.key(1), fraction_bits=np.int64(16))
+
+  assert empty.shape == (0,)
+  assert some.shape == (40,)
+
+
 def _rows_with_nan(block):
   changed = block.copy()
   changed[3, 0] = np.nan
