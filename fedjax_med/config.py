@@ -21,6 +21,8 @@ import types
 import typing
 from typing import Any
 
+import numpy as np
+
 from fedjax_med.errors import InputError
 
 DATASETS = ('heart_disease', 'csv', 'synthetic', 'synthetic_iid', 'digits',
@@ -549,11 +551,18 @@ def _check_typed(key: str, value: Any, annotation: Any) -> None:
   if annotation is str:
     if isinstance(value, (str, os.PathLike)):
       return
-    hint = ''
-    if isinstance(value, numbers.Number) and not isinstance(value, bool):
-      hint = f' Put it in quotes: `{name} = "{_toml_text(value)}"`.'
-    raise InputError(
-        f'`{key}` must be a string; got {_toml_text(value)}.{hint}')
+    raise InputError(f'`{key}` must be a string; got {_toml_text(value)}.')
+  if typing.get_origin(annotation) is tuple and isinstance(
+      value, (list, tuple)):
+    item_type = typing.get_args(annotation)[0]
+    quoted = [item for item in value if isinstance(item, str)]
+    if item_type is not str and quoted:
+      written = ', '.join(str(item) for item in value)
+      raise InputError(
+          f'`{key}` must be a list of {_KINDS[item_type].split()[-1]}s; got '
+          f'the string {quoted[0]!r} in {list(value)}. Write it without '
+          f'quotes: `{name} = [{written}]`.')
+    return
   if isinstance(value, str):
     kind, written = _KINDS.get(annotation), value
     if typing.get_origin(annotation) is tuple:
@@ -614,13 +623,15 @@ def _coerce(
         if value.lower() not in ('true', 'false'):
           raise ValueError(value)
         return value.lower() == 'true'
-      if not isinstance(value, bool):
+      if not isinstance(value, (bool, np.bool_)):
         raise ValueError(value)
-      return value
+      return bool(value)
     if annotation is int:
-      if isinstance(value, float) and not value.is_integer():
+      if isinstance(value, (bool, np.bool_)):
         raise ValueError(value)
-      if isinstance(value, bool):
+      if (isinstance(value, numbers.Real)
+          and not isinstance(value, numbers.Integral)
+          and not float(value).is_integer()):
         raise ValueError(value)
       return int(value)
     if annotation is float:
@@ -727,6 +738,25 @@ def parse_override(text: str) -> tuple[str, str]:
     )
   key, value = text.split('=', 1)
   return key.strip(), value.strip()
+
+
+def reject_comma_string(key: str, value: Any) -> None:
+  """Raise for a TOML string such as "0,1" where a list belongs.
+
+  `--set sweep.seeds=0,1` is split on commas, but in TOML a list is written
+  as one, and a quoted string hides the types of its items.
+  """
+  if isinstance(value, str) and ',' in value:
+    items = []
+    for item in (part.strip() for part in value.split(',')):
+      try:
+        float(item)
+        items.append(item)
+      except ValueError:
+        items.append(f'"{item}"')
+    raise InputError(
+        f'`{key}` must be a TOML list; got the string {value!r}. Write '
+        f'`{key.rsplit(".", 1)[-1]} = [{", ".join(items)}]`.')
 
 
 def load_toml(path: str | pathlib.Path) -> ExperimentConfig:

@@ -122,6 +122,9 @@ def matrix_from_document(
   for key, value in (overrides or {}).items():
     values[key.removeprefix('matrix.')] = value
     typed.discard(key.removeprefix('matrix.'))
+  for key in typed & {'aggregators', 'attacks', 'malicious_fractions',
+                      'seeds'}:
+    config_lib.reject_comma_string(f'matrix.{key}', values[key])
   fields = {field.name for field in dataclasses.fields(MatrixConfig)}
   for key in values:
     if key not in fields:

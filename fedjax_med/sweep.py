@@ -168,6 +168,8 @@ def sweep_from_document(
   for key, value in (overrides or {}).items():
     values[key.removeprefix('sweep.')] = value
     typed.discard(key.removeprefix('sweep.'))
+  for key in typed:
+    config_lib.reject_comma_string(f'sweep.{key}', values[key])
   seeds = (base.seed,)
   if 'seeds' in values:
     seeds = tuple(
@@ -213,7 +215,10 @@ def sweep_from_document(
               f'`sweep.variants.{name}` sets `{key}`, which is also a sweep '
               'axis. Sweep it in one place only.'
           )
-        config_lib.apply_overrides(base, {key: item}, strict=True)
+        try:
+          config_lib.apply_overrides(base, {key: item}, strict=True)
+        except InputError as error:
+          raise InputError(f'In `sweep.variants.{name}`: {error}') from None
       variants.append((str(name), pairs))
     variants = tuple(variants)
   return SweepConfig(axes=tuple(axes), variants=variants, seeds=seeds)

@@ -31,7 +31,9 @@ def _base(**overrides):
     ({'strengths': 'sign_flip'}, 'attack:strength'),
     ({'strengths': 'sign_flip:1,sign_flip:2'}, 'twice'),
     ({'seeds': [[0]]}, 'integer'),
-    ({'seeds': '0,1'}, 'got the string'),
+    ({'seeds': '0,1'}, r'`matrix.seeds` must be a TOML list.*\[0, 1\]'),
+    ({'aggregators': 'median,krum'},
+     r'`aggregators = \["median", "krum"\]`'),
     ({'malicious_fractions': ['0.1']}, 'got the string'),
     ({'malicious_fractions': [[0.1]]}, 'number'),
 ])

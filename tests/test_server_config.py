@@ -151,9 +151,10 @@ def test_toml_boolean_shown_as_written(tmp_path, document, message):
     ('[model]\nhidden_sizes = "32,16"\n',
      "`model.hidden_sizes` must be a list; got the string '32,16'. Write it "
      'without quotes: `hidden_sizes = [32, 16]`.'),
-    ('[data]\ncsv_path = 5\n',
-     '`data.csv_path` must be a string; got 5. Put it in quotes: '
-     '`csv_path = "5"`.'),
+    ('[data]\ncsv_path = 5\n', '`data.csv_path` must be a string; got 5.'),
+    ('[data]\nimage_shape = [32, "32", 3]\n',
+     "`data.image_shape` must be a list of integers; got the string '32' in "
+     "[32, '32', 3]. Write it without quotes: `image_shape = [32, 32, 3]`."),
 ])
 def test_toml_value_of_wrong_type_rejected(tmp_path, document, message):
   # The same text on the command line is parsed (`--set rounds=2`), but a
@@ -172,6 +173,9 @@ def test_typed_values_keep_optional_none_and_numpy_numbers():
   assert config.client.learning_rate == 0.5
   with pytest.raises(errors.InputError, match="got the string '4'"):
     fm.configure(rounds='4')
+  with pytest.raises(errors.InputError, match='must be an integer; got'):
+    fm.configure(rounds=np.float32(2.5))
+  assert fm.configure(dp_sgd=np.bool_(True)).client.dp_sgd is True
   # Command-line values are strings and stay parsed.
   config = config_lib.apply_overrides(config_lib.ExperimentConfig(),
                                       {'rounds': '4'})
