@@ -158,6 +158,7 @@ def _run_matrix(args) -> int:
 
   overrides = dict(config_lib.parse_override(text) for text in args.overrides)
   base, axes = matrix.load_matrix_toml(args.config, overrides)
+  _warn_low_threshold(base)
   run_dir, rows = matrix.run_matrix(
       base, axes, args.out, resume=args.resume,
       progress=not args.no_progress,
@@ -176,6 +177,7 @@ def _run_sweep(args) -> int:
 
   overrides = dict(config_lib.parse_override(text) for text in args.overrides)
   base, axes = sweep.load_sweep_toml(args.config, overrides)
+  _warn_low_threshold(base)
   options = _checkpoint_options(args)
   run_dir, records = sweep.run_sweep(
       base, axes, args.out, resume=args.resume,
