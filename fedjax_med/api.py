@@ -16,6 +16,7 @@ Each run still writes its folder (config, metrics, summary, plot), so a
 result can be reloaded later with `load_run`.
 """
 
+import csv
 import dataclasses
 import json
 import pathlib
@@ -25,6 +26,7 @@ import numpy as np
 
 from fedjax_med import config as config_lib
 from fedjax_med.errors import InputError
+from fedjax_med.evaluation import clinical
 from fedjax_med.report import outputs
 
 ExperimentConfig = config_lib.ExperimentConfig
@@ -228,6 +230,80 @@ class Result:
             linewidth=2, label='mean')
     ax.set_xlabel('round')
     ax.set_ylabel('test accuracy')
+    ax.set_title(self.summary.get('name', self.config.name) or '')
+    ax.legend(fontsize='small')
+    ax.grid(alpha=0.3)
+    return ax
+
+
+  def predictions(self) -> dict[str, np.ndarray]:
+    """Return each test patient's label and final score, from `predictions.csv`.
+
+    Columns: `client` (names), `label` (0 or 1) and `score`, the final
+    model's probability of label 1, which the clinical metrics in
+    `summary['clinical']` were computed from.
+
+    Raises:
+      InputError: if the run has no `predictions.csv`: its task is not
+        binary, or an older version wrote it.
+    """
+    path = self.run_dir / 'predictions.csv'
+    if not path.is_file():
+      raise InputError(
+          f'{self.run_dir} has no predictions.csv. Studies write it for '
+          'tasks with two classes only; for a run from an older version, '
+          'run the study again.')
+    with path.open(newline='', encoding='utf-8') as handle:
+      rows = list(csv.DictReader(handle))
+    return {
+        'client': np.array([row['client'] for row in rows], dtype=object),
+        'label': np.array([int(row['label']) for row in rows], np.int64),
+        'score': np.array([float(row['score']) for row in rows], np.float64),
+    }
+
+  def plot_calibration(self, ax=None, *, num_bins: int = 10,
+                       max_clients: int = 8):
+    """Plot a reliability diagram: observed rate against mean score per bin.
+
+    One line pools every test patient. With at most `max_clients` clients,
+    each also gets a thin line. Points on the diagonal are calibrated;
+    `summary['clinical']` contains each client's calibration slope and
+    intercept.
+
+    Args:
+      ax: a matplotlib Axes to draw on; None makes a new figure.
+      num_bins: equal-width score bins over [0, 1].
+      max_clients: the most clients drawn one by one.
+
+    Returns:
+      The Axes.
+
+    Raises:
+      InputError: as `predictions`.
+    """
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    table = self.predictions()
+    if ax is None:
+      _, ax = plt.subplots(figsize=(4.8, 4.8))
+    ax.plot([0, 1], [0, 1], color='grey', linestyle='--', linewidth=1,
+            label='calibrated')
+    names = list(dict.fromkeys(table['client']))
+    if len(names) <= max_clients:
+      for name in names:
+        rows = table['client'] == name
+        mean_score, observed, _ = clinical.calibration_curve(
+            table['label'][rows], table['score'][rows], num_bins=num_bins)
+        ax.plot(mean_score, observed, marker='.', linewidth=1, alpha=0.7,
+                label=name)
+    mean_score, observed, _ = clinical.calibration_curve(
+        table['label'], table['score'], num_bins=num_bins)
+    ax.plot(mean_score, observed, marker='o', color='black', linewidth=2,
+            label='all patients')
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel('mean predicted probability')
+    ax.set_ylabel('observed fraction with label 1')
     ax.set_title(self.summary.get('name', self.config.name) or '')
     ax.legend(fontsize='small')
     ax.grid(alpha=0.3)

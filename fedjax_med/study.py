@@ -3,13 +3,15 @@
 `run_study` loads the data and builds the model, local update, sampler and
 round. It runs the rounds with a progress bar and evaluates on every client's
 test rows. The run folder gets `config.json`, `provenance.json`,
-`metrics.jsonl` (one line per finished round), `summary.json` and
-`accuracy.png`.
+`metrics.jsonl` (one line per finished round), `summary.json`,
+`accuracy.png` and, for binary tasks, `predictions.csv`.
 """
 
+import csv
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -537,6 +539,28 @@ def fairness_summary(
           np.mean([accuracies[i] for i in by_size[-quarter:]])),
       'clients_per_quarter': quarter,
   }
+
+
+def _write_predictions(path: pathlib.Path, dataset, evaluation) -> None:
+  """Write each test patient's label and score (binary tasks), atomically.
+
+  The score is the final model's probability of label 1, the input of the
+  clinical metrics, so that any other metric or plot can be computed later.
+  """
+  if dataset.num_classes != 2:
+    return
+  labels = np.asarray(dataset.test.examples['y'])
+  scores = np.asarray(evaluation.probabilities)[..., 1]
+  counts = np.asarray(dataset.test.num_examples)
+  temporary = path.with_name(path.name + '.tmp')
+  with temporary.open('w', newline='', encoding='utf-8') as handle:
+    writer = csv.writer(handle)
+    writer.writerow(('client', 'label', 'score'))
+    for index, name in enumerate(dataset.client_names):
+      for row in range(counts[index]):
+        writer.writerow((name, int(labels[index, row]),
+                         f'{float(scores[index, row]):.9g}'))
+  os.replace(temporary, path)
 
 
 def _clinical_reports(config, dataset, evaluation) -> dict[str, Any]:
@@ -1510,6 +1534,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
        if value is not None and value == worst),
       None,
   )
+  _write_predictions(run_dir / 'predictions.csv', dataset, evaluation)
   outputs.write_json(run_dir / 'summary.json', summary)
   plots.plot_accuracy(
       run_dir / 'accuracy.png',

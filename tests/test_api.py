@@ -10,6 +10,7 @@ import pytest
 
 import fedjax_med as fm
 from fedjax_med import api
+from fedjax_med import evaluation
 from fedjax_med.errors import InputError
 
 matplotlib.use('Agg')
@@ -109,6 +110,41 @@ def test_plot_draws_each_client_and_the_mean(result):
   assert labels == result.client_names + ['mean']
   np.testing.assert_allclose(ax.get_lines()[-1].get_ydata(),
                              result.client_accuracy()[1].mean(axis=1))
+
+
+def test_predictions_reproduce_the_clinical_metrics(result):
+  table = result.predictions()
+
+  for name in result.client_names:
+    rows = table['client'] == name
+    clinical = result.summary['clinical'][name]
+    assert rows.sum() == result.summary['num_test_examples'][name]
+    assert table['label'][rows].sum() == clinical['num_positive']
+    assert evaluation.auroc(table['label'][rows], table['score'][rows]) == (
+        pytest.approx(clinical['auroc']['value'], abs=1e-6))
+    assert evaluation.calibration_slope(
+        table['label'][rows], table['score'][rows]) == pytest.approx(
+            clinical['calibration_slope']['value'], rel=1e-4)
+
+
+def test_calibration_plot_pools_patients(result):
+  ax = result.plot_calibration(num_bins=5)
+  table = result.predictions()
+
+  lines = ax.get_lines()
+  assert [line.get_label() for line in lines] == (
+      ['calibrated'] + result.client_names + ['all patients'])
+  mean_score, observed, _ = evaluation.calibration_curve(
+      table['label'], table['score'], num_bins=5)
+  np.testing.assert_allclose(lines[-1].get_xdata(), mean_score)
+  np.testing.assert_allclose(lines[-1].get_ydata(), observed)
+
+
+def test_predictions_missing_for_other_tasks(tmp_path):
+  stub = api.Result(run_dir=tmp_path, config=fm.configure(), summary={},
+                    records=())
+  with pytest.raises(InputError, match='two classes only'):
+    stub.predictions()
 
 
 def test_load_run_reads_the_same_result(result):

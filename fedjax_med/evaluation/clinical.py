@@ -591,6 +591,45 @@ def calibration_intercept(
   return _to_output(intercept)
 
 
+def calibration_curve(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    *,
+    num_bins: int = 10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Compute a reliability diagram: observed rate against mean score per bin.
+
+  The scores are put in `num_bins` equal-width bins over [0, 1]; a score of
+  exactly 1 goes in the last bin. A calibrated model's points lie on the
+  diagonal.
+
+  Args:
+    labels: `[examples]` labels, each 0 or 1.
+    scores: `[examples]` predicted probabilities of label 1.
+    num_bins: the number of bins, at least 1.
+
+  Returns:
+    `(mean_score, observed_rate, counts)`, each `[num_bins]`: the mean
+    score and the fraction of label 1 of each bin's patients (NaN for an
+    empty bin), and the number of patients in the bin.
+
+  Raises:
+    ValueError: if an input is invalid (see `auroc`) or `num_bins` is not
+      an integer >= 1.
+    TypeError: if an input is not numeric.
+  """
+  labels, scores = _validate_labels_and_scores(labels, scores)
+  if (isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer))
+      or num_bins < 1):
+    raise ValueError(f'`num_bins` must be an integer >= 1; got {num_bins!r}.')
+  bins = np.minimum((scores * num_bins).astype(np.int64), num_bins - 1)
+  counts = np.bincount(bins, minlength=num_bins)
+  score_sums = np.bincount(bins, weights=scores, minlength=num_bins)
+  positive_sums = np.bincount(bins, weights=labels, minlength=num_bins)
+  return (_divide(score_sums, counts), _divide(positive_sums, counts),
+          counts)
+
+
 def _validate_bootstrap_options(num_resamples: int, confidence: float) -> None:
   if isinstance(num_resamples, bool) or not isinstance(
       num_resamples, (int, np.integer)

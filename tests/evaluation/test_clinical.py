@@ -410,6 +410,23 @@ def test_calibration_resamples_match_single_calls(metric):
   assert math.isnan(batched[2]) == (metric is clinical.calibration_slope)
 
 
+def test_calibration_curve_bins_by_hand():
+  # Bins of width 0.25: [0.05, 0.15] in the first, none in the second,
+  # 0.5 in the third, and 0.95 and exactly 1.0 in the last.
+  mean_score, observed, counts = clinical.calibration_curve(
+      [0, 1, 1, 0, 1], [0.05, 0.15, 0.95, 1.0, 0.5], num_bins=4)
+
+  np.testing.assert_allclose(mean_score, [0.1, np.nan, 0.5, 0.975])
+  np.testing.assert_allclose(observed, [0.5, np.nan, 1.0, 0.5])
+  np.testing.assert_array_equal(counts, [2, 0, 1, 2])
+
+
+@pytest.mark.parametrize('num_bins', [0, 2.5, True])
+def test_calibration_curve_rejects_bins(num_bins):
+  with pytest.raises(ValueError, match='num_bins'):
+    clinical.calibration_curve([0, 1], [0.2, 0.8], num_bins=num_bins)
+
+
 def test_report_matches_bootstrap_ci():
   labels, scores = _synthetic_patients(300, seed=4)
 
