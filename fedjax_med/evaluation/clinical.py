@@ -469,6 +469,20 @@ def _fit_recalibration(
   negative = np.sum(weights * (1 - labels), axis=-1)
   # Rows of one class have no finite optimum, so they are never fitted.
   failed = ~((positive > 0) & (negative > 0))
+  if fit_slope:
+    # Nor do rows whose scores separate the classes, even with ties at the
+    # boundary: the slope then grows without bound. Skipping them saves
+    # the full count of Newton steps on many small bootstrap resamples.
+    present = weights > 0
+    is_positive = labels == 1
+    def extreme(reduce, rows, fill):
+      return reduce(np.where(rows, log_odds, fill), axis=-1, initial=fill)
+
+    low_positive = extreme(np.min, present & is_positive, np.inf)
+    high_positive = extreme(np.max, present & is_positive, -np.inf)
+    low_negative = extreme(np.min, present & ~is_positive, np.inf)
+    high_negative = extreme(np.max, present & ~is_positive, -np.inf)
+    failed |= (high_negative <= low_positive) | (high_positive <= low_negative)
   done = failed.copy()
   with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
     for _ in range(_NEWTON_STEPS):

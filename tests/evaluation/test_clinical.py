@@ -374,6 +374,10 @@ def test_calibrated_scores_give_slope_one_intercept_zero():
     (clinical.calibration_intercept, [0, 0], [0.2, 0.5]),
     # Scores that separate the classes: the slope grows without bound.
     (clinical.calibration_slope, [0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]),
+    # Separation with a tie at the boundary: still no finite slope.
+    (clinical.calibration_slope, [0, 0, 1, 1], [0.1, 0.5, 0.5, 0.9]),
+    # Reversed separation: the slope falls without bound.
+    (clinical.calibration_slope, [1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]),
     # A single distinct score: no slope to fit.
     (clinical.calibration_slope, [0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]),
 ])
