@@ -253,13 +253,20 @@ class Result:
           f'{self.run_dir} has no predictions.csv. Studies write it for '
           'tasks with two classes only; for a run from an older version, '
           'run the study again.')
-    with path.open(newline='', encoding='utf-8') as handle:
-      rows = list(csv.DictReader(handle))
-    return {
-        'client': np.array([row['client'] for row in rows], dtype=object),
-        'label': np.array([int(row['label']) for row in rows], np.int64),
-        'score': np.array([float(row['score']) for row in rows], np.float64),
-    }
+    try:
+      with path.open(newline='', encoding='utf-8') as handle:
+        rows = list(csv.DictReader(handle))
+      return {
+          'client': np.array([row['client'] for row in rows], dtype=object),
+          'label': np.array([int(row['label']) for row in rows], np.int64),
+          'score': np.array([float(row['score']) for row in rows],
+                            np.float64),
+      }
+    except (KeyError, ValueError, TypeError) as error:
+      raise InputError(
+          f'{path} is damaged ({type(error).__name__}: {error}); it needs '
+          'the columns client, label and score. Run the study again.'
+      ) from None
 
   def plot_calibration(self, ax=None, *, num_bins: int = 10,
                        max_clients: int = 8):

@@ -140,6 +140,16 @@ def test_calibration_plot_pools_patients(result):
   np.testing.assert_allclose(lines[-1].get_ydata(), observed)
 
 
+@pytest.mark.parametrize('text', ['site,label,score\na,1,0.5\n',
+                                  'client,label,score\na,1,\n'])
+def test_damaged_predictions_named(tmp_path, text):
+  (tmp_path / 'predictions.csv').write_text(text)
+  stub = api.Result(run_dir=tmp_path, config=fm.configure(), summary={},
+                    records=())
+  with pytest.raises(InputError, match='predictions.csv is damaged'):
+    stub.predictions()
+
+
 def test_predictions_missing_for_other_tasks(tmp_path):
   stub = api.Result(run_dir=tmp_path, config=fm.configure(), summary={},
                     records=())

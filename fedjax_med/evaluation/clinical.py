@@ -426,8 +426,14 @@ def brier_score(
 # exactly 0 or 1 gives a large finite log-odds.
 _LOGIT_EPS = 1e-12
 _NEWTON_STEPS = 100
-# A Newton step is halved at most this many times in its line search.
-_LINE_SEARCH_HALVINGS = 30
+# A Newton step is halved at most this many times in its line search. Scores
+# near the 1e-12 clip give curvatures near 1e-12 and first steps near 1e12,
+# which need about 40 halvings.
+_LINE_SEARCH_HALVINGS = 64
+# A fit also counts as converged once the Newton decrement (the predicted
+# gain in log-likelihood, g . H^-1 g) is below this fraction of it. Where
+# the curvature is tiny, rounding in the gradient keeps the steps large.
+_NEWTON_DECREMENT_TOLERANCE = 1e-15
 # A fit counts as converged once its last Newton step is below this size.
 _NEWTON_TOLERANCE = 1e-8
 
@@ -527,9 +533,15 @@ def _fit_recalibration(
         if np.all(accepted):
           break
         size = np.where(accepted, size, 0.5 * size)
-      # A full step this small, or none that does not lower the likelihood,
-      # means the fit is at its optimum to float64 precision.
-      small = np.maximum(np.abs(step_a), np.abs(step_b)) < _NEWTON_TOLERANCE
+      # A small full step or Newton decrement means the fit is at its
+      # optimum to float64 precision.
+      decrement = step_a * grad_a + (step_b * grad_b if fit_slope else 0.0)
+      small = (
+          (np.maximum(np.abs(step_a), np.abs(step_b)) < _NEWTON_TOLERANCE)
+          | (np.abs(decrement)
+             <= _NEWTON_DECREMENT_TOLERANCE * (1.0 + np.abs(current))))
+      # No step that keeps the likelihood elsewhere means the search failed.
+      failed |= ~accepted & ~small & ~done
       done |= small | ~accepted
   defined = (done & ~failed & np.isfinite(intercept) & np.isfinite(slope))
   return (np.where(defined, intercept, np.nan),

@@ -396,6 +396,36 @@ def test_calibration_intercept_of_constant_score():
       math.log(4.0), abs=1e-9)
 
 
+@pytest.mark.parametrize('score', [1e-11, 0.0, 1.0])
+def test_calibration_intercept_of_extreme_constant_score(score):
+  # Half the patients are positive, so the intercept is
+  # logit(0.5) - logit(score), with the score clipped to [1e-12, 1 - 1e-12].
+  # Near the clip the curvature is about 1e-12 and the first Newton step
+  # about 1e12, which a short line search never tamed.
+  clipped = min(max(score, 1e-12), 1 - 1e-12)
+  expected = math.log((1 - clipped) / clipped)
+
+  intercept = clinical.calibration_intercept([0, 1, 0, 1], [score] * 4)
+
+  assert intercept == pytest.approx(expected, rel=1e-6)
+
+
+def test_calibration_slope_of_uninformative_extreme_scores():
+  # Every score holds one patient of each class, so the slope is 0.
+  scores = [1e-12, 1e-12, 1e-11, 1e-11, 3e-11, 3e-11, 5e-12, 5e-12]
+
+  slope = clinical.calibration_slope([0, 1, 0, 1, 0, 1, 1, 0], scores)
+
+  assert slope == pytest.approx(0.0, abs=1e-6)
+
+
+def test_calibration_intercept_of_two_confident_patients():
+  # Both are predicted right with probability 1 - 1e-12; the likelihood is
+  # symmetric in the intercept, so the optimum is 0.
+  assert clinical.calibration_intercept([0, 1], [0.0, 1.0]) == pytest.approx(
+      0.0, abs=1e-3)
+
+
 @pytest.mark.parametrize('metric', [clinical.calibration_slope,
                                     clinical.calibration_intercept])
 def test_calibration_resamples_match_single_calls(metric):
