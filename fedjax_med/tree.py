@@ -37,6 +37,18 @@ def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTre
   )
 
 
+def tree_zero_rows(tree: PyTree, keep: jax.Array) -> PyTree:
+  """Zero the rows of `[clients, ...]` leaves where `keep [clients]` is False.
+
+  `jnp.where` discards whatever those rows contain, NaN included.
+  """
+  return jax.tree.map(
+      lambda leaf: jnp.where(
+          keep.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf,
+          jnp.zeros_like(leaf)),
+      tree)
+
+
 def tree_scale(tree: PyTree, scale: jax.Array) -> PyTree:
   """Multiply every leaf by `scale`."""
   return jax.tree.map(lambda leaf: leaf * scale, tree)

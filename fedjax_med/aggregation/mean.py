@@ -13,6 +13,7 @@ Cost: O(C * D) time and memory for C clients and D parameters.
 import jax
 import jax.numpy as jnp
 
+from fedjax_med import tree
 from fedjax_med.typing import PyTree
 
 
@@ -37,12 +38,15 @@ def weighted_mean(client_updates: PyTree, weights: jax.Array) -> PyTree:
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
     weights: `[clients]` non-negative weights, such as example counts
-      (FedAvg) or a 0/1 participation mask (uniform mean).
+      (FedAvg) or a 0/1 participation mask (uniform mean). Rows with
+      weight 0 are ignored whatever they contain.
 
   Returns:
     A pytree with leaves shaped `param_shape`.
   """
   total = jnp.sum(weights)
+  # 0 * NaN is NaN, so rows of weight 0 are zeroed before the sum.
+  client_updates = tree.tree_zero_rows(client_updates, weights > 0)
   summed = weighted_sum(client_updates, weights)
   safe_total = jnp.where(total > 0, total, 1.0)
   return jax.tree.map(lambda leaf: leaf / safe_total.astype(leaf.dtype), summed)

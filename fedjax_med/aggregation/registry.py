@@ -116,16 +116,8 @@ def build_aggregate(
     return lambda updates, weights, mask, center: bound(
         updates, mask, center=center)
   if name in ('fedavg', 'mean'):
-    def weighted_mean(updates, weights, mask):
-      weights = _masked_weights(weights, mask)
-      keep = weights > 0
-      # A row of weight 0 may hold NaN, and 0 * NaN is NaN.
-      kept = jax.tree.map(
-          lambda leaf: jnp.where(
-              keep.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf, 0),
-          updates)
-      return mean.weighted_mean(kept, weights)
-    return weighted_mean
+    return lambda updates, weights, mask: mean.weighted_mean(
+        updates, _masked_weights(weights, mask))
   if name == 'median':
     return lambda updates, weights, mask: median.coordinate_median(
         updates, mask)

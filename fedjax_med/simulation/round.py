@@ -537,9 +537,7 @@ def build_round(
           lambda leaf: leaf * _expand(weights, leaf), updates
       )
       noised = mechanisms.add_client_noise(weighted, noise_keys, client_stddev)
-      updates = jax.tree.map(
-          lambda leaf: jnp.where(_expand(contributes, leaf), leaf, 0.0), noised
-      )
+      updates = tree.tree_zero_rows(noised, contributes)
       weights = contributes.astype(jnp.float32)
     return mechanisms.noised_mean(updates, weights, privacy, key=key)
 
@@ -684,10 +682,7 @@ def build_round(
     if scaffold:
       # The controls come from the unclipped updates, zeroed where a client
       # does not contribute: clipping is for the aggregate, not the drift.
-      screened = jax.tree.map(
-          lambda leaf: jnp.where(_expand(contributes, leaf), leaf, 0.0),
-          local.delta,
-      )
+      screened = tree.tree_zero_rows(local.delta, contributes)
       new_state = _update_controls(
           new_state, state, cohort.client_ids, screened, contributes,
           local.num_steps, scaffold_learning_rate,
@@ -1168,9 +1163,7 @@ def _screen_and_clip(deltas, mask, counts, privacy):
   finite = jax.vmap(tree.tree_is_finite)(deltas)
   has_data = mask & (counts > 0)
   contributes = has_data & finite
-  deltas = jax.tree.map(
-      lambda leaf: jnp.where(_expand(contributes, leaf), leaf, 0.0), deltas
-  )
+  deltas = tree.tree_zero_rows(deltas, contributes)
   clipped = jax.vmap(mechanisms.clip_client_update, (0, None))(deltas, privacy)
   diagnostics = {
       'num_nonfinite': jnp.sum(has_data & ~finite),
