@@ -230,10 +230,7 @@ class Result:
             linewidth=2, label='mean')
     ax.set_xlabel('round')
     ax.set_ylabel('test accuracy')
-    ax.set_title(self.summary.get('name', self.config.name) or '')
-    ax.legend(fontsize='small')
-    ax.grid(alpha=0.3)
-    return ax
+    return self._finish_plot(ax)
 
 
   def predictions(self) -> dict[str, np.ndarray]:
@@ -280,7 +277,7 @@ class Result:
     Args:
       ax: a matplotlib Axes to draw on; None makes a new figure.
       num_bins: equal-width score bins over [0, 1].
-      max_clients: the most clients drawn one by one.
+      max_clients: the largest number of clients drawn one by one.
 
     Returns:
       The Axes.
@@ -311,6 +308,10 @@ class Result:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel('mean predicted probability')
     ax.set_ylabel('observed fraction with label 1')
+    return self._finish_plot(ax)
+
+  def _finish_plot(self, ax):
+    """Title `ax` with the run's name, add the legend and grid, return it."""
     ax.set_title(self.summary.get('name', self.config.name) or '')
     ax.legend(fontsize='small')
     ax.grid(alpha=0.3)

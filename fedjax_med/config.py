@@ -292,8 +292,8 @@ class SecureAggregationConfig:
       about 2 log2(cohort).
     threshold_fraction: the Shamir threshold is floor(fraction * k) + 1 of
       a client's k neighbours. Below 0.5, a server that lies about which
-      clients dropped out can unmask a client's update, so such a value
-      models an honest server only; the command line warns.
+      clients dropped out can unmask a client's update. Such a value
+      therefore models an honest server only, and the command line warns.
     ring_bits: updates are encoded in the ring of integers modulo
       2**ring_bits, at most 32.
     fixed_point_scale: multiplier before rounding to integers; None picks
@@ -541,6 +541,12 @@ _KINDS = {int: 'an integer', float: 'a number', bool: 'true or false',
           str: 'a string'}
 
 
+def split_list(text: str) -> list[str]:
+  """Split a command-line list such as `32,16` or `[a, b]` into its items."""
+  return [item.strip() for item in text.strip('()[] ').split(',')
+          if item.strip()]
+
+
 def _check_typed(key: str, value: Any, annotation: Any) -> None:
   """Raise unless a typed value (TOML, JSON or Python) fits `annotation`.
 
@@ -558,16 +564,16 @@ def _check_typed(key: str, value: Any, annotation: Any) -> None:
     quoted = [item for item in value if isinstance(item, str)]
     if item_type is not str and quoted:
       written = ', '.join(str(item) for item in value)
+      plural = {int: 'integers', float: 'numbers'}[item_type]
       raise InputError(
-          f'`{key}` must be a list of {_KINDS[item_type].split()[-1]}s; got '
+          f'`{key}` must be a list of {plural}; got '
           f'the string {quoted[0]!r} in {list(value)}. Write it without '
           f'quotes: `{name} = [{written}]`.')
     return
   if isinstance(value, str):
     kind, written = _KINDS.get(annotation), value
     if typing.get_origin(annotation) is tuple:
-      items = [item.strip() for item in value.strip('()[] ').split(',')
-               if item.strip()]
+      items = split_list(value)
       if typing.get_args(annotation)[0] is str:
         items = [f'"{item}"' for item in items]
       kind, written = 'a list', f'[{", ".join(items)}]'
@@ -607,7 +613,7 @@ def _coerce(
   if typing.get_origin(annotation) is tuple:
     items = value
     if isinstance(value, str):
-      items = [item for item in value.strip('()[] ').split(',') if item.strip()]
+      items = split_list(value)
     item_type = typing.get_args(annotation)[0]
     if not isinstance(items, (list, tuple)):
       kind = 'names' if item_type is str else 'integers'

@@ -97,8 +97,7 @@ class Cell:
 
 def _as_list(key: str, value: Any) -> list:
   if isinstance(value, str):
-    value = [item.strip() for item in value.strip('()[] ').split(',')
-             if item.strip()]
+    value = config_lib.split_list(value)
   if not isinstance(value, (list, tuple)):
     raise InputError(f'`matrix.{key}` must be a list; got {value!r}.')
   return list(value)
@@ -751,11 +750,11 @@ def check_same_settings(saved, settings, run_dir) -> None:
       if key not in document and key not in defaults:
         return 'unset'
       return json.dumps(document.get(key, defaults.get(key)))
-    shown = '; '.join(
+    changes = '; '.join(
         f'{key.removeprefix("base.")} was {written(old, key)}, now '
         f'{written(new, key)}' for key in differing)
     raise InputError(
         f'The settings differ from the ones {run_dir} was started with: '
-        f'{shown}. Resume with the same config file and --set values, or '
+        f'{changes}. Resume with the same config file and --set values, or '
         'start a new folder.'
     )

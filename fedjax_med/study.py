@@ -7,11 +7,9 @@ test rows. The run folder gets `config.json`, `provenance.json`,
 `accuracy.png` and, for binary tasks, `predictions.csv`.
 """
 
-import csv
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -541,48 +539,46 @@ def fairness_summary(
   }
 
 
-def _write_predictions(path: pathlib.Path, dataset, evaluation) -> None:
-  """Write each test patient's label and score (binary tasks), atomically.
+def _binary_test_scores(dataset, evaluation):
+  """Return `(name, labels, scores)` per client for a binary task, else [].
 
-  The score is the final model's probability of label 1, the input of the
-  clinical metrics, so that any other metric or plot can be computed later.
+  The scores are the final model's probabilities of label 1 on the client's
+  real test rows, the input of the clinical metrics.
   """
   if dataset.num_classes != 2:
+    return []
+  labels = np.asarray(dataset.test.examples['y'])
+  scores = np.asarray(evaluation.probabilities)[..., 1]
+  counts = np.asarray(dataset.test.num_examples)
+  return [(name, labels[index, :counts[index]], scores[index, :counts[index]])
+          for index, name in enumerate(dataset.client_names)]
+
+
+def _write_predictions(path: pathlib.Path, per_client) -> None:
+  """Write each test patient's client, label and score, if there are any.
+
+  With the scores on disk, any other metric or plot can be computed later.
+  """
+  if not per_client:
     return
-  labels = np.asarray(dataset.test.examples['y'])
-  scores = np.asarray(evaluation.probabilities)[..., 1]
-  counts = np.asarray(dataset.test.num_examples)
-  temporary = path.with_name(path.name + '.tmp')
-  with temporary.open('w', newline='', encoding='utf-8') as handle:
-    writer = csv.writer(handle)
-    writer.writerow(('client', 'label', 'score'))
-    for index, name in enumerate(dataset.client_names):
-      for row in range(counts[index]):
-        writer.writerow((name, int(labels[index, row]),
-                         f'{float(scores[index, row]):.9g}'))
-  os.replace(temporary, path)
+  rows = [(name, int(label), f'{float(score):.9g}')
+          for name, labels, scores in per_client
+          for label, score in zip(labels, scores)]
+  outputs.write_csv(path, ('client', 'label', 'score'), rows)
 
 
-def _clinical_reports(config, dataset, evaluation) -> dict[str, Any]:
+def _clinical_reports(config, per_client) -> dict[str, Any]:
   """Per-client clinical metrics with bootstrap intervals (binary tasks)."""
-  if dataset.num_classes != 2:
-    return {}
-  labels = np.asarray(dataset.test.examples['y'])
-  scores = np.asarray(evaluation.probabilities)[..., 1]
-  counts = np.asarray(dataset.test.num_examples)
-  reports = {}
-  for index, name in enumerate(dataset.client_names):
-    count = counts[index]
-    reports[name] = clinical.clinical_report(
-        labels[index, :count],
-        scores[index, :count],
-        threshold=config.evaluation.threshold,
-        num_resamples=config.evaluation.bootstrap_resamples,
-        confidence=config.evaluation.confidence,
-        seed=config.seed * 1000 + index,
-    )
-  return reports
-
+  return {
+      name: clinical.clinical_report(
+          labels, scores,
+          threshold=config.evaluation.threshold,
+          num_resamples=config.evaluation.bootstrap_resamples,
+          confidence=config.evaluation.confidence,
+          seed=config.seed * 1000 + index,
+      )
+      for index, (name, labels, scores) in enumerate(per_client)
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1473,6 +1469,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
   )
   accuracies = _client_accuracy(evaluation)
   counts = np.asarray(dataset.test.num_examples)
+  per_client = _binary_test_scores(dataset, evaluation)
   summary = {
       'name': config.name,
       'dataset': dataset.name,
@@ -1491,7 +1488,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       'fairness': fairness_summary(
           accuracies, np.asarray(dataset.train.num_examples)),
       **_untrained_clients(dataset),
-      'clinical': _clinical_reports(config, dataset, evaluation),
+      'clinical': _clinical_reports(config, per_client),
       'privacy': study_privacy.describe(
           config, history['privacy'], history['accountant'],
           history['below_min_reporting'],
@@ -1534,7 +1531,7 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
        if value is not None and value == worst),
       None,
   )
-  _write_predictions(run_dir / 'predictions.csv', dataset, evaluation)
+  _write_predictions(run_dir / 'predictions.csv', per_client)
   outputs.write_json(run_dir / 'summary.json', summary)
   plots.plot_accuracy(
       run_dir / 'accuracy.png',

@@ -443,9 +443,8 @@ def _log_odds(scores: np.ndarray) -> np.ndarray:
   return np.log(clipped) - np.log1p(-clipped)
 
 
-def _recalibration_likelihood(labels, log_odds, weights, intercept, slope):
-  """Return the weighted log-likelihood of each row's (intercept, slope)."""
-  eta = intercept[..., None] + slope[..., None] * log_odds
+def _recalibration_likelihood(labels, weights, eta):
+  """Return the weighted log-likelihood of each row's linear predictor."""
   return np.sum(weights * (labels * eta - np.logaddexp(0.0, eta)), axis=-1)
 
 
@@ -516,8 +515,7 @@ def _fit_recalibration(
       done |= singular
       step_a = np.where(done, 0.0, step_a)
       step_b = np.where(done, 0.0, step_b)
-      current = _recalibration_likelihood(labels, log_odds, weights,
-                                          intercept, slope)
+      current = _recalibration_likelihood(labels, weights, eta)
       # Rounding makes the likelihood at the optimum wobble by a few ulps.
       floor = current - 1e-12 * (1.0 + np.abs(current))
       size = np.ones(batch)
@@ -525,8 +523,9 @@ def _fit_recalibration(
       for _ in range(_LINE_SEARCH_HALVINGS):
         trial_a = intercept + size * step_a
         trial_b = slope + size * step_b
-        better = ~accepted & (_recalibration_likelihood(
-            labels, log_odds, weights, trial_a, trial_b) >= floor)
+        trial_eta = trial_a[..., None] + trial_b[..., None] * log_odds
+        better = ~accepted & (
+            _recalibration_likelihood(labels, weights, trial_eta) >= floor)
         intercept = np.where(better, trial_a, intercept)
         slope = np.where(better, trial_b, slope)
         accepted |= better

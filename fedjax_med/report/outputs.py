@@ -5,6 +5,7 @@ round finishes, so a run that is killed keeps every round it completed.
 """
 
 import contextlib
+import csv
 import datetime
 import json
 import math
@@ -41,6 +42,16 @@ def write_json(path: pathlib.Path, document: Any) -> None:
   temporary.write_text(
       json.dumps(to_json_value(document), indent=2, allow_nan=False) + '\n'
   )
+  os.replace(temporary, path)
+
+
+def write_csv(path: pathlib.Path, header, rows) -> None:
+  """Write a CSV file with a header row, atomically (temporary file + rename)."""
+  temporary = path.with_name(path.name + '.tmp')
+  with temporary.open('w', newline='', encoding='utf-8') as handle:
+    writer = csv.writer(handle)
+    writer.writerow(header)
+    writer.writerows(rows)
   os.replace(temporary, path)
 
 
