@@ -197,7 +197,7 @@ def test_valid_non_finite_rows_left_out(name):
 @pytest.mark.parametrize('name', ['krum', 'multi_krum', 'bulyan'])
 def test_overflowing_distances_keep_honest_choice(name):
   # In float32 two updates 1e20 apart have squared distance inf. Slot 0
-  # holds one of them, where an argmin over all-inf values would land.
+  # contains one of them, where an argmin over all-inf values would land.
   aggregate = jax.jit(AGGREGATORS[name])
   honest = _random_updates(clients=9)
 
@@ -218,7 +218,7 @@ def test_overflowing_distances_keep_honest_choice(name):
 
 
 def test_bulyan_never_picks_masked_slot():
-  # The masked slot 0 holds -7. With a far update among the valid ones,
+  # The masked slot 0 contains -7. With a far update among the valid ones,
   # Bulyan used to return slot 0's zeroed row.
   values = jnp.array([[-7.0], [0.1], [0.2], [1e20], [0.15], [0.25], [0.05],
                       [0.12]])

@@ -401,7 +401,7 @@ def test_calibration_intercept_of_extreme_constant_score(score):
   # Half the patients are positive, so the intercept is
   # logit(0.5) - logit(score), with the score clipped to [1e-12, 1 - 1e-12].
   # Near the clip the curvature is about 1e-12 and the first Newton step
-  # about 1e12, which a short line search never tamed.
+  # about 1e12, so the line search must halve it about 40 times.
   clipped = min(max(score, 1e-12), 1 - 1e-12)
   expected = math.log((1 - clipped) / clipped)
 
@@ -411,7 +411,7 @@ def test_calibration_intercept_of_extreme_constant_score(score):
 
 
 def test_calibration_slope_of_uninformative_extreme_scores():
-  # Every score holds one patient of each class, so the slope is 0.
+  # Each score has one patient of each class, so the slope is 0.
   scores = [1e-12, 1e-12, 1e-11, 1e-11, 3e-11, 3e-11, 5e-12, 5e-12]
 
   slope = clinical.calibration_slope([0, 1, 0, 1, 0, 1, 1, 0], scores)

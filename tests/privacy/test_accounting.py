@@ -458,9 +458,9 @@ def test_rdp_convergence_warning_dropped_from_library_use():
                              None, None)
 
   absl_logger = logging.getLogger('absl')
-  dropped = record('/site-packages/dp_accounting/rdp/rdp_privacy_accountant.py',
+  from_dp_accounting = record('/site-packages/dp_accounting/rdp/rdp_privacy_accountant.py',
                    '_compute_log_a_frac failed to converge')
-  kept = record('/site-packages/other/module.py', 'failed to converge')
+  from_elsewhere = record('/site-packages/other/module.py', 'failed to converge')
 
-  assert not absl_logger.filter(dropped)
-  assert absl_logger.filter(kept)
+  assert not absl_logger.filter(from_dp_accounting)
+  assert absl_logger.filter(from_elsewhere)

@@ -120,7 +120,7 @@ def test_study_reports_personal_accuracy(tmp_path, ditto_lambda, low, high):
                 - np.array(list(summary['test_accuracy'].values())))
   # With lambda 90 and step 0.01 each step closes 90% of the distance to
   # the global model, so at most 2 of a hospital's test rows change. With
-  # lambda 0 the personal models train on their own rows only; at this seed
+  # lambda 0 the personal models train on their own rows only. Here
   # Switzerland's disagrees with the global model on 1 of its 16 rows.
   assert low <= gaps.max() <= high
 
