@@ -91,6 +91,15 @@ def test_mean_zero_weight_client_ignored():
   assert float(result[0]) == 2.0
 
 
+def test_mean_zero_weight_nan_client_ignored():
+  # 0 * NaN is NaN, so a NaN row of weight 0 must be dropped, not weighted.
+  updates = jnp.array([[1.0], [jnp.nan], [3.0]])
+
+  result = mean.weighted_mean(updates, jnp.array([1.0, 0.0, 1.0]))
+
+  assert float(result[0]) == 2.0
+
+
 def test_median_permutation_invariant(key):
   updates = jax.random.normal(key, (9, 5))
   mask = jnp.array([1, 1, 0, 1, 1, 1, 0, 1, 1], bool)
