@@ -12,10 +12,15 @@ def tree_l2_norm(tree: PyTree) -> jax.Array:
   The entries are divided by the largest magnitude before squaring, so a
   finite tree whose squares would overflow float32 (entries near 1e20) still
   gets its finite norm. A tree with an infinite entry has norm inf.
+
+  The norm is computed in the widest floating type among the leaves, and at
+  least float32: bfloat16 leaves get a float32 norm, and float64 leaves
+  (under `jax_enable_x64`) a float64 one, so clipping a float64 update to C
+  gives a norm of C to float64 precision.
   """
-  leaves = [
-      leaf.astype(jnp.float32) for leaf in jax.tree.leaves(tree) if leaf.size
-  ]
+  leaves = [leaf for leaf in jax.tree.leaves(tree) if leaf.size]
+  dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
+  leaves = [leaf.astype(dtype) for leaf in leaves]
   if not leaves:
     return jnp.zeros((), jnp.float32)
   largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))

@@ -40,6 +40,11 @@ def trimmed_mean(
   so the breakdown point is trim_fraction. Cost: O(C log C * D) time for the
   per-coordinate sort and O(C * D) memory, for C clients and D parameters.
 
+  NaN in a valid row ranks above +inf, so it is trimmed as one of the
+  largest values of its coordinate; where the trim keeps it (for example at
+  trim_fraction 0) that coordinate of the result is NaN. Integer leaves
+  are converted to the default float dtype first.
+
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
     mask: `[clients]` bool; False rows are ignored whatever they contain.
@@ -81,11 +86,18 @@ def trimmed_mean(
   safe_num_kept = jnp.maximum(num_kept, 1)
 
   def leaf_trimmed_mean(leaf):
+    leaf = jnp.asarray(leaf)
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      leaf = leaf.astype(jnp.result_type(float))
     row_shape = (-1,) + (1,) * (leaf.ndim - 1)
     row_mask = mask.reshape(row_shape)
-    # Invalid rows sort after every valid one, so sorted positions
-    # [trim, count - trim) are the values that survive the trim.
-    ordered = jnp.sort(jnp.where(row_mask, leaf, jnp.inf), axis=0)
+    # Invalid rows become NaN, which sorts after every number, so sorted
+    # positions [trim, count - trim) are the valid values that survive the
+    # trim. A valid NaN ties with them; any NaN in the kept range is NaN,
+    # whichever row it came from, so the tie does not change the result.
+    ordered = jnp.sort(
+        jnp.where(row_mask, leaf, jnp.full_like(leaf, jnp.nan)), axis=0
+    )
     position = jnp.arange(clients).reshape(row_shape)
     keep = (position >= trim) & (position < count - trim)
     total = jnp.sum(jnp.where(keep, ordered, jnp.zeros_like(ordered)), axis=0)

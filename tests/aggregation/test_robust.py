@@ -139,6 +139,38 @@ def test_trimmed_mean_no_clients_is_zero():
   np.testing.assert_array_equal(result['w'], [0.0])
 
 
+def test_trimmed_mean_untrimmed_nan_gives_nan():
+  # With no trim the mean of 1, NaN and 3 is NaN. Invalid rows used to sort
+  # as +inf before the NaN, so the result was inf.
+  updates = {'w': jnp.array([[1.0], [jnp.nan], [3.0], [100.0]])}
+  mask = jnp.array([True, True, True, False])
+
+  result = trimmed_mean.trimmed_mean(updates, mask, trim_fraction=0.0)
+
+  assert np.isnan(result['w'][0])
+
+
+def test_trimmed_mean_trims_nan_as_largest():
+  # floor(0.34 * 3) = 1 per side: NaN ranks above 3 and is trimmed with
+  # the 1, leaving 3. An inf instead of NaN is trimmed the same way.
+  mask = jnp.array([True, True, True, False])
+  for bad in [jnp.nan, jnp.inf]:
+    updates = {'w': jnp.array([[1.0], [bad], [3.0], [100.0]])}
+
+    result = trimmed_mean.trimmed_mean(updates, mask, trim_fraction=0.34)
+
+    np.testing.assert_array_equal(result['w'], [3.0])
+
+
+def test_trimmed_mean_integer_leaf():
+  updates = {'w': jnp.array([[1], [2], [4], [100]])}
+  mask = jnp.array([True, True, True, False])
+
+  result = trimmed_mean.trimmed_mean(updates, mask, trim_fraction=0.0)
+
+  np.testing.assert_allclose(result['w'], [7 / 3], rtol=1e-6)
+
+
 def test_bulyan_by_hand():
   # n = 7, f = 1, so theta = 5 and beta = 3. Krum picks, by value, with
   # ties broken by the sum of squared distances to all remaining updates:

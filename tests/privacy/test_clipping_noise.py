@@ -85,3 +85,27 @@ def test_tree_norm_infinite_entry():
   norm = tree.tree_l2_norm({'a': jnp.array([1.0, jnp.inf])})
 
   assert float(norm) == float('inf')
+
+
+def test_clip_float64_update_hits_bound_to_float64_precision():
+  # A float32 norm is off by about 1e-7 relative, so the clipped float64
+  # update used to exceed the bound by that much.
+  with jax.enable_x64(True):
+    update = {
+        'a': jnp.linspace(0.1, 3.3, 7, dtype=jnp.float64),
+        'b': jnp.full((3,), 1 / 3, jnp.float64),
+    }
+
+    result = clipping.clip_update(update, 1.0)
+    norm = tree.tree_l2_norm(result.update)
+
+    assert norm.dtype == jnp.float64
+    flat = np.concatenate([np.asarray(x) for x in result.update.values()])
+    assert abs(np.linalg.norm(flat) - 1.0) < 1e-14
+
+
+def test_tree_norm_of_bfloat16_is_float32():
+  norm = tree.tree_l2_norm({'a': jnp.array([3.0, 4.0], jnp.bfloat16)})
+
+  assert norm.dtype == jnp.float32
+  assert float(norm) == 5.0
