@@ -254,7 +254,9 @@ class Result:
       with path.open(newline='', encoding='utf-8') as handle:
         rows = list(csv.DictReader(handle))
       return {
-          'client': np.array([row['client'] for row in rows], dtype=object),
+          'client': np.array(
+              [outputs.from_spreadsheet_text(row['client']) for row in rows],
+              dtype=object),
           'label': np.array([int(row['label']) for row in rows], np.int64),
           'score': np.array([float(row['score']) for row in rows],
                             np.float64),

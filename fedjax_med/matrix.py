@@ -24,7 +24,6 @@ of their triggered test rows, of a class other than the target, that the
 model assigns to the target.
 """
 
-import csv
 import dataclasses
 import json
 import math
@@ -522,12 +521,10 @@ def write_tables(run_dir: pathlib.Path, rows, title: str) -> None:
   columns = ['aggregator', 'attack', 'malicious_fraction', 'seeds',
              'completed', 'diverged', *METRICS,
              *(f'{metric}_std' for metric in METRICS), 'not_applicable']
-  with open(run_dir / 'table.csv', 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({key: '' if row[key] is None else row[key]
-                       for key in columns})
+  outputs.write_csv(
+      run_dir / 'table.csv', columns,
+      [['' if row[key] is None else row[key] for key in columns]
+       for row in rows])
   lines = [
       f'# {title}', '',
       'Mean ± population standard deviation (ddof=0) over the completed '

@@ -45,7 +45,6 @@ The output folder gets:
 * `sweep.png`: mean and worst-client accuracy against the first swept value.
 """
 
-import csv
 import dataclasses
 import itertools
 import json
@@ -959,25 +958,22 @@ def _write_results(run_dir, records, sweep) -> list[dict[str, Any]]:
   settings = _setting_columns(sweep)
   columns = (['point', *settings, 'seed', 'status', 'mode', *METRICS,
               'wall_time_s', 'error'])
-  with open(run_dir / 'table.csv', 'w', newline='', encoding='utf-8') as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for record in ordered:
-      writer.writerow(['' if record.get(c) is None else record.get(c)
-                       for c in columns])
+  outputs.write_csv(
+      run_dir / 'table.csv', columns,
+      [['' if record.get(c) is None else record.get(c) for c in columns]
+       for record in ordered])
   rows = summarize(ordered, settings)
-  with open(run_dir / 'summary.csv', 'w', newline='', encoding='utf-8') as f:
-    writer = csv.writer(f)
-    header = [*settings, 'seeds', 'failed']
+  header = [*settings, 'seeds', 'failed']
+  for metric in _SUMMARY_METRICS:
+    header += [metric, f'{metric}_std']
+  summary_rows = []
+  for row in rows:
+    line = [row[c] for c in settings] + [row['seeds'], row['failed']]
     for metric in _SUMMARY_METRICS:
-      header += [metric, f'{metric}_std']
-    writer.writerow(header)
-    for row in rows:
-      line = [row[c] for c in settings] + [row['seeds'], row['failed']]
-      for metric in _SUMMARY_METRICS:
-        line += ['' if row[metric] is None else row[metric],
-                 '' if row[f'{metric}_std'] is None else row[f'{metric}_std']]
-      writer.writerow(line)
+      line += ['' if row[metric] is None else row[metric],
+               '' if row[f'{metric}_std'] is None else row[f'{metric}_std']]
+    summary_rows.append(line)
+  outputs.write_csv(run_dir / 'summary.csv', header, summary_rows)
   lines = ['| ' + ' | '.join([*settings, 'seeds', *_SUMMARY_METRICS]) + ' |',
            '|' + '---|' * (len(settings) + 1 + len(_SUMMARY_METRICS))]
   for row in rows:

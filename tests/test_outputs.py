@@ -1,5 +1,6 @@
 """Run folders and provenance."""
 
+import csv
 import pathlib
 import shutil
 import subprocess
@@ -35,3 +36,18 @@ def test_json_values_drop_nan():
   converted = outputs.to_json_value(record)
 
   assert converted == {'a': None, 'b': [1.0, None], 'c': 2}
+
+
+def test_csv_text_that_a_spreadsheet_would_run_is_quoted(tmp_path):
+  names = ['=HYPERLINK("x")', '+1', '-2', '@SUM(A1)', '\tx', "'a", 'plain']
+  path = tmp_path / 'table.csv'
+
+  outputs.write_csv(path, ['name', 'value'], [[n, -1.5] for n in names])
+
+  with path.open(newline='', encoding='utf-8') as handle:
+    rows = list(csv.reader(handle))[1:]
+  assert [row[0] for row in rows] == [
+      '\'=HYPERLINK("x")', "'+1", "'-2", "'@SUM(A1)", "'\tx", "''a", 'plain']
+  # Numbers stay numbers, negative or not.
+  assert {row[1] for row in rows} == {'-1.5'}
+  assert [outputs.from_spreadsheet_text(row[0]) for row in rows] == names

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from fedjax_med import api
 from fedjax_med import config as config_lib
 from fedjax_med import errors
 from fedjax_med import study
@@ -140,7 +141,8 @@ def test_study_synthetic_multiclass(tmp_path):
 def test_study_csv(tmp_path):
   rng = np.random.default_rng(0)
   lines = ['site,age,marker,outcome']
-  for site in ('north', 'south', 'east'):
+  # Two names a spreadsheet would run as formulas unless quoted.
+  for site in ('north', '=SUM(1)', "'east"):
     for _ in range(40):
       age = rng.normal(60, 10)
       marker = rng.normal()
@@ -152,11 +154,17 @@ def test_study_csv(tmp_path):
                    label_column='outcome', rounds=5, learning_rate=0.1,
                    local_steps=20, bootstrap_resamples=100)
 
-  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+  run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
 
-  assert list(summary['test_accuracy']) == ['north', 'south', 'east']
+  assert list(summary['test_accuracy']) == ['north', '=SUM(1)', "'east"]
   # The label is a noiseless linear function of the features.
   assert summary['mean_accuracy'] > 0.85
+  text = (run_dir / 'predictions.csv').read_text()
+  assert "\n'=SUM(1)," in text and "\n''east," in text
+  stub = api.Result(run_dir=run_dir, config=config, summary=summary,
+                    records=())
+  assert list(dict.fromkeys(stub.predictions()['client'])) == [
+      'north', '=SUM(1)', "'east"]
 
 
 def test_threshold_sets_headline_accuracy(tmp_path):

@@ -45,13 +45,40 @@ def write_json(path: pathlib.Path, document: Any) -> None:
   os.replace(temporary, path)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r')
+
+
+def spreadsheet_text(value: Any) -> Any:
+  """Return `value`, with text that a spreadsheet would run kept as text.
+
+  A client or variant name such as `=HYPERLINK(...)` comes from the user's
+  data or config, and Excel or LibreOffice would run it when the CSV is
+  opened. Text starting with `=`, `+`, `-`, `@`, a tab, a carriage return
+  or `'` gets one leading `'`, which spreadsheets show as text;
+  `from_spreadsheet_text` removes it. Numbers are left alone, so write
+  negative numbers as numbers, not strings.
+  """
+  if isinstance(value, str) and value.startswith(_FORMULA_STARTS + ("'",)):
+    return "'" + value
+  return value
+
+
+def from_spreadsheet_text(text: str) -> str:
+  """Invert `spreadsheet_text` on a cell read back from a CSV file."""
+  return text[1:] if text.startswith("'") else text
+
+
 def write_csv(path: pathlib.Path, header, rows) -> None:
-  """Write a CSV file with a header row, atomically (temporary file + rename)."""
+  """Write a CSV file with a header row, atomically (temporary file + rename).
+
+  Text cells pass through `spreadsheet_text`.
+  """
   temporary = path.with_name(path.name + '.tmp')
   with temporary.open('w', newline='', encoding='utf-8') as handle:
     writer = csv.writer(handle)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([spreadsheet_text(cell) for cell in header])
+    writer.writerows([spreadsheet_text(cell) for cell in row] for row in rows)
   os.replace(temporary, path)
 
 
