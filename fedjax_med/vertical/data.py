@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
 from fedjax_med.errors import InputError
 
@@ -175,9 +176,7 @@ def split_heart_disease(
     if isinstance(group, str) or not group:
       raise InputError(f'the feature group of party {name!r} is {group!r}; '
                        'give a non-empty list of feature names')
-  if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-          and seed >= 0):
-    raise InputError(f'seed={seed!r} is invalid; use an integer >= 0')
+  seed = federated.check_seed(seed)
   listed = [name for group in feature_groups.values() for name in group]
   for name in listed:
     if name not in heart_disease.FEATURE_NAMES:
@@ -193,18 +192,18 @@ def split_heart_disease(
       raise InputError(f'coverage[{name!r}]={fraction!r} is invalid; use a '
                        'fraction in (0, 1]')
 
-  federated = heart_disease.load_heart_disease()
+  hospitals = heart_disease.load_heart_disease()
   ids, rows, labels, test_ids = [], [], [], set()
-  for client, hospital in enumerate(federated.client_names):
+  for client, hospital in enumerate(hospitals.client_names):
     index = 0
-    for part in (federated.train, federated.test):
+    for part in (hospitals.train, hospitals.test):
       data = part.client(client)
       for x, y in zip(data['x'], data['y']):
         patient = f'{hospital}-{index:03d}'
         ids.append(patient)
         rows.append(x)
         labels.append(int(y))
-        if part is federated.test:
+        if part is hospitals.test:
           test_ids.add(patient)
         index += 1
   features = np.asarray(rows, np.float64)

@@ -63,6 +63,7 @@ from typing import Sequence
 import numpy as np
 from phe import paillier
 
+from fedjax_med.data import federated
 from fedjax_med.errors import InputError
 from fedjax_med.errors import TrainingDiverged
 from fedjax_med.vertical import cost
@@ -588,5 +589,4 @@ def _check_inputs(blocks, labels, settings, key_bits, seed):
       key_bits < MIN_KEY_BITS or key_bits % 8):
     raise InputError(f'key_bits={key_bits!r} is invalid; use a multiple of 8 '
                      f'>= {MIN_KEY_BITS} (2048 or more outside tests)')
-  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-    raise InputError(f'seed={seed!r} is invalid; use an integer >= 0')
+  federated.check_seed(seed)

@@ -69,6 +69,7 @@ from collections.abc import Sequence
 import gmpy2
 import numpy as np
 
+from fedjax_med.data import federated
 from fedjax_med.errors import InputError
 from fedjax_med.vertical.cost import CostLedger
 
@@ -401,9 +402,7 @@ def _validate_inputs(id_sets, party_names, seed, ledger) -> None:
       raise InputError(f'party name {name!r} appears twice in party_names; '
                        'give every party a distinct name')
     seen_names.add(name)
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or (
-      seed < 0):
-    raise InputError(f'seed={seed!r} is invalid; use an integer >= 0')
+  seed = federated.check_seed(seed)
   for name, ids in zip(party_names, id_sets):
     _validate_identifiers(name, ids)
   if ledger is not None:

@@ -66,7 +66,7 @@ def test_heart_split_partial_coverage_keeps_defaults():
 
 
 def test_heart_split_negative_seed_raises():
-  with pytest.raises(InputError, match='seed=-1'):
+  with pytest.raises(InputError, match='must be an integer >= 0.*got -1'):
     data.split_heart_disease(seed=-1)
 
 

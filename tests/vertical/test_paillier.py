@@ -298,7 +298,7 @@ def _invalid_cases():
       'key not bytes': (features, labels, {'key_bits': 1020},
                         'key_bits=1020'),
       'key float': (features, labels, {'key_bits': 512.0}, 'key_bits=512.0'),
-      'negative seed': (features, labels, {'seed': -1}, 'seed=-1'),
+      'negative seed': (features, labels, {'seed': -1}, 'integer >= 0.*got -1'),
       'names count': (features, labels, {'party_names': ('a',)},
                       '1 names for 2'),
       'names repeat': (features, labels, {'party_names': ('a', 'a')},

@@ -404,8 +404,8 @@ def test_two_party_message_flow(two_parties):
      "identifier 7 of party 'y' has type int"),
     ([['a'], ['b']], ['x', 'x'], 0, "party name 'x' appears twice"),
     ([['a'], 'ab'], ['x', 'y'], 0, "party 'y' are the single value 'ab'"),
-    ([['a'], ['b']], ['x', 'y'], -1, 'seed=-1 is invalid'),
-    ([['a'], ['b']], ['x', 'y'], 1.5, 'seed=1.5 is invalid'),
+    ([['a'], ['b']], ['x', 'y'], -1, 'must be an integer >= 0.*got -1'),
+    ([['a'], ['b']], ['x', 'y'], 1.5, 'must be an integer >= 0.*got 1.5'),
     ([['a'], {'a', 'b'}], ['x', 'y'], 0, "party 'y' are a set"),
     ([['a'], iter(['a'])], ['x', 'y'], 0, "party 'y' are a list_iterator"),
 ])
