@@ -225,7 +225,8 @@ def run_clock(setup: Setup, method: str, hours: float, seed: int,
         setup.train, setup.local_update, optax.sgd(1.0),
         concurrency=FEDBUFF_CONCURRENCY, buffer_size=FEDBUFF_BUFFER,
         participation=setup.participation)
-    fb_state = buffered.init(state, jax.random.fold_in(run_key, 0))
+    fb_state, started = buffered.init(state, jax.random.fold_in(run_key, 0))
+    totals['sampled'] += int(started['num_dispatched'])
     clock, index = 0.0, 0
     staleness = []
     # A step counts only if it ends within the budget.

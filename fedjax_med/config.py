@@ -1264,10 +1264,13 @@ def _validate_participation(config: ExperimentConfig) -> None:
     _require_range(f'participation.{name}', getattr(part, name), 0.0, 5.0)
   _require_range('participation.server_seconds', part.server_seconds, 0.0,
                  1e9)
+  # Below about one step or byte a day (1e-5 per second), rounds grow
+  # towards float32's range.
   for name in ('steps_per_second', 'upload_bytes_per_second',
-               'download_bytes_per_second', 'deadline_s'):
-    _require_range(f'participation.{name}', getattr(part, name), 0.0, 1e12,
-                   low_open=True)
+               'download_bytes_per_second'):
+    _require_range(f'participation.{name}', getattr(part, name), 1e-5, 1e12)
+  _require_range('participation.deadline_s', part.deadline_s, 0.0, 1e12,
+                 low_open=True)
   if part.speed_spread and part.steps_per_second is None:
     raise InputError(
         '`participation.speed_spread` has no effect without '

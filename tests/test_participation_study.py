@@ -127,6 +127,9 @@ def test_interrupt_and_resume_match(tmp_path):
     ({'schedule': 'weekends'}, 'participation.schedule'),
     ({'time_zones': 2}, 'time_zones'),
     ({'steps_per_second': -1.0}, 'participation.steps_per_second'),
+    # 100 steps at 1e-37 steps/s overflowed the float32 clock to null.
+    ({'steps_per_second': 1e-37}, r'steps_per_second`: 1e-37.*\[1e-05'),
+    ({'upload_bytes_per_second': 1e-6}, 'upload_bytes_per_second'),
     ({'compressor': 'zip'}, 'compression.compressor'),
     ({'quantization_levels': 4}, 'quantization_levels'),
     ({'top_k_fraction': 0.0}, 'top_k_fraction'),

@@ -79,14 +79,16 @@ class FedBuff(NamedTuple):
   """The functions `build_fedbuff` returns.
 
   Attributes:
-    init: `init(server_state, key) -> FedBuffState`, which starts
+    init: `init(server_state, key) -> (state, metrics)`, which starts
       `concurrency` clients from the server params at the state's clock.
+      Its metrics `num_dispatched` and `bytes_down` count those first
+      downloads, which no step counts, and `clock` is the start time.
     step: `step(state, key) -> (state, metrics)`, one server step.
     message_bytes: `message_bytes(params) -> {'down': int, 'up': int}`,
       the bytes one client downloads and uploads.
   """
 
-  init: Callable[[round_lib.ServerState, PRNGKey], FedBuffState]
+  init: Callable[[round_lib.ServerState, PRNGKey], tuple[FedBuffState, dict]]
   step: Callable[[FedBuffState, PRNGKey], tuple[FedBuffState, dict]]
   message_bytes: Callable[[Params], dict]
 
@@ -304,8 +306,13 @@ def build_fedbuff(
     cohort, stays, local, arrival, residual, _ = dispatch(
         server, key, idle, concurrency, concurrency)
     state = state._replace(server=server._replace(residual=residual))
-    state, _ = place(state, cohort, stays, local, arrival)
-    return state
+    state, num_dispatched = place(state, cohort, stays, local, arrival)
+    sizes = message_bytes(server.params)
+    return state, {
+        'num_dispatched': num_dispatched,
+        'bytes_down': num_dispatched.astype(jnp.float32) * sizes['down'],
+        'clock': server.clock,
+    }
 
   @jax.jit
   def server_step(state, key):
@@ -322,12 +329,16 @@ def build_fedbuff(
     # flight, the next slot of an availability schedule.
     last_arrival = jnp.max(jnp.where(picked_ok, -neg_times, -jnp.inf))
     first_dropout = jnp.min(jnp.where(state.busy, state.arrival, jnp.inf))
-    idle_until = server.clock + participation_lib.idle_seconds(
-        participation, server.clock)
     event = jnp.where(
         jnp.any(picked_ok), last_arrival,
-        jnp.where(jnp.any(state.busy), first_dropout, idle_until))
+        jnp.where(jnp.any(state.busy), first_dropout, server.clock))
     now = jnp.maximum(server.clock, event) + participation.server_seconds
+    # With no client in flight under a schedule, the server waits for the
+    # next slot and starts new clients at its beginning.
+    idle = ~jnp.any(picked_ok) & ~jnp.any(state.busy)
+    if participation_lib.has_schedule(participation):
+      now = jnp.where(
+          idle, participation_lib.next_slot(participation, server.clock), now)
     dropped = state.busy & ~state.valid & (state.arrival <= now)
 
     # 2. Screen, clip, weigh and apply.

@@ -174,8 +174,8 @@ def validate(participation: Participation, num_clients: int) -> None:
     raise InputError(
         f'`server_seconds` must be finite and >= 0; got {p.server_seconds}.'
     )
-  schedule = p.availability is not None and np.ndim(p.availability) == 2
-  if schedule and p.steps_per_second is None and p.server_seconds == 0:
+  if (has_schedule(p) and p.steps_per_second is None
+      and p.server_seconds == 0):
     raise InputError(
         'An availability schedule follows the virtual clock, which does not '
         'advance without `steps_per_second` or `server_seconds`; set one.'
@@ -273,18 +273,39 @@ def finish_times(times: Timing, num_steps: jax.Array) -> jax.Array:
 
 def round_seconds(
     participation: Participation, finish: jax.Array, reported: jax.Array,
-    late: jax.Array,
+    late: jax.Array, noticed: jax.Array | None = None,
 ) -> jax.Array:
   """Return the virtual length of a round.
 
-  The server waits for the last reporting client; it waits until the
+  The server waits for the last reporting client and for `noticed`, the
+  times at which it notices the clients that dropped out (their download
+  time, as FedBuff uses, and 0 for the others). It waits until the
   deadline when some client is late (dropped as a straggler), and adds
   `server_seconds`.
   """
   last = jnp.max(jnp.where(reported, finish, 0.0), initial=0.0)
+  if noticed is not None:
+    last = jnp.maximum(last, jnp.max(noticed, initial=0.0))
   if participation.deadline is not None:
     last = jnp.where(jnp.any(late), participation.deadline, last)
   return last + participation.server_seconds
+
+
+def advance_clock(
+    participation: Participation, clock: jax.Array, seconds: jax.Array,
+    num_available: jax.Array,
+) -> jax.Array:
+  """Return the clock after a round of `seconds`.
+
+  When no client is online under an availability schedule, no round can
+  run: the clock moves to the start of the next slot instead, whatever
+  `seconds` is, so that a night with every client offline ends and no
+  online slot is skipped.
+  """
+  after = clock + seconds
+  if not has_schedule(participation):
+    return after
+  return jnp.where(num_available == 0, next_slot(participation, clock), after)
 
 
 def office_hours(
@@ -336,18 +357,22 @@ def lognormal_speeds(
   return np.asarray(median * jnp.exp(sigma * draws), np.float32)
 
 
-def idle_seconds(participation: Participation, clock: jax.Array) -> jax.Array:
-  """Return the seconds to skip when no client could be reached.
-
-  Under a schedule, the clock jumps to the start of the next slot, so that
-  a night with every client offline ends. Otherwise it does not move.
-  """
+def has_schedule(participation: Participation) -> bool:
+  """Return whether `availability` is a `[clients, slots]` schedule."""
   availability = participation.availability
-  if availability is None or np.ndim(availability) != 2:
-    return jnp.float32(0.0)
+  return availability is not None and np.ndim(availability) == 2
+
+
+def next_slot(participation: Participation, clock: jax.Array) -> jax.Array:
+  """Return the start of the availability slot after the one at `clock`.
+
+  Without a schedule there are no slots, and `clock` is returned.
+  """
+  if not has_schedule(participation):
+    return clock
   length = participation.seconds_per_slot
-  next_slot = (jnp.floor(clock / length) + 1.0) * length
-  return next_slot - clock
+  start = (jnp.floor(clock / length) + 1.0) * length
+  return start.astype(jnp.result_type(clock))
 
 
 def _per_client_uniform(key: PRNGKey, client_ids: jax.Array) -> jax.Array:

@@ -573,6 +573,8 @@ def build_round(
           participation, jax.random.fold_in(round_key, _LEAVE_TAG),
           cohort.client_ids,
       ))
+      # Sampled clients that dropped out (either kind of dropout).
+      left = sampled.mask & ~cohort.mask
       times = participation_lib.timing(
           participation, jax.random.fold_in(round_key, _SPEED_TAG),
           cohort.client_ids, model_bytes=sizes['down'],
@@ -718,16 +720,17 @@ def build_round(
     if tracks:
       reported = cohort.mask
       if participation is not None:
-        seconds = participation_lib.round_seconds(
-            participation, finish, reported, late)
-        # With no client online, a schedule's clock moves to the next slot.
-        seconds = seconds + jnp.where(
-            num_sampled == 0,
-            participation_lib.idle_seconds(participation, state.clock), 0.0)
+        clock = participation_lib.advance_clock(
+            participation, state.clock,
+            participation_lib.round_seconds(
+                participation, finish, reported, late,
+                noticed=jnp.where(left, times.download, 0.0)),
+            num_available)
       else:
-        seconds = jnp.float32(0.0)
+        clock = state.clock
+      seconds = clock - state.clock
       new_state = new_state._replace(
-          clock=state.clock + seconds,
+          clock=clock,
           contributions=state.contributions.at[cohort.client_ids].add(
               contributes.astype(jnp.int32)),
       )

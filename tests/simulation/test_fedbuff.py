@@ -32,7 +32,7 @@ def test_full_buffer_equals_sync_fedavg(key):
   sync_state = small.server_state(key, num_clients=6)
   for round_key in keys[:3]:
     sync_state, _ = sync(sync_state, round_key)
-  state = buffered.init(small.server_state(key, num_clients=6), keys[0])
+  state, _ = buffered.init(small.server_state(key, num_clients=6), keys[0])
   for step_key in keys[1:]:
     state, metrics = buffered.step(state, step_key)
     assert float(metrics['max_staleness']) == 0.0
@@ -54,7 +54,7 @@ def test_stale_update_weighted_by_hand(key):
       participation=participation, aggregator='mean')
   start = small.server_state(key, num_clients=2)
   init_key = jax.random.fold_in(key, 0)
-  state = buffered.init(start, init_key)
+  state, _ = buffered.init(start, init_key)
   state, first = buffered.step(state, jax.random.fold_in(key, 1))
   # Four steps at 100 steps/s: client 0 arrives at 0.04 s.
   assert float(first['max_staleness']) == 0.0
@@ -93,7 +93,7 @@ def test_staleness_decay_applied(key):
         data, local_update, optax.sgd(1.0), concurrency=2, buffer_size=1,
         participation=participation, aggregator='mean',
         staleness_exponent=exponent)
-    state = buffered.init(small.server_state(key, num_clients=2), init_key)
+    state, _ = buffered.init(small.server_state(key, num_clients=2), init_key)
     index = 1
     while True:
       before = state.server.params
@@ -121,7 +121,7 @@ def test_dropouts_free_slots_and_skip_buffer(key):
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=2,
       dispatch_size=4, participation=participation)
-  state = buffered.init(small.server_state(key, num_clients=8), key)
+  state, _ = buffered.init(small.server_state(key, num_clients=8), key)
   collected = 0
   for index in range(1, 8):
     waiting = int(jnp.sum(state.busy & state.valid))
@@ -147,7 +147,7 @@ def test_bytes_and_clock(key):
   params = small.MODEL.init(key, jnp.zeros((1, 3)))
   sizes = buffered.message_bytes(params)
   assert sizes['up'] == compression.encoded_bytes(settings, small.NUM_PARAMS)
-  state = buffered.init(small.server_state(key, num_clients=6), key)
+  state, _ = buffered.init(small.server_state(key, num_clients=6), key)
   clock = 0.0
   for index in range(1, 5):
     state, metrics = buffered.step(state, jax.random.fold_in(key, index))
@@ -196,7 +196,7 @@ def test_clock_moves_past_dropped_clients(key):
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=5, buffer_size=2,
       participation=participation)
-  state = buffered.init(small.server_state(key, num_clients=20), key)
+  state, _ = buffered.init(small.server_state(key, num_clients=20), key)
   clocks, collected = [], 0
   for index in range(1, 31):
     state, metrics = buffered.step(state, jax.random.fold_in(key, index))
@@ -218,7 +218,7 @@ def test_clock_skips_offline_night(key):
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1,
       participation=participation)
-  state = buffered.init(small.server_state(key, num_clients=6), key)
+  state, _ = buffered.init(small.server_state(key, num_clients=6), key)
   assert int(jnp.sum(state.busy)) == 0
   state, metrics = buffered.step(state, jax.random.fold_in(key, 1))
   assert float(metrics['clock']) == 100.0
@@ -227,13 +227,39 @@ def test_clock_skips_offline_night(key):
   assert int(metrics['num_collected']) == 1
 
 
+def test_offline_jump_lands_on_slot_start(key):
+  # server_seconds is 60 s. A jump over an offline slot used to add it on
+  # top of the slot start.
+  data = small.population([5] * 6)
+  schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (6, 1))
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0, server_seconds=60.0,
+      steps_per_second=np.full(6, 10.0, np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1,
+      participation=participation)
+  state, _ = buffered.init(small.server_state(key, num_clients=6), key)
+  state, metrics = buffered.step(state, jax.random.fold_in(key, 1))
+  assert float(metrics['clock']) == 100.0
+
+
+def test_init_reports_its_downloads(key):
+  data = small.population([5] * 8)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=2)
+  state, started = buffered.init(small.server_state(key, num_clients=8), key)
+  assert int(started['num_dispatched']) == 4
+  assert float(started['bytes_down']) == 4 * 4 * small.NUM_PARAMS
+  assert int(jnp.sum(state.busy)) == 4
+
+
 def test_dispatch_limited_to_free_slots(key):
   data = small.population([5] * 8)
   settings = compression.CompressionSettings('top_k', fraction=0.25)
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=1,
       dispatch_size=4, compression=settings)
-  state = buffered.init(
+  state, _ = buffered.init(
       small.server_state(key, num_clients=8, error_feedback=True), key)
   started = {int(client) for client in state.client_ids}
   for index in range(1, 4):
@@ -263,5 +289,5 @@ def test_numpy_integer_sizes_accepted(key):
   buffered = fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=np.int64(3),
       buffer_size=np.int32(2))
-  state = buffered.init(small.server_state(key, num_clients=6), key)
+  state, _ = buffered.init(small.server_state(key, num_clients=6), key)
   assert int(jnp.sum(state.busy)) == 3

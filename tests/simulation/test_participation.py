@@ -439,6 +439,68 @@ def test_sync_clock_skips_offline_slot(key):
   np.testing.assert_allclose(metrics['clock'], 100.6, rtol=1e-6)
 
 
+def test_empty_draw_with_clients_online_takes_server_seconds(key):
+  # Everyone is online in every slot, and Poisson sampling at rate 0.02
+  # often draws nobody. Such a round lasts server_seconds, not until the
+  # next slot: the jump is for slots with no client online.
+  data = small.population([5] * 10)
+  participation = participation_lib.Participation(
+      availability=np.ones((10, 24), np.float32), server_seconds=1.0)
+  round_fn = round_lib.build_round(
+      data, small.local_update(), sampling.poisson_sampler(10, 0.02),
+      optax.sgd(1.0), participation=participation)
+  state = small.server_state(key, num_clients=10)
+  empty = 0
+  for index in range(6):
+    state, metrics = round_fn(state, jax.random.fold_in(key, index))
+    assert int(metrics['num_available']) == 10
+    np.testing.assert_allclose(metrics['round_seconds'], 1.0)
+    empty += int(metrics['num_sampled']) == 0
+  assert empty >= 3
+  np.testing.assert_allclose(state.clock, 6.0)
+
+
+def test_offline_jump_lands_on_slot_start(key):
+  # server_seconds is a whole slot. A jump used to add it on top of the
+  # slot start, skipping the first online slot after a gap.
+  data = small.population([5] * 4)
+  schedule = np.tile(np.array([[1.0, 0.0, 1.0, 1.0]], np.float32), (4, 1))
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0, server_seconds=100.0)
+  round_fn = round_lib.build_round(
+      data, small.local_update(), sampling.uniform_sampler(4, 2),
+      optax.sgd(1.0), participation=participation)
+  state = small.server_state(key, num_clients=4)
+  clocks, available = [], []
+  for index in range(4):
+    state, metrics = round_fn(state, jax.random.fold_in(key, index))
+    clocks.append(float(metrics['clock']))
+    available.append(int(metrics['num_available']))
+  # Slot 0 runs (to 100 s), slot 1 has nobody (jump to 200 s), slots 2
+  # and 3 run.
+  assert available == [4, 0, 4, 4]
+  np.testing.assert_allclose(clocks, [100.0, 200.0, 300.0, 400.0])
+
+
+def test_dropouts_noticed_after_their_download(key):
+  # Every client drops out; each download takes 1 s. The server notices
+  # the dropouts when the downloads end, so the round lasts 1 s (it used
+  # to take no time at all, which made dropouts shorten rounds).
+  data = small.population([5] * 4)
+  link_speed = 4 * small.NUM_PARAMS / 1.0
+  participation = participation_lib.Participation(
+      dropout=np.ones(4, np.float32),
+      download_bytes_per_second=np.full(4, link_speed, np.float32),
+      deadline=5.0, straggler_policy='drop')
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _all_sampler(4), optax.sgd(1.0),
+      participation=participation)
+  state, metrics = round_fn(small.server_state(key, num_clients=4), key)
+  assert int(metrics['num_reported']) == 0
+  np.testing.assert_allclose(metrics['round_seconds'], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(state.clock, 1.0, rtol=1e-6)
+
+
 def test_round_rejects_state_of_other_population(key):
   data = small.population([5] * 6)
   round_fn = round_lib.build_round(
