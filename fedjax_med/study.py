@@ -1517,6 +1517,11 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
         study_participation.clients_offline(config)):
       # The accountant's epsilon assumes every client is always online.
       summary['privacy']['guarantee_holds'] = False
+      summary['privacy']['guarantee'] = (
+          'No valid guarantee from privacy.epsilon: it assumes every client '
+          'is online in every round, and clients were offline. '
+          'participation.privacy gives upper bounds that use the recorded '
+          'availability; report the smaller')
   if config.client.ditto_lambda is not None:
     summary['ditto'] = _personal_summary(
         config, dataset, history['state'].personal, history['local_model'])

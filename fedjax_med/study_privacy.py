@@ -13,6 +13,7 @@ clipped updates, the train loss), which are computed without noise.
 """
 
 import copy
+import math
 from typing import Any
 
 import dp_accounting
@@ -187,9 +188,26 @@ def _guarantee(config, settings, accountant, epsilon, rounds_below_min):
         epsilon, privacy.delta, 'replace_one', 'client'
     ) + ', local DP of each client\'s own release'
   return accounting.describe_guarantee(
-      epsilon, privacy.delta, accountant.relation, 'client',
+      epsilon, privacy.delta, _stated_relation(config, accountant), 'client',
       sampling=config.sampling.sampling,
   )
+
+
+def _stated_relation(config, accountant) -> str:
+  """Return the neighboring relation the client-level epsilon holds under.
+
+  Distributed noise is accounted as one Gaussian of the planned std. A
+  client that is removed also takes its share of the noise away, so the
+  two neighbors' noise differs and add-or-remove accounting is not an
+  upper bound. It is under zero-out neighbors, where the client still
+  takes part (and adds its noise) with a zero update.
+  """
+  if config.privacy.noise == 'local':
+    return 'replace_one'
+  if (config.privacy.noise == 'distributed'
+      and accountant.relation == 'add_or_remove'):
+    return 'zero_out'
+  return accountant.relation
 
 
 def describe(
@@ -201,7 +219,7 @@ def describe(
     return {'private': False}
   privacy = config.privacy
   epsilon = accountant.epsilon(privacy.delta) if accountant.rounds else 0.0
-  relation = 'replace_one' if privacy.noise == 'local' else accountant.relation
+  relation = _stated_relation(config, accountant)
   section = {
       'private': True,
       'unit': 'client',
@@ -221,6 +239,13 @@ def describe(
       ),
       'assumptions': _assumptions(config, settings, rounds_below_min),
   }
+  if relation == 'zero_out':
+    section['assumptions'].append(
+        'The guarantee is for zero-out neighbors: the protected client '
+        'takes part with a zero update and still adds its share of the '
+        'noise. If it is absent instead, the sum also loses that noise, '
+        'and the epsilon is not an upper bound under add-or-remove.'
+    )
   if settings.sums_noise:
     section['denominator'] = settings.denominator
   if privacy.adaptive_clipping:
@@ -294,6 +319,19 @@ def check_against_data(config, num_clients: int, accountant) -> None:
         f'`privacy.min_reporting_clients` ({privacy.min_reporting_clients}) '
         f'is larger than the population of {num_clients} clients.'
     )
+  if accountant is not None and accountant.rounds == 0:
+    one_round = copy.deepcopy(accountant)
+    one_round.step()
+    # dp_accounting divides by the multiplier squared, which underflows.
+    with np.errstate(divide='ignore', over='ignore'):
+      epsilon = one_round.epsilon(privacy.delta)
+    if not math.isfinite(epsilon):
+      raise InputError(
+          f'`privacy.noise_multiplier` ({privacy.noise_multiplier}) '
+          'gives an infinite epsilon in a single round, so no guarantee '
+          'could be reported. Raise `privacy.noise_multiplier` (1 or more '
+          'is usual), or set `privacy.noise = "none"` for a run without DP.'
+      )
   if stop_before_round(accountant, config):
     one_round = copy.deepcopy(accountant)
     one_round.step()

@@ -290,6 +290,11 @@ def test_privacy_input_exits_2(capsys, tmp_path, args, expected):
     (['--set', 'noise=central', '--set', 'clip_norm=1',
       '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
       '--set', 'target_mode=stop'], 'without `privacy.target_epsilon`'),
+    # Used to train every round, then fail on the summary's infinite
+    # epsilon without writing summary.json.
+    (['--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1e-300', '--set', 'aggregator=mean'],
+     '(1e-300) gives an infinite epsilon in a single round'),
     (['--set', 'dp_sgd=true', '--set', 'example_noise_multiplier=0'],
      'client.example_noise_multiplier'),
 ])

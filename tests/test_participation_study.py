@@ -88,6 +88,7 @@ def test_central_noise_reports_claims(tmp_path):
   # The accountant's epsilon assumes every client online, so with half
   # the clients offline it is not an upper bound.
   assert summary['privacy']['guarantee_holds'] is False
+  assert summary['privacy']['guarantee'].startswith('No valid guarantee')
   # The sweep's table reports the smaller of the valid claims instead.
   [record] = records
   assert record['epsilon'] == min(claims['sampled']['epsilon'],

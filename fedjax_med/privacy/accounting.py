@@ -46,6 +46,7 @@ import math
 import numbers
 
 import dp_accounting
+import numpy as np
 from dp_accounting import pld
 from dp_accounting import rdp
 
@@ -87,7 +88,13 @@ _DP_ACCOUNTING_RELATIONS = {
 _NEIGHBORING_PHRASES = {
     'add_or_remove': 'add-or-remove-one-{unit}',
     'replace_one': 'replace-one-{unit}',
+    # The unit still takes part but sends a zero update. Distributed noise
+    # needs it: a client that is removed also removes its share of the
+    # noise, which add-or-remove accounting does not model.
+    'zero_out': 'zero-out-one-{unit}',
 }
+# The relations a guarantee can be stated under.
+DESCRIBED_RELATIONS = tuple(_NEIGHBORING_PHRASES)
 _SAMPLING_PHRASES = {
     'all': 'all clients in every round',
     'poisson': 'Poisson sampling',
@@ -134,7 +141,7 @@ def round_event(
       argument that `sampling` reads is missing or out of range.
   """
   _check_choice('sampling', sampling, SAMPLINGS)
-  _check_integer('num_clients', num_clients, minimum=1)
+  num_clients = _check_integer('num_clients', num_clients, minimum=1)
   _check_noise_multiplier(noise_multiplier)
   gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
   if sampling == 'all':
@@ -146,7 +153,7 @@ def round_event(
         'add_or_remove',
     )
 
-  _check_cohort_size(cohort_size, num_clients)
+  cohort_size = _check_cohort_size(cohort_size, num_clients)
   # Replacing one client moves the clipped sum by up to 2C, while the RDP
   # accountant of dp_accounting 0.6.0 reads the noise multiplier of a
   # SampledWithoutReplacementDpEvent as noise std over that L2 sensitivity.
@@ -228,8 +235,7 @@ class PrivacyAccountant:
     Raises:
       InputError: if `num_rounds` is not a non-negative integer.
     """
-    _check_integer('num_rounds', num_rounds, minimum=0)
-    self._rounds += num_rounds
+    self._rounds += _check_integer('num_rounds', num_rounds, minimum=0)
 
   def epsilon(self, delta: float) -> float:
     """Return the epsilon of all recorded rounds at `delta`.
@@ -309,7 +315,7 @@ def calibrate_noise_multiplier(
   """
   _check_target_epsilon(target_epsilon)
   _check_delta(delta)
-  _check_integer('rounds', rounds, minimum=1)
+  rounds = _check_integer('rounds', rounds, minimum=1)
   make_round_event = functools.partial(
       round_event,
       sampling=sampling,
@@ -381,7 +387,8 @@ def describe_guarantee(
   Args:
     epsilon: the epsilon, non-negative and finite.
     delta: the delta, strictly between 0 and 1.
-    relation: an entry of `NEIGHBORING_RELATIONS`.
+    relation: an entry of `DESCRIBED_RELATIONS`: `NEIGHBORING_RELATIONS`
+      or 'zero_out' (the unit takes part with a zero update).
     unit: the protected unit, 'client' or 'example'.
     sampling: the round's sampler, appended when given.
 
@@ -396,7 +403,7 @@ def describe_guarantee(
         f'`epsilon` must be non-negative and finite; got {epsilon}.'
     )
   _check_delta(delta)
-  _check_choice('relation', relation, NEIGHBORING_RELATIONS)
+  _check_choice('relation', relation, DESCRIBED_RELATIONS)
   _check_choice('unit', unit, UNITS)
   # The inner round() drops float noise such as 2.1 * 100 = 210.00000000000003
   # before ceil() rounds up.
@@ -471,14 +478,16 @@ def _check_choice(name, value, choices) -> None:
     raise InputError(f'`{name}` must be one of {choices}; got {value!r}.')
 
 
-def _check_integer(name, value, *, minimum) -> None:
+def _check_integer(name, value, *, minimum) -> int:
+  """Return `value` as a Python int; numpy integers become ints."""
   is_integer = isinstance(value, numbers.Integral) and not isinstance(
-      value, bool
+      value, (bool, np.bool_)
   )
   if not is_integer or value < minimum:
     raise InputError(
         f'`{name}` must be an integer of at least {minimum}; got {value!r}.'
     )
+  return int(value)
 
 
 def _check_noise_multiplier(noise_multiplier) -> None:
@@ -502,18 +511,19 @@ def _check_sampling_rate(sampling_rate) -> None:
     )
 
 
-def _check_cohort_size(cohort_size, num_clients) -> None:
+def _check_cohort_size(cohort_size, num_clients) -> int:
   if cohort_size is None:
     raise InputError(
         '`cohort_size` is missing. Set it to the number of clients per round '
         'for `sampling=uniform`.'
     )
-  _check_integer('cohort_size', cohort_size, minimum=1)
+  cohort_size = _check_integer('cohort_size', cohort_size, minimum=1)
   if cohort_size > num_clients:
     raise InputError(
         f'`cohort_size` must be at most `num_clients` ({num_clients}); got '
         f'{cohort_size}.'
     )
+  return cohort_size
 
 
 def _check_delta(delta) -> None:

@@ -353,7 +353,10 @@ def build_fedbuff(
         updates, weights * decay, privacy,
         key=jax.random.fold_in(key, round_lib._CENTRAL_NOISE_TAG),
         denominator_weights=weights)
+    # Central noise is applied even to an empty buffer, as in a round.
     skipped = jnp.sum(weights) <= 0
+    if privacy.noise_kind == 'central':
+      skipped = jnp.zeros((), bool)
     new_server = round_lib._server_update(
         server, aggregate, skipped, server_optimizer)
     new_server = new_server._replace(
@@ -391,7 +394,8 @@ def build_fedbuff(
         'mean_staleness': jnp.sum(jnp.where(collected, staleness, 0.0))
         / jnp.maximum(num_collected, 1),
         'max_staleness': jnp.max(jnp.where(collected, staleness, 0.0)),
-        'train_loss': jnp.where(skipped, jnp.nan, train_loss),
+        'train_loss': jnp.where(
+            skipped | ~jnp.any(contributes), jnp.nan, train_loss),
         'skipped': skipped,
         'bytes_down': num_dispatched.astype(jnp.float32) * sizes['down'],
         'bytes_up': num_collected.astype(jnp.float32) * sizes['up'],

@@ -327,8 +327,10 @@ def build_round(
       clipping.
     * `train_loss`: example-weighted mean local loss of contributing
       clients; NaN in a skipped round.
-    * `skipped`: True when no client contributed; the params and optimizer
-      state are then unchanged.
+    * `skipped`: True when no client contributed, without central noise;
+      the params and optimizer state are then unchanged. Under central
+      noise an empty round applies its noise (the accounted release), so
+      it is not skipped; `num_contributing` is then 0.
     * `params_finite`: False once the server step has produced a NaN or
       infinite parameter (for example from a far too large learning rate).
 
@@ -679,7 +681,14 @@ def build_round(
           & jnp.logical_not(secure_failed)
       )
 
-    skipped = (jnp.sum(weights) <= 0) | secure_failed
+    # Under central noise a round with no contributing client still
+    # applies its noise: unchanged params would tell everyone that the
+    # round was empty, an outcome the accountant does not model, and that
+    # changes with one client's presence under Poisson sampling.
+    empty = jnp.sum(weights) <= 0
+    if privacy.noise_kind == 'central':
+      empty = False
+    skipped = empty | secure_failed
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
     if scaffold:
       # The controls come from the unclipped updates, zeroed where a client
@@ -1211,6 +1220,7 @@ def _round_metrics(
       'num_examples': jnp.sum(example_weights).astype(jnp.int32),
       'num_overflow': cohort.num_overflow,
       'skipped': skipped,
-      'train_loss': jnp.where(skipped, jnp.nan, train_loss),
+      'train_loss': jnp.where(
+          skipped | ~jnp.any(contributes), jnp.nan, train_loss),
       **diagnostics,
   }

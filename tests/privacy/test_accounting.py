@@ -13,6 +13,7 @@ import math
 
 import dp_accounting
 from dp_accounting.pld import privacy_loss_distribution
+import numpy as np
 import pytest
 from scipy import optimize
 from scipy import special
@@ -464,3 +465,20 @@ def test_rdp_convergence_warning_dropped_from_library_use():
 
   assert not absl_logger.filter(from_dp_accounting)
   assert absl_logger.filter(from_elsewhere)
+
+
+def test_numpy_integers_accepted_as_counts():
+  # np.int64 passed the integer check, then dp_accounting raised TypeError.
+  event = dp_accounting.GaussianDpEvent(1.0)
+  expected = accounting.epsilon_for(event, 'add_or_remove', 3, 1e-5)
+
+  assert accounting.epsilon_for(
+      event, 'add_or_remove', np.int64(3), 1e-5) == expected
+  uniform, _ = accounting.round_event(
+      noise_multiplier=1.0, sampling='uniform', num_clients=np.int64(20),
+      cohort_size=np.int32(5))
+  assert uniform == accounting.round_event(
+      noise_multiplier=1.0, sampling='uniform', num_clients=20,
+      cohort_size=5)[0]
+  with pytest.raises(InputError, match='rounds'):
+    accounting.epsilon_for(event, 'add_or_remove', np.bool_(True), 1e-5)

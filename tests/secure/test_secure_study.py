@@ -48,6 +48,10 @@ def test_distributed_noise_accounted_as_discrete(tmp_path):
   # costs slightly more than the continuous one, and never less.
   assert gaussian < epsilon < 1.01 * gaussian
   assert math.isfinite(epsilon)
+  # A removed client would also remove its share of the noise, so the
+  # bound is stated for zero-out neighbors, not add-or-remove.
+  assert summary['privacy']['neighboring_relation'] == 'zero_out'
+  assert 'zero-out-one-client' in summary['privacy']['guarantee']
 
 
 @pytest.mark.parametrize('overrides, match', [

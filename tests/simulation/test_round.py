@@ -116,6 +116,34 @@ def test_all_dropped_round_skipped(key, aggregator):
   assert int(new_state.round) == 1
 
 
+def test_empty_round_under_central_noise_applies_the_noise(key):
+  # Unchanged params would show that the round was empty, which the
+  # accountant does not model: the release must be the noise alone,
+  # std z * C / denominator = 2 * 0.5 / 4 = 0.25 per entry.
+  data = small.population([5, 8, 3])
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=0.5, noise_multiplier=2.0, noise_kind='central',
+      denominator=4.0)
+  round_fn = round_lib.build_round(
+      data, small.local_update(), sampling.uniform_sampler(3, 3),
+      optax.sgd(1.0), aggregator='mean', dropout_rate=1.0, privacy=privacy)
+  state = small.server_state(key, optax.sgd(1.0))
+
+  moves = []
+  for index in range(100):
+    new_state, metrics = round_fn(state, jax.random.fold_in(key, index))
+    assert int(metrics['num_contributing']) == 0
+    assert not bool(metrics['skipped'])
+    assert np.isnan(float(metrics['train_loss']))
+    moves.append(np.concatenate([
+        np.ravel(new - old) for new, old in zip(
+            jax.tree.leaves(new_state.params), jax.tree.leaves(state.params))
+    ]))
+  moves = np.concatenate(moves)
+  assert moves.size == 400
+  assert np.std(moves) == pytest.approx(0.25, rel=0.15)
+
+
 def test_zero_example_cohort_skipped(key):
   data = small.population([0, 6, 0])
   round_fn = round_lib.build_round(
