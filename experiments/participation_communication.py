@@ -113,8 +113,8 @@ COMPRESSORS = {
     'none': compression.CompressionSettings('none'),
     'qsgd_16': compression.CompressionSettings('qsgd', levels=16),
     'qsgd_2': compression.CompressionSettings('qsgd', levels=2),
-    'rotated_qsgd_2': compression.CompressionSettings(
-        'rotated_qsgd', levels=2),
+    'rotated_2': compression.CompressionSettings(
+        'rotated', levels=2),
     'top_k_10': compression.CompressionSettings('top_k', fraction=0.1),
     'top_k_1': compression.CompressionSettings('top_k', fraction=0.01),
     'top_k_10_no_feedback': compression.CompressionSettings(
@@ -124,7 +124,7 @@ COMPRESSOR_NAMES = {
     'none': 'none (float32)',
     'qsgd_16': 'QSGD, 16 levels',
     'qsgd_2': 'QSGD, 2 levels',
-    'rotated_qsgd_2': 'rotated QSGD, 2 levels',
+    'rotated_2': 'rotated quantization, 2 levels',
     'top_k_10': 'top-10% + error feedback',
     'top_k_1': 'top-1% + error feedback',
     'top_k_10_no_feedback': 'top-10%, no error feedback',

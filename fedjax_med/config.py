@@ -452,8 +452,8 @@ class CompressionConfig:
   """Compression of each client's upload (`fedjax_med.communication`).
 
   Attributes:
-    compressor: 'none', 'qsgd', 'rotated_qsgd' or 'top_k'.
-    quantization_levels: levels s of QSGD and rotated QSGD.
+    compressor: 'none', 'qsgd', 'rotated' or 'top_k'.
+    quantization_levels: levels s of qsgd and of rotated quantization.
     top_k_fraction: share of the coordinates top-k sends.
     error_feedback: top-k keeps what it did not send and adds it to the
       client's next update.
@@ -924,7 +924,7 @@ _SETTINGS_USED_BY = (
      ('office_hours',)),
     ('participation', 'time_zones', 'schedule', ('office_hours',)),
     ('compression', 'quantization_levels', 'compressor',
-     ('qsgd', 'rotated_qsgd')),
+     ('qsgd', 'rotated')),
     ('compression', 'top_k_fraction', 'compressor', ('top_k',)),
     ('compression', 'error_feedback', 'compressor', ('top_k',)),
 )
@@ -1242,7 +1242,7 @@ def _validate_sampling_and_privacy(config: ExperimentConfig) -> None:
 
 SCHEDULES = ('none', 'office_hours')
 STRAGGLER_POLICIES = ('wait', 'drop', 'partial')
-COMPRESSORS = ('none', 'qsgd', 'rotated_qsgd', 'top_k')
+COMPRESSORS = ('none', 'qsgd', 'rotated', 'top_k')
 
 
 def participation_active(config: ExperimentConfig) -> bool:

@@ -20,10 +20,18 @@ Compressors:
   the data. This module sends fixed-width codes instead, so the size depends
   only on `d` and `s`: a float32 norm and then `d` codes of
   `bits_per_coordinate` bits each.
-* 'rotated_qsgd': QSGD after a randomized Hadamard rotation (Suresh et al.,
-  2017). The rotation spreads the mass of `v` over all coordinates. With
-  one bit per coordinate, the paper shows that it lowers the mean squared
-  error of the mean of `n` clients from Theta(d / n) to O(log(d) / n).
+* 'rotated': stochastic rotated quantization (Suresh et al., 2017, pi_srk).
+  The vector is padded to `D`, a power of two, and rotated by a randomized
+  Hadamard transform, which spreads its mass so that the rotated entries
+  all lie within about `sqrt(2 ln D / D) ||v||` of 0. Each rotated entry is
+  then rounded at random, without bias, to one of the `s + 1` evenly spaced
+  points from the rotated vector's minimum to its maximum. The squared
+  error is at most `D (max - min)**2 / (4 s**2)`, which the rotation makes
+  at most `(2 ln D + 2) ||v||**2 / s**2` in expectation (their Theorem 3),
+  against up to `min(d / s**2, sqrt(d) / s) ||v||**2` for QSGD. A message
+  is the float32 minimum and maximum and `D` codes of
+  `ceil(log2(s + 1))` bits. (QSGD's norm-relative levels do not gain from
+  the rotation: their error depends on the L1 norm, which rotation raises.)
 * 'top_k': the `k` entries of largest magnitude, with error feedback
   (Stich et al., 2018). The entries not sent are kept in a residual and
   added to the next update.
@@ -55,7 +63,7 @@ import numpy as np
 from fedjax_med.errors import InputError
 from fedjax_med.typing import PRNGKey
 
-COMPRESSORS = ('none', 'qsgd', 'rotated_qsgd', 'top_k')
+COMPRESSORS = ('none', 'qsgd', 'rotated', 'top_k')
 
 # `r_i = |v_i| / norm * s` is float32, with a rounding error of up to about
 # `s * 2**-24` levels. Above 2**24 levels that error exceeds one level, and
@@ -70,8 +78,8 @@ class CompressionSettings(NamedTuple):
 
   Attributes:
     kind: one of `COMPRESSORS`.
-    levels: number of QSGD quantization levels `s`, from 1 to `MAX_LEVELS`
-      (qsgd and rotated_qsgd).
+    levels: number of quantization levels `s`, from 1 to `MAX_LEVELS`
+      (qsgd and rotated).
     fraction: share of coordinates that top_k sends, in (0, 1]. It keeps
       `k = max(1, ceil(fraction * d))` of `d` coordinates.
     error_feedback: whether top_k keeps the coordinates it did not send in a
@@ -148,8 +156,8 @@ def num_kept(settings: CompressionSettings, size: int) -> int:
 def bits_per_coordinate(settings: CompressionSettings) -> int:
   """Return the number of bits in one coordinate's code, 32 for 'none'.
 
-  For qsgd and rotated_qsgd, a code is 1 sign bit and
-  `ceil(log2(levels + 1))` level bits.
+  For qsgd, a code is 1 sign bit and `ceil(log2(levels + 1))` level bits;
+  for rotated, the `ceil(log2(levels + 1))` level bits alone.
 
   Raises:
     ValueError: for top_k, whose cost per coordinate depends on `d`; use
@@ -164,7 +172,8 @@ def bits_per_coordinate(settings: CompressionSettings) -> int:
         '`encoded_bytes(settings, size)` for its message size.'
     )
   # For s >= 1, int.bit_length(s) equals ceil(log2(s + 1)), computed exactly.
-  return 1 + int(settings.levels).bit_length()
+  level_bits = int(settings.levels).bit_length()
+  return level_bits if settings.kind == 'rotated' else 1 + level_bits
 
 
 def rotated_size(size: int) -> int:
@@ -192,7 +201,7 @@ def encoded_bytes(settings: CompressionSettings, size: int) -> int:
 
   * none: `4 * d`.
   * qsgd: `4 + ceil(d * bits / 8)`, with `bits = bits_per_coordinate`.
-  * rotated_qsgd: `4 + ceil(D * bits / 8)`, with `D = rotated_size(d)`.
+  * rotated: `8 + ceil(D * bits / 8)`, with `D = rotated_size(d)`.
   * top_k: `4 * k + min(k * index_bytes, ceil(d / 8))`, where `index_bytes`
     is the smallest of 1, 2 and 4 that can store `d - 1`.
   """
@@ -203,8 +212,9 @@ def encoded_bytes(settings: CompressionSettings, size: int) -> int:
   if settings.kind == 'top_k':
     kept = num_kept(settings, size)
     return 4 * kept + min(kept * _index_bytes(size), math.ceil(size / 8))
-  if settings.kind == 'rotated_qsgd':
-    size = rotated_size(size)
+  if settings.kind == 'rotated':
+    return 8 + math.ceil(rotated_size(size) * bits_per_coordinate(settings)
+                         / 8)
   return 4 + math.ceil(size * bits_per_coordinate(settings) / 8)
 
 
@@ -336,6 +346,45 @@ def _qsgd_dequantize(
   return sign * quantized.level.astype(jnp.float32) * step
 
 
+# Stochastic rotated quantization.
+
+
+class _RangeQuantized(NamedTuple):
+  """A rotated vector before bit packing: its range and a level per entry."""
+
+  low: jax.Array
+  high: jax.Array
+  level: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames='levels')
+def _range_quantize(
+    vector: jax.Array, key: PRNGKey, levels: int
+) -> _RangeQuantized:
+  """Round each entry to one of `levels + 1` points in [min, max], unbiased."""
+  low, high = jnp.min(vector), jnp.max(vector)
+  # The width is computed as two halves so that it cannot overflow.
+  width = high / 2 - low / 2
+  step = jnp.where(width > 0, width / levels * 2, 1.0)
+  scaled = (vector - low) / step
+  lower = jnp.floor(scaled)
+  round_up = jax.random.bernoulli(key, scaled - lower)
+  level = lower + round_up.astype(jnp.float32)
+  # Round-off can leave `scaled` just outside [0, levels]. A NaN level
+  # (non-finite input) becomes 0, and the NaN range still makes every
+  # decoded entry NaN.
+  level = jnp.where(jnp.isfinite(level), jnp.clip(level, 0, levels), 0)
+  return _RangeQuantized(low, high, level.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames='levels')
+def _range_dequantize(quantized: _RangeQuantized, levels: int) -> jax.Array:
+  """Return `min + level * (max - min) / levels` for each entry."""
+  width = quantized.high / 2 - quantized.low / 2
+  step = width / levels * 2
+  return quantized.low + quantized.level.astype(jnp.float32) * step
+
+
 # Top-k with error feedback.
 
 
@@ -384,7 +433,7 @@ def compress(
   Pure JAX: jit it with `settings` static, and vmap it over
   `(vector, key, residual)` to compress a cohort.
 
-  For qsgd and rotated_qsgd, a NaN or infinite entry in `vector` makes every
+  For qsgd and rotated, a NaN or infinite entry in `vector` makes every
   entry of the decoded vector NaN, so a round that screens out non-finite
   updates drops the client. For top_k, a non-finite entry is always sent.
   The residual then contains NaN too, and the caller should reset it.
@@ -392,7 +441,7 @@ def compress(
   Args:
     settings: the compressor; validated here.
     vector: `[d]` float32 update.
-    key: key of this client's random draws. rotated_qsgd splits it with
+    key: key of this client's random draws. rotated splits it with
       `jax.random.split` into the key of the rotation's signs (given to
       `rotate`) and the key of the rounding. The server derives the same
       key from the shared round seed, so the signs cost no bytes.
@@ -412,11 +461,11 @@ def compress(
   if settings.kind == 'qsgd':
     quantized = _qsgd_quantize(vector, key, settings.levels)
     return _qsgd_dequantize(quantized, settings.levels), zeros
-  if settings.kind == 'rotated_qsgd':
+  if settings.kind == 'rotated':
     sign_key, quantize_key = _rotation_keys(key)
-    quantized = _qsgd_quantize(
+    quantized = _range_quantize(
         rotate(vector, sign_key), quantize_key, settings.levels)
-    rotated = _qsgd_dequantize(quantized, settings.levels)
+    rotated = _range_dequantize(quantized, settings.levels)
     return unrotate(rotated, sign_key, vector.shape[0]), zeros
 
   accumulated = vector + residual
@@ -548,9 +597,10 @@ def encode(
     return _encode_quantized(
         _qsgd_quantize(vector, key, settings.levels), width)
   sign_key, quantize_key = _rotation_keys(key)
-  quantized = _qsgd_quantize(
+  quantized = _range_quantize(
       rotate(vector, sign_key), quantize_key, settings.levels)
-  return _encode_quantized(quantized, width)
+  limits = np.asarray([quantized.low, quantized.high], _FLOAT32).tobytes()
+  return limits + _pack_codes(np.asarray(quantized.level), width)
 
 
 def decode(
@@ -565,7 +615,7 @@ def decode(
     settings: the compressor that encoded the message.
     message: the output of `encode`.
     size: `d`, the length of the update.
-    key: the client's key; needed only by rotated_qsgd, to rebuild the
+    key: the client's key; needed only by rotated, to rebuild the
       random signs of the rotation.
 
   Returns:
@@ -589,7 +639,17 @@ def decode(
     return np.asarray(_decode_quantized(message, size, settings))
   if key is None:
     raise ValueError(
-        'rotated_qsgd needs the client\'s `key` to rebuild the rotation.')
+        'rotated needs the client\'s `key` to rebuild the rotation.')
   sign_key, _ = _rotation_keys(key)
-  rotated = _decode_quantized(message, rotated_size(size), settings)
+  low, high = np.frombuffer(message[:8], _FLOAT32)
+  level = _unpack_codes(message[8:], rotated_size(size),
+                        bits_per_coordinate(settings))
+  if np.any(level > settings.levels):
+    raise ValueError(
+        f'Invalid rotated message: level {int(level.max())} exceeds '
+        f'`levels` {settings.levels}.'
+    )
+  rotated = _range_dequantize(
+      _RangeQuantized(jnp.float32(low), jnp.float32(high),
+                      jnp.asarray(level.astype(np.int32))), settings.levels)
   return np.asarray(unrotate(rotated, sign_key, size))
