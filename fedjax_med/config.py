@@ -639,6 +639,15 @@ def _coerce(
           and not isinstance(value, numbers.Integral)
           and not float(value).is_integer()):
         raise ValueError(value)
+      if isinstance(value, str):
+        # '3.0' is accepted as 3, as TOML's 3.0 is; '3.5' is not.
+        try:
+          return int(value)
+        except ValueError:
+          number = float(value)
+          if not (number.is_integer() and abs(number) < 2**53):
+            raise
+          return int(number)
       return int(value)
     if annotation is float:
       if isinstance(value, bool):

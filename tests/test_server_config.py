@@ -171,6 +171,13 @@ def test_typed_values_keep_optional_none_and_numpy_numbers():
   config = config_lib.apply_overrides(config_lib.ExperimentConfig(),
                                       {'rounds': '4'})
   assert config.server.rounds == 4
+  # A whole float is an integer on the command line, as it is in TOML.
+  assert config_lib.apply_overrides(
+      config_lib.ExperimentConfig(), {'rounds': '4.0'}).server.rounds == 4
+  assert fm.configure(rounds=4.0).server.rounds == 4
+  with pytest.raises(errors.InputError, match="got '4.5'"):
+    config_lib.apply_overrides(config_lib.ExperimentConfig(),
+                               {'rounds': '4.5'})
 
 
 def test_section_given_a_value_rejected(tmp_path):
