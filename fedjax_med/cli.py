@@ -270,6 +270,11 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "
           f"{privacy['noise_multiplier']:.4g}, {privacy['rounds_accounted']} "
           'rounds)')
+    if privacy['delta'] * len(accuracies) >= 1:
+      print(f"warning: delta={privacy['delta']:g} is not below 1 / "
+            f'{len(accuracies)} clients, so the guarantee allows publishing '
+            "one client's data outright with probability delta. Use a delta "
+            'well below 1 / clients.', file=sys.stderr)
   claims = summary.get('participation', {}).get('privacy')
   if claims is not None:
     sampled = claims.get('sampled', {}).get('epsilon')

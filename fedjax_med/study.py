@@ -1500,6 +1500,13 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           dataset.client_names,
       ),
   }
+  if summary['privacy']['private'] and (
+      config.privacy.delta >= 1 / dataset.num_clients):
+    summary['privacy']['assumptions'].append(
+        f'delta = {config.privacy.delta:g} is not below 1 / '
+        f'{dataset.num_clients} clients: a mechanism that publishes one '
+        'client\'s data outright with probability delta meets such a '
+        'guarantee. Use delta well below 1 / clients.')
   if history['backdoor'] is not None:
     success = _backdoor_success(
         config, history['backdoor'], history['state']

@@ -360,3 +360,16 @@ def test_interrupted_sweep_names_its_config(capsys, tmp_path):
 
   assert (f'Continue with fedjax-med sweep grid.toml --out {tmp_path} '
           '--resume.') in capsys.readouterr().err
+
+
+def test_delta_not_below_one_over_clients_warns(capsys, tmp_path):
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
+      '--set', 'delta=0.3', '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'delta=0.3 is not below 1 / 4 clients' in captured.err
+  summary = json.loads((tmp_path / 'r' / 'summary.json').read_text())
+  assert any('not below 1 / 4' in line
+             for line in summary['privacy']['assumptions'])
