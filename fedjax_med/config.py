@@ -1456,11 +1456,13 @@ def _validate_privacy(config: ExperimentConfig) -> None:
         '`privacy.adaptive_clipping=true` needs `privacy.clip_norm`, the '
         'starting clip bound.'
     )
-  if privacy.adaptive_clipping and privacy.noise == 'local':
+  if privacy.adaptive_clipping and privacy.noise in ('local', 'distributed'):
     raise InputError(
         '`privacy.adaptive_clipping=true` does not support `privacy.noise='
-        'local`: the unclipped count would need local noise too. Use central '
-        'or distributed noise.'
+        f'{privacy.noise}`: the server adds the count\'s noise itself, so it '
+        'sees each client\'s unclipped indicator first, which local and '
+        'distributed noise are meant to prevent. Use central noise, or a '
+        'fixed `privacy.clip_norm`.'
     )
   if privacy.noise == 'none':
     return

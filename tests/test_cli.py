@@ -267,6 +267,12 @@ def test_default_name_follows_dataset(capsys, tmp_path, monkeypatch):
       '--set', 'aggregator=mean', '--set', 'target_epsilon=1e-9'],
      'target'),
     (['--set', 'target_quantile=0.9'], 'adaptive_clipping=true'),
+    # The server noised the count after seeing every indicator.
+    (['--set', 'noise=distributed', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
+      '--set', 'min_reporting_clients=2', '--set', 'adaptive_clipping=true',
+      '--set', 'count_noise_stddev=1'],
+     'does not support `privacy.noise=distributed`'),
 ])
 def test_privacy_input_exits_2(capsys, tmp_path, args, expected):
   status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
