@@ -480,7 +480,9 @@ def _failed_cell(row) -> str:
 
 def _epsilon_cell(row) -> str:
   """Return epsilon, with the rounds that had fewer reporting clients than
-  the noise assumes: released ones void the guarantee, failed ones do not."""
+  the noise assumes, released or failed. Both void the summary's guarantee:
+  a released one carried too little noise, and a failed one is an outcome
+  the accountant does not model."""
   if row['epsilon'] is None:
     return '-'
   text = f"{row['epsilon']:.2f}"

@@ -1500,6 +1500,17 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           dataset.client_names,
       ),
   }
+  failed_secure = summary['secure_aggregation'].get('failed_rounds', 0)
+  if summary['privacy']['private'] and failed_secure:
+    # A failed round releases nothing. Whether it fails depends on how many
+    # clients took part, so one client's presence changes the chance of
+    # that outcome, which the accountant does not model.
+    summary['privacy']['guarantee_holds'] = False
+    summary['privacy']['guarantee'] = (
+        f'No valid guarantee: {failed_secure} secure aggregation rounds '
+        'failed and released nothing. Whether a round fails depends on how '
+        'many clients take part, which the accountant does not model; '
+        'raise the cohort or lower the dropout so that no round fails')
   if summary['privacy']['private'] and (
       config.privacy.delta >= 1 / dataset.num_clients):
     summary['privacy']['assumptions'].append(

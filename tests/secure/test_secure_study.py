@@ -100,6 +100,26 @@ def test_huge_clip_norm_flagged(tmp_path):
   assert not fine['secure_aggregation']['updates_below_quantization']
 
 
+def test_failed_secure_round_voids_the_guarantee(tmp_path):
+  # Half of the 4 hospitals drop out on average, below the protocol's
+  # threshold in some rounds. A failed round releases nothing, and whether
+  # it fails depends on how many clients take part.
+  overrides = {
+      **SECURE, 'privacy.clip_norm': 1.0, 'privacy.noise': 'central',
+      'privacy.noise_multiplier': 1.0, 'server.aggregator': 'mean',
+      'sampling.dropout_rate': 0.5, 'server.rounds': 6,
+      'client.local_steps': 2,
+  }
+  _, summary = study.run_study(_config(**overrides), tmp_path / 'run',
+                               progress=False)
+
+  failed = summary['secure_aggregation']['failed_rounds']
+  assert failed >= 1
+  assert summary['privacy']['guarantee_holds'] is False
+  assert summary['privacy']['guarantee'].startswith(
+      f'No valid guarantee: {failed} secure aggregation rounds failed')
+
+
 @pytest.mark.parametrize('fraction, warned', [(0.0, True), (0.4, True),
                                                (0.5, False)])
 def test_low_threshold_warns(capsys, fraction, warned):
