@@ -570,6 +570,15 @@ def _check_typed(key: str, value: Any, annotation: Any) -> None:
           f'the string {quoted[0]!r} in {list(value)}. Write it without '
           f'quotes: `{name} = [{written}]`.')
     return
+  if annotation is int and isinstance(value, (float, np.floating)):
+    # A float is rejected even when whole: `rounds = 1e20` would run
+    # forever, and `--set rounds=3.0` is rejected too.
+    whole = float(value).is_integer() and abs(value) < 1e6
+    example = f': `{name} = {int(value)}`' if whole else ''
+    raise InputError(
+        f'`{key}` must be an integer; got the float {value!r}. Write it '
+        f'without a decimal point or exponent{example}.'
+    )
   if isinstance(value, str):
     kind, written = _KINDS.get(annotation), value
     if typing.get_origin(annotation) is tuple:
@@ -639,15 +648,6 @@ def _coerce(
           and not isinstance(value, numbers.Integral)
           and not float(value).is_integer()):
         raise ValueError(value)
-      if isinstance(value, str):
-        # '3.0' is accepted as 3, as TOML's 3.0 is; '3.5' is not.
-        try:
-          return int(value)
-        except ValueError:
-          number = float(value)
-          if not (number.is_integer() and abs(number) < 2**53):
-            raise
-          return int(number)
       return int(value)
     if annotation is float:
       if isinstance(value, bool):
@@ -1190,7 +1190,8 @@ def _validate_training(config: ExperimentConfig) -> None:
       'server.server_learning_rate', server.server_learning_rate, 0.0,
       low_open=True,
   )
-  _require_range('server.rounds', server.rounds, 1)
+  # The round counter is int32.
+  _require_range('server.rounds', server.rounds, 1, 2**31 - 1)
   # tau^2 overflows a float above about 1e154; useful values are below 1.
   _require_range('server.server_tau', server.server_tau, 0.0, 1e6,
                  low_open=True)

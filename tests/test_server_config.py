@@ -171,13 +171,17 @@ def test_typed_values_keep_optional_none_and_numpy_numbers():
   config = config_lib.apply_overrides(config_lib.ExperimentConfig(),
                                       {'rounds': '4'})
   assert config.server.rounds == 4
-  # A whole float is an integer on the command line, as it is in TOML.
-  assert config_lib.apply_overrides(
-      config_lib.ExperimentConfig(), {'rounds': '4.0'}).server.rounds == 4
-  assert fm.configure(rounds=4.0).server.rounds == 4
-  with pytest.raises(errors.InputError, match="got '4.5'"):
+  # Integers only, in every form: `rounds = 1e20` ran 290,000 rounds
+  # before a break tester stopped it.
+  for value in (4.0, 1e20, np.float64(4.0)):
+    with pytest.raises(errors.InputError, match='must be an integer; got '
+                       'the float'):
+      fm.configure(rounds=value)
+  with pytest.raises(errors.InputError, match="got '4.0'"):
     config_lib.apply_overrides(config_lib.ExperimentConfig(),
-                               {'rounds': '4.5'})
+                               {'rounds': '4.0'})
+  with pytest.raises(errors.InputError, match='server.rounds'):
+    fm.configure(rounds=10**20)
 
 
 def test_section_given_a_value_rejected(tmp_path):
