@@ -520,6 +520,25 @@ _SECTIONS = tuple(
 )
 
 
+def with_absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+  """Return `config` with its data paths made absolute.
+
+  A run saves its config so that `--resume` can rebuild it; a relative
+  `csv_path` saved as written would then depend on the folder the resume
+  starts from.
+  """
+  data = config.data
+  absolute = {
+      name: os.path.abspath(os.path.expanduser(getattr(data, name)))
+      for name in ('csv_path', 'image_path')
+      if getattr(data, name) is not None
+  }
+  if not absolute:
+    return config
+  return dataclasses.replace(
+      config, data=dataclasses.replace(data, **absolute))
+
+
 def run_name(config: ExperimentConfig) -> str:
   """Return `config.name`, or `<dataset>_<aggregator>` when it is None."""
   if config.name:

@@ -195,6 +195,8 @@ def matrix_from_document(
       raise InputError(f'`matrix.{key}` is empty; list at least one entry.')
     if len(set(items)) != len(items):
       raise InputError(f'`matrix.{key}` repeats an entry: {list(items)}.')
+  # Strengths of attacks that `attacks` leaves out are kept, unused, so
+  # that `--set matrix.attacks=...` can run a subset of a file's attacks.
   return matrix
 
 
@@ -581,6 +583,7 @@ def run_matrix(
     StudyInterrupted: on Ctrl-C, after the finished cells and the table of
       them are on disk.
   """
+  base = config_lib.with_absolute_paths(base)
   all_cells = cells(matrix)
   name = f'{config_lib.run_name(base)}_matrix'
   settings = {'base': config_lib.to_dict(base),
@@ -679,6 +682,13 @@ def _check_base(base: config_lib.ExperimentConfig) -> None:
         '`attack.attack_strength` must stay unset in the base config. Use '
         '`matrix.attacks`, `matrix.malicious_fractions` and '
         '`matrix.strengths`.'
+    )
+  default_aggregator = config_lib.ServerConfig().aggregator
+  if base.server.aggregator != default_aggregator:
+    raise InputError(
+        f'The matrix sets the aggregator per cell, so `server.aggregator='
+        f'{base.server.aggregator}` in the base config would be ignored. List '
+        'it in `matrix.aggregators` instead.'
     )
   if base.client.fedbn:
     # NOTE: the matrix builds its own rounds and evaluates the global

@@ -1000,7 +1000,9 @@ def run_study(
   check_checkpoint_interval(checkpoint_interval_s)
   if tensorboard:
     tensorboard_lib.require()
-  config = dataclasses.replace(config, name=config_lib.run_name(config))
+  config = dataclasses.replace(
+      config_lib.with_absolute_paths(config),
+      name=config_lib.run_name(config))
   run = _build_run(config)
   dataset = run['prepared'].dataset
   run_dir = outputs.make_run_dir(

@@ -209,7 +209,8 @@ def sweep_from_document(
         )
       pairs = tuple(_flat_items(table))
       for key, item in pairs:
-        if any(key == axis for axis, _ in axes):
+        if any(config_lib.resolve_key(key) == config_lib.resolve_key(axis)
+               for axis, _ in axes):
           raise InputError(
               f'`sweep.variants.{name}` sets `{key}`, which is also a sweep '
               'axis. Sweep it in one place only.'
@@ -246,12 +247,27 @@ def load_sweep_toml(
   overrides = overrides or {}
   axis_overrides = {key: value for key, value in overrides.items()
                     if key.startswith('sweep.')}
+  base_overrides = {key: value for key, value in overrides.items()
+                    if key not in axis_overrides}
   base = config_lib.apply_overrides(
-      config_lib.from_document(document),
-      {key: value for key, value in overrides.items()
-       if key not in axis_overrides},
-  )
-  return base, sweep_from_document(section, base, axis_overrides)
+      config_lib.from_document(document), base_overrides)
+  sweep = sweep_from_document(section, base, axis_overrides)
+  swept = {config_lib.resolve_key(key): f'`sweep.{key}`'
+           for key, _ in sweep.axes}
+  # A key that every variant sets is also set for every point.
+  per_variant = [{config_lib.resolve_key(key) for key, _ in pairs}
+                 for _, pairs in sweep.variants]
+  for key in set.intersection(*per_variant):
+    swept.setdefault(key, 'every entry of `sweep.variants`')
+  for key, value in base_overrides.items():
+    where = swept.get(config_lib.resolve_key(key))
+    if where is not None:
+      raise InputError(
+          f'`--set {key}={value}` sets a key that {where} sets for every '
+          'point, so it would be ignored. Change the sweep in the file, or '
+          'set the axis with `--set sweep.<key>=...`.'
+      )
+  return base, sweep
 
 
 def points(base: config_lib.ExperimentConfig, sweep: SweepConfig) -> list[Point]:
@@ -781,6 +797,7 @@ def run_sweep(
   """
   log = log or (lambda line: None)
   study.check_checkpoint_interval(checkpoint_interval_s)
+  base = config_lib.with_absolute_paths(base)
   all_points = points(base, sweep)
   name = f'{config_lib.run_name(base)}_sweep'
   settings = json.loads(json.dumps({

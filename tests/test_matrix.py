@@ -42,6 +42,14 @@ def test_bad_matrix_rejected(section, message):
     matrix_lib.matrix_from_document(section)
 
 
+def test_base_aggregator_rejected(tmp_path):
+  # `--set aggregator=median` used to run the matrix's aggregators only.
+  matrix = matrix_lib.matrix_from_document({'seeds': [0]})
+  with pytest.raises(errors.InputError, match='server.aggregator=median'):
+    matrix_lib.run_matrix(_base(aggregator='median'), matrix,
+                          tmp_path / 'm', progress=False)
+
+
 def test_overrides_replace_axes():
   matrix = matrix_lib.matrix_from_document(
       {'seeds': [0, 1, 2]},

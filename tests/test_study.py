@@ -138,7 +138,7 @@ def test_study_synthetic_multiclass(tmp_path):
   assert all(r['num_sampled'] == 10 for r in records)
 
 
-def test_study_csv(tmp_path):
+def test_study_csv(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   lines = ['site,age,marker,outcome']
   # Two names a spreadsheet would run as formulas unless quoted.
@@ -148,9 +148,12 @@ def test_study_csv(tmp_path):
       marker = rng.normal()
       outcome = int(marker + 0.02 * (age - 60) > 0)
       lines.append(f'{site},{age:.1f},{marker:.3f},{outcome}')
-  path = tmp_path / 'sites.csv'
+  path = tmp_path / 'data' / 'sites.csv'
+  path.parent.mkdir()
   path.write_text('\n'.join(lines) + '\n')
-  config = _config(dataset='csv', csv_path=str(path), client_column='site',
+  # A relative path, from the data's folder.
+  monkeypatch.chdir(path.parent)
+  config = _config(dataset='csv', csv_path='sites.csv', client_column='site',
                    label_column='outcome', rounds=5, learning_rate=0.1,
                    local_steps=20, bootstrap_resamples=100)
 
@@ -165,6 +168,14 @@ def test_study_csv(tmp_path):
                     records=())
   assert list(dict.fromkeys(stub.predictions()['client'])) == [
       'north', '=SUM(1)', "'east"]
+  # config.json keeps the absolute path, so a resume from another folder
+  # reads the same file (it failed with "sites.csv not found").
+  saved = json.loads((run_dir / 'config.json').read_text())
+  assert saved['data']['csv_path'] == str(path)
+  (run_dir / 'summary.json').unlink()
+  monkeypatch.chdir(tmp_path)
+  _, resumed = study.resume_study(run_dir, progress=False)
+  assert resumed['test_accuracy'] == summary['test_accuracy']
 
 
 def test_threshold_sets_headline_accuracy(tmp_path):

@@ -45,10 +45,34 @@ def _single_run(config, path):
     ({'variants': {}}, 'must be a table'),
     ({'client.proximal_mu': [0.0, 0.1],
       'variants': {'prox': {'client.proximal_mu': 0.1}}}, 'also a sweep axis'),
+    # The short name of an axis key used to slip through.
+    ({'client.proximal_mu': [0.0, 0.1],
+      'variants': {'prox': {'proximal_mu': 0.1}}}, 'also a sweep axis'),
 ])
 def test_bad_sweep_rejected(section, message):
   with pytest.raises(errors.InputError, match=message):
     sweep_lib.sweep_from_document(section, _base())
+
+
+@pytest.mark.parametrize('override, where', [
+    ({'learning_rate': '0.5'}, '`sweep.client.learning_rate`'),
+    ({'client.learning_rate': '0.5'}, '`sweep.client.learning_rate`'),
+    ({'rounds': '4'}, 'every entry of `sweep.variants`'),
+])
+def test_set_of_a_swept_key_rejected(tmp_path, override, where):
+  # Such a --set used to be ignored while sweep.json recorded it.
+  path = tmp_path / 'sweep.toml'
+  path.write_text(
+      '[sweep]\n"client.learning_rate" = [0.01, 0.05]\n'
+      '[sweep.variants]\na = { "server.rounds" = 2 }\nb = { rounds = 3 }\n')
+  with pytest.raises(errors.InputError, match=f'sets a key that {where}'):
+    sweep_lib.load_sweep_toml(path, override)
+  # A key that only some variants set still applies to the others.
+  path.write_text(
+      '[sweep]\n"client.learning_rate" = [0.01, 0.05]\n'
+      '[sweep.variants]\na = { "server.rounds" = 2 }\nb = {}\n')
+  base, _ = sweep_lib.load_sweep_toml(path, {'rounds': '4'})
+  assert base.server.rounds == 4
 
 
 def test_invalid_point_named_before_training():
