@@ -1533,6 +1533,17 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
   if study_participation.tracks(config):
     summary['participation'] = study_participation.summary(
         config, run_dir, history['state'], dataset.num_clients)
+    amplified = (config.sampling.sampling != 'all'
+                 and not config.secure_aggregation.enabled)
+    if (config.privacy.noise == 'distributed' and amplified
+        and study_participation.clients_offline(config)):
+      # The sampling amplification assumes the whole population online.
+      summary['privacy']['guarantee_holds'] = False
+      summary['privacy']['guarantee'] = (
+          'No valid guarantee: privacy.epsilon credits sampling from the '
+          'whole population, and clients were offline, so each online '
+          'client was more likely to be drawn. Use sampling=all, or central '
+          'noise, whose summary accounts for the recorded availability')
     if 'privacy' in summary['participation'] and (
         study_participation.clients_offline(config)):
       # The accountant's epsilon assumes every client is always online.

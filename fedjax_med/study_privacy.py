@@ -310,6 +310,11 @@ def _update_noise_multiplier(settings: mechanisms.PrivacySettings) -> float:
   return settings.noise_multiplier
 
 
+# Beyond this an epsilon says nothing, and 100 * epsilon, which the
+# guarantee's rounding takes, overflows a float near 1.8e306.
+_LARGEST_EPSILON = 1e300
+
+
 def check_against_data(config, num_clients: int, accountant) -> None:
   """Raise InputError for privacy settings that cannot work on this data."""
   privacy = config.privacy
@@ -320,17 +325,21 @@ def check_against_data(config, num_clients: int, accountant) -> None:
         f'is larger than the population of {num_clients} clients.'
     )
   if accountant is not None and accountant.rounds == 0:
-    one_round = copy.deepcopy(accountant)
-    one_round.step()
+    # A run that stops at a target epsilon may end after one round.
+    stops = privacy.target_epsilon is not None and privacy.target_mode == 'stop'
+    planned = 1 if stops else config.server.rounds
+    whole_run = copy.deepcopy(accountant)
+    whole_run.step(planned)
     # dp_accounting divides by the multiplier squared, which underflows.
     with np.errstate(divide='ignore', over='ignore'):
-      epsilon = one_round.epsilon(privacy.delta)
-    if not math.isfinite(epsilon):
+      epsilon = whole_run.epsilon(privacy.delta)
+    if not math.isfinite(epsilon) or epsilon > _LARGEST_EPSILON:
       raise InputError(
           f'`privacy.noise_multiplier` ({privacy.noise_multiplier}) '
-          'gives an infinite epsilon in a single round, so no guarantee '
-          'could be reported. Raise `privacy.noise_multiplier` (1 or more '
-          'is usual), or set `privacy.noise = "none"` for a run without DP.'
+          f'gives an epsilon of {epsilon:.3g} after {planned} rounds, so no '
+          'meaningful guarantee could be reported. Raise '
+          '`privacy.noise_multiplier` (1 or more is usual), or set '
+          '`privacy.noise = "none"` for a run without DP.'
       )
   if stop_before_round(accountant, config):
     one_round = copy.deepcopy(accountant)

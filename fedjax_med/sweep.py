@@ -319,6 +319,9 @@ def _loop_reason(config: config_lib.ExperimentConfig) -> str | None:
   if config.secure_aggregation.enabled:
     return ('secure aggregation fixes its encoding scale from the noise '
             'multiplier when the round is built')
+  if config.privacy.noise == 'distributed':
+    return ('distributed noise voids the guarantee in a round with fewer '
+            'reporting clients than it assumes, which a single run checks')
   if config_lib.participation_active(config) or (
       config.compression.compressor != 'none'):
     return ('participation and compression keep a clock and per-client '
@@ -679,14 +682,19 @@ def _epsilon(config, prepared, num_rounds) -> float | None:
 
 
 def _valid_epsilon(summary: dict[str, Any]) -> float | None:
-  """Return the run's epsilon, or the smaller claim from participation.
+  """Return the run's epsilon, the smaller claim from participation, or None.
 
   When clients can be offline, the accountant's epsilon is not an upper
   bound, because it assumes every client online. The claims built from the
-  recorded participation are upper bounds.
+  recorded participation are upper bounds. A run whose summary states no
+  valid guarantee for another reason gets None, an empty table cell.
   """
   claims = (summary.get('participation') or {}).get('privacy')
-  if claims is not None and summary['privacy'].get('guarantee_holds') is False:
+  if summary['privacy'].get('guarantee_holds') is False:
+    if claims is None:
+      # For example a failed secure round, or too few reporting clients
+      # for distributed noise: the summary states no valid guarantee.
+      return None
     return min(claims[name]['epsilon'] for name in ('contributions', 'sampled')
                if name in claims)
   return summary['privacy'].get('epsilon')

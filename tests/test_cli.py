@@ -300,7 +300,12 @@ def test_privacy_input_exits_2(capsys, tmp_path, args, expected):
     # epsilon without writing summary.json.
     (['--set', 'noise=central', '--set', 'clip_norm=1',
       '--set', 'noise_multiplier=1e-300', '--set', 'aggregator=mean'],
-     '(1e-300) gives an infinite epsilon in a single round'),
+     '(1e-300) gives an epsilon of inf after 15 rounds'),
+    # Finite (1.65e308) in every round, but the guarantee's rounding
+    # overflowed after training.
+    (['--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1e-154', '--set', 'aggregator=mean'],
+     '(1e-154) gives an epsilon of'),
     (['--set', 'dp_sgd=true', '--set', 'example_noise_multiplier=0'],
      'client.example_noise_multiplier'),
 ])

@@ -181,3 +181,18 @@ def test_drop_with_link_speed_only_is_valid():
   config = _config(steps_per_second=None, speed_spread=0.0, fednova=False,
                    straggler_policy='drop')
   assert config.participation.upload_bytes_per_second == 1000.0
+
+
+def test_distributed_noise_with_offline_clients_has_no_guarantee(tmp_path):
+  # Its epsilon credits sampling 10 of all 30 clients, while about 15 were
+  # online; the summary used to state the guarantee as valid.
+  config = _config(rounds=2, aggregator='mean', clip_norm=1.0,
+                   noise='distributed', noise_multiplier=1.0,
+                   min_reporting_clients=2, fednova=False,
+                   compressor='none', top_k_fraction=0.01)
+
+  _, summary = study.run_study(config, tmp_path / 'run', progress=False)
+
+  assert summary['privacy']['guarantee_holds'] is False
+  assert summary['privacy']['guarantee'].startswith(
+      'No valid guarantee: privacy.epsilon credits sampling')

@@ -298,3 +298,21 @@ def test_sweep_of_lists_and_ditto_reports(tmp_path):
     assert 0.0 <= record['ditto_mean_accuracy'] <= 1.0
   header = (run_dir / 'table.csv').read_text().splitlines()[0]
   assert 'ditto_mean_accuracy' in header
+
+
+def test_point_without_valid_guarantee_has_no_epsilon(tmp_path):
+  # The summary says no valid guarantee (a failed secure round); the table
+  # used to show the accountant's epsilon anyway.
+  base = _base(rounds=6, local_steps=2, aggregator='mean', clip_norm=1.0,
+               noise='central', noise_multiplier=1.0, dropout_rate=0.5,
+               **{'secure_aggregation.enabled': 'true'})
+  axes = sweep_lib.sweep_from_document({'client.learning_rate': [0.1]}, base)
+
+  run_dir, [record] = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+
+  summary = json.loads(
+      (run_dir / 'runs' / 'point-0000' / 'summary.json').read_text())
+  assert summary['privacy']['guarantee_holds'] is False
+  assert summary['secure_aggregation']['failed_rounds'] >= 1
+  assert record['epsilon'] is None

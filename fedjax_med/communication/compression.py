@@ -275,8 +275,10 @@ def rotate(vector: jax.Array, key: PRNGKey) -> jax.Array:
   padded_size = rotated_size(size)
   padded = jnp.pad(vector, (0, padded_size - size))
   signs = _random_signs(key, padded_size)
-  return hadamard_transform(signs * padded) / jnp.sqrt(
-      jnp.float32(padded_size))
+  # Scaling before the transform keeps every partial sum within the
+  # vector's norm, so a finite norm never overflows in a butterfly stage.
+  return hadamard_transform(
+      signs * padded / jnp.sqrt(jnp.float32(padded_size)))
 
 
 @functools.partial(jax.jit, static_argnames='size')
@@ -294,8 +296,8 @@ def unrotate(rotated: jax.Array, key: PRNGKey, size: int) -> jax.Array:
   padded_size = rotated.shape[0]
   signs = _random_signs(key, padded_size)
   # H^-1 = H / D and the signs are their own inverse.
-  restored = signs * hadamard_transform(rotated) / jnp.sqrt(
-      jnp.float32(padded_size))
+  restored = signs * hadamard_transform(
+      rotated / jnp.sqrt(jnp.float32(padded_size)))
   return restored[:size]
 
 
@@ -308,14 +310,28 @@ def _rotation_keys(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
 # QSGD.
 
 
+def _exponent(magnitude: jax.Array) -> jax.Array:
+  """Return `e` with `magnitude * 2**-e` in [0.5, 1); 0 for 0 or non-finite.
+
+  The quantizers work on `ldexp(x, -e)`, an exact rescaling to about 1.
+  XLA on CPU may divide by multiplying with a reciprocal, and the
+  reciprocal of a number above about 8.5e37 is subnormal, which the CPU
+  flushes to zero; likewise a tiny range divided by many levels. At unit
+  scale every intermediate stays a normal float.
+  """
+  _, exponent = jnp.frexp(jnp.where(jnp.isfinite(magnitude), magnitude, 0.0))
+  return exponent
+
+
 def _l2_norm(vector: jax.Array) -> jax.Array:
-  """Return `||vector||_2`, scaled by the largest entry to avoid overflow.
+  """Return `||vector||_2` without overflow or underflow of the squares.
 
   Any NaN or infinite entry makes the result NaN.
   """
-  max_abs = jnp.max(jnp.abs(vector))
-  scale = jnp.where(max_abs > 0, max_abs, 1.0)
-  return scale * jnp.sqrt(jnp.sum(jnp.square(vector / scale)))
+  exponent = _exponent(jnp.max(jnp.abs(vector)))
+  unit = jnp.ldexp(vector, -exponent)
+  norm = jnp.ldexp(jnp.sqrt(jnp.sum(jnp.square(unit))), exponent)
+  return jnp.where(jnp.all(jnp.isfinite(vector)), norm, jnp.nan)
 
 
 @functools.partial(jax.jit, static_argnames='levels')
@@ -324,8 +340,10 @@ def _qsgd_quantize(
 ) -> _QuantizedVector:
   """Round `|vector| / norm * levels` up or down at random, unbiased."""
   norm = _l2_norm(vector)
-  safe_norm = jnp.where(norm > 0, norm, 1.0)
-  scaled = jnp.abs(vector) / safe_norm * levels
+  exponent = _exponent(norm)
+  unit_norm = jnp.ldexp(norm, -exponent)
+  safe_norm = jnp.where(unit_norm > 0, unit_norm, 1.0)
+  scaled = jnp.abs(jnp.ldexp(vector, -exponent)) / safe_norm * levels
   lower = jnp.floor(scaled)
   round_up = jax.random.bernoulli(key, scaled - lower)
   level = lower + round_up.astype(jnp.float32)
@@ -342,8 +360,11 @@ def _qsgd_dequantize(
 ) -> jax.Array:
   """Return `sign * norm * level / levels` for each coordinate."""
   sign = jnp.where(quantized.negative, -1.0, 1.0)
-  step = quantized.norm / jnp.float32(levels)
-  return sign * quantized.level.astype(jnp.float32) * step
+  exponent = _exponent(quantized.norm)
+  unit_norm = jnp.ldexp(quantized.norm, -exponent)
+  fraction = quantized.level.astype(jnp.float32) / jnp.float32(levels)
+  decoded = jnp.ldexp(sign * fraction * unit_norm, exponent)
+  return jnp.where(jnp.isfinite(quantized.norm), decoded, jnp.nan)
 
 
 # Stochastic rotated quantization.
@@ -357,16 +378,21 @@ class _RangeQuantized(NamedTuple):
   level: jax.Array
 
 
+def _range_exponent(low: jax.Array, high: jax.Array) -> jax.Array:
+  return _exponent(jnp.maximum(jnp.abs(low), jnp.abs(high)))
+
+
 @functools.partial(jax.jit, static_argnames='levels')
 def _range_quantize(
     vector: jax.Array, key: PRNGKey, levels: int
 ) -> _RangeQuantized:
   """Round each entry to one of `levels + 1` points in [min, max], unbiased."""
   low, high = jnp.min(vector), jnp.max(vector)
-  # The width is computed as two halves so that it cannot overflow.
-  width = high / 2 - low / 2
-  step = jnp.where(width > 0, width / levels * 2, 1.0)
-  scaled = (vector - low) / step
+  exponent = _range_exponent(low, high)
+  unit_low = jnp.ldexp(low, -exponent)
+  width = jnp.ldexp(high, -exponent) - unit_low
+  safe_width = jnp.where(width > 0, width, 1.0)
+  scaled = (jnp.ldexp(vector, -exponent) - unit_low) / safe_width * levels
   lower = jnp.floor(scaled)
   round_up = jax.random.bernoulli(key, scaled - lower)
   level = lower + round_up.astype(jnp.float32)
@@ -380,9 +406,14 @@ def _range_quantize(
 @functools.partial(jax.jit, static_argnames='levels')
 def _range_dequantize(quantized: _RangeQuantized, levels: int) -> jax.Array:
   """Return `min + level * (max - min) / levels` for each entry."""
-  width = quantized.high / 2 - quantized.low / 2
-  step = width / levels * 2
-  return quantized.low + quantized.level.astype(jnp.float32) * step
+  low, high = quantized.low, quantized.high
+  exponent = _range_exponent(low, high)
+  unit_low = jnp.ldexp(low, -exponent)
+  width = jnp.ldexp(high, -exponent) - unit_low
+  fraction = quantized.level.astype(jnp.float32) / jnp.float32(levels)
+  decoded = jnp.ldexp(unit_low + fraction * width, exponent)
+  finite = jnp.isfinite(low) & jnp.isfinite(high)
+  return jnp.where(finite, decoded, jnp.nan)
 
 
 # Top-k with error feedback.

@@ -512,3 +512,28 @@ def test_vmap_draws_differ_per_client(kind, key):
 
   assert not np.array_equal(decoded[0], decoded[1])
   assert not np.array_equal(decoded[1], decoded[2])
+
+
+@pytest.mark.parametrize('kind, levels, vector', [
+    # The reciprocal of a range near 1e38 is subnormal and was flushed to
+    # zero, so [1e38, -1e38] decoded to [0, 0] for some keys.
+    ('rotated', 1, [1e38, -1e38]),
+    # The Hadamard sums of four 1e38 entries overflowed to NaN.
+    ('rotated', 16, [1e38, 1e38, 1e38, 1e38]),
+    ('qsgd', 1, [9e37, -9e37]),
+    # A tiny range over 2**24 levels underflowed, so every entry decoded to
+    # the minimum (relative error 6, worse than sending zeros).
+    ('rotated', 2**24, [1e-33, -2e-33, 3e-33, 0.5e-33]),
+    ('qsgd', 2**24, [1e-33, -2e-33, 3e-33, 0.5e-33]),
+])
+def test_extreme_magnitudes_stay_unbiased(kind, levels, vector, key):
+  vector = jnp.asarray(vector, jnp.float32)
+
+  decoded = _draw_decoded(Settings(kind=kind, levels=levels), vector, key,
+                          draws=2000)
+
+  assert np.all(np.isfinite(decoded))
+  scale = float(jnp.max(jnp.abs(vector)))
+  error = np.abs(decoded.mean(axis=0) - np.asarray(vector, np.float64))
+  standard_error = decoded.std(axis=0) / math.sqrt(2000)
+  assert np.all(error <= 5 * standard_error + 1e-5 * scale)
