@@ -167,7 +167,8 @@ def _run_matrix(args) -> int:
   not_applicable = sum(1 for row in rows
                        if row['not_applicable'] and not row['completed'])
   diverged = sum(row['diverged'] for row in rows)
-  print(f'  {len(rows)} cells, {not_applicable} not applicable, '
+  print(f'  {len(rows)} cell{"" if len(rows) == 1 else "s"}, '
+        f'{not_applicable} not applicable, '
         f'{diverged} diverged runs')
   return 0
 

@@ -837,8 +837,9 @@ def run_sweep(
     outputs.write_json(run_dir / 'sweep.json', settings)
   todo = [point for point in all_points if point.index not in records]
   groups = plan(todo)
-  log(f'{len(all_points)} points, {len(todo)} to run, in {len(groups)} '
-      f'group{"" if len(groups) == 1 else "s"}:')
+  plural = '' if len(all_points) == 1 else 's'
+  log(f'{len(all_points)} point{plural}, {len(todo)} to run, in '
+      f'{len(groups)} group{"" if len(groups) == 1 else "s"}:')
   for line in describe_plan(groups):
     log(f'  {line}')
   total = sum(p.config.server.rounds for p in all_points)

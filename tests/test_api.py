@@ -197,6 +197,10 @@ def test_configure_rejects_a_key_set_twice():
 def test_load_run_names_missing_and_damaged_files(result, tmp_path):
   with pytest.raises(InputError, match='Run folder not found'):
     fm.load_run(tmp_path / 'nothere')
+  (tmp_path / 'table.csv').write_text('a\n')
+  with pytest.raises(InputError, match='table.csv is a file, not a run '
+                     'folder'):
+    fm.load_run(tmp_path / 'table.csv')
   with pytest.raises(InputError, match='must be a path; got None'):
     fm.load_run(None)
   with pytest.raises(InputError, match='must be a path; got 5'):

@@ -134,6 +134,10 @@ def existing_run_dir(run_dir: Any) -> pathlib.Path:
         f'A run folder must be a path; got {run_dir!r}. Pass the folder of a '
         'run started with `fedjax-med run` or `fedjax_med.run`.')
   run_dir = pathlib.Path(run_dir)
+  if run_dir.is_file():
+    raise InputError(
+        f'{run_dir} is a file, not a run folder. Pass the folder that holds '
+        'its config.json and summary.json.')
   if not run_dir.is_dir():
     raise InputError(
         f'Run folder not found: {run_dir}. Pass the folder of a run started '

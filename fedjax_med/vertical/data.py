@@ -107,8 +107,11 @@ def _check_party(party: PartyData, is_label_holder: bool) -> None:
     raise InputError(f'party {party.name!r} has no feature columns; give '
                      'every party at least one feature')
   if len(set(party.ids)) != rows:
-    raise InputError(f'party {party.name!r} lists a patient identifier '
-                     'twice; identifiers must be unique within a party')
+    seen = set()
+    repeated = next(i for i in party.ids if i in seen or seen.add(i))
+    raise InputError(f'party {party.name!r} lists the patient identifier '
+                     f'{repeated!r} twice; identifiers must be unique within '
+                     'a party')
   if party.features.ndim != 2 or party.features.shape[0] != rows:
     raise InputError(f'party {party.name!r} has features of shape '
                      f'{party.features.shape}; expected [{rows}, columns], '
@@ -117,8 +120,11 @@ def _check_party(party: PartyData, is_label_holder: bool) -> None:
     raise InputError(f'party {party.name!r} has {party.features.shape[1]} '
                      f'columns but {len(party.feature_names)} feature names')
   if not np.isfinite(party.features).all():
-    raise InputError(f'party {party.name!r} has a NaN or infinite feature; '
-                     'impute or drop those rows first')
+    row, column = np.argwhere(~np.isfinite(party.features))[0]
+    raise InputError(f'party {party.name!r} has the value '
+                     f'{party.features[row, column]} in feature '
+                     f'{party.feature_names[column]!r} of patient '
+                     f'{party.ids[row]!r}; impute or drop such rows first')
   if is_label_holder:
     if party.labels is None or party.labels.shape != (rows,):
       raise InputError(f'the label holder {party.name!r} needs one label per '
@@ -183,8 +189,9 @@ def split_heart_disease(
       raise InputError(f'feature {name!r} is not a Fed-Heart-Disease feature; '
                        f'use names from {heart_disease.FEATURE_NAMES}')
   if len(set(listed)) != len(listed):
-    raise InputError('a feature is assigned to two parties; give each '
-                     'feature to one party')
+    repeated = next(name for name in listed if listed.count(name) > 1)
+    raise InputError(f'feature {repeated!r} is assigned to two parties; give '
+                     'each feature to one party')
   for name, fraction in coverage.items():
     if not (isinstance(fraction, (int, float, np.integer, np.floating))
             and not isinstance(fraction, (bool, np.bool_))

@@ -78,7 +78,7 @@ def test_heart_split_seed_changes_patients():
 
 @pytest.mark.parametrize('groups, coverage, message', [
     ({'a': ('age', 'sexx'), 'b': ('chol',)}, None, "'sexx'"),
-    ({'a': ('age',), 'b': ('age',)}, None, 'two parties'),
+    ({'a': ('age',), 'b': ('age',)}, None, "feature 'age' is assigned to two"),
     ({'a': ('age',), 'b': ('chol',)}, {'a': 1.5}, r"coverage\['a'\]=1.5"),
     ({'a': ('age',), 'b': ('chol',)}, {'c': 0.5}, "'c'"),
     ({'a': ('age',)}, None, 'at least 2 parties'),
@@ -141,14 +141,15 @@ def test_dataset_checks_parties():
   holder, other = good.parties
   twice = data.PartyData('other', other.ids[:2] * 2,
                          np.zeros((4, 1)), ('c',))
-  with pytest.raises(InputError, match='twice'):
+  with pytest.raises(InputError, match=f'identifier {other.ids[0]!r} twice'):
     data.VerticalDataset('toy', (holder, twice), frozenset())
   with_labels = data.PartyData('other', other.ids, other.features, ('c',),
                                labels=np.zeros(6, int))
   with pytest.raises(InputError, match='only party 0'):
     data.VerticalDataset('toy', (holder, with_labels), frozenset())
   nan = data.PartyData('other', other.ids, other.features * np.nan, ('c',))
-  with pytest.raises(InputError, match='NaN'):
+  with pytest.raises(InputError, match=f"value nan in feature 'c' of "
+                     f'patient {other.ids[0]!r}'):
     data.VerticalDataset('toy', (holder, nan), frozenset())
   with pytest.raises(InputError, match='distinct name'):
     data.VerticalDataset('toy', (holder, holder), frozenset())
