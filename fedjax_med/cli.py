@@ -324,6 +324,16 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
         'client contributed, so these are the accuracies of the untrained '
         f'model.{_no_contribution_cause(run_dir, summary)}', file=sys.stderr,
     )
+  else:
+    nonfinite = _round_totals(run_dir).get('num_nonfinite', 0)
+    if nonfinite:
+      print(
+          f'warning: {nonfinite} client updates were NaN or infinite and were '
+          'left out of their rounds, so the model learned from fewer clients '
+          'than sampled (`num_nonfinite` in metrics.jsonl). Lower '
+          '`client.learning_rate` or check the data for extreme values.',
+          file=sys.stderr,
+      )
 
 
 def _round_totals(run_dir: pathlib.Path) -> dict[str, int]:

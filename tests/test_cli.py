@@ -384,3 +384,14 @@ def test_delta_not_below_one_over_clients_warns(capsys, tmp_path):
   summary = json.loads((tmp_path / 'r' / 'summary.json').read_text())
   assert any('not below 1 / 4' in line
              for line in summary['privacy']['assumptions'])
+
+
+def test_nonfinite_updates_warned(capsys, tmp_path):
+  # 3 of 4 hospitals diverge in every round; the run used to read as a
+  # normal completed study.
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'model=mlp', '--set', 'learning_rate=1e30',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'client updates were NaN or infinite' in captured.err
