@@ -32,5 +32,19 @@ def clip_update(update: PyTree, clip_norm: float | None) -> ClipResult:
   norm = tree.tree_l2_norm(update)
   if clip_norm is None:
     return ClipResult(update, norm, jnp.zeros((), bool))
-  scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-30))
-  return ClipResult(tree.tree_scale(update, scale), norm, norm > clip_norm)
+  # The factor clip_norm / norm is subnormal for a norm above about
+  # 8.5e37 * clip_norm, and the CPU flushes subnormals to zero, which made
+  # such an update all zeros. An exact power-of-two rescaling by the norm's
+  # exponent keeps both factors normal.
+  _, exponent = jnp.frexp(jnp.where(jnp.isfinite(norm), norm, 1.0))
+  unit_norm = jnp.ldexp(norm, -exponent)
+  factor = clip_norm / jnp.maximum(unit_norm, 1e-30)
+  clipped = norm > clip_norm
+
+  def clip_leaf(leaf):
+    dtype = jnp.result_type(leaf, factor)
+    leaf = leaf.astype(dtype)
+    return jnp.where(clipped, jnp.ldexp(leaf, -exponent) * factor, leaf)
+
+  result = jax.tree.map(clip_leaf, update)
+  return ClipResult(result, norm, clipped)

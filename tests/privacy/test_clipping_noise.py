@@ -109,3 +109,15 @@ def test_tree_norm_of_bfloat16_is_float32():
 
   assert norm.dtype == jnp.float32
   assert float(norm) == 5.0
+
+
+def test_clip_update_above_float32_reciprocal_range():
+  # clip_norm / norm = 7.9e-39 is subnormal, and the CPU flushes it to 0,
+  # which made the clipped update all zeros instead of norm 1.
+  update = {'a': jnp.array([9e37, -9e37], jnp.float32)}
+
+  result = jax.jit(lambda u: clipping.clip_update(u, 1.0))(update)
+
+  np.testing.assert_allclose(result.update['a'], [0.70710677, -0.70710677],
+                             rtol=1e-6)
+  assert bool(result.clipped)
