@@ -523,9 +523,9 @@ _SECTIONS = tuple(
 def with_absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
   """Return `config` with its data paths made absolute.
 
-  A run saves its config so that `--resume` can rebuild it; a relative
-  `csv_path` saved as written would then depend on the folder the resume
-  starts from.
+  A run saves its config so that `--resume` can rebuild it. A relative
+  `csv_path` saved as written would then depend on the folder that the
+  resume starts from.
   """
   data = config.data
   absolute = {

@@ -194,7 +194,7 @@ def _guarantee(config, settings, accountant, epsilon, rounds_below_min):
 
 
 def _stated_relation(config, accountant) -> str:
-  """Return the neighboring relation the client-level epsilon holds under.
+  """Return the neighboring relation that the client-level epsilon covers.
 
   Distributed noise is accounted as one Gaussian of the planned std. A
   client that is removed also takes its share of the noise away, so the
@@ -310,8 +310,8 @@ def _update_noise_multiplier(settings: mechanisms.PrivacySettings) -> float:
   return settings.noise_multiplier
 
 
-# Beyond this an epsilon says nothing, and 100 * epsilon, which the
-# guarantee's rounding takes, overflows a float near 1.8e306.
+# An epsilon beyond this is meaningless. Above about 1.8e306, the
+# 100 * epsilon in the guarantee's rounding also overflows a float.
 _LARGEST_EPSILON = 1e300
 
 

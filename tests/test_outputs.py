@@ -38,7 +38,7 @@ def test_json_values_drop_nan():
   assert converted == {'a': None, 'b': [1.0, None], 'c': 2}
 
 
-def test_csv_text_that_a_spreadsheet_would_run_is_quoted(tmp_path):
+def test_csv_formula_text_quoted(tmp_path):
   names = ['=HYPERLINK("x")', '+1', '-2', '@SUM(A1)', '\tx', "'a", 'plain']
   path = tmp_path / 'table.csv'
 

@@ -163,7 +163,8 @@ def test_study_csv(tmp_path, monkeypatch):
   # The label is a noiseless linear function of the features.
   assert summary['mean_accuracy'] > 0.85
   text = (run_dir / 'predictions.csv').read_text()
-  assert "\n'=SUM(1)," in text and "\n''east," in text
+  assert "\n'=SUM(1)," in text
+  assert "\n''east," in text
   stub = api.Result(run_dir=run_dir, config=config, summary=summary,
                     records=())
   assert list(dict.fromkeys(stub.predictions()['client'])) == [

@@ -301,7 +301,7 @@ def test_sweep_of_lists_and_ditto_reports(tmp_path):
 
 
 def test_point_without_valid_guarantee_has_no_epsilon(tmp_path):
-  # The summary says no valid guarantee (a failed secure round); the table
+  # The summary states no valid guarantee (a failed secure round); the table
   # used to show the accountant's epsilon anyway.
   base = _base(rounds=6, local_steps=2, aggregator='mean', clip_norm=1.0,
                noise='central', noise_multiplier=1.0, dropout_rate=0.5,

@@ -93,7 +93,7 @@ def trimmed_mean(
     row_mask = mask.reshape(row_shape)
     # Invalid rows become NaN, which sorts after every number, so sorted
     # positions [trim, count - trim) are the valid values that survive the
-    # trim. A valid NaN ties with them; any NaN in the kept range is NaN,
+    # trim. A valid NaN ties with them. Any NaN in the kept range is NaN,
     # whichever row it came from, so the tie does not change the result.
     ordered = jnp.sort(
         jnp.where(row_mask, leaf, jnp.full_like(leaf, jnp.nan)), axis=0

@@ -275,8 +275,8 @@ def rotate(vector: jax.Array, key: PRNGKey) -> jax.Array:
   padded_size = rotated_size(size)
   padded = jnp.pad(vector, (0, padded_size - size))
   signs = _random_signs(key, padded_size)
-  # Scaling before the transform keeps every partial sum within the
-  # vector's norm, so a finite norm never overflows in a butterfly stage.
+  # Scaling before the transform keeps every partial sum within about the
+  # vector's norm, so a norm below float32's maximum does not overflow.
   return hadamard_transform(
       signs * padded / jnp.sqrt(jnp.float32(padded_size)))
 
@@ -315,8 +315,9 @@ def _exponent(magnitude: jax.Array) -> jax.Array:
 
   The quantizers work on `ldexp(x, -e)`, an exact rescaling to about 1.
   XLA on CPU may divide by multiplying with a reciprocal, and the
-  reciprocal of a number above about 8.5e37 is subnormal, which the CPU
-  flushes to zero; likewise a tiny range divided by many levels. At unit
+  reciprocal of a number above about 8.5e37 is subnormal, so the CPU
+  flushes it to zero. A tiny range divided by many levels underflows the
+  same way. At unit
   scale every intermediate stays a normal float.
   """
   _, exponent = jnp.frexp(jnp.where(jnp.isfinite(magnitude), magnitude, 0.0))

@@ -55,7 +55,7 @@ def spreadsheet_text(value: Any) -> Any:
   A client or variant name such as `=HYPERLINK(...)` comes from the user's
   data or config, and Excel or LibreOffice would run it when the CSV is
   opened. Text starting with `=`, `+`, `-`, `@`, a tab, a carriage return
-  or `'` gets one leading `'`, which spreadsheets show as text;
+  or `'` gets one leading `'`, so spreadsheets show it as text.
   `from_spreadsheet_text` removes it. Numbers are left alone, so write
   negative numbers as numbers, not strings.
   """
@@ -136,7 +136,7 @@ def existing_run_dir(run_dir: Any) -> pathlib.Path:
   run_dir = pathlib.Path(run_dir)
   if run_dir.is_file():
     raise InputError(
-        f'{run_dir} is a file, not a run folder. Pass the folder that holds '
+        f'{run_dir} is a file, not a run folder. Pass the folder that contains '
         'its config.json and summary.json.')
   if not run_dir.is_dir():
     raise InputError(

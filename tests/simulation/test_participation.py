@@ -441,7 +441,7 @@ def test_sync_clock_skips_offline_slot(key):
 
 def test_empty_draw_with_clients_online_takes_server_seconds(key):
   # Everyone is online in every slot, and Poisson sampling at rate 0.02
-  # often draws nobody. Such a round lasts server_seconds, not until the
+  # often draws no client. Such a round lasts server_seconds, not until the
   # next slot: the jump is for slots with no client online.
   data = small.population([5] * 10)
   participation = participation_lib.Participation(
@@ -476,7 +476,7 @@ def test_offline_jump_lands_on_slot_start(key):
     state, metrics = round_fn(state, jax.random.fold_in(key, index))
     clocks.append(float(metrics['clock']))
     available.append(int(metrics['num_available']))
-  # Slot 0 runs (to 100 s), slot 1 has nobody (jump to 200 s), slots 2
+  # Slot 0 runs (to 100 s), slot 1 has no client online (jump to 200 s), slots 2
   # and 3 run.
   assert available == [4, 0, 4, 4]
   np.testing.assert_allclose(clocks, [100.0, 200.0, 300.0, 400.0])
