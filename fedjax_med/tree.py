@@ -6,12 +6,40 @@ import jax.numpy as jnp
 from fedjax_med.typing import PyTree
 
 
+def power_of_two_exponent(magnitude: jax.Array) -> jax.Array:
+  """Return the int exponent `e` with `magnitude * 2**-e` in [0.5, 1).
+
+  Zero, NaN and infinite magnitudes get 0. Code that must not lose huge or
+  tiny floats works at unit scale on `jnp.ldexp(x, -e)`, an exact
+  rescaling. XLA on CPU may divide by multiplying with a reciprocal. The
+  reciprocal of a number above about 8.5e37 is subnormal, and the CPU
+  flushes it to zero. At unit scale every intermediate stays a normal float.
+  """
+  finite = jnp.isfinite(magnitude)
+  _, exponent = jnp.frexp(jnp.where(finite, magnitude, 0.0))
+  return exponent
+
+
+def divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+  """Return `numerator / denominator` without flushing a huge denominator.
+
+  The denominator is rescaled to [0.5, 1) before the division, and the
+  quotient is scaled back. So a normal quotient stays exact to rounding
+  for any finite denominator (see `power_of_two_exponent`). Zero, NaN and
+  infinite denominators divide as they would in a plain `/`.
+  """
+  exponent = power_of_two_exponent(jnp.abs(denominator))
+  return jnp.ldexp(numerator / jnp.ldexp(denominator, -exponent), -exponent)
+
+
 def tree_l2_norm(tree: PyTree) -> jax.Array:
   """Return the L2 norm of all leaves of `tree` taken together.
 
-  The entries are divided by the largest magnitude before squaring, so a
-  finite tree whose squares would overflow float32 (entries near 1e20) still
-  gets its finite norm. A tree with an infinite entry has norm inf.
+  The entries are rescaled by a power of two near the largest magnitude
+  before squaring, so a finite tree whose squares would overflow float32
+  (entries near 1e20) or whose entries are near the float32 maximum still
+  gets its finite norm. A tree with an infinite entry has norm inf, and
+  one with NaN has norm NaN.
 
   The norm is computed in the widest floating type among the leaves, and at
   least float32: bfloat16 leaves get a float32 norm, and float64 leaves
@@ -24,9 +52,11 @@ def tree_l2_norm(tree: PyTree) -> jax.Array:
   if not leaves:
     return jnp.zeros((), jnp.float32)
   largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
-  scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
-  squares = [jnp.sum(jnp.square(leaf / scale)) for leaf in leaves]
-  return scale * jnp.sqrt(sum(squares))
+  exponent = power_of_two_exponent(largest)
+  squares = [
+      jnp.sum(jnp.square(jnp.ldexp(leaf, -exponent))) for leaf in leaves
+  ]
+  return jnp.ldexp(jnp.sqrt(sum(squares)), exponent)
 
 
 def tree_is_finite(tree: PyTree) -> jax.Array:

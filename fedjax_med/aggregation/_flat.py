@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med import tree
 from fedjax_med.typing import PyTree
 
 
@@ -117,10 +118,26 @@ def mask_rows(matrix: jax.Array, keep: jax.Array) -> jax.Array:
 def row_l2_norms(matrix: jax.Array) -> jax.Array:
   """Return the `[clients]` L2 norm of each row without float overflow.
 
-  Each row is divided by its largest magnitude before squaring, as
-  `fedjax_med.tree.tree_l2_norm` does for a whole tree.
+  Each row is rescaled by a power of two near its largest magnitude before
+  squaring, as `fedjax_med.tree.tree_l2_norm` does for a whole tree.
   """
   largest = jnp.max(jnp.abs(matrix), axis=1, initial=0.0)
-  scale = jnp.where((largest > 0) & jnp.isfinite(largest), largest, 1.0)
-  scaled = matrix / scale[:, None]
-  return scale * jnp.sqrt(jnp.sum(jnp.square(scaled), axis=1))
+  exponent = tree.power_of_two_exponent(largest)
+  unit = jnp.ldexp(matrix, -exponent[:, None])
+  return jnp.ldexp(jnp.sqrt(jnp.sum(jnp.square(unit), axis=1)), exponent)
+
+
+def clip_rows(matrix: jax.Array, radius: float) -> jax.Array:
+  """Scale each row of `matrix` with L2 norm above `radius` to norm `radius`.
+
+  Rows at or below `radius` are returned unchanged. The scaling runs at
+  unit scale (see `fedjax_med.tree.power_of_two_exponent`), so a row with
+  norm 1e38 is clipped to `radius` and not flushed to zeros by a subnormal
+  factor `radius / norm`.
+  """
+  norms = row_l2_norms(matrix)
+  exponent = tree.power_of_two_exponent(norms)
+  unit_norms = jnp.ldexp(norms, -exponent)
+  factors = radius / jnp.where(unit_norms > 0, unit_norms, 1.0)
+  clipped = jnp.ldexp(matrix, -exponent[:, None]) * factors[:, None]
+  return jnp.where((norms > radius)[:, None], clipped, matrix)

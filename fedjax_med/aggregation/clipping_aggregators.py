@@ -14,12 +14,6 @@ from fedjax_med.aggregation import _flat
 from fedjax_med.typing import PyTree
 
 
-def _clip_factors(norms: jax.Array, radius: float) -> jax.Array:
-  """Return min(1, radius / norm) per row; 1 for a zero norm."""
-  safe_norms = jnp.where(norms > radius, norms, radius)
-  return radius / safe_norms
-
-
 def norm_bounded_mean(
     client_updates: PyTree, weights: jax.Array, *, max_norm: float
 ) -> PyTree:
@@ -56,9 +50,9 @@ def norm_bounded_mean(
   valid = _flat.finite_rows(matrix, weights > 0)
   matrix = _flat.mask_rows(matrix, valid)
   clean_weights = jnp.where(valid, weights, 0).astype(matrix.dtype)
-  factors = _clip_factors(_flat.row_l2_norms(matrix), max_norm)
+  clipped = _flat.clip_rows(matrix, max_norm)
   total = jnp.sum(clean_weights)
-  summed = jnp.sum((clean_weights * factors)[:, None] * matrix, axis=0)
+  summed = jnp.sum(clean_weights[:, None] * clipped, axis=0)
   return unflatten(summed / jnp.where(total > 0, total, 1.0))
 
 
@@ -134,8 +128,8 @@ def centered_clipping(
 
   def clipping_step(_, estimate):
     differences = matrix - estimate[None, :]
-    factors = _clip_factors(_flat.row_l2_norms(differences), clip_radius)
-    step = jnp.sum((row_weights * factors)[:, None] * differences, axis=0)
+    clipped = _flat.clip_rows(differences, clip_radius)
+    step = jnp.sum(row_weights[:, None] * clipped, axis=0)
     return estimate + step
 
   result = jax.lax.fori_loop(0, num_iterations, clipping_step, start)

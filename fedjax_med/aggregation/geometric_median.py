@@ -10,6 +10,7 @@ Transactions on Signal Processing, https://arxiv.org/abs/1912.13445).
 import jax
 import jax.numpy as jnp
 
+from fedjax_med import tree
 from fedjax_med.aggregation import _flat
 from fedjax_med.typing import PyTree
 
@@ -67,8 +68,14 @@ def geometric_median(
     return summed / jnp.where(total > 0, total, 1.0)
 
   def weiszfeld_step(_, estimate):
-    distances = _flat.row_l2_norms(matrix - estimate[None, :])
-    return weighted_average(base_weights / jnp.maximum(distances, smoothing))
+    distances = jnp.maximum(
+        _flat.row_l2_norms(matrix - estimate[None, :]), smoothing)
+    # b_i = w_i / d_i times the common factor min_j d_j, which the weighted
+    # average cancels. Plain w_i / d_i flushes to zero for every client when
+    # all distances are above about 8.5e37.
+    nearest = jnp.min(jnp.where(valid, distances, jnp.inf))
+    nearest = jnp.where(jnp.isfinite(nearest), nearest, 1.0)
+    return weighted_average(base_weights * tree.divide(nearest, distances))
 
   start = weighted_average(base_weights)
   median = jax.lax.fori_loop(0, num_iterations, weiszfeld_step, start)

@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med import tree
 from fedjax_med.errors import InputError
 from fedjax_med.typing import PRNGKey
 
@@ -307,21 +308,9 @@ def _rotation_keys(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
   return sign_key, quantize_key
 
 
-# QSGD.
-
-
-def _exponent(magnitude: jax.Array) -> jax.Array:
-  """Return `e` with `magnitude * 2**-e` in [0.5, 1); 0 for 0 or non-finite.
-
-  The quantizers work on `ldexp(x, -e)`, an exact rescaling to about 1.
-  XLA on CPU may divide by multiplying with a reciprocal, and the
-  reciprocal of a number above about 8.5e37 is subnormal, so the CPU
-  flushes it to zero. A tiny range divided by many levels underflows the
-  same way. At unit
-  scale every intermediate stays a normal float.
-  """
-  _, exponent = jnp.frexp(jnp.where(jnp.isfinite(magnitude), magnitude, 0.0))
-  return exponent
+# QSGD. The quantizers work on `ldexp(x, -e)`, an exact rescaling to about
+# 1, so that a huge norm or a tiny range divided by many levels stays a
+# normal float; see `fedjax_med.tree.power_of_two_exponent`.
 
 
 def _l2_norm(vector: jax.Array) -> jax.Array:
@@ -329,9 +318,7 @@ def _l2_norm(vector: jax.Array) -> jax.Array:
 
   Any NaN or infinite entry makes the result NaN.
   """
-  exponent = _exponent(jnp.max(jnp.abs(vector)))
-  unit = jnp.ldexp(vector, -exponent)
-  norm = jnp.ldexp(jnp.sqrt(jnp.sum(jnp.square(unit))), exponent)
+  norm = tree.tree_l2_norm(vector)
   return jnp.where(jnp.all(jnp.isfinite(vector)), norm, jnp.nan)
 
 
@@ -341,7 +328,7 @@ def _qsgd_quantize(
 ) -> _QuantizedVector:
   """Round `|vector| / norm * levels` up or down at random, unbiased."""
   norm = _l2_norm(vector)
-  exponent = _exponent(norm)
+  exponent = tree.power_of_two_exponent(norm)
   unit_norm = jnp.ldexp(norm, -exponent)
   safe_norm = jnp.where(unit_norm > 0, unit_norm, 1.0)
   scaled = jnp.abs(jnp.ldexp(vector, -exponent)) / safe_norm * levels
@@ -361,7 +348,7 @@ def _qsgd_dequantize(
 ) -> jax.Array:
   """Return `sign * norm * level / levels` for each coordinate."""
   sign = jnp.where(quantized.negative, -1.0, 1.0)
-  exponent = _exponent(quantized.norm)
+  exponent = tree.power_of_two_exponent(quantized.norm)
   unit_norm = jnp.ldexp(quantized.norm, -exponent)
   fraction = quantized.level.astype(jnp.float32) / jnp.float32(levels)
   decoded = jnp.ldexp(sign * fraction * unit_norm, exponent)
@@ -380,7 +367,7 @@ class _RangeQuantized(NamedTuple):
 
 
 def _range_exponent(low: jax.Array, high: jax.Array) -> jax.Array:
-  return _exponent(jnp.maximum(jnp.abs(low), jnp.abs(high)))
+  return tree.power_of_two_exponent(jnp.maximum(jnp.abs(low), jnp.abs(high)))
 
 
 @functools.partial(jax.jit, static_argnames='levels')

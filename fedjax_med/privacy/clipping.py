@@ -36,7 +36,7 @@ def clip_update(update: PyTree, clip_norm: float | None) -> ClipResult:
   # 8.5e37 * clip_norm, and the CPU flushes subnormals to zero, which made
   # such an update all zeros. An exact power-of-two rescaling by the norm's
   # exponent keeps both factors normal.
-  _, exponent = jnp.frexp(jnp.where(jnp.isfinite(norm), norm, 1.0))
+  exponent = tree.power_of_two_exponent(norm)
   unit_norm = jnp.ldexp(norm, -exponent)
   factor = clip_norm / jnp.maximum(unit_norm, 1e-30)
   clipped = norm > clip_norm

@@ -360,6 +360,39 @@ def test_norm_bounded_mean_clips():
   np.testing.assert_allclose(result['w'], [0.3, 0.65], rtol=1e-6)
 
 
+@pytest.mark.parametrize('compiled', [False, True])
+def test_norm_bounded_mean_clips_near_float32_max(compiled):
+  # The row norm divided by the largest entry through its subnormal
+  # reciprocal, so [1.2e38, 1.6e38] had norm 0 and passed unclipped. A
+  # factor max_norm / norm of 5e-39 would also be flushed to zero.
+  updates = {'w': jnp.array([[1.2e38, 1.6e38], [0.0, 0.5]])}
+  aggregate = functools.partial(
+      clipping_aggregators.norm_bounded_mean, max_norm=1.0)
+  if compiled:
+    aggregate = jax.jit(aggregate)
+
+  result = aggregate(updates, jnp.array([1.0, 1.0]))
+
+  np.testing.assert_allclose(result['w'], [0.3, 0.65], rtol=1e-6)
+
+
+def test_geometric_median_scale_equivariant_near_float32_max():
+  # The distances are above 8.5e37, so the Weiszfeld weights w_i / d_i
+  # went through subnormal reciprocals and were flushed to zero for every
+  # client. The median of this right-angled triangle is its Fermat point
+  # (0, 1.5 / sqrt(3)), not the mean (0, 0.5).
+  points = jnp.array([[1.5, 0.0], [-1.5, 0.0], [0.0, 1.5]])
+  median = functools.partial(
+      geometric_median.geometric_median, num_iterations=200)
+
+  small = median({'w': points}, jnp.ones(3))
+  large = median({'w': points * 1e38}, jnp.ones(3))
+
+  np.testing.assert_allclose(small['w'], [0.0, 1.5 / np.sqrt(3)], atol=1e-4)
+  np.testing.assert_allclose(large['w'], small['w'] * 1e38, rtol=1e-5,
+                             atol=1e33)
+
+
 def test_norm_bounded_mean_uses_weights():
   updates = {'w': jnp.array([[3.0, 4.0], [0.0, 0.5]])}
 

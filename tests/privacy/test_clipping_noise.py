@@ -121,3 +121,29 @@ def test_clip_update_above_float32_reciprocal_range():
   np.testing.assert_allclose(result.update['a'], [0.70710677, -0.70710677],
                              rtol=1e-6)
   assert bool(result.clipped)
+
+
+@pytest.mark.parametrize('compiled', [False, True])
+def test_tree_norm_near_float32_max(compiled):
+  # Dividing by the largest entry, 2e38, went through its reciprocal 5e-39,
+  # which is subnormal and flushed to zero: eager gave 5e37, and a
+  # per-example vmap gave 0, so DP-SGD left the gradient unclipped.
+  update = {'a': jnp.array([1e38, -2e38, 3.0]), 'b': jnp.array([[5e37]])}
+  norm_fn = jax.jit(tree.tree_l2_norm) if compiled else tree.tree_l2_norm
+
+  norm = norm_fn(update)
+
+  np.testing.assert_allclose(norm, np.sqrt(1 + 4 + 0.25) * 1e38, rtol=1e-6)
+
+
+def test_per_example_clip_near_float32_max():
+  grads = {'a': jnp.array([[1e38, -2e38, 3.0], [1.0, 2.0, 2.0]])}
+
+  result = jax.vmap(clipping.clip_update, in_axes=(0, None))(grads, 1.0)
+
+  assert bool(result.clipped[0])
+  np.testing.assert_allclose(
+      result.update['a'][0], [1 / np.sqrt(5), -2 / np.sqrt(5), 0.0],
+      rtol=1e-6, atol=1e-30)
+  np.testing.assert_allclose(result.update['a'][1], [1 / 3, 2 / 3, 2 / 3],
+                             rtol=1e-6)
