@@ -1464,6 +1464,43 @@ def _secure_summary(history) -> dict[str, Any]:
   return section
 
 
+def _unaccounted_event(config, summary) -> str | None:
+  """Return why the run's privacy guarantee does not hold, or None.
+
+  Each case is an event that depends on one client's presence or on
+  availability, which the accountant's epsilon does not model.
+  """
+  offline = (study_participation.tracks(config)
+             and study_participation.clients_offline(config))
+  if offline and 'privacy' in summary.get('participation', {}):
+    # The accountant's epsilon assumes every client is always online.
+    return (
+        'No valid guarantee from privacy.epsilon: it assumes every client '
+        'is online in every round, and clients were offline. '
+        'participation.privacy gives upper bounds that use the recorded '
+        'availability; report the smaller')
+  amplified = (config.sampling.sampling != 'all'
+               and not config.secure_aggregation.enabled)
+  if offline and config.privacy.noise == 'distributed' and amplified:
+    # The sampling amplification assumes the whole population online.
+    return (
+        'No valid guarantee: privacy.epsilon credits sampling from the '
+        'whole population, and clients were offline, so each online '
+        'client was more likely to be drawn. Use sampling=all, or central '
+        'noise, whose summary accounts for the recorded availability')
+  failed_secure = summary['secure_aggregation'].get('failed_rounds', 0)
+  if failed_secure:
+    # A failed round releases nothing. Whether it fails depends on how many
+    # clients took part, so one client's presence changes the chance of
+    # that outcome.
+    return (
+        f'No valid guarantee: {failed_secure} secure aggregation rounds '
+        'failed and released nothing. Whether a round fails depends on how '
+        'many clients take part, which the accountant does not model; '
+        'raise the cohort or lower the dropout so that no round fails')
+  return None
+
+
 def _write_summary(config, dataset, evaluate, run_dir, history):
   """Evaluate the final model, then write `summary.json` and the plot."""
   evaluation = _checked_evaluation(
@@ -1502,17 +1539,6 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           dataset.client_names,
       ),
   }
-  failed_secure = summary['secure_aggregation'].get('failed_rounds', 0)
-  if summary['privacy']['private'] and failed_secure:
-    # A failed round releases nothing. Whether it fails depends on how many
-    # clients took part, so one client's presence changes the chance of
-    # that outcome, which the accountant does not model.
-    summary['privacy']['guarantee_holds'] = False
-    summary['privacy']['guarantee'] = (
-        f'No valid guarantee: {failed_secure} secure aggregation rounds '
-        'failed and released nothing. Whether a round fails depends on how '
-        'many clients take part, which the accountant does not model; '
-        'raise the cohort or lower the dropout so that no round fails')
   if summary['privacy']['private'] and (
       config.privacy.delta >= 1 / dataset.num_clients):
     summary['privacy']['assumptions'].append(
@@ -1533,26 +1559,10 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
   if study_participation.tracks(config):
     summary['participation'] = study_participation.summary(
         config, run_dir, history['state'], dataset.num_clients)
-    amplified = (config.sampling.sampling != 'all'
-                 and not config.secure_aggregation.enabled)
-    if (config.privacy.noise == 'distributed' and amplified
-        and study_participation.clients_offline(config)):
-      # The sampling amplification assumes the whole population online.
-      summary['privacy']['guarantee_holds'] = False
-      summary['privacy']['guarantee'] = (
-          'No valid guarantee: privacy.epsilon credits sampling from the '
-          'whole population, and clients were offline, so each online '
-          'client was more likely to be drawn. Use sampling=all, or central '
-          'noise, whose summary accounts for the recorded availability')
-    if 'privacy' in summary['participation'] and (
-        study_participation.clients_offline(config)):
-      # The accountant's epsilon assumes every client is always online.
-      summary['privacy']['guarantee_holds'] = False
-      summary['privacy']['guarantee'] = (
-          'No valid guarantee from privacy.epsilon: it assumes every client '
-          'is online in every round, and clients were offline. '
-          'participation.privacy gives upper bounds that use the recorded '
-          'availability; report the smaller')
+  void_reason = _unaccounted_event(config, summary)
+  if summary['privacy']['private'] and void_reason is not None:
+    summary['privacy']['guarantee_holds'] = False
+    summary['privacy']['guarantee'] = void_reason
   if config.client.ditto_lambda is not None:
     summary['ditto'] = _personal_summary(
         config, dataset, history['state'].personal, history['local_model'])
