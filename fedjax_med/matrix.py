@@ -690,6 +690,18 @@ def _check_base(base: config_lib.ExperimentConfig) -> None:
         f'{base.server.aggregator}` in the base config would be ignored. List '
         'it in `matrix.aggregators` instead.'
     )
+  if base.seed != config_lib.ExperimentConfig().seed:
+    raise InputError(
+        f'The matrix runs each cell once per entry of `matrix.seeds`, so '
+        f'`seed={base.seed}` in the base config would be ignored. List it in '
+        '`matrix.seeds` instead.'
+    )
+  if base.server.num_byzantine != config_lib.ServerConfig().num_byzantine:
+    raise InputError(
+        'The matrix sets `server.num_byzantine` per cell from its malicious '
+        f'fraction, so `server.num_byzantine={base.server.num_byzantine}` in '
+        'the base config would be ignored. Remove it.'
+    )
   if base.client.fedbn:
     # NOTE: the matrix builds its own rounds and evaluates the global
     # params only; FedBN's per-client norm layers are not wired in here.

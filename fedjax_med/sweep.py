@@ -259,6 +259,8 @@ def load_sweep_toml(
                  for _, pairs in sweep.variants]
   for key in set.intersection(*per_variant):
     swept.setdefault(key, 'every entry of `sweep.variants`')
+  if len(sweep.seeds) != 1 or sweep.seeds[0] != base.seed:
+    swept.setdefault((None, 'seed'), '`sweep.seeds`')
   for key, value in base_overrides.items():
     where = swept.get(config_lib.resolve_key(key))
     if where is not None:
@@ -266,6 +268,14 @@ def load_sweep_toml(
           f'`--set {key}={value}` sets a key that {where} sets for every '
           'point, so it would be ignored. Change the sweep in the file, or '
           'set the axis with `--set sweep.<key>=...`.'
+      )
+  for key, value in _flat_items(document):
+    where = swept.get(config_lib.resolve_key(key))
+    if where is not None:
+      raise InputError(
+          f'{path} sets `{key} = {value!r}`, a key that {where} sets for '
+          'every point, so it would be ignored. Remove it from the file, '
+          'or change the sweep.'
       )
   return base, sweep
 

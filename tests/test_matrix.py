@@ -50,6 +50,18 @@ def test_base_aggregator_rejected(tmp_path):
                           tmp_path / 'm', progress=False)
 
 
+@pytest.mark.parametrize('overrides, message', [
+    ({'seed': 7}, '`seed=7`'),
+    ({'num_byzantine': 3}, '`server.num_byzantine=3`'),
+])
+def test_base_value_set_per_cell_rejected(tmp_path, overrides, message):
+  # Both used to be replaced per cell without a message.
+  matrix = matrix_lib.matrix_from_document({'seeds': [0]})
+  with pytest.raises(errors.InputError, match=message):
+    matrix_lib.run_matrix(_base(**overrides), matrix, tmp_path / 'm',
+                          progress=False)
+
+
 def test_overrides_replace_axes():
   matrix = matrix_lib.matrix_from_document(
       {'seeds': [0, 1, 2]},

@@ -2,9 +2,11 @@
 
 import json
 import pathlib
+import re
 import types
 
 import numpy as np
+
 import pytest
 
 from fedjax_med import cli
@@ -73,6 +75,28 @@ def test_set_of_a_swept_key_rejected(tmp_path, override, where):
       '[sweep.variants]\na = { "server.rounds" = 2 }\nb = {}\n')
   base, _ = sweep_lib.load_sweep_toml(path, {'rounds': '4'})
   assert base.server.rounds == 4
+
+
+@pytest.mark.parametrize('setting, message', [
+    ('[client]\nlearning_rate = 0.5\n',
+     'sets `client.learning_rate = 0.5`, a key that '
+     '`sweep.client.learning_rate`'),
+    ('seed = 4\n', 'sets `seed = 4`, a key that `sweep.seeds`'),
+])
+def test_file_value_of_swept_key_rejected(tmp_path, setting, message):
+  # The file's base value used to be replaced by the sweep's values without
+  # a message.
+  path = tmp_path / 'sweep.toml'
+  path.write_text(setting + '[sweep]\n"client.learning_rate" = [0.01, 0.05]\n'
+                  'seeds = [0, 1]\n')
+  with pytest.raises(errors.InputError, match=re.escape(message)):
+    sweep_lib.load_sweep_toml(path)
+  # A seed equal to the only swept seed changes nothing.
+  path.write_text(
+      'seed = 3\n[sweep]\nseeds = [3]\n"client.proximal_mu" = [0.0]\n')
+  base, sweep = sweep_lib.load_sweep_toml(path)
+  assert base.seed == 3
+  assert sweep.seeds == (3,)
 
 
 def test_invalid_point_named_before_training():
