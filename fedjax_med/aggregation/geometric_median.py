@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from fedjax_med import tree
 from fedjax_med.aggregation import _flat
+from fedjax_med.aggregation import median
 from fedjax_med.typing import PyTree
 
 
@@ -24,11 +25,18 @@ def geometric_median(
 ) -> PyTree:
   """Approximate the weighted geometric median with smoothed Weiszfeld steps.
 
-  Starting from the weighted mean, each step sets
-  v <- sum_i b_i x_i / sum_i b_i with b_i = w_i / max(nu, ||v - x_i||).
-  The geometric median has breakdown point 1/2: an adversary needs half of
-  the total weight to move it arbitrarily far. Cost: O(T * C * D) time and
-  O(C * D) memory for T iterations, C clients and D parameters.
+  Each step sets v <- sum_i b_i x_i / sum_i b_i with
+  b_i = w_i / max(nu, ||v - x_i||). The start is the weighted mean or the
+  coordinate-wise median of the valid updates, whichever has the smaller
+  objective sum_i w_i ||v - x_i||, and no step increases the smoothed
+  objective. Suppose fewer than half of the valid clients are malicious
+  and they hold less than half of the total weight. Then the result stays
+  within a distance of the honest updates that does not grow with the size
+  of the malicious ones, after any number of steps. From the mean alone,
+  10 steps with one update of 1e30 among 10 end near 3e19. The exact
+  geometric median has breakdown point 1/2 of the total weight. Cost:
+  O((T + 32) * C * D) time and O(C * D) memory for T iterations, C clients
+  and D parameters.
 
   Args:
     client_updates: pytree with leaves shaped `[clients, *param_shape]`.
@@ -62,21 +70,38 @@ def geometric_median(
   matrix = _flat.mask_rows(matrix, valid)
   base_weights = jnp.where(valid, weights, 0).astype(matrix.dtype)
 
-  def weighted_average(step_weights):
+  def shares_of(step_weights):
+    # Normalized weights keep each weighted sum below its largest term, so
+    # updates near the float maximum do not overflow.
     total = jnp.sum(step_weights)
-    summed = jnp.sum(step_weights[:, None] * matrix, axis=0)
-    return summed / jnp.where(total > 0, total, 1.0)
+    return tree.divide(step_weights, jnp.where(total > 0, total, 1.0))
+
+  def weighted_average(step_weights):
+    return jnp.sum(shares_of(step_weights)[:, None] * matrix, axis=0)
+
+  def mean_distance(estimate):
+    distances = _flat.row_l2_norms(matrix - estimate[None, :])
+    return jnp.sum(shares_of(base_weights) * distances)
 
   def weiszfeld_step(_, estimate):
-    distances = jnp.maximum(
-        _flat.row_l2_norms(matrix - estimate[None, :]), smoothing)
-    # b_i = w_i / d_i times the common factor min_j d_j, which the weighted
-    # average cancels. Plain w_i / d_i flushes to zero for every client when
-    # all distances are above about 8.5e37.
+    # The step v + sum_i b_i (x_i - v) / sum_i b_i, with both sums times the
+    # common factor m = min_j d_j: b_i (x_i - v) m is x_i - v clipped to
+    # norm m, and b_i m = w_i m / d_i is at most w_i. Neither underflows
+    # when every distance is huge, and a far update keeps the pull of a
+    # unit vector, as in the exact median.
+    differences = matrix - estimate[None, :]
+    distances = jnp.maximum(_flat.row_l2_norms(differences), smoothing)
     nearest = jnp.min(jnp.where(valid, distances, jnp.inf))
     nearest = jnp.where(jnp.isfinite(nearest), nearest, 1.0)
-    return weighted_average(base_weights * tree.divide(nearest, distances))
+    shares = shares_of(base_weights)
+    pulls = jnp.sum(shares[:, None] * _flat.clip_rows(differences, nearest),
+                    axis=0)
+    total = jnp.sum(shares * tree.divide(nearest, distances))
+    return estimate + pulls / jnp.where(total > 0, total, 1.0)
 
-  start = weighted_average(base_weights)
-  median = jax.lax.fori_loop(0, num_iterations, weiszfeld_step, start)
-  return unflatten(median)
+  mean = weighted_average(base_weights)
+  coordinate_median = median.coordinate_median({'m': matrix}, valid)['m']
+  start = jnp.where(mean_distance(coordinate_median) < mean_distance(mean),
+                    coordinate_median.astype(matrix.dtype), mean)
+  result = jax.lax.fori_loop(0, num_iterations, weiszfeld_step, start)
+  return unflatten(result)

@@ -494,3 +494,29 @@ def test_centered_clipping_center_shape_raises():
         center={'w': jnp.zeros(2)},
         clip_radius=1.0,
     )
+
+
+def _weiszfeld_reference(points, steps=5000):
+  """Plain float64 Weiszfeld iterations from the coordinate median."""
+  estimate = np.median(points, axis=0)
+  for _ in range(steps):
+    distances = np.maximum(np.linalg.norm(points - estimate, axis=1), 1e-12)
+    estimate = (points / distances[:, None]).sum(0) / (1 / distances).sum()
+  return estimate
+
+
+@pytest.mark.parametrize('size', [1e10, 1e30, 3e38])
+def test_geometric_median_ignores_outlier_size(size):
+  # Started from the weighted mean, 10 steps left the result near
+  # 0.1 * size: 3.2e19 for an update of 1e30.
+  honest = np.random.default_rng(0).normal(size=(10, 3))
+  points = honest.copy()
+  points[0] = [size, 0.0, 0.0]
+  expected = _weiszfeld_reference(
+      np.concatenate([honest[1:], [[1e12, 0.0, 0.0]]]))
+
+  result = geometric_median.geometric_median(
+      {'w': jnp.asarray(points, jnp.float32)}, jnp.ones(10),
+      num_iterations=10)
+
+  np.testing.assert_allclose(result['w'], expected, atol=2e-3)
