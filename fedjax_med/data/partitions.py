@@ -152,6 +152,42 @@ def _apportion(total: int, log_weights: np.ndarray) -> np.ndarray:
 # Dirichlet label skew.
 
 
+# `_draw_dirichlet_shares` replaces numpy's draw by the limit of the
+# distribution for alpha below _ONE_HOT_ALPHA or C * alpha above
+# _EQUAL_SHARES_TOTAL_ALPHA.
+_ONE_HOT_ALPHA = 1e-300
+_EQUAL_SHARES_TOTAL_ALPHA = 1e300
+
+
+def _draw_dirichlet_shares(
+    num_clients: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+  """Draw `[clients]` shares from Dirichlet(alpha * 1_C).
+
+  numpy 2.4 fails at both ends of the alpha range, so the extremes use the
+  limit of the distribution, which equals it to float64 precision there:
+
+  * For alpha below about 1e-321 (subnormal), numpy's draw gives the whole
+    class to the last clients more often than to the first. A share is
+    Beta(alpha, (C - 1) * alpha). For small alpha it lies in
+    [2^-53, 1 - 2^-53] with probability about 2 * alpha * ln(2^53), that
+    is 74 * alpha (an estimate). So for alpha < 1e-300 the shares are
+    one-hot at a uniform random client, except with probability below
+    100 * C * alpha.
+  * numpy divides Gamma(alpha) draws by their sum, which overflows to inf
+    once C * alpha passes about 1.8e308, and every share becomes 0. A share
+    has std below 1 / (C * sqrt(C * alpha)), so for C * alpha > 1e300 the
+    shares are 1 / C to float64 precision.
+  """
+  if alpha < _ONE_HOT_ALPHA:
+    shares = np.zeros(num_clients)
+    shares[rng.integers(num_clients)] = 1.0
+    return shares
+  if alpha > _EQUAL_SHARES_TOTAL_ALPHA / num_clients:
+    return np.full(num_clients, 1.0 / num_clients)
+  return rng.dirichlet(np.full(num_clients, alpha))
+
+
 def _draw_dirichlet_owner(
     class_rows: list[np.ndarray],
     num_examples: int,
@@ -162,7 +198,7 @@ def _draw_dirichlet_owner(
   """Draw one Dirichlet partition and return the client of every row."""
   owner = np.empty(num_examples, np.int64)
   for rows in class_rows:
-    shares = rng.dirichlet(np.full(num_clients, alpha))
+    shares = _draw_dirichlet_shares(num_clients, alpha, rng)
     # Rounded cumulative shares are nondecreasing split points, so each row
     # of the class goes to exactly one client.
     bounds = np.round(np.cumsum(shares)[:-1] * len(rows)).astype(np.int64)
@@ -203,7 +239,10 @@ def partition_dirichlet(
   Args:
     labels: `[examples]` integer class labels in [0, num_classes).
     num_clients: number of clients C, >= 1.
-    alpha: Dirichlet concentration, finite and > 0.
+    alpha: Dirichlet concentration, finite and > 0. Below 1e-300 each class
+      goes whole to one uniform random client, and above 1e300 / C each
+      client gets 1 / C of every class to within a row. These are the
+      limits of the distribution.
     key: JAX PRNG key. The same key and arguments give the same partition.
     num_classes: number of classes, by default `max(labels) + 1`.
     min_examples: minimum number of rows per client, >= 0.
@@ -470,10 +509,9 @@ def partition_quantity_skew(
   sigma, tail_index = _check_size_distribution(distribution, sigma, tail_index)
   rng = _host_rng(key)
 
-  if distribution == 'lognormal':
-    log_weights = sigma * rng.standard_normal(num_clients)
-  else:
-    log_weights = np.log1p(rng.pareto(tail_index, num_clients))
+  log_weights = _draw_log_weights(
+      num_clients, rng, distribution, sigma, tail_index
+  )
   extra = _apportion(num_examples - num_clients * min_examples, log_weights)
   sizes = min_examples + extra
 
@@ -482,6 +520,29 @@ def partition_quantity_skew(
       np.arange(num_clients), sizes
   )
   return _indices_from_owner(owner, num_clients)
+
+
+def _draw_log_weights(
+    num_clients: int,
+    rng: np.random.Generator,
+    distribution: str,
+    sigma: float,
+    tail_index: float,
+) -> np.ndarray:
+  """Draw `[clients]` log client weights, shifted so that the max is 0.
+
+  numpy's `pareto(a)` is expm1(E / a) with E ~ Exp(1) (numpy 2.4), so
+  log(1 + pareto(a)) is E / a, and drawing E directly takes the same
+  numbers from `rng`. The shift comes before the scaling, so a huge `sigma`
+  or a tiny `tail_index` sends small weights to -inf (weight 0) instead of
+  sending the largest to inf, where inf - inf would be NaN.
+  """
+  with np.errstate(over='ignore'):
+    if distribution == 'lognormal':
+      normal = rng.standard_normal(num_clients)
+      return sigma * (normal - normal.max())
+    exponential = rng.standard_exponential(num_clients)
+    return (exponential - exponential.max()) / tail_index
 
 
 def _check_size_distribution(

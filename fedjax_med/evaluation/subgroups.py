@@ -295,14 +295,46 @@ def band_ids(values: npt.ArrayLike, edges: Sequence[float]) -> np.ndarray:
 
   With edges `[50, 60]`, a value below 50 is band 0, a value in [50, 60)
   is band 1 and a value of 60 or more is band 2, so there are
-  `len(edges) + 1` bands.
+  `len(edges) + 1` bands. A NaN value, such as a missing age, is in no
+  band, so it raises rather than getting an id that `subgroup_report`
+  would count in a real group.
+
+  Args:
+    values: array of any shape, such as `[clients, examples]` ages. Padding
+      rows need a number too, for example 0.
+    edges: strictly increasing band edges, not NaN.
+
+  Returns:
+    An int64 array of band ids in `[0, len(edges)]`, shaped like `values`.
 
   Raises:
-    ValueError: if `edges` is not strictly increasing.
+    ValueError: if `edges` is not a strictly increasing 1-D sequence without
+      NaN, or `values` contains NaN.
   """
   edges = np.asarray(edges, dtype=np.float64)
-  if edges.ndim != 1 or np.any(np.diff(edges) <= 0):
+  # NaN compares False, so the diff check alone lets NaN edges through.
+  if edges.ndim != 1 or np.isnan(edges).any() or np.any(np.diff(edges) <= 0):
     raise ValueError(
-        f'`edges` must be a strictly increasing 1-D sequence; got {edges}.'
+        '`edges` must be a strictly increasing 1-D sequence without NaN; got '
+        f'{edges}.'
     )
-  return np.searchsorted(edges, np.asarray(values), side='right')
+  values = np.asarray(values)
+  if np.issubdtype(values.dtype, np.floating):
+    _check_no_nan(values)
+  return np.searchsorted(edges, values, side='right').astype(np.int64)
+
+
+def _check_no_nan(values: np.ndarray) -> None:
+  nan_positions = np.argwhere(np.isnan(values))
+  if not len(nan_positions):
+    return
+  first_positions = [
+      tuple(int(i) for i in position) for position in nan_positions[:10]
+  ]
+  ellipsis = ', ...' if len(nan_positions) > 10 else ''
+  raise ValueError(
+      f'`values` contains {len(nan_positions)} NaN value(s), at indices '
+      f'{first_positions}{ellipsis}. A missing value has no band. Drop or '
+      'impute those rows, or mask them out of the report and fill them with '
+      'a number.'
+  )

@@ -192,6 +192,54 @@ def test_dirichlet_skips_empty_class(key):
   _assert_each_row_once(client_indices, len(labels))
 
 
+@pytest.mark.parametrize('alpha', [1e300, 5e307, np.finfo(np.float64).max])
+@pytest.mark.parametrize('min_examples', [0, 1])
+def test_dirichlet_huge_alpha_equal_shares(alpha, min_examples, key):
+  # numpy's Dirichlet draw returns all-zero shares once C * alpha overflows,
+  # which would give every row to the last client. The limit gives each
+  # client 1 / C of every class.
+  labels = _labels([40, 40, 40])
+
+  client_indices = partitions.partition_dirichlet(
+      labels, num_clients=4, alpha=alpha, key=key, min_examples=min_examples
+  )
+
+  _assert_each_row_once(client_indices, len(labels))
+  for rows in client_indices:
+    np.testing.assert_array_equal(np.bincount(labels[rows]), [10, 10, 10])
+
+
+@pytest.mark.parametrize('alpha', [1e-300, 1e-310, 5e-324])
+def test_dirichlet_tiny_alpha_one_owner(alpha, key):
+  labels = _labels([30, 20, 10])
+
+  client_indices = partitions.partition_dirichlet(
+      labels, num_clients=5, alpha=alpha, key=key, min_examples=0
+  )
+
+  _assert_each_row_once(client_indices, len(labels))
+  for label in range(3):
+    holders = [rows for rows in client_indices if label in labels[rows]]
+    assert len(holders) == 1
+
+
+@pytest.mark.parametrize('alpha', [1e-310, 5e-324])
+def test_dirichlet_tiny_alpha_uniform_owner(alpha, key):
+  # numpy's draw at alpha 5e-324 gives a class to the last of 4 clients
+  # more than half the time. The limit picks a uniform client, so each of
+  # the 4 gets about 100 of 400 keys, with a binomial std of 8.7.
+  wins = np.zeros(4, np.int64)
+  for index in range(400):
+    client_indices = partitions.partition_dirichlet(
+        np.zeros(8, np.int64), num_clients=4, alpha=alpha,
+        key=jax.random.fold_in(key, index), min_examples=0,
+    )
+    wins[np.argmax([len(rows) for rows in client_indices])] += 1
+
+  for client in range(4):
+    assert 60 <= wins[client] <= 140, wins
+
+
 @pytest.mark.parametrize(
     'class_sizes, num_clients, classes_per_client',
     [
@@ -356,6 +404,44 @@ def test_quantity_skew_more_clients_than_rows(key):
 
   assert len(client_indices) == 12
   _assert_each_row_once(client_indices, 5)
+
+
+@pytest.mark.parametrize(
+    'num_examples, num_clients, tail_index, num_keys',
+    [(100_000, 1000, 0.01, 20), (10, 3, 1e-3, 5), (50, 5, 5e-324, 5)],
+)
+def test_quantity_skew_tiny_tail_valid(
+    num_examples, num_clients, tail_index, num_keys, key
+):
+  # A tiny tail index makes numpy's Pareto draws inf, and inf - inf would
+  # give NaN weights and negative client sizes.
+  for index in range(num_keys):
+    client_indices = partitions.partition_quantity_skew(
+        num_examples, num_clients=num_clients,
+        key=jax.random.fold_in(key, index), distribution='power_law',
+        tail_index=tail_index, min_examples=1,
+    )
+    sizes = _client_sizes(client_indices)
+
+    _assert_each_row_once(client_indices, num_examples)
+    assert sizes.min() >= 1
+
+
+@pytest.mark.parametrize('parameters', [
+    {'distribution': 'power_law', 'tail_index': 5e-324},
+    {'sigma': np.finfo(np.float64).max},
+])
+def test_quantity_skew_extreme_one_client(parameters, key):
+  # In the limit one weight dwarfs the rest, so one client gets every row
+  # beyond the other clients' `min_examples`.
+  client_indices = partitions.partition_quantity_skew(
+      100, num_clients=5, key=key, min_examples=3, **parameters
+  )
+
+  np.testing.assert_array_equal(
+      np.sort(_client_sizes(client_indices)), [3, 3, 3, 3, 88]
+  )
+  _assert_each_row_once(client_indices, 100)
 
 
 def test_group_split_reproduces_groups():

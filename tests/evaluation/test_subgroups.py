@@ -246,3 +246,27 @@ def test_band_ids_left_closed():
 def test_band_ids_rejects_unsorted_edges():
   with pytest.raises(ValueError, match='strictly increasing'):
     subgroups.band_ids([1.0], [60, 50])
+
+
+def test_band_ids_rejects_nan_edges():
+  with pytest.raises(ValueError, match='without NaN; got \\[nan\\]'):
+    subgroups.band_ids([1.0, 2.0], [np.nan])
+  with pytest.raises(ValueError, match='without NaN'):
+    subgroups.band_ids([1.0], [50.0, np.nan])
+
+
+def test_band_ids_rejects_nan_values():
+  # A missing age must not count as "60 or more".
+  values = np.array([[np.nan, 45.0, 72.0], [50.0, np.nan, 0.0]])
+
+  with pytest.raises(
+      ValueError, match=r'2 NaN value\(s\), at indices \[\(0, 0\), \(1, 1\)\]'
+  ):
+    subgroups.band_ids(values, [50, 60])
+
+
+def test_band_ids_integer_values_keep_shape():
+  ids = subgroups.band_ids(np.array([[49, 50], [60, 0]]), [50, 60])
+
+  assert ids.dtype == np.int64
+  np.testing.assert_array_equal(ids, [[0, 1], [2, 0]])
