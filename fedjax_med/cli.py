@@ -301,9 +301,11 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(
         'warning: the client updates are smaller than the fixed-point '
         f"quantization noise (norm about {secure['quantization_noise_norm']:.3g}"
-        '), so secure aggregation mostly erased them. Lower '
+        ') in most rounds, so secure aggregation mostly erased them. Lower '
         '`privacy.clip_norm` towards the update norms (mean_update_norm in '
-        'metrics.jsonl) or use a larger `fixed_point_scale`.',
+        'metrics.jsonl), or use more `ring_bits` or a larger '
+        '`fixed_point_scale`. Cohorts of clients much smaller than the '
+        'largest one amplify this noise (secagg_quantization_norm).',
         file=sys.stderr,
     )
   if failed:

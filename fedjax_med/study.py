@@ -160,20 +160,34 @@ def _repartition(dataset, data, key) -> federated.FederatedDataset:
           distribution='lognormal', sigma=data.size_sigma,
           min_examples=min_rows,
       )
-  except InputError:
-    fixes = {
-        'dirichlet': 'raise `data.dirichlet_alpha` or lower '
-                     '`data.partition_clients`',
-        'pathological': 'lower `data.partition_clients` or '
-                        '`data.classes_per_client`',
-        'quantity': 'lower `data.partition_clients`',
+  except InputError as error:
+    # The partition function's message states the cause in its own argument
+    # names, so the hint maps them to config keys. Only the Dirichlet and
+    # quantity schemes take `min_examples`.
+    min_examples_note = (
+        f'`min_examples={min_rows}` leaves every client a training row after '
+        f'`data.test_fraction={data.test_fraction}`'
+    )
+    hints = {
+        'dirichlet': (
+            '`num_clients` is `data.partition_clients`, `alpha` is '
+            f'`data.dirichlet_alpha`, and {min_examples_note}. To fix this, '
+            'raise `data.dirichlet_alpha` or lower `data.partition_clients`.'
+        ),
+        'pathological': (
+            '`num_clients` is `data.partition_clients` and '
+            '`classes_per_client` is `data.classes_per_client`.'
+        ),
+        'quantity': (
+            '`num_clients` is `data.partition_clients`, `sigma` is '
+            f'`data.size_sigma`, and {min_examples_note}. To fix this, lower '
+            '`data.partition_clients`.'
+        ),
     }
     raise InputError(
-        f'`data.partition={data.partition}` cannot split {where} with at '
-        f'least {min_rows} rows each (one for training after '
-        f'`data.test_fraction={data.test_fraction}`). To fix this, '
-        f'{fixes[data.partition]}.'
-    ) from None
+        f'`data.partition={data.partition}` cannot split {where}: {error} '
+        f'In the config, {hints[data.partition]}'
+    ) from error
   sizes = [len(rows) for rows in indices]
   if min(sizes) < min_rows:
     short = sum(size < min_rows for size in sizes)
@@ -1446,14 +1460,19 @@ def _secure_summary(history) -> dict[str, Any]:
   section = {'enabled': True, **plan._asdict()}
   section['failed_rounds'] = sum(
       bool(record.get('secagg_failed')) for record in records)
-  # Quantization adds noise of norm about 0.3 sqrt(d) / scale to each
-  # update, so updates much smaller than sqrt(d) / scale are mostly lost.
-  norms = [record['mean_update_norm'] for record in records
-           if record.get('secagg_failed') is False]
-  step_norm = math.sqrt(plan.dimension) / plan.scale
-  section['quantization_noise_norm'] = 0.3 * step_norm
+  # `secagg_quantization_norm` is the rounding noise in the round's mean,
+  # which grows as the cohort's weights shrink next to the weight bound.
+  # Updates smaller than it are mostly lost.
+  completed = [record for record in records
+               if record.get('secagg_failed') is False
+               and 'secagg_quantization_norm' in record]
+  noise_norms = [record['secagg_quantization_norm'] for record in completed]
+  if noise_norms:
+    section['quantization_noise_norm'] = float(np.median(noise_norms))
+  erased = [record['mean_update_norm'] < record['secagg_quantization_norm']
+            for record in completed]
   section['updates_below_quantization'] = bool(
-      norms and float(np.median(norms)) < step_norm)
+      erased and sum(erased) > len(erased) / 2)
   for name in ('secagg_client_bytes_up', 'secagg_client_bytes_down',
                'secagg_server_bytes', 'secagg_plain_bytes_up',
                'secagg_client_prg_expansions',

@@ -495,3 +495,16 @@ def test_partition_error_names_config_keys():
                      match='raise `data.dirichlet_alpha` or lower '
                            '`data.partition_clients`'):
     study.load_dataset(config.data, config.seed)
+
+
+def test_partition_error_keeps_cause():
+  # The heart data has 2 classes, so 3 classes per client is impossible.
+  config = _config(rounds=1, partition='pathological', classes_per_client=3)
+
+  with pytest.raises(errors.InputError) as raised:
+    study.load_dataset(config.data, config.seed)
+
+  message = str(raised.value)
+  assert 'classes_per_client=3 exceeds the 2 classes present' in message
+  assert '`classes_per_client` is `data.classes_per_client`' in message
+  assert 'rows each' not in message

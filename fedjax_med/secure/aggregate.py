@@ -251,13 +251,23 @@ def build_secure_aggregate(
     result = protocol.secure_sum(
         key, inputs, participants, contributes, settings)
     total = encoding.decode(result.total, scale, bits)
+    # Stochastic rounding adds variance p (1 - p), 1/6 on average, per
+    # client and ring coordinate, so the decoded sum carries rounding noise
+    # of norm about sqrt(n D / 6) / scale, before the mean rescales it.
+    contributors = jnp.sum(contributes).astype(jnp.float32)
+    sum_noise_norm = jnp.sqrt(
+        contributors * num_parameters / 6) / jnp.float32(scale)
     if weight_coordinate:
       summed_weight = total[-1]
-      mean_flat = total[:-1] / jnp.where(
-          summed_weight > 0, summed_weight, 1.0)
+      safe_weight = jnp.where(summed_weight > 0, summed_weight, 1.0)
+      mean_flat = total[:-1] / safe_weight
+      # A cohort whose weights are small next to weight_bound encodes its
+      # updates in few ring units, and the division amplifies the noise.
+      mean_noise_norm = sum_noise_norm / safe_weight
     else:
       # Undo the division by weight_bound, then use the fixed denominator.
       summed = total * weight_bound
+      mean_noise_norm = sum_noise_norm * weight_bound / privacy.denominator
       if privacy.noise_kind == 'central':
         summed = noise.add_gaussian_noise(
             summed, privacy.noise_multiplier * privacy.clip_norm,
@@ -268,6 +278,7 @@ def build_secure_aggregate(
         'secagg_failed': failed,
         'secagg_rebuilt_correct': result.rebuilt_correct,
         'secagg_responders': jnp.sum(result.responders),
+        'secagg_quantization_norm': mean_noise_norm,
         **result.cost,
     }
     return unravel(mean_flat), failed, metrics

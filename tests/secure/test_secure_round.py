@@ -174,3 +174,42 @@ def test_failed_round_not_below_min_reporting():
   _, metrics = round_fn(_state(), jax.random.key(0))
   assert bool(metrics['secagg_failed'])
   assert not bool(metrics['below_min_reporting'])
+
+
+def test_quantization_norm_grows_with_weight_bound():
+  # Ten identical updates of norm 1 with weight 20 each. Against a weight
+  # bound of 1e5 each encodes in about 0.65 ring units of a 16-bit ring,
+  # and dividing by the total relative weight 0.002 amplifies the rounding
+  # error 500-fold; the metric has to show that.
+  from fedjax_med.secure import aggregate as secure_aggregate
+  clients = 10
+  updates = {'w': jnp.tile(jnp.array([[0.5, -0.5, 0.5, -0.5]]), (clients, 1))}
+  weights = jnp.full((clients,), 20.0)
+  everyone = jnp.ones((clients,), bool)
+  privacy = mechanisms.PrivacySettings(clip_norm=1.0)
+  errors, metric = {}, {}
+  for weight_bound in (1e3, 1e5):
+    aggregate, plan = secure_aggregate.build_secure_aggregate(
+        protocol.SecureAggregationSettings(bits=16), privacy, 'fedavg',
+        clients, {'w': jnp.zeros(4)}, weight_bound)
+    expected = np.sqrt(clients * 4 / 6) / plan.scale / (
+        clients * 20 / weight_bound)
+    trial_errors = []
+    for seed in range(20):
+      keys = jax.random.split(jax.random.key(seed), clients)
+      mean, failed, metrics = aggregate(
+          updates, weights, everyone, everyone, keys,
+          jax.random.key(100 + seed))
+      assert not bool(failed)
+      trial_errors.append(
+          float(jnp.linalg.norm(mean['w'] - updates['w'][0])))
+    errors[weight_bound] = np.sqrt(np.mean(np.square(trial_errors)))
+    metric[weight_bound] = float(metrics['secagg_quantization_norm'])
+    # The metric divides by the decoded total weight, 0.002 or 0.2 up to
+    # a few ring units of rounding.
+    np.testing.assert_allclose(metric[weight_bound], expected, rtol=0.3)
+
+  # The measured root-mean-square error is of the metric's order.
+  assert 0.3 < errors[1e5] / metric[1e5] < 3
+  assert metric[1e5] / metric[1e3] == pytest.approx(100, rel=0.3)
+  assert errors[1e5] > 0.3
