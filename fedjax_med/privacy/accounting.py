@@ -104,6 +104,18 @@ _SAMPLING_PHRASES = {
 _MIN_NOISE_MULTIPLIER = 2.0**-4
 _MAX_NOISE_MULTIPLIER = 1e3
 _CALIBRATION_RTOL = 1e-3
+# The PLD accountant's grid step (dp_accounting's default is 1e-4). The
+# grid spans the privacy loss of one round, so at the default step a round
+# with a large loss takes gigabytes. Noise multiplier 0.3 without sampling
+# over 100 rounds took 20 s and 2.8 GB, and 1e-3 asked for 76 GiB. The step
+# grows to _PLD_STEP_PER_EPSILON times the RDP epsilon per round, which
+# keeps the grid near 1e4 points per unit of that loss. The pessimistic
+# rounding adds at most rounds * step to epsilon, so at most 1e-4 of the
+# RDP epsilon. A round whose step would pass _PLD_MAX_STEP (its exp
+# overflows float64 above 709) is rejected.
+_PLD_DEFAULT_STEP = 1e-4
+_PLD_STEP_PER_EPSILON = 1e-4
+_PLD_MAX_STEP = 100.0
 
 
 def round_event(
@@ -207,7 +219,7 @@ class PrivacyAccountant:
     self._accountant = accountant
     self._rounds = 0
     self._composed = None
-    self._composed_rounds = None
+    self._composed_state = None
 
   @property
   def event(self) -> dp_accounting.DpEvent:
@@ -251,12 +263,17 @@ class PrivacyAccountant:
       InputError: if `delta` is not strictly between 0 and 1.
     """
     _check_delta(delta)
-    if self._composed_rounds != self._rounds:
-      self._composed = _new_accountant(self._accountant, self._relation)
+    # The PLD grid step depends on rounds and delta (see `_pld_step`).
+    state = (self._rounds, delta if self._accountant == 'pld' else None)
+    if self._composed_state != state:
+      step = None
+      if self._accountant == 'pld' and self._rounds:
+        step = _pld_step(self._event, self._relation, self._rounds, delta)
+      self._composed = _new_accountant(self._accountant, self._relation, step)
       # dp_accounting rejects a count of 0, and a fresh accountant reports 0.
       if self._rounds:
         self._composed.compose(self._event, self._rounds)
-      self._composed_rounds = self._rounds
+      self._composed_state = state
     return float(self._composed.get_epsilon(delta))
 
 
@@ -331,15 +348,24 @@ def calibrate_noise_multiplier(
     event, _ = make_round_event(noise_multiplier=noise_multiplier)
     return dp_accounting.SelfComposedDpEvent(event, rounds)
 
-  make_accountant = functools.partial(_new_accountant, accountant, relation)
+  def make_accountant(noise_multiplier):
+    step = None
+    if accountant == 'pld':
+      event, _ = make_round_event(noise_multiplier=noise_multiplier)
+      step = _pld_step(event, relation, rounds, delta)
+    return _new_accountant(accountant, relation, step)
 
   def epsilon_at(noise_multiplier):
     run_event = make_run_event(noise_multiplier)
-    return make_accountant().compose(run_event).get_epsilon(delta)
+    return make_accountant(noise_multiplier).compose(run_event).get_epsilon(
+        delta)
 
   low, high = _bracket_noise_multiplier(epsilon_at, target_epsilon, rounds)
+  # The search uses the PLD step of `low`, the coarsest in the bracket, and
+  # the check below uses each result's own step, as `PrivacyAccountant`
+  # does.
   log_noise_multiplier = dp_accounting.calibrate_dp_mechanism(
-      make_fresh_accountant=make_accountant,
+      make_fresh_accountant=functools.partial(make_accountant, low),
       make_event_from_param=lambda log_z: make_run_event(math.exp(log_z)),
       target_epsilon=target_epsilon,
       target_delta=delta,
@@ -348,7 +374,13 @@ def calibrate_noise_multiplier(
       ),
       tol=math.log1p(_CALIBRATION_RTOL),
   )
-  return math.exp(log_noise_multiplier)
+  noise_multiplier = math.exp(log_noise_multiplier)
+  if accountant == 'pld':
+    for _ in range(100):
+      if epsilon_at(noise_multiplier) <= target_epsilon:
+        break
+      noise_multiplier *= 1 + _CALIBRATION_RTOL / 4
+  return noise_multiplier
 
 
 def would_exceed(
@@ -420,12 +452,44 @@ def describe_guarantee(
 
 
 def _new_accountant(
-    accountant: str, relation: str
+    accountant: str, relation: str, pld_step: float | None = None
 ) -> dp_accounting.PrivacyAccountant:
   neighboring_relation = _DP_ACCOUNTING_RELATIONS[relation]
   if accountant == 'pld':
-    return pld.PLDAccountant(neighboring_relation=neighboring_relation)
+    return pld.PLDAccountant(
+        neighboring_relation=neighboring_relation,
+        value_discretization_interval=pld_step or _PLD_DEFAULT_STEP)
   return rdp.RdpAccountant(neighboring_relation=neighboring_relation)
+
+
+def _pld_step(
+    event: dp_accounting.DpEvent, relation: str, rounds: int, delta: float
+) -> float:
+  """Return the PLD grid step for `rounds` rounds of `event`.
+
+  The step is the larger of dp_accounting's default and
+  `_PLD_STEP_PER_EPSILON` times the RDP epsilon per round (see
+  `_PLD_STEP_PER_EPSILON`). An event that the RDP accountant does not
+  support gets the default.
+
+  Raises:
+    InputError: if the round's privacy loss is too large for the PLD grid.
+  """
+  bound = _new_accountant('rdp', relation)
+  if not bound.supports(event):
+    return _PLD_DEFAULT_STEP
+  bound.compose(event, rounds)
+  rdp_epsilon = bound.get_epsilon(delta)
+  step = max(_PLD_DEFAULT_STEP, _PLD_STEP_PER_EPSILON * rdp_epsilon / rounds)
+  if not step <= _PLD_MAX_STEP:
+    raise InputError(
+        f'The PLD accountant cannot represent {event}: its RDP epsilon is '
+        f'{rdp_epsilon:.4g} after {rounds} rounds, above '
+        f'{_PLD_MAX_STEP / _PLD_STEP_PER_EPSILON:g} per round, so the '
+        'privacy loss grid would not fit in memory. Use accountant=rdp, '
+        'whose epsilon is that upper bound, or a larger noise multiplier.'
+    )
+  return step
 
 
 def _unsupported_event_message(event, relation, accountant) -> str:

@@ -115,6 +115,40 @@ def test_pld_one_round_reference():
   assert epsilon == pytest.approx(4.377, abs=1e-3)
 
 
+@pytest.mark.parametrize('noise_multiplier', [0.3, 1e-3])
+def test_pld_large_loss_matches_gdp(noise_multiplier):
+  # At dp_accounting's default grid step of 1e-4, noise multiplier 0.3
+  # took 2.8 GB and 1e-3 asked for 76 GiB. The coarser step keeps epsilon
+  # within 1e-4 of the RDP bound above the exact value.
+  event, relation = _all_clients(noise_multiplier)
+  exact = _gdp_epsilon(math.sqrt(100) / noise_multiplier, DELTA)
+
+  epsilon = accounting.epsilon_for(event, relation, 100, DELTA, 'pld')
+
+  assert epsilon >= exact
+  assert epsilon == pytest.approx(exact, rel=1e-5)
+
+
+def test_pld_rejects_loss_beyond_grid():
+  event, relation = _all_clients(1e-4)
+
+  with pytest.raises(InputError, match='accountant=rdp'):
+    accounting.epsilon_for(event, relation, 100, DELTA, 'pld')
+
+
+def test_pld_calibration_meets_large_target():
+  # The search and the final check use different PLD steps here.
+  noise_multiplier = accounting.calibrate_noise_multiplier(
+      target_epsilon=400.0, delta=DELTA, rounds=3, sampling='all',
+      num_clients=10, accountant='pld',
+  )
+  event, relation = _all_clients(noise_multiplier)
+  less_noise, _ = _all_clients(0.99 * noise_multiplier)
+
+  assert accounting.epsilon_for(event, relation, 3, DELTA, 'pld') <= 400.0
+  assert accounting.epsilon_for(less_noise, relation, 3, DELTA, 'pld') > 400.0
+
+
 def test_pld_not_below_optimistic():
   event, relation = _poisson()
   optimistic = privacy_loss_distribution.from_gaussian_mechanism(
