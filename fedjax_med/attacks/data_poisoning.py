@@ -24,9 +24,13 @@ from fedjax_med.typing import PRNGKey
 def flip_labels(
     data: federated.FederatedData, malicious: jax.Array, *, num_classes: int
 ) -> federated.FederatedData:
-  """Map label `y` to `num_classes - 1 - y` on every malicious client."""
+  """Map label `y` to `num_classes - 1 - y` on every malicious client.
+
+  Padding rows keep their labels.
+  """
   labels = jnp.asarray(data.examples['y'])
-  flipped = jnp.where(malicious[:, None], num_classes - 1 - labels, labels)
+  flip = malicious[:, None] & data.example_mask()
+  flipped = jnp.where(flip, num_classes - 1 - labels, labels)
   return data._replace(examples={**data.examples, 'y': flipped})
 
 

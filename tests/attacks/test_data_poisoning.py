@@ -25,6 +25,17 @@ def test_flip_labels_malicious_only():
   np.testing.assert_array_equal(result.examples['y'][1, :2], [0, 1])
 
 
+def test_flip_labels_keeps_padding():
+  data = _data()
+  padding_label = int(data.examples['y'][1, 2])
+
+  result = data_poisoning.flip_labels(
+      data, jnp.array([False, True]), num_classes=3)
+
+  np.testing.assert_array_equal(result.examples['y'][1, :2], [1, 2])
+  assert int(result.examples['y'][1, 2]) == padding_label
+
+
 def test_backdoor_stamps_all_rows(key):
   data = _data()
 
