@@ -520,4 +520,3 @@ def test_geometric_median_ignores_outlier_size(size):
       num_iterations=10)
 
   np.testing.assert_allclose(result['w'], expected, atol=2e-3)
-
