@@ -36,8 +36,9 @@ mean loss is attacked by optimization (`leakage.inversion`): DLG, iDLG
 and Geiping et al.'s cosine matching with a total-variation prior, vmapped
 over `image_victims` victims. Defences: batch size (reconstructed jointly,
 then matched to the originals), and clipping to 1.0 with Gaussian noise at
-a multiplier. Quality is PSNR and SSIM of each original against its
-reconstruction.
+a multiplier. Reconstructions are clipped to [0, 1], then paired with the
+originals and scored by PSNR and SSIM, so pixels outside [0, 1] cost
+nothing.
 
 Each finished condition is appended to `results.jsonl` in the output
 folder, then `results.md` and the figures are written.
@@ -323,6 +324,9 @@ def image_condition(name, method, *, patches, steps, victims, batch=1,
       method, loss_fn, params, g, shape, module.num_classes, k,
       steps=steps))
   result = attack(observed, attack_keys)
+  # The published PSNR and SSIM were computed after this clip. The metrics
+  # themselves compare reconstructions as given, and DLG's and iDLG's
+  # unboxed reconstructions can leave [0, 1].
   reconstructed = np.clip(np.asarray(result.images), 0.0, 1.0)
   originals = np.asarray(originals)
   psnr, ssim = [], []
@@ -436,7 +440,8 @@ def write_markdown(path, records, *, command, seed, elapsed_s, load_before,
       '## Gradient inversion of medical image patches',
       '',
       'Median over victims of PSNR (dB, capped at 100) and SSIM of each '
-      'original against its matched reconstruction.',
+      'original against its matched reconstruction. Reconstructions are '
+      'clipped to [0, 1] before pairing and scoring.',
       '',
       '| attack and defence | images per gradient | noise multiplier | '
       'steps | victims | median PSNR | median SSIM | label accuracy | '

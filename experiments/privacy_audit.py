@@ -17,14 +17,16 @@ as non-members, and prints the AUC and the TPR at 1% FPR of:
 * LiRA, with shadow models trained by the same FedAvg procedure on random
   halves of all 740 patients, vmapped over shadows.
 
-The result is written as JSON to --out. No DP is applied: `train_fedavg`
-trains both the target and the shadows, and `attack_target` takes the
-trained parameters, so a private variant changes the former and keeps the
-latter.
+The result is written as JSON to --out. If a training diverges (NaN or
+infinite scores), the script exits with status 1 and names --learning-rate.
+No DP is applied: `train_fedavg` trains both the target and the shadows,
+and `attack_target` takes the trained parameters, so a private variant
+changes the former and keeps the latter.
 """
 
 import argparse
-import json
+import math
+import os
 import pathlib
 import sys
 import time
@@ -36,6 +38,7 @@ import numpy as np
 import optax
 
 from fedjax_med import client
+from fedjax_med import config as config_lib
 from fedjax_med import data
 from fedjax_med import models
 from fedjax_med import simulation
@@ -43,12 +46,17 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.privacy import lira
 from fedjax_med.privacy import membership
+from fedjax_med.report import outputs
 from fedjax_med.report import script_help
 
 SETTINGS = ('federated', 'pooled')
 MAX_FPR = 0.01
 # Sizes of `--quick`, small enough for a test.
 QUICK = {'rounds': 2, 'local_steps': 5, 'num_shadows': 4}
+
+
+class TrainingDivergedError(ArithmeticError):
+  """Attack scores that are NaN or infinite because a training diverged."""
 
 
 class CandidatePool(NamedTuple):
@@ -180,6 +188,11 @@ def build_shadow_train_fn(
   row_ids = jnp.asarray(pool.row_ids)
 
   def train_fn(key, membership_mask):
+    if jnp.shape(membership_mask) != client_ids.shape:
+      raise ValueError(
+          f'`membership_mask` must have one entry per patient, shape '
+          f'{client_ids.shape}; got shape {jnp.shape(membership_mask)}.'
+      )
     in_layout = jnp.zeros(layout_y.shape, bool)
     in_layout = in_layout.at[client_ids, row_ids].set(membership_mask)
     order = jnp.argsort(~in_layout, axis=1, stable=True)
@@ -228,8 +241,15 @@ def attack_target(
 
   results = {}
   for name, scores in (('loss_attack', loss_scores), ('lira', lira_scores)):
+    scores = np.asarray(scores)
+    num_invalid = int(np.sum(~np.isfinite(scores)))
+    if num_invalid:
+      raise TrainingDivergedError(
+          f'{name} scores of {num_invalid} of {scores.size} patients are '
+          'NaN or infinite'
+      )
     metrics = membership.evaluate_attack(
-        pool.is_member, np.asarray(scores), max_fpr=MAX_FPR
+        pool.is_member, scores, max_fpr=MAX_FPR
     )
     results[name] = {
         'auc': metrics.auc,
@@ -261,7 +281,7 @@ def _parse_args(argv):
   )
   parser.add_argument(
       '--learning-rate', type=float, default=0.01,
-      help='local SGD learning rate (default: 0.01).',
+      help='local SGD learning rate, positive and finite (default: 0.01).',
   )
   parser.add_argument(
       '--num-shadows', type=int, default=64,
@@ -274,7 +294,8 @@ def _parse_args(argv):
   )
   parser.add_argument(
       '--seed', type=int, default=0,
-      help='seed of the target and shadow trainings (default: 0).',
+      help='seed of the target and shadow trainings, in '
+      f'[0, {config_lib.MAX_SEED}] (default: 0).',
   )
   parser.add_argument(
       '--quick', action='store_true',
@@ -299,7 +320,34 @@ def _parse_args(argv):
     if getattr(args, name) < 1:
       flag = '--' + name.replace('_', '-')
       parser.error(f'{flag} must be at least 1; got {getattr(args, name)}.')
+  # Written so that NaN fails too.
+  if not 0 < args.learning_rate < math.inf:
+    parser.error(f'--learning-rate must be positive and finite; got '
+                 f'{args.learning_rate}.')
+  if not 0 <= args.seed <= config_lib.MAX_SEED:
+    parser.error(
+        f'--seed must be in [0, {config_lib.MAX_SEED}]; got {args.seed}.'
+    )
+  _check_out_path(parser, args.out)
   return args
+
+
+def _check_out_path(parser: argparse.ArgumentParser, path) -> None:
+  """Reject an --out path that cannot be written, before the run starts."""
+  if path is None:
+    return
+  if path.is_dir():
+    parser.error(f'--out must be a file path; {path} is a folder.')
+  # `main` creates missing folders, so check the nearest existing one.
+  folder = path.parent
+  while not folder.exists():
+    folder = folder.parent
+  if not folder.is_dir():
+    parser.error(f'--out: {folder} is a file, not a folder. Pick another '
+                 'path.')
+  if not os.access(folder, os.W_OK | os.X_OK):
+    parser.error(f'--out: the folder {folder} is not writable. Pick another '
+                 'path.')
 
 
 def main(argv=None) -> int:
@@ -322,11 +370,19 @@ def main(argv=None) -> int:
   shadow_train_fn = build_shadow_train_fn(
       model, pool, local_update, rounds=args.rounds
   )
-  attacks = attack_target(
-      target_params, model=model, pool=pool,
-      shadow_train_fn=shadow_train_fn, num_shadows=args.num_shadows,
-      lira_variant=args.lira_variant, key=jax.random.fold_in(key, 1),
-  )
+  try:
+    attacks = attack_target(
+        target_params, model=model, pool=pool,
+        shadow_train_fn=shadow_train_fn, num_shadows=args.num_shadows,
+        lira_variant=args.lira_variant, key=jax.random.fold_in(key, 1),
+    )
+  except TrainingDivergedError as error:
+    print(
+        f'error: {error}, so local SGD diverged. Lower --learning-rate (got '
+        f'{args.learning_rate}) and run again.',
+        file=sys.stderr,
+    )
+    return 1
 
   num_nonmembers = int((~pool.is_member).sum())
   result = {
@@ -352,7 +408,8 @@ def main(argv=None) -> int:
   print(f"mean per-hospital test accuracy {result['mean_test_accuracy']:.3f}")
   if args.out is not None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + '\n')
+    # NaN or infinite values are written as null.
+    outputs.write_json(args.out, result)
   return 0
 
 

@@ -73,3 +73,29 @@ def test_canary_audit_script_rejects_non_finite(load_script, capsys, flag,
 
   assert error.value.code == 2
   assert 'finite' in capsys.readouterr().err
+
+
+def test_canary_audit_script_rejects_out_folder(load_script, capsys,
+                                                tmp_path):
+  script = load_script('experiments/dp_canary_audit.py')
+
+  with pytest.raises(SystemExit) as error:
+    script._parse_args(  # pylint: disable=protected-access
+        ['--out', str(tmp_path)])
+
+  assert error.value.code == 2
+  assert f'{tmp_path} is a folder' in capsys.readouterr().err
+
+
+def test_canary_audit_script_rejects_out_under_file(load_script, capsys,
+                                                    tmp_path):
+  script = load_script('experiments/dp_canary_audit.py')
+  blocker = tmp_path / 'blocker'
+  blocker.write_text('')
+
+  with pytest.raises(SystemExit) as error:
+    script._parse_args(  # pylint: disable=protected-access
+        ['--out', str(blocker / 'rows.json')])
+
+  assert error.value.code == 2
+  assert f'{blocker} is a file' in capsys.readouterr().err

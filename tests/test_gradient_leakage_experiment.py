@@ -1,8 +1,11 @@
 """experiments/gradient_leakage.py at --quick size."""
 
 import json
+import pathlib
 
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -54,3 +57,14 @@ def test_quick_run_image_batch_hides_images(quick_run):
   batch = records['idlg, batch 4']
   assert single['label_accuracy'] == 1.0
   assert single['median_psnr'] > batch['median_psnr'] + 5
+
+
+def test_pages_state_reconstruction_clipping(quick_run):
+  _, out, _ = quick_run
+  statement = (
+      'Reconstructions are clipped to [0, 1] before pairing and scoring.'
+  )
+  published = ROOT / 'experiments' / 'gradient_leakage.md'
+
+  assert statement in (out / 'results.md').read_text()
+  assert statement in published.read_text()

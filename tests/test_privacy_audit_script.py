@@ -76,3 +76,73 @@ def test_shadow_trainer_reproduces_target():
       jax.tree.leaves(target), jax.tree.leaves(shadow)
   ):
     np.testing.assert_allclose(shadow_leaf, target_leaf, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('flag, value', [
+    ('--learning-rate', 'nan'),
+    ('--learning-rate', 'inf'),
+    ('--learning-rate', '-1'),
+    ('--learning-rate', '0'),
+    ('--seed', '-1'),
+    ('--seed', str(2**32)),
+])
+def test_privacy_audit_rejects_flag(capsys, flag, value):
+  script = _load_script()
+
+  with pytest.raises(SystemExit) as error:
+    script.main([f'{flag}={value}'])
+
+  assert error.value.code == 2
+  assert f'{flag} must be' in capsys.readouterr().err
+
+
+def test_privacy_audit_rejects_out_folder(tmp_path, capsys):
+  script = _load_script()
+
+  with pytest.raises(SystemExit) as error:
+    script.main(['--out', str(tmp_path)])
+
+  assert error.value.code == 2
+  assert f'{tmp_path} is a folder' in capsys.readouterr().err
+
+
+def test_privacy_audit_rejects_out_under_file(tmp_path, capsys):
+  script = _load_script()
+  blocker = tmp_path / 'blocker'
+  blocker.write_text('')
+
+  with pytest.raises(SystemExit) as error:
+    script.main(['--out', str(blocker / 'audit.json')])
+
+  assert error.value.code == 2
+  assert f'{blocker} is a file' in capsys.readouterr().err
+
+
+def test_privacy_audit_diverged_names_flag(tmp_path, capsys):
+  script = _load_script()
+  out = tmp_path / 'audit.json'
+
+  status = script.main(['--quick', '--learning-rate', '1e37', '--out',
+                        str(out)])
+
+  assert status == 1
+  assert 'Lower --learning-rate (got 1e+37)' in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_privacy_audit_writes_nan_as_null(tmp_path, monkeypatch):
+  script = _load_script()
+  out = tmp_path / 'audit.json'
+  nan_metrics = {'auc': float('nan'), 'tpr_at_1pct_fpr': float('nan')}
+  monkeypatch.setattr(
+      script, 'attack_target',
+      lambda *args, **kwargs: {'loss_attack': dict(nan_metrics),
+                               'lira': dict(nan_metrics)},
+  )
+
+  status = script.main(['--quick', '--out', str(out)])
+
+  text = out.read_text()
+  assert status == 0
+  assert 'NaN' not in text
+  assert json.loads(text)['lira']['auc'] is None

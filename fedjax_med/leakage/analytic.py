@@ -105,7 +105,19 @@ def recover_label_softmax(bias_grad: jax.Array) -> jax.Array:
 
   Returns:
     int32 scalar label: the index of the most negative entry.
+
+  Raises:
+    InputError: if `bias_grad` is not one-dimensional with at least two
+      entries.
   """
+  shape = jnp.shape(bias_grad)
+  if len(shape) != 1 or shape[0] < 2:
+    # `argmin` of a 2-D array indexes the flattened array, so its result is
+    # not a class.
+    raise InputError(f'Expected a bias gradient shaped [classes] with at '
+                     f'least 2 classes; got shape {shape}. Pass one '
+                     'example\'s output bias gradient, or use '
+                     'recover_label_binary for one logit.')
   return jnp.argmin(bias_grad).astype(jnp.int32)
 
 
@@ -136,6 +148,13 @@ def _dense_layers(params: Params) -> list[Mapping[str, jax.Array]]:
                      'their default names, or call recover_inputs and the '
                      'label rules on the layers yourself.')
   layers.sort(key=lambda item: item[0])
+  indices = [index for index, _ in layers]
+  if indices != list(range(len(layers))):
+    # The input is read from Dense_0, so a missing layer would make another
+    # layer's ratio pass for the record.
+    raise InputError(f'Expected layers Dense_0 to Dense_{len(layers) - 1} '
+                     f'with no gaps; got {sorted(params)}. Pass the params '
+                     'of the whole model, starting at its first layer.')
   for index, layer in layers:
     if not isinstance(layer, Mapping) or (
         'kernel' not in layer or 'bias' not in layer):

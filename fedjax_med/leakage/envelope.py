@@ -14,6 +14,7 @@ addresses of any real host.
 
 import dataclasses
 import hashlib
+import math
 from typing import Mapping, Sequence
 
 import jax
@@ -119,9 +120,10 @@ def round_envelopes(
     One `UpdateEnvelope` per cohort member, in cohort order.
 
   Raises:
-    InputError: if a cohort index is out of range or repeated, the number
-      of payload sizes does not match the cohort, a size is negative, or
-      `mean_delay_s` is negative.
+    InputError: if a cohort index is out of range or repeated, a payload
+      size is not a whole number or is negative, the number of payload
+      sizes does not match the cohort, `start_time` is not finite, or
+      `mean_delay_s` is negative or not finite.
   """
   if len(set(client_ids)) != len(client_ids):
     repeated = next(i for i in client_ids if list(client_ids).count(i) > 1)
@@ -137,17 +139,13 @@ def round_envelopes(
                        f'{len(client_ids)} clients.')
   if len(set(cohort)) != len(cohort):
     raise InputError(f'The cohort repeats a client: {cohort}.')
-  if isinstance(payload_bytes, (int, np.integer)):
-    sizes = [int(payload_bytes)] * len(cohort)
-  else:
-    sizes = [int(size) for size in payload_bytes]
-  if len(sizes) != len(cohort):
-    raise InputError(f'Expected one payload size or {len(cohort)} (one per '
-                     f'cohort member); got {len(sizes)}.')
-  if any(size < 0 for size in sizes):
-    raise InputError(f'Payload sizes must be non-negative; got {sizes}.')
-  if not mean_delay_s >= 0:
-    raise InputError(f'mean_delay_s must be non-negative; got {mean_delay_s}.')
+  sizes = _payload_sizes(payload_bytes, len(cohort))
+  if not math.isfinite(_to_float(start_time)):
+    raise InputError(f'start_time must be a finite number of seconds; got '
+                     f'{start_time!r}.')
+  if not 0 <= _to_float(mean_delay_s) < math.inf:
+    raise InputError(f'mean_delay_s must be non-negative and finite; got '
+                     f'{mean_delay_s!r}.')
 
   if not cohort:
     return ()
@@ -163,6 +161,35 @@ def round_envelopes(
         payload_bytes=size,
     ))
   return tuple(envelopes)
+
+
+def _to_float(value) -> float:
+  """Return `value` as a float, or NaN if it is not a number."""
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def _payload_sizes(payload_bytes, cohort_size: int) -> list[int]:
+  """Return one checked payload size per cohort member."""
+  array = np.asarray(payload_bytes)
+  # `int()` would truncate 1.7 to 1, so a float size is an error.
+  if array.ndim > 1 or (
+      array.size and not np.issubdtype(array.dtype, np.integer)
+  ):
+    raise InputError(f'payload_bytes must be a whole number of bytes or a '
+                     f'sequence of them; got {payload_bytes!r}.')
+  if array.ndim == 0:
+    sizes = [int(array)] * cohort_size
+  else:
+    sizes = [int(size) for size in array]
+  if len(sizes) != cohort_size:
+    raise InputError(f'Expected one payload size or {cohort_size} (one per '
+                     f'cohort member); got {len(sizes)}.')
+  if any(size < 0 for size in sizes):
+    raise InputError(f'Payload sizes must be non-negative; got {sizes}.')
+  return sizes
 
 
 def server_view(

@@ -253,8 +253,11 @@ def recover_from_imprint(
 
   Raises:
     InputError: if the shapes are not `[features, num_bins]` and
-      `[num_bins]`.
+      `[num_bins]`, or `rtol` is negative or not finite.
   """
+  # A negative rtol marks every bin non-empty and a NaN one marks none.
+  if not isinstance(rtol, jax.core.Tracer) and not 0 <= rtol < np.inf:
+    raise InputError(f'rtol must be finite and at least 0; got {rtol!r}.')
   kernel_grad, bias_grad = jnp.asarray(kernel_grad), jnp.asarray(bias_grad)
   if kernel_grad.ndim != 2 or bias_grad.shape != kernel_grad.shape[1:]:
     raise InputError(

@@ -269,11 +269,26 @@ def _squared_distance(a: PyTree, b: PyTree) -> jax.Array:
   return sum(jax.tree.leaves(squares))
 
 
+def _safe_norm(tree: PyTree) -> jax.Array:
+  """Return the L2 norm of all leaves, with a zero derivative at zero.
+
+  `jnp.sqrt` has an infinite slope at 0, so its derivative times a zero
+  input is NaN. The inner `jnp.where` keeps 0 away from `jnp.sqrt`.
+  """
+  squared = _tree_dot(tree, tree)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
 def _cosine_distance(a: PyTree, b: PyTree) -> jax.Array:
   """Return `1 - cos(a, b)` with all leaves flattened into one vector."""
-  norms = jnp.sqrt(_tree_dot(a, a) * _tree_dot(b, b))
-  # The floor keeps the result finite for an all-zero gradient, with cos 0.
-  return 1.0 - _tree_dot(a, b) / jnp.maximum(norms, 1e-30)
+  norms = _safe_norm(a) * _safe_norm(b)
+  # An all-zero gradient gets cos 0. A floor such as `maximum(norms, 1e-30)`
+  # is not enough, because the quotient's derivative divides 0 by the floor's
+  # square, which underflows to 0 in float32 and gives NaN.
+  positive = norms > 0
+  cosine = _tree_dot(a, b) / jnp.where(positive, norms, 1.0)
+  return 1.0 - jnp.where(positive, cosine, 0.0)
 
 
 def total_variation(images: jax.Array) -> jax.Array:

@@ -3,9 +3,11 @@
 Every metric takes images shaped `[n, height, width, channels]` with pixel
 values in [0, 1] and returns one value per image, `[n]`. Reconstructions are
 compared as given, without clipping, so a DLG reconstruction outside [0, 1]
-is charged for it.
+is charged for it. A caller that clips first, as
+`experiments/gradient_leakage.py` does, is not charged.
 """
 
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -90,10 +92,16 @@ def ssim(reconstructions, targets, win_size: int = SSIM_WIN_SIZE) -> np.ndarray:
   targets = np.asarray(targets, np.float64)
   _check_pair(reconstructions, targets)
   height, width = targets.shape[1:3]
-  if win_size % 2 != 1 or win_size < 3 or win_size > min(height, width):
+  # scikit-image raises a TypeError deep inside for a float window.
+  is_integer = isinstance(win_size, numbers.Integral) and not isinstance(
+      win_size, bool
+  )
+  if not is_integer or (
+      win_size % 2 != 1 or win_size < 3 or win_size > min(height, width)
+  ):
     raise InputError(
         f'`win_size` must be an odd integer from 3 to {min(height, width)} '
-        f'(the image side); got {win_size}.'
+        f'(the image side); got {win_size!r}.'
     )
   return np.array([
       skimage.metrics.structural_similarity(

@@ -76,11 +76,13 @@ def _validate_counts(**counts: npt.ArrayLike) -> dict[str, np.ndarray]:
   checked = {}
   for name, value in counts.items():
     array = np.asarray(value)
+    # `np.round(inf) == inf`, so infinity needs its own check.
     if array.dtype.kind not in 'iuf' or not np.all(
-        (array >= 0) & (array == np.round(array))
+        np.isfinite(array) & (array >= 0) & (array == np.round(array))
     ):
       raise ValueError(
-          f'`{name}` must be non-negative whole counts; got {value!r}.'
+          f'`{name}` must be non-negative, finite whole counts; got '
+          f'{value!r}.'
       )
     checked[name] = array.astype(np.int64)
   return checked
@@ -113,8 +115,9 @@ def clopper_pearson_interval(
     `(lower, upper)` float64 arrays of the broadcast shape.
 
   Raises:
-    ValueError: if a count is negative or not whole, a trial count is 0 or
-      below its success count, or `confidence` is not in (0, 1).
+    ValueError: if a count is negative, infinite or not whole, a trial
+      count is 0 or below its success count, or `confidence` is not in
+      (0, 1).
   """
   _validate_confidence(confidence)
   counts = _validate_counts(successes=successes, trials=trials)
@@ -174,8 +177,9 @@ def epsilon_lower_bound(
     shape of the counts. Always finite and non-negative.
 
   Raises:
-    ValueError: if a count is negative or not whole, `tp + fn` or `fp + tn`
-      is 0, `delta` is not in [0, 1), or `confidence` is not in (0, 1).
+    ValueError: if a count is negative, infinite or not whole, `tp + fn` or
+      `fp + tn` is 0, `delta` is not in [0, 1), or `confidence` is not in
+      (0, 1).
   """
   if not 0.0 <= delta < 1.0:
     raise ValueError(f'`delta` must be in [0, 1); got {delta}.')
@@ -274,8 +278,8 @@ def canary_audit(
     The `CanaryAuditResult`.
 
   Raises:
-    ValueError: if `num_trials` is below 2, a score is NaN, or for the
-      reasons of `epsilon_lower_bound`.
+    ValueError: if `num_trials` is below 2, `score_fn` does not return a
+      scalar, a score is NaN, or for the reasons of `epsilon_lower_bound`.
   """
   if (isinstance(num_trials, bool) or not isinstance(num_trials, numbers.Integral)
       or num_trials < 2):
@@ -290,6 +294,15 @@ def canary_audit(
 
   keys = jax.random.split(key, 2 * num_trials)
   include = jnp.arange(2 * num_trials) < num_trials
+  # Traced once without running, so a wrong score shape fails before the
+  # trainings.
+  score_shape = jax.eval_shape(train_and_score, keys[0], include[0])
+  if getattr(score_shape, 'shape', None) != ():
+    raise ValueError(
+        '`score_fn` must return one scalar score per trial; got '
+        f'{score_shape}. Reduce the score to shape (), for example take the '
+        "canary's entry with `[0]`."
+    )
   scores = membership.map_trainings(
       train_and_score, keys, include, batch_size=batch_size
   )

@@ -61,17 +61,36 @@ def logit_confidence(
     model: the model's functions.
     params: the model's parameters.
     x: `[candidates, features]` inputs.
-    y: `[candidates]` integer labels.
+    y: `[candidates]` integer labels in `[0, model.num_classes)`.
     probability_clip: how far `p` is kept from 0 and 1, in (0, 0.5).
 
   Returns:
     `[candidates]` confidences.
 
   Raises:
-    ValueError: if `probability_clip` is not in (0, 0.5).
+    ValueError: if `probability_clip` is not in (0, 0.5), or a label is
+      outside `[0, model.num_classes)` or not whole. The labels are checked
+      only when `y` is concrete. Under `jax.jit` or `jax.vmap` a binary
+      model scores every label other than 1 as label 0, and a multiclass
+      model scores an out-of-range label as if its logit were 0.
   """
   _validate_probability_clip(probability_clip)
+  _validate_labels(y, model.num_classes)
   return _logit_confidence(model, params, x, y, probability_clip)
+
+
+def _validate_labels(y, num_classes: int) -> None:
+  """Raise ValueError for a concrete label outside [0, num_classes)."""
+  if isinstance(y, jax.core.Tracer):
+    return
+  labels = np.asarray(y)
+  invalid = (labels < 0) | (labels >= num_classes)
+  invalid |= labels != np.round(labels)
+  if np.any(invalid):
+    raise ValueError(
+        f'`y` must contain integer labels in [0, {num_classes}) for a model '
+        f'with {num_classes} classes; got {np.unique(labels[invalid])}.'
+    )
 
 
 def _validate_probability_clip(probability_clip: float) -> None:
@@ -163,7 +182,9 @@ def train_shadow_models(
     The shadows' `ShadowModels`.
 
   Raises:
-    ValueError: for the reasons of `sample_shadow_masks`.
+    ValueError: for the reasons of `sample_shadow_masks`, or from
+      `train_fn` when `num_candidates` does not match its pool, as the
+      trainers of `build_shadow_trainer` check.
   """
   mask_key, train_key = jax.random.split(key)
   masks = sample_shadow_masks(
@@ -202,10 +223,12 @@ def build_shadow_trainer(
 
   Returns:
     `train_fn(key, membership_mask [candidates]) -> params`. With no member
-    it returns the initial parameters.
+    it returns the initial parameters. It raises ValueError, also when
+    traced, if the mask's shape is not `[candidates]`.
 
   Raises:
-    ValueError: if `num_steps` or `batch_size` is below 1.
+    ValueError: if `x` and `y` have different numbers of rows, or
+      `num_steps` or `batch_size` is below 1.
   """
   local_update = local_training.build_local_update(
       model, optimizer, num_steps=num_steps, batch_size=batch_size
@@ -213,7 +236,22 @@ def build_shadow_trainer(
   x = jnp.asarray(x)
   y = jnp.asarray(y)
 
+  num_candidates = y.shape[0]
+  if x.shape[0] != num_candidates:
+    raise ValueError(
+        f'`x` and `y` must have one row per candidate; got {x.shape[0]} and '
+        f'{num_candidates} rows.'
+    )
+
   def train_fn(key: PRNGKey, membership_mask: jax.Array) -> Params:
+    # Indexing clamps out-of-range rows, so a longer mask would train on
+    # the last row again instead of failing.
+    if jnp.shape(membership_mask) != (num_candidates,):
+      raise ValueError(
+          f'`membership_mask` must have one entry per candidate, shape '
+          f'({num_candidates},); got shape {jnp.shape(membership_mask)}. '
+          f'Pass num_candidates={num_candidates} to train_shadow_models.'
+      )
     init_key, train_key = jax.random.split(key)
     params = model.init(init_key, x[:1])
     # Members first: local training never reads past `num_examples` rows.
@@ -234,8 +272,13 @@ def shadow_confidences(
     *,
     probability_clip: float = 1e-10,
 ) -> jax.Array:
-  """Compute `[shadows, candidates]` logit-scaled confidences, vmapped."""
+  """Compute `[shadows, candidates]` logit-scaled confidences, vmapped.
+
+  The arguments and errors are those of `logit_confidence`, with every
+  leaf of `shadow_params` stacked along a leading `[shadows]` axis.
+  """
   _validate_probability_clip(probability_clip)
+  _validate_labels(y, model.num_classes)
   return _shadow_confidences(model, shadow_params, x, y, probability_clip)
 
 

@@ -24,6 +24,7 @@ References:
 """
 
 import functools
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -214,7 +215,19 @@ def map_trainings(
 
   Returns:
     The outputs of `train_fn` stacked along a leading `[trainings]` axis.
+
+  Raises:
+    ValueError: if `batch_size` is not None or a positive integer.
   """
+  if batch_size is not None and (
+      isinstance(batch_size, bool)
+      or not isinstance(batch_size, numbers.Integral)
+      or batch_size < 1
+  ):
+    raise ValueError(
+        '`batch_size` must be None (all trainings at once) or a positive '
+        f'integer; got {batch_size!r}.'
+    )
 
   def train_one(key_and_input):
     return train_fn(*key_and_input)

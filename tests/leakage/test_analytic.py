@@ -9,6 +9,7 @@ on 32 clients per size), so 0.1 has a margin on both sides.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -318,3 +319,26 @@ def test_record_error_rejects_feature_mismatch():
 def test_binary_label_rejects_several_logits():
   with pytest.raises(InputError, match='recover_label_softmax'):
     analytic.recover_label_binary(jnp.array([1.0, -1.0]))
+
+
+def test_rejects_params_without_dense_0():
+  update = {'Dense_1': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
+
+  with pytest.raises(InputError, match='Dense_0'):
+    analytic.recover_from_update(update)
+
+
+def test_rejects_gap_between_dense_layers():
+  update = {
+      'Dense_0': {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4)},
+      'Dense_2': {'kernel': jnp.ones((4, 2)), 'bias': jnp.ones(2)},
+  }
+
+  with pytest.raises(InputError, match=r"\['Dense_0', 'Dense_2'\]"):
+    analytic.recover_from_update(update)
+
+
+@pytest.mark.parametrize('shape', [(2, 3), (1,), ()])
+def test_softmax_label_rejects_bad_shape(shape):
+  with pytest.raises(InputError, match=re.escape(f'got shape {shape}')):
+    analytic.recover_label_softmax(jnp.zeros(shape))

@@ -140,6 +140,10 @@ def test_per_client_payload_sizes():
     ([1, 1], PAYLOAD, 'repeats a client'),
     ([1, 2], [5], 'Expected one payload size or 2'),
     ([1], [-1], 'non-negative'),
+    ([1], 100.0, 'payload_bytes must be a whole number of bytes'),
+    ([1, 2], [1.7, 2.2], r'got \[1\.7, 2\.2\]'),
+    ([1], True, 'got True'),
+    ([1], [[5]], 'payload_bytes must be'),
 ])
 def test_rejects_invalid_round(cohort, sizes, message):
   with pytest.raises(InputError, match=message):
@@ -151,3 +155,27 @@ def test_repeated_client_ids_raise():
   with pytest.raises(InputError, match="'a' appears twice"):
     envelope.round_envelopes(jax.random.key(0), 0, [0, 1], ['a', 'a', 'c'],
                              0.0, 100)
+
+
+@pytest.mark.parametrize('start_time', [float('nan'), float('inf'), 'noon'])
+def test_rejects_non_finite_start_time(start_time):
+  with pytest.raises(InputError, match='start_time must be a finite number'):
+    envelope.round_envelopes(
+        jax.random.key(0), 0, [1], CLIENT_IDS, start_time, PAYLOAD)
+
+
+@pytest.mark.parametrize('mean_delay_s', [float('nan'), float('inf'), -1.0])
+def test_rejects_invalid_mean_delay(mean_delay_s):
+  with pytest.raises(InputError, match='mean_delay_s must be'):
+    envelope.round_envelopes(
+        jax.random.key(0), 0, [1], CLIENT_IDS, 0.0, PAYLOAD,
+        mean_delay_s=mean_delay_s)
+
+
+def test_numpy_payload_sizes_accepted():
+  envelopes = envelope.round_envelopes(
+      jax.random.key(0), 0, [0, 1], CLIENT_IDS, np.float32(5.0),
+      np.array([10, 20]))
+
+  assert [e.payload_bytes for e in envelopes] == [10, 20]
+  assert all(e.sent_at >= 5.0 for e in envelopes)

@@ -265,3 +265,9 @@ def test_params_reject_zero_measurement():
 def test_thresholds_reject_fractional_bins():
   with pytest.raises(InputError, match='got 2.5'):
     imprint.imprint_thresholds(np.arange(10.0), 2.5)
+
+
+@pytest.mark.parametrize('rtol', [-1.0, float('nan'), float('inf')])
+def test_recovery_rejects_invalid_rtol(rtol):
+  with pytest.raises(InputError, match=f'got {rtol!r}'):
+    imprint.recover_from_imprint(jnp.ones((3, 4)), jnp.ones(4), rtol=rtol)

@@ -105,6 +105,19 @@ def test_ssim_window_must_fit(patches):
     metrics.ssim(patches.images[:1], patches.images[:1], win_size=4)
 
 
+@pytest.mark.parametrize('win_size', [7.0, True, '7'])
+def test_ssim_window_must_be_integer(patches, win_size):
+  with pytest.raises(InputError, match=f'got {win_size!r}'):
+    metrics.ssim(patches.images[:1], patches.images[:1], win_size=win_size)
+
+
+def test_ssim_window_takes_numpy_integer(patches):
+  score = metrics.ssim(patches.images[:1], patches.images[:1],
+                       win_size=np.int64(7))
+
+  np.testing.assert_allclose(score, [1.0])
+
+
 def test_metrics_reject_targets_outside_unit_range(patches):
   images = patches.images[:2]
   with pytest.raises(InputError, match='Scale images to'):
@@ -393,3 +406,30 @@ def test_key_must_be_single(mlp_loss, victim):
   with pytest.raises(InputError, match='one key per victim'):
     inversion.reconstruct('idlg', mlp_loss, params, grads, SINGLE,
                           NUM_CLASSES, jax.random.split(jax.random.key(0)))
+
+
+def test_cosine_distance_zero_gradient_finite():
+  zeros = {'w': jnp.zeros(3)}
+  other = {'w': jnp.array([1.0, 2.0, 3.0])}
+
+  value, gradient = jax.value_and_grad(inversion._cosine_distance)(
+      other, zeros
+  )
+
+  assert float(value) == 1.0
+  np.testing.assert_array_equal(gradient['w'], np.zeros(3))
+
+
+def test_geiping_zero_gradient_finite():
+  model = vision.ImageMLP(num_classes=3, hidden_size=8)
+  loss_fn = vision.make_loss_fn(model)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+
+  result = inversion.reconstruct(
+      'geiping', loss_fn, params, zero_grads, (1, 4, 4, 1), 3,
+      jax.random.key(5), steps=3,
+  )
+
+  assert np.isfinite(np.asarray(result.images)).all()
+  assert np.isfinite(np.asarray(result.objective)).all()

@@ -135,6 +135,8 @@ def test_bound_coverage_randomized_response():
     [
         ((-1, 5, 5, 5), DELTA, 0.95, '`tp`'),
         ((1.5, 5, 5, 5), DELTA, 0.95, '`tp`'),
+        ((np.inf, 0, 0, 5), 0.0, 0.95, 'finite whole counts; got inf'),
+        ((5, 5, np.nan, 5), DELTA, 0.95, '`fp`'),
         ((0, 0, 5, 5), DELTA, 0.95, '`tp \\+ fn`'),
         ((5, 5, 5, 5), 1.0, 0.95, '`delta`'),
         ((5, 5, 5, 5), DELTA, 1.0, '`confidence`'),
@@ -244,4 +246,12 @@ def test_canary_audit_rejects_nan_score(key):
   with pytest.raises(ValueError, match='NaN'):
     audit.canary_audit(
         diverged, lambda output: output, key=key, num_trials=4, delta=DELTA
+    )
+
+
+def test_canary_audit_rejects_vector_score(key):
+  with pytest.raises(ValueError, match='one scalar score per trial'):
+    audit.canary_audit(
+        _gaussian_train_fn(1.0), lambda output: jnp.stack([output, output]),
+        key=key, num_trials=4, delta=DELTA,
     )

@@ -236,3 +236,62 @@ def test_train_shadow_models_shapes(key):
   kernel = shadows.params['params']['Dense_0']['kernel']
   assert kernel.shape == (6, 3, 1)
   assert not np.allclose(kernel[0], kernel[1])
+
+
+@pytest.mark.parametrize('num_classes, labels, message', [
+    (3, [0, 5], r'in \[0, 3\).*got \[5\]'),
+    (2, [2, 1], r'in \[0, 2\).*got \[2\]'),
+    (2, [-1, 1], r'got \[-1\]'),
+    (2, [0.5, 1.0], r'got \[0\.5\]'),
+])
+def test_logit_confidence_rejects_labels(num_classes, labels, message):
+  logits = jnp.zeros((2, 1 if num_classes == 2 else num_classes))
+
+  with pytest.raises(ValueError, match=message):
+    lira.logit_confidence(
+        _identity_model(num_classes), {}, logits, jnp.array(labels)
+    )
+
+
+def test_shadow_confidences_rejects_labels():
+  shadow_logits = jnp.zeros((2, 2, 3))
+  model = tabular.Model(
+      init=lambda key, x: {}, apply=lambda params, x: params['logits'],
+      num_classes=3,
+  )
+
+  with pytest.raises(ValueError, match=r'got \[3\]'):
+    lira.shadow_confidences(
+        model, {'logits': shadow_logits}, jnp.zeros((2, 1)), jnp.array([3, 0])
+    )
+
+
+@pytest.mark.parametrize('num_candidates', [9, 11, 12])
+def test_train_shadow_models_candidate_mismatch(key, num_candidates):
+  train_fn = lira.build_shadow_trainer(
+      _logistic_regression(), jnp.zeros((10, 3)), jnp.zeros(10, jnp.int32),
+      optax.sgd(0.1), num_steps=1, batch_size=2,
+  )
+
+  with pytest.raises(ValueError, match=r'shape \(10,\); got shape'):
+    lira.train_shadow_models(
+        train_fn, key=key, num_shadows=4, num_candidates=num_candidates
+    )
+
+
+def test_shadow_trainer_rejects_long_mask(key):
+  train_fn = lira.build_shadow_trainer(
+      _logistic_regression(), jnp.zeros((10, 3)), jnp.zeros(10, jnp.int32),
+      optax.sgd(0.1), num_steps=1, batch_size=2,
+  )
+
+  with pytest.raises(ValueError, match='num_candidates=10'):
+    train_fn(key, jnp.ones(12, bool))
+
+
+def test_shadow_trainer_rejects_row_mismatch():
+  with pytest.raises(ValueError, match='got 10 and 9 rows'):
+    lira.build_shadow_trainer(
+        _logistic_regression(), jnp.zeros((10, 3)), jnp.zeros(9, jnp.int32),
+        optax.sgd(0.1), num_steps=1, batch_size=2,
+    )

@@ -133,3 +133,14 @@ def test_map_trainings_batches_match_vmap(key):
   in_batches = membership.map_trainings(train_fn, keys, masks, batch_size=2)
 
   np.testing.assert_allclose(in_batches, all_at_once, rtol=1e-6)
+
+
+@pytest.mark.parametrize('batch_size', [-1, 0, 2.0, True])
+def test_map_trainings_rejects_batch_size(key, batch_size):
+  keys = jax.random.split(key, 4)
+  masks = jnp.ones((4, 3), bool)
+
+  with pytest.raises(ValueError, match=f'got {batch_size!r}'):
+    membership.map_trainings(
+        lambda key, mask: jnp.sum(mask), keys, masks, batch_size=batch_size
+    )
