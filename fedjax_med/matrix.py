@@ -13,7 +13,8 @@ folder:
 * `heatmap.png`: the same three metrics as heatmaps, aggregators by cell.
 
 The robust aggregators are given the size of the attack: Krum, multi-Krum and
-Bulyan get f = ceil(fraction * cohort), trimmed mean trims
+Bulyan get f = ceil(m * cohort / num_clients) for the m = round(fraction *
+num_clients) malicious clients, and the trimmed mean trims
 max(`server.trim_fraction`, fraction) at each end. A cell whose aggregator
 cannot run with that f, or lacks a setting it needs, is recorded as not
 applicable with the reason, and the matrix goes on.
@@ -461,8 +462,16 @@ class _Runner:
           fednova=config.server.fednova,
       )
     except ValueError as error:
-      # Client-count conditions, such as Krum's n > 2f + 2.
-      return None, str(error)
+      # Client-count conditions, such as Krum's n > 2f + 2. The matrix
+      # derives num_byzantine from the cell's fraction, so the fix the
+      # message suggests is to lower that fraction instead.
+      reason = str(error)
+      if cell.aggregator in _USES_NUM_BYZANTINE:
+        reason = reason.replace(
+            'lower num_byzantine or',
+            'lower the malicious fraction (the matrix sets num_byzantine '
+            'from it) or')
+      return None, reason
     self._rounds = {key: round_fn}  # Keep one cell's round alive at a time.
     return round_fn, privacy
 
@@ -730,6 +739,17 @@ def _check_against_data(base, matrix, dataset, cohort) -> None:
           f'malicious clients among {num_clients}. Use at least '
           f'{1 / num_clients:.3g} for one malicious client.'
       )
+  # Settings from the base config that no cell can use, such as a trim
+  # fraction of 0.6, would otherwise show up as n/a cells after training.
+  for aggregator in matrix.aggregators:
+    config = cell_config(base, matrix, Cell(aggregator, 'none', 0.0),
+                         matrix.seeds[0], cohort, num_clients)
+    try:
+      config_lib.validate(config)
+    except InputError as error:
+      raise InputError(
+          f'The base config cannot run `{aggregator}` in any cell: {error}'
+      ) from None
   if 'backdoor' in matrix.attacks:
     fraction = max(matrix.malicious_fractions)
     config = cell_config(base, matrix, Cell('fedavg', 'backdoor', fraction),

@@ -251,6 +251,10 @@ def test_experiment_runs_reduced(tmp_path, name, aggregators, attacks,
   # Bulyan needs a cohort of 4f + 3: 7 with one hospital of four, 55 with
   # f = ceil(0.25 * 50) = 13 of a cohort of 50.
   assert statuses['bulyan', 'backdoor'] == 'not_applicable'
+  reasons = {(r['aggregator'], r['attack']): r.get('reason') for r in records}
+  # The matrix sets num_byzantine itself, so the fix is the fraction.
+  assert 'lower the malicious fraction' in reasons['bulyan', 'backdoor']
+  assert 'lower num_byzantine' not in reasons['bulyan', 'backdoor']
   assert statuses['bulyan', 'none'] == 'completed'
 
 
@@ -268,6 +272,21 @@ def test_matrix_checks_base_before_training(tmp_path, overrides, message):
   seen = []
   with pytest.raises(errors.InputError, match=message):
     matrix_lib.run_matrix(_base(**overrides), matrix, tmp_path / 'm',
+                          progress=False, on_record=seen.append)
+  assert not seen
+
+
+def test_base_setting_no_cell_can_use_rejected(tmp_path):
+  # A trim fraction of 0.6 used to run every cell and mark the trimmed
+  # mean's cells n/a afterwards.
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg', 'trimmed_mean'), attacks=('none',),
+      malicious_fractions=(0.0,), seeds=(0,),
+  )
+  seen = []
+  with pytest.raises(errors.InputError,
+                     match='cannot run `trimmed_mean`.*trim_fraction'):
+    matrix_lib.run_matrix(_base(trim_fraction=0.6), matrix, tmp_path / 'm',
                           progress=False, on_record=seen.append)
   assert not seen
 
