@@ -863,6 +863,12 @@ def from_document(document: dict[str, Any]) -> ExperimentConfig:
   return apply_overrides(ExperimentConfig(), overrides, strict=True)
 
 
+# Clip bounds below the smallest normal float32, 1.18e-38, are subnormal,
+# and the CPU flushes them to zero, which clips every update to zeros. The
+# limit is that value rounded up.
+_SMALLEST_NORMAL = 1.2e-38
+
+
 def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
   if value not in allowed:
     raise InputError(
@@ -1218,9 +1224,9 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_range('server.trim_fraction', server.trim_fraction, 0.0, 0.5,
                  high_open=True)
   _require_range('server.num_selected', server.num_selected, 1)
-  _require_range('server.max_norm', server.max_norm, 0.0, low_open=True)
+  _require_range('server.max_norm', server.max_norm, _SMALLEST_NORMAL)
   _require_range('server.num_iterations', server.num_iterations, 1)
-  _require_range('server.clip_radius', server.clip_radius, 0.0, low_open=True)
+  _require_range('server.clip_radius', server.clip_radius, _SMALLEST_NORMAL)
   _require_range('server.qffl_q', server.qffl_q, 0.0, 100.0)
   if server.fednova and (
       server.aggregator not in ('fedavg', 'mean')
@@ -1445,7 +1451,7 @@ def _validate_secure_aggregation(config: ExperimentConfig) -> None:
 
 def _validate_privacy(config: ExperimentConfig) -> None:
   privacy = config.privacy
-  _require_range('privacy.clip_norm', privacy.clip_norm, 0.0, low_open=True)
+  _require_range('privacy.clip_norm', privacy.clip_norm, _SMALLEST_NORMAL)
   _require_choice('privacy.clipping', privacy.clipping, CLIPPINGS)
   _require_choice('privacy.noise', privacy.noise, NOISE_KINDS)
   _require_range('privacy.noise_multiplier', privacy.noise_multiplier, 0.0)

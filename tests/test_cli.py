@@ -31,6 +31,11 @@ def _run_cli(capsys, *args):
     (['missing_config.toml'], 'missing_config.toml'),
     (['--set', 'dataset=csv'], 'csv_path'),
     (['--set', 'learning_rate=nan'], 'learning_rate'),
+    # Subnormal float32 bounds flush to zero and clip every update to zero.
+    (['--set', 'clip_norm=1e-39', '--set', 'noise=central',
+      '--set', 'noise_multiplier=1'], 'privacy.clip_norm'),
+    (['--set', 'aggregator=norm_bounded', '--set', 'max_norm=1e-39'],
+     'server.max_norm'),
 ])
 def test_invalid_input_exits_2(capsys, tmp_path, args, expected):
   status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
