@@ -168,8 +168,9 @@ def multi_krum(
     num_selected = _flat.check_int('num_selected', num_selected, 1)
     if num_selected > clients:
       raise ValueError(
-          f'num_selected must be at most the {clients} clients, got '
-          f'{num_selected}.'
+          f'num_selected (`server.num_selected`) must be at most the cohort '
+          f'of {clients} clients, got {num_selected}. Lower it, or leave it '
+          'unset for n - f.'
       )
   matrix, unflatten = _flat.flatten_clients(client_updates)
   mask = _flat.finite_rows(matrix, mask)

@@ -67,8 +67,8 @@ def max_scale(bits: int, bound: float, num_clients: int) -> float:
   if room <= 0:
     raise ValueError(
         f'{num_clients} clients cannot be summed in a {bits}-bit ring even '
-        'at scale 0: each rounded coordinate may be 1. Use more bits or a '
-        'smaller cohort.'
+        'at scale 0: each rounded coordinate may be 1. Use more bits '
+        '(`secure_aggregation.ring_bits`) or a smaller cohort.'
     )
   return min(room * (1 - 2.0**-22), MAX_SCALED) / bound
 

@@ -453,6 +453,13 @@ def test_krum_too_few_clients_raises():
     krum.krum(updates, jnp.ones(4, bool), num_byzantine=1)
 
 
+def test_multi_krum_too_many_selected_raises():
+  with pytest.raises(ValueError, match='server.num_selected.*cohort of 5'):
+    krum.multi_krum(
+        _line_updates(), jnp.ones(5, bool), num_byzantine=1, num_selected=6
+    )
+
+
 def test_multi_krum_zero_selected_raises():
   with pytest.raises(ValueError, match='num_selected'):
     krum.multi_krum(
