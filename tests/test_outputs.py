@@ -39,7 +39,8 @@ def test_json_values_drop_nan():
 
 
 def test_csv_formula_text_quoted(tmp_path):
-  names = ['=HYPERLINK("x")', '+1', '-2', '@SUM(A1)', '\tx', "'a", 'plain']
+  names = ['=HYPERLINK("x")', '+1', '-2', '@SUM(A1)', '\tx', "'a", 'plain',
+           '\uff1dSUM(A1)']
   path = tmp_path / 'table.csv'
 
   outputs.write_csv(path, ['name', 'value'], [[n, -1.5] for n in names])
@@ -47,7 +48,8 @@ def test_csv_formula_text_quoted(tmp_path):
   with path.open(newline='', encoding='utf-8') as handle:
     rows = list(csv.reader(handle))[1:]
   assert [row[0] for row in rows] == [
-      '\'=HYPERLINK("x")', "'+1", "'-2", "'@SUM(A1)", "'\tx", "''a", 'plain']
+      '\'=HYPERLINK("x")', "'+1", "'-2", "'@SUM(A1)", "'\tx", "''a", 'plain',
+      "'\uff1dSUM(A1)"]
   # Numbers stay numbers, negative or not.
   assert {row[1] for row in rows} == {'-1.5'}
   assert [outputs.from_spreadsheet_text(row[0]) for row in rows] == names

@@ -46,7 +46,11 @@ def write_json(path: pathlib.Path, document: Any) -> None:
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula.
-_FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r')
+# The fullwidth forms (U+FF1D, U+FF0B, U+FF0D, U+FF20) are included because
+# spreadsheets with East Asian input settings may read them as the ASCII
+# ones; quoting them costs nothing when they do not.
+_FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r',
+                   '\uff1d', '\uff0b', '\uff0d', '\uff20')
 
 
 def spreadsheet_text(value: Any) -> Any:
@@ -54,8 +58,9 @@ def spreadsheet_text(value: Any) -> Any:
 
   A client or variant name such as `=HYPERLINK(...)` comes from the user's
   data or config, and Excel or LibreOffice would run it when the CSV is
-  opened. Text starting with `=`, `+`, `-`, `@`, a tab, a carriage return
-  or `'` gets one leading `'`, so spreadsheets show it as text.
+  opened. Text starting with `=`, `+`, `-`, `@` (or their fullwidth
+  forms), a tab, a carriage return or `'` gets one leading `'`, so
+  spreadsheets show it as text.
   `from_spreadsheet_text` removes it. Numbers are left alone, so write
   negative numbers as numbers, not strings.
   """
