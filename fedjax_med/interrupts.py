@@ -33,16 +33,21 @@ def raise_if_requested() -> None:
 def defer_ctrl_c():
   """Make the first Ctrl-C a stop request and a second one immediate.
 
-  Clears any earlier request. Returns the previous SIGINT handler, for
-  `signal.signal` to restore.
+  The second Ctrl-C raises at once even after a loop has turned the first
+  into its KeyboardInterrupt, for example while the run writes its last
+  checkpoint. Clears any earlier request. Returns the previous SIGINT
+  handler, for `signal.signal` to restore.
   """
   global _requested
   _requested = False
+  pressed = False
 
   def handle(signum, frame):
+    nonlocal pressed
     del signum, frame
-    if _requested:
+    if pressed:
       raise KeyboardInterrupt
+    pressed = True
     request_stop()
     print('fedjax-med: stopping after the current round; press Ctrl-C '
           'again to stop at once.', file=sys.stderr, flush=True)

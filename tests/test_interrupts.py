@@ -27,3 +27,19 @@ def test_first_ctrl_c_requests_second_raises(capsys):
     signal.signal(signal.SIGINT, previous)
   with pytest.raises(KeyboardInterrupt):
     interrupts.raise_if_requested()
+
+
+def test_second_ctrl_c_raises_after_request_consumed(capsys):
+  # The loop had already turned the first Ctrl-C into its interrupt, and
+  # the second one only printed the first message again.
+  previous = interrupts.defer_ctrl_c()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+      interrupts.raise_if_requested()
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+    assert 'press Ctrl-C again' not in capsys.readouterr().err
+  finally:
+    signal.signal(signal.SIGINT, previous)
