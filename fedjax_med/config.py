@@ -1058,6 +1058,16 @@ def _validate_data(data: DataConfig) -> None:
   # exp(sigma * normal) overflows float64 long before sigma reaches 1e300;
   # sigma = 100 already gives one client almost every row.
   _require_range('data.size_sigma', data.size_sigma, 0.0, 100.0)
+  # Imported here because the scanner module imports JAX and the data
+  # package, which config need not load otherwise.
+  from fedjax_med.data import scanner  # pylint: disable=g-import-not-at-top
+  unknown = [name for name in data.scanner_profiles
+             if name not in scanner.PROFILES]
+  if unknown:
+    raise InputError(
+        f'Unknown `data.scanner_profiles` {unknown}. Known profiles: '
+        f'{", ".join(scanner.PROFILES)}.'
+    )
   if data.dataset in ('image_folder', 'image_npz') and not data.image_path:
     raise InputError(
         f'`data.dataset={data.dataset}` needs `data.image_path`, for example '
