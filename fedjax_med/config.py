@@ -863,9 +863,11 @@ def from_document(document: dict[str, Any]) -> ExperimentConfig:
   return apply_overrides(ExperimentConfig(), overrides, strict=True)
 
 
-# Clip bounds below the smallest normal float32, 1.18e-38, are subnormal,
-# and the CPU flushes them to zero, which clips every update to zeros. The
-# limit is that value rounded up.
+# Clip bounds, learning rates and tau below the smallest normal float32,
+# 1.18e-38, are subnormal, and the CPU flushes them to zero: every update
+# is clipped to zeros, and SCAFFOLD's control update, q-FFL's 1 / lr and
+# FedAdam's m / (sqrt(v) + tau) divide 0 by 0. The limit is that value
+# rounded up.
 _SMALLEST_NORMAL = 1.2e-38
 
 
@@ -1181,15 +1183,13 @@ def _validate_training(config: ExperimentConfig) -> None:
         '`client.dp_sgd=true`, whose per-example gradients run in float32. '
         'Set `client.compute_dtype=float32`.'
     )
-  _require_range(
-      'client.learning_rate', client.learning_rate, 0.0, low_open=True
-  )
+  _require_range('client.learning_rate', client.learning_rate,
+                 _SMALLEST_NORMAL)
   _require_range('client.local_steps', client.local_steps, 1, _MAX_STEPS)
   _require_range('client.local_epochs', client.local_epochs, 1)
   _require_range('client.batch_size', client.batch_size, 1)
-  _require_range(
-      'client.example_clip_norm', client.example_clip_norm, 0.0, low_open=True
-  )
+  _require_range('client.example_clip_norm', client.example_clip_norm,
+                 _SMALLEST_NORMAL)
   _require_range(
       'client.example_noise_multiplier', client.example_noise_multiplier, 0.0,
       low_open=True,
@@ -1221,15 +1221,13 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_choice(
       'server.server_optimizer', server.server_optimizer, SERVER_OPTIMIZERS
   )
-  _require_range(
-      'server.server_learning_rate', server.server_learning_rate, 0.0,
-      low_open=True,
-  )
+  _require_range('server.server_learning_rate',
+                 server.server_learning_rate, _SMALLEST_NORMAL)
   # The round counter is int32.
   _require_range('server.rounds', server.rounds, 1, 2**31 - 1)
   # tau^2 overflows a float above about 1e154; useful values are below 1.
-  _require_range('server.server_tau', server.server_tau, 0.0, 1e6,
-                 low_open=True)
+  _require_range('server.server_tau', server.server_tau, _SMALLEST_NORMAL,
+                 1e6)
   _require_range('server.num_byzantine', server.num_byzantine, 0)
   _require_range('server.trim_fraction', server.trim_fraction, 0.0, 0.5,
                  high_open=True)

@@ -36,6 +36,9 @@ def _run_cli(capsys, *args):
       '--set', 'noise_multiplier=1'], 'privacy.clip_norm'),
     (['--set', 'aggregator=norm_bounded', '--set', 'max_norm=1e-39'],
      'server.max_norm'),
+    (['--set', 'learning_rate=1e-40'], 'client.learning_rate'),
+    (['--set', 'server_optimizer=fedadam', '--set', 'server_tau=1e-40'],
+     'server.server_tau'),
 ])
 def test_invalid_input_exits_2(capsys, tmp_path, args, expected):
   status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))
@@ -400,3 +403,15 @@ def test_nonfinite_updates_warned(capsys, tmp_path):
 
   assert status == 0
   assert 'client updates were NaN or infinite' in captured.err
+
+
+def test_fedprox_divergence_names_mu(capsys, tmp_path):
+  # mu * lr = 10 makes every proximal SGD step grow; the warning used to
+  # blame the learning rate or the data only.
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'proximal_mu=1000', '--set', 'local_steps=60',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert '`client.proximal_mu` times `client.learning_rate` is 10' in (
+      captured.err)
