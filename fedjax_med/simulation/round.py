@@ -487,11 +487,6 @@ def build_round(
             params, examples, count, key, correction, limit=limit),
         in_axes=(None, 0, 0, 0, 0, 0),
     )
-    population_weights = mechanisms.client_weights(
-        aggregator, jnp.ones(train_data.num_clients, bool),
-        jnp.asarray(train_data.num_examples), privacy.weight_cap,
-    )
-    control_weights = population_weights / jnp.sum(population_weights)
   else:
     train_local = jax.vmap(
         lambda params, examples, count, key, limit: limited(
@@ -546,6 +541,15 @@ def build_round(
   def message_bytes(params):
     """Return the bytes each client downloads and uploads in a round."""
     return participation_lib.message_bytes(params, compression)
+
+  def _control_weights(num_examples):
+    # From the data of this call, so that `round_fn(train_data=...)` with
+    # other client sizes keeps c the weighted mean of the c_i.
+    population_weights = mechanisms.client_weights(
+        aggregator, jnp.ones(num_examples.shape, bool), num_examples,
+        privacy.weight_cap,
+    )
+    return population_weights / jnp.sum(population_weights)
 
   @jax.jit
   def round_step(state, round_key, examples, num_examples, malicious):
@@ -697,7 +701,7 @@ def build_round(
       new_state = _update_controls(
           new_state, state, cohort.client_ids, screened, contributes,
           local.num_steps, scaffold_learning_rate,
-          control_weights[cohort.client_ids],
+          _control_weights(num_examples)[cohort.client_ids],
       )
     if needs_center:
       new_state = new_state._replace(

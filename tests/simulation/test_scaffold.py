@@ -126,6 +126,37 @@ def test_scaffold_weighted_control_with_fedavg():
       rtol=1e-5)
 
 
+def test_scaffold_weights_follow_swapped_data():
+  # The control weights came from the data the round was built with, so
+  # `round_fn(train_data=...)` with other sizes broke c = sum_i p_i c_i.
+  def data_of(sizes):
+    clients = [
+        {'x': np.tile(np.array([[a, b]], np.float32), (n, 1)),
+         'y': np.zeros(n, np.int32)}
+        for a, b, n in zip(CURVATURES, OPTIMA, sizes)
+    ]
+    return jax.device_put(federated.stack_clients(clients))
+
+  local_update = local_training.build_scan(
+      _quadratic_gradient, optax.sgd(STEP), num_steps=4, batch_size=1)
+  ids = jnp.arange(3)
+  sampler = lambda key: sampling.Cohort(ids, jnp.ones(3, bool), jnp.int32(0))
+  round_fn = round_lib.build_round(
+      data_of((1, 3, 6)), local_update, sampler, optax.sgd(1.0),
+      aggregator='fedavg', scaffold_learning_rate=STEP)
+  state = round_lib.init_server_state(
+      {'w': jnp.float32(0.0)}, optax.sgd(1.0), scaffold_clients=3)
+  for index in range(3):
+    state, _ = round_fn(state, jax.random.key(index),
+                        train_data=data_of((6, 3, 1)))
+
+  weights = np.array([6.0, 3.0, 1.0]) / 10.0
+  np.testing.assert_allclose(
+      float(state.control['w']),
+      float(np.sum(weights * np.asarray(state.client_controls['w']))),
+      rtol=1e-5)
+
+
 def test_scaffold_rejects_robust_aggregator():
   data = _population()
   local_update = local_training.build_scan(
