@@ -709,8 +709,12 @@ def build_round(
       )
     if local_mask is not None:
       # As for Ditto's personal models, changes are added at the members'
-      # ids, so a cohort's padding slots cannot overwrite a member.
-      trains = cohort.mask & (counts > 0)
+      # ids, so a cohort's padding slots cannot overwrite a member. A
+      # member whose local leaves turned NaN or infinite keeps its old
+      # ones, as SCAFFOLD keeps its old control, so that one bad round
+      # does not leave the member's every later update non-finite.
+      trains = (cohort.mask & (counts > 0)
+                & jax.vmap(tree.tree_is_finite)(own_deltas))
       new_state = new_state._replace(local=jax.tree.map(
           lambda stored, delta: stored.at[cohort.client_ids].add(
               jnp.where(_expand(trains, delta), delta, 0.0)),

@@ -275,3 +275,22 @@ def test_unrolled_round_matches_loops(key):
     results.append(new_state.params)
   # The same arithmetic, compiled as straight-line code instead of loops.
   _assert_trees_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fedbn_keeps_leaves_after_nonfinite_round(key):
+  # A round on one inf pixel used to store NaN local leaves for client 1,
+  # so its every later update was non-finite and left out.
+  data, _, _, round_fn, state = _fedbn_setup(key, [6, 9, 4], [0, 1, 2])
+  x = np.asarray(data.examples['x']).copy()
+  x[1, 0, 0, 0, 0] = np.inf
+  bad = data._replace(examples={**data.examples, 'x': jnp.asarray(x)})
+
+  after_bad, metrics = round_fn(state, jax.random.fold_in(key, 1),
+                                train_data=bad)
+  after_clean, clean_metrics = round_fn(after_bad, jax.random.fold_in(key, 2))
+
+  assert int(metrics['num_nonfinite']) == 1
+  _assert_trees_close(
+      jax.tree.map(lambda leaf: leaf[1], after_bad.local),
+      jax.tree.map(lambda leaf: leaf[1], state.local), rtol=0, atol=0)
+  assert int(clean_metrics['num_nonfinite']) == 0
