@@ -34,6 +34,7 @@ def qffl_aggregate(
       client's local weights minus the global weights (w_k - w).
     losses: `[clients]` loss of each client's data at the global weights.
     mask: `[clients]` bool; False rows are ignored whatever they contain.
+      So are clients whose update, loss, F^q or h is NaN or infinite.
     q: fairness exponent, a Python float >= 0.
     lipschitz: L, a Python float > 0, usually 1 / local learning rate.
 
@@ -51,17 +52,22 @@ def qffl_aggregate(
   _flat.check_client_vector('mask', mask, clients)
   _flat.check_client_vector('losses', losses, clients)
   matrix, unflatten = _flat.flatten_clients(client_updates)
+  mask = _flat.finite_rows(matrix, mask)
   matrix = _flat.mask_rows(matrix, mask)
   # A loss of 0 would make F^(q - 1) infinite for q < 1.
   safe_losses = jnp.where(mask, jnp.maximum(losses, 1e-10), 1.0)
-  scaled = jnp.where(mask, safe_losses**q, 0.0).astype(matrix.dtype)
   steps = lipschitz * matrix  # L (w_k - w) = -Delta w_k
   squared_norms = jnp.sum(jnp.square(steps), axis=1)
-  h = jnp.where(
-      mask,
-      q * safe_losses ** (q - 1) * squared_norms + lipschitz * scaled,
-      0.0,
-  )
+  h_all = (q * safe_losses ** (q - 1) * squared_norms
+           + lipschitz * safe_losses**q)
+  # A NaN or infinite loss, or a weight F^q or h that overflows float32,
+  # would make the whole step NaN or let one client decide it, so such a
+  # client is left out, as non-finite updates are.
+  mask = (mask & jnp.isfinite(h_all) & jnp.isfinite(safe_losses**q)
+          & jnp.all(jnp.isfinite(steps), axis=1))
+  scaled = jnp.where(mask, safe_losses**q, 0.0).astype(matrix.dtype)
+  steps = _flat.mask_rows(steps, mask)
+  h = jnp.where(mask, h_all, 0.0)
   total = jnp.sum(h)
   summed = jnp.sum(scaled[:, None] * steps, axis=0)
   return unflatten(summed / jnp.where(total > 0, total, 1.0))

@@ -37,6 +37,28 @@ def test_qffl_zero_q_is_uniform_mean():
   np.testing.assert_allclose(result['w'], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize('q', [0.0, 1.0])
+@pytest.mark.parametrize('loss', [np.inf, np.nan, 1e38])
+def test_qffl_leaves_out_nonfinite_loss(q, loss):
+  # A valid client whose loss is infinite (or whose h overflows) made the
+  # step NaN for q = 1.
+  updates = {'w': jnp.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])}
+  losses = jnp.array([0.5, 2.0, loss], jnp.float32)
+  mask = jnp.array([True, True, True])
+
+  result = qffl.qffl_aggregate(updates, losses, mask, q=q, lipschitz=10.0)
+  expected = qffl.qffl_aggregate(updates, losses, jnp.array([True, True,
+                                                             False]),
+                                 q=q, lipschitz=10.0)
+
+  if q == 0.0 and not np.isnan(loss):
+    # F^0 = 1 for any loss, so q = 0 stays the uniform mean of all three.
+    # A NaN loss is left out for every q.
+    np.testing.assert_allclose(result['w'], [4 / 3, 5 / 3], rtol=1e-6)
+  else:
+    np.testing.assert_allclose(result['w'], expected['w'], rtol=1e-6)
+
+
 @pytest.mark.parametrize('q, lipschitz', [(-1.0, 1.0), (1.0, 0.0)])
 def test_qffl_invalid_settings(q, lipschitz):
   with pytest.raises(ValueError):
