@@ -1225,7 +1225,9 @@ def _round_metrics(
       'num_dropped': num_sampled - jnp.sum(cohort.mask),
       'num_truncated': jnp.sum(cohort.mask & local.truncated),
       'num_contributing': jnp.sum(contributes),
-      'num_examples': jnp.sum(example_weights).astype(jnp.int32),
+      # Summed as integers: a float32 sum is inexact past 2**24 rows.
+      'num_examples': jnp.sum(jnp.where(contributes, counts, 0),
+                              dtype=jnp.int32),
       'num_overflow': cohort.num_overflow,
       'skipped': skipped,
       'train_loss': jnp.where(

@@ -1,5 +1,7 @@
 """One federated round: FedAvg maths, skipped rounds, NaN updates, keys."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -415,3 +417,20 @@ def test_raw_uint32_key_accepted(key):
   raw, _ = round_fn(state, jax.random.PRNGKey(3))
   typed, _ = round_fn(state, jax.random.key(3))
   small.assert_leaves_close(raw.params, typed.params, rtol=0, atol=0)
+
+
+def test_num_examples_metric_exact_past_float32():
+  # Summed in float32, 16,777,217 + 2 rows came out as 16,777,218.
+  counts = jnp.array([16_777_217, 2], jnp.int32)
+  contributes = jnp.array([True, True])
+  cohort = sampling.Cohort(jnp.array([0, 1], jnp.int32), contributes,
+                           jnp.int32(0))
+  local = types.SimpleNamespace(loss=jnp.array([0.5, 0.5]),
+                                truncated=jnp.array([False, False]))
+  state = types.SimpleNamespace(round=jnp.int32(0))
+
+  metrics = round_lib._round_metrics(
+      state, jnp.int32(2), cohort, counts, contributes, local, {},
+      jnp.bool_(False))
+
+  assert int(metrics['num_examples']) == 16_777_219
