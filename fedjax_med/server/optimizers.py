@@ -282,7 +282,8 @@ def fed_adagrad(
 
   Args:
     learning_rate: server learning rate eta, > 0, or an optax schedule of
-      the round index (a schedule is not checked).
+      the number of server updates applied so far, which a skipped round
+      does not advance (a schedule is not checked).
     b1: decay of the first moment, in [0, 1).
     tau: adaptivity, > 0. Reddi et al. tune it over 1e-1 to 1e-5.
     initial_accumulator: v_{-1}, at least tau**2. None means tau**2.
@@ -326,7 +327,8 @@ def fed_yogi(
 
   Args:
     learning_rate: server learning rate eta, > 0, or an optax schedule of
-      the round index (a schedule is not checked).
+      the number of server updates applied so far, which a skipped round
+      does not advance (a schedule is not checked).
     b1: decay of the first moment, in [0, 1).
     b2: step size of the second moment, in [0, 1).
     tau: adaptivity, > 0. Reddi et al. tune it over 1e-1 to 1e-5.
@@ -364,7 +366,8 @@ def fed_adam(
 
   Args:
     learning_rate: server learning rate eta, > 0, or an optax schedule of
-      the round index (a schedule is not checked).
+      the number of server updates applied so far, which a skipped round
+      does not advance (a schedule is not checked).
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1).
     tau: adaptivity, > 0. Reddi et al. tune it over 1e-1 to 1e-5.
@@ -396,7 +399,8 @@ def fed_avg_m(
 
   Args:
     learning_rate: server learning rate eta, > 0, or an optax schedule of
-      the round index (a schedule is not checked).
+      the number of server updates applied so far, which a skipped round
+      does not advance (a schedule is not checked).
     momentum: server momentum, in [0, 1). 0 gives FedAvg with a server
       learning rate.
 
