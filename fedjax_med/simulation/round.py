@@ -544,12 +544,13 @@ def build_round(
 
   def _control_weights(num_examples):
     # From the data of this call, so that `round_fn(train_data=...)` with
-    # other client sizes keeps c the weighted mean of the c_i.
+    # other client sizes keeps c the weighted mean of the c_i. Clients
+    # without rows never train, so their c_i = 0 would pull c towards 0.
     population_weights = mechanisms.client_weights(
-        aggregator, jnp.ones(num_examples.shape, bool), num_examples,
-        privacy.weight_cap,
+        aggregator, num_examples > 0, num_examples, privacy.weight_cap,
     )
-    return population_weights / jnp.sum(population_weights)
+    total = jnp.sum(population_weights)
+    return population_weights / jnp.where(total > 0, total, 1.0)
 
   @jax.jit
   def round_step(state, round_key, examples, num_examples, malicious):

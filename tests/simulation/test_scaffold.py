@@ -157,6 +157,32 @@ def test_scaffold_weights_follow_swapped_data():
       rtol=1e-5)
 
 
+def test_scaffold_mean_skips_clients_without_rows():
+  # With the uniform mean, a client without rows kept c_i = 0 and still
+  # counted 1/N in c.
+  clients = [
+      {'x': np.array([[a, b]], np.float32), 'y': np.zeros(1, np.int32)}
+      for a, b in zip(CURVATURES, OPTIMA)
+  ] + [{'x': np.zeros((0, 2), np.float32), 'y': np.zeros(0, np.int32)}]
+  data = jax.device_put(federated.stack_clients(clients))
+  local_update = local_training.build_scan(
+      _quadratic_gradient, optax.sgd(STEP), num_steps=4, batch_size=1)
+  ids = jnp.arange(4)
+  sampler = lambda key: sampling.Cohort(ids, jnp.ones(4, bool), jnp.int32(0))
+  round_fn = round_lib.build_round(
+      data, local_update, sampler, optax.sgd(1.0), aggregator='mean',
+      scaffold_learning_rate=STEP)
+  state = round_lib.init_server_state(
+      {'w': jnp.float32(0.0)}, optax.sgd(1.0), scaffold_clients=4)
+  for index in range(3):
+    state, _ = round_fn(state, jax.random.key(index))
+
+  controls = np.asarray(state.client_controls['w'])
+  assert controls[3] == 0.0
+  np.testing.assert_allclose(float(state.control['w']),
+                             float(np.mean(controls[:3])), rtol=1e-5)
+
+
 def test_scaffold_rejects_robust_aggregator():
   data = _population()
   local_update = local_training.build_scan(
