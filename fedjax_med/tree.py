@@ -38,25 +38,38 @@ def tree_l2_norm(tree: PyTree) -> jax.Array:
   The entries are rescaled by a power of two near the largest magnitude
   before squaring, so a finite tree whose squares would overflow float32
   (entries near 1e20) or whose entries are near the float32 maximum still
-  gets its finite norm. A tree with an infinite entry has norm inf, and
-  one with NaN has norm NaN.
+  gets its norm. The norm is inf when it exceeds the float maximum, for a
+  tree with an infinite entry, and NaN for a tree with NaN.
 
   The norm is computed in the widest floating type among the leaves, and at
   least float32: bfloat16 leaves get a float32 norm, and float64 leaves
   (under `jax_enable_x64`) a float64 one, so clipping a float64 update to C
   gives a norm of C to float64 precision.
   """
+  unit_norm, exponent = scaled_l2_norm(tree)
+  return jnp.ldexp(unit_norm, exponent)
+
+
+def scaled_l2_norm(tree: PyTree) -> tuple[jax.Array, jax.Array]:
+  """Return `(unit_norm, exponent)` with the L2 norm `unit_norm * 2**exponent`.
+
+  `exponent` brings the largest finite magnitude into [0.5, 1) (see
+  `power_of_two_exponent`), so `unit_norm` is finite for every finite tree,
+  also when the norm itself is above the float maximum. Clipping divides
+  by `unit_norm` for that reason. The dtype rules are those of
+  `tree_l2_norm`.
+  """
   leaves = [leaf for leaf in jax.tree.leaves(tree) if leaf.size]
   dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
   leaves = [leaf.astype(dtype) for leaf in leaves]
   if not leaves:
-    return jnp.zeros((), jnp.float32)
+    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
   largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
   exponent = power_of_two_exponent(largest)
   squares = [
       jnp.sum(jnp.square(jnp.ldexp(leaf, -exponent))) for leaf in leaves
   ]
-  return jnp.ldexp(jnp.sqrt(sum(squares)), exponent)
+  return jnp.sqrt(sum(squares)), exponent
 
 
 def tree_is_finite(tree: PyTree) -> jax.Array:

@@ -119,12 +119,19 @@ def row_l2_norms(matrix: jax.Array) -> jax.Array:
   """Return the `[clients]` L2 norm of each row without float overflow.
 
   Each row is rescaled by a power of two near its largest magnitude before
-  squaring, as `fedjax_med.tree.tree_l2_norm` does for a whole tree.
+  squaring, as `fedjax_med.tree.tree_l2_norm` does for a whole tree. A norm
+  above the float maximum is inf.
   """
+  unit_norms, exponents = _row_scaled_l2_norms(matrix)
+  return jnp.ldexp(unit_norms, exponents)
+
+
+def _row_scaled_l2_norms(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Return per-row `(unit_norm, exponent)`, as `tree.scaled_l2_norm`."""
   largest = jnp.max(jnp.abs(matrix), axis=1, initial=0.0)
-  exponent = tree.power_of_two_exponent(largest)
-  unit = jnp.ldexp(matrix, -exponent[:, None])
-  return jnp.ldexp(jnp.sqrt(jnp.sum(jnp.square(unit), axis=1)), exponent)
+  exponents = tree.power_of_two_exponent(largest)
+  unit = jnp.ldexp(matrix, -exponents[:, None])
+  return jnp.sqrt(jnp.sum(jnp.square(unit), axis=1)), exponents
 
 
 def clip_rows(matrix: jax.Array, radius: float) -> jax.Array:
@@ -132,12 +139,11 @@ def clip_rows(matrix: jax.Array, radius: float) -> jax.Array:
 
   Rows at or below `radius` are returned unchanged. The scaling runs at
   unit scale (see `fedjax_med.tree.power_of_two_exponent`), so a row with
-  norm 1e38 is clipped to `radius` and not flushed to zeros by a subnormal
-  factor `radius / norm`.
+  norm 1e38, or a finite row whose norm is above the float maximum, is
+  clipped to `radius`, not flushed to zeros by a factor `radius / norm`.
   """
-  norms = row_l2_norms(matrix)
-  exponent = tree.power_of_two_exponent(norms)
-  unit_norms = jnp.ldexp(norms, -exponent)
+  unit_norms, exponents = _row_scaled_l2_norms(matrix)
+  norms = jnp.ldexp(unit_norms, exponents)
   factors = radius / jnp.where(unit_norms > 0, unit_norms, 1.0)
-  clipped = jnp.ldexp(matrix, -exponent[:, None]) * factors[:, None]
+  clipped = jnp.ldexp(matrix, -exponents[:, None]) * factors[:, None]
   return jnp.where((norms > radius)[:, None], clipped, matrix)

@@ -29,15 +29,14 @@ def clip_update(update: PyTree, clip_norm: float | None) -> ClipResult:
   The norm is taken over every leaf together, so the whole update, not each
   layer, is bounded. `clip_norm=None` leaves the update unchanged.
   """
-  norm = tree.tree_l2_norm(update)
+  unit_norm, exponent = tree.scaled_l2_norm(update)
+  norm = jnp.ldexp(unit_norm, exponent)
   if clip_norm is None:
     return ClipResult(update, norm, jnp.zeros((), bool))
   # The factor clip_norm / norm is subnormal for a norm above about
-  # 8.5e37 * clip_norm, and the CPU flushes subnormals to zero, which made
-  # such an update all zeros. An exact power-of-two rescaling by the norm's
-  # exponent keeps both factors normal.
-  exponent = tree.power_of_two_exponent(norm)
-  unit_norm = jnp.ldexp(norm, -exponent)
+  # 8.5e37 * clip_norm, which the CPU flushes to zero, and 0 for a norm
+  # above the float maximum. At unit scale, `ldexp(leaf, -exponent)`
+  # times `clip_norm / unit_norm`, both factors stay normal.
   factor = clip_norm / jnp.maximum(unit_norm, 1e-30)
   clipped = norm > clip_norm
 

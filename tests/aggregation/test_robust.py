@@ -376,6 +376,18 @@ def test_norm_bounded_mean_clips_near_float32_max(compiled):
   np.testing.assert_allclose(result['w'], [0.3, 0.65], rtol=1e-6)
 
 
+def test_norm_bounded_mean_clips_norm_above_float32_max():
+  # Norm 4.2e38 is inf in float32, and max_norm / inf = 0 zeroed the row
+  # instead of clipping it.
+  updates = {'w': jnp.array([[3e38, 3e38], [0.0, 0.5]])}
+
+  result = clipping_aggregators.norm_bounded_mean(
+      updates, jnp.array([1.0, 1.0]), max_norm=1.0)
+
+  np.testing.assert_allclose(
+      result['w'], [0.70710677 / 2, (0.70710677 + 0.5) / 2], rtol=1e-6)
+
+
 def test_geometric_median_scale_equivariant_near_float32_max():
   # The distances are above 8.5e37, so the Weiszfeld weights w_i / d_i
   # went through subnormal reciprocals and were flushed to zero for every

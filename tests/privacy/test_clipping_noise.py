@@ -147,3 +147,16 @@ def test_per_example_clip_near_float32_max():
       rtol=1e-6, atol=1e-30)
   np.testing.assert_allclose(result.update['a'][1], [1 / 3, 2 / 3, 2 / 3],
                              rtol=1e-6)
+
+
+def test_clip_update_norm_above_float32_max():
+  # The norm 4.2e38 is inf in float32, and clip_norm / inf = 0 zeroed the
+  # update.
+  update = {'a': jnp.array([3e38, 3e38, 0.0], jnp.float32)}
+
+  result = clipping.clip_update(update, 1.0)
+
+  assert bool(result.clipped)
+  assert float(result.norm) == float('inf')
+  np.testing.assert_allclose(result.update['a'],
+                             [0.70710677, 0.70710677, 0.0], rtol=1e-6)
