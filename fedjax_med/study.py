@@ -1446,7 +1446,7 @@ def _personal_summary(config, dataset, personal, model) -> dict[str, Any]:
   }
 
 
-def _secure_summary(history) -> dict[str, Any]:
+def _secure_summary(history, clip_norm) -> dict[str, Any]:
   """Return the protocol's static plan and its mean cost per round."""
   plan = history['secure_plan']
   if plan is None:
@@ -1464,8 +1464,10 @@ def _secure_summary(history) -> dict[str, Any]:
   noise_norms = [record['secagg_quantization_norm'] for record in completed]
   if noise_norms:
     section['quantization_noise_norm'] = float(np.median(noise_norms))
-  erased = [record['mean_update_norm'] < record['secagg_quantization_norm']
-            for record in completed]
+  # `mean_update_norm` is measured before clipping, and the protocol sums
+  # the clipped updates, whose norms are at most `clip_norm`.
+  erased = [min(record['mean_update_norm'], clip_norm)
+            < record['secagg_quantization_norm'] for record in completed]
   section['updates_below_quantization'] = bool(
       erased and sum(erased) > len(erased) / 2)
   for name in ('secagg_client_bytes_up', 'secagg_client_bytes_down',
@@ -1547,7 +1549,8 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
           history['below_min_reporting'],
       ),
       'attack': history['attack'],
-      'secure_aggregation': _secure_summary(history),
+      'secure_aggregation': _secure_summary(
+          history, config.privacy.clip_norm),
       'example_privacy': study_privacy.describe_example_level(
           config, np.asarray(dataset.train.num_examples), history['done'],
           dataset.client_names,

@@ -130,3 +130,19 @@ def test_low_threshold_warns(capsys, fraction, warned):
   cli._warn_low_threshold(config)  # pylint: disable=protected-access
 
   assert ('models an honest server only' in capsys.readouterr().err) == warned
+
+
+def test_clipped_updates_below_quantization_flagged(tmp_path):
+  # Every MLP update is clipped to 0.1 while the rounding noise in the mean
+  # is about 0.4. The check compared the noise with the norms measured
+  # before clipping (about 1) and printed no warning.
+  _, summary = study.run_study(
+      _config(**{**SECURE, 'privacy.clip_norm': 0.1,
+                 'secure_aggregation.fixed_point_scale': 10.0,
+                 'server.aggregator': 'mean', 'server.rounds': 2,
+                 'model.model': 'mlp'}),
+      tmp_path / 'run', progress=False)
+
+  section = summary['secure_aggregation']
+  assert section['quantization_noise_norm'] > 0.1
+  assert section['updates_below_quantization']
