@@ -209,6 +209,15 @@ def sweep_from_document(
         )
       pairs = tuple(_flat_items(table))
       for key, item in pairs:
+        if key in ('seed', 'name'):
+          # Every point gets its seed from `sweep.seeds` and its name from
+          # its index, so the variant's value would be ignored.
+          raise InputError(
+              f'`sweep.variants.{name}` sets `{key}`, which the sweep sets '
+              'for every point' + (
+                  '. List the seeds in `sweep.seeds` instead.'
+                  if key == 'seed' else '.')
+          )
         if any(config_lib.resolve_key(key) == config_lib.resolve_key(axis)
                for axis, _ in axes):
           raise InputError(

@@ -44,6 +44,9 @@ def _single_run(config, path):
     ({'seed': [0, 1]}, 'sweep.seeds'),
     ({'seeds': [-1]}, 'seeds are 0'),
     ({'variants': {'prox': 0.1}}, 'variants.prox'),
+    # A variant's seed was replaced by sweep.seeds without a message.
+    ({'variants': {'a': {'seed': 7}}}, r'variants.a. sets .seed.*sweep.seeds'),
+    ({'variants': {'a': {'name': 'x'}}}, r'variants.a. sets .name.'),
     ({'variants': {}}, 'must be a table'),
     ({'client.proximal_mu': [0.0, 0.1],
       'variants': {'prox': {'client.proximal_mu': 0.1}}}, 'also a sweep axis'),
