@@ -53,19 +53,30 @@ def qffl_aggregate(
   _flat.check_client_vector('losses', losses, clients)
   matrix, unflatten = _flat.flatten_clients(client_updates)
   mask = _flat.finite_rows(matrix, mask)
+  # A client without a usable loss is left out, as non-finite updates are.
+  # With q = 0 the loss does not enter (F^0 = 1) unless it is NaN.
+  mask = mask & (jnp.isfinite(losses) if q > 0 else ~jnp.isnan(losses))
   matrix = _flat.mask_rows(matrix, mask)
   # A loss of 0 would make F^(q - 1) infinite for q < 1.
   safe_losses = jnp.where(mask, jnp.maximum(losses, 1e-10), 1.0)
+  # Both sums are divided by max_j F_j^q, which the step cancels:
+  # relative_k = F_k^q / max_j F_j^q = exp(q (log F_k - max_j log F_j)) is
+  # in (0, 1], where F^q itself overflows or flushes to zero for q = 50.
+  if q > 0:
+    log_losses = jnp.log(safe_losses)
+    top = jnp.max(jnp.where(mask, log_losses, -jnp.inf))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    relative = jnp.exp(q * (log_losses - top))
+  else:
+    relative = jnp.ones_like(safe_losses)
   steps = lipschitz * matrix  # L (w_k - w) = -Delta w_k
   squared_norms = jnp.sum(jnp.square(steps), axis=1)
-  h_all = (q * safe_losses ** (q - 1) * squared_norms
-           + lipschitz * safe_losses**q)
-  # A NaN or infinite loss, or a weight F^q or h that overflows float32,
-  # would make the whole step NaN or let one client decide it, so such a
-  # client is left out, as non-finite updates are.
-  mask = (mask & jnp.isfinite(h_all) & jnp.isfinite(safe_losses**q)
-          & jnp.all(jnp.isfinite(steps), axis=1))
-  scaled = jnp.where(mask, safe_losses**q, 0.0).astype(matrix.dtype)
+  # h_k / max_j F_j^q = relative_k (q ||L u_k||^2 / F_k + L).
+  h_all = relative * (q * squared_norms / safe_losses + lipschitz)
+  # An h that overflows float32 would make the step NaN, so that client is
+  # left out too.
+  mask = mask & jnp.isfinite(h_all)
+  scaled = jnp.where(mask, relative, 0.0).astype(matrix.dtype)
   steps = _flat.mask_rows(steps, mask)
   h = jnp.where(mask, h_all, 0.0)
   total = jnp.sum(h)

@@ -55,8 +55,33 @@ def test_qffl_leaves_out_nonfinite_loss(q, loss):
     # F^0 = 1 for any loss, so q = 0 stays the uniform mean of all three.
     # A NaN loss is left out for every q.
     np.testing.assert_allclose(result['w'], [4 / 3, 5 / 3], rtol=1e-6)
+  elif loss == 1e38:
+    # A finite but huge loss gets almost all the weight: the step is
+    # L u_3 / (||L u_3||^2 / F_3 + L), about u_3.
+    np.testing.assert_allclose(result['w'], [3.0, 3.0], rtol=1e-5)
   else:
     np.testing.assert_allclose(result['w'], expected['w'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('q, loss_scale', [(50.0, 5.0), (50.0, 6.0),
+                                           (100.0, 2.4), (100.0, 0.3)])
+def test_qffl_large_q_matches_float64(q, loss_scale):
+  # F^q overflowed float32 (NaN steps) or flushed to zero (zero steps).
+  rng = np.random.default_rng(0)
+  updates = rng.normal(size=(10, 3)) * 0.01
+  losses = loss_scale * rng.uniform(0.8, 1.2, size=10)
+  lipschitz = 100.0
+  steps = lipschitz * updates
+  weights = losses**q
+  h = q * losses ** (q - 1) * np.sum(steps**2, axis=1) + lipschitz * weights
+  expected = (weights[:, None] * steps).sum(0) / h.sum()
+
+  result = qffl.qffl_aggregate(
+      {'w': jnp.asarray(updates, jnp.float32)},
+      jnp.asarray(losses, jnp.float32), jnp.ones(10, bool), q=q,
+      lipschitz=lipschitz)
+
+  np.testing.assert_allclose(result['w'], expected, rtol=1e-3)
 
 
 @pytest.mark.parametrize('q, lipschitz', [(-1.0, 1.0), (1.0, 0.0)])
