@@ -75,6 +75,9 @@ def logit_confidence(
       model scores an out-of-range label as if its logit were 0.
   """
   _validate_probability_clip(probability_clip)
+  # A Python list of labels compared `y == 1` as a whole list, so every
+  # row was scored as label 0.
+  y = jnp.asarray(y)
   _validate_labels(y, model.num_classes)
   return _logit_confidence(model, params, x, y, probability_clip)
 
@@ -278,6 +281,7 @@ def shadow_confidences(
   leaf of `shadow_params` stacked along a leading `[shadows]` axis.
   """
   _validate_probability_clip(probability_clip)
+  y = jnp.asarray(y)
   _validate_labels(y, model.num_classes)
   return _shadow_confidences(model, shadow_params, x, y, probability_clip)
 

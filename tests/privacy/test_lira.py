@@ -43,6 +43,19 @@ def test_logit_confidence_binary():
   np.testing.assert_allclose(confidence, [2.0, -2.0])
 
 
+@pytest.mark.parametrize('labels', [[1, 0], (1, 0)])
+def test_logit_confidence_python_labels(labels):
+  # `y == 1` on a list is False, so every row was scored as label 0.
+  logits = jnp.array([[2.0], [2.0]])
+
+  confidence = lira.logit_confidence(_identity_model(2), {}, logits, labels)
+  shadows = lira.shadow_confidences(
+      _identity_model(2), {'stack': jnp.zeros((1,))}, logits, labels)
+
+  np.testing.assert_allclose(confidence, [2.0, -2.0])
+  np.testing.assert_allclose(shadows, [[2.0, -2.0]])
+
+
 def test_logit_confidence_multiclass():
   logits = jnp.array([[1.0, 2.0, 3.0]])
 
