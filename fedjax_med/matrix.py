@@ -16,8 +16,10 @@ The robust aggregators are given the size of the attack: Krum, multi-Krum and
 Bulyan get f = ceil(m * cohort / num_clients) for the m = round(fraction *
 num_clients) malicious clients, and the trimmed mean trims
 max(`server.trim_fraction`, fraction) at each end. A cell whose aggregator
-cannot run with that f, or lacks a setting it needs, is recorded as not
-applicable with the reason, and the matrix goes on.
+cannot run with that f is recorded as not applicable with the reason, and
+the matrix goes on. A base config that no cell of an aggregator can use,
+such as `norm_bounded` without `server.max_norm`, is rejected before any
+training.
 
 Metrics count only honest clients: clean accuracy pools their test rows,
 worst accuracy is the lowest of them, and backdoor success is the fraction
@@ -309,15 +311,6 @@ def cell_config(
   return config_lib.reset_unused_settings(config)
 
 
-def _missing_setting(config) -> str | None:
-  server = config.server
-  if server.aggregator == 'norm_bounded' and server.max_norm is None:
-    return 'norm_bounded needs server.max_norm in the base config'
-  if server.aggregator == 'centered_clipping' and server.clip_radius is None:
-    return 'centered_clipping needs server.clip_radius in the base config'
-  return None
-
-
 class _Runner:
   """Runs cells, keeping what can be shared between seeds and cells."""
 
@@ -354,9 +347,6 @@ class _Runner:
     """Train one cell and seed; return its record."""
     start = time.perf_counter()
     data_key, dataset = self.dataset(config.seed)
-    missing = _missing_setting(config)
-    if missing:
-      return {'status': 'not_applicable', 'reason': missing}
     try:
       config_lib.validate(config)
     except InputError as error:
@@ -617,16 +607,19 @@ def run_matrix(
       f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in records)
   else:
     _check_base(base)
-    run_dir = outputs.make_run_dir(
-        None if out_dir is None else pathlib.Path(out_dir), name
-    )
-    outputs.write_json(run_dir / 'matrix.json', settings)
   done = {(_cell_of(r), r['seed']) for r in records}
   runner = _Runner(base)
   _, first = runner.dataset(matrix.seeds[0])
   num_clients = first.num_clients
   cohort = expected_cohort(base, num_clients)
   _check_against_data(base, matrix, first, cohort)
+  if not resume:
+    # Created only after every check, so that a rejected matrix leaves no
+    # folder behind that a corrected rerun with the same --out would hit.
+    run_dir = outputs.make_run_dir(
+        None if out_dir is None else pathlib.Path(out_dir), name
+    )
+    outputs.write_json(run_dir / 'matrix.json', settings)
   todo = [(cell, seed) for cell in all_cells for seed in matrix.seeds
           if (cell, seed) not in done]
   bar = tqdm.tqdm(total=len(all_cells) * len(matrix.seeds),

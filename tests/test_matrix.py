@@ -289,6 +289,8 @@ def test_base_setting_no_cell_can_use_rejected(tmp_path):
     matrix_lib.run_matrix(_base(trim_fraction=0.6), matrix, tmp_path / 'm',
                           progress=False, on_record=seen.append)
   assert not seen
+  # No folder is left behind for a corrected rerun to run into.
+  assert not (tmp_path / 'm').exists()
 
 
 def test_fraction_with_no_attacker_rejected(tmp_path):
