@@ -263,7 +263,13 @@ def build_secure_aggregate(
       mean_flat = total[:-1] / safe_weight
       # A cohort whose weights are small next to weight_bound encodes its
       # updates in few ring units, and the division amplifies the noise.
-      mean_noise_norm = sum_noise_norm / safe_weight
+      # The decoded weight's own rounding error, about sqrt(n / 6) / scale,
+      # moves the mean by its norm times that error, relative to the weight.
+      weight_noise = jnp.sqrt(contributors / 6) / jnp.float32(scale)
+      mean_noise_norm = jnp.sqrt(
+          jnp.square(sum_noise_norm)
+          + jnp.square(jnp.linalg.norm(mean_flat) * weight_noise)
+      ) / safe_weight
     else:
       # Undo the division by weight_bound, then use the fixed denominator.
       summed = total * weight_bound
