@@ -864,9 +864,9 @@ def from_document(document: dict[str, Any]) -> ExperimentConfig:
 
 
 # Clip bounds, learning rates and tau below the smallest normal float32,
-# 1.18e-38, are subnormal, and the CPU flushes them to zero: every update
-# is clipped to zeros, and SCAFFOLD's control update, q-FFL's 1 / lr and
-# FedAdam's m / (sqrt(v) + tau) divide 0 by 0. The limit is that value
+# 1.18e-38, are subnormal, and the CPU flushes them to zero. Every update
+# is then clipped to zeros, and SCAFFOLD's control update, q-FFL's 1 / lr
+# and FedAdam's m / (sqrt(v) + tau) divide 0 by 0. The limit is that value
 # rounded up.
 _SMALLEST_NORMAL = 1.2e-38
 

@@ -46,9 +46,9 @@ def write_json(path: pathlib.Path, document: Any) -> None:
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula.
-# The fullwidth forms (U+FF1D, U+FF0B, U+FF0D, U+FF20) are included because
-# spreadsheets with East Asian input settings may read them as the ASCII
-# ones; quoting them costs nothing when they do not.
+# The fullwidth forms (U+FF1D, U+FF0B, U+FF0D, U+FF20) are included,
+# because spreadsheets with East Asian input settings may read them as the
+# ASCII ones. Quoting them costs nothing when they do not.
 _FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r',
                    '\uff1d', '\uff0b', '\uff0d', '\uff20')
 

@@ -178,9 +178,9 @@ def test_failed_round_not_below_min_reporting():
 
 def test_quantization_norm_grows_with_weight_bound():
   # Ten identical updates of norm 1 with weight 20 each. Against a weight
-  # bound of 1e5 each encodes in about 0.65 ring units of a 16-bit ring,
-  # and dividing by the total relative weight 0.002 amplifies the rounding
-  # error 500-fold; the metric has to show that.
+  # bound of 1e5 each encodes in about 0.65 ring units of a 16-bit ring.
+  # Dividing by the total relative weight 0.002 then amplifies the
+  # rounding error 500-fold, and the metric has to show that.
   from fedjax_med.secure import aggregate as secure_aggregate
   clients = 10
   updates = {'w': jnp.tile(jnp.array([[0.5, -0.5, 0.5, -0.5]]), (clients, 1))}
