@@ -400,20 +400,6 @@ def _no_contribution_cause(run_dir: pathlib.Path, summary: dict) -> str:
   return ''
 
 
-def _interrupt_on_sigterm() -> None:
-  """Treat SIGTERM, which job schedulers send before a kill, like Ctrl-C.
-
-  A run then saves a checkpoint and exits with status 130, and
-  `--resume` continues it.
-  """
-
-  def interrupt(signum, frame):
-    del signum, frame
-    raise KeyboardInterrupt
-
-  signal.signal(signal.SIGTERM, interrupt)
-
-
 def _print_interrupt(command: str, interrupt: StudyInterrupted,
                      config: str | None = None) -> None:
   """Print where an interrupted command left its results and how to resume.
@@ -438,7 +424,6 @@ def _print_interrupt(command: str, interrupt: StudyInterrupted,
 
 
 def main(argv: list[str] | None = None) -> int:
-  _interrupt_on_sigterm()
   parser = _parser()
   args = parser.parse_args(argv)
   previous = interrupts.defer_ctrl_c()

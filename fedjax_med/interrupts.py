@@ -31,12 +31,15 @@ def raise_if_requested() -> None:
 
 
 def defer_ctrl_c():
-  """Make the first Ctrl-C a stop request and a second one immediate.
+  """Make the first Ctrl-C or SIGTERM a stop request and a second immediate.
 
-  The second Ctrl-C raises at once even after a loop has turned the first
+  The second signal raises at once even after a loop has turned the first
   into its KeyboardInterrupt, for example while the run writes its last
-  checkpoint. Clears any earlier request. Returns the previous SIGINT
-  handler, for `signal.signal` to restore.
+  checkpoint. SIGTERM, which job schedulers send before a kill, gets the
+  same treatment: raising inside JAX's or orbax's code made runs crash
+  with a segmentation fault or a half-written checkpoint. Clears any
+  earlier request. Returns the previous SIGINT handler, for
+  `signal.signal` to restore; the SIGTERM handler stays installed.
   """
   global _requested
   _requested = False
@@ -44,12 +47,17 @@ def defer_ctrl_c():
 
   def handle(signum, frame):
     nonlocal pressed
-    del signum, frame
+    del frame
     if pressed:
       raise KeyboardInterrupt
     pressed = True
     request_stop()
-    print('fedjax-med: stopping after the current round; press Ctrl-C '
-          'again to stop at once.', file=sys.stderr, flush=True)
+    if signum == signal.SIGTERM:
+      print('fedjax-med: received SIGTERM; stopping after the current '
+            'round.', file=sys.stderr, flush=True)
+    else:
+      print('fedjax-med: stopping after the current round; press Ctrl-C '
+            'again to stop at once.', file=sys.stderr, flush=True)
 
+  signal.signal(signal.SIGTERM, handle)
   return signal.signal(signal.SIGINT, handle)

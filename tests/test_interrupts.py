@@ -17,6 +17,7 @@ def test_request_raises_once():
 
 
 def test_first_ctrl_c_requests_second_raises(capsys):
+  previous_term = signal.getsignal(signal.SIGTERM)
   previous = interrupts.defer_ctrl_c()
   try:
     os.kill(os.getpid(), signal.SIGINT)
@@ -25,6 +26,7 @@ def test_first_ctrl_c_requests_second_raises(capsys):
       os.kill(os.getpid(), signal.SIGINT)
   finally:
     signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGTERM, previous_term)
   with pytest.raises(KeyboardInterrupt):
     interrupts.raise_if_requested()
 
@@ -32,6 +34,7 @@ def test_first_ctrl_c_requests_second_raises(capsys):
 def test_second_ctrl_c_raises_after_request_consumed(capsys):
   # The loop had already turned the first Ctrl-C into its interrupt, and
   # the second one only printed the first message again.
+  previous_term = signal.getsignal(signal.SIGTERM)
   previous = interrupts.defer_ctrl_c()
   try:
     os.kill(os.getpid(), signal.SIGINT)
@@ -43,3 +46,21 @@ def test_second_ctrl_c_raises_after_request_consumed(capsys):
     assert 'press Ctrl-C again' not in capsys.readouterr().err
   finally:
     signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGTERM, previous_term)
+
+
+def test_sigterm_requests_stop_then_raises(capsys):
+  # SIGTERM raised KeyboardInterrupt at once, inside JAX or orbax, and runs
+  # exited with a segmentation fault (139) instead of status 130.
+  previous_term = signal.getsignal(signal.SIGTERM)
+  previous = interrupts.defer_ctrl_c()
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert 'received SIGTERM' in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGTERM)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGTERM, previous_term)
+  with pytest.raises(KeyboardInterrupt):
+    interrupts.raise_if_requested()
