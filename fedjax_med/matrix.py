@@ -27,6 +27,7 @@ of their triggered test rows, of a class other than the target, that the
 model assigns to the target.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -589,6 +590,10 @@ def run_matrix(
               'matrix': outputs.to_json_value(dataclasses.asdict(matrix))}
   settings = json.loads(json.dumps(settings))
   records = []
+  # The folder's lock is held from before a resume rewrites cells.jsonl
+  # until the last cell, so a second process on the same folder is
+  # rejected instead of running the same cells twice.
+  stack = contextlib.ExitStack()
   if resume:
     if out_dir is None:
       raise InputError('Resuming needs the matrix folder; pass it with --out.')
@@ -601,50 +606,53 @@ def run_matrix(
           'matrix.json. Pass the folder of an earlier matrix run.'
       ) from None
     check_same_settings(saved, settings, run_dir)
+    stack.enter_context(outputs.lock_run_dir(run_dir))
     records = _read_records(run_dir / 'cells.jsonl')
     # Rewrite the file without a line that a crash cut short.
     with open(run_dir / 'cells.jsonl', 'w', encoding='utf-8') as f:
       f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in records)
   else:
     _check_base(base)
-  done = {(_cell_of(r), r['seed']) for r in records}
-  runner = _Runner(base)
-  _, first = runner.dataset(matrix.seeds[0])
-  num_clients = first.num_clients
-  cohort = expected_cohort(base, num_clients)
-  _check_against_data(base, matrix, first, cohort)
-  if not resume:
-    # Created only after every check, so that a rejected matrix leaves no
-    # folder behind that a corrected rerun with the same --out would hit.
-    run_dir = outputs.make_run_dir(
-        None if out_dir is None else pathlib.Path(out_dir), name
-    )
-    outputs.write_json(run_dir / 'matrix.json', settings)
-  todo = [(cell, seed) for cell in all_cells for seed in matrix.seeds
-          if (cell, seed) not in done]
-  bar = tqdm.tqdm(total=len(all_cells) * len(matrix.seeds),
-                  initial=len(done), desc=name, unit='run',
-                  disable=None if progress else True, dynamic_ncols=True)
-  title = f'Robustness matrix: {name}'
-  try:
-    with bar, outputs.MetricsWriter(run_dir / 'cells.jsonl') as writer:
-      for cell, seed in todo:
-        config = cell_config(base, matrix, cell, seed, cohort, num_clients)
-        record = {'aggregator': cell.aggregator, 'attack': cell.attack,
-                  'malicious_fraction': cell.fraction, 'seed': seed,
-                  **runner.run(cell, config)}
-        writer.write(record)
-        records.append(record)
-        if on_record is not None:
-          on_record(record)
-        bar.set_postfix_str(f'{cell.aggregator} / {cell.label}')
-        bar.update(1)
-        interrupts.raise_if_requested()
-  except KeyboardInterrupt:
-    _write_results(run_dir, records, matrix, title)
-    raise StudyInterrupted(run_dir, len(records)) from None
-  rows = _write_results(run_dir, records, matrix, title)
-  return run_dir, rows
+  with stack:
+    done = {(_cell_of(r), r['seed']) for r in records}
+    runner = _Runner(base)
+    _, first = runner.dataset(matrix.seeds[0])
+    num_clients = first.num_clients
+    cohort = expected_cohort(base, num_clients)
+    _check_against_data(base, matrix, first, cohort)
+    if not resume:
+      # Created only after every check, so that a rejected matrix leaves no
+      # folder behind that a corrected rerun with the same --out would hit.
+      run_dir = outputs.make_run_dir(
+          None if out_dir is None else pathlib.Path(out_dir), name
+      )
+      stack.enter_context(outputs.lock_run_dir(run_dir))
+      outputs.write_json(run_dir / 'matrix.json', settings)
+    todo = [(cell, seed) for cell in all_cells for seed in matrix.seeds
+            if (cell, seed) not in done]
+    bar = tqdm.tqdm(total=len(all_cells) * len(matrix.seeds),
+                    initial=len(done), desc=name, unit='run',
+                    disable=None if progress else True, dynamic_ncols=True)
+    title = f'Robustness matrix: {name}'
+    try:
+      with bar, outputs.MetricsWriter(run_dir / 'cells.jsonl') as writer:
+        for cell, seed in todo:
+          config = cell_config(base, matrix, cell, seed, cohort, num_clients)
+          record = {'aggregator': cell.aggregator, 'attack': cell.attack,
+                    'malicious_fraction': cell.fraction, 'seed': seed,
+                    **runner.run(cell, config)}
+          writer.write(record)
+          records.append(record)
+          if on_record is not None:
+            on_record(record)
+          bar.set_postfix_str(f'{cell.aggregator} / {cell.label}')
+          bar.update(1)
+          interrupts.raise_if_requested()
+    except KeyboardInterrupt:
+      _write_results(run_dir, records, matrix, title)
+      raise StudyInterrupted(run_dir, len(records)) from None
+    rows = _write_results(run_dir, records, matrix, title)
+    return run_dir, rows
 
 
 def _write_results(run_dir, records, matrix, title):

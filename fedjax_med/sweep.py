@@ -831,7 +831,6 @@ def run_sweep(
       'base': config_lib.to_dict(base),
       'sweep': outputs.to_json_value(dataclasses.asdict(sweep)),
   }))
-  records: dict[int, dict[str, Any]] = {}
   if resume:
     if out_dir is None:
       raise InputError('Resuming needs the sweep folder; pass it with --out.')
@@ -844,15 +843,30 @@ def run_sweep(
           'Pass the folder of an earlier sweep.'
       ) from None
     matrix_lib.check_same_settings(saved, settings, run_dir)
+  else:
+    run_dir = outputs.make_run_dir(
+        None if out_dir is None else pathlib.Path(out_dir), name
+    )
+  # The lock is taken before a resume rewrites points.jsonl and
+  # rounds.jsonl, so a rejected second process cannot wipe the files of
+  # the sweep that is running.
+  with outputs.lock_run_dir(run_dir):
+    return _run_locked(
+        run_dir, resume, settings, all_points, sweep, name, progress, log,
+        checkpoint_interval_s)
+
+
+def _run_locked(run_dir, resume, settings, all_points, sweep, name, progress,
+                log, checkpoint_interval_s):
+  """Run the points of `run_sweep` while it holds the folder's lock."""
+  records: dict[int, dict[str, Any]] = {}
+  if resume:
     records = _read_records(run_dir / 'points.jsonl', len(all_points))
     with open(run_dir / 'points.jsonl', 'w', encoding='utf-8') as f:
       f.writelines(json.dumps(r, allow_nan=False) + '\n'
                    for r in records.values())
     _prune_rounds(run_dir, set(records))
   else:
-    run_dir = outputs.make_run_dir(
-        None if out_dir is None else pathlib.Path(out_dir), name
-    )
     outputs.write_json(run_dir / 'sweep.json', settings)
   todo = [point for point in all_points if point.index not in records]
   groups = plan(todo)
@@ -867,7 +881,7 @@ def run_sweep(
   bar = tqdm.tqdm(total=total, initial=done, desc=name, unit='point-round',
                   disable=None if progress else True, dynamic_ncols=True)
   try:
-    with bar, outputs.lock_run_dir(run_dir), \
+    with bar, \
         outputs.MetricsWriter(run_dir / 'points.jsonl') as writer, \
         outputs.MetricsWriter(run_dir / 'rounds.jsonl') as rounds_writer:
       for group in groups:

@@ -11,6 +11,7 @@ from fedjax_med import config as config_lib
 from fedjax_med import errors
 from fedjax_med import matrix as matrix_lib
 from fedjax_med import study
+from fedjax_med.report import outputs
 
 
 def _base(**overrides):
@@ -343,3 +344,22 @@ def test_resume_rejection_names_every_changed_setting():
     assert f'.{key} was ' in message
   assert 'server.rounds was 15, now "changed"' in message
   assert 'matrix.seeds was [0, 1], now [0]' in message
+
+
+def test_locked_matrix_resume_rejected(tmp_path):
+  # A second `matrix --resume` on a running matrix's folder ran the same
+  # cells again and counted their seeds twice.
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('none',),
+      malicious_fractions=(0.0,), seeds=(0,),
+  )
+  run_dir, _ = matrix_lib.run_matrix(_base(), matrix, tmp_path / 'm',
+                                     progress=False)
+  cells = (run_dir / 'cells.jsonl').read_text()
+
+  with outputs.lock_run_dir(run_dir):
+    with pytest.raises(errors.InputError, match='Another process'):
+      matrix_lib.run_matrix(_base(), matrix, run_dir, resume=True,
+                            progress=False)
+
+  assert (run_dir / 'cells.jsonl').read_text() == cells

@@ -15,6 +15,7 @@ from fedjax_med import errors
 from fedjax_med import study
 from fedjax_med import sweep as sweep_lib
 from fedjax_med.data import federated
+from fedjax_med.report import outputs
 
 
 def _base(**overrides):
@@ -241,6 +242,23 @@ def test_resumed_sweep_runs_only_missing_points(tmp_path):
     changed = sweep_lib.sweep_from_document(
         {'seeds': [0], 'client.learning_rate': [0.01, 0.05]}, base)
     sweep_lib.run_sweep(base, changed, run_dir, resume=True, progress=False)
+
+
+def test_locked_sweep_resume_leaves_files(tmp_path):
+  # A second `sweep --resume` rewrote points.jsonl and rounds.jsonl before
+  # it found the folder locked by the running sweep.
+  base = _base()
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1]}, base)
+  run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                   progress=False)
+  (run_dir / 'points.jsonl').write_text('')
+  rounds = (run_dir / 'rounds.jsonl').read_text()
+
+  with outputs.lock_run_dir(run_dir):
+    with pytest.raises(errors.InputError, match='Another process'):
+      sweep_lib.run_sweep(base, axes, run_dir, resume=True, progress=False)
+
+  assert (run_dir / 'rounds.jsonl').read_text() == rounds
 
 
 def test_cli_sweep_and_run_rejects_sweep(tmp_path, capsys):
