@@ -1196,12 +1196,21 @@ def check_checkpoint_interval(interval_s) -> None:
 
 
 def _check_same_data(run_dir: pathlib.Path, dataset) -> None:
-  """Refuse to resume when a data file changed since the run started."""
+  """Refuse to resume when a data file changed since the run started.
+
+  `provenance.json` is written right after `config.json` when a run
+  starts, so without it the check cannot run, and a resume could train on
+  other data without notice.
+  """
   try:
     recorded = json.loads(
         (run_dir / 'provenance.json').read_text())['data_files']
-  except (OSError, ValueError, KeyError):
-    return
+  except (OSError, ValueError, KeyError, TypeError):
+    raise InputError(
+        f'{run_dir}/provenance.json is missing or unreadable, so the resume '
+        'cannot check that the data files are unchanged. Restore it, or '
+        'start a new run.'
+    ) from None
   current = {str(pathlib.Path(path).resolve()) for path in
              dataset.source_files}
   added = sorted(current - set(recorded))

@@ -213,6 +213,18 @@ def test_resume_rejects_changed_data(tmp_path):
     study.resume_study(run_dir, progress=False)
 
 
+def test_resume_rejects_missing_provenance(uninterrupted, tmp_path):
+  # Without provenance.json the data check returned silently, so a run
+  # resumed on edited data without notice.
+  run_dir = tmp_path / 'early'
+  run_dir.mkdir()
+  (run_dir / 'config.json').write_text(
+      (uninterrupted / 'config.json').read_text())
+
+  with pytest.raises(InputError, match='provenance.json is missing'):
+    study.resume_study(run_dir, progress=False)
+
+
 @pytest.mark.parametrize('interval', [-1, float('nan'), 'often', True])
 def test_checkpoint_interval_must_be_seconds(interval, tmp_path):
   with pytest.raises(InputError, match='checkpoint_interval_s'):
