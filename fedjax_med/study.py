@@ -1263,6 +1263,12 @@ def _continue(config, run, run_dir, *, progress, on_round,
       if history['snapshot'][0] > 0:
         _save_snapshot(checkpointer, history)
       raise
+    # summary.json marks the run as finished for `resume_study`, so every
+    # other output is complete before it is written: the TensorBoard
+    # events here, and the plot in `_write_summary`.
+    if logger is not None:
+      logger.close()
+      logger = None
     summary = _write_summary(config, dataset, run['evaluate'], run_dir,
                              history)
   except KeyboardInterrupt:
@@ -1604,7 +1610,6 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       None,
   )
   _write_predictions(run_dir / 'predictions.csv', per_client)
-  outputs.write_json(run_dir / 'summary.json', summary)
   plots.plot_accuracy(
       run_dir / 'accuracy.png',
       history['rounds'],
@@ -1612,4 +1617,6 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       dataset.client_names,
       title=f'{config.name}: test accuracy',
   )
+  # Last: a run with summary.json counts as finished.
+  outputs.write_json(run_dir / 'summary.json', summary)
   return summary

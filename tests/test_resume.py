@@ -213,6 +213,21 @@ def test_resume_rejects_changed_data(tmp_path):
     study.resume_study(run_dir, progress=False)
 
 
+def test_summary_written_after_other_outputs(tmp_path, monkeypatch):
+  # summary.json came before the plot, so a kill in between left a run
+  # that `--resume` called finished, without accuracy.png.
+  def failing_plot(*args, **kwargs):
+    raise RuntimeError('plot failed')
+
+  monkeypatch.setattr(study.plots, 'plot_accuracy', failing_plot)
+  run_dir = tmp_path / 'run'
+  with pytest.raises(RuntimeError, match='plot failed'):
+    study.run_study(_config(), run_dir, progress=False)
+
+  assert (run_dir / 'metrics.jsonl').exists()
+  assert not (run_dir / 'summary.json').exists()
+
+
 def test_resume_rejects_missing_provenance(uninterrupted, tmp_path):
   # Without provenance.json the data check returned silently, so a run
   # resumed on edited data without notice.
