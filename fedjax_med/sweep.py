@@ -890,7 +890,6 @@ def _run_locked(run_dir, resume, settings, all_points, sweep, name, progress,
           record = {'point': point.index, **point.settings, **record}
           writer.write(record)
           records[point.index] = record
-          interrupts.raise_if_requested()
   except KeyboardInterrupt:
     _write_results(run_dir, records, sweep)
     raise StudyInterrupted(run_dir, len(records)) from None
@@ -904,6 +903,7 @@ def _run_group(group, run_dir, rounds_writer, bar, log, interval_s):
     point = group.points[0]
     yield point, _run_single_recorded(point, run_dir, interval_s)
     bar.update(point.config.server.rounds)
+    interrupts.raise_if_requested()
     return
   # Points whose data fails (such as a partition that cannot give every
   # client a row) are recorded as errors; the rest split by shape.
@@ -928,6 +928,10 @@ def _run_group(group, run_dir, rounds_writer, bar, log, interval_s):
           'memory')
     for batch in batches:
       yield from _run_batch(batch, run_dir, rounds_writer, bar, interval_s)
+      # A stop request is honoured only once the caller has recorded every
+      # point of the batch: stopping between them recorded part of a batch,
+      # and the resume trained the rest again and repeated their rounds.
+      interrupts.raise_if_requested()
 
 
 def _point_bytes(prepared: study.Prepared) -> int:

@@ -12,6 +12,7 @@ import pytest
 from fedjax_med import cli
 from fedjax_med import config as config_lib
 from fedjax_med import errors
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med import sweep as sweep_lib
 from fedjax_med.data import federated
@@ -242,6 +243,31 @@ def test_resumed_sweep_runs_only_missing_points(tmp_path):
     changed = sweep_lib.sweep_from_document(
         {'seeds': [0], 'client.learning_rate': [0.01, 0.05]}, base)
     sweep_lib.run_sweep(base, changed, run_dir, resume=True, progress=False)
+
+
+def test_stop_during_batch_records_whole_batch(tmp_path, monkeypatch):
+  # A stop request that arrived while a finished batch's records were
+  # built stopped after the first point; the resume trained the others
+  # again and wrote their rounds twice.
+  base = _base()
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
+  original = sweep_lib._point_metrics
+  calls = []
+
+  def metrics_then_stop(*args, **kwargs):
+    if not calls:
+      interrupts.request_stop()
+    calls.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(sweep_lib, '_point_metrics', metrics_then_stop)
+  with pytest.raises(errors.StudyInterrupted) as stopped:
+    sweep_lib.run_sweep(base, axes, tmp_path / 'sweep', progress=False)
+
+  assert stopped.value.rounds_done == 3
+  run_dir = tmp_path / 'sweep'
+  lines = (run_dir / 'rounds.jsonl').read_text().splitlines()
+  assert len(lines) == 3 * base.server.rounds
 
 
 def test_locked_sweep_resume_leaves_files(tmp_path):
