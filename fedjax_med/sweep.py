@@ -652,9 +652,16 @@ def _prune_rounds(run_dir: pathlib.Path, finished: set[int]) -> None:
   if not path.exists():
     return
   kept_up_to = {}
-  for saved in _read_batch_progress(run_dir).values():
+  for name, saved in _read_batch_progress(run_dir).items():
+    # A batch whose checkpoint is gone starts again from round 0, so its
+    # rounds must go too, or they would be written twice.
+    checkpointer = checkpoint_lib.Checkpointer(run_dir, 0, name=name)
+    try:
+      present = saved['rounds_done'] in checkpointer.all_steps()
+    finally:
+      checkpointer.close()
     for index in saved['points']:
-      kept_up_to[index] = saved['rounds_done']
+      kept_up_to[index] = saved['rounds_done'] if present else 0
   kept = []
   for line in path.read_text(encoding='utf-8').splitlines():
     try:

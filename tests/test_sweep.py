@@ -270,6 +270,28 @@ def test_stop_during_batch_records_whole_batch(tmp_path, monkeypatch):
   assert len(lines) == 3 * base.server.rounds
 
 
+def test_resume_without_batch_checkpoint_writes_rounds_once(tmp_path):
+  # batches.json said the batch had 2 rounds on disk, but its checkpoint
+  # was gone: the batch started again from round 0 while rounds.jsonl kept
+  # rounds 1 and 2, so they were written twice.
+  base = _base()
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
+  run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                   progress=False)
+  (run_dir / 'points.jsonl').write_text('')
+  progress_path = run_dir / 'checkpoints' / 'batches.json'
+  progress_path.parent.mkdir(exist_ok=True)
+  progress_path.write_text(json.dumps(
+      {'checkpoints/batch-0000': {'points': [0, 1, 2], 'rounds_done': 2}}))
+
+  sweep_lib.run_sweep(base, axes, run_dir, resume=True, progress=False)
+
+  rounds = [json.loads(line) for line in
+            (run_dir / 'rounds.jsonl').read_text().splitlines()]
+  keys = [(record['point'], record['round']) for record in rounds]
+  assert len(keys) == len(set(keys)) == 3 * base.server.rounds
+
+
 def test_locked_sweep_resume_leaves_files(tmp_path):
   # A second `sweep --resume` rewrote points.jsonl and rounds.jsonl before
   # it found the folder locked by the running sweep.
