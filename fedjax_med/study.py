@@ -1018,9 +1018,11 @@ def run_study(
       None if out_dir is None else pathlib.Path(out_dir), config.name
   )
   outputs.write_json(run_dir / 'config.json', config_lib.to_dict(config))
-  outputs.write_json(
-      run_dir / 'provenance.json', provenance.collect(dataset.source_files)
-  )
+  record = provenance.collect(dataset.source_files)
+  # A resume compares it, so that an edited config.json is rejected also
+  # when no checkpoint holds the config to compare with.
+  record['config_sha256'] = provenance.sha256_file(run_dir / 'config.json')
+  outputs.write_json(run_dir / 'provenance.json', record)
   with outputs.lock_run_dir(run_dir):
     return _continue(config, run, run_dir, progress=progress,
                      on_round=on_round,
@@ -1094,9 +1096,13 @@ def resume_study(
   config_lib.validate(config)
   with outputs.lock_run_dir(run_dir):
     run = _build_run(config)
-    _check_same_data(run_dir, run['prepared'].dataset)
+    recorded = _check_same_data(run_dir, run['prepared'].dataset)
     history = run['history']
     restored = _restore_newest(run_dir, history, log)
+    if restored is None:
+      # A checkpoint's config is compared key by key in `_restore_newest`;
+      # without one, only the hash recorded at the start can tell.
+      _check_config_hash(run_dir, recorded)
     done = 0 if restored is None else restored.rounds_done
     kept = checkpoint_lib.truncate_metrics(run_dir / 'metrics.jsonl', done)
     if restored is None:
@@ -1195,16 +1201,16 @@ def check_checkpoint_interval(interval_s) -> None:
     )
 
 
-def _check_same_data(run_dir: pathlib.Path, dataset) -> None:
+def _check_same_data(run_dir: pathlib.Path, dataset) -> dict[str, Any]:
   """Refuse to resume when a data file changed since the run started.
 
   `provenance.json` is written right after `config.json` when a run
   starts, so without it the check cannot run, and a resume could train on
-  other data without notice.
+  other data without notice. Returns the provenance record.
   """
   try:
-    recorded = json.loads(
-        (run_dir / 'provenance.json').read_text())['data_files']
+    record = json.loads((run_dir / 'provenance.json').read_text())
+    recorded = record['data_files']
   except (OSError, ValueError, KeyError, TypeError):
     raise InputError(
         f'{run_dir}/provenance.json is missing or unreadable, so the resume '
@@ -1232,6 +1238,22 @@ def _check_same_data(run_dir: pathlib.Path, dataset) -> None:
           'the resumed rounds would train on other data. Restore the file, '
           'or start a new run.'
       )
+  return record
+
+
+def _check_config_hash(run_dir: pathlib.Path, record: dict) -> None:
+  """Refuse to resume when `config.json` differs from the one at the start.
+
+  Runs started before the hash was recorded have no `config_sha256`.
+  """
+  config_hash = record.get('config_sha256')
+  if config_hash is not None and config_hash != provenance.sha256_file(
+      run_dir / 'config.json'):
+    raise InputError(
+        f'{run_dir}/config.json changed since the run started, so the '
+        'resumed rounds would follow other settings. Restore it, or start a '
+        'new run with the new settings.'
+    )
 
 
 def _continue(config, run, run_dir, *, progress, on_round,

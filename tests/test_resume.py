@@ -228,6 +228,22 @@ def test_summary_written_after_other_outputs(tmp_path, monkeypatch):
   assert not (run_dir / 'summary.json').exists()
 
 
+def test_resume_without_checkpoint_rejects_edited_config(
+    uninterrupted, tmp_path):
+  # With no checkpoint to compare with, the edited config.json was used
+  # and the whole run was redone under the new settings.
+  run_dir = tmp_path / 'early'
+  run_dir.mkdir()
+  (run_dir / 'provenance.json').write_text(
+      (uninterrupted / 'provenance.json').read_text())
+  config = json.loads((uninterrupted / 'config.json').read_text())
+  config['client']['learning_rate'] = 0.5
+  (run_dir / 'config.json').write_text(json.dumps(config))
+
+  with pytest.raises(InputError, match='config.json changed'):
+    study.resume_study(run_dir, progress=False)
+
+
 def test_resume_rejects_missing_provenance(uninterrupted, tmp_path):
   # Without provenance.json the data check returned silently, so a run
   # resumed on edited data without notice.
