@@ -196,17 +196,20 @@ def test_quantization_norm_grows_with_weight_bound():
     # moves the mean (norm 1) by its relative error.
     expected = np.sqrt(clients * (4 + 1) / 6) / plan.scale / (
         clients * 20 / weight_bound)
-    trial_errors = []
-    for seed in range(20):
-      keys = jax.random.split(jax.random.key(seed), clients)
-      mean, failed, metrics = aggregate(
-          updates, weights, everyone, everyone, keys,
-          jax.random.key(100 + seed))
-      assert not bool(failed)
-      trial_errors.append(
-          float(jnp.linalg.norm(mean['w'] - updates['w'][0])))
+    seeds = jnp.arange(20)
+    client_keys = jax.vmap(
+        lambda seed: jax.random.split(jax.random.key(seed), clients))(seeds)
+    round_keys = jax.vmap(jax.random.key)(100 + seeds)
+    # One compiled program for the 20 trials.
+    trials = jax.jit(jax.vmap(
+        aggregate, in_axes=(None, None, None, None, 0, 0)))
+    mean, failed, metrics = trials(
+        updates, weights, everyone, everyone, client_keys, round_keys)
+    assert not np.any(np.asarray(failed))
+    trial_errors = np.linalg.norm(
+        np.asarray(mean['w']) - np.asarray(updates['w'][0]), axis=1)
     errors[weight_bound] = np.sqrt(np.mean(np.square(trial_errors)))
-    metric[weight_bound] = float(metrics['secagg_quantization_norm'])
+    metric[weight_bound] = float(metrics['secagg_quantization_norm'][0])
     # The metric divides by the decoded total weight, 0.002 or 0.2 up to
     # a few ring units of rounding.
     np.testing.assert_allclose(metric[weight_bound], expected, rtol=0.3)
