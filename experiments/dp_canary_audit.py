@@ -32,7 +32,6 @@ allows: the canary's contribution is the only signal beside the noise.
 import argparse
 import json
 import math
-import os
 import pathlib
 import sys
 import time
@@ -326,30 +325,8 @@ def _parse_args(argv):
   if not all(0 < value < math.inf for value in args.noise_multipliers):
     parser.error('--noise-multipliers must all be positive and finite; got '
                  f'{args.noise_multipliers}.')
-  _check_out_path(parser, args.out)
+  script_help.check_out_path(parser, args.out)
   return args
-
-
-def _check_out_path(parser: argparse.ArgumentParser, path) -> None:
-  """Reject an --out path that cannot be written, before the audit runs."""
-  if path is None:
-    return
-  if path.is_dir():
-    parser.error(f'--out must be a file path; {path} is a folder.')
-  if path.exists():
-    if not os.access(path, os.W_OK):
-      parser.error(f'--out: {path} is not writable. Pick another path.')
-    return
-  # `main` creates missing folders, so check the nearest existing one.
-  folder = path.parent
-  while not folder.exists():
-    folder = folder.parent
-  if not folder.is_dir():
-    parser.error(f'--out: {folder} is a file, not a folder. Pick another '
-                 'path.')
-  if not os.access(folder, os.W_OK | os.X_OK):
-    parser.error(f'--out: the folder {folder} is not writable. Pick another '
-                 'path.')
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,6 @@ changes the former and keeps the latter.
 
 import argparse
 import math
-import os
 import pathlib
 import sys
 import time
@@ -328,26 +327,8 @@ def _parse_args(argv):
     parser.error(
         f'--seed must be in [0, {config_lib.MAX_SEED}]; got {args.seed}.'
     )
-  _check_out_path(parser, args.out)
+  script_help.check_out_path(parser, args.out)
   return args
-
-
-def _check_out_path(parser: argparse.ArgumentParser, path) -> None:
-  """Reject an --out path that cannot be written, before the run starts."""
-  if path is None:
-    return
-  if path.is_dir():
-    parser.error(f'--out must be a file path; {path} is a folder.')
-  # `main` creates missing folders, so check the nearest existing one.
-  folder = path.parent
-  while not folder.exists():
-    folder = folder.parent
-  if not folder.is_dir():
-    parser.error(f'--out: {folder} is a file, not a folder. Pick another '
-                 'path.')
-  if not os.access(folder, os.W_OK | os.X_OK):
-    parser.error(f'--out: the folder {folder} is not writable. Pick another '
-                 'path.')
 
 
 def main(argv=None) -> int:

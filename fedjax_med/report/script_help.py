@@ -30,3 +30,28 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     # argparse %-formats the help text, so a literal % must be doubled.
     written = written.replace('%', '%%')
     return f'{text} (default: {written})' if text else f'default: {written}'
+
+
+def check_out_path(parser: argparse.ArgumentParser, path) -> None:
+  """Reject an `--out` file path that cannot be written, before a run.
+
+  Missing folders are fine, because the scripts create them, so the
+  nearest existing folder is checked instead.
+  """
+  if path is None:
+    return
+  if path.is_dir():
+    parser.error(f'--out must be a file path; {path} is a folder.')
+  if path.exists():
+    if not os.access(path, os.W_OK):
+      parser.error(f'--out: {path} is not writable. Pick another path.')
+    return
+  folder = path.parent
+  while not folder.exists():
+    folder = folder.parent
+  if not folder.is_dir():
+    parser.error(f'--out: {folder} is a file, not a folder. Pick another '
+                 'path.')
+  if not os.access(folder, os.W_OK | os.X_OK):
+    parser.error(f'--out: the folder {folder} is not writable. Pick another '
+                 'path.')
