@@ -1020,7 +1020,7 @@ def run_study(
   outputs.write_json(run_dir / 'config.json', config_lib.to_dict(config))
   record = provenance.collect(dataset.source_files)
   # A resume compares it, so that an edited config.json is rejected also
-  # when no checkpoint holds the config to compare with.
+  # when no checkpoint contains the config to compare with.
   record['config_sha256'] = provenance.sha256_file(run_dir / 'config.json')
   outputs.write_json(run_dir / 'provenance.json', record)
   with outputs.lock_run_dir(run_dir):

@@ -33,7 +33,7 @@ def test_quick_run_writes_outputs(quick_run, markdown_tables):
   assert len(malicious) == 2
   assert len(images) == 5
   assert len(records) == 13
-  # Both pages say that the scores are of clipped reconstructions. The
+  # Both pages state that the scores are of clipped reconstructions. The
   # check sits here, not in a test of its own, so that pytest-xdist does
   # not run the 28 s fixture a second time on the other worker.
   statement = (

@@ -247,8 +247,8 @@ def test_resumed_sweep_runs_only_missing_points(tmp_path):
 
 def test_stop_during_batch_records_whole_batch(tmp_path, monkeypatch):
   # A stop request that arrived while a finished batch's records were
-  # built stopped after the first point; the resume trained the others
-  # again and wrote their rounds twice.
+  # built stopped after the first point. The resume then trained the
+  # others again and wrote their rounds twice.
   base = _base()
   axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
   original = sweep_lib._point_metrics
@@ -271,9 +271,9 @@ def test_stop_during_batch_records_whole_batch(tmp_path, monkeypatch):
 
 
 def test_resume_without_batch_checkpoint_writes_rounds_once(tmp_path):
-  # batches.json said the batch had 2 rounds on disk, but its checkpoint
-  # was gone: the batch started again from round 0 while rounds.jsonl kept
-  # rounds 1 and 2, so they were written twice.
+  # batches.json recorded 2 rounds of the batch on disk, but its
+  # checkpoint was gone. The batch started again from round 0 while
+  # rounds.jsonl kept rounds 1 and 2, so they were written twice.
   base = _base()
   axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
   run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',

@@ -309,8 +309,8 @@ def _rotation_keys(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
 
 
 # QSGD. The quantizers work on `ldexp(x, -e)`, an exact rescaling to about
-# 1, so that a huge norm or a tiny range divided by many levels stays a
-# normal float; see `fedjax_med.tree.power_of_two_exponent`.
+# 1. So a huge norm, or a tiny range divided by many levels, stays a normal
+# float (see `fedjax_med.tree.power_of_two_exponent`).
 
 
 def _l2_norm(vector: jax.Array) -> jax.Array:
