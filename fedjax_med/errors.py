@@ -9,6 +9,14 @@ class InputError(ValueError):
   """Invalid user input: a config value, a data file or a command-line flag."""
 
 
+class DataCheckError(InputError):
+  """Data files of a resume that changed, or that cannot be checked.
+
+  A sweep stops at this error instead of recording the point as failed,
+  because every later point would read the same files.
+  """
+
+
 class TrainingDiverged(RuntimeError):
   """The global model's parameters became NaN or infinite during a study."""
 

@@ -36,6 +36,7 @@ from fedjax_med.data import partitions
 from fedjax_med.data import scanner
 from fedjax_med.data import synthetic
 from fedjax_med.data import tabular as tabular_data
+from fedjax_med.errors import DataCheckError
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
 from fedjax_med.errors import TrainingDiverged
@@ -980,6 +981,7 @@ def run_study(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_interval_s: float = checkpoint_lib.DEFAULT_INTERVAL_S,
     tensorboard: bool = False,
+    data_check: Callable[[tuple[pathlib.Path, ...]], None] | None = None,
 ) -> tuple[pathlib.Path, dict[str, Any]]:
   """Run a study and write its output folder.
 
@@ -994,6 +996,9 @@ def run_study(
       `resume_study` continues from the newest one.
     tensorboard: also write each round's metrics as TensorBoard scalars to
       `tensorboard/` in the run folder (needs the `tensorboardX` package).
+    data_check: called with the data files once they are loaded, before the
+      output folder is created; it raises to refuse them. A sweep uses it
+      to keep its points on the files it started with.
 
   Returns:
     The output folder and the summary written to `summary.json`.
@@ -1014,6 +1019,8 @@ def run_study(
       name=config_lib.run_name(config))
   run = _build_run(config)
   dataset = run['prepared'].dataset
+  if data_check is not None:
+    data_check(dataset.source_files)
   run_dir = outputs.make_run_dir(
       None if out_dir is None else pathlib.Path(out_dir), config.name
   )
@@ -1212,7 +1219,7 @@ def _check_same_data(run_dir: pathlib.Path, dataset) -> dict[str, Any]:
     record = json.loads((run_dir / 'provenance.json').read_text())
     recorded = record['data_files']
   except (OSError, ValueError, KeyError, TypeError):
-    raise InputError(
+    raise DataCheckError(
         f'{run_dir}/provenance.json is missing or unreadable, so the resume '
         'cannot check that the data files are unchanged. Restore it, or '
         'start a new run.'
@@ -1223,7 +1230,7 @@ def _check_same_data(run_dir: pathlib.Path, dataset) -> dict[str, Any]:
   removed = sorted(set(recorded) - current)
   if added or removed:
     listed = ', '.join((added + removed)[:3])
-    raise InputError(
+    raise DataCheckError(
         f'The data files differ from those of the run in {run_dir}: '
         f'{len(added)} added and {len(removed)} missing ({listed}). A '
         'relative data path may resolve to another folder from here. '
@@ -1233,7 +1240,7 @@ def _check_same_data(run_dir: pathlib.Path, dataset) -> dict[str, Any]:
   for path in dataset.source_files:
     key = str(pathlib.Path(path).resolve())
     if recorded[key] != provenance.sha256_file(pathlib.Path(path)):
-      raise InputError(
+      raise DataCheckError(
           f'Data file {key} changed since the run in {run_dir} started, so '
           'the resumed rounds would train on other data. Restore the file, '
           'or start a new run.'

@@ -64,11 +64,13 @@ from fedjax_med import interrupts
 from fedjax_med import matrix as matrix_lib
 from fedjax_med import study
 from fedjax_med.data import federated
+from fedjax_med.errors import DataCheckError
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
 from fedjax_med.errors import TrainingDiverged
 from fedjax_med.report import outputs
 from fedjax_med.report import plots
+from fedjax_med.report import provenance
 from fedjax_med.simulation import evaluate as evaluate_lib
 
 # Config values a batched group may vary; each enters the round as an array.
@@ -741,8 +743,9 @@ def _run_single(point: Point, run_dir: pathlib.Path,
       _, summary = study.resume_study(out, progress=False,
                                       checkpoint_interval_s=interval_s)
     else:
-      _, summary = study.run_study(point.config, out, progress=False,
-                                   checkpoint_interval_s=interval_s)
+      _, summary = study.run_study(
+          point.config, out, progress=False, checkpoint_interval_s=interval_s,
+          data_check=lambda files: _check_data(run_dir, files))
   except TrainingDiverged:
     summary = json.loads((out / 'summary.json').read_text())
     return {'status': 'diverged', 'mode': 'loop',
@@ -874,6 +877,9 @@ def _run_locked(run_dir, resume, settings, all_points, sweep, name, progress,
                    for r in records.values())
     _prune_rounds(run_dir, set(records))
   else:
+    # The data files are added as the points load them, and checked
+    # against the record when a resumed sweep loads them again.
+    outputs.write_json(run_dir / 'provenance.json', provenance.collect(()))
     outputs.write_json(run_dir / 'sweep.json', settings)
   todo = [point for point in all_points if point.index not in records]
   groups = plan(todo)
@@ -922,6 +928,7 @@ def _run_group(group, run_dir, rounds_writer, bar, log, interval_s):
       bar.update(point.config.server.rounds)
       yield point, {'status': 'error', 'mode': 'not run', 'error': str(error)}
       continue
+    _check_data(run_dir, prepared.dataset.source_files)
     by_signature.setdefault(_signature(prepared), []).append(
         (point, prepared))
   if len(by_signature) > 1:
@@ -996,9 +1003,15 @@ def _run_batch(members, run_dir, rounds_writer, bar, interval_s):
     yield point, record
 
 
+def _check_data(run_dir, data_files) -> None:
+  provenance.check_data_files(run_dir, data_files, 'sweep')
+
+
 def _run_single_recorded(point, run_dir, interval_s):
   try:
     return _run_single(point, run_dir, interval_s)
+  except DataCheckError:
+    raise
   except InputError as error:
     return {'status': 'error', 'mode': 'loop', 'error': str(error)}
 

@@ -327,6 +327,34 @@ def test_resume_names_changed_setting(tmp_path):
   assert len(_records(run_dir)) == 1
 
 
+def test_resumed_matrix_rejects_changed_data(tmp_path):
+  # The cells run after an edit of the data file trained on other data
+  # than the finished ones, without a message.
+  path = tmp_path / 'clients.csv'
+  rows = ['site,x1,x2,y']
+  for site in ('a', 'b', 'c', 'd'):
+    for index in range(20):
+      rows.append(f'{site},{index / 20},{(index % 3) / 3},{index % 2}')
+  path.write_text('\n'.join(rows) + '\n')
+  base = _base(rounds=1, dataset='csv', csv_path=str(path),
+               client_column='site', label_column='y')
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('none',),
+      malicious_fractions=(0.0,), seeds=(0, 1),
+  )
+  run_dir, _ = matrix_lib.run_matrix(base, matrix, tmp_path / 'm',
+                                     progress=False)
+  lines = (run_dir / 'cells.jsonl').read_text().splitlines()
+  (run_dir / 'cells.jsonl').write_text(lines[0] + '\n')
+  path.write_text(path.read_text().replace('a,0.0,', 'a,0.5,', 1))
+
+  with pytest.raises(errors.DataCheckError, match='changed since the matrix'):
+    matrix_lib.run_matrix(base, matrix, run_dir, resume=True, progress=False)
+  (run_dir / 'provenance.json').unlink()
+  with pytest.raises(errors.DataCheckError, match='provenance.json is missing'):
+    matrix_lib.run_matrix(base, matrix, run_dir, resume=True, progress=False)
+
+
 def test_resume_rejection_names_every_changed_setting():
   base = config_lib.to_dict(config_lib.ExperimentConfig())
   saved = json.loads(json.dumps({'base': base, 'matrix': {'seeds': [0, 1]}}))

@@ -3,6 +3,7 @@
 import json
 import pathlib
 import re
+import shutil
 import types
 
 import numpy as np
@@ -290,6 +291,49 @@ def test_resume_without_batch_checkpoint_writes_rounds_once(tmp_path):
             (run_dir / 'rounds.jsonl').read_text().splitlines()]
   keys = [(record['point'], record['round']) for record in rounds]
   assert len(keys) == len(set(keys)) == 3 * base.server.rounds
+
+
+def _csv_data(tmp_path):
+  """Return a CSV of two hospitals and the settings that load it."""
+  path = tmp_path / 'clients.csv'
+  rows = ['site,x1,x2,y']
+  for site in ('a', 'b'):
+    for index in range(20):
+      rows.append(f'{site},{index / 20},{(index % 3) / 3},{index % 2}')
+  path.write_text('\n'.join(rows) + '\n')
+  return path, {'dataset': 'csv', 'csv_path': str(path),
+                'client_column': 'site', 'label_column': 'y',
+                'bootstrap_resamples': 100}
+
+
+@pytest.mark.parametrize('overrides, unfinished', [
+    ({}, 'none'), ({'finetune_steps': 1}, 'none'),
+    ({'finetune_steps': 1}, 'half')], ids=['batched', 'loop', 'loop-resumed'])
+def test_resumed_sweep_rejects_changed_data(tmp_path, overrides, unfinished):
+  # A resumed sweep did not check its data files, so the points run after
+  # an edit trained on other data than the finished ones. A point whose
+  # own run refused the data was recorded as an error, and the sweep went
+  # on with the next point.
+  path, data = _csv_data(tmp_path)
+  base = _base(**data, **overrides)
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
+  run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                   progress=False)
+  recorded = json.loads((run_dir / 'provenance.json').read_text())
+  assert list(recorded['data_files']) == [str(path.resolve())]
+  lines = (run_dir / 'points.jsonl').read_text().splitlines()
+  (run_dir / 'points.jsonl').write_text(lines[0] + '\n')
+  for index in (1, 2):
+    point_dir = run_dir / 'runs' / f'point-{index:04d}'
+    if unfinished == 'half':
+      (point_dir / 'summary.json').unlink()
+    elif point_dir.exists():
+      shutil.rmtree(point_dir)
+  path.write_text(path.read_text().replace('a,0.0,', 'a,0.5,', 1))
+
+  with pytest.raises(errors.DataCheckError, match='changed since the'):
+    sweep_lib.run_sweep(base, axes, run_dir, resume=True, progress=False)
+  assert len((run_dir / 'points.jsonl').read_text().splitlines()) == 1
 
 
 def test_locked_sweep_resume_leaves_files(tmp_path):

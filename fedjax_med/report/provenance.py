@@ -1,6 +1,7 @@
 """Provenance of a run: software versions, device, git commit, data checksums."""
 
 import hashlib
+import json
 import importlib.metadata
 import pathlib
 import platform
@@ -11,6 +12,8 @@ from typing import Any, Iterable
 import jax
 
 import fedjax_med
+from fedjax_med.errors import DataCheckError
+from fedjax_med.report import outputs
 
 
 def sha256_file(path: pathlib.Path) -> str:
@@ -19,6 +22,63 @@ def sha256_file(path: pathlib.Path) -> str:
     for block in iter(lambda: stream.read(1 << 20), b''):
       digest.update(block)
   return digest.hexdigest()
+
+
+# Checksums by (path, size, modification time), so that a sweep whose
+# points read the same files hashes each file once.
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_sha256(path: pathlib.Path) -> str:
+  stat = path.stat()
+  key = (str(path), stat.st_size, stat.st_mtime_ns)
+  if key not in _HASHES:
+    _HASHES[key] = sha256_file(path)
+  return _HASHES[key]
+
+
+def check_data_files(run_dir: pathlib.Path, data_files: Iterable[pathlib.Path],
+                     kind: str) -> None:
+  """Check a sweep's or matrix's data files against `provenance.json`.
+
+  A file not yet recorded is added: points of one sweep may read different
+  files. A recorded file whose checksum changed raises InputError, so that
+  the points run after the change do not train on other data than the
+  points before it.
+
+  Args:
+    run_dir: the sweep or matrix folder, with the `provenance.json` that
+      `collect` wrote when it started.
+    data_files: the files a point or cell is about to read.
+    kind: 'sweep' or 'matrix', for the message.
+  """
+  path = run_dir / 'provenance.json'
+  try:
+    record = json.loads(path.read_text())
+    recorded = record['data_files']
+  except (OSError, ValueError, KeyError, TypeError):
+    raise DataCheckError(
+        f'{path} is missing or unreadable, so the {kind} cannot check that '
+        'its data files are unchanged. Restore it, or start a new '
+        f'{kind}.'
+    ) from None
+  added = False
+  for data_file in data_files:
+    key = str(pathlib.Path(data_file).resolve())
+    digest = _cached_sha256(pathlib.Path(key))
+    if key not in recorded:
+      recorded[key] = digest
+      added = True
+    elif recorded[key] != digest:
+      units = 'cells' if kind == 'matrix' else 'points'
+      raise DataCheckError(
+          f'Data file {key} changed since the {kind} in {run_dir} started, '
+          f'so the remaining {units} would train on other data than the '
+          'finished ones. Restore the file, or start a new '
+          f'{kind}.'
+      )
+  if added:
+    outputs.write_json(path, record)
 
 
 def _version(package: str) -> str | None:
