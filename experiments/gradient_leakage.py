@@ -574,20 +574,13 @@ def run(sizes, *, seed, out_dir, command) -> list[dict[str, Any]]:
   return records
 
 
-def _seed(text: str) -> int:
-  value = int(text)
-  if not 0 <= value < 2**31:
-    raise argparse.ArgumentTypeError(f'{value} is not in [0, 2**31)')
-  return value
-
-
 def _parse_args(argv):
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--quick', action='store_true',
                       help='reduced sizes for a smoke test.')
-  parser.add_argument('--seed', type=_seed, default=0,
+  parser.add_argument('--seed', type=script_help.seed_type(2**31), default=0,
                       help='seed of the model, clients, noise and attacks '
                       '(default: 0).')
   parser.add_argument('--out', type=pathlib.Path, default=None,

@@ -205,7 +205,7 @@ def run_models(aligned: data.AlignedData, sizes: dict[str, Any], seed: int,
     record('vertical, secret sharing', loss, result.model, everyone,
            float(np.median(result.epoch_seconds)), sizes['epochs'],
            max_weight_gap=float(gap),
-           cost=result.ledger.as_dict(per=sizes['epochs']))
+           cost=result.epochs_ledger.as_dict(per=sizes['epochs']))
 
   epochs = sizes['paillier_epochs']
   result = paillier.train(x, y, settings('taylor', epochs), names,
@@ -217,7 +217,7 @@ def run_models(aligned: data.AlignedData, sizes: dict[str, Any], seed: int,
          float(np.median(result.epoch_seconds)), epochs,
          max_weight_gap=float(gap), key_bits=sizes['key_bits'],
          loss_seconds=float(np.median(result.loss_seconds)),
-         cost=result.ledger.as_dict(per=epochs))
+         cost=result.epochs_ledger.as_dict(per=epochs))
   return rows
 
 
@@ -382,21 +382,13 @@ def run(sizes: dict[str, Any], *, seed: int, out_dir: pathlib.Path,
   return psi_record, rows
 
 
-def _seed(text: str) -> int:
-  """Parse a seed of the split, PSI, shares and masks: an int in [0, 2**32)."""
-  value = int(text)
-  if not 0 <= value < 2**32:
-    raise argparse.ArgumentTypeError(f'{value} is not in [0, 2**32)')
-  return value
-
-
 def _parse_args(argv):
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--quick', action='store_true',
                       help=f'the reduced sizes {QUICK}, for a smoke test.')
-  parser.add_argument('--seed', type=_seed, default=0,
+  parser.add_argument('--seed', type=script_help.seed_type(2**32), default=0,
                       help='seed of the split, PSI keys, shares and masks '
                       '(default: 0).')
   parser.add_argument('--out', type=pathlib.Path, default=None,

@@ -1277,6 +1277,16 @@ def _validate_sampling_and_privacy(config: ExperimentConfig) -> None:
       'sampling.sampling_rate', sampling.sampling_rate, 0.0, 1.0, low_open=True
   )
   _require_range('sampling.dropout_rate', sampling.dropout_rate, 0.0, 1.0)
+  if sampling.dropout_rate == 1.0 and config.privacy.noise in (
+      'central', 'distributed'):
+    # The fixed denominator is the expected reporting weight, 0 here, so
+    # every round would add its noise divided by a floor of 1e-12.
+    raise InputError(
+        f'`sampling.dropout_rate=1.0` with `privacy.noise='
+        f'{config.privacy.noise}` leaves no client to report, so every round '
+        'would apply noise alone, scaled by an expected reporting weight of '
+        '0. Use a dropout rate below 1.'
+    )
 
   _validate_privacy(config)
   _validate_secure_aggregation(config)

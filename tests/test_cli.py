@@ -181,6 +181,11 @@ def test_matrix_file_refused_by_run(capsys):
     (['--set', 'local_epochs=2', '--set', 'local_steps=7'],
      '`client.local_steps` has no effect'),
     (['--set', 'bootstrap_resamples=1'], 'evaluation.bootstrap_resamples'),
+    # Every round applied central noise divided by a floor of 1e-12, which
+    # gave parameters of about 1e12 without a message.
+    (['--set', 'dropout_rate=1.0', '--set', 'clip_norm=1.0', '--set',
+      'noise=central', '--set', 'noise_multiplier=1.0', '--set',
+      'aggregator=mean'], 'leaves no client to report'),
 ])
 def test_more_invalid_input_exits_2(capsys, tmp_path, args, expected):
   status, captured = _run_cli(capsys, *args, '--out', str(tmp_path / 'r'))

@@ -55,3 +55,25 @@ def check_out_path(parser: argparse.ArgumentParser, path) -> None:
   if not os.access(folder, os.W_OK | os.X_OK):
     parser.error(f'--out: the folder {folder} is not writable. Pick another '
                  'path.')
+
+
+def seed_type(limit: int):
+  """Return an argparse `type` that reads a seed in [0, limit).
+
+  A plain `int` type reports only the name of the function for text such
+  as `1.5`, so this one names the value and the range.
+  """
+
+  def seed(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f'{text!r} is not a seed; pass an integer in [0, {limit})'
+      ) from None
+    if not 0 <= value < limit:
+      raise argparse.ArgumentTypeError(
+          f'{value} is not in [0, {limit}); pass a seed in that range')
+    return value
+
+  return seed

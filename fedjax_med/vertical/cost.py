@@ -7,6 +7,7 @@ transcript, not a formula beside it.
 
 import collections
 import dataclasses
+import numbers
 
 COUNTERS = (
     'messages_sent',
@@ -40,22 +41,50 @@ class CostLedger:
         for party in self.parties
     }
 
+  def _check_party(self, party: str) -> None:
+    if party not in self.counts:
+      raise KeyError(f'unknown party {party!r}; the ledger has {self.parties}')
+
   def send(self, sender: str, receiver: str, num_bytes: int) -> None:
     """Record one message of `num_bytes` bytes from `sender` to `receiver`."""
+    self._check_party(sender)
+    self._check_party(receiver)
+    num_bytes = _count(num_bytes, 'num_bytes')
     self.counts[sender]['messages_sent'] += 1
-    self.counts[sender]['bytes_sent'] += int(num_bytes)
+    self.counts[sender]['bytes_sent'] += num_bytes
     self.counts[receiver]['messages_received'] += 1
-    self.counts[receiver]['bytes_received'] += int(num_bytes)
+    self.counts[receiver]['bytes_received'] += num_bytes
 
   def add(self, party: str, counter: str, amount: int = 1) -> None:
     """Add `amount` to one computation counter of `party`."""
     if counter not in COUNTERS:
       raise KeyError(f'unknown counter {counter!r}; use one of {COUNTERS}')
-    self.counts[party][counter] += int(amount)
+    self._check_party(party)
+    self.counts[party][counter] += _count(amount, 'amount')
+
+  def copy(self) -> 'CostLedger':
+    """Return a ledger with the same counts, which later records leave alone."""
+    copied = CostLedger(self.parties)
+    for party, counter in self.counts.items():
+      copied.counts[party].update(counter)
+    return copied
 
   def as_dict(self, per: int = 1) -> dict[str, dict[str, float]]:
     """Return the counts as plain dicts, each divided by `per` (epochs)."""
+    if isinstance(per, bool) or not isinstance(per, numbers.Integral) or (
+        per < 1):
+      raise ValueError(f'per={per!r} is invalid; pass a positive integer '
+                       'count, such as the number of epochs')
     return {
         party: {name: counter[name] / per for name in COUNTERS}
         for party, counter in self.counts.items()
     }
+
+
+def _count(value, name: str) -> int:
+  """Return `value` as an int, or raise ValueError for a non-count."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+      value < 0):
+    raise ValueError(f'{name}={value!r} is invalid; pass a whole number of '
+                     'bytes or operations, 0 or more')
+  return int(value)

@@ -62,6 +62,12 @@ class PartyData:
                        f'are not numeric arrays ({error}); pass numbers') from None
     object.__setattr__(self, 'features', features)
     object.__setattr__(self, 'labels', labels)
+    for field in ('ids', 'feature_names'):
+      # tuple('12') would split a single identifier into its characters.
+      if isinstance(getattr(self, field), (str, bytes)):
+        raise InputError(f'party {self.name!r} has {field}='
+                         f'{getattr(self, field)!r}, a single value; pass '
+                         'a list with one entry per row or column')
     object.__setattr__(self, 'ids', tuple(self.ids))
     object.__setattr__(self, 'feature_names', tuple(self.feature_names))
 
@@ -292,6 +298,10 @@ def align(
     repeated = next(i for i in common_ids if common_ids.count(i) > 1)
     raise InputError(f'common identifier {repeated!r} appears twice; pass '
                      'each common patient once')
+  if not common_ids:
+    raise InputError('common_ids is empty: the parties hold no patient in '
+                     'common, so there is nothing to train on. Check that '
+                     'every party uses the same identifiers')
   is_test = np.asarray([i in dataset.test_ids for i in common_ids], bool)
   if is_test.all() or not is_test.any():
     raise InputError(f'the {len(common_ids)} common patients include '

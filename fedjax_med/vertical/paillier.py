@@ -106,6 +106,9 @@ class PaillierResult:
     model: the trained weights and the losses that the arbiter decrypted.
     ledger: messages, bytes and Paillier operations of the whole run, key
       distribution included.
+    epochs_ledger: the same counts without the loss evaluation after the
+      last epoch, so each epoch counts only the evaluation at its start.
+      Divided by the epochs, they are the cost of one epoch.
     epoch_seconds: wall time of each epoch's gradient steps.
     loss_seconds: wall time of each loss evaluation, `epochs + 1` values.
     key_bits: bit length of the Paillier modulus n.
@@ -114,6 +117,7 @@ class PaillierResult:
 
   model: plaintext.LogisticModel
   ledger: cost.CostLedger
+  epochs_ledger: cost.CostLedger
   epoch_seconds: tuple[float, ...]
   loss_seconds: tuple[float, ...]
   key_bits: int
@@ -143,10 +147,17 @@ class _Session:
     if not np.isfinite(values).all():
       raise TrainingDiverged('a weight or logit became NaN or infinite; '
                              'lower learning_rate or standardize the features')
-    scaled = np.rint(values * 2.0**(-4 * exponent))
+    with np.errstate(over='ignore'):
+      scaled = np.rint(values * 2.0**(-4 * exponent))
     n = self.public_key.n
     encoded = []
-    for mantissa in scaled:
+    for value, mantissa in zip(values, scaled):
+      # A finite value can overflow to inf when scaled.
+      if not np.isfinite(mantissa):
+        raise TrainingDiverged(
+            f'a value of magnitude {abs(value):.3g} does not fit the '
+            f'{self.key_bits}-bit key; lower learning_rate or standardize '
+            'the features')
       mantissa = int(mantissa)
       if abs(mantissa) > self.public_key.max_int:
         raise TrainingDiverged(
@@ -487,7 +498,8 @@ def train(
   blocks = [np.asarray(x, np.float64) for x in features]
   labels = np.asarray(labels)
   _check_inputs(blocks, labels, settings, key_bits, seed)
-  names = _party_names(party_names, len(blocks))
+  key_bits = int(key_bits)
+  names = plaintext.party_names(party_names, len(blocks), ARBITER)
   if ledger is None:
     ledger = cost.CostLedger(names + (ARBITER,))
   elif tuple(ledger.parties) != names + (ARBITER,):
@@ -531,6 +543,7 @@ def train(
                                           weights, intercept, rows,
                                           host_logits, settings)
     epoch_seconds.append(time.perf_counter() - start)
+  epochs_ledger = ledger.copy()
   start = time.perf_counter()
   loss, _ = _evaluate_loss(session, arbiter, blocks, y, weights, intercept)
   losses.append(loss)
@@ -539,26 +552,8 @@ def train(
   model = plaintext.LogisticModel(weights=tuple(weights), intercept=intercept,
                                   losses=tuple(losses))
   messages = None if session.messages is None else tuple(session.messages)
-  return PaillierResult(model, ledger, tuple(epoch_seconds),
+  return PaillierResult(model, ledger, epochs_ledger, tuple(epoch_seconds),
                         tuple(loss_seconds), key_bits, messages)
-
-
-def _party_names(party_names: Sequence[str] | None,
-                 num_parties: int) -> tuple[str, ...]:
-  """Return validated party names, `party0`, `party1`, ... by default."""
-  if party_names is None:
-    return tuple(f'party{k}' for k in range(num_parties))
-  names = tuple(party_names)
-  if len(names) != num_parties:
-    raise InputError(f'party_names has {len(names)} names for {num_parties} '
-                     'feature blocks; give one per block')
-  if not all(isinstance(name, str) and name for name in names):
-    raise InputError(f'party_names={names!r} is invalid; use nonempty '
-                     'strings')
-  if len(set(names)) != len(names) or ARBITER in names:
-    raise InputError(f'party_names={names!r} is invalid; use distinct names '
-                     f'other than {ARBITER!r}')
-  return names
 
 
 def _check_inputs(blocks, labels, settings, key_bits, seed):
@@ -571,22 +566,21 @@ def _check_inputs(blocks, labels, settings, key_bits, seed):
   if len(blocks) < 2:
     raise InputError(f'vertical training needs at least 2 parties, got '
                      f'{len(blocks)} feature blocks')
-  if labels.ndim != 1 or labels.shape[0] == 0:
-    raise InputError(f'labels have shape {labels.shape}; expected [rows] with '
-                     'at least one row')
-  for k, x in enumerate(blocks):
-    if x.ndim != 2 or x.shape[0] != labels.shape[0]:
-      raise InputError(f'feature block {k} has shape {x.shape}; expected '
-                       f'[{labels.shape[0]}, columns], one row per label')
-    if not np.isfinite(x).all():
-      raise InputError(f'feature block {k} has a NaN or infinite value; '
-                       'impute or drop those rows first')
-  invalid = labels[~np.isin(labels, (0, 1))]
-  if invalid.size:
-    raise InputError(f'labels contain {invalid[0].item()!r}; labels must be '
-                     '0 or 1')
-  if (isinstance(key_bits, bool) or not isinstance(key_bits, int) or
-      key_bits < MIN_KEY_BITS or key_bits % 8):
+  plaintext.check_blocks(blocks, labels)
+  if (isinstance(key_bits, (bool, np.bool_))
+      or not isinstance(key_bits, (int, np.integer))
+      or key_bits < MIN_KEY_BITS or key_bits % 8):
     raise InputError(f'key_bits={key_bits!r} is invalid; use a multiple of 8 '
                      f'>= {MIN_KEY_BITS} (2048 or more outside tests)')
+  # Features are encoded as plaintexts with 64 fractional bits, and the
+  # encoding must stay below n / 3, about 2**(key_bits - 2).
+  # The encoding is computed in float64 first, which ends at 2**1024.
+  exponent = min(key_bits - 3, 1023) + 4 * EXPONENT
+  for k, x in enumerate(blocks):
+    largest = float(np.max(np.abs(x)))
+    if not largest < 2.0**exponent:
+      raise InputError(
+          f'feature block {k} has a value of magnitude {largest:.3g}, too '
+          f'large to encode for a {key_bits}-bit key (limit 2**{exponent}); '
+          'standardize the features')
   federated.check_seed(seed)

@@ -86,6 +86,33 @@ def check_finite(model_name: str, weights, intercept, epoch: int) -> None:
         'lower the learning rate')
 
 
+def party_names(names, num_parties: int, reserved: str) -> tuple[str, ...]:
+  """Return checked party names, `party0`, `party1`, ... by default.
+
+  Args:
+    names: one name per feature block, or None.
+    num_parties: the number of feature blocks.
+    reserved: the name of the protocol's helper party (the dealer or the
+      arbiter), which no party may take.
+  """
+  if names is None:
+    return tuple(f'party{k}' for k in range(num_parties))
+  if isinstance(names, (str, bytes)):
+    raise InputError(f'party_names={names!r} is a single value; pass one '
+                     'name per feature block')
+  names = tuple(names)
+  if len(names) != num_parties:
+    raise InputError(f'party_names has {len(names)} names for {num_parties} '
+                     'feature blocks; give one per block')
+  if not all(isinstance(name, str) and name for name in names):
+    raise InputError(f'party_names={names!r} is invalid; use nonempty '
+                     'strings')
+  if len(set(names)) != len(names) or reserved in names:
+    raise InputError(f'party_names={names!r} is invalid; use distinct names '
+                     f'other than {reserved!r}')
+  return names
+
+
 def check_blocks(features, labels) -> None:
   """Raise InputError unless the blocks and labels can be trained on."""
   if len(features) < 1:

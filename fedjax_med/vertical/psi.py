@@ -390,7 +390,8 @@ def _validate_inputs(id_sets, party_names, seed, ledger) -> None:
     count = 1 if isinstance(id_sets, str) else len(id_sets)
     raise InputError(f'PSI needs at least 2 parties, but id_sets has {count}; '
                      'pass one list of identifiers per party')
-  if isinstance(party_names, str) or len(party_names) != len(id_sets):
+  if (isinstance(party_names, str) or not isinstance(party_names, Sequence)
+      or len(party_names) != len(id_sets)):
     raise InputError(f'party_names={party_names!r} does not give one name '
                      f'per party; pass {len(id_sets)} names')
   for name in party_names:
@@ -417,6 +418,10 @@ def _validate_identifiers(name: str, ids) -> None:
   if isinstance(ids, (str, bytes)):
     raise InputError(f'the identifiers of party {name!r} are the single '
                      f'value {ids!r}; pass a list of identifiers')
+  if isinstance(ids, np.ndarray):
+    raise InputError(
+        f'the identifiers of party {name!r} are a NumPy array; pass '
+        '`ids.tolist()`, a list of str in row order')
   if not isinstance(ids, Sequence):
     raise InputError(
         f'the identifiers of party {name!r} are a {type(ids).__name__}, '

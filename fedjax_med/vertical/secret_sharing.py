@@ -48,7 +48,11 @@ DEALER = 'dealer'
 
 
 def encode(x: jax.Array, fraction_bits: int) -> jax.Array:
-  """Return `round(x * 2**fraction_bits)` as uint64 in two's complement."""
+  """Return `round(x * 2**fraction_bits)` as uint64 in two's complement.
+
+  Values whose encoding does not fit int64 saturate and NaN encodes to 0, so
+  callers check the range first, as `train` and `predict_logits` do.
+  """
   scaled = jnp.round(jnp.asarray(x, jnp.float64) * 2.0**fraction_bits)
   return jax.lax.bitcast_convert_type(scaled.astype(jnp.int64), jnp.uint64)
 
@@ -158,7 +162,7 @@ def _step(key, weights, intercept, features, labels, learning_rate, l2, *,
     r = 0.5 + z / 4 - labels
 
   gradients = [features[0].T @ r / rows]
-  largest_logit = jnp.max(jnp.stack([jnp.abs(u).max() for u in partial]))
+  largest_logit = _largest_logit_sum(partial)
   largest_product = jnp.zeros(())
   for k in range(1, num_parties):
     product, product_messages = shared_gradient(
@@ -175,12 +179,27 @@ def _step(key, weights, intercept, features, labels, learning_rate, l2, *,
                                                 largest_product)
 
 
+def _largest_logit_sum(partial):
+  """Return the largest sum of |partial logits| over the parties, per row.
+
+  The label holder decodes the sum of every party's encoded logits, so it
+  is this sum, not each party's part, that must fit the ring.
+  """
+  return jnp.max(sum(jnp.abs(u) for u in partial), initial=0.0)
+
+
 @functools.partial(jax.jit, static_argnames=('fraction_bits',))
 def _logits(key, weights, intercept, features, *, fraction_bits):
-  """Return the label holder's logits of `features`, by secure sum."""
+  """Return the label holder's logits of `features`, by secure sum.
+
+  Returns:
+    `(z, messages, largest)`: as `secure_logit_sum`, and the largest sum of
+    |partial logits| of a row, which the caller checks against the ring.
+  """
   partial = [x @ w for x, w in zip(features, weights)]
   partial[0] = partial[0] + intercept
-  return secure_logit_sum(key, partial, fraction_bits)
+  z, messages = secure_logit_sum(key, partial, fraction_bits)
+  return z, messages, _largest_logit_sum(partial)
 
 
 def _record(ledger: cost.CostLedger, names: Sequence[str],
@@ -213,12 +232,16 @@ class SecretSharingResult:
     model: the trained weights; `losses` were computed by the label holder
       from securely summed logits.
     ledger: messages and bytes of the whole run, the dealer included.
+    epochs_ledger: the same counts without the loss evaluation after the
+      last epoch, so each epoch counts only the evaluation at its start.
+      Divided by the epochs, they are the cost of one epoch.
     epoch_seconds: wall time of each epoch, after compilation.
     fraction_bits: fixed-point precision used.
   """
 
   model: plaintext.LogisticModel
   ledger: cost.CostLedger
+  epochs_ledger: cost.CostLedger
   epoch_seconds: tuple[float, ...]
   fraction_bits: int
 
@@ -273,24 +296,29 @@ def predict_logits(
       raise InputError(f'feature block {k} has a NaN or infinite value; '
                        'impute or drop those rows first')
   fraction_bits = _check_fraction_bits(fraction_bits)
+  names = plaintext.party_names(party_names, len(features), DEALER)
+  if ledger is not None and not set(names) <= set(ledger.parties):
+    raise InputError(f'the ledger has parties {ledger.parties}; it needs '
+                     f'{names}, the names of the parties')
   partial = [np.abs(x @ np.asarray(w, np.float64))
              for x, w in zip(features, model.weights)]
   partial[0] = partial[0] + abs(model.intercept)
-  largest = max(float(np.max(values, initial=0.0)) for values in partial)
+  largest = float(np.max(sum(partial), initial=0.0))
   limit = 2.0 ** (62 - fraction_bits)
   if not largest < limit:
     raise InputError(
-        f'a partial logit reaches {largest:.3g}, past the ring limit '
-        f'{limit:.3g} at fraction_bits={fraction_bits}; lower fraction_bits '
-        'or standardize the features as in training')
+        f'a row\'s sum of |partial logits| over the parties reaches '
+        f'{largest:.3g}, past the ring limit {limit:.3g} at '
+        f'fraction_bits={fraction_bits}; lower fraction_bits or standardize '
+        'the features as in training')
   with jax.enable_x64(True):
-    z, messages = _logits(
+    z, messages, _ = _logits(
         key, tuple(jnp.asarray(w) for w in model.weights),
         jnp.asarray(model.intercept, jnp.float64),
         tuple(jnp.asarray(x) for x in features),
         fraction_bits=fraction_bits)
     if ledger is not None:
-      _record(ledger, party_names, messages)
+      _record(ledger, names, messages)
     return np.asarray(z)
 
 
@@ -327,20 +355,13 @@ def train(
   labels = np.asarray(labels)
   _check_inputs(features, labels, fraction_bits)
   fraction_bits = int(fraction_bits)
-  names = tuple(party_names or [f'party{k}' for k in range(len(features))])
-  if len(names) != len(features):
-    raise InputError(f'party_names has {len(names)} names for '
-                     f'{len(features)} feature blocks; give one per block')
-  if len(set(names + (DEALER,))) != len(names) + 1:
-    raise InputError(f'party_names={list(names)} repeats a name or uses '
-                     f'{DEALER!r}, the name of the dealer; give every party '
-                     'a distinct name')
+  names = plaintext.party_names(party_names, len(features), DEALER)
   ledger = cost.CostLedger(names + (DEALER,))
   steps = plaintext.batch_indices(settings, labels.shape[0])
   steps_per_epoch = len(steps) // settings.epochs
-  # Overflow is ruled out while every encoded partial logit stays below
-  # 2**62 in magnitude, and every column sum of |x| * |r| of a gradient
-  # product, which carries 2 * fraction_bits, does too.
+  # Overflow is ruled out while every row's sum of |encoded partial
+  # logits| over the parties stays below 2**62, and every column sum of
+  # |x| * |r| of a gradient product, which carries 2 * fraction_bits, does too.
   limits = (2.0 ** (62 - fraction_bits), 2.0 ** (62 - 2 * fraction_bits))
 
   with jax.enable_x64(True):
@@ -353,8 +374,11 @@ def train(
 
     def monitored_loss(epoch):
       plaintext.check_finite('secret-sharing', weights, intercept, epoch)
-      z, messages = _logits(jax.random.fold_in(loss_key, epoch), weights,
-                            intercept, train_x, fraction_bits=fraction_bits)
+      z, messages, largest = _logits(
+          jax.random.fold_in(loss_key, epoch), weights, intercept, train_x,
+          fraction_bits=fraction_bits)
+      # The loss after the last epoch uses weights that no step checked.
+      _check_ring_limits([largest], limits[:1], epoch, fraction_bits)
       _record(ledger, names, messages)
       return plaintext.loss_value(settings.loss, np.asarray(z), labels)
 
@@ -379,20 +403,22 @@ def train(
       _check_ring_limits(np.max(np.asarray(largest), axis=0), limits, epoch,
                          fraction_bits)
       plaintext.check_finite('secret-sharing', weights, intercept, epoch)
+    epochs_ledger = ledger.copy()
     losses.append(monitored_loss(settings.epochs))
     model = plaintext.LogisticModel(
         weights=tuple(np.asarray(w) for w in weights),
         intercept=float(intercept),
         losses=tuple(losses),
     )
-  return SecretSharingResult(model, ledger, tuple(epoch_seconds),
+  return SecretSharingResult(model, ledger, epochs_ledger,
+                             tuple(epoch_seconds),
                              fraction_bits)
 
 
 def _check_ring_limits(reached, limits, epoch, fraction_bits):
   """Raise unless the epoch's largest logit and gradient sum fit the ring."""
   for value, limit, what in zip(reached, limits,
-                                ('partial logit', 'gradient sum')):
+                                ('sum of |partial logits|', 'gradient sum')):
     if not value < limit:  # also true for NaN
       raise InputError(
           f'a {what} reached {value:.3g} in epoch {epoch}, past the ring '

@@ -125,6 +125,8 @@ def test_align_missing_identifier_raises():
     (['p-1', 'p-1', 'p-3'], "'p-1' appears twice"),
     (['p-1', 3], 'has type int'),
     ('p-1', 'single value'),
+    # An empty intersection was reported as 0 patients of which 0 test.
+    ([], 'common_ids is empty'),
 ])
 def test_align_invalid_common_ids_raise(common, message):
   with pytest.raises(InputError, match=message):
@@ -158,6 +160,11 @@ def test_dataset_checks_parties():
         'other', other.ids, np.zeros((6, 0)), ())), frozenset())
   with pytest.raises(InputError, match='not numeric'):
     data.PartyData('other', other.ids, [['a']] * 6, ('c',))
+  # ids='12' became the identifiers '1' and '2'.
+  with pytest.raises(InputError, match="ids='12', a single value"):
+    data.PartyData('other', '12', np.zeros((2, 1)), ('c',))
+  with pytest.raises(InputError, match="feature_names='c', a single value"):
+    data.PartyData('other', other.ids, other.features, 'c')
 
 
 def test_party_data_accepts_lists():

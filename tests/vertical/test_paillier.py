@@ -11,6 +11,7 @@ import pytest
 from phe import paillier as phe_paillier
 
 from fedjax_med.errors import InputError
+from fedjax_med.errors import TrainingDiverged
 from fedjax_med.vertical import cost
 from fedjax_med.vertical import paillier
 from fedjax_med.vertical import plaintext
@@ -178,7 +179,8 @@ def test_hosts_cannot_strip_own_logits():
   assert (_strip_own_logits(exposed, own_logit, n) - 1) // n == 12345
 
 
-def _expected_counts(num_rows, widths, steps, epochs, key_bits):
+def _expected_counts(num_rows, widths, steps, epochs, key_bits,
+                     final_loss=True):
   """Derive every party's ledger counts from the protocol's message flow."""
   hosts = len(widths) - 1
   names = [f'party{k}' for k in range(len(widths))]
@@ -197,7 +199,7 @@ def _expected_counts(num_rows, widths, steps, epochs, key_bits):
     send(arbiter, name, mod_n_bytes)  # the public key
 
   n = num_rows
-  for _ in range(epochs + 1):  # loss evaluations
+  for _ in range(epochs + final_loss):  # loss evaluations
     for host in names[1:]:
       counts[host]['encryptions'] += n + 1  # [[u_h]] and its square sum
       send(host, guest, n * ciphertext_bytes)
@@ -241,12 +243,16 @@ def _expected_counts(num_rows, widths, steps, epochs, key_bits):
   return counts
 
 
-def test_ledger_counts_match_formulas(run):
+@pytest.mark.parametrize('field, final_loss', [
+    ('ledger', True), ('epochs_ledger', False)])
+def test_ledger_counts_match_formulas(run, field, final_loss):
+  # The per-epoch cost divided the whole ledger, with the loss evaluation
+  # after the last epoch, by the epochs: 20% too high at 5 epochs.
   features, labels, settings, result = run
   steps = plaintext.batch_indices(settings, len(labels))
   expected = _expected_counts(len(labels), WIDTHS, steps, settings.epochs,
-                              KEY_BITS)
-  got = result.ledger.as_dict()
+                              KEY_BITS, final_loss=final_loss)
+  got = getattr(result, field).as_dict()
   assert set(got) == set(expected)
   for party, counters in got.items():
     for counter, value in counters.items():
@@ -298,6 +304,13 @@ def _invalid_cases():
       'key not bytes': (features, labels, {'key_bits': 1020},
                         'key_bits=1020'),
       'key float': (features, labels, {'key_bits': 512.0}, 'key_bits=512.0'),
+      # Scaled by 2**64 to encode, such values overflowed to inf and raised
+      # a bare OverflowError; 1e200 raised TrainingDiverged.
+      'huge feature': ((features[0], features[1] * 1e300), labels, {},
+                       'feature block 1 has a value of magnitude .* too '
+                       'large to encode for a 512-bit key'),
+      'large feature': ((features[0] * 1e200, features[1]), labels, {},
+                        'feature block 0'),
       'negative seed': (features, labels, {'seed': -1}, 'integer >= 0.*got -1'),
       'names count': (features, labels, {'party_names': ('a',)},
                       '1 names for 2'),
@@ -309,6 +322,34 @@ def _invalid_cases():
                          {'ledger': cost.CostLedger(('party0', 'party1'))},
                          'ledger has parties'),
   }
+
+
+def test_numpy_key_bits_accepted():
+  # np.int64(1024) was rejected as not a multiple of 8 >= 512.
+  features, labels = _data((1, 1), num_rows=6)
+  result = paillier.train(features, labels, _settings(epochs=1),
+                          key_bits=np.int64(KEY_BITS))
+  assert result.key_bits == KEY_BITS
+  assert type(result.key_bits) is int
+
+
+@pytest.mark.parametrize('key_bits', [1024, 2048, 4096])
+def test_feature_check_at_large_keys(key_bits):
+  # The limit 2**(key_bits - 67) overflowed a float at 2048 bits.
+  features, labels = _data((1, 1), num_rows=6)
+  paillier._check_inputs(features, labels, _settings(), key_bits, 0)
+  huge = (features[0] * 1e300, features[1])
+  with pytest.raises(InputError, match=f'encode for a {key_bits}-bit key'):
+    paillier._check_inputs(huge, labels, _settings(), key_bits, 0)
+
+
+def test_huge_learning_rate_diverges_cleanly():
+  # The first step's weights overflowed to inf when scaled for encoding,
+  # which raised a bare OverflowError.
+  features, labels = _data((1, 1), num_rows=6)
+  with pytest.raises(TrainingDiverged, match='does not fit the 512-bit key'):
+    paillier.train(features, labels, _settings(epochs=2, learning_rate=1e300),
+                   key_bits=KEY_BITS)
 
 
 @pytest.mark.parametrize('case', list(_invalid_cases()))

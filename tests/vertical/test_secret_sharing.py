@@ -8,6 +8,7 @@ from scipy import stats
 
 from fedjax_med.errors import InputError
 from fedjax_med.errors import TrainingDiverged
+from fedjax_med.vertical import cost
 from fedjax_med.vertical import plaintext
 from fedjax_med.vertical import secret_sharing
 
@@ -152,6 +153,20 @@ def test_ledger_counts_one_step():
       (rows * 3 + 3) + (rows * 1 + 1) + 2 * rows + 3 + 1)
 
 
+def test_epochs_ledger_scales_with_epochs():
+  # Dividing the whole ledger by the epochs counted the loss evaluation
+  # after the last epoch as well, so one epoch seemed to cost more in a
+  # short run than in a long one.
+  blocks, labels = _problem(rows=40)
+  costs = []
+  for epochs in (1, 3):
+    result = secret_sharing.train(
+        blocks, labels, plaintext.TrainingSettings(epochs=epochs))
+    costs.append(result.epochs_ledger.as_dict(per=epochs))
+    assert result.ledger.as_dict() != result.epochs_ledger.as_dict()
+  assert costs[0] == costs[1]
+
+
 def test_same_seed_same_model():
   blocks, labels = _problem(rows=50)
   settings = plaintext.TrainingSettings(epochs=3, batch_size=16, seed=7)
@@ -188,8 +203,42 @@ def test_invalid_inputs_raise(change, message):
 def test_logit_overflow_raises():
   blocks, labels = _problem(rows=64)
   settings = plaintext.TrainingSettings(epochs=3, learning_rate=1e13)
-  with pytest.raises(InputError, match='partial logit reached'):
+  with pytest.raises(InputError, match='partial logits. reached'):
     secret_sharing.train(blocks, labels, settings)
+
+
+def test_logit_sum_of_three_parties_checked():
+  # Each party's logit passed the per-party check while the sum of three
+  # wrapped around the ring: the model came back with weights of -3.9e6
+  # instead of -1.3e6, and no error.
+  blocks = [np.array([[2.6e6]])] * 3
+  labels = np.array([0])
+  settings = plaintext.TrainingSettings(loss='exact', learning_rate=1.0,
+                                        epochs=2)
+  expected = plaintext.train_centralized(blocks, labels, settings)
+  assert expected.weights[0][0] == pytest.approx(-1.3e6)
+  with pytest.raises(InputError, match='partial logits. reached'):
+    secret_sharing.train(blocks, labels, settings)
+
+
+def test_final_loss_checked_against_ring():
+  # The loss after the last epoch was never checked, so it came back as
+  # 1.59e12 instead of 0 while the weights were right.
+  blocks = [np.array([[4e6]])] * 2
+  settings = plaintext.TrainingSettings(learning_rate=1.0, epochs=1)
+  with pytest.raises(InputError, match='in epoch 1'):
+    secret_sharing.train(blocks, np.array([0]), settings)
+
+
+def test_predict_logits_checks_sum_of_parties():
+  # Three blocks whose logits each fit the ring decoded to -6.1e12
+  # instead of +1.15e13.
+  value = 2.0 ** 41.8
+  model = plaintext.LogisticModel(weights=(np.ones(1),) * 3, intercept=0.0,
+                                  losses=())
+  with pytest.raises(InputError, match='sum of .partial logits'):
+    secret_sharing.predict_logits(model, [np.array([[value]])] * 3,
+                                  jax.random.key(0))
 
 
 def test_infinite_weights_raise():
@@ -203,10 +252,18 @@ def test_infinite_weights_raise():
     secret_sharing.train(huge, labels, settings)
 
 
-@pytest.mark.parametrize('names', [('a', 'a', 'b'), ('a', 'dealer', 'b')])
-def test_party_names_must_be_distinct(names):
+@pytest.mark.parametrize('names, message', [
+    (('a', 'a', 'b'), 'distinct name'),
+    (('a', 'dealer', 'b'), 'distinct name'),
+    # Names that are not strings, or empty, went into the ledger, and a
+    # string was split into one name per character.
+    ((1, 'b', 'c'), 'nonempty strings'),
+    (('', 'b', 'c'), 'nonempty strings'),
+    ('abc', 'single value'),
+])
+def test_invalid_party_names_raise(names, message):
   blocks, labels = _problem(rows=30)
-  with pytest.raises(InputError, match='distinct name'):
+  with pytest.raises(InputError, match=message):
     secret_sharing.train(blocks, labels, plaintext.TrainingSettings(epochs=1),
                          names)
 
@@ -258,6 +315,23 @@ def test_predict_logits_of_no_rows_and_numpy_bits():
 
   assert empty.shape == (0,)
   assert some.shape == (40,)
+
+
+def test_predict_logits_ledger_without_names():
+  # With a ledger but no party names, recording the messages raised a
+  # TypeError on None.
+  blocks, labels = _problem(rows=20)
+  settings = plaintext.TrainingSettings(loss='exact', epochs=1)
+  model = secret_sharing.train(blocks, labels, settings).model
+  ledger = cost.CostLedger(('party0', 'party1', 'party2'))
+
+  secret_sharing.predict_logits(model, blocks, jax.random.key(1),
+                                ledger=ledger)
+
+  assert ledger.counts['party1']['messages_sent'] > 0
+  with pytest.raises(InputError, match='the ledger has parties'):
+    secret_sharing.predict_logits(model, blocks, jax.random.key(1),
+                                  ledger=cost.CostLedger(('a', 'b')))
 
 
 def _rows_with_nan(block):
