@@ -281,9 +281,10 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     sampled = claims.get('sampled', {}).get('epsilon')
     sampled_text = '' if sampled is None else (
         f', {sampled:.4g} with sampling among the online clients')
+    relation = claims['contributions']['relation'].replace('_', '-')
     print('  privacy from the recorded participation: epsilon '
           f"{claims['contributions']['epsilon']:.4g} without amplification"
-          f"{sampled_text}; report the smaller")
+          f'{sampled_text} ({relation} neighbors); report the smaller')
   example_privacy = summary['example_privacy']
   if example_privacy['private']:
     print(f"  example-level privacy: {example_privacy['guarantee']}")

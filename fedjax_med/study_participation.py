@@ -149,19 +149,26 @@ def _privacy(config, records, contributions, num_clients):
   max_availability = part.availability
   if part.schedule == 'office_hours':
     max_availability = max(part.availability, part.off_hours_availability)
+  sampling = config.sampling
+  # Poisson inclusion is independent per client, so both claims can use
+  # add-or-remove neighbors, the relation of the sampled claim. Otherwise
+  # both are replace-one, so the smaller of the two is a valid report.
+  relation = ('add_or_remove' if sampling.sampling == 'poisson'
+              else 'replace_one')
   claims = {
       'contributions': participation_accounting.contribution_epsilon(
           contributions, noise_multiplier=privacy.noise_multiplier,
-          delta=privacy.delta)._asdict(),
+          delta=privacy.delta, relation=relation,
+          accountant=privacy.accountant)._asdict(),
   }
-  sampling = config.sampling
   available = np.asarray([record['num_available'] for record in records])
   if sampling.sampling == 'poisson':
     claims['sampled'] = participation_accounting.sampled_epsilon(
         sampling='poisson', noise_multiplier=privacy.noise_multiplier,
         delta=privacy.delta, num_available=available,
         sampling_rate=sampling.sampling_rate,
-        max_availability=max_availability)._asdict()
+        max_availability=max_availability,
+        accountant=privacy.accountant)._asdict()
   elif privacy.accountant == 'rdp':
     cohort = (num_clients if sampling.sampling == 'all'
               else sampling.cohort_size)

@@ -66,6 +66,28 @@ def test_summary_sums_rounds(tmp_path):
   assert 'privacy' not in section
 
 
+def test_poisson_claims_share_relation_and_accountant(tmp_path):
+  # The contribution claim was replace-one with RDP while the sampled
+  # claim was add-or-remove, so "report the smaller" compared epsilons of
+  # two relations, and `privacy.accountant=pld` was ignored.
+  config = _config(clip_norm=1.0, noise='central', noise_multiplier=1.0,
+                   aggregator='mean', compressor='none', top_k_fraction=0.01,
+                   fednova=False, straggler_policy='wait', deadline_s=None,
+                   sampling='poisson', cohort_size=None, sampling_rate=0.3,
+                   accountant='pld')
+  study.run_study(config, tmp_path / 'run', progress=False)
+  summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+  claims = summary['participation']['privacy']
+  max_count = summary['participation']['max_contributions']
+  expected = participation_accounting.contribution_epsilon(
+      np.asarray([max_count]), noise_multiplier=1.0,
+      delta=config.privacy.delta, relation='add_or_remove', accountant='pld')
+
+  assert claims['contributions']['relation'] == 'add_or_remove'
+  assert claims['sampled']['relation'] == 'add_or_remove'
+  assert claims['contributions']['epsilon'] == pytest.approx(expected.epsilon)
+
+
 def test_central_noise_reports_claims(tmp_path):
   config = _config(clip_norm=1.0, noise='central', noise_multiplier=1.0,
                    aggregator='mean', compressor='none', top_k_fraction=0.01,

@@ -36,6 +36,10 @@ its number of examples.
      probability is at most `q * max_availability`. Dropouts and dropped
      stragglers only remove contributions, which cannot raise epsilon.
      Add-or-remove neighboring.
+     NOTE: under `schedule=office_hours` who is online depends on the
+     clock, and the clock on the speeds of earlier cohorts, so the
+     availability coins are not independent of earlier rounds' sampling.
+     The bound treats them as independent, which is unproven there.
    * Fixed-size sampling among the available clients: conditioned on the
      set of available clients (independent of the data), round t draws
      `cohort_size` of `num_available[t]` clients without replacement. The
