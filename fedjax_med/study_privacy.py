@@ -18,8 +18,10 @@ from typing import Any
 
 import dp_accounting
 import numpy as np
+from scipy import stats
 
 from fedjax_med import config as config_lib
+from fedjax_med import study_participation
 from fedjax_med.errors import InputError
 from fedjax_med.privacy import accounting
 from fedjax_med.privacy import example_accounting
@@ -59,6 +61,38 @@ def expected_fraction(config, num_clients: int) -> float:
   return 1.0
 
 
+def expected_reporting_clients(config, num_clients: int) -> float:
+  """Return the expected number of sampled, online clients that report.
+
+  Clients offline under `participation.availability` or its schedule
+  cannot be sampled, and `sampling.dropout_rate` removes a share of the
+  rest. Stragglers dropped at a deadline are not counted out, because their
+  share depends on the speeds drawn.
+  """
+  sampling = config.sampling
+  availability = study_participation.participation_settings(
+      config, num_clients)
+  online = None if availability is None else availability.availability
+  if online is None:
+    expected = expected_fraction(config, num_clients) * num_clients
+  else:
+    online = np.asarray(online, np.float64).reshape(num_clients, -1)
+    # NOTE: a schedule is averaged over its hours as if rounds were spread
+    # evenly over the day, and under a fixed cohort the clients online in
+    # an hour count as binomial at their mean probability.
+    per_hour = online.mean(axis=0)
+    if sampling.sampling == 'uniform':
+      counts = np.arange(num_clients + 1)
+      expected = float(np.mean([
+          np.sum(np.minimum(counts, sampling.cohort_size)
+                 * stats.binom.pmf(counts, num_clients, p))
+          for p in per_hour]))
+    else:
+      rate = sampling.sampling_rate if sampling.sampling == 'poisson' else 1.0
+      expected = rate * float(per_hour.mean()) * num_clients
+  return expected * (1.0 - sampling.dropout_rate)
+
+
 def resolve_noise_multiplier(config, num_clients: int) -> float:
   """Return the configured noise multiplier, or calibrate it to the target."""
   privacy = config.privacy
@@ -84,9 +118,10 @@ def privacy_settings(
   """Build the round's settings, with its fixed denominator.
 
   The denominator is the expected total weight of the clients that report:
-  the expected sampled fraction, times `1 - dropout_rate`, times the
-  population's total weight (one per client for the uniform mean, or
-  `sum min(n / weight_cap, 1)` for capped FedAvg).
+  the expected fraction of clients that are online, sampled and do not
+  drop out (`expected_reporting_clients`), times the population's total
+  weight (one per client for the uniform mean, or `sum min(n / weight_cap,
+  1)` for capped FedAvg).
   """
   privacy, server = config.privacy, config.server
   num_clients = len(train_counts)
@@ -94,9 +129,7 @@ def privacy_settings(
     total_weight = float(np.sum(np.minimum(train_counts / server.weight_cap, 1)))
   else:
     total_weight = float(num_clients)
-  reporting = expected_fraction(config, num_clients) * (
-      1.0 - config.sampling.dropout_rate
-  )
+  reporting = expected_reporting_clients(config, num_clients) / num_clients
   denominator = max(reporting * total_weight, 1e-12)
   min_reporting = privacy.min_reporting_clients
   if privacy.noise == 'distributed' and min_reporting is None:
