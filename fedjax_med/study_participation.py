@@ -16,6 +16,7 @@ import numpy as np
 
 from fedjax_med import config as config_lib
 from fedjax_med.communication import compression as compression_lib
+from fedjax_med.models import cnn
 from fedjax_med.privacy import participation_accounting
 from fedjax_med.simulation import participation as participation_lib
 
@@ -112,8 +113,10 @@ def summary(
     for line in stream:
       if line.strip():
         records.append(json.loads(line))
+  local_mask = cnn.norm_mask(state.params) if config.client.fedbn else None
   sizes = participation_lib.message_bytes(
-      state.params, compression_settings(config))
+      state.params, compression_settings(config),
+      scaffold=config.client.scaffold, local_mask=local_mask)
   down, up = sizes['down'], sizes['up']
 
   def total(name):

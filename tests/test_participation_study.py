@@ -2,17 +2,21 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fedjax_med import config as config_lib
 from fedjax_med import matrix
 from fedjax_med import study
+from fedjax_med import study_participation
 from fedjax_med import sweep
 from fedjax_med.communication import compression
 from fedjax_med.errors import InputError
 from fedjax_med.errors import StudyInterrupted
 from fedjax_med.privacy import participation_accounting
+from fedjax_med.simulation import round as round_lib
 
 # 30 synthetic clients, 10 a round, half online, lognormal speeds, a
 # deadline with partial work, and top-k with error feedback.
@@ -86,6 +90,50 @@ def test_poisson_claims_share_relation_and_accountant(tmp_path):
   assert claims['contributions']['relation'] == 'add_or_remove'
   assert claims['sampled']['relation'] == 'add_or_remove'
   assert claims['contributions']['epsilon'] == pytest.approx(expected.epsilon)
+
+
+def _one_round_summary(run_dir, params, **changes):
+  config = config_lib.apply_overrides(
+      config_lib.ExperimentConfig(),
+      {**_SETTINGS, 'compressor': 'none', 'fednova': False, **changes})
+  record = {'num_sampled': 3, 'num_reported': 2, 'num_available': 3}
+  (run_dir / 'metrics.jsonl').write_text(json.dumps(record) + '\n')
+  state = round_lib.init_server_state(params, optax.sgd(1.0), num_clients=3)
+  return study_participation.summary(config, run_dir, state, 3)
+
+
+def test_summary_counts_scaffold_controls(tmp_path):
+  # The default logistic model has 610 float32 parameters, and SCAFFOLD
+  # sends as many control values each way.
+  params = {'w': jnp.zeros(610)}
+
+  section = _one_round_summary(tmp_path, params, scaffold=True)
+
+  assert section['bytes_per_download'] == 2 * 4 * 610
+  assert section['bytes_per_upload'] == 2 * 4 * 610
+  assert section['bytes_down'] == 3 * 2 * 4 * 610
+  assert section['bytes_up'] == 2 * 2 * 4 * 610
+
+
+def test_summary_leaves_out_fedbn_leaves(tmp_path):
+  # The dense layer has 3 * 2 + 2 shared values. The norm layer's 4
+  # weights and 4 statistics stay on the clients.
+  params = {
+      'params': {
+          'dense': {'kernel': jnp.zeros((3, 2)), 'bias': jnp.zeros(2)},
+          'stem_norm': {'scale': jnp.ones(2), 'bias': jnp.zeros(2)},
+      },
+      'batch_stats': {
+          'stem_norm': {'mean': jnp.zeros(2), 'var': jnp.ones(2)},
+      },
+  }
+
+  section = _one_round_summary(tmp_path, params, fedbn=True)
+
+  assert section['bytes_per_download'] == 4 * 8
+  assert section['bytes_per_upload'] == 4 * 8
+  assert section['bytes_down'] == 3 * 4 * 8
+  assert section['bytes_up'] == 2 * 4 * 8
 
 
 def test_central_noise_reports_claims(tmp_path):

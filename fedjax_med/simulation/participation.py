@@ -33,6 +33,7 @@ import numpy as np
 
 from fedjax_med.communication import compression as compression_lib
 from fedjax_med.errors import InputError
+from fedjax_med.typing import Params
 from fedjax_med.typing import PRNGKey
 
 STRAGGLER_POLICIES = ('wait', 'drop', 'partial')
@@ -184,14 +185,31 @@ def validate(participation: Participation, num_clients: int) -> None:
 
 def message_bytes(
     params, compression: compression_lib.CompressionSettings | None,
+    *, scaffold: bool = False, local_mask: Params | None = None,
 ) -> dict[str, int]:
-  """Return the bytes one client downloads (float32 params) and uploads."""
-  size = sum(leaf.size for leaf in jax.tree.leaves(params))
+  """Return the bytes one client downloads and uploads in a round.
+
+  A client downloads the params as float32 values and uploads its update
+  encoded by `compression`. Under FedBN, the leaves that `local_mask`
+  marks stay on the clients and are counted neither way. Under SCAFFOLD,
+  the server also sends its control variate c and the client sends its
+  control change c_i+ - c_i, each as uncompressed float32 values of the
+  shared params' size.
+  """
+  leaves = jax.tree.leaves(params)
+  if local_mask is None:
+    size = sum(leaf.size for leaf in leaves)
+  else:
+    is_local = jax.tree.leaves(local_mask)
+    size = sum(leaf.size for leaf, local in zip(leaves, is_local, strict=True)
+               if not bool(local))
   settings = compression or compression_lib.CompressionSettings()
-  return {
-      'down': FLOAT32_BYTES * size,
-      'up': compression_lib.encoded_bytes(settings, size),
-  }
+  down = FLOAT32_BYTES * size
+  up = compression_lib.encoded_bytes(settings, size)
+  if scaffold:
+    down += FLOAT32_BYTES * size
+    up += FLOAT32_BYTES * size
+  return {'down': down, 'up': up}
 
 
 def available_clients(
@@ -279,15 +297,18 @@ def round_seconds(
 
   The server waits for the last reporting client and for `noticed`, the
   times at which it notices the clients that dropped out (their download
-  time, as FedBuff uses, and 0 for the others). It waits until the
-  deadline when some client is late (dropped as a straggler), and adds
-  `server_seconds`.
+  time, as FedBuff uses, and 0 for the others). Under 'drop' and
+  'partial' it stops waiting at the deadline, and it waits until the
+  deadline when some client is late (dropped as a straggler). It then
+  adds `server_seconds`.
   """
   last = jnp.max(jnp.where(reported, finish, 0.0), initial=0.0)
   if noticed is not None:
     last = jnp.maximum(last, jnp.max(noticed, initial=0.0))
-  if participation.deadline is not None:
-    last = jnp.where(jnp.any(late), participation.deadline, last)
+  if participation.deadline is not None and (
+      participation.straggler_policy != 'wait'):
+    deadline = participation.deadline
+    last = jnp.where(jnp.any(late), deadline, jnp.minimum(last, deadline))
   return last + participation.server_seconds
 
 

@@ -344,10 +344,12 @@ def build_round(
       for under 'wait').
     * `round_seconds` and `clock`: the round's virtual length and the
       clock after it.
-    * `bytes_down`, `bytes_up`: float32 totals of the round; every sampled
-      client downloads `round_fn.message_bytes['down']` bytes and every
-      reporting client uploads `round_fn.message_bytes['up']` (exact
-      Python ints, to multiply by the counts where float32 rounds).
+    * `bytes_down`, `bytes_up`: float32 totals of the round. Every sampled
+      client downloads `round_fn.message_bytes(params)['down']` bytes and
+      every reporting client uploads `round_fn.message_bytes(params)['up']`
+      bytes. These sizes are exact Python ints, to multiply by the counts
+      where float32 rounds. They include SCAFFOLD's control variates and
+      leave out FedBN's local leaves (`participation.message_bytes`).
   """
   aggregate_fn = registry.build_aggregate(
       aggregator, **(aggregator_options or {}),
@@ -540,7 +542,8 @@ def build_round(
 
   def message_bytes(params):
     """Return the bytes each client downloads and uploads in a round."""
-    return participation_lib.message_bytes(params, compression)
+    return participation_lib.message_bytes(
+        params, compression, scaffold=scaffold, local_mask=local_mask)
 
   def _control_weights(num_examples):
     # From the data of this call, so that `round_fn(train_data=...)` with

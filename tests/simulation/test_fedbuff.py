@@ -177,6 +177,42 @@ def test_build_rejects(options, message):
     fedbuff.build_fedbuff(data, _local_update(), optax.sgd(1.0), **options)
 
 
+@pytest.mark.parametrize('options, message', [
+    # Both floats used to be truncated to 3 and 1 and accepted.
+    ({'concurrency': 3.7, 'buffer_size': 1.9, 'dispatch_size': 1},
+     r'`concurrency` must be an integer in \[1, 6\]; got 3.7\.'),
+    # The error used to name `dispatch_size`, which was not given.
+    ({'concurrency': 3, 'buffer_size': 1.9},
+     r'`buffer_size` must be an integer in \[1, 3\]; got 1.9\.'),
+    ({'concurrency': 3, 'buffer_size': 2, 'dispatch_size': 2.0},
+     r'`dispatch_size` must be an integer in \[1, 3\]; got 2.0\.'),
+    ({'concurrency': True, 'buffer_size': 1},
+     r'`concurrency` must be an integer in \[1, 6\]; got True\.'),
+    # numpy >= 2 prints np.True_ and older versions True.
+    ({'concurrency': 3, 'buffer_size': np.bool_(True)},
+     r'`buffer_size` must be an integer in \[1, 3\]; got (np\.)?True_?\.'),
+], ids=['float_concurrency', 'float_buffer_size', 'float_dispatch_size',
+        'bool_concurrency', 'numpy_bool_buffer_size'])
+def test_build_rejects_non_integer_sizes(options, message):
+  data = small.population([5] * 6)
+  with pytest.raises(ValueError, match=message):
+    fedbuff.build_fedbuff(data, _local_update(), optax.sgd(1.0), **options)
+
+
+def test_build_accepts_numpy_integer_sizes(key):
+  data = small.population([5] * 6)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=np.int64(3),
+      buffer_size=np.int32(2))
+
+  state, metrics = buffered.init(small.server_state(key, num_clients=6), key)
+  _, step_metrics = buffered.step(state, jax.random.fold_in(key, 1))
+
+  assert int(metrics['num_dispatched']) == 3
+  assert int(step_metrics['num_collected']) == 2
+  assert int(step_metrics['num_dispatched']) == 2
+
+
 def test_step_needs_clock(key):
   data = small.population([5] * 4)
   buffered = fedbuff.build_fedbuff(

@@ -6,9 +6,12 @@ import numpy as np
 import optax
 import pytest
 
+from fedjax_med.client import local_training
 from fedjax_med.communication import compression
 from fedjax_med.data import federated
 from fedjax_med.errors import InputError
+from fedjax_med.models import cnn
+from fedjax_med.simulation import local_leaves
 from fedjax_med.simulation import participation as participation_lib
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
@@ -499,6 +502,121 @@ def test_dropouts_noticed_after_their_download(key):
   assert int(metrics['num_reported']) == 0
   np.testing.assert_allclose(metrics['round_seconds'], 1.0, rtol=1e-6)
   np.testing.assert_allclose(state.clock, 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize('policy', ['drop', 'partial'])
+def test_deadline_caps_late_noticed_dropout(key, policy):
+  # Client 1 drops out and its download takes 100 s. Clients 0 and 2
+  # report after 0.5 s, so no update is late. The round used to wait
+  # for the dropout until 100 s, past the 5 s deadline.
+  data = small.population([5] * 3)
+  download = 4 * small.NUM_PARAMS / np.array([0.5, 100.0, 0.5], np.float32)
+  participation = participation_lib.Participation(
+      dropout=np.array([0.0, 1.0, 0.0], np.float32),
+      steps_per_second=np.full(3, 1e6, np.float32),
+      download_bytes_per_second=download, deadline=5.0,
+      straggler_policy=policy, server_seconds=2.0)
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _all_sampler(3), optax.sgd(1.0),
+      participation=participation)
+
+  state, metrics = round_fn(small.server_state(key, num_clients=3), key)
+
+  assert int(metrics['num_reported']) == 2
+  assert int(metrics['num_stragglers']) == 0
+  # The 5 s deadline plus 2 s on the server.
+  np.testing.assert_allclose(metrics['round_seconds'], 7.0, rtol=1e-6)
+  np.testing.assert_allclose(state.clock, 7.0, rtol=1e-6)
+
+
+def test_round_seconds_wait_ignores_deadline():
+  participation = participation_lib.Participation(
+      steps_per_second=np.ones(2, np.float32), deadline=5.0)
+  seconds = participation_lib.round_seconds(
+      participation, finish=jnp.array([1.0, 0.0]),
+      reported=jnp.array([True, False]), late=jnp.zeros(2, bool),
+      noticed=jnp.array([0.0, 100.0]))
+  np.testing.assert_allclose(seconds, 100.0)
+
+
+def test_scaffold_counts_control_variates(key):
+  # SCAFFOLD sends c down and c_i+ - c_i up, each as large as the model.
+  # Each link moves 4 * NUM_PARAMS bytes a second, and 6 steps take 6 s.
+  data = small.population([20] * 3)
+  model_bytes = 4 * small.NUM_PARAMS
+  participation = participation_lib.Participation(
+      steps_per_second=np.ones(3, np.float32),
+      download_bytes_per_second=np.full(3, model_bytes, np.float32),
+      upload_bytes_per_second=np.full(3, model_bytes, np.float32))
+  round_fn = round_lib.build_round(
+      data, small.local_update(learning_rate=0.1), _all_sampler(3),
+      optax.sgd(1.0), participation=participation,
+      scaffold_learning_rate=0.1)
+  state = small.server_state(key, num_clients=3, scaffold_clients=3)
+
+  sizes = round_fn.message_bytes(state.params)
+  _, metrics = round_fn(state, key)
+
+  assert sizes == {'down': 2 * model_bytes, 'up': 2 * model_bytes}
+  # 2 s to download, 6 s of steps and 2 s to upload.
+  np.testing.assert_allclose(metrics['round_seconds'], 10.0, rtol=1e-6)
+  assert float(metrics['bytes_down']) == 3 * 2 * model_bytes
+  assert float(metrics['bytes_up']) == 3 * 2 * model_bytes
+
+
+def test_fedbn_leaves_out_local_leaves():
+  # The dense layer has 3 * 2 + 2 shared values. The BatchNorm layer's
+  # 2 + 2 weights and 2 + 2 statistics stay on the clients.
+  params = {
+      'params': {
+          'Dense_0': {'kernel': jnp.zeros((3, 2)), 'bias': jnp.zeros(2)},
+          'BatchNorm_0': {'scale': jnp.ones(2), 'bias': jnp.zeros(2)},
+      },
+      'batch_stats': {
+          'BatchNorm_0': {'mean': jnp.zeros(2), 'var': jnp.ones(2)},
+      },
+  }
+  mask = cnn.norm_mask(params)
+
+  sizes = participation_lib.message_bytes(params, None, local_mask=mask)
+
+  assert sizes == {'down': 4 * 8, 'up': 4 * 8}
+
+
+def test_fedbn_round_times_shared_leaves(key):
+  # The BatchNorm leaves of a ResNet stay local and only the shared
+  # leaves travel, so each link takes exactly 1 s.
+  model = cnn.from_flax_stateful(
+      cnn.ResNet(3, widths=(4, 8)), 3, (8, 8, 1))
+  rng = np.random.default_rng(0)
+  data = jax.device_put(federated.stack_clients([
+      {'x': rng.random((4, 8, 8, 1)).astype(np.float32),
+       'y': rng.integers(0, 3, 4).astype(np.int32)} for _ in range(2)]))
+  params = model.init(key, jnp.zeros((1, 8, 8, 1)))
+  mask = cnn.norm_mask(params)
+  total = sum(leaf.size for leaf in jax.tree.leaves(params))
+  local = sum(leaf.size for leaf in jax.tree.leaves(
+      local_leaves.split(params, mask)))
+  shared_bytes = 4 * (total - local)
+  participation = participation_lib.Participation(
+      download_bytes_per_second=np.full(2, shared_bytes, np.float32),
+      upload_bytes_per_second=np.full(2, shared_bytes, np.float32))
+  local_update = local_training.build_local_update(
+      model, optax.sgd(0.05), num_steps=1, batch_size=4)
+  round_fn = round_lib.build_round(
+      data, local_update, _all_sampler(2), optax.sgd(1.0),
+      local_mask=mask, participation=participation)
+  state = round_lib.init_server_state(
+      params, optax.sgd(1.0), local_mask=mask, local_clients=2,
+      num_clients=2)
+
+  sizes = round_fn.message_bytes(params)
+  _, metrics = round_fn(state, key)
+
+  assert local > 0
+  assert sizes == {'down': shared_bytes, 'up': shared_bytes}
+  np.testing.assert_allclose(metrics['round_seconds'], 2.0, rtol=1e-6)
+  assert float(metrics['bytes_up']) == 2 * shared_bytes
 
 
 def test_round_rejects_state_of_other_population(key):
