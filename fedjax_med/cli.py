@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
       help='run a federated study (default: FedAvg on Fed-Heart-Disease)',
       description=(
           'Run a federated study and write config.json, provenance.json, '
-          'metrics.jsonl, summary.json and accuracy.png to its folder.'
+          'metrics.jsonl, summary.json, accuracy.png and, for two classes, '
+          'predictions.csv to its folder.'
       ),
   )
   run.add_argument(
@@ -110,8 +111,9 @@ def _parser() -> argparse.ArgumentParser:
           'experiments/heterogeneity_sweep.toml. Points that differ only in '
           'seeds, data settings, learning rates, proximal mu or the noise '
           'multiplier run as one compiled, vmapped program. Writes '
-          'points.jsonl, rounds.jsonl, table.csv, summary.csv, summary.md '
-          'and sweep.png.'
+          'sweep.json, provenance.json, points.jsonl, rounds.jsonl, '
+          'table.csv, summary.csv, summary.md, runs/ (the points run one by '
+          'one) and, when the sweep has axes besides seeds, sweep.png.'
       ),
   )
   sweep.add_argument('config', help='TOML config file with a [sweep] table')

@@ -12,6 +12,7 @@ with the seed; `experiments/heart_disease_flamby.toml` keeps 1e-3.
 """
 
 import dataclasses
+import difflib
 import math
 import numbers
 import os
@@ -701,7 +702,7 @@ def resolve_key(key: str) -> tuple[str | None, str]:
     section_class = type(getattr(ExperimentConfig(), section))
     if name not in _field_types(section_class):
       raise InputError(
-          f'Unknown config key `{key}`; `{section}` has '
+          f'Unknown config key `{key}`{_suggestion(name)} `{section}` has '
           f'{", ".join(_field_types(section_class))}.'
       )
     return section, name
@@ -719,7 +720,8 @@ def resolve_key(key: str) -> tuple[str | None, str]:
           f'`[{key}]` in TOML, or set `{key}.<key>=value`.'
       )
     raise InputError(
-        f'Unknown config key `{key}`. Valid keys: {", ".join(all_keys())}.'
+        f'Unknown config key `{key}`{_suggestion(key)} `fedjax-med keys` '
+        'lists every key.'
     )
   if len(owners) > 1:
     raise InputError(
@@ -727,6 +729,23 @@ def resolve_key(key: str) -> tuple[str | None, str]:
         f'{", ".join(f"{owner}.{key}" for owner in owners)}.'
     )
   return owners[0], key
+
+
+def _suggestion(name: str) -> str:
+  """Return '; did you mean `a` or `b`?' for keys close to `name`, or '.'.
+
+  A key of another section (`data.aggregator`) is suggested by its own
+  section, and typos (`roundz`) by their closest keys.
+  """
+  keys = all_keys()
+  fields = {key.rsplit('.', 1)[-1]: key for key in keys}
+  matches = [key for key in keys if key.rsplit('.', 1)[-1] == name]
+  if not matches:
+    matches = [fields[close] for close in
+               difflib.get_close_matches(name, list(fields), n=3)]
+  if not matches:
+    return '.'
+  return '; did you mean ' + ' or '.join(f'`{key}`' for key in matches) + '?'
 
 
 def all_keys() -> list[str]:
@@ -1571,6 +1590,21 @@ def _validate_distributed(config: ExperimentConfig) -> None:
     )
 
 
+def _validate_name(name) -> None:
+  """Raise InputError unless `name` can prefix one folder under `runs/`."""
+  if name is None:
+    return
+  if not isinstance(name, str) or not name.strip():
+    raise InputError(f'`name={name!r}` is invalid; use a nonempty name such '
+                     'as heart_fedavg.')
+  if ('/' in name or '\\' in name or '\0' in name or name in ('.', '..')
+      or os.path.isabs(name)):
+    raise InputError(
+        f'`name={name!r}` is invalid: the run folder is runs/<name>-<time>, '
+        'so the name cannot contain a path separator or be . or ..; use '
+        '--out to choose another folder.')
+
+
 def validate(config: ExperimentConfig) -> None:
   """Check every value that does not depend on the data.
 
@@ -1578,6 +1612,7 @@ def validate(config: ExperimentConfig) -> None:
     InputError: naming the first invalid key, its value and what is allowed.
   """
   _require_range('seed', config.seed, 0, MAX_SEED)
+  _validate_name(config.name)
   _validate_data(config.data)
   _validate_training(config)
   _validate_sampling_and_privacy(config)

@@ -137,6 +137,15 @@ def _repartition(dataset, data, key) -> federated.FederatedDataset:
     min_rows += 1
   where = (f'{len(y)} rows into `data.partition_clients={num_clients}` '
            'clients')
+  if num_clients * min_rows > len(y):
+    # No alpha or sigma can fix this, so it is stated in config terms first.
+    raise InputError(
+        f'`data.partition={data.partition}` cannot split {where}: each '
+        f'client needs {min_rows} rows to keep a training row after '
+        f'`data.test_fraction={data.test_fraction}`, {num_clients * min_rows} '
+        f'in all. Use at most {len(y) // min_rows} clients, or lower '
+        '`data.test_fraction`.'
+    )
   try:
     if data.partition == 'dirichlet':
       indices = partitions.partition_dirichlet(

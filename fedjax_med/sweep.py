@@ -34,7 +34,8 @@ backdoor attack, fine-tune or train Ditto models, run one by one through
 
 The output folder gets:
 
-* `sweep.json`: the base config and the sweep settings.
+* `sweep.json`: the base config and the sweep settings; `provenance.json`:
+  versions and the SHA-256 of every data file the points read.
 * `points.jsonl`: one line per point, written when its group finishes, so
   an interrupted sweep keeps its finished groups and `resume=True` skips
   them.
@@ -42,7 +43,8 @@ The output folder gets:
   point and round (`runs/` holds the folders of the points run one by one).
 * `table.csv`: one row per point; `summary.csv` and `summary.md`: mean and
   population standard deviation (ddof=0) over seeds for each setting.
-* `sweep.png`: mean and worst-client accuracy against the first swept value.
+* `sweep.png`: mean and worst-client accuracy against the first swept
+  value, when the sweep has axes besides seeds.
 """
 
 import dataclasses

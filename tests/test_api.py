@@ -10,6 +10,7 @@ import pytest
 
 import fedjax_med as fm
 from fedjax_med import api
+from fedjax_med import config as config_lib
 from fedjax_med import evaluation
 from fedjax_med.errors import InputError
 
@@ -43,6 +44,18 @@ def test_configure_rejects_bad_values_with_the_key_named():
     fm.configure(no_such_key=1)
   with pytest.raises(InputError, match='ExperimentConfig, a TOML path'):
     fm.configure(42)
+
+
+@pytest.mark.parametrize('key, message', [
+    # A typo listed all 130 keys, and a key of another section listed the
+    # keys of the wrong one without pointing at the right one.
+    ('roundz', 'did you mean `server.rounds`?'),
+    ('data.aggregator', 'did you mean `server.aggregator`?'),
+    ('zzzz', r'`zzzz`\. `fedjax-med keys` lists every key'),
+])
+def test_unknown_key_suggests_close_keys(key, message):
+  with pytest.raises(InputError, match=message):
+    config_lib.apply_overrides(config_lib.ExperimentConfig(), {key: 1})
 
 
 def test_run_names_out_dir(tmp_path):

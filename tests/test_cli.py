@@ -181,6 +181,11 @@ def test_matrix_file_refused_by_run(capsys):
     (['--set', 'local_epochs=2', '--set', 'local_steps=7'],
      '`client.local_steps` has no effect'),
     (['--set', 'bootstrap_resamples=1'], 'evaluation.bootstrap_resamples'),
+    # The name became a path: ../escape wrote beside runs/, /tmp/x into /tmp.
+    (['--set', 'name=../escape'], "`name='../escape'` is invalid"),
+    (['--set', 'name=/tmp/x'], "`name='/tmp/x'` is invalid"),
+    (['--set', 'name=a\\b'], 'path separator'),
+    (['--set', 'name=..'], 'path separator or be . or ..'),
     # Every round applied central noise divided by a floor of 1e-12, which
     # gave parameters of about 1e12 without a message.
     (['--set', 'dropout_rate=1.0', '--set', 'clip_norm=1.0', '--set',

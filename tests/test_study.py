@@ -497,6 +497,17 @@ def test_partition_error_names_config_keys():
     study.load_dataset(config.data, config.seed)
 
 
+@pytest.mark.parametrize('partition', ['dirichlet', 'quantity'])
+def test_too_many_clients_for_rows(partition):
+  # 500 clients of 2 rows need 1,000 of the 740 rows. The message said to
+  # raise alpha or lower min_examples, neither of which could help.
+  config = _config(partition=partition, partition_clients=500,
+                   dirichlet_alpha=0.01)
+  with pytest.raises(errors.InputError,
+                     match='1000 in all. Use at most 370 clients'):
+    study.load_dataset(config.data, config.seed)
+
+
 def test_partition_error_keeps_cause():
   # The heart data has 2 classes, so 3 classes per client is impossible.
   config = _config(rounds=1, partition='pathological', classes_per_client=3)
