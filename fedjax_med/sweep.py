@@ -532,9 +532,16 @@ class _Batched:
     name = _batch_checkpoint_name(indices)
     checkpointer = checkpoint_lib.Checkpointer(run_dir, interval_s, name=name)
     first_round = 0
+    # Rounds up to `on_disk` are in rounds.jsonl (see `_prune_rounds`). A
+    # damaged checkpoint makes the batch restart from an older one, and the
+    # rounds it runs again are not written twice.
+    on_disk = 0
     saved = _read_batch_progress(run_dir).get(name)
     if saved is not None and saved['points'] == indices:
-      restored = checkpointer.restore(state, step=saved['rounds_done'])
+      steps = checkpointer.all_steps()
+      if saved['rounds_done'] in steps:
+        on_disk = saved['rounds_done']
+      restored = _restore_batch(checkpointer, state, steps, on_disk)
       if restored is not None:
         state = restored.state
         first_round = restored.rounds_done
@@ -563,8 +570,9 @@ class _Batched:
         evaluated = None
         if is_last or (round_index + 1) % config.evaluation.eval_every == 0:
           evaluated = self.evaluate(state.params, self.test)
-        self._write_round(rounds_writer, round_index, metrics, evaluated,
-                          diverged_round)
+        if round_index + 1 > on_disk:
+          self._write_round(rounds_writer, round_index, metrics, evaluated,
+                            diverged_round)
         # One assignment, so that an interrupt reads one round's values.
         snapshot = (round_index + 1, state, diverged_round, skipped,
                     last_loss)
@@ -613,6 +621,20 @@ class _Batched:
         record.update(study._accuracy_summary(  # pylint: disable=protected-access
             _accuracies(evaluated, slot)))
       writer.write(record)
+
+
+def _restore_batch(checkpointer, template, steps, newest):
+  """Restore the newest readable checkpoint up to step `newest`, or None."""
+  for step in reversed(steps):
+    if step > newest:
+      continue
+    try:
+      return checkpointer.restore(template, step=step)
+    # Orbax and tensorstore raise many kinds of error for a damaged
+    # checkpoint (KeyError, ValueError, OSError, JSON errors).
+    except Exception:  # pylint: disable=broad-exception-caught
+      continue
+  return None
 
 
 def _batch_checkpoint_name(indices: list[int]) -> str:

@@ -336,6 +336,40 @@ def test_resumed_sweep_rejects_changed_data(tmp_path, overrides, unfinished):
   assert len((run_dir / 'points.jsonl').read_text().splitlines()) == 1
 
 
+def test_resume_past_damaged_batch_checkpoint(tmp_path, monkeypatch):
+  # A batch checkpoint without its state raised a KeyError from orbax.
+  # The batch now restarts from the older checkpoint, and the rounds it
+  # runs again are written once, with the values of an uninterrupted run.
+  base = _base(rounds=4)
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
+  _, expected = sweep_lib.run_sweep(base, axes, tmp_path / 'whole',
+                                    progress=False)
+  expected_rounds = (tmp_path / 'whole' / 'rounds.jsonl').read_text()
+  original = sweep_lib._Batched._write_round
+  written = []
+
+  def write_then_stop(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    written.append(1)
+    if len(written) == 2:
+      interrupts.request_stop()
+
+  monkeypatch.setattr(sweep_lib._Batched, '_write_round', write_then_stop)
+  run_dir = tmp_path / 'sweep'
+  with pytest.raises(errors.StudyInterrupted):
+    sweep_lib.run_sweep(base, axes, run_dir, progress=False,
+                        checkpoint_interval_s=0)
+  monkeypatch.setattr(sweep_lib._Batched, '_write_round', original)
+  shutil.rmtree(run_dir / 'checkpoints' / 'batch-0000' / '2' / 'state')
+
+  _, resumed = sweep_lib.run_sweep(base, axes, run_dir, resume=True,
+                                   progress=False)
+
+  assert (run_dir / 'rounds.jsonl').read_text() == expected_rounds
+  for before, after in zip(expected, resumed):
+    assert after['test_accuracy'] == before['test_accuracy']
+
+
 def test_locked_sweep_resume_leaves_files(tmp_path):
   # A second `sweep --resume` rewrote points.jsonl and rounds.jsonl before
   # it found the folder locked by the running sweep.
