@@ -1359,7 +1359,8 @@ def _run_rounds(
       if history['secure_plan'] is not None:
         history['secure_rounds'].append(
             {key: value for key, value in record.items()
-             if key.startswith('secagg_') or key == 'mean_update_norm'})
+             if key.startswith('secagg_')
+             or key in ('mean_update_norm', 'clip_norm')})
       if accountant is not None:
         # Every round spends privacy, skipped ones included.
         accountant.step()
@@ -1518,8 +1519,10 @@ def _secure_summary(history, clip_norm) -> dict[str, Any]:
   if noise_norms:
     section['quantization_noise_norm'] = float(np.median(noise_norms))
   # `mean_update_norm` is measured before clipping, and the protocol sums
-  # the clipped updates, whose norms are at most `clip_norm`.
-  erased = [min(record['mean_update_norm'], clip_norm)
+  # the clipped updates, whose norms are at most the round's clip norm
+  # (recorded per round under adaptive clipping).
+  erased = [min(record['mean_update_norm'],
+                record.get('clip_norm', clip_norm))
             < record['secagg_quantization_norm'] for record in completed]
   section['updates_below_quantization'] = bool(
       erased and sum(erased) > len(erased) / 2)

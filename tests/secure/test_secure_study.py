@@ -1,5 +1,6 @@
 """Secure aggregation through the config, the study and its accounting."""
 
+import collections
 import math
 
 import dp_accounting
@@ -146,3 +147,18 @@ def test_clipped_updates_below_quantization_flagged(tmp_path):
   section = summary['secure_aggregation']
   assert section['quantization_noise_norm'] > 0.1
   assert section['updates_below_quantization']
+
+
+def test_adaptive_clip_norm_compared_per_round():
+  # Under adaptive clipping the check used the starting clip norm (10),
+  # so updates clipped to 0.1 next to rounding noise of 0.4 were not
+  # flagged.
+  plan = collections.namedtuple('Plan', 'scale')(1.0)
+  rounds = [{'secagg_failed': False, 'secagg_quantization_norm': 0.4,
+             'mean_update_norm': 1.0, 'clip_norm': 0.1}] * 3
+  history = {'secure_plan': plan, 'secure_rounds': rounds}
+
+  section = study._secure_summary(history, 10.0)  # pylint: disable=protected-access
+
+  assert section['updates_below_quantization']
+
