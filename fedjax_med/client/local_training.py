@@ -282,7 +282,9 @@ def build_local_update(
       )
     losses = tabular.per_example_loss(
         logits.astype(jnp.float32), y, model.num_classes)
-    return jnp.sum(weights * losses)
+    # Padding rows repeat row 0 with weight 0, and 0 * inf would turn an
+    # infinite loss of row 0 into NaN.
+    return jnp.sum(jnp.where(weights > 0, weights * losses, 0.0))
 
   grad_fn = jax.value_and_grad(batch_loss)
 

@@ -1,5 +1,6 @@
 """q-FFL's aggregate against hand-computed values."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -108,3 +109,23 @@ def test_initial_loss_is_loss_at_server_params(key):
 
   expected = jnp.mean(tabular.per_example_loss(model.apply(params, x), y, 2))
   np.testing.assert_allclose(result.initial_loss, expected, rtol=1e-6)
+
+
+def test_initial_loss_infinite_not_nan(key):
+  # Padding rows repeat row 0 with weight 0, so an infinite loss of row 0
+  # gave 0 * inf = NaN, which reads as "no loss" rather than "too large".
+  model = tabular.from_flax(tabular.LogisticRegression(2), 2)
+  x = jnp.asarray([[1e30, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.0]],
+                  jnp.float32)
+  y = jnp.asarray([0, 1, 0], jnp.int32)
+  examples = {'x': jnp.concatenate([x, jnp.zeros((2, 3))]),
+              'y': jnp.concatenate([y, jnp.zeros(2, jnp.int32)])}
+  params = jax.tree.map(lambda leaf: jnp.full_like(leaf, 1e10),
+                        model.init(key, x[:1]))
+  local_update = local_training.build_local_update(
+      model, optax.sgd(0.1), num_steps=1, batch_size=2,
+      report_initial_loss=True)
+
+  result = local_update(params, examples, jnp.int32(3), key)
+
+  assert np.isposinf(float(result.initial_loss))
