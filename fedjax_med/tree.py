@@ -85,6 +85,20 @@ def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTre
   )
 
 
+def finite_or(primary: PyTree, fallback: PyTree) -> PyTree:
+  """Return `primary`, with `fallback` where only `fallback` is finite.
+
+  Aggregators sum first and divide after, which keeps their rounding, but
+  the sum of finite float32 values can overflow. They pass the mean of
+  pre-divided terms as `fallback`, which is used only where the sum
+  overflowed, so inputs with NaN or infinity keep their result.
+  """
+  return jax.tree.map(
+      lambda first, second: jnp.where(
+          jnp.isfinite(first) | ~jnp.isfinite(second), first, second),
+      primary, fallback)
+
+
 def tree_zero_rows(tree: PyTree, keep: jax.Array) -> PyTree:
   """Zero the rows of `[clients, ...]` leaves where `keep [clients]` is False.
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med import tree
 from fedjax_med.aggregation import _flat
 from fedjax_med.typing import PyTree
 
@@ -52,8 +53,13 @@ def norm_bounded_mean(
   clean_weights = jnp.where(valid, weights, 0).astype(matrix.dtype)
   clipped = _flat.clip_rows(matrix, max_norm)
   total = jnp.sum(clean_weights)
+  safe_total = jnp.where(total > 0, total, 1.0)
   summed = jnp.sum(clean_weights[:, None] * clipped, axis=0)
-  return unflatten(summed / jnp.where(total > 0, total, 1.0))
+  # With max_norm near the float32 maximum the weighted sum overflowed.
+  mean = tree.finite_or(
+      summed / safe_total,
+      jnp.sum((clean_weights / safe_total)[:, None] * clipped, axis=0))
+  return unflatten(mean)
 
 
 def centered_clipping(

@@ -49,4 +49,7 @@ def weighted_mean(client_updates: PyTree, weights: jax.Array) -> PyTree:
   client_updates = tree.tree_zero_rows(client_updates, weights > 0)
   summed = weighted_sum(client_updates, weights)
   safe_total = jnp.where(total > 0, total, 1.0)
-  return jax.tree.map(lambda leaf: leaf / safe_total.astype(leaf.dtype), summed)
+  mean = jax.tree.map(lambda leaf: leaf / safe_total.astype(leaf.dtype), summed)
+  # One update of 1e37 at weight 100 overflowed the sum to inf.
+  return tree.finite_or(
+      mean, weighted_sum(client_updates, weights / safe_total))

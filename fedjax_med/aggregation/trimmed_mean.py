@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med import tree
 from fedjax_med.aggregation import _flat
 from fedjax_med.typing import PyTree
 
@@ -100,8 +101,11 @@ def trimmed_mean(
     )
     position = jnp.arange(clients).reshape(row_shape)
     keep = (position >= trim) & (position < count - trim)
-    total = jnp.sum(jnp.where(keep, ordered, jnp.zeros_like(ordered)), axis=0)
-    average = total / safe_num_kept.astype(total.dtype)
+    kept = jnp.where(keep, ordered, jnp.zeros_like(ordered))
+    divisor = safe_num_kept.astype(kept.dtype)
+    # Three kept values of 2e38 overflowed the sum to inf.
+    average = tree.finite_or(jnp.sum(kept, axis=0) / divisor,
+                             jnp.sum(kept / divisor, axis=0))
     return jnp.where(num_kept > 0, average, jnp.zeros_like(average))
 
   return jax.tree.map(leaf_trimmed_mean, client_updates)

@@ -12,6 +12,7 @@ from fedjax_med.aggregation import bulyan
 from fedjax_med.aggregation import clipping_aggregators
 from fedjax_med.aggregation import geometric_median
 from fedjax_med.aggregation import krum
+from fedjax_med.aggregation import mean
 from fedjax_med.aggregation import trimmed_mean
 
 
@@ -539,3 +540,50 @@ def test_geometric_median_ignores_outlier_size(size):
       num_iterations=10)
 
   np.testing.assert_allclose(result['w'], expected, atol=2e-3)
+
+
+def _old_weighted_mean(updates, weights):
+  """The sum-then-divide formula, to check that normal inputs keep it."""
+  return (weights @ updates) / jnp.sum(weights)
+
+
+@pytest.mark.parametrize('name', ['weighted_mean', 'trimmed_mean',
+                                  'norm_bounded_mean'])
+def test_finite_updates_never_overflow_to_inf(name):
+  # Sums of finite float32 updates overflowed: trimmed mean of three rows
+  # of 2e38 gave inf, the weighted mean of one 1e37 update at weight 100
+  # gave inf, and so did norm bounding with max_norm near 3e38.
+  mask = jnp.ones(4, bool)
+  if name == 'weighted_mean':
+    updates = jnp.asarray([[1e37], [0.0], [0.0], [0.0]], jnp.float32)
+    weights = jnp.asarray([100.0, 1.0, 1.0, 1.0])
+    result = mean.weighted_mean({'w': updates}, weights)['w']
+    expected = 1e37 * 100 / 103
+  elif name == 'trimmed_mean':
+    updates = jnp.asarray([[2e38], [2e38], [2e38], [2e38]], jnp.float32)
+    result = trimmed_mean.trimmed_mean({'w': updates}, mask,
+                                       trim_fraction=0.25)['w']
+    expected = 2e38
+  else:
+    updates = jnp.asarray([[3e38], [3e38], [3e38], [3e38]], jnp.float32)
+    result = clipping_aggregators.norm_bounded_mean(
+        {'w': updates}, jnp.ones(4), max_norm=3e38)['w']
+    expected = 3e38
+  assert float(result[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_weighted_mean_keeps_rounding_of_normal_inputs(key):
+  updates = jax.random.normal(key, (50, 30))
+  weights = jax.random.uniform(jax.random.fold_in(key, 1), (50,)) * 100
+
+  result = mean.weighted_mean({'w': updates}, weights)['w']
+
+  np.testing.assert_array_equal(result, _old_weighted_mean(updates, weights))
+
+
+def test_weighted_mean_keeps_infinite_input():
+  updates = jnp.asarray([[jnp.inf], [1.0]], jnp.float32)
+
+  result = mean.weighted_mean({'w': updates}, jnp.ones(2))['w']
+
+  assert np.isposinf(float(result[0]))
