@@ -556,6 +556,7 @@ def _parse_args(argv):
         '--bulyan-max-clients must be at least 3, got '
         f'{args.bulyan_max_clients}.'
     )
+  script_help.check_out_path(parser, args.results, '--results')
   # Repeated names are timed once. The ratios divide by the mean, so it is
   # always timed.
   args.aggregators = list(dict.fromkeys(args.aggregators))

@@ -1188,13 +1188,30 @@ def _parse_args(argv):
   if args.torch_threads < 1:
     parser.error(
         f'--torch-threads must be at least 1, got {args.torch_threads}.')
-  if not args.pfl_timeout > 0:
-    parser.error(f'--pfl-timeout must be > 0 seconds, got {args.pfl_timeout}.')
   if args.pfl_worker and args.output is None:
     parser.error('--pfl-worker needs --output.')
+  if not args.pfl_worker:
+    _check_parent_args(parser, args)
   args.python = dict(args.python)
   args.loop_max_clients = dict(args.loop_max_clients)
   return args
+
+
+def _check_parent_args(parser, args) -> None:
+  """Check the flags that only the parent process reads.
+
+  The pfl worker runs under an interpreter without fedjax_med, so
+  `script_help` is imported here and not at the top of the file.
+  """
+  from fedjax_med.report import script_help
+
+  if not (args.digits_clients or args.resnet_clients or args.cifar_clients):
+    parser.error(
+        'no workload to run: give population sizes with --digits-clients '
+        'or --resnet-clients, or a --cifar-clients above 0.'
+    )
+  script_help.check_finite_positive(parser, '--pfl-timeout', args.pfl_timeout)
+  script_help.check_out_path(parser, args.results, '--results')
 
 
 def _measure_pfl_peer(args) -> dict:

@@ -256,7 +256,8 @@ def _parse_args(argv) -> argparse.Namespace:
       help='rows per local step (default: 16)',
   )
   parser.add_argument(
-      '--learning-rate', type=float, default=0.1,
+      '--learning-rate', type=script_help.finite_positive_float,
+      default=0.1,
       help='client SGD step size (default: 0.1)',
   )
   parser.add_argument(
@@ -273,7 +274,7 @@ def _parse_args(argv) -> argparse.Namespace:
 
 
 def _check_args(parser, args) -> None:
-  """Exit through `parser.error` unless every size and count is positive."""
+  """Exit through `parser.error` on a size or count below 1 or a bad path."""
   for name in ('clients', 'hidden_sizes'):
     if min(getattr(args, name)) < 1:
       parser.error(
@@ -287,6 +288,7 @@ def _check_args(parser, args) -> None:
           f'--{name.replace("_", "-")} must be at least 1, got '
           f'{getattr(args, name)}.'
       )
+  script_help.check_out_path(parser, args.results, '--results')
 
 
 def main(argv=None):

@@ -413,6 +413,7 @@ def _parse_args(argv) -> argparse.Namespace:
     parser.error(f'--chunk-size must be at least 1, got {args.chunk_size}.')
   if not args.budget_s > 0:
     parser.error(f'--budget-s must be > 0 seconds, got {args.budget_s}.')
+  script_help.check_out_path(parser, args.jsonl, '--jsonl')
   # Repeated names run once.
   args.variants = list(dict.fromkeys(args.variants))
   return args

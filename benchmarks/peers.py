@@ -1140,10 +1140,15 @@ def _parse_args(argv):
     parser.error(f'--clients must each be at least 1, got {min(args.clients)}.')
   if args.rounds < 1:
     parser.error(f'--rounds must be at least 1, got {args.rounds}.')
-  if not args.timeout > 0:
-    parser.error(f'--timeout must be > 0 seconds, got {args.timeout}.')
   if args.peer is not None and (args.workload is None or args.output is None):
     parser.error('--peer needs --workload and --output.')
+  if args.peer is None:
+    # Only the parent process reads these, and a peer process may run
+    # under an interpreter without fedjax_med.
+    from fedjax_med.report import script_help
+
+    script_help.check_finite_positive(parser, '--timeout', args.timeout)
+    script_help.check_out_path(parser, args.results, '--results')
   args.clients = list(dict.fromkeys(args.clients))
   args.peers = list(dict.fromkeys([BASELINE, *args.peers]))
   args.python = dict(args.python)

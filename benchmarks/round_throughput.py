@@ -8,13 +8,16 @@ example-weighted mean. Compilation is excluded from both timings.
 
 Usage:
   python benchmarks/round_throughput.py [--clients 100 1000 10000]
+      [--local-steps 10] [--batch-size 10] [--max-examples 20]
       [--results benchmarks/RESULTS.md]
 
-The table is printed and, with --results, appended to that page together
-with the date, the JAX version and the device.
+The section, with the date, the command, the JAX version and the device, is
+printed and, with --results, appended to that page.
 """
 
 import argparse
+import shlex
+import sys
 import time
 
 import jax
@@ -32,10 +35,15 @@ from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 
 
+# Minimum rows of a synthetic client, train and test together.
+MIN_EXAMPLES = 2
+
+
 def _setup(num_clients, *, local_steps, batch_size, max_examples):
   dataset = synthetic.synthetic(
       key=jax.random.key(0), num_clients=num_clients, alpha=1.0, beta=1.0,
-      min_examples=2, max_examples=max_examples, test_fraction=0.2,
+      min_examples=MIN_EXAMPLES, max_examples=max_examples,
+      test_fraction=0.2,
   )
   model = tabular.from_flax(tabular.LogisticRegression(10), 10)
   local_update = local_training.build_local_update(
@@ -109,12 +117,11 @@ def run(client_counts, *, local_steps=10, batch_size=10, max_examples=20):
   return rows
 
 
-def _markdown(rows, settings) -> str:
+def _markdown(rows, command, settings) -> str:
   lines = [
       machine.section_heading('Round throughput'),
       '',
-      f'`python benchmarks/round_throughput.py` on '
-      f'{machine.hardware_line()}. {settings}',
+      f'`{command}` on {machine.hardware_line()}. {settings}',
       '',
       '| clients | vmapped rounds/s | Python-loop rounds/s | ratio |',
       '|---|---|---|---|',
@@ -127,7 +134,7 @@ def _markdown(rows, settings) -> str:
   return '\n'.join(lines) + '\n\n'
 
 
-def main(argv=None):
+def _parse_args(argv) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       formatter_class=script_help.DefaultsHelpFormatter)
@@ -140,19 +147,41 @@ def main(argv=None):
   parser.add_argument('--batch-size', type=int, default=10,
                       help='examples per local step')
   parser.add_argument('--max-examples', type=int, default=20,
-                      help='largest number of rows of a synthetic client')
+                      help='maximum rows of a synthetic client, at least '
+                      f'{MIN_EXAMPLES}')
   parser.add_argument('--results', default=None,
-                      help='markdown page to append the table to')
+                      help='markdown page to append the section to')
   args = parser.parse_args(argv)
+  if min(args.clients) < 1:
+    parser.error(
+        f'--clients must each be at least 1, got {min(args.clients)}.')
+  for name in ('local_steps', 'batch_size'):
+    if getattr(args, name) < 1:
+      parser.error(f'--{name.replace("_", "-")} must be at least 1, got '
+                   f'{getattr(args, name)}.')
+  if args.max_examples < MIN_EXAMPLES:
+    parser.error(f'--max-examples must be at least {MIN_EXAMPLES}, the '
+                 f'minimum rows of a client, got {args.max_examples}.')
+  script_help.check_out_path(parser, args.results, '--results')
+  return args
+
+
+def main(argv=None):
+  """Run the benchmark from command-line arguments and return its rows."""
+  if argv is None:
+    argv = sys.argv[1:]
+  args = _parse_args(argv)
   rows = run(args.clients, local_steps=args.local_steps,
              batch_size=args.batch_size, max_examples=args.max_examples)
+  command = shlex.join(['python', 'benchmarks/round_throughput.py', *argv])
   settings = (
       f'Every client trains each round: {args.local_steps} local SGD steps of '
       f'batch {args.batch_size}, at most {args.max_examples} rows per client, '
       '60 features, 10 classes.'
   )
-  if args.results:
-    machine.append_section(args.results, _markdown(rows, settings))
+  page = _markdown(rows, command, settings)
+  print(page, end='')
+  machine.append_section(args.results, page)
   return rows
 
 

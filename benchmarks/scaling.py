@@ -26,10 +26,10 @@ It then clears JAX's caches, so that the first call compiles again, and
 times rounds. Compile time is the first call minus the median of the timed
 calls.
 
-NOTE: the first call also touches its temporary buffers for the first time.
-On a 2-core x86_64 CPU the floor's compile time was 0.16 s at 10,000 clients
-but 2.1 s at 100,000 (2.6 GB of temporaries), probably for that reason, so
-compile time runs high for the largest cases.
+NOTE: the first call also touches its temporary buffers for the first time,
+which probably makes compile time run high for the largest cases (2.6 GB of
+temporaries at 100,000 clients). The Round scaling sections of
+`benchmarks/RESULTS.md` give the measured compile times.
 
 Matmul floor: for each client count, one more process times only the MLP's
 forward and backward matmuls in one jitted `lax.scan` over the steps. They
@@ -696,12 +696,13 @@ def _build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
       '--repeats', type=int, default=5,
+      # argparse %-formats help text, so the percent sign is doubled.
       help='timed calls per case after the first; fewer run when another '
-      f'could end after {TIMING_BUDGET_FRACTION:.0%} of --timeout, and at '
-      'least one always runs (default: 5)',
+      f'could end after {TIMING_BUDGET_FRACTION * 100:.0f}%% of --timeout, '
+      'and at least one always runs (default: 5)',
   )
   parser.add_argument(
-      '--timeout', type=float, default=600.0,
+      '--timeout', type=script_help.finite_positive_float, default=600.0,
       help='seconds after which a case process is killed and recorded as '
       'timed out (default: 600)',
   )
@@ -738,14 +739,14 @@ def _parse_args(argv):
     parser.error(f'--clients must each be at least 1, got {min(args.clients)}.')
   if args.repeats < 1:
     parser.error(f'--repeats must be at least 1, got {args.repeats}.')
-  if not args.timeout > 0:
-    parser.error(f'--timeout must be > 0 seconds, got {args.timeout}.')
   if args.memory_limit_mb is not None and not args.memory_limit_mb > 0:
     parser.error(
         f'--memory-limit-mb must be > 0, got {args.memory_limit_mb}.'
     )
   if args.case is not None and len(args.clients) != 1:
     parser.error('--case runs one client count; pass exactly one --clients.')
+  script_help.check_out_path(parser, args.results, '--results')
+  script_help.check_out_path(parser, args.figure, '--figure')
   # Repeated values run once, in the order given.
   args.clients = list(dict.fromkeys(args.clients))
   args.variants = list(dict.fromkeys(args.variants))
@@ -777,9 +778,10 @@ def main(argv=None):
       load_before=load_before, load_after=load_after,
   )
   print(page, end='')
+  # The figure goes last, so that a plotting failure keeps the results.
+  machine.append_section(args.results, page)
   if args.figure:
     plot(results, args.variants, args.figure)
-  machine.append_section(args.results, page)
   return results
 
 

@@ -349,6 +349,7 @@ def _check_args(parser, args) -> list[Case]:
            + [Case('harary', cohort) for cohort in args.harary])
   if not cases:
     parser.error('Give at least one cohort size with --complete or --harary.')
+  script_help.check_out_path(parser, args.results, '--results')
   for case in cases:
     if not 2 <= case.cohort <= args.population:
       parser.error(

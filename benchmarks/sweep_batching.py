@@ -376,6 +376,8 @@ def _parse_args(argv):
   args = parser.parse_args(argv)
   if args.rounds is not None and args.rounds < 1:
     parser.error(f'--rounds must be at least 1, got {args.rounds}.')
+  script_help.check_out_path(parser, args.results, '--results')
+  script_help.check_out_folder(parser, args.out, '--out')
   # Repeated names run once.
   args.workloads = list(dict.fromkeys(args.workloads))
   return args

@@ -477,6 +477,7 @@ def main(argv=None):
     )
   except ValueError as error:
     parser.error(str(error))
+  script_help.check_out_path(parser, args.results, '--results')
 
   load_before = machine.load_average()
   results = run(

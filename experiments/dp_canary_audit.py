@@ -31,7 +31,6 @@ allows: the canary's contribution is the only signal beside the noise.
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 import time
@@ -49,6 +48,7 @@ from fedjax_med import study
 from fedjax_med import study_privacy
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
+from fedjax_med.errors import InputError
 from fedjax_med.privacy import accounting
 from fedjax_med.privacy import audit
 from fedjax_med.report import script_help
@@ -283,9 +283,10 @@ def _parse_args(argv):
       description=__doc__.splitlines()[0],
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
-      '--noise-multipliers', type=float, nargs='+', default=None,
+      '--noise-multipliers', type=script_help.finite_positive_float,
+      nargs='+', default=None,
       help='noise multipliers of the real round (default: '
-      f"{FULL['noise_multipliers']}).",
+      f"{_format_values(FULL['noise_multipliers'])}).",
   )
   parser.add_argument(
       '--num-trials', type=int, default=None,
@@ -293,15 +294,16 @@ def _parse_args(argv):
       f"{FULL['num_trials']}).",
   )
   parser.add_argument(
-      '--clip-norm', type=float, default=0.5,
+      '--clip-norm', type=script_help.finite_positive_float, default=0.5,
       help='client update clip bound C (default: 0.5).',
   )
   parser.add_argument(
-      '--seed', type=int, default=0,
+      '--seed', type=script_help.seed_type(2**32), default=0,
       help='seed of the trial keys (default: 0).',
   )
   parser.add_argument(
-      '--quick', action='store_true', help=f'use the sizes {QUICK}.'
+      '--quick', action='store_true',
+      help=f'use the sizes {script_help.format_sizes(QUICK)}.',
   )
   parser.add_argument(
       '--out', type=pathlib.Path, default=None,
@@ -318,24 +320,45 @@ def _parse_args(argv):
 
   if args.num_trials < 2:
     parser.error(f'--num-trials must be at least 2; got {args.num_trials}.')
-  # Written so that NaN fails too.
-  if not 0 < args.clip_norm < math.inf:
-    parser.error(f'--clip-norm must be positive and finite; got '
-                 f'{args.clip_norm}.')
-  if not all(0 < value < math.inf for value in args.noise_multipliers):
-    parser.error('--noise-multipliers must all be positive and finite; got '
-                 f'{args.noise_multipliers}.')
+  _check_claims(parser, args.noise_multipliers)
   script_help.check_out_path(parser, args.out)
   return args
 
 
+def _format_values(values) -> str:
+  return ' '.join(f'{value:g}' for value in values)
+
+
+def _check_claims(parser, noise_multipliers) -> None:
+  """Exit unless both accountants can compute the claim of every multiplier.
+
+  The claims take milliseconds, so a multiplier whose claim an accountant
+  cannot compute (one too small for a PLD grid) fails here instead of
+  after the trials. Under sampling 'all' the claim does not depend on the
+  number of clients.
+  """
+  for noise_multiplier in noise_multipliers:
+    try:
+      claimed_epsilons(noise_multiplier, num_clients=1)
+    except InputError:
+      parser.error(
+          f'--noise-multipliers: the claimed epsilon of {noise_multiplier:g}, '
+          'which the audit is compared with, cannot be computed; pass a '
+          'larger noise multiplier.'
+      )
+
+
 def main(argv=None) -> int:
   args = _parse_args(argv)
-  rows = run_audit(
-      noise_multipliers=args.noise_multipliers,
-      negative_control_noise_multipliers=args.negative_control,
-      num_trials=args.num_trials, clip_norm=args.clip_norm, seed=args.seed,
-  )
+  try:
+    rows = run_audit(
+        noise_multipliers=args.noise_multipliers,
+        negative_control_noise_multipliers=args.negative_control,
+        num_trials=args.num_trials, clip_norm=args.clip_norm, seed=args.seed,
+    )
+  except InputError as error:
+    print(f'dp_canary_audit.py: error: {error}', file=sys.stderr)
+    return 2
   print(table(rows))
   if args.out is not None:
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ train with the same DP procedure as the target.
 Each finished setting is appended to `results.jsonl` in the output folder,
 so a run that is killed keeps them. The client-level canary audit of
 `experiments/dp_canary_audit.py` runs last. Then `results.md` (both tables)
-and `accuracy_vs_epsilon.png` are written.
+and `accuracy_vs_epsilon.png` are written, in this order.
 
 Clip bound 0.5, as in `experiments/heart_disease_dp_central.toml`: central
 noise at epsilon 1, 5 and 50 (seeds 0-2) with clip bounds 0.1, 0.25, 0.5 and
@@ -63,6 +63,7 @@ from fedjax_med import study_privacy
 from fedjax_med.data import federated
 from fedjax_med.errors import InputError
 from fedjax_med.report import outputs
+from fedjax_med.report import results_page
 from fedjax_med.report import script_help
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import round as round_lib
@@ -319,8 +320,8 @@ def _epsilon(setting: Setting, summary: dict[str, Any]) -> float | None:
 
 
 def _spread(values: list[float]) -> dict[str, Any]:
-  """Return the mean, the sample std (0 for one value) and the values."""
-  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  """Return the mean, the sample std (None for one value) and the values."""
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
   return {'mean': float(np.mean(values)), 'std': std, 'per_seed': values}
 
 
@@ -408,7 +409,7 @@ def _append_line(path: pathlib.Path, record: dict[str, Any]) -> None:
 
 
 def _format_spread(spread: dict[str, Any]) -> str:
-  return f"{spread['mean']:.3f} ± {spread['std']:.3f}"
+  return results_page.mean_std(spread['per_seed'])
 
 
 def tradeoff_table(rows: list[dict[str, Any]]) -> str:
@@ -488,9 +489,10 @@ def plot_tradeoff(
 
     for statistic, style, marker in (('mean_accuracy', '-', 'o'),
                                      ('worst_accuracy', '--', 's')):
+      # One seed has no spread to draw.
       axes.errorbar(
           epsilons, [row[statistic]['mean'] for row in chosen],
-          yerr=[row[statistic]['std'] for row in chosen],
+          yerr=[row[statistic]['std'] or 0.0 for row in chosen],
           color=colors[mechanism], linestyle=style, marker=marker,
           fillstyle='full' if marker == 'o' else 'none', capsize=3,
           label=f"{MECHANISM_LABELS[mechanism]}, "
@@ -528,8 +530,8 @@ def _parse_args(argv):
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--seeds', type=int, nargs='+', default=None,
-      help='experiment seeds of every setting; the first one is attacked '
-      '(default: 0 1 2, or 0 with --quick).',
+      help='distinct experiment seeds of every setting; the first one is '
+      'attacked (default: 0 1 2, or 0 with --quick).',
   )
   parser.add_argument(
       '--num-shadows', type=int, default=None,
@@ -538,7 +540,8 @@ def _parse_args(argv):
   )
   parser.add_argument(
       '--quick', action='store_true',
-      help=f'one seed and the reduced sizes {QUICK}, for a smoke test.',
+      help='one seed and the reduced sizes '
+      f'{script_help.format_sizes(QUICK)}, for a smoke test.',
   )
   parser.add_argument(
       '--out', type=pathlib.Path, default=None,
@@ -548,6 +551,7 @@ def _parse_args(argv):
   args = parser.parse_args(argv)
   if args.seeds is None:
     args.seeds = [0] if args.quick else [0, 1, 2]
+  script_help.check_seeds(parser, args.seeds)
   if args.num_shadows is None:
     args.num_shadows = QUICK['num_shadows'] if args.quick else 16
   if args.num_shadows < 4:
@@ -588,12 +592,12 @@ def run(args) -> pathlib.Path:
   for audit_row in audit_rows:
     _append_line(results_path, {'kind': 'canary_audit', **audit_row})
 
-  plot_tradeoff(out_dir / 'accuracy_vs_epsilon.png', rows, seeds=args.seeds)
   write_markdown(
       out_dir / 'results.md', rows, audit_rows, seeds=args.seeds,
       sizes=sizes, num_shadows=args.num_shadows,
       elapsed_s=time.perf_counter() - start,
   )
+  plot_tradeoff(out_dir / 'accuracy_vs_epsilon.png', rows, seeds=args.seeds)
   return out_dir
 
 

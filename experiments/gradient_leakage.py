@@ -563,14 +563,14 @@ def run(sizes, *, seed, out_dir, command) -> list[dict[str, Any]]:
     examples.append((record, originals, reconstructed))
     print(f"{record['condition']}: PSNR {record['median_psnr']:.1f} dB "
           f"({record['seconds']:.0f} s)", flush=True)
-  plot_tabular(out_dir / 'leakage_heart.png', records)
-  single = [e for e in examples if e[0]['batch'] == 1]
-  plot_images(out_dir / 'leakage_images.png', single)
-  plot_quality(out_dir / 'leakage_quality.png', records)
   write_markdown(out_dir / 'results.md', records, command=command, seed=seed,
                  elapsed_s=time.perf_counter() - start,
                  load_before=load_before, load_after=machine.load_average(),
                  quick=sizes is QUICK)
+  plot_tabular(out_dir / 'leakage_heart.png', records)
+  single = [e for e in examples if e[0]['batch'] == 1]
+  plot_images(out_dir / 'leakage_images.png', single)
+  plot_quality(out_dir / 'leakage_quality.png', records)
   return records
 
 

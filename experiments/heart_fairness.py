@@ -755,14 +755,7 @@ def _parse_args(argv):
 
   if args.rounds < 1:
     parser.error(f'--rounds must be at least 1; got {args.rounds}.')
-  invalid = [seed for seed in args.seeds
-             if not 0 <= seed <= config_lib.MAX_SEED]
-  if invalid:
-    parser.error(
-        f'--seeds must be in [0, {config_lib.MAX_SEED}]; got {invalid}.'
-    )
-  if len(set(args.seeds)) != len(args.seeds):
-    parser.error(f'--seeds must not repeat; got {args.seeds}.')
+  script_help.check_seeds(parser, args.seeds, limit=config_lib.MAX_SEED + 1)
   # Checked before training, so a bad path does not cost a whole run.
   if args.figure.suffix.lower() != '.png':
     parser.error(f'--figure must be a .png file; got {args.figure}.')
@@ -775,11 +768,13 @@ def _parse_args(argv):
           f'--{name}: the folder {path.parent} does not exist. Create it or '
           'pick another path.'
       )
+  script_help.check_results_page(parser, args.markdown, start=RESULTS_START,
+                                 end=RESULTS_END)
   return args
 
 
 def run(args, command: str) -> str:
-  """Train every model and write the page, figure and JSON.
+  """Train every model and write the JSON, the page and the figure.
 
   Returns:
     The results block of the page, as markdown.
@@ -810,12 +805,13 @@ def run(args, command: str) -> str:
       elapsed_s=time.perf_counter() - start,
       reproduction_difference=difference,
   )
-  write_results_page(args.markdown, results)
-  plot_results(args.figure, records, list(dataset.client_names),
-               majority_accuracy(dataset))
+  # The figure goes last, so that a plotting failure keeps the results.
   if args.json is not None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(records, indent=1, allow_nan=False))
+  write_results_page(args.markdown, results)
+  plot_results(args.figure, records, list(dataset.client_names),
+               majority_accuracy(dataset))
   return results
 
 

@@ -64,6 +64,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
 from fedjax_med.models import tabular
+from fedjax_med.report import results_page
 from fedjax_med.report import script_help
 from fedjax_med.server import optimizers
 from fedjax_med.simulation import evaluate as evaluate_lib
@@ -157,7 +158,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--seeds', type=int, nargs='+', default=list(SEEDS),
-      help='seeds of the initial model and of the batch shuffles',
+      help='distinct seeds of the initial model and of the batch shuffles',
   )
   parser.add_argument(
       '--rounds', type=int, default=ROUNDS,
@@ -179,9 +180,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
       'hospital',
   )
   args = parser.parse_args(argv)
+  script_help.check_seeds(parser, args.seeds)
   for name in ('rounds', 'local_steps', 'pooled_epochs'):
-    if getattr(args, name) < 1:
-      parser.error(f'--{name.replace("_", "-")} must be at least 1.')
+    value = getattr(args, name)
+    if value < 1:
+      parser.error(
+          f'--{name.replace("_", "-")} must be at least 1; got {value}.')
   return args
 
 
@@ -318,10 +322,6 @@ def _run_row(label, paper, train_fn, model, evaluate, seeds, sample_x,
   )
 
 
-def _std(values: np.ndarray) -> float:
-  return float(np.std(values, ddof=1)) if values.size > 1 else 0.0
-
-
 def _format_tables(rows: list[Row], client_names) -> str:
   """Format the summary and per-hospital tables as markdown."""
   lines = [
@@ -333,9 +333,8 @@ def _format_tables(rows: list[Row], client_names) -> str:
     paper = 'n/a' if row.flamby_paper is None else f'{row.flamby_paper:.3f}'
     per_seed = ', '.join(f'{value:.3f}' for value in row.means)
     lines.append(
-        f'| {row.label} | {np.mean(row.means):.3f} ± {_std(row.means):.3f} | '
-        f'{paper} | {np.mean(row.pooled):.3f} ± {_std(row.pooled):.3f} | '
-        f'{per_seed} |'
+        f'| {row.label} | {results_page.mean_std(row.means)} | {paper} | '
+        f'{results_page.mean_std(row.pooled)} | {per_seed} |'
     )
   lines += [
       '',
@@ -343,10 +342,9 @@ def _format_tables(rows: list[Row], client_names) -> str:
       '|---|' + '---|' * len(client_names),
   ]
   for row in rows:
-    means = np.mean(row.per_client, axis=0)
-    stds = [_std(row.per_client[:, index]) for index in range(means.size)]
     cells = ' | '.join(
-        f'{mean:.3f} ± {std:.3f}' for mean, std in zip(means, stds)
+        results_page.mean_std(row.per_client[:, index])
+        for index in range(row.per_client.shape[1])
     )
     lines.append(f'| {row.label} | {cells} |')
   return '\n'.join(lines)

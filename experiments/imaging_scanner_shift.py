@@ -227,7 +227,7 @@ def parse_args(argv):
       description=__doc__.splitlines()[0],
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
-                      help='seeds; each runs every algorithm once')
+                      help='distinct seeds; each runs every algorithm once')
   parser.add_argument('--rounds', type=int, default=20,
                       help='federated rounds per run')
   parser.add_argument('--clients', type=int, default=100,
@@ -247,6 +247,7 @@ def parse_args(argv):
   parser.add_argument('--json', type=pathlib.Path, default=None,
                       help='JSON-lines file; each finished run is appended')
   args = parser.parse_args(argv)
+  script_help.check_seeds(parser, args.seeds)
   for algorithm in args.algorithms:
     try:
       build_config(algorithm, seed=args.seeds[0], rounds=args.rounds,
@@ -254,6 +255,12 @@ def parse_args(argv):
     except InputError as error:
       parser.error(f'--rounds {args.rounds} or --clients {args.clients}: '
                    f'{error}')
+  script_help.check_results_page(parser, args.markdown, start=RESULTS_START,
+                                 end=RESULTS_END)
+  for flag, path in (('--figure', args.figure),
+                     ('--profiles-figure', args.profiles_figure),
+                     ('--json', args.json)):
+    script_help.check_out_path(parser, path, flag)
   return args
 
 
@@ -276,7 +283,6 @@ def main(argv=None) -> list[dict[str, Any]]:
           args.json.parent.mkdir(parents=True, exist_ok=True)
           with args.json.open('a') as stream:
             stream.write(json.dumps(record) + '\n')
-  plot_profiles_accuracy(records, args.figure)
   command = 'python experiments/imaging_scanner_shift.py ' + ' '.join(
       argv if argv is not None else sys.argv[1:])
   results_page.replace_results(
@@ -284,6 +290,7 @@ def main(argv=None) -> list[dict[str, Any]]:
           records, command=command.strip(),
           elapsed_s=time.perf_counter() - start),
       start=RESULTS_START, end=RESULTS_END, title='Scanner shift on digits')
+  plot_profiles_accuracy(records, args.figure)
   return records
 
 

@@ -45,8 +45,9 @@ simulated hours. The accounting from the recorded participation
 every client always online would claim.
 
 Every finished run is appended to `--json` at once, so a stopped study
-keeps what it finished. The results go between the marker lines of the
-markdown page; the rest of the page is kept.
+keeps what it finished. Lines already in the file are kept. The results
+go between the marker lines of the markdown page; the rest of the page is
+kept.
 """
 
 import argparse
@@ -512,10 +513,14 @@ def parse_args(argv):
   parser.add_argument('--clients', type=int, default=10_000,
                       help='synthetic clients in the population')
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
-                      help='seeds; each draws data, speeds and schedules')
-  parser.add_argument('--hours', type=float, default=24.0,
-                      help='simulated hours of parts 1 and 3')
-  parser.add_argument('--evaluate-every', type=float, default=1800.0,
+                      help='distinct seeds; each draws data, speeds and '
+                      'schedules')
+  parser.add_argument('--hours', type=script_help.finite_positive_float,
+                      default=24.0,
+                      help='simulated hours of parts 1 and 3; part 3 needs '
+                      f'at least the {DEADLINE_S:g} s deadline of one round')
+  parser.add_argument('--evaluate-every',
+                      type=script_help.finite_positive_float, default=1800.0,
                       help='simulated seconds between evaluations')
   parser.add_argument('--compression-rounds', type=int, default=60,
                       help='rounds of each compressor in part 2')
@@ -527,9 +532,13 @@ def parse_args(argv):
                       choices=['clock', 'bytes', 'privacy'],
                       help='which parts to run')
   parser.add_argument('--markdown', type=pathlib.Path,
-                      default=DEFAULT_MARKDOWN, help='results page')
+                      default=DEFAULT_MARKDOWN,
+                      help='results page; the block between its markers is '
+                      'replaced')
   parser.add_argument('--json', type=pathlib.Path, default=None,
-                      help='JSON lines file, one finished run per line')
+                      help='JSON lines file to which each finished run is '
+                      'appended (default: the --markdown path with the '
+                      'suffix .jsonl)')
   parser.add_argument('--clock-figure', type=pathlib.Path,
                       default=DEFAULT_CLOCK_FIGURE,
                       help='PNG of accuracy against simulated hours (part 1)')
@@ -540,19 +549,30 @@ def parse_args(argv):
   if args.clients < COHORT:
     parser.error(f'--clients must be at least the cohort of {COHORT}; got '
                  f'{args.clients}.')
-  if not args.hours > 0:
-    parser.error(f'--hours must be positive; got {args.hours}.')
+  script_help.check_seeds(parser, args.seeds)
+  # A privacy round lasts up to the deadline, and only rounds that end
+  # within the budget count, so a shorter budget leaves nothing to account.
+  if 'privacy' in args.parts and args.hours * 3600.0 < DEADLINE_S:
+    parser.error(f'--hours must be at least {DEADLINE_S / 3600.0:g} (the '
+                 f'{DEADLINE_S:g} s deadline of one privacy round) when '
+                 f'--parts includes privacy; got {args.hours:g}.')
   if args.compression_rounds < 1:
     parser.error('--compression-rounds must be at least 1; got '
                  f'{args.compression_rounds}.')
+  if args.json is None:
+    args.json = args.markdown.with_suffix('.jsonl')
+  script_help.check_results_page(parser, args.markdown, start=RESULTS_START,
+                                 end=RESULTS_END)
+  script_help.check_out_path(parser, args.json, '--json')
+  script_help.check_out_path(parser, args.clock_figure, '--clock-figure')
+  script_help.check_out_path(parser, args.bytes_figure, '--bytes-figure')
   return args
 
 
 def main(argv=None) -> list[dict[str, Any]]:
   args = parse_args(argv)
-  json_path = args.json or args.markdown.with_suffix('.jsonl')
+  json_path = args.json
   json_path.parent.mkdir(parents=True, exist_ok=True)
-  json_path.write_text('')
   records = []
   started = time.perf_counter()
 

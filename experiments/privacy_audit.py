@@ -292,13 +292,14 @@ def _parse_args(argv):
       'out shadows (default: online).',
   )
   parser.add_argument(
-      '--seed', type=int, default=0,
-      help='seed of the target and shadow trainings, in '
-      f'[0, {config_lib.MAX_SEED}] (default: 0).',
+      '--seed', type=script_help.seed_type(config_lib.MAX_SEED + 1),
+      default=0,
+      help='seed of the target and shadow trainings (default: 0).',
   )
   parser.add_argument(
       '--quick', action='store_true',
-      help=f'override the sizes with {QUICK}, for a smoke test.',
+      help='override the sizes with '
+      f'{script_help.format_sizes(QUICK)}, for a smoke test.',
   )
   parser.add_argument(
       '--out', type=pathlib.Path, default=None,
@@ -323,10 +324,6 @@ def _parse_args(argv):
   if not 0 < args.learning_rate < math.inf:
     parser.error(f'--learning-rate must be positive and finite; got '
                  f'{args.learning_rate}.')
-  if not 0 <= args.seed <= config_lib.MAX_SEED:
-    parser.error(
-        f'--seed must be in [0, {config_lib.MAX_SEED}]; got {args.seed}.'
-    )
   script_help.check_out_path(parser, args.out)
   return args
 

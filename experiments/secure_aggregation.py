@@ -745,13 +745,13 @@ def run(sizes: dict[str, Any], *, seed: int, out_dir: pathlib.Path,
                            RING_BITS)
   for model_row in model_rows:
     _append_line(results_path, model_row)
-  plot_results(out_dir / 'secure_aggregation.png', rows, model_rows,
-               cohort=sizes['dropout_cohort'])
   write_markdown(
       out_dir / 'results.md', rows, model_rows, sizes=sizes, seed=seed,
       command=command, elapsed_s=time.perf_counter() - start,
       load_before=load_before, load_after=machine.load_average(),
   )
+  plot_results(out_dir / 'secure_aggregation.png', rows, model_rows,
+               cohort=sizes['dropout_cohort'])
   return rows + model_rows
 
 
@@ -761,10 +761,11 @@ def _parse_args(argv):
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument(
       '--quick', action='store_true',
-      help=f'the reduced sizes {QUICK}, for a smoke test.',
+      help=f'the reduced sizes {script_help.format_sizes(QUICK)}, for a '
+      'smoke test.',
   )
   parser.add_argument(
-      '--seed', type=int, default=0,
+      '--seed', type=script_help.seed_type(2**32), default=0,
       help='experiment seed of every run (default: 0).',
   )
   parser.add_argument(

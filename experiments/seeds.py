@@ -31,7 +31,7 @@ def _parse_args(argv):
   parser.add_argument('config', nargs='?', default=None,
                       help='study TOML file; the defaults without one')
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4],
-                      help='seeds; each runs the whole study once')
+                      help='distinct seeds; each runs the whole study once')
   parser.add_argument('--set', dest='overrides', action='append', default=[],
                       metavar='KEY=VALUE',
                       help='a config setting, as in `fedjax-med run --set`; '
@@ -39,7 +39,9 @@ def _parse_args(argv):
   parser.add_argument('--out', default=None,
                       help='empty or new folder of the results; without it, '
                       'a new folder under runs/')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  script_help.check_seeds(parser, args.seeds)
+  return args
 
 
 def _table(rows, client_names) -> str:
@@ -51,11 +53,14 @@ def _table(rows, client_names) -> str:
     cells += [f"{row['mean_accuracy']:.3f}", f"{row['worst_accuracy']:.3f}"]
     lines.append('| ' + ' | '.join(cells) + ' |')
   means = np.array([row['mean_accuracy'] for row in rows])
+  # One seed has no sample standard deviation.
+  spread = (f'standard deviation {means.std(ddof=1):.3f}, '
+            if len(rows) > 1 else '')
   lines.append('')
   lines.append(
       f'Mean per-hospital accuracy over {len(rows)} seeds: '
-      f'{means.mean():.3f} (standard deviation {means.std(ddof=1) if len(rows) > 1 else 0.0:.3f}, '
-      f'min {means.min():.3f}, max {means.max():.3f}).'
+      f'{means.mean():.3f} ({spread}min {means.min():.3f}, '
+      f'max {means.max():.3f}).'
   )
   return '\n'.join(lines) + '\n'
 

@@ -56,6 +56,7 @@ from fedjax_med.client import survival_training
 from fedjax_med.data import federated
 from fedjax_med.data import tcga_brca
 from fedjax_med.models import tabular
+from fedjax_med.report import results_page
 from fedjax_med.report import script_help
 from fedjax_med.server import optimizers
 from fedjax_med.simulation import evaluate_survival
@@ -151,13 +152,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
           f'--{name.replace("_", "-")} must be in [1, 2147483647]; got '
           f'{value}.'
       )
-  invalid = [seed for seed in args.seeds if not 0 <= seed <= 2**32 - 1]
-  if invalid:
-    parser.error(f'--seeds must be in [0, 4294967295]; got {invalid}.')
-  for name in ('seeds', 'strategies'):
-    values = getattr(args, name)
-    if len(set(values)) != len(values):
-      parser.error(f'--{name} must not repeat; got {values}.')
+  script_help.check_seeds(parser, args.seeds)
+  if len(set(args.strategies)) != len(args.strategies):
+    parser.error(f'--strategies must not repeat; got {args.strategies}.')
   return args
 
 
@@ -234,10 +231,6 @@ def _train_federated(model, train, strategy, rounds, local_steps):
   return train_fn
 
 
-def _std(values: np.ndarray) -> float:
-  return float(np.std(values, ddof=1)) if values.size > 1 else 0.0
-
-
 def _format_tables(labels, flamby, results, client_names) -> str:
   """Format the summary and per-client tables as markdown."""
   lines = [
@@ -248,9 +241,8 @@ def _format_tables(labels, flamby, results, client_names) -> str:
   for label, paper, (means, _, pooled) in zip(labels, flamby, results):
     per_seed = ', '.join(f'{value:.3f}' for value in means)
     lines.append(
-        f'| {label} | {np.mean(means):.3f} ± {_std(means):.3f} | '
-        f'{paper:.3f} | {np.mean(pooled):.3f} ± {_std(pooled):.3f} | '
-        f'{per_seed} |'
+        f'| {label} | {results_page.mean_std(means)} | {paper:.3f} | '
+        f'{results_page.mean_std(pooled)} | {per_seed} |'
     )
   lines += [
       '',

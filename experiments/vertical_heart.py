@@ -374,11 +374,11 @@ def run(sizes: dict[str, Any], *, seed: int, out_dir: pathlib.Path,
         f"{psi_record['seconds']:.1f} s", flush=True)
   aligned = data.align(dataset, psi_record['intersection'])
   rows = run_models(aligned, sizes, seed, results)
-  plot_results(out_dir / 'vertical_heart.png', rows)
   write_markdown(
       out_dir / 'results.md', psi_record, rows, sizes=sizes, seed=seed,
       command=command, elapsed_s=time.perf_counter() - start,
       load_before=load_before, load_after=machine.load_average())
+  plot_results(out_dir / 'vertical_heart.png', rows)
   return psi_record, rows
 
 
@@ -387,7 +387,8 @@ def _parse_args(argv):
       description=__doc__.splitlines()[0],
       formatter_class=script_help.DefaultsHelpFormatter)
   parser.add_argument('--quick', action='store_true',
-                      help=f'the reduced sizes {QUICK}, for a smoke test.')
+                      help='the reduced sizes '
+                      f'{script_help.format_sizes(QUICK)}, for a smoke test.')
   parser.add_argument('--seed', type=script_help.seed_type(2**32), default=0,
                       help='seed of the split, PSI keys, shares and masks '
                       '(default: 0).')

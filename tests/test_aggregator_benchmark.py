@@ -122,6 +122,7 @@ def test_aggregator_time_skips_oversized(benchmark, tmp_path, monkeypatch):
         (['--clients', '2'], '--clients must each be at least 3'),
         (['--repeats', '0'], '--repeats must be at least 1'),
         (['--byzantine-fraction', '0.5'], '--byzantine-fraction must be'),
+        (['--results', '.'], '--results must be a file path'),
     ],
 )
 def test_aggregator_time_invalid_flags(benchmark, capsys, flags, message):

@@ -99,3 +99,53 @@ def test_canary_audit_script_rejects_out_under_file(load_script, capsys,
 
   assert error.value.code == 2
   assert f'{blocker} is a file' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('value', ['99999999999999999999', '-1'])
+def test_canary_audit_script_rejects_seed(load_script, capsys, value):
+  script = load_script('experiments/dp_canary_audit.py')
+
+  with pytest.raises(SystemExit) as error:
+    script._parse_args([f'--seed={value}'])  # pylint: disable=protected-access
+
+  assert error.value.code == 2
+  assert 'is not in [0, 4294967296)' in capsys.readouterr().err
+
+
+def test_canary_audit_script_rejects_claim_error(load_script, capsys,
+                                                 monkeypatch):
+  script = load_script('experiments/dp_canary_audit.py')
+
+  def failing_epsilon(event, relation, rounds, delta, accountant='rdp'):
+    del relation, rounds, delta, accountant
+    if event.noise_multiplier < 1e-3:
+      raise script.InputError('Use accountant=rdp instead.')
+    return 1.0
+
+  monkeypatch.setattr(script.accounting, 'epsilon_for', failing_epsilon)
+
+  with pytest.raises(SystemExit) as error:
+    script._parse_args(  # pylint: disable=protected-access
+        ['--noise-multipliers', '1', '1e-9'])
+
+  message = capsys.readouterr().err
+  assert error.value.code == 2
+  assert '--noise-multipliers: the claimed epsilon of 1e-09' in message
+  assert 'accountant=rdp' not in message
+
+
+def test_canary_audit_script_input_error_one_line(load_script, capsys,
+                                                  monkeypatch):
+  script = load_script('experiments/dp_canary_audit.py')
+
+  def failing_audit(**kwargs):
+    del kwargs
+    raise script.InputError('the audit failed')
+
+  monkeypatch.setattr(script, 'run_audit', failing_audit)
+
+  status = script.main(['--quick'])
+
+  assert status == 2
+  assert capsys.readouterr().err == (
+      'dp_canary_audit.py: error: the audit failed\n')

@@ -163,6 +163,11 @@ def test_cnn_round_pfl_missing_interpreter(benchmark, tmp_path):
         (['--loop-max-clients', 'lenet_digits=0'], 'expected WORKLOAD=N'),
         (['--loop-max-clients', 'mlp=2'], 'expected WORKLOAD=N'),
         (['--python', 'flower=/usr/bin/python3'], 'expected pfl=PATH'),
+        (['--pfl-timeout', 'inf'], '--pfl-timeout must be positive and'),
+        (['--pfl-timeout', '0'], '--pfl-timeout must be positive and'),
+        (['--digits-clients', '--resnet-clients', '--cifar-clients', '0'],
+         'no workload to run'),
+        (['--results', '.'], '--results must be a file path'),
     ],
 )
 def test_cnn_round_rejects_invalid_flags(benchmark, capsys, flags, message):

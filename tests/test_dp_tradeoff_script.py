@@ -169,3 +169,38 @@ def test_rejects_few_shadows(capsys):
 
   assert error.value.code == 2
   assert '--num-shadows must be at least 4' in capsys.readouterr().err
+
+
+def test_rejects_repeated_seeds(capsys):
+  script = _load_script()
+
+  with pytest.raises(SystemExit) as error:
+    script.main(['--seeds', '0', '1', '0'])
+
+  assert error.value.code == 2
+  assert '0 given more than once' in capsys.readouterr().err
+
+
+def test_single_seed_spread_omitted():
+  script = _load_script()
+
+  # pylint: disable=protected-access
+  spread = script._spread([0.75])
+  text = script._format_spread(spread)
+
+  assert spread['std'] is None
+  assert text == '0.750'
+
+
+def test_quick_run_page_has_no_spread(quick_run):
+  _, out, records = quick_run
+
+  page = (out / 'results.md').read_text()
+  table = page.split('## Client-level canary audit')[0]
+  lines = [line for line in table.splitlines() if line.startswith('| ')]
+
+  for row in _rows(records, 'tradeoff'):
+    assert row['worst_accuracy']['std'] is None
+  assert len(lines) > 1
+  for line in lines:
+    assert '±' not in line

@@ -164,3 +164,15 @@ def test_bad_output_path_rejected_before_training(tmp_path, flag, value,
     module._parse_args([flag, str(tmp_path / value)])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_page_without_markers_rejected_first(tmp_path, capsys):
+  module = _load_script()
+  page = tmp_path / 'page.md'
+  page.write_text('# Notes\n')
+
+  with pytest.raises(SystemExit) as exit_info:
+    module._parse_args(['--markdown', str(page)])
+
+  assert exit_info.value.code == 2
+  assert 'lacks the result markers' in capsys.readouterr().err

@@ -94,8 +94,32 @@ def test_local_adds_row_per_hospital():
     assert 0.0 <= _mean_cell(rows[0]) <= 1.0
 
 
-def test_invalid_rounds_rejected():
+def test_invalid_rounds_rejected(capsys):
   script = _load_script()
 
   with pytest.raises(SystemExit):
     script.main(['--rounds', '0'])
+
+  assert '--rounds must be at least 1; got 0.' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('seeds, message', [
+    (['0', '0'], '0 given more than once'),
+    (['-1'], '--seeds must be integers'),
+])
+def test_invalid_seeds_rejected(capsys, seeds, message):
+  script = _load_script()
+
+  with pytest.raises(SystemExit) as exit_info:
+    script.main(['--seeds', *seeds])
+
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_single_seed_has_no_spread(reduced_run):
+  _, output = reduced_run
+
+  # One seed has no sample standard deviation to print.
+  for row in _table_rows(output, 'FedAvg'):
+    assert '±' not in row

@@ -71,3 +71,60 @@ def test_profile_plot_skips_profiles_without_sites(load_script, tmp_path):
     experiment.plot_profiles_accuracy(records, path)
 
   assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--seeds', '0', '-1'], '--seeds must be integers'),
+    (['--seeds', '0', '0'], '0 given more than once'),
+])
+def test_imaging_experiment_rejects_seeds(load_script, capsys, flags,
+                                          message):
+  experiment = load_script('experiments/imaging_scanner_shift.py')
+
+  with pytest.raises(SystemExit) as exit_info:
+    experiment.parse_args(flags)
+
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_imaging_experiment_checks_page_first(load_script, capsys, tmp_path):
+  experiment = load_script('experiments/imaging_scanner_shift.py')
+  page = tmp_path / 'page.md'
+  page.write_text('# Notes\n')
+
+  with pytest.raises(SystemExit) as exit_info:
+    experiment.parse_args(['--markdown', str(page)])
+
+  assert exit_info.value.code == 2
+  assert 'lacks the result markers' in capsys.readouterr().err
+
+
+def test_imaging_experiment_page_before_figure(load_script, tmp_path,
+                                               monkeypatch):
+  experiment = load_script('experiments/imaging_scanner_shift.py')
+  markdown = tmp_path / 'page.md'
+
+  def fake_run(algorithm, *, seed, rounds, clients, out_root):
+    del out_root
+    return {'algorithm': algorithm, 'seed': seed, 'rounds': rounds,
+            'clients': clients, 'mean_accuracy': 0.5,
+            'worst_accuracy': 0.25, 'p10_accuracy': 0.3,
+            'wall_time_s': 1.0,
+            'profile_accuracy': {name: 0.5
+                                 for name in experiment.PROFILE_NAMES}}
+
+  def failing_plot(records, path):
+    del records, path
+    raise RuntimeError('no figure')
+
+  monkeypatch.setattr(experiment, 'run_one', fake_run)
+  monkeypatch.setattr(experiment, 'plot_profile_examples', lambda path: None)
+  monkeypatch.setattr(experiment, 'plot_profiles_accuracy', failing_plot)
+
+  with pytest.raises(RuntimeError, match='no figure'):
+    experiment.main(['--seeds', '0', '--rounds', '2', '--clients', '10',
+                     '--algorithms', 'fedavg', '--markdown', str(markdown),
+                     '--figure', str(tmp_path / 'accuracy.png')])
+
+  assert '| FedAvg |' in markdown.read_text()

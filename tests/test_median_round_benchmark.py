@@ -91,6 +91,9 @@ def test_sort_median_baseline_matches_library(benchmark):
         (['--clients', '0'], '--clients must each be at least 1'),
         (['--repeats', '0'], '--repeats must be at least 1'),
         (['--batch-size', '0'], '--batch-size must be at least 1'),
+        (['--learning-rate', 'nan'], 'not positive and finite'),
+        (['--learning-rate', 'inf'], 'not positive and finite'),
+        (['--results', '.'], '--results must be a file path'),
     ],
 )
 def test_median_round_invalid_flags(benchmark, capsys, flags, message):

@@ -115,6 +115,7 @@ def test_script_skips_after_budget(benchmark, capsys, monkeypatch):
         (['--clients', '0'], '--clients must be at least 1'),
         (['--chunk-size', '0'], '--chunk-size must be at least 1'),
         (['--budget-s', '0'], '--budget-s must be > 0 seconds'),
+        (['--jsonl', '.'], '--jsonl must be a file path'),
     ],
 )
 def test_invalid_flags(benchmark, capsys, flags, message):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 
 def test_participation_experiment_writes_results(load_script, tmp_path):
   experiment = load_script('experiments/participation_communication.py')
@@ -9,6 +11,8 @@ def test_participation_experiment_writes_results(load_script, tmp_path):
   runs = tmp_path / 'runs.jsonl'
   clock_figure = tmp_path / 'clock.png'
   bytes_figure = tmp_path / 'bytes.png'
+  earlier = json.dumps({'part': 'clock', 'method': 'earlier run'})
+  runs.write_text(earlier + '\n')
 
   records = experiment.main([
       '--clients', '120', '--seeds', '0', '--hours', '0.5',
@@ -24,8 +28,10 @@ def test_participation_experiment_writes_results(load_script, tmp_path):
               + [('bytes', 'none'), ('bytes', 'qsgd_16')]
               + [('privacy', 'fedavg_drop_dp')])
   assert parts == expected
+  # Finished runs are appended after the lines already in the file.
   lines = runs.read_text().splitlines()
-  assert [json.loads(line)['method'] for line in lines] == [
+  assert lines[0] == earlier
+  assert [json.loads(line)['method'] for line in lines[1:]] == [
       method for _, method in expected]
   for record in records:
     if record['part'] == 'clock':
@@ -62,3 +68,57 @@ def test_participation_experiment_writes_results(load_script, tmp_path):
   assert 'epsilon, no amplification' in page
   assert clock_figure.stat().st_size > 0
   assert bytes_figure.stat().st_size > 0
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--hours', 'inf'], 'not positive and finite'),
+    (['--hours', 'nan'], 'not positive and finite'),
+    (['--evaluate-every', '0'], 'not positive and finite'),
+    (['--hours', '0.2'], '--hours must be at least 0.25'),
+    (['--seeds', '0', '0'], '0 given more than once'),
+    (['--seeds', '-1'], '--seeds must be integers'),
+])
+def test_participation_rejects_flags(load_script, capsys, flags, message):
+  experiment = load_script('experiments/participation_communication.py')
+
+  with pytest.raises(SystemExit) as exit_info:
+    experiment.parse_args(flags)
+
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_participation_short_hours_without_privacy(load_script, tmp_path):
+  experiment = load_script('experiments/participation_communication.py')
+
+  args = experiment.parse_args(['--hours', '0.2', '--parts', 'clock',
+                                '--markdown', str(tmp_path / 'page.md')])
+
+  assert args.hours == 0.2
+  assert args.json == tmp_path / 'page.jsonl'
+
+
+@pytest.mark.parametrize('flag', ['--json', '--clock-figure',
+                                  '--bytes-figure', '--markdown'])
+def test_participation_rejects_folder_path(load_script, capsys, tmp_path,
+                                           flag):
+  experiment = load_script('experiments/participation_communication.py')
+
+  with pytest.raises(SystemExit) as exit_info:
+    experiment.parse_args([flag, str(tmp_path)])
+
+  assert exit_info.value.code == 2
+  assert f'{flag} must be a file path' in capsys.readouterr().err
+
+
+def test_participation_page_checked_first(load_script, capsys, tmp_path):
+  experiment = load_script('experiments/participation_communication.py')
+  page = tmp_path / 'page.md'
+  page.write_text('# Notes\n')
+
+  with pytest.raises(SystemExit) as exit_info:
+    experiment.main(['--markdown', str(page)])
+
+  assert exit_info.value.code == 2
+  assert 'lacks the result markers' in capsys.readouterr().err
+  assert not (tmp_path / 'page.jsonl').exists()

@@ -185,3 +185,18 @@ def test_loop_matches_vmapped_params(benchmark, workload, script_run):
       for start, final in zip(workload.params, vmapped)
   )
   assert moved > 1e-3
+
+
+@pytest.mark.parametrize(
+    'flags, message',
+    [
+        (['--timeout', 'inf'], '--timeout must be positive and finite'),
+        (['--timeout', '0'], '--timeout must be positive and finite'),
+        (['--results', '.'], '--results must be a file path'),
+    ],
+)
+def test_peers_rejects_invalid_flags(benchmark, capsys, flags, message):
+  with pytest.raises(SystemExit):
+    benchmark.main(flags)
+
+  assert message in capsys.readouterr().err

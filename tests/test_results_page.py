@@ -48,3 +48,16 @@ def test_replace_results_rejects_markers(tmp_path, text, message):
     results_page.replace_results(page, 'rows', start='<!-- s -->',
                                  end='<!-- e -->', title='Results')
   assert page.read_text() == text
+
+
+def test_check_markers_passes_missing_page(tmp_path):
+  results_page.check_markers(tmp_path / 'page.md', start='<!-- s -->',
+                             end='<!-- e -->')
+
+
+def test_check_markers_rejects_reversed(tmp_path):
+  page = tmp_path / 'page.md'
+  page.write_text('<!-- e -->\n<!-- s -->\n')
+
+  with pytest.raises(ValueError, match='in this order'):
+    results_page.check_markers(page, start='<!-- s -->', end='<!-- e -->')

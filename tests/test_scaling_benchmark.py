@@ -117,7 +117,11 @@ def test_scaling_matmul_flops(benchmark):
     [
         (['--clients', '0'], '--clients must each be at least 1'),
         (['--repeats', '0'], '--repeats must be at least 1'),
-        (['--timeout', '0'], '--timeout must be > 0 seconds'),
+        (['--timeout', '0'], 'not positive and finite'),
+        (['--timeout', 'inf'], 'not positive and finite'),
+        (['--timeout', 'nan'], 'not positive and finite'),
+        (['--results', '.'], '--results must be a file path'),
+        (['--figure', '.'], '--figure must be a file path'),
     ],
 )
 def test_scaling_invalid_flags(benchmark, capsys, flags, message):
@@ -125,3 +129,22 @@ def test_scaling_invalid_flags(benchmark, capsys, flags, message):
     benchmark.main(flags)
 
   assert message in capsys.readouterr().err
+
+
+def test_scaling_results_before_figure(benchmark, tmp_path, monkeypatch):
+  results = tmp_path / 'RESULTS.md'
+
+  def failing_plot(results, variants, path):
+    del results, variants, path
+    raise RuntimeError('no figure')
+
+  monkeypatch.setattr(benchmark, 'run', lambda *args, **kwargs: [])
+  monkeypatch.setattr(benchmark, 'markdown',
+                      lambda *args, **kwargs: '### Round scaling\n')
+  monkeypatch.setattr(benchmark, 'plot', failing_plot)
+
+  with pytest.raises(RuntimeError, match='no figure'):
+    benchmark.main(['--clients', '1', '--results', str(results),
+                    '--figure', str(tmp_path / 'scaling.png')])
+
+  assert results.read_text() == '### Round scaling\n'

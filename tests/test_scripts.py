@@ -18,7 +18,7 @@ def _load(relative_path):
   return module
 
 
-def test_round_throughput_small(tmp_path):
+def test_round_throughput_small(tmp_path, capsys):
   benchmark = _load('benchmarks/round_throughput.py')
   results = tmp_path / 'RESULTS.md'
 
@@ -34,6 +34,36 @@ def test_round_throughput_small(tmp_path):
   page = results.read_text()
   assert '| 4 |' in page
   assert '| 8 |' in page
+  # The section records the flags that ran and is printed too.
+  assert (f'`python benchmarks/round_throughput.py --clients 4 8 '
+          f'--local-steps 2 --max-examples 6 --results {results}`') in page
+  assert '| 8 |' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--clients', '4', '0'], '--clients must each be at least 1'),
+    (['--local-steps', '0'], '--local-steps must be at least 1'),
+    (['--batch-size', '0'], '--batch-size must be at least 1'),
+    (['--max-examples', '1'], '--max-examples must be at least 2'),
+])
+def test_round_throughput_rejects_flags(capsys, flags, message):
+  benchmark = _load('benchmarks/round_throughput.py')
+
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(flags)
+
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_round_throughput_rejects_results_folder(tmp_path, capsys):
+  benchmark = _load('benchmarks/round_throughput.py')
+
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(['--results', str(tmp_path)])
+
+  assert exit_info.value.code == 2
+  assert '--results must be a file path' in capsys.readouterr().err
 
 
 def test_seeds_script_small(tmp_path, capsys):
@@ -59,3 +89,15 @@ def test_seeds_script_invalid_key(tmp_path, capsys):
 
   assert status == 2
   assert 'server.aggregator' in capsys.readouterr().err
+
+
+def test_seeds_script_rejects_repeats(tmp_path, capsys):
+  seeds = _load('experiments/seeds.py')
+  out = tmp_path / 's'
+
+  with pytest.raises(SystemExit) as exit_info:
+    seeds.main(['--seeds', '0', '0', '--out', str(out)])
+
+  assert exit_info.value.code == 2
+  assert '0 given more than once' in capsys.readouterr().err
+  assert not out.exists()

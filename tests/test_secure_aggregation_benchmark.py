@@ -110,3 +110,10 @@ def test_invalid_cohort_rejected(benchmark):
 def test_no_cases_rejected(benchmark):
   with pytest.raises(SystemExit):
     benchmark.main(['--complete', '--harary'])
+
+
+def test_results_folder_rejected(benchmark, capsys):
+  with pytest.raises(SystemExit):
+    benchmark.main(['--results', '.'])
+
+  assert '--results must be a file path' in capsys.readouterr().err

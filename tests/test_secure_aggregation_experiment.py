@@ -169,3 +169,12 @@ def test_binomial_cdf_matches_sum(script):
   assert script.binomial_cdf(3, 3, 0.5) == pytest.approx(1.0)
   assert script.binomial_cdf(1, 4, 0.3) == pytest.approx(
       0.7**4 + 4 * 0.3 * 0.7**3)
+
+
+@pytest.mark.parametrize('value', ['-1', str(2**32), '1.5'])
+def test_rejects_invalid_seed(script, capsys, value):
+  with pytest.raises(SystemExit) as exit_info:
+    script._parse_args([f'--seed={value}'])  # pylint: disable=protected-access
+
+  assert exit_info.value.code == 2
+  assert 'argument --seed' in capsys.readouterr().err

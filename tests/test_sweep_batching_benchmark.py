@@ -106,3 +106,24 @@ def test_sweep_batching_rejects_zero_rounds(benchmark, capsys):
     benchmark.main(['--rounds', '0'])
 
   assert '--rounds must be at least 1' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('relative, message', [
+    ('file', '--out must be a folder'),
+    ('file/sub', 'is a file, not a folder'),
+])
+def test_sweep_batching_rejects_out(benchmark, capsys, tmp_path, relative,
+                                    message):
+  (tmp_path / 'file').write_text('')
+
+  with pytest.raises(SystemExit):
+    benchmark.main(['--out', str(tmp_path / relative)])
+
+  assert message in capsys.readouterr().err
+
+
+def test_sweep_batching_rejects_results_folder(benchmark, capsys):
+  with pytest.raises(SystemExit):
+    benchmark.main(['--results', '.'])
+
+  assert '--results must be a file path' in capsys.readouterr().err

@@ -138,6 +138,7 @@ def test_population_padding_is_zero(benchmark):
         (['--repeats', '0'], '--repeats must be at least 1'),
         (['--clients', '2'], 'use more clients'),
         (['--smallest', '100'], 'smallest < mean < largest'),
+        (['--results', '.'], '--results must be a file path'),
     ],
 )
 def test_invalid_flags(benchmark, capsys, flags, message):

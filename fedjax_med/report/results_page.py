@@ -43,11 +43,31 @@ def replace_results(path: pathlib.Path, block: str, *, start: str, end: str,
   """
   text = path.read_text() if path.exists() else (
       f'# {title}\n\n{start}\n{end}\n')
-  if start not in text or end not in text.split(start, 1)[1]:
-    raise ValueError(
-        f'{path} lacks the result markers {start!r} and then {end!r}; add '
-        'both lines, in this order, where the results belong.')
+  _check_text_markers(path, text, start=start, end=end)
   before, rest = text.split(start, 1)
   _, after = rest.split(end, 1)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(f'{before}{start}\n{block}\n{end}{after}')
+
+
+def check_markers(path: pathlib.Path, *, start: str, end: str) -> None:
+  """Check that `replace_results` can fill in the page at `path`.
+
+  Scripts call this before their run, so that a page without markers
+  ends the script before the work rather than after it. A missing page
+  passes, because `replace_results` creates it.
+
+  Raises:
+    ValueError: if the page exists without both markers, or with the end
+      marker before the start marker.
+  """
+  if path.exists():
+    _check_text_markers(path, path.read_text(), start=start, end=end)
+
+
+def _check_text_markers(path: pathlib.Path, text: str, *, start: str,
+                        end: str) -> None:
+  if start not in text or end not in text.split(start, 1)[1]:
+    raise ValueError(
+        f'{path} lacks the result markers {start!r} and then {end!r}; add '
+        'both lines, in this order, where the results belong.')
