@@ -628,13 +628,12 @@ def run_matrix(
           None if out_dir is None else pathlib.Path(out_dir), name
       )
       stack.enter_context(outputs.lock_run_dir(run_dir))
-      outputs.write_json(run_dir / 'provenance.json',
-                         provenance.collect(first.source_files))
+      outputs.write_json(run_dir / 'provenance.json', provenance.collect(()))
       outputs.write_json(run_dir / 'matrix.json', settings)
-    else:
-      # Datasets are loaded once per process, so one check covers the
-      # cells and seeds that follow.
-      provenance.check_data_files(run_dir, first.source_files, 'matrix')
+    # Datasets are loaded once per process, so one check covers the cells
+    # and seeds that follow.
+    provenance.check_data_files(run_dir, first.source_files, 'matrix',
+                                'matrix')
     todo = [(cell, seed) for cell in all_cells for seed in matrix.seeds
             if (cell, seed) not in done]
     bar = tqdm.tqdm(total=len(all_cells) * len(matrix.seeds),

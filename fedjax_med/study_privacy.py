@@ -61,36 +61,68 @@ def expected_fraction(config, num_clients: int) -> float:
   return 1.0
 
 
-def expected_reporting_clients(config, num_clients: int) -> float:
+def expected_reporting_clients(config, train_counts: np.ndarray) -> float:
   """Return the expected number of sampled, online clients that report.
 
   Clients offline under `participation.availability` or its schedule
   cannot be sampled, and `sampling.dropout_rate` removes a share of the
   rest. Stragglers dropped at a deadline are not counted out, because their
   share depends on the speeds drawn.
+
+  Args:
+    config: the study.
+    train_counts: `[clients]` training rows, for the length of a round
+      under `client.local_epochs`.
   """
   sampling = config.sampling
-  availability = study_participation.participation_settings(
-      config, num_clients)
-  online = None if availability is None else availability.availability
+  num_clients = len(train_counts)
+  settings = study_participation.participation_settings(config, num_clients)
+  online = None if settings is None else settings.availability
   if online is None:
     expected = expected_fraction(config, num_clients) * num_clients
   else:
     online = np.asarray(online, np.float64).reshape(num_clients, -1)
-    # NOTE: a schedule is averaged over its hours as if rounds were spread
-    # evenly over the day, and under a fixed cohort the clients online in
-    # an hour count as binomial at their mean probability.
-    per_hour = online.mean(axis=0)
+    if online.shape[1] > 1:
+      slots = _visited_slots(config, train_counts, online.shape[1],
+                             settings.seconds_per_slot)
+      online = online[:, slots]
+    # NOTE: under a fixed cohort the clients online in a round count as
+    # binomial at their mean probability.
+    per_round = online.mean(axis=0)
     if sampling.sampling == 'uniform':
       counts = np.arange(num_clients + 1)
       expected = float(np.mean([
           np.sum(np.minimum(counts, sampling.cohort_size)
                  * stats.binom.pmf(counts, num_clients, p))
-          for p in per_hour]))
+          for p in per_round]))
     else:
       rate = sampling.sampling_rate if sampling.sampling == 'poisson' else 1.0
-      expected = rate * float(per_hour.mean()) * num_clients
+      expected = rate * float(per_round.mean()) * num_clients
   return expected * (1.0 - sampling.dropout_rate)
+
+
+def _visited_slots(config, train_counts, num_slots, seconds_per_slot):
+  """Return the schedule slot of each round, from an estimated round length.
+
+  A round lasts `server_seconds` plus the local steps at the median speed,
+  cut at a deadline that drops late clients.
+  NOTE: link times and the spread of speeds are left out, and an empty
+  round, which jumps to the next slot, is not foreseen, so this is an
+  estimate of the slots the clock visits.
+  """
+  part, client = config.participation, config.client
+  seconds = part.server_seconds
+  if part.steps_per_second is not None:
+    steps = client.local_steps
+    if client.local_epochs is not None:
+      rows = float(np.median(train_counts))
+      steps = client.local_epochs * math.ceil(rows / client.batch_size)
+    compute = steps / part.steps_per_second
+    if part.deadline_s is not None and part.straggler_policy != 'wait':
+      compute = min(compute, part.deadline_s)
+    seconds += compute
+  rounds = np.arange(config.server.rounds)
+  return np.floor(rounds * seconds / seconds_per_slot).astype(int) % num_slots
 
 
 def resolve_noise_multiplier(config, num_clients: int) -> float:
@@ -129,7 +161,7 @@ def privacy_settings(
     total_weight = float(np.sum(np.minimum(train_counts / server.weight_cap, 1)))
   else:
     total_weight = float(num_clients)
-  reporting = expected_reporting_clients(config, num_clients) / num_clients
+  reporting = expected_reporting_clients(config, train_counts) / num_clients
   denominator = max(reporting * total_weight, 1e-12)
   min_reporting = privacy.min_reporting_clients
   if privacy.noise == 'distributed' and min_reporting is None:

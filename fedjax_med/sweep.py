@@ -50,6 +50,7 @@ The output folder gets:
 import dataclasses
 import itertools
 import json
+import os
 import pathlib
 import shutil
 import time
@@ -769,7 +770,7 @@ def _run_single(point: Point, run_dir: pathlib.Path,
     else:
       _, summary = study.run_study(
           point.config, out, progress=False, checkpoint_interval_s=interval_s,
-          data_check=lambda files: _check_data(run_dir, files))
+          data_check=lambda files: _check_data(run_dir, files, point.config))
   except TrainingDiverged:
     summary = json.loads((out / 'summary.json').read_text())
     return {'status': 'diverged', 'mode': 'loop',
@@ -859,6 +860,7 @@ def run_sweep(
   log = log or (lambda line: None)
   study.check_checkpoint_interval(checkpoint_interval_s)
   base = config_lib.with_absolute_paths(base)
+  sweep = _with_absolute_paths(sweep)
   all_points = points(base, sweep)
   name = f'{config_lib.run_name(base)}_sweep'
   settings = json.loads(json.dumps({
@@ -888,6 +890,31 @@ def run_sweep(
     return _run_locked(
         run_dir, resume, settings, all_points, sweep, name, progress, log,
         checkpoint_interval_s)
+
+
+def _with_absolute_paths(sweep: SweepConfig) -> SweepConfig:
+  """Return `sweep` with the data paths of its axes and variants absolute.
+
+  `sweep.json` keeps the values, and a resume compares them: a relative
+  path would resolve to another file when the resume starts elsewhere.
+  """
+
+  def absolute(key, value):
+    try:
+      section, name = config_lib.resolve_key(key)
+    except InputError:
+      return value
+    if (section == 'data' and name in ('csv_path', 'image_path')
+        and isinstance(value, str)):
+      return os.path.abspath(os.path.expanduser(value))
+    return value
+
+  axes = tuple((key, tuple(absolute(key, value) for value in values))
+               for key, values in sweep.axes)
+  variants = tuple(
+      (name, tuple((key, absolute(key, value)) for key, value in pairs))
+      for name, pairs in sweep.variants)
+  return dataclasses.replace(sweep, axes=axes, variants=variants)
 
 
 def _run_locked(run_dir, resume, settings, all_points, sweep, name, progress,
@@ -952,7 +979,7 @@ def _run_group(group, run_dir, rounds_writer, bar, log, interval_s):
       bar.update(point.config.server.rounds)
       yield point, {'status': 'error', 'mode': 'not run', 'error': str(error)}
       continue
-    _check_data(run_dir, prepared.dataset.source_files)
+    _check_data(run_dir, prepared.dataset.source_files, point.config)
     by_signature.setdefault(_signature(prepared), []).append(
         (point, prepared))
   if len(by_signature) > 1:
@@ -1027,8 +1054,9 @@ def _run_batch(members, run_dir, rounds_writer, bar, interval_s):
     yield point, record
 
 
-def _check_data(run_dir, data_files) -> None:
-  provenance.check_data_files(run_dir, data_files, 'sweep')
+def _check_data(run_dir, data_files, config) -> None:
+  source = json.dumps(config_lib.to_dict(config)['data'], sort_keys=True)
+  provenance.check_data_files(run_dir, data_files, 'sweep', source)
 
 
 def _run_single_recorded(point, run_dir, interval_s):

@@ -61,8 +61,28 @@ def test_fixed_cohort_without_availability_unchanged():
   assert settings.denominator == pytest.approx(5.0)
 
 
-def test_office_hours_average_over_day():
+def test_office_hours_uses_slots_the_clock_visits():
+  # The schedule was averaged over all 24 hours, but 15 rounds of 60 s all
+  # fall in hour 0, outside office hours: 2 clients online, not 8.67.
   settings = _settings(schedule='office_hours', availability=0.9,
                        off_hours_availability=0.1, server_seconds=60.0)
+  assert settings.denominator == pytest.approx(20 * 0.1, rel=1e-6)
+
+
+def test_office_hours_over_a_whole_day():
+  settings = _settings(schedule='office_hours', availability=0.9,
+                       off_hours_availability=0.1, server_seconds=3600.0,
+                       rounds=24)
   online = (10 * 0.9 + 14 * 0.1) / 24
+  assert settings.denominator == pytest.approx(20 * online, rel=1e-6)
+
+
+def test_office_hours_round_length_from_speed():
+  # 100 local steps at 0.01 steps per second: 10,000 s a round, so rounds
+  # 0 to 2 start in hours 0, 2 and 5, all outside office hours, and round
+  # 3 in hour 8, inside them.
+  settings = _settings(schedule='office_hours', availability=0.9,
+                       off_hours_availability=0.1, steps_per_second=0.01,
+                       rounds=4)
+  online = (3 * 0.1 + 0.9) / 4
   assert settings.denominator == pytest.approx(20 * online, rel=1e-6)

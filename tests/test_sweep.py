@@ -336,6 +336,103 @@ def test_resumed_sweep_rejects_changed_data(tmp_path, overrides, unfinished):
   assert len((run_dir / 'points.jsonl').read_text().splitlines()) == 1
 
 
+def _cut_after_first_point(run_dir):
+  lines = (run_dir / 'points.jsonl').read_text().splitlines()
+  (run_dir / 'points.jsonl').write_text(lines[0] + '\n')
+  shutil.rmtree(run_dir / 'runs', ignore_errors=True)
+
+
+def test_resume_rejects_repointed_symlink(tmp_path):
+  # The check keyed files by their resolved path, so a symlink pointed at
+  # another file looked like a new file of the sweep and was accepted.
+  path, data = _csv_data(tmp_path)
+  other = tmp_path / 'other.csv'
+  other.write_text(path.read_text().replace('a,0.0,', 'a,0.5,', 1))
+  link = tmp_path / 'link.csv'
+  link.symlink_to(path)
+  base = _base(**{**data, 'csv_path': str(link)})
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
+  run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                   progress=False)
+  _cut_after_first_point(run_dir)
+  link.unlink()
+  link.symlink_to(other)
+
+  with pytest.raises(errors.DataCheckError, match='changed since the sweep'):
+    sweep_lib.run_sweep(base, axes, run_dir, resume=True, progress=False)
+
+
+def test_resume_rejects_relative_axis_path_elsewhere(tmp_path, monkeypatch):
+  # sweep.json kept an axis value 'a.csv' as written, so a resume from
+  # another folder trained the unfinished points on another a.csv.
+  for folder in ('first', 'second'):
+    (tmp_path / folder).mkdir()
+    path, data = _csv_data(tmp_path / folder)
+  monkeypatch.chdir(tmp_path / 'first')
+  base = _base(**data)
+  axes = sweep_lib.sweep_from_document(
+      {'seeds': [0, 1], 'data.csv_path': ['clients.csv']}, base)
+  run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                   progress=False)
+  _cut_after_first_point(run_dir)
+  monkeypatch.chdir(tmp_path / 'second')
+
+  with pytest.raises(errors.InputError, match='first/clients.csv'):
+    sweep_lib.run_sweep(base, axes, run_dir, resume=True, progress=False)
+
+
+def test_resume_rejects_removed_image_file(tmp_path):
+  # A file removed from the image folder was not noticed: the resumed
+  # points reported accuracy for fewer hospitals.
+  rng = np.random.default_rng(0)
+  folder = tmp_path / 'sites'
+  folder.mkdir()
+  for site in ('s1', 's2', 's3'):
+    np.savez(folder / f'{site}.npz',
+             x=rng.normal(size=(12, 4, 4, 1)).astype(np.float32),
+             y=np.arange(12) % 2)
+  base = _base(dataset='image_npz', image_path=str(folder), model='cnn',
+               bootstrap_resamples=100)
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
+  run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                   progress=False)
+  _cut_after_first_point(run_dir)
+  (folder / 's3.npz').rename(tmp_path / 's3.npz')
+
+  with pytest.raises(errors.DataCheckError, match='0 added and 1 missing'):
+    sweep_lib.run_sweep(base, axes, run_dir, resume=True, progress=False)
+
+
+@pytest.mark.parametrize('content', ['{"data_files": []}', 'not json'])
+def test_resume_rejects_damaged_provenance(tmp_path, content):
+  path, data = _csv_data(tmp_path)
+  base = _base(**data)
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1]}, base)
+  run_dir, _ = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                   progress=False)
+  _cut_after_first_point(run_dir)
+  (run_dir / 'provenance.json').write_text(content)
+
+  with pytest.raises(errors.DataCheckError, match='missing or unreadable'):
+    sweep_lib.run_sweep(base, axes, run_dir, resume=True, progress=False)
+
+
+def test_synthetic_sweep_resumes_without_provenance(tmp_path):
+  # Synthetic data have no files, so a sweep folder from before data
+  # files were recorded can still be resumed.
+  base = _base(dataset='synthetic', num_clients=6)
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1]}, base)
+  run_dir, first = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                       progress=False)
+  _cut_after_first_point(run_dir)
+  (run_dir / 'provenance.json').unlink()
+
+  _, resumed = sweep_lib.run_sweep(base, axes, run_dir, resume=True,
+                                   progress=False)
+
+  assert resumed[1]['test_accuracy'] == first[1]['test_accuracy']
+
+
 def test_resume_past_damaged_batch_checkpoint(tmp_path, monkeypatch):
   # A batch checkpoint without its state raised a KeyError from orbax.
   # The batch now restarts from the older checkpoint, and the rounds it

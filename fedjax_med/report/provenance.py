@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import importlib.metadata
 import pathlib
 import platform
@@ -38,46 +39,69 @@ def _cached_sha256(path: pathlib.Path) -> str:
 
 
 def check_data_files(run_dir: pathlib.Path, data_files: Iterable[pathlib.Path],
-                     kind: str) -> None:
+                     kind: str, source: str) -> None:
   """Check a sweep's or matrix's data files against `provenance.json`.
 
-  A file not yet recorded is added: points of one sweep may read different
-  files. A recorded file whose checksum changed raises InputError, so that
-  the points run after the change do not train on other data than the
-  points before it.
+  Each data setting (`source`, such as the point's `[data]` table) records
+  the set of files it read, and each file its checksum. A later load of the
+  same setting must read the same set of files with the same checksums, so
+  a file added to or removed from an image folder, a symlink pointed at
+  another file, or an edited file raises DataCheckError. Paths are kept as
+  given, not resolved, so that a repointed symlink is a changed file.
 
   Args:
     run_dir: the sweep or matrix folder, with the `provenance.json` that
       `collect` wrote when it started.
     data_files: the files a point or cell is about to read.
     kind: 'sweep' or 'matrix', for the message.
+    source: a key of the data setting that read `data_files`.
   """
+  paths = sorted({os.path.abspath(path) for path in data_files})
+  if not paths:
+    return  # Synthetic data, nothing to compare.
+  units = 'cells' if kind == 'matrix' else 'points'
   path = run_dir / 'provenance.json'
   try:
     record = json.loads(path.read_text())
-    recorded = record['data_files']
-  except (OSError, ValueError, KeyError, TypeError):
+  except (OSError, ValueError):
+    record = None
+  if not isinstance(record, dict) or not isinstance(
+      record.get('data_files', {}), dict) or not isinstance(
+          record.get('data_sources', {}), dict):
     raise DataCheckError(
         f'{path} is missing or unreadable, so the {kind} cannot check that '
-        'its data files are unchanged. Restore it, or start a new '
-        f'{kind}.'
-    ) from None
-  added = False
-  for data_file in data_files:
-    key = str(pathlib.Path(data_file).resolve())
+        f'its data files are unchanged ({kind}s started before fedjax_med '
+        f'recorded their data files have none). Start a new {kind}.'
+    )
+  recorded = record.setdefault('data_files', {})
+  sources = record.setdefault('data_sources', {})
+  changed = False
+  if source in sources and sources[source] != paths:
+    added = sorted(set(paths) - set(sources[source]))
+    missing = sorted(set(sources[source]) - set(paths))
+    listed = ', '.join((added + missing)[:3])
+    raise DataCheckError(
+        f'The data files differ from those the {kind} in {run_dir} read '
+        f'with the same settings: {len(added)} added and {len(missing)} '
+        f'missing ({listed}), so the remaining {units} would train on '
+        f'other data than the finished ones. Restore the files, or start a '
+        f'new {kind}.'
+    )
+  if source not in sources:
+    sources[source] = paths
+    changed = True
+  for key in paths:
     digest = _cached_sha256(pathlib.Path(key))
     if key not in recorded:
       recorded[key] = digest
-      added = True
+      changed = True
     elif recorded[key] != digest:
-      units = 'cells' if kind == 'matrix' else 'points'
       raise DataCheckError(
           f'Data file {key} changed since the {kind} in {run_dir} started, '
           f'so the remaining {units} would train on other data than the '
-          'finished ones. Restore the file, or start a new '
-          f'{kind}.'
+          f'finished ones. Restore the file, or start a new {kind}.'
       )
-  if added:
+  if changed:
     outputs.write_json(path, record)
 
 
