@@ -1590,6 +1590,9 @@ def _validate_distributed(config: ExperimentConfig) -> None:
     )
 
 
+MAX_NAME_BYTES = 200
+
+
 def _validate_name(name) -> None:
   """Raise InputError unless `name` can prefix one folder under `runs/`."""
   if name is None:
@@ -1597,6 +1600,12 @@ def _validate_name(name) -> None:
   if not isinstance(name, str) or not name.strip():
     raise InputError(f'`name={name!r}` is invalid; use a nonempty name such '
                      'as heart_fedavg.')
+  # A folder name has at most 255 bytes, and the run adds `-<time>`, a
+  # sweep `_sweep` and its points `-<index>`.
+  if len(name.encode('utf-8')) > MAX_NAME_BYTES:
+    raise InputError(
+        f'`name` has {len(name.encode("utf-8"))} bytes; use at most '
+        f'{MAX_NAME_BYTES}, because the run folder is runs/<name>-<time>.')
   if ('/' in name or '\\' in name or '\0' in name or name in ('.', '..')
       or os.path.isabs(name)):
     raise InputError(

@@ -653,9 +653,17 @@ def _read_batch_progress(run_dir: pathlib.Path) -> dict[str, Any]:
   rounds it names are on disk in `rounds.jsonl` and in the checkpoint.
   """
   try:
-    return json.loads(_batch_progress_path(run_dir).read_text())
+    progress = json.loads(_batch_progress_path(run_dir).read_text())
   except (OSError, ValueError):
     return {}
+  # An edited file of another shape counts as no progress: the batches
+  # then run from their start.
+  if not isinstance(progress, dict):
+    return {}
+  return {name: saved for name, saved in progress.items()
+          if isinstance(saved, dict)
+          and isinstance(saved.get('points'), list)
+          and type(saved.get('rounds_done')) is int}  # pylint: disable=unidiomatic-typecheck
 
 
 def _save_batch(checkpointer, run_dir, name, indices, snapshot) -> None:

@@ -186,6 +186,8 @@ def test_matrix_file_refused_by_run(capsys):
     (['--set', 'name=/tmp/x'], "`name='/tmp/x'` is invalid"),
     (['--set', 'name=a\\b'], 'path separator'),
     (['--set', 'name=..'], 'path separator or be . or ..'),
+    # 300 characters gave a raw OSError (file name too long), status 1.
+    (['--set', 'name=' + 'x' * 300], '`name` has 300 bytes; use at most 200'),
     # Every round applied central noise divided by a floor of 1e-12, which
     # gave parameters of about 1e12 without a message.
     (['--set', 'dropout_rate=1.0', '--set', 'clip_norm=1.0', '--set',

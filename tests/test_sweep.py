@@ -467,6 +467,25 @@ def test_resume_past_damaged_batch_checkpoint(tmp_path, monkeypatch):
     assert after['test_accuracy'] == before['test_accuracy']
 
 
+@pytest.mark.parametrize('content', [
+    '[]', '{"checkpoints/batch-0000": {"points": [0, 1, 2]}}'])
+def test_resume_with_malformed_batch_progress(tmp_path, content):
+  # Valid JSON of another shape raised AttributeError or KeyError.
+  base = _base()
+  axes = sweep_lib.sweep_from_document({'seeds': [0, 1, 2]}, base)
+  run_dir, first = sweep_lib.run_sweep(base, axes, tmp_path / 'sweep',
+                                       progress=False)
+  (run_dir / 'points.jsonl').write_text('')
+  (run_dir / 'checkpoints').mkdir(exist_ok=True)
+  (run_dir / 'checkpoints' / 'batches.json').write_text(content)
+
+  _, resumed = sweep_lib.run_sweep(base, axes, run_dir, resume=True,
+                                   progress=False)
+
+  assert [r['test_accuracy'] for r in resumed] == [
+      r['test_accuracy'] for r in first]
+
+
 def test_locked_sweep_resume_leaves_files(tmp_path):
   # A second `sweep --resume` rewrote points.jsonl and rounds.jsonl before
   # it found the folder locked by the running sweep.

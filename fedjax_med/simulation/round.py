@@ -12,6 +12,7 @@ depends only on the round and its id, not on its slot in the cohort.
 """
 
 import inspect
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -455,8 +456,6 @@ def build_round(
           'protect; use straggler_policy "wait" or "drop" with it.'
       )
   tracks = participation is not None or compression is not None
-  if chunk_size is not None and chunk_size < 1:
-    raise ValueError(f'`chunk_size` must be at least 1; got {chunk_size}.')
   if mesh is not None and 'clients' not in mesh.axis_names:
     raise ValueError(
         "`mesh` needs an axis named 'clients'; got axes "
@@ -1035,7 +1034,15 @@ def _cohort_mapper(chunk_size: int | None, mesh, *, unroll: bool = False):
   chunk at a time in a `lax.map` (or, with `unroll`, in a Python loop
   traced into one program), and the padding rows are dropped. With
   `mesh`, the per-client inputs of each call are sharded over 'clients'.
+
+  Raises:
+    ValueError: if `chunk_size` is not None or an integer of at least 1.
   """
+  if chunk_size is not None and (
+      isinstance(chunk_size, (bool, np.bool_))
+      or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
+    raise ValueError(
+        f'`chunk_size` must be an integer of at least 1; got {chunk_size!r}.')
   def constrain(tree):
     if mesh is None:
       return tree

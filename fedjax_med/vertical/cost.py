@@ -69,6 +69,17 @@ class CostLedger:
       copied.counts[party].update(counter)
     return copied
 
+  def since(self, earlier: 'CostLedger') -> 'CostLedger':
+    """Return the counts added after `earlier`, a `copy` of this ledger."""
+    if tuple(earlier.parties) != tuple(self.parties):
+      raise ValueError(f'the ledgers have different parties: '
+                       f'{earlier.parties} and {self.parties}')
+    added = CostLedger(self.parties)
+    for party, counter in self.counts.items():
+      for name in COUNTERS:
+        added.counts[party][name] = counter[name] - earlier.counts[party][name]
+    return added
+
   def as_dict(self, per: int = 1) -> dict[str, dict[str, float]]:
     """Return the counts as plain dicts, each divided by `per` (epochs)."""
     if isinstance(per, bool) or not isinstance(per, numbers.Integral) or (

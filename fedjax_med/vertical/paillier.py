@@ -106,9 +106,10 @@ class PaillierResult:
     model: the trained weights and the losses that the arbiter decrypted.
     ledger: messages, bytes and Paillier operations of the whole run, key
       distribution included.
-    epochs_ledger: the same counts without the loss evaluation after the
-      last epoch, so each epoch counts only the evaluation at its start.
-      Divided by the epochs, they are the cost of one epoch.
+    epochs_ledger: the counts of the epochs alone: without the key
+      distribution, the loss evaluation after the last epoch and anything
+      a given `ledger` held before. Each epoch counts the evaluation at its
+      start; divided by the epochs, they are the cost of one epoch.
     epoch_seconds: wall time of each epoch's gradient steps.
     loss_seconds: wall time of each loss evaluation, `epochs + 1` values.
     key_bits: bit length of the Paillier modulus n.
@@ -524,6 +525,7 @@ def train(
   steps = plaintext.batch_indices(settings, y.shape[0])
   steps_per_epoch = len(steps) // settings.epochs
   losses, epoch_seconds, loss_seconds = [], [], []
+  before_epochs = ledger.copy()
   for epoch in range(settings.epochs):
     start = time.perf_counter()
     loss, all_rows_logits = _evaluate_loss(session, arbiter, blocks, y,
@@ -543,7 +545,7 @@ def train(
                                           weights, intercept, rows,
                                           host_logits, settings)
     epoch_seconds.append(time.perf_counter() - start)
-  epochs_ledger = ledger.copy()
+  epochs_ledger = ledger.copy().since(before_epochs)
   start = time.perf_counter()
   loss, _ = _evaluate_loss(session, arbiter, blocks, y, weights, intercept)
   losses.append(loss)
@@ -575,7 +577,7 @@ def _check_inputs(blocks, labels, settings, key_bits, seed):
   # Features are encoded as plaintexts with 64 fractional bits, and the
   # encoding must stay below n / 3, about 2**(key_bits - 2).
   # The encoding is computed in float64 first, which ends at 2**1024.
-  exponent = min(key_bits - 3, 1023) + 4 * EXPONENT
+  exponent = min(int(key_bits) - 3, 1023) + 4 * EXPONENT
   for k, x in enumerate(blocks):
     largest = float(np.max(np.abs(x)))
     if not largest < 2.0**exponent:

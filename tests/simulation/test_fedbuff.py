@@ -327,3 +327,10 @@ def test_numpy_integer_sizes_accepted(key):
       buffer_size=np.int32(2))
   state, _ = buffered.init(small.server_state(key, num_clients=6), key)
   assert int(jnp.sum(state.busy)) == 3
+
+
+@pytest.mark.parametrize('chunk_size', [0, 1.5, -1, True])
+def test_build_rejects_invalid_chunk_size(chunk_size):
+  # 0 gave a ZeroDivisionError at the first step, 1.5 and -1 JAX errors.
+  with pytest.raises(ValueError, match='`chunk_size` must be an integer'):
+    round_lib._cohort_mapper(chunk_size, None)  # pylint: disable=protected-access

@@ -46,3 +46,19 @@ def test_numpy_counts_accepted():
 def test_invalid_per_raises(per):
   with pytest.raises(ValueError, match=f'per={per!r} is invalid'):
     cost.CostLedger(('a',)).as_dict(per=per)
+
+
+def test_since_counts_what_was_added():
+  ledger = cost.CostLedger(('a', 'b'))
+  ledger.send('a', 'b', 10)
+  earlier = ledger.copy()
+  ledger.send('a', 'b', 5)
+  ledger.add('b', 'decryptions', 2)
+
+  added = ledger.since(earlier).as_dict()
+
+  assert added['a']['bytes_sent'] == 5
+  assert added['a']['messages_sent'] == 1
+  assert added['b']['decryptions'] == 2
+  with pytest.raises(ValueError, match='different parties'):
+    ledger.since(cost.CostLedger(('a',)))

@@ -180,7 +180,7 @@ def test_hosts_cannot_strip_own_logits():
 
 
 def _expected_counts(num_rows, widths, steps, epochs, key_bits,
-                     final_loss=True):
+                     final_loss=True, key_distribution=True):
   """Derive every party's ledger counts from the protocol's message flow."""
   hosts = len(widths) - 1
   names = [f'party{k}' for k in range(len(widths))]
@@ -195,7 +195,7 @@ def _expected_counts(num_rows, widths, steps, epochs, key_bits,
     counts[receiver]['messages_received'] += 1
     counts[receiver]['bytes_received'] += num_bytes
 
-  for name in names:
+  for name in names if key_distribution else ():
     send(arbiter, name, mod_n_bytes)  # the public key
 
   n = num_rows
@@ -243,20 +243,38 @@ def _expected_counts(num_rows, widths, steps, epochs, key_bits,
   return counts
 
 
-@pytest.mark.parametrize('field, final_loss', [
+@pytest.mark.parametrize('field, whole_run', [
     ('ledger', True), ('epochs_ledger', False)])
-def test_ledger_counts_match_formulas(run, field, final_loss):
-  # The per-epoch cost divided the whole ledger, with the loss evaluation
-  # after the last epoch, by the epochs: 20% too high at 5 epochs.
+def test_ledger_counts_match_formulas(run, field, whole_run):
+  # The per-epoch cost divided the whole ledger, with the key distribution
+  # and the loss evaluation after the last epoch, by the epochs: 20% too
+  # high at 5 epochs.
   features, labels, settings, result = run
   steps = plaintext.batch_indices(settings, len(labels))
   expected = _expected_counts(len(labels), WIDTHS, steps, settings.epochs,
-                              KEY_BITS, final_loss=final_loss)
+                              KEY_BITS, final_loss=whole_run,
+                              key_distribution=whole_run)
   got = getattr(result, field).as_dict()
   assert set(got) == set(expected)
   for party, counters in got.items():
     for counter, value in counters.items():
       assert value == expected[party][counter], (party, counter)
+
+
+def test_epochs_ledger_leaves_out_earlier_counts():
+  # A given ledger's earlier counts (1000 encryptions) were part of the
+  # per-epoch cost.
+  features, labels = _data((1, 1), num_rows=6)
+  names = ('hospital', 'lab')
+  ledger = cost.CostLedger(names + (paillier.ARBITER,))
+  ledger.add('hospital', 'encryptions', 1000)
+  alone = paillier.train(features, labels, _settings(epochs=1),
+                         party_names=names, key_bits=KEY_BITS)
+
+  given = paillier.train(features, labels, _settings(epochs=1),
+                         party_names=names, key_bits=KEY_BITS, ledger=ledger)
+
+  assert given.epochs_ledger.as_dict() == alone.epochs_ledger.as_dict()
 
 
 def test_ledger_fills_given_ledger():
@@ -324,11 +342,13 @@ def _invalid_cases():
   }
 
 
-def test_numpy_key_bits_accepted():
-  # np.int64(1024) was rejected as not a multiple of 8 >= 512.
+@pytest.mark.parametrize('kind', [np.int64, np.uint16])
+def test_numpy_key_bits_accepted(kind):
+  # np.int64(1024) was rejected as not a multiple of 8 >= 512, and
+  # np.uint16 overflowed in the feature check.
   features, labels = _data((1, 1), num_rows=6)
   result = paillier.train(features, labels, _settings(epochs=1),
-                          key_bits=np.int64(KEY_BITS))
+                          key_bits=kind(KEY_BITS))
   assert result.key_bits == KEY_BITS
   assert type(result.key_bits) is int
 
