@@ -1,5 +1,7 @@
 """Pytree maths used by clipping, aggregation and the server."""
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -85,18 +87,24 @@ def tree_where(condition: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTre
   )
 
 
-def finite_or(primary: PyTree, fallback: PyTree) -> PyTree:
-  """Return `primary`, with `fallback` where only `fallback` is finite.
+def finite_or(primary: PyTree, fallback: Callable[[], PyTree]) -> PyTree:
+  """Return `primary`, with `fallback()` where only the fallback is finite.
 
   Aggregators sum first and divide after, which keeps their rounding, but
-  the sum of finite float32 values can overflow. They pass the mean of
-  pre-divided terms as `fallback`, which is used only where the sum
-  overflowed, so inputs with NaN or infinity keep their result.
+  the sum of finite float32 values can overflow. They pass a function that
+  sums pre-divided terms as `fallback`. It runs only when `primary` has a
+  NaN or infinite entry (under `vmap` both run), and it is used only where
+  it is finite, so inputs with NaN or infinity keep their result.
   """
-  return jax.tree.map(
-      lambda first, second: jnp.where(
-          jnp.isfinite(first) | ~jnp.isfinite(second), first, second),
-      primary, fallback)
+
+  def patched(primary):
+    return jax.tree.map(
+        lambda first, second: jnp.where(
+            jnp.isfinite(first) | ~jnp.isfinite(second), first, second),
+        primary, fallback())
+
+  return jax.lax.cond(tree_is_finite(primary), lambda tree: tree, patched,
+                      primary)
 
 
 def tree_zero_rows(tree: PyTree, keep: jax.Array) -> PyTree:

@@ -58,7 +58,7 @@ def norm_bounded_mean(
   # With max_norm near the float32 maximum the weighted sum overflowed.
   mean = tree.finite_or(
       summed / safe_total,
-      jnp.sum((clean_weights / safe_total)[:, None] * clipped, axis=0))
+      lambda: jnp.sum((clean_weights / safe_total)[:, None] * clipped, axis=0))
   return unflatten(mean)
 
 

@@ -52,4 +52,4 @@ def weighted_mean(client_updates: PyTree, weights: jax.Array) -> PyTree:
   mean = jax.tree.map(lambda leaf: leaf / safe_total.astype(leaf.dtype), summed)
   # One update of 1e37 at weight 100 overflowed the sum to inf.
   return tree.finite_or(
-      mean, weighted_sum(client_updates, weights / safe_total))
+      mean, lambda: weighted_sum(client_updates, weights / safe_total))

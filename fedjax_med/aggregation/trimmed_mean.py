@@ -105,7 +105,7 @@ def trimmed_mean(
     divisor = safe_num_kept.astype(kept.dtype)
     # Three kept values of 2e38 overflowed the sum to inf.
     average = tree.finite_or(jnp.sum(kept, axis=0) / divisor,
-                             jnp.sum(kept / divisor, axis=0))
+                             lambda: jnp.sum(kept / divisor, axis=0))
     return jnp.where(num_kept > 0, average, jnp.zeros_like(average))
 
   return jax.tree.map(leaf_trimmed_mean, client_updates)
