@@ -44,10 +44,10 @@ def check_data_files(run_dir: pathlib.Path, data_files: Iterable[pathlib.Path],
 
   Each data setting (`source`, such as the point's `[data]` table) records
   the set of files it read, and each file its checksum. A later load of the
-  same setting must read the same set of files with the same checksums, so
-  a file added to or removed from an image folder, a symlink pointed at
-  another file, or an edited file raises DataCheckError. Paths are kept as
-  given, not resolved, so that a repointed symlink is a changed file.
+  same setting must read the same files with the same checksums. A file
+  added to or removed from an image folder, a symlink pointed at another
+  file, or an edited file raises DataCheckError. Paths are kept as given,
+  not resolved, so that a repointed symlink is a changed file.
 
   Args:
     run_dir: the sweep or matrix folder, with the `provenance.json` that
