@@ -48,6 +48,7 @@ The output folder gets:
 """
 
 import dataclasses
+import difflib
 import itertools
 import json
 import os
@@ -132,9 +133,11 @@ def _flat_items(table: dict[str, Any], prefix: str = ''):
   """Yield `(dotted key, value)`, so TOML's `client.learning_rate = [...]`
   and `"client.learning_rate" = [...]` read the same."""
   for key, value in table.items():
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value:
       yield from _flat_items(value, f'{prefix}{key}.')
     else:
+      # An empty table is yielded as a value, so that a misspelt one is
+      # rejected as an unknown key instead of being ignored.
       yield f'{prefix}{key}', value
 
 
@@ -148,6 +151,24 @@ def _as_values(key: str, value: Any) -> tuple[Any, ...]:
   if len({json.dumps(item) for item in value}) != len(value):
     raise InputError(f'`sweep.{key}` repeats a value: {list(value)}.')
   return tuple(value)
+
+
+def _check_sweep_key(key: str) -> None:
+  """Raise InputError for a key that is neither a config key nor the sweep's.
+
+  A misspelt `seeds` or `variants` would otherwise get config keys such as
+  `seed` as suggestions, which a sweep then rejects.
+  """
+  try:
+    config_lib.resolve_key(key)
+  except InputError:
+    close = difflib.get_close_matches(key.split('.')[0],
+                                      ('seeds', 'variants'), n=1)
+    if close:
+      raise InputError(
+          f'Unknown sweep key `sweep.{key}`; did you mean `sweep.{close[0]}`?'
+      ) from None
+    raise
 
 
 def sweep_from_document(
@@ -188,6 +209,7 @@ def sweep_from_document(
         )
   axes = []
   for key, value in values.items():
+    _check_sweep_key(key)
     if key in ('seed', 'name'):
       raise InputError(
           f'`sweep.{key}` cannot be swept' + (

@@ -51,6 +51,13 @@ def _single_run(config, path):
     ({'variants': {'a': {'seed': 7}}}, r'variants.a. sets .seed.*sweep.seeds'),
     ({'variants': {'a': {'name': 'x'}}}, r'variants.a. sets .name.'),
     ({'variants': {}}, 'must be a table'),
+    # Misspelt sweep keys got `seed` as a suggestion, which a sweep rejects,
+    # and an empty misspelt table was ignored.
+    ({'seedz': [0, 1]}, r'did you mean `sweep.seeds`\?'),
+    ({'variantz': {}}, r'did you mean `sweep.variants`\?'),
+    ({'variantz': {'a': {'client.proximal_mu': 0.1}}},
+     r'did you mean `sweep.variants`\?'),
+    ({'client': {}}, 'is a config section, not a key'),
     ({'client.proximal_mu': [0.0, 0.1],
       'variants': {'prox': {'client.proximal_mu': 0.1}}}, 'also a sweep axis'),
     # The short name of an axis key used to slip through.
