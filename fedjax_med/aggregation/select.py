@@ -181,9 +181,35 @@ def _select(values, mask, k, *, with_next: bool) -> tuple[jax.Array, ...]:
 
   found = _map_column_blocks(select_keys, _masked_keys(columns, mask), ranks)
   return tuple(
-      _key_to_float(key, values.dtype).reshape(coordinate_shape)
+      _with_gradient(columns, mask, _key_to_float(key, values.dtype)).reshape(
+          coordinate_shape)
       for key in found
   )
+
+
+@jax.custom_jvp
+def _with_gradient(columns, mask, selected):
+  """Return `selected`, with the derivative of the row that holds it.
+
+  The search runs on integer keys, which carry no derivative, so without
+  this rule `jax.grad` through a median is zero. The rule runs only under
+  differentiation, so a plain call costs nothing more.
+  """
+  del columns, mask
+  return selected
+
+
+@_with_gradient.defjvp
+def _with_gradient_jvp(primals, tangents):
+  columns, mask, selected = primals
+  columns_dot = tangents[0]
+  # The first valid row that holds the selected value; none for NaN or a
+  # rank past the valid rows.
+  matches = mask[:, None] & (columns == selected[None])
+  row = jnp.argmax(matches, axis=0)
+  tangent = jnp.take_along_axis(columns_dot, row[None], axis=0)[0]
+  found = jnp.any(matches, axis=0)
+  return selected, jnp.where(found, tangent, jnp.zeros_like(tangent))
 
 
 def masked_kth_smallest(

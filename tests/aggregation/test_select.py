@@ -384,3 +384,21 @@ def test_median_matches_sort_large():
   assert select._block_layout(600, 2100)[0] > 1
 
   _assert_median_matches(values, mask)
+
+
+@pytest.mark.parametrize('mask, expected', [
+    ([True] * 5, [0.0, 0.0, 1.0, 0.0, 0.0]),
+    # Four valid rows: the midpoint of rows 1 and 3.
+    ([True, True, False, True, True], [0.0, 0.5, 0.0, 0.5, 0.0]),
+])
+def test_median_gradient_reaches_selected_rows(mask, expected):
+  # The selection runs on integer keys, so jax.grad through the median
+  # was zero for every row.
+  values = jnp.asarray([[0.0], [1.0], [2.0], [3.0], [100.0]])
+
+  def first_coordinate(values):
+    return median.coordinate_median({'w': values}, jnp.asarray(mask))['w'][0]
+
+  gradient = jax.grad(first_coordinate)(values)[:, 0]
+
+  np.testing.assert_array_equal(gradient, expected)
