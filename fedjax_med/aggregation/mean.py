@@ -27,7 +27,11 @@ def weighted_sum(client_updates: PyTree, weights: jax.Array) -> PyTree:
   """
 
   def leaf_sum(leaf):
-    return jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1)
+    # Summed in at least float32, because example counts above 256 are not
+    # exact in bfloat16, and returned in the leaf's dtype.
+    dtype = jnp.promote_types(leaf.dtype, jnp.float32)
+    summed = jnp.tensordot(weights.astype(dtype), leaf.astype(dtype), axes=1)
+    return summed.astype(leaf.dtype)
 
   return jax.tree.map(leaf_sum, client_updates)
 

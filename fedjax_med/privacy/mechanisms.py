@@ -304,8 +304,11 @@ def noised_mean(
   passes its example weights there, so that staleness discounts an update
   without raising the weight of the others.
   """
+  # In at least float32: example counts above 256 are not exact in bfloat16.
   summed = jax.tree.map(
-      lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
+      lambda leaf: jnp.tensordot(
+          weights.astype(_sum_dtype(leaf)), leaf.astype(_sum_dtype(leaf)),
+          axes=1),
       updates,
   )
   if privacy.noise_kind == 'central':
@@ -318,3 +321,9 @@ def noised_mean(
                     else denominator_weights)
     denominator = jnp.where(total > 0, total, 1.0)
   return jax.tree.map(lambda leaf: leaf / denominator, summed)
+
+
+def _sum_dtype(leaf: jax.Array):
+  """Return the dtype to sum `leaf` in: its own, or float32 if narrower."""
+  return jnp.promote_types(leaf.dtype, jnp.float32)
+

@@ -587,3 +587,15 @@ def test_weighted_mean_keeps_infinite_input():
   result = mean.weighted_mean({'w': updates}, jnp.ones(2))['w']
 
   assert np.isposinf(float(result[0]))
+
+
+def test_bfloat16_means_keep_example_counts():
+  # Counts above 256 were rounded to bfloat16: weights 1001 and 1000 became
+  # equal, and the mean of +1 and -1 came out 0 instead of 1/2001.
+  updates = {'w': jnp.asarray([[1.0], [-1.0]], jnp.bfloat16)}
+  weights = jnp.asarray([1001.0, 1000.0])
+
+  result = mean.weighted_mean(updates, weights)['w']
+
+  assert result.dtype == jnp.bfloat16
+  assert float(result[0]) == pytest.approx(1 / 2001, rel=1e-2)

@@ -239,3 +239,16 @@ def test_adaptive_needs_clip_in_state(key):
 
   with pytest.raises(ValueError, match='init_server_state'):
     round_fn(state, key)
+
+
+def test_noised_mean_of_bfloat16_keeps_counts():
+  # The weights were cast to the leaf's bfloat16, where 1001 and 1000 are
+  # one value, so the mean of +1 and -1 was 0.
+  updates = {'w': jnp.asarray([[1.0], [-1.0]], jnp.bfloat16)}
+
+  result = mechanisms.noised_mean(
+      updates, jnp.asarray([1001.0, 1000.0]), mechanisms.PrivacySettings(),
+      key=jax.random.key(0))['w']
+
+  assert float(result[0]) == pytest.approx(1 / 2001, rel=1e-3)
+
