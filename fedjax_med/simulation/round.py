@@ -697,6 +697,13 @@ def build_round(
       empty = False
     skipped = empty | secure_failed
     new_state = _server_update(state, aggregate, skipped, server_optimizer)
+    if local_mask is not None:
+      # The server's copy of the local leaves stays the initial one: central
+      # noise or weight decay would otherwise move it, and clients that
+      # never trained would no longer match it.
+      new_state = new_state._replace(params=jax.tree.map(
+          lambda local, old, new: jnp.where(local, old, new),
+          local_mask, state.params, new_state.params))
     if scaffold:
       # The controls come from the unclipped updates, zeroed where a client
       # does not contribute: clipping is for the aggregate, not the drift.

@@ -11,6 +11,7 @@ from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.models import cnn
 from fedjax_med.models import tabular
+from fedjax_med.privacy import mechanisms
 from fedjax_med.simulation import evaluate as evaluate_lib
 from fedjax_med.simulation import local_leaves
 from fedjax_med.simulation import round as round_lib
@@ -294,3 +295,38 @@ def test_fedbn_keeps_leaves_after_nonfinite_round(key):
       jax.tree.map(lambda leaf: leaf[1], after_bad.local),
       jax.tree.map(lambda leaf: leaf[1], state.local), rtol=0, atol=0)
   assert int(clean_metrics['num_nonfinite']) == 0
+
+
+@pytest.mark.parametrize('server', ['noise', 'weight_decay'])
+def test_server_copy_of_local_leaves_never_moves(key, server):
+  # Central noise and weight decay moved the server's copy of the norm
+  # leaves, so the study listed no client as never trained.
+  counts = [6, 9, 4, 7, 5]
+  data = _population(counts)
+  params = RESNET.init(key, jnp.zeros((1,) + SHAPE))
+  mask = cnn.norm_mask(params)
+  local_update = local_training.build_local_update(
+      RESNET, optax.sgd(0.05), num_steps=2, batch_size=4)
+  optimizer = optax.sgd(1.0)
+  privacy = mechanisms.PrivacySettings()
+  if server == 'noise':
+    privacy = mechanisms.PrivacySettings(
+        clip_norm=1.0, noise_multiplier=1.0, noise_kind='central',
+        denominator=2.0)
+  else:
+    optimizer = optax.adamw(0.1, weight_decay=0.5)
+  round_fn = round_lib.build_round(
+      data, local_update, _fixed_sampler([0, 1]), optimizer,
+      aggregator='mean', local_mask=mask, privacy=privacy)
+  state = round_lib.init_server_state(
+      params, optimizer, local_mask=mask, local_clients=len(counts))
+
+  new_state, _ = round_fn(state, jax.random.fold_in(key, 1))
+
+  _assert_trees_close(local_leaves.split(new_state.params, mask),
+                      local_leaves.split(state.params, mask), rtol=0, atol=0)
+  shared_moved = [
+      not np.array_equal(new, old) for new, old in zip(
+          jax.tree.leaves(local_leaves.zero_local(new_state.params, mask)),
+          jax.tree.leaves(local_leaves.zero_local(state.params, mask)))]
+  assert any(shared_moved)
