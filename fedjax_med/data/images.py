@@ -1060,6 +1060,13 @@ def _npz_labels(labels: np.ndarray, path: pathlib.Path) -> np.ndarray:
         f'{path}: labels have dtype {labels.dtype}. Expected integer class '
         'indices 0, 1, ...'
     )
+  if np.issubdtype(labels.dtype, np.unsignedinteger) and labels.size and (
+      labels.max() > np.iinfo(np.int64).max):
+    first = int(np.argmax(labels))
+    raise InputError(
+        f'{path}: label {labels[first]} of image {first} does not fit int64. '
+        'Labels must be class indices 0, 1, ...'
+    )
   if labels.size and labels.min() < 0:
     first = int(np.argmin(labels))
     raise InputError(
@@ -1199,11 +1206,17 @@ def load_npz_sites(
     num_classes = largest + 1
     present = np.unique(np.concatenate(site_labels))
     if len(present) < num_classes:
-      missing = sorted(set(range(num_classes)) - set(present.tolist()))
+      # Found without building range(num_classes), which a label of 2**40
+      # would make too large for memory.
+      missing = np.setdiff1d(np.arange(min(num_classes, len(present) + 5)),
+                             present)[:5].tolist()
+      shown = present.tolist()[:10]
       raise InputError(
-          f'The labels of {len(files)} sites are {present.tolist()}, so '
-          f'classes {missing} of 0 to {largest} have no image. Relabel them '
-          'as 0 to K - 1, or pass `num_classes` to keep empty classes.'
+          f'The labels of {len(files)} sites take {len(present)} values '
+          f'({shown}{" ..." if len(present) > 10 else ""}) up to {largest}, '
+          f'so {num_classes - len(present)} of the classes 0 to {largest} '
+          f'have no image, such as {missing}. Relabel them as 0 to K - 1, or '
+          'pass `num_classes` to keep empty classes.'
       )
   for path, labels in zip(files, site_labels):
     if labels.max() >= num_classes:

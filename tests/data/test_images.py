@@ -698,6 +698,20 @@ def test_npz_sites_num_classes(tmp_path, key):
   assert dataset.num_classes == 7
 
 
+@pytest.mark.parametrize('labels, message', [
+    # range(2**40 + 1) was built to list the missing classes, which
+    # exhausted memory.
+    (np.array([0, 1, 0, 2**40]), r'such as \[2, 3, 4, 5, 6\]'),
+    # 2**63 + 5 as uint64 wrapped to 5 in the int64 cast.
+    (np.array([0, 0, 0, 2**63 + 5], np.uint64), 'does not fit int64'),
+])
+def test_npz_sites_reject_huge_labels(tmp_path, key, labels, message):
+  path = _save_npz(tmp_path / 'a.npz', images=np.zeros((4, 4, 4), np.uint8),
+                   labels=labels)
+  with pytest.raises(InputError, match=message):
+    images.load_npz_sites([path], key=key)
+
+
 def test_npz_sites_match_image_folder(tmp_path, key):
   # The same images as PNG files and as .npz arrays, in the folder's order
   # (class, then file name), give the same split for the same key.
@@ -833,7 +847,9 @@ def test_npz_sites_label_gap_rejected(tmp_path, key):
   path = _save_npz(tmp_path / 'a.npz', images=np.zeros((4, 3, 3)),
                    labels=[0, 2, 0, 2])
 
-  with pytest.raises(InputError, match=r'classes \[1\] of 0 to 2 have no'):
+  with pytest.raises(InputError,
+                     match=r'1 of the classes 0 to 2 have no image, such as '
+                     r'\[1\]'):
     images.load_npz_sites([path], key=key)
 
 
