@@ -74,9 +74,10 @@ def trimmed_mean(
         f'trim_fraction must be a Python number, got {trim_fraction!r}.'
     )
   if not 0 <= trim_fraction < 0.5:
+    reason = ('0.5 would trim every value' if trim_fraction >= 0.5
+              else 'it is the share trimmed at each end')
     raise ValueError(
-        f'trim_fraction must be in [0, 0.5), got {trim_fraction}; 0.5 would '
-        'trim every value.'
+        f'trim_fraction must be in [0, 0.5), got {trim_fraction}; {reason}.'
     )
   clients = _flat.num_clients(client_updates)
   _flat.check_client_vector('mask', mask, clients)

@@ -11,6 +11,7 @@ each epoch visits a fresh permutation of the client's real rows in batches of
 are never drawn: they sort after every real row and get zero loss weight.
 """
 
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -247,14 +248,16 @@ def build_local_update(
     A client with zero examples takes no step and returns a zero delta.
     The reported loss excludes the proximal term.
   """
-  if num_steps < 1:
-    raise ValueError(f'`num_steps` must be at least 1; got {num_steps}.')
-  if batch_size < 1:
-    raise ValueError(f'`batch_size` must be at least 1; got {batch_size}.')
-  if num_epochs is not None and num_epochs < 1:
-    raise ValueError(
-        f'`num_epochs` must be at least 1 or None; got {num_epochs}.'
-    )
+  for name, value in (('num_steps', num_steps), ('batch_size', batch_size),
+                      ('num_epochs', num_epochs)):
+    if name == 'num_epochs' and value is None:
+      continue
+    # A float such as 1.5 failed later inside JAX, or became 3.0 steps.
+    if (isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral) or value < 1):
+      raise ValueError(
+          f'`{name}` must be an integer of at least 1'
+          f'{" or None" if name == "num_epochs" else ""}; got {value!r}.')
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f'`compute_dtype` must be one of {COMPUTE_DTYPES}; got '

@@ -352,16 +352,34 @@ def build_round(
       where float32 rounds. They include SCAFFOLD's control variates and
       leave out FedBN's local leaves (`participation.message_bytes`).
   """
+  options = dict(aggregator_options or {})
+  # The round sets the name and the secure flag itself.
+  settable = set(inspect.signature(registry.build_aggregate).parameters) - {
+      'name', 'secure_aggregation'}
+  unknown = sorted(set(options) - settable)
+  if unknown:
+    raise ValueError(
+        f'`aggregator_options` has unknown settings {unknown}; the settings '
+        f'are {sorted(settable)}.')
   aggregate_fn = registry.build_aggregate(
-      aggregator, **(aggregator_options or {}),
+      aggregator, **options,
       secure_aggregation=privacy.noise_kind == 'distributed',
   )
   needs_center = aggregator in registry.NEEDS_CENTER
   needs_losses = aggregator in registry.NEEDS_LOSSES
-  cohort_size = jax.eval_shape(sampler, jax.random.key(0)).client_ids.shape[0]
+  cohort_size = _check_cohort_shape(
+      jax.eval_shape(sampler, jax.random.key(0)))
   registry.check_cohort(aggregate_fn, cohort_size, needs_center=needs_center,
                         needs_losses=needs_losses)
   validate_privacy(privacy, aggregator)
+  if (privacy.noise_kind == 'distributed'
+      and privacy.min_reporting_clients > cohort_size):
+    # Each client adds std z C / sqrt(m), so fewer than m reports, which is
+    # every round here, carry less noise than planned.
+    raise ValueError(
+        f'`min_reporting_clients={privacy.min_reporting_clients}` is larger '
+        f'than the cohort of {cohort_size}, so every round would carry less '
+        'distributed noise than planned. Use at most the cohort size.')
   if attack is not None and malicious is None:
     raise ValueError('`attack` needs a `malicious` mask over the clients.')
   _check_malicious(malicious, train_data.num_clients)
@@ -1030,6 +1048,32 @@ def _update_personal(
 
 def _gather(examples, client_ids):
   return jax.tree.map(lambda leaf: leaf[client_ids], examples)
+
+
+def _check_cohort_shape(cohort) -> int:
+  """Return the cohort size of a sampler's output shape, or raise ValueError.
+
+  A custom sampler that breaks the `sampling.Cohort` contract otherwise
+  fails deep inside the round with a JAX error that does not name it.
+  """
+  problem = None
+  if not isinstance(cohort, sampling.Cohort):
+    problem = f'it returned a {type(cohort).__name__}'
+  elif cohort.client_ids.ndim != 1 or not jnp.issubdtype(
+      cohort.client_ids.dtype, jnp.integer):
+    problem = (f'its client_ids are {cohort.client_ids.dtype} shaped '
+               f'{cohort.client_ids.shape}, not a 1-D integer array')
+  elif cohort.mask.shape != cohort.client_ids.shape or (
+      cohort.mask.dtype != jnp.bool_):
+    problem = (f'its mask is {cohort.mask.dtype} shaped {cohort.mask.shape}, '
+               f'not bool shaped {cohort.client_ids.shape}')
+  elif jnp.shape(cohort.num_overflow) != ():
+    problem = 'its num_overflow is not a scalar'
+  if problem is not None:
+    raise ValueError(
+        f'The sampler must return simulation.Cohort(client_ids [cohort] '
+        f'int32, mask [cohort] bool, num_overflow scalar), but {problem}.')
+  return cohort.client_ids.shape[0]
 
 
 def _cohort_mapper(chunk_size: int | None, mesh, *, unroll: bool = False):

@@ -224,3 +224,15 @@ def test_shuffles_drawn_once_per_epoch_give_same_batches(monkeypatch):
   for per_step, per_epoch in zip(*results):
     for a, b in zip(jax.tree.leaves(per_step), jax.tree.leaves(per_epoch)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('argument, value', [
+    ('num_steps', 2.5), ('batch_size', 4.0), ('num_epochs', 1.5),
+    ('num_steps', True)])
+def test_non_integer_sizes_rejected(argument, value):
+  # 2.5 steps failed later inside JAX; 1.5 epochs silently gave 3.0 steps.
+  model = tabular.from_flax(tabular.LogisticRegression(2), 2)
+  settings = {'num_steps': 3, 'batch_size': 4, argument: value}
+  with pytest.raises(ValueError, match=f'`{argument}` must be an integer'):
+    local_training.build_local_update(model, optax.sgd(0.1), **settings)
+

@@ -319,6 +319,43 @@ def test_sign_flip_attack_moves_mean_not_median(key):
   assert results['mean'] > 10 * results['median']
 
 
+@pytest.mark.parametrize('sample, message', [
+    (lambda key: (jnp.arange(2), jnp.ones(2, bool), 0), 'returned a tuple'),
+    (lambda key: sampling.Cohort(jnp.arange(2.0), jnp.ones(2, bool),
+                                 jnp.int32(0)), 'not a 1-D integer array'),
+    (lambda key: sampling.Cohort(jnp.arange(2), jnp.ones(3, bool),
+                                 jnp.int32(0)), 'not bool shaped'),
+])
+def test_custom_sampler_contract_checked(sample, message):
+  # A broken custom sampler failed inside the round with JAX errors that
+  # did not name it.
+  with pytest.raises(ValueError, match=message):
+    round_lib.build_round(small.population([5, 7, 6]), small.local_update(),
+                          sample, optax.sgd(1.0))
+
+
+def test_unknown_aggregator_option_rejected():
+  with pytest.raises(ValueError,
+                     match=r"unknown settings \['num_byzantines'\]"):
+    round_lib.build_round(
+        small.population([5, 7, 6]), small.local_update(),
+        _fixed_sampler([0, 1]), optax.sgd(1.0), aggregator='krum',
+        aggregator_options={'num_byzantines': 1})
+
+
+def test_distributed_noise_larger_than_cohort_rejected():
+  # Each client added noise for 10 reports in a cohort of 2, so every round
+  # carried sqrt(2 / 10) of the planned noise.
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=1.0, noise_multiplier=1.0, noise_kind='distributed',
+      denominator=2.0, min_reporting_clients=10)
+  with pytest.raises(ValueError, match='larger than the cohort of 2'):
+    round_lib.build_round(
+        small.population([5, 7, 6]), small.local_update(),
+        _fixed_sampler([0, 1]), optax.sgd(1.0), aggregator='mean',
+        privacy=privacy)
+
+
 def test_sampler_of_other_population_rejected():
   with pytest.raises(ValueError, match='num_clients=3'):
     round_lib.build_round(
