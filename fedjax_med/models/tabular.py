@@ -89,7 +89,14 @@ class Model(NamedTuple):
 
 
 def from_flax(module: nn.Module, num_classes: int) -> Model:
-  """Wrap a flax module whose output has `num_logits(num_classes)` columns."""
+  """Wrap a flax module whose output has `num_logits(num_classes)` columns.
+
+  The module is applied as a pure function of params and inputs, so it
+  can hold no dropout (which needs an RNG stream) and no BatchNorm (which
+  updates batch statistics). Wrap a module with BatchNorm through
+  `fedjax_med.models.cnn.from_flax_stateful`. A `flax.nnx` module needs a
+  hand-written `Model` with `nnx.split` and `nnx.merge`.
+  """
 
   def init(key: PRNGKey, sample_x: jax.Array) -> Params:
     return module.init(key, sample_x)

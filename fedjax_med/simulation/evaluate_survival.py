@@ -84,7 +84,8 @@ def build_evaluate_survival(
     risk score.
 
   Raises:
-    ValueError: if `test_data` lacks `x`, `time` or `event`.
+    ValueError: if `test_data` lacks `x`, `time` or `event`, or a real test
+      row has a NaN or infinite feature.
   """
   missing = [
       name for name in ('x', 'time', 'event') if name not in test_data.examples
@@ -97,6 +98,17 @@ def build_evaluate_survival(
   counts = np.asarray(test_data.num_examples)
   times = np.asarray(test_data.examples['time'])
   events = np.asarray(test_data.examples['event'])
+  features = np.asarray(test_data.examples['x'])
+  for client, count in enumerate(counts):
+    # A NaN feature gave a NaN risk, reported as diverged training, and
+    # made the pooled C-index of every client NaN.
+    bad = ~np.isfinite(features[client, :count]).reshape(count, -1).all(axis=1)
+    if bad.any():
+      raise ValueError(
+          f'`test_data` has a NaN or infinite feature in client {client}, '
+          f'row {int(np.flatnonzero(bad)[0])}. Impute or drop those rows '
+          'before evaluating.'
+      )
   test_x = jax.device_put(test_data.examples['x'])
 
   def client_log_risk(params, x):

@@ -267,6 +267,17 @@ def test_evaluate_censored_client_nan():
   assert scores.mean_c_index == pytest.approx(np.mean(scores.c_index[:2]))
 
 
+def test_evaluate_rejects_nan_feature():
+  # A NaN covariate gave a NaN risk, reported as diverged training, and
+  # the pooled C-index of every client became NaN.
+  clients = [_table(15, seed=2), _table(9, seed=3)]
+  clients[1]['x'][4, 0] = np.nan
+  model, _ = _params()
+  with pytest.raises(ValueError, match='feature in client 1, row 4'):
+    evaluate_survival.build_evaluate_survival(
+        model, federated.stack_clients(clients))
+
+
 def test_evaluate_pooled_rows():
   clients, test_data = _test_data()
   model, params = _params()
