@@ -189,7 +189,7 @@ def _select(values, mask, k, *, with_next: bool) -> tuple[jax.Array, ...]:
 
 @jax.custom_jvp
 def _with_gradient(columns, mask, selected):
-  """Return `selected`, with the derivative of the row that holds it.
+  """Return `selected`, with the derivative of the row it was taken from.
 
   The search runs on integer keys, which carry no derivative, so without
   this rule `jax.grad` through a median is zero. The rule runs only under
@@ -203,8 +203,8 @@ def _with_gradient(columns, mask, selected):
 def _with_gradient_jvp(primals, tangents):
   columns, mask, selected = primals
   columns_dot = tangents[0]
-  # The first valid row that holds the selected value; none for NaN or a
-  # rank past the valid rows.
+  # The first valid row equal to the selected value. There is none for
+  # NaN or for a rank past the valid rows.
   matches = mask[:, None] & (columns == selected[None])
   row = jnp.argmax(matches, axis=0)
   tangent = jnp.take_along_axis(columns_dot, row[None], axis=0)[0]
