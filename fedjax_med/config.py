@@ -679,7 +679,9 @@ def _coerce(
       return str(value)
   except (ValueError, TypeError):
     # TypeError: a TOML list or table where a single value belongs.
-    written = _toml_text(value) if isinstance(value, bool) else repr(value)
+    # A bool is named both ways, since configs come from TOML and Python.
+    written = (f'the bool {_toml_text(value)} ({value})'
+               if isinstance(value, bool) else repr(value))
     raise InputError(
         f'`{key}` must be {_KINDS.get(annotation, annotation)}; got {written}.'
     ) from None

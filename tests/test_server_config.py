@@ -124,12 +124,15 @@ def test_fednova_needs_plain_sgd():
 
 
 @pytest.mark.parametrize('document, message', [
-    # Booleans are shown as written in TOML.
-    ('[server]\nrounds = true\n', '`server.rounds` must be an integer; got true.'),
+    # Booleans are shown as written in TOML and in Python.
+    ('[server]\nrounds = true\n',
+     '`server.rounds` must be an integer; got the bool true (True).'),
     ('[participation]\ndeadline_s = false\n',
-     '`participation.deadline_s` must be a number; got false.'),
+     '`participation.deadline_s` must be a number; got the bool false '
+     '(False).'),
     ('[participation]\nstraggler_policy = true\n',
-     '`participation.straggler_policy` must be a string; got true.'),
+     '`participation.straggler_policy` must be a string; got the bool true '
+     '(True).'),
     ('[server]\nrounds = "2"\n',
      "`server.rounds` must be an integer; got the string '2'. Write it "
      'without quotes: `rounds = 2`.'),

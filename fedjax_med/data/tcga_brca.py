@@ -41,6 +41,7 @@ _EXCLUDED_REGION = 'Other'
 _ID_COLUMN = 'pid'
 _EVENT_COLUMN = 'E'
 _TIME_COLUMN = 'T'
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _CENTERS_COLUMNS = {'TSS Code', 'Region'}
 _SPLIT_COLUMNS = {'pid', 'fold', 'fold2'}
 _SETS = ('train', 'test')
@@ -105,8 +106,11 @@ def _parse_patient(
     raise _corrupt(
         path, f'line {line_number} has a value that is not a number'
     ) from None
-  if not all(math.isfinite(value) for value in values):
-    raise _corrupt(path, f'line {line_number} has a NaN or infinite value')
+  # The features are stored as float32, where 1e40 would become inf.
+  if not all(math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+             for value in values):
+    raise _corrupt(path, f'line {line_number} has a NaN or infinite value, '
+                   'or one beyond the float32 range')
 
   event, time = values[-2:]
   if event not in (0.0, 1.0):
