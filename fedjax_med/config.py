@@ -577,7 +577,7 @@ def _check_typed(key: str, value: Any, annotation: Any) -> None:
   if annotation is str:
     if isinstance(value, (str, os.PathLike)):
       return
-    raise InputError(f'`{key}` must be a string; got {_toml_text(value)}.')
+    raise InputError(f'`{key}` must be a string; got {_written(value)}.')
   if typing.get_origin(annotation) is tuple and isinstance(
       value, (list, tuple)):
     item_type = typing.get_args(annotation)[0]
@@ -679,11 +679,9 @@ def _coerce(
       return str(value)
   except (ValueError, TypeError):
     # TypeError: a TOML list or table where a single value belongs.
-    # A bool is named both ways, since configs come from TOML and Python.
-    written = (f'the bool {_toml_text(value)} ({value})'
-               if isinstance(value, bool) else repr(value))
     raise InputError(
-        f'`{key}` must be {_KINDS.get(annotation, annotation)}; got {written}.'
+        f'`{key}` must be {_KINDS.get(annotation, annotation)}; got '
+        f'{_written(value)}.'
     ) from None
   raise TypeError(f'Unsupported config type {annotation} for `{key}`.')
 
@@ -1005,6 +1003,16 @@ def reset_unused_settings(config: ExperimentConfig) -> ExperimentConfig:
           config, **{section: dataclasses.replace(current, **{name: default})}
       )
   return config
+
+
+def _written(value: Any) -> str:
+  """Return a wrong-typed value for a message, a bool both ways.
+
+  Configs come from TOML and from Python, so a bool is written as both.
+  """
+  if isinstance(value, bool):
+    return f'the bool {_toml_text(value)} ({value})'
+  return repr(value)
 
 
 def _toml_text(value: Any) -> str:
