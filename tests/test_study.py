@@ -499,8 +499,8 @@ def test_partition_error_names_config_keys():
 
 @pytest.mark.parametrize('partition', ['dirichlet', 'quantity'])
 def test_too_many_clients_for_rows(partition):
-  # 500 clients of 2 rows need 1,000 of the 740 rows. The message said to
-  # raise alpha or lower min_examples, neither of which could help.
+  # 500 clients of 2 rows need 1,000 of the 740 rows. The message suggested
+  # raising alpha or lowering min_examples, neither of which could help.
   config = _config(partition=partition, partition_clients=500,
                    dirichlet_alpha=0.01)
   with pytest.raises(errors.InputError,

@@ -203,8 +203,8 @@ def _with_gradient(columns, mask, selected):
 def _with_gradient_jvp(primals, tangents):
   columns, mask, selected = primals
   columns_dot = tangents[0]
-  # The first valid row equal to the selected value. There is none for
-  # NaN or for a rank past the valid rows.
+  # The first valid row equal to the selected value. NaN, or a rank past
+  # the valid rows, matches no row.
   matches = mask[:, None] & (columns == selected[None])
   row = jnp.argmax(matches, axis=0)
   tangent = jnp.take_along_axis(columns_dot, row[None], axis=0)[0]

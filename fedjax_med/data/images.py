@@ -1210,10 +1210,10 @@ def load_npz_sites(
       # would make too large for memory.
       missing = np.setdiff1d(np.arange(min(num_classes, len(present) + 5)),
                              present)[:5].tolist()
-      shown = present.tolist()[:10]
+      first_labels = present.tolist()[:10]
       raise InputError(
           f'The labels of {len(files)} sites take {len(present)} values '
-          f'({shown}{" ..." if len(present) > 10 else ""}) up to {largest}, '
+          f'({first_labels}{" ..." if len(present) > 10 else ""}) up to {largest}, '
           f'so {num_classes - len(present)} of the classes 0 to {largest} '
           f'have no image, such as {missing}. Relabel them as 0 to K - 1, or '
           'pass `num_classes` to keep empty classes.'

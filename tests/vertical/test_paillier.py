@@ -271,10 +271,12 @@ def test_epochs_ledger_leaves_out_earlier_counts():
   alone = paillier.train(features, labels, _settings(epochs=1),
                          party_names=names, key_bits=KEY_BITS)
 
-  given = paillier.train(features, labels, _settings(epochs=1),
-                         party_names=names, key_bits=KEY_BITS, ledger=ledger)
+  with_earlier = paillier.train(
+      features, labels, _settings(epochs=1), party_names=names,
+      key_bits=KEY_BITS, ledger=ledger)
 
-  assert given.epochs_ledger.as_dict() == alone.epochs_ledger.as_dict()
+  assert (with_earlier.epochs_ledger.as_dict()
+          == alone.epochs_ledger.as_dict())
 
 
 def test_ledger_fills_given_ledger():

@@ -408,7 +408,7 @@ def test_two_party_message_flow(two_parties):
     ([['a'], ['b']], ['x', 'y'], 1.5, 'must be an integer >= 0.*got 1.5'),
     ([['a'], {'a', 'b'}], ['x', 'y'], 0, "party 'y' are a set"),
     ([['a'], iter(['a'])], ['x', 'y'], 0, "party 'y' are a list_iterator"),
-    # None raised a TypeError, and an array was said to have no row order.
+    # None raised a TypeError, and an array was rejected as having no row order.
     ([['a'], ['b']], None, 0, 'party_names=None does not give one name'),
     ([['a'], np.array(['b'])], ['x', 'y'], 0, "'y' are a NumPy array"),
 ])
