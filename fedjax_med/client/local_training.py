@@ -11,7 +11,6 @@ each epoch visits a fresh permutation of the client's real rows in batches of
 are never drawn: they sort after every real row and get zero loss weight.
 """
 
-import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -21,6 +20,7 @@ import optax
 
 from fedjax_med import tree
 from fedjax_med.client import key_tags
+from fedjax_med.data import federated
 from fedjax_med.models import tabular
 from fedjax_med.typing import Params, PRNGKey
 
@@ -248,16 +248,11 @@ def build_local_update(
     A client with zero examples takes no step and returns a zero delta.
     The reported loss excludes the proximal term.
   """
-  for name, value in (('num_steps', num_steps), ('batch_size', batch_size),
-                      ('num_epochs', num_epochs)):
-    if name == 'num_epochs' and value is None:
-      continue
-    # A float such as 1.5 failed later inside JAX, or became 3.0 steps.
-    if (isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Integral) or value < 1):
-      raise ValueError(
-          f'`{name}` must be an integer of at least 1'
-          f'{" or None" if name == "num_epochs" else ""}; got {value!r}.')
+  # A float such as 1.5 failed later inside JAX, or became 3.0 steps.
+  federated.check_count('num_steps', num_steps)
+  federated.check_count('batch_size', batch_size)
+  if num_epochs is not None:
+    federated.check_count('num_epochs', num_epochs, or_none=True)
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f'`compute_dtype` must be one of {COMPUTE_DTYPES}; got '

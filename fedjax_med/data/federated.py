@@ -185,6 +185,28 @@ def check_seed(value: int) -> int:
   return int(value)
 
 
+def check_count(name: str, value, upper: int | None = None, *,
+                or_none: bool = False) -> int:
+  """Return `value` as an int, or raise ValueError unless a count >= 1.
+
+  Python and numpy integers pass. Bools and floats are rejected, even a
+  float with an integer value such as 3.0.
+
+  Args:
+    name: the argument's name, for the message.
+    value: the value to check.
+    upper: the largest allowed value, or None for no bound.
+    or_none: mention in the message that None is also allowed.
+  """
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, np.integer)) or value < 1
+      or (upper is not None and value > upper)):
+    allowed = ('of at least 1' if upper is None
+               else f'in [1, {upper}]') + (' or None' if or_none else '')
+    raise ValueError(f'`{name}` must be an integer {allowed}; got {value!r}.')
+  return int(value)
+
+
 def bundled_folder(name: str) -> pathlib.Path:
   """Return the folder of a dataset bundled under `fedjax_med/data/files/`."""
   resource = importlib.resources.files('fedjax_med.data') / 'files' / name

@@ -30,7 +30,6 @@ clients. `tests/simulation/test_fedbuff.py` checks this.
 """
 
 import math
-import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -147,11 +146,12 @@ def build_fedbuff(
     `skipped`, `bytes_down`, `bytes_up` and `params_finite`.
   """
   num_clients = train_data.num_clients
-  concurrency = _check_count('concurrency', concurrency, num_clients)
-  buffer_size = _check_count('buffer_size', buffer_size, concurrency)
+  concurrency = federated.check_count('concurrency', concurrency, num_clients)
+  buffer_size = federated.check_count('buffer_size', buffer_size, concurrency)
   if dispatch_size is None:
     dispatch_size = buffer_size
-  dispatch_size = _check_count('dispatch_size', dispatch_size, concurrency)
+  dispatch_size = federated.check_count('dispatch_size', dispatch_size,
+                                        concurrency)
   if not (math.isfinite(staleness_exponent) and staleness_exponent >= 0):
     raise ValueError(
         f'`staleness_exponent` must be >= 0; got {staleness_exponent}.'
@@ -407,17 +407,3 @@ def build_fedbuff(
     return server_step(state, key)
 
   return FedBuff(init, step, message_bytes)
-
-
-def _check_count(name: str, value, upper: int) -> int:
-  """Check that `value` is an integer in [1, upper] and return it as an int.
-
-  Python and numpy integers pass. Bools and floats raise ValueError, even
-  a float with an integer value such as 3.0.
-  """
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-      or not 1 <= value <= upper):
-    raise ValueError(
-        f'`{name}` must be an integer in [1, {upper}]; got {value!r}.'
-    )
-  return int(value)

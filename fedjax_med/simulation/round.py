@@ -12,7 +12,6 @@ depends only on the round and its id, not on its slot in the cohort.
 """
 
 import inspect
-import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -1089,11 +1088,8 @@ def _cohort_mapper(chunk_size: int | None, mesh, *, unroll: bool = False):
   Raises:
     ValueError: if `chunk_size` is not None or an integer of at least 1.
   """
-  if chunk_size is not None and (
-      isinstance(chunk_size, (bool, np.bool_))
-      or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
-    raise ValueError(
-        f'`chunk_size` must be an integer of at least 1; got {chunk_size!r}.')
+  if chunk_size is not None:
+    federated.check_count('chunk_size', chunk_size)
   def constrain(tree):
     if mesh is None:
       return tree
