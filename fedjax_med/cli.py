@@ -336,9 +336,13 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
           f'warning: {nonfinite} client updates were NaN or infinite and were '
           'left out of their rounds, so the model learned from fewer clients '
           f'than sampled (`num_nonfinite` in metrics.jsonl). '
-          f'{_nonfinite_fix(run_dir)}',
+          f'{_NONFINITE_FIX}',
           file=sys.stderr,
       )
+
+
+_NONFINITE_FIX = ('Lower `client.learning_rate` or check the data for '
+                  'extreme values.')
 
 
 def _round_totals(run_dir: pathlib.Path) -> dict[str, int]:
@@ -358,28 +362,6 @@ def _round_totals(run_dir: pathlib.Path) -> dict[str, int]:
   return totals
 
 
-def _nonfinite_fix(run_dir: pathlib.Path) -> str:
-  """Return the advice for NaN or infinite client updates.
-
-  FedProx's SGD step scales the distance to the global model by
-  1 - learning_rate * mu, so a product of 2 or more makes it grow every
-  step whatever the data.
-  """
-  try:
-    client = json.loads(
-        (run_dir / 'config.json').read_text(encoding='utf-8'))['client']
-    product = client['proximal_mu'] * client['learning_rate']
-    sgd = client['optimizer'] == 'sgd'
-  except (OSError, ValueError, KeyError, TypeError):
-    product, sgd = 0.0, False
-  if sgd and product >= 2:
-    return (f'`client.proximal_mu` times `client.learning_rate` is '
-            f'{product:g}, and with SGD the proximal step diverges unless '
-            'it stays below 2. Lower either.')
-  return ('Lower `client.learning_rate` or check the data for extreme '
-          'values.')
-
-
 def _no_contribution_cause(run_dir: pathlib.Path, summary: dict) -> str:
   """Return a sentence on why no client contributed, from the round counts."""
   totals = _round_totals(run_dir)
@@ -397,7 +379,7 @@ def _no_contribution_cause(run_dir: pathlib.Path, summary: dict) -> str:
             '`participation.straggler_policy=wait`.')
   if totals.get('num_nonfinite', 0):
     return (f' {totals["num_nonfinite"]} updates were NaN or infinite and '
-            f'were left out. {_nonfinite_fix(run_dir)}')
+            f'were left out. {_NONFINITE_FIX}')
   if totals.get('num_sampled', 0) and not totals.get('num_examples', 0):
     return ' The sampled clients have no training rows.'
   return ''

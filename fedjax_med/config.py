@@ -169,7 +169,9 @@ class ClientConfig:
     example_noise_multiplier: DP-SGD noise std divided by
       `example_clip_norm`.
     proximal_mu: FedProx's mu: each local step adds the gradient of
-      (mu / 2) ||w - w_round_start||^2. 0 is FedAvg.
+      (mu / 2) ||w - w_round_start||^2. 0 is FedAvg. With optimizer 'sgd',
+      learning_rate * mu must stay below 2 (3.8 with 'momentum'), or the
+      steps overshoot and diverge; the same bound holds for ditto_lambda.
     scaffold: train with SCAFFOLD's control variates (option II), which
       correct each client's drift; needs optimizer 'sgd' and no DP.
     ditto_lambda: turns on Ditto's personal models with this lambda: each
@@ -897,6 +899,40 @@ def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     )
 
 
+# The client momentum optimizer uses heavy-ball momentum 0.9 (`study.
+# build_optimizer`), whose steps on a quadratic stay stable while
+# learning_rate * curvature < 2 (1 + momentum).
+_STABLE_PROXIMAL_STEP = {'sgd': 2.0, 'momentum': 2.0 * (1.0 + 0.9)}
+
+
+def _check_proximal_step(client: ClientConfig) -> None:
+  """Reject a proximal pull that plain or momentum SGD overshoots.
+
+  The term (mu / 2) ||w - w_0||^2 has curvature mu. Once learning_rate *
+  mu reaches the bound of `_STABLE_PROXIMAL_STEP`, each step multiplies the
+  distance to w_0 by a factor of size at least 1, so FedProx's client
+  models and Ditto's personal models oscillate and diverge. The loss adds
+  curvature of its own, so staying under the bound does not guarantee
+  stability. Adaptive optimizers scale their steps and are not checked.
+  """
+  bound = _STABLE_PROXIMAL_STEP.get(client.optimizer)
+  if bound is None:
+    return
+  for key, value in (('client.proximal_mu', client.proximal_mu),
+                     ('client.ditto_lambda', client.ditto_lambda)):
+    if value is None or client.learning_rate * value < bound:
+      continue
+    raise InputError(
+        f'`{key}` {value:g} times `client.learning_rate` '
+        f'{client.learning_rate:g} is {client.learning_rate * value:g}, '
+        f'at least {bound:g}: with `client.optimizer={client.optimizer}` '
+        'each local step overshoots the pull towards the global model, so '
+        f'the models diverge. Use `{key}` below '
+        f'{bound / client.learning_rate:g}, a smaller '
+        '`client.learning_rate`, or `client.optimizer=adam`.'
+    )
+
+
 def _require_range(
     key: str, value: float | None, low: float, high: float = math.inf,
     *, low_open: bool = False, high_open: bool = False,
@@ -1225,6 +1261,7 @@ def _validate_training(config: ExperimentConfig) -> None:
   )
   _require_range('client.proximal_mu', client.proximal_mu, 0.0)
   _require_range('client.ditto_lambda', client.ditto_lambda, 0.0)
+  _check_proximal_step(client)
   _require_range('client.chunk_size', client.chunk_size, 1, _MAX_STEPS)
   if client.scaffold and client.optimizer != 'sgd':
     raise InputError(

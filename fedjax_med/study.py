@@ -1487,8 +1487,8 @@ def _personal_summary(config, dataset, personal, model) -> dict[str, Any]:
       threshold=config.evaluation.threshold, personalized=True,
   )
   accuracies = _client_accuracy(evaluate(personal))
-  # A personal model can diverge on its own, for example when the step
-  # size times lambda exceeds 2; its accuracy is then left out.
+  # A personal model can diverge on its own, for example at a learning rate
+  # too large for its client's data; its accuracy is then left out.
   finite = np.asarray(jax.vmap(tree.tree_is_finite)(personal))
   accuracies = [value if ok else None for value, ok in zip(accuracies, finite)]
   return {

@@ -417,13 +417,14 @@ def test_nonfinite_updates_warned(capsys, tmp_path):
   assert 'client updates were NaN or infinite' in captured.err
 
 
-def test_fedprox_divergence_names_mu(capsys, tmp_path):
-  # mu * lr = 10 makes every proximal SGD step grow; the warning used to
-  # blame the learning rate or the data only.
+def test_fedprox_divergent_mu_rejected(capsys, tmp_path):
+  # mu * lr = 10 makes every proximal SGD step grow. Such runs used to
+  # finish with NaN updates and a warning after the fact.
   status, captured = _run_cli(
-      capsys, *FAST, '--set', 'proximal_mu=1000', '--set', 'local_steps=60',
+      capsys, *FAST, '--set', 'proximal_mu=1000',
       '--out', str(tmp_path / 'r'))
 
-  assert status == 0
-  assert '`client.proximal_mu` times `client.learning_rate` is 10' in (
-      captured.err)
+  assert status == 2
+  assert '`client.proximal_mu` 1000 times `client.learning_rate` 0.01 is 10' \
+      in captured.err
+  assert not (tmp_path / 'r').exists()

@@ -192,3 +192,30 @@ def test_section_given_a_value_rejected(tmp_path):
   path.write_text('server = 3\n')
   with pytest.raises(errors.InputError, match=r'table `\[server\]`'):
     config_lib.load_toml(path)
+
+
+@pytest.mark.parametrize('overrides, key, limit', [
+    ({'ditto_lambda': 1000.0}, 'client.ditto_lambda', 'below 200'),
+    ({'ditto_lambda': 200.0}, 'client.ditto_lambda', 'below 200'),
+    ({'proximal_mu': 250.0}, 'client.proximal_mu', 'below 200'),
+    ({'optimizer': 'momentum', 'ditto_lambda': 380.0},
+     'client.ditto_lambda', 'below 380'),
+])
+def test_proximal_pull_sgd_overshoots(overrides, key, limit):
+  # The default client is SGD at learning rate 0.01. A proximal term of
+  # curvature mu scales the distance to the global model by 1 - 0.01 mu
+  # per step, which has size at least 1 from mu = 200.
+  with pytest.raises(errors.InputError) as error:
+    _validate(**overrides)
+  assert f'`{key}`' in str(error.value)
+  assert limit in str(error.value)
+
+
+@pytest.mark.parametrize('overrides', [
+    {'ditto_lambda': 199.0},
+    {'proximal_mu': 199.0},
+    {'optimizer': 'momentum', 'ditto_lambda': 379.0},
+    {'optimizer': 'adam', 'ditto_lambda': 1000.0},
+])
+def test_proximal_pull_below_bound_accepted(overrides):
+  _validate(**overrides)
