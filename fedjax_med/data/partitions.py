@@ -870,13 +870,20 @@ def draw_feature_shift(
   rng = _host_rng(key)
 
   shape = (num_clients, num_channels)
-  return FeatureShift(
-      scales=np.exp(scale_std * rng.standard_normal(shape)).astype(np.float32),
-      offsets=(offset_std * rng.standard_normal(shape)).astype(np.float32),
-      noise_stds=rng.uniform(0.0, max_noise_std, num_clients).astype(
-          np.float32
-      ),
-  )
+  with np.errstate(over='ignore'):
+    scales = np.exp(scale_std * rng.standard_normal(shape)).astype(np.float32)
+    offsets = (offset_std * rng.standard_normal(shape)).astype(np.float32)
+    noise_stds = rng.uniform(0.0, max_noise_std, num_clients).astype(
+        np.float32)
+  for name, spread, values in (('scale_std', scale_std, scales),
+                               ('offset_std', offset_std, offsets),
+                               ('max_noise_std', max_noise_std, noise_stds)):
+    if not np.isfinite(values).all():
+      raise InputError(
+          f'`{name}` {spread:g} draws values beyond the float32 range; use a '
+          f'smaller `{name}`.'
+      )
+  return FeatureShift(scales=scales, offsets=offsets, noise_stds=noise_stds)
 
 
 def apply_feature_shift(
@@ -900,8 +907,9 @@ def apply_feature_shift(
     `FederatedData` with a float32 numpy `x`.
 
   Raises:
-    InputError: if the shapes of `shift` do not match `data`, or a noise std
-      is negative or not finite.
+    InputError: if the shapes of `shift` do not match `data`, a scale,
+      offset or noise std is not finite, a noise std is negative, or a
+      shifted value overflows float32.
   """
   if 'x' not in data.examples:
     raise InputError(
@@ -925,10 +933,21 @@ def apply_feature_shift(
       (num_clients,) + (1,) * (x.ndim - 1)
   )
   noise = rng.standard_normal(x.shape, dtype=np.float32)
-  shifted = scales * x + offsets + noise_stds * noise
+  with np.errstate(over='ignore', invalid='ignore'):
+    shifted = scales * x + offsets + noise_stds * noise
 
   real = np.arange(x.shape[1])[None, :] < np.asarray(data.num_examples)[:, None]
   real = real.reshape(real.shape + (1,) * (x.ndim - 2))
+  overflow = ~np.isfinite(shifted) & real
+  if overflow.any():
+    client = int(np.argwhere(overflow)[0, 0])
+    raise InputError(
+        f'The shifted features of client {client} overflow float32: its '
+        f'scales reach {np.max(np.abs(shift.scales[client])):g} and its '
+        f'offsets {np.max(np.abs(shift.offsets[client])):g}, on features up '
+        f'to {np.max(np.abs(x[client])):g}. Use smaller scales and offsets, '
+        'or standardize the features first.'
+    )
   examples = dict(data.examples)
   examples['x'] = np.where(real, shifted, np.float32(0.0))
   return federated.FederatedData(examples, data.num_examples)
@@ -939,11 +958,16 @@ def _check_shift_shapes(
 ) -> None:
   expected = (num_clients, num_channels)
   for field in ('scales', 'offsets'):
-    shape = np.shape(getattr(shift, field))
-    if shape != expected:
+    values = np.asarray(getattr(shift, field))
+    if values.shape != expected:
       raise InputError(
-          f'`shift.{field}` is shaped {shape}; the data needs {expected} '
-          '([clients, channels], channels = size of the last axis of x).'
+          f'`shift.{field}` is shaped {values.shape}; the data needs '
+          f'{expected} ([clients, channels], channels = size of the last '
+          'axis of x).'
+      )
+    if not np.isfinite(values).all():
+      raise InputError(
+          f'`shift.{field}` must be finite; got {values}.'
       )
   noise_stds = np.asarray(shift.noise_stds)
   if noise_stds.shape != (num_clients,):

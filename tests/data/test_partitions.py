@@ -697,6 +697,41 @@ def test_shift_shape_mismatch_raises(key):
     partitions.apply_feature_shift(data, shift, key=key)
 
 
+@pytest.mark.parametrize('field', ['scales', 'offsets'])
+@pytest.mark.parametrize('value', [np.nan, np.inf])
+def test_nonfinite_shift_rejected(key, field, value):
+  data = _data_from_clients([np.ones((4, 3)), np.ones((2, 3))])
+  values = {'scales': np.ones((2, 3)), 'offsets': np.zeros((2, 3))}
+  values[field][1, 2] = value
+  shift = partitions.FeatureShift(**values, noise_stds=np.zeros(2))
+
+  with pytest.raises(InputError, match=f'shift.{field}` must be finite'):
+    partitions.apply_feature_shift(data, shift, key=key)
+
+
+def test_shift_overflow_names_client(key):
+  # Every value is finite, but 1e30 * 1e10 is beyond float32.
+  data = _data_from_clients([np.ones((4, 3)), np.full((2, 3), 1e10)])
+  shift = partitions.FeatureShift(
+      scales=np.full((2, 3), 1e30), offsets=np.zeros((2, 3)),
+      noise_stds=np.zeros(2))
+
+  with pytest.raises(InputError, match='client 1 overflow float32'):
+    partitions.apply_feature_shift(data, shift, key=key)
+
+
+@pytest.mark.parametrize('argument', [
+    'scale_std', 'offset_std', 'max_noise_std'])
+def test_draw_beyond_float32_names_argument(key, argument):
+  spreads = {'scale_std': 0.0, 'offset_std': 0.0, 'max_noise_std': 0.0}
+  # exp(1e3 * z) and 1e39 * z leave float32 for most z.
+  spreads[argument] = 1e3 if argument == 'scale_std' else 1e39
+
+  with pytest.raises(InputError, match=f'`{argument}` .* float32'):
+    partitions.draw_feature_shift(
+        key=key, num_clients=4, num_channels=3, **spreads)
+
+
 _LABELS = _labels([20, 20, 20])
 
 
