@@ -480,7 +480,8 @@ class EvaluationConfig:
     finetune_steps: after the last round, each client also trains the
       global model on its own rows for this many local steps (FedAvg-FT)
       and `summary.json` reports those personalized models' accuracy; 0
-      turns this off.
+      turns this off. The fine-tuned models stay on their clients, so they
+      train without DP-SGD.
   """
 
   eval_every: int = 1

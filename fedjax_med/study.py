@@ -1426,11 +1426,12 @@ def _finetuned_summary(config, dataset, params, model, local=None
   Each client runs `finetune_steps` steps of its local optimizer from the
   global params (FLamby's FedAvg-FT), or under FedBN from the global params
   with its own normalization layers. Clients without training rows keep
-  the model they start from.
+  the model they start from. The fine-tuned model never leaves its client,
+  so, like Ditto's personal model, it trains without DP-SGD.
   """
   finetune = dataclasses.replace(
       config.client, local_steps=config.evaluation.finetune_steps,
-      local_epochs=None, proximal_mu=0.0, scaffold=False,
+      local_epochs=None, proximal_mu=0.0, scaffold=False, dp_sgd=False,
   )
   local_update = build_local_update(finetune, model, dataset.train)
   keys = jax.vmap(jax.random.fold_in, (None, 0))(

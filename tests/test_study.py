@@ -477,6 +477,24 @@ def test_finetuned_accuracy_by_hand():
   assert finetuned['test_accuracy']['switzerland'] == pytest.approx(expected)
 
 
+def test_finetuning_skips_dp_sgd():
+  # The fine-tuned model stays on its client; DP-SGD noise of std 100 per
+  # step used to be added to it anyway.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  plain = _config(finetune_steps=20)
+  private = _config(finetune_steps=20, dp_sgd=True,
+                    example_noise_multiplier=100.0)
+  dataset = study.load_dataset(plain.data, plain.seed)
+  model = study.build_model(plain.model, dataset.num_classes)
+  params = model.init(jax.random.key(7), dataset.train.examples['x'][0, :1])
+
+  expected = study._finetuned_summary(plain, dataset, params, model)
+  finetuned = study._finetuned_summary(private, dataset, params, model)
+
+  assert finetuned['test_accuracy'] == expected['test_accuracy']
+
+
 @pytest.mark.parametrize('partition, extra', [
     ('dirichlet', {'dirichlet_alpha': 0.3}),
     ('quantity', {'size_sigma': 2.0}),
