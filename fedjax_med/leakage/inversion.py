@@ -62,6 +62,7 @@ References:
 
 import dataclasses
 import functools
+import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ from typing import Any, NamedTuple
 import flax.errors
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedjax_med.errors import InputError
@@ -242,7 +244,8 @@ def infer_labels(
 
   Raises:
     InputError: if the output layer cannot be identified or has the wrong
-      shape.
+      shape, or, for a concrete gradient, its scores are not finite or all
+      zero.
   """
   if output_grad is None:
     path, gradient = _output_layer(observed_grads, num_classes)
@@ -256,6 +259,13 @@ def infer_labels(
     raise InputError(
         f'{path} must be a bias gradient ({num_classes},) or a kernel '
         f'gradient [features, {num_classes}]; got shape {gradient.shape}.'
+    )
+  _check_finite(path, scores)
+  if not isinstance(scores, jax.core.Tracer) and not np.any(
+      np.asarray(scores)):
+    raise InputError(
+        f'{path} is all zeros, so it has no negative entry to mark the '
+        'label. Pass the known `labels` instead.'
     )
   return jnp.argmin(scores)[jnp.newaxis].astype(jnp.int32)
 
@@ -451,6 +461,22 @@ def _check_tree(params: Params, observed_grads: PyTree) -> None:
           'vmap `reconstruct` over the stacked gradients instead of passing '
           'them at once.'
       )
+    _check_finite(f'`observed_grads`{path}', gradient)
+
+
+def _check_finite(name: str, gradient) -> None:
+  """Raise InputError for a concrete gradient with NaN or infinite entries.
+
+  Traced values, as under `jax.vmap`, cannot be read here and pass.
+  """
+  if isinstance(gradient, jax.core.Tracer):
+    return
+  if not np.isfinite(np.asarray(gradient)).all():
+    raise InputError(
+        f'{name} contains NaN or infinite values, so it carries no '
+        'information about the victim: its training diverged. Attack a '
+        'finite gradient.'
+    )
 
 
 def _check_loss_accepts(
@@ -517,11 +543,14 @@ def _make_config(method: str, steps: int | None, hyper: dict[str, Any]):
     raise InputError(
         f'`matching` must be one of {MATCHING}; got {config.matching!r}.'
     )
-  if not config.tv_weight >= 0:  # also rejects NaN
-    raise InputError(f'`tv_weight` must be >= 0; got {config.tv_weight}.')
-  if config.optimizer == 'adam' and not config.learning_rate > 0:
+  if not (math.isfinite(config.tv_weight) and config.tv_weight >= 0):
     raise InputError(
-        f'`learning_rate` must be > 0; got {config.learning_rate}.'
+        f'`tv_weight` must be finite and >= 0; got {config.tv_weight}.')
+  if config.optimizer == 'adam' and not (
+      math.isfinite(config.learning_rate) and config.learning_rate > 0):
+    raise InputError(
+        f'`learning_rate` must be finite and > 0; got '
+        f'{config.learning_rate}.'
     )
   if config.optimizer == 'lbfgs' and (
       config.boxed or config.signed or config.lr_decay
@@ -587,9 +616,10 @@ def reconstruct(
 
   Raises:
     InputError: for an unknown method or setting, a gradient not shaped like
-      `params`, an invalid `input_shape`, `num_classes` or `labels` shape,
-      an `input_shape` or `num_classes` that `loss_fn` cannot take, or an
-      output layer that label inference cannot identify.
+      `params` or (outside `jax.vmap`) not finite, an invalid `input_shape`,
+      `num_classes` or `labels` shape, an `input_shape` or `num_classes`
+      that `loss_fn` cannot take, or an output layer that label inference
+      cannot identify.
   """
   config = _make_config(method, steps, hyper)
   _check_tree(params, observed_grads)

@@ -78,22 +78,8 @@ def logit_confidence(
   # A Python list of labels compared `y == 1` as a whole list, so every
   # row was scored as label 0.
   y = jnp.asarray(y)
-  _validate_labels(y, model.num_classes)
+  membership.check_labels(y, model.num_classes)
   return _logit_confidence(model, params, x, y, probability_clip)
-
-
-def _validate_labels(y, num_classes: int) -> None:
-  """Raise ValueError for a concrete label outside [0, num_classes)."""
-  if isinstance(y, jax.core.Tracer):
-    return
-  labels = np.asarray(y)
-  invalid = (labels < 0) | (labels >= num_classes)
-  invalid |= labels != np.round(labels)
-  if np.any(invalid):
-    raise ValueError(
-        f'`y` must contain integer labels in [0, {num_classes}) for a model '
-        f'with {num_classes} classes; got {np.unique(labels[invalid])}.'
-    )
 
 
 def _validate_probability_clip(probability_clip: float) -> None:
@@ -282,7 +268,7 @@ def shadow_confidences(
   """
   _validate_probability_clip(probability_clip)
   y = jnp.asarray(y)
-  _validate_labels(y, model.num_classes)
+  membership.check_labels(y, model.num_classes)
   return _shadow_confidences(model, shadow_params, x, y, probability_clip)
 
 

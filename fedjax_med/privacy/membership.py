@@ -28,6 +28,7 @@ import numbers
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
@@ -186,8 +187,32 @@ def loss_scores(
 
   Returns:
     `[candidates]` scores, the negated per-example cross-entropy.
+
+  Raises:
+    ValueError: if a concrete label is not an integer in [0, classes).
   """
-  return _loss_scores(model, params, x, y)
+  y = jnp.asarray(y)
+  check_labels(y, model.num_classes)
+  return _loss_scores(model, params, jnp.asarray(x), y)
+
+
+def check_labels(y: jax.Array, num_classes: int) -> None:
+  """Raise ValueError for a concrete label outside [0, num_classes).
+
+  Traced labels, as under `jax.vmap`, cannot be read and pass. A label of 2
+  on a binary model used to get a finite loss score, and a fractional one
+  a score between its neighbours'.
+  """
+  if isinstance(y, jax.core.Tracer):
+    return
+  labels = np.asarray(y)
+  invalid = (labels < 0) | (labels >= num_classes)
+  invalid |= labels != np.round(labels)
+  if np.any(invalid):
+    raise ValueError(
+        f'`y` must contain integer labels in [0, {num_classes}) for a model '
+        f'with {num_classes} classes; got {np.unique(labels[invalid])}.'
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)

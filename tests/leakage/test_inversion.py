@@ -391,6 +391,8 @@ def test_gradient_structure_mismatch(mlp_loss, victim, key):
     (dict(boxed=True), 'boxed'),
     (dict(labels=jnp.array([7])), r'lie in \[0, 4\)'),
     (dict(tv_weight=float('nan')), 'tv_weight'),
+    (dict(tv_weight=float('inf')), 'tv_weight'),
+    (dict(optimizer='adam', learning_rate=float('inf')), 'learning_rate'),
 ])
 def test_invalid_arguments(mlp_loss, victim, key, kwargs, message):
   params, grads = victim
@@ -428,8 +430,27 @@ def test_geiping_zero_gradient_finite():
 
   result = inversion.reconstruct(
       'geiping', loss_fn, params, zero_grads, (1, 4, 4, 1), 3,
-      jax.random.key(5), steps=3,
+      jax.random.key(5), steps=3, labels=jnp.array([1]),
   )
 
   assert np.isfinite(np.asarray(result.images)).all()
   assert np.isfinite(np.asarray(result.objective)).all()
+
+
+@pytest.mark.parametrize('method', ['dlg', 'idlg', 'geiping'])
+def test_nonfinite_gradient_rejected(mlp_loss, victim, key, method):
+  # A diverged victim's NaN gradient used to give NaN images and label 0.
+  params, grads = victim
+  grads = jax.tree.map(lambda leaf: leaf.at[0].set(jnp.nan), grads)
+
+  with pytest.raises(InputError, match='NaN or infinite'):
+    inversion.reconstruct(method, mlp_loss, params, grads, SINGLE,
+                          NUM_CLASSES, key, steps=1)
+
+
+def test_zero_gradient_has_no_label(victim):
+  _, grads = victim
+  zeros = jax.tree.map(jnp.zeros_like, grads)
+
+  with pytest.raises(InputError, match='all zeros'):
+    inversion.infer_labels(zeros, NUM_CLASSES)

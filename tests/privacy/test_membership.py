@@ -122,6 +122,29 @@ def test_loss_scores_binary():
   np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize('classes, labels, bad', [
+    (2, [0, 1, 2], r'\[2\]'),
+    (2, [0.0, 1.0, 0.5], r'\[0.5\]'),
+    (3, [0, 1, 5], r'\[5\]'),
+    (3, [-1, 1, 2], r'\[-1\]'),
+])
+def test_loss_scores_rejects_invalid_labels(classes, labels, bad):
+  logits = jnp.zeros((3, 1 if classes == 2 else classes))
+
+  with pytest.raises(ValueError, match=f'in \\[0, {classes}\\).*{bad}'):
+    membership.loss_scores(_identity_model(classes), {}, logits,
+                           jnp.array(labels))
+
+
+def test_loss_scores_takes_lists():
+  scores = membership.loss_scores(
+      _identity_model(3), {}, [[2.0, 0.0, 0.0]], [0])
+
+  # -log softmax([2, 0, 0])[0] = -(2 - log(e^2 + 2)).
+  np.testing.assert_allclose(scores, [2 - math.log(math.exp(2) + 2)],
+                             rtol=1e-6)
+
+
 def test_map_trainings_batches_match_vmap(key):
   def train_fn(key, mask):
     return jnp.sum(mask) + jax.random.normal(key)
