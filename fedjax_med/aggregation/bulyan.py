@@ -101,7 +101,7 @@ def bulyan(
   matrix = _flat.mask_rows(matrix, mask)
   count = jnp.sum(mask.astype(jnp.int32))
   theta = jnp.maximum(count - 2 * num_byzantine, 1)
-  distances = krum_lib.pairwise_squared_distances(matrix)
+  distances = krum_lib.scaled_pairwise_squared_distances(matrix, mask)
   selected = _select_by_krum(
       distances, mask, num_byzantine, clients - 2 * num_byzantine, theta
   )

@@ -11,6 +11,7 @@ Descent", NeurIPS).
 import jax
 import jax.numpy as jnp
 
+from fedjax_med import tree
 from fedjax_med.aggregation import _flat
 from fedjax_med.typing import PyTree
 
@@ -27,6 +28,27 @@ def pairwise_squared_distances(matrix: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(matrix - row[None, :]), axis=1)
 
   return jax.lax.map(distances_to, matrix)
+
+
+def scaled_pairwise_squared_distances(
+    matrix: jax.Array, mask: jax.Array
+) -> jax.Array:
+  """Return `pairwise_squared_distances` of `matrix` times 2^-k, per pair.
+
+  The rows are multiplied by 2^-k first, where 2^k is near the median, over
+  the rows of `mask`, of each row's largest magnitude. Without it, float32
+  squared distances between honest updates of entries about 1e18 overflow
+  to inf, and Krum picked an attacker on index order. The median ignores a
+  minority of huge rows, whose distances may still be inf. A power of two
+  keeps the ordering and the exact ties of the unscaled distances wherever
+  neither overflows nor underflows.
+  """
+  row_max = jnp.max(jnp.abs(matrix), axis=1, initial=0.0)
+  count = jnp.sum(mask.astype(jnp.int32))
+  ranked = jnp.sort(jnp.where(mask, row_max, jnp.inf))
+  median = ranked[jnp.maximum(count - 1, 0) // 2]
+  exponent = tree.power_of_two_exponent(median)
+  return pairwise_squared_distances(jnp.ldexp(matrix, -exponent))
 
 
 def valid_first_order(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -120,7 +142,8 @@ def krum(
   matrix, unflatten = _flat.flatten_clients(client_updates)
   mask = _flat.finite_rows(matrix, mask)
   matrix = _flat.mask_rows(matrix, mask)
-  scores = krum_scores(pairwise_squared_distances(matrix), mask, num_byzantine)
+  scores = krum_scores(scaled_pairwise_squared_distances(matrix, mask), mask,
+                       num_byzantine)
   best = valid_first_order(scores, mask)[0]
   selected = jnp.where(jnp.any(mask), matrix[best], jnp.zeros_like(matrix[0]))
   return unflatten(selected)
@@ -178,7 +201,8 @@ def multi_krum(
   if num_selected is None:
     valid = jnp.sum(mask.astype(jnp.int32))
     num_selected = jnp.maximum(valid - num_byzantine, 1)
-  scores = krum_scores(pairwise_squared_distances(matrix), mask, num_byzantine)
+  scores = krum_scores(scaled_pairwise_squared_distances(matrix, mask), mask,
+                       num_byzantine)
   order = valid_first_order(scores, mask)
   rank = jnp.zeros(clients, jnp.int32).at[order].set(
       jnp.arange(clients, dtype=jnp.int32))

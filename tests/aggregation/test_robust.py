@@ -250,6 +250,26 @@ def test_overflowing_distances_keep_honest_choice(name):
     assert np.all(np.abs(leaf) < 10.0)
 
 
+@pytest.mark.parametrize('name', ['krum', 'multi_krum', 'bulyan'])
+def test_huge_honest_updates_scale_exactly(name):
+  # At 2^62 (4.6e18) the float32 squared distances between the honest
+  # updates overflow too. All scores were inf, and Krum returned slot 0,
+  # the attacker at -5 on every coordinate.
+  aggregate = jax.jit(AGGREGATORS[name])
+  rng = np.random.default_rng(3)
+  honest = 1.0 + 0.3 * rng.normal(size=(8, 1000))
+  updates = jnp.asarray(
+      np.concatenate([np.full((1, 1000), -5.0), honest]), jnp.float32)
+  mask = jnp.ones(9, bool)
+
+  unit = aggregate(updates, mask)
+  huge = aggregate(jnp.ldexp(updates, 62), mask)
+
+  # A power-of-two scale is exact, so the choice and the result scale too.
+  np.testing.assert_array_equal(huge, jnp.ldexp(unit, 62))
+  assert float(jnp.mean(unit)) > 0.5
+
+
 def test_bulyan_never_picks_masked_slot():
   # The masked slot 0 contains -7. With a far update among the valid ones,
   # Bulyan used to return slot 0's zeroed row.
