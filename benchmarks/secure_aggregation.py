@@ -15,11 +15,6 @@ ring) use the same population, sampler, local training and round keys, so
 they differ only in the aggregation. The complete graph needs O(cohort^2 d)
 mask expansions per round, so it runs only at small cohorts by default.
 
-NOTE: the secure round's compile time grows with the Shamir threshold t,
-because `fedjax_med.secure.shamir` unrolls Python loops over t. With the
-complete graph on 2 shared CPU cores it was 6.7 s at t = 25, 17 s at
-t = 100 and 54 s at t = 250 (cohort 500, one run, 2.3 s per round).
-
 Every round's first call compiles it. Compile s is that call minus the
 median of the timed calls. The timed calls then alternate between all the
 rounds, with the order rotated every repeat, so that a change in machine

@@ -34,6 +34,7 @@ NOISE_OVERFLOW_TARGET = 1e-9
 
 _ROUNDING_TAG = 1
 _NOISE_TAG = 2
+_PROTOCOL_TAG = 3
 
 SUPPORTED_AGGREGATORS = ('fedavg', 'mean')
 
@@ -249,7 +250,8 @@ def build_secure_aggregate(
                 key):
     inputs = jax.vmap(encode_client)(updates, weights, client_keys)
     result = protocol.secure_sum(
-        key, inputs, participants, contributes, settings)
+        jax.random.fold_in(key, _PROTOCOL_TAG), inputs, participants,
+        contributes, settings)
     total = encoding.decode(result.total, scale, bits)
     # Stochastic rounding adds variance p (1 - p), 1/6 on average, per
     # client and ring coordinate, so the decoded sum carries rounding noise
@@ -266,9 +268,9 @@ def build_secure_aggregate(
       # The decoded weight's own rounding error, about sqrt(n / 6) / scale,
       # moves the mean by its norm times that error, relative to the weight.
       weight_noise = jnp.sqrt(contributors / 6) / jnp.float32(scale)
-      mean_noise_norm = jnp.sqrt(
-          jnp.square(sum_noise_norm)
-          + jnp.square(jnp.linalg.norm(mean_flat) * weight_noise)
+      # hypot, not sqrt of squares, which overflow float32 at a huge scale.
+      mean_noise_norm = jnp.hypot(
+          sum_noise_norm, jnp.linalg.norm(mean_flat) * weight_noise
       ) / safe_weight
     else:
       # Undo the division by weight_bound, then use the fixed denominator.

@@ -65,6 +65,9 @@ _GRAPH_TAG = 5
 _PAIR_MASK_TAG = 6
 _SELF_MASK_TAG = 7
 _UNMASK_DROPOUT_TAG = 8
+# Slot keys come from their own subkey: `fold_in(key, slot)` would equal
+# `fold_in(key, tag)` for the slot numbered like a tag.
+_CLIENT_KEYS_TAG = 9
 
 
 class SecureAggregationSettings(NamedTuple):
@@ -265,7 +268,8 @@ class SecureSumResult(NamedTuple):
   Attributes:
     total: `[d]` uint32 sum modulo `2**bits` of the survivors' inputs, as the
       server unmasked it; meaningless when `ok` is False.
-    ok: False when the round failed (too few survivors or shares).
+    ok: False when the round failed: a secret it needs has fewer than t
+      responding holders.
     masked: `[n, d]` uint32 masked inputs as the server received them (zero
       for clients that sent none).
     rebuilt_secret_keys: `[n]` bool, clients whose `sk` the server rebuilt.
@@ -335,7 +339,8 @@ def secure_sum(
   slots = jnp.arange(num_clients)
 
   # Step 1: keys.
-  client_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, slots)
+  client_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      jax.random.fold_in(key, _CLIENT_KEYS_TAG), slots)
   secret_keys = jax.vmap(
       lambda k: field.random_elements(
           jax.random.fold_in(k, _SECRET_KEY_TAG), (), nonzero=True)
@@ -414,7 +419,7 @@ def secure_sum(
 
   cost = cost_of(
       settings, dimension, edges, edges_to_survivors, survivors, dropped,
-      responders,
+      responders, ok=ok,
   )
   return SecureSumResult(
       total=total, ok=ok, masked=masked, rebuilt_secret_keys=dropped & ok,
@@ -424,7 +429,7 @@ def secure_sum(
 
 
 def cost_of(settings, dimension, edges, edges_to_survivors, survivors,
-            dropped, responders) -> dict:
+            dropped, responders, *, ok=True) -> dict:
   """Return the run's communication and computation as scalar counts.
 
   * `client_bytes_up`: mean bytes a participant sends over the 4 steps
@@ -437,8 +442,10 @@ def cost_of(settings, dimension, edges, edges_to_survivors, survivors,
     the protocol, for the overhead ratio.
   * `client_prg_expansions`: mean PRG expansions of length d per survivor
     (its pairwise masks and its self mask).
-  * `server_prg_expansions`: expansions the server runs to unmask.
-  * `reconstructions`: secrets the server rebuilds, each from t shares.
+  * `server_prg_expansions`: expansions the server runs to unmask; 0 when
+    the round failed (`ok` False), since it then unmasks nothing.
+  * `reconstructions`: secrets the server rebuilds, each from t shares; 0
+    when the round failed.
   """
   num_clients = edges.shape[0]
   t = threshold(settings, num_clients)
@@ -469,8 +476,10 @@ def cost_of(settings, dimension, edges, edges_to_survivors, survivors,
       'secagg_client_prg_expansions': (
           jnp.sum(jnp.where(survivors, survivor_edges + 1, 0))
           / jnp.maximum(num_survivors, 1)),
-      'secagg_server_prg_expansions': num_survivors + orphaned_edges,
-      'secagg_reconstructions': num_survivors + jnp.sum(dropped),
+      'secagg_server_prg_expansions': jnp.where(
+          ok, num_survivors + orphaned_edges, 0),
+      'secagg_reconstructions': jnp.where(
+          ok, num_survivors + jnp.sum(dropped), 0),
       'secagg_threshold': jnp.int32(t),
       'secagg_degree': jnp.int32(graph_degree(settings, num_clients)),
   }

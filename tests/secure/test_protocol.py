@@ -93,6 +93,32 @@ def test_too_few_survivors_fail():
   assert not bool(jnp.any(result.rebuilt_seeds))
 
 
+def test_complete_graph_needs_t_plus_one_survivors():
+  # A client holds no share of its own secrets, so each survivor's seed
+  # has one live holder fewer than there are survivors.
+  settings = protocol.SecureAggregationSettings(threshold_fraction=0.5)
+  t = protocol.threshold(settings, N)
+
+  at_t = _run(settings, jnp.arange(N) < t)
+  above_t = _run(settings, jnp.arange(N) < t + 1)
+
+  assert not bool(at_t.ok)
+  assert bool(above_t.ok)
+  np.testing.assert_array_equal(
+      above_t.total, _plain_sum(_inputs(), jnp.arange(N) < t + 1))
+
+
+def test_failed_round_rebuilds_nothing():
+  # The cost used to count 40 reconstructions and 20 + 20 * 20 server
+  # expansions for a round that unmasked nothing.
+  settings = protocol.SecureAggregationSettings(threshold_fraction=0.5)
+  result = _run(settings, jnp.arange(N) < protocol.threshold(settings, N))
+
+  assert not bool(result.ok)
+  assert int(result.cost['secagg_reconstructions']) == 0
+  assert int(result.cost['secagg_server_prg_expansions']) == 0
+
+
 def test_unmask_dropouts_still_exact():
   settings = protocol.SecureAggregationSettings(
       threshold_fraction=0.3, unmask_dropout_rate=0.2)

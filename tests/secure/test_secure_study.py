@@ -68,6 +68,12 @@ def test_distributed_noise_accounted_as_discrete(tmp_path):
     ({**SECURE, 'secure_aggregation.graph': 'star'}, 'graph'),
     ({**SECURE, 'privacy.noise': 'distributed', 'server.aggregator': 'mean',
       'privacy.target_epsilon': 5.0}, 'target_mode=stop'),
+    # Empty cohort slots used to fail every secure round.
+    ({**SECURE, 'sampling.sampling': 'poisson',
+      'sampling.sampling_rate': 0.5}, 'does not support .*poisson'),
+    ({**SECURE, 'participation.availability': 0.5}, 'every client online'),
+    ({**SECURE, 'participation.schedule': 'office_hours',
+      'participation.steps_per_second': 10.0}, 'every client online'),
 ])
 def test_invalid_secure_config_rejected(overrides, match):
   config = config_lib.apply_overrides(config_lib.ExperimentConfig(),
@@ -96,6 +102,9 @@ def test_huge_clip_norm_flagged(tmp_path):
       _config(**{**SECURE, 'privacy.clip_norm': 1e30}), tmp_path / 'run',
       progress=False)
   assert summary['secure_aggregation']['updates_below_quantization']
+  # The rounding noise is about 3.6e23; its square overflowed float32, and
+  # the summary stored null.
+  assert summary['secure_aggregation']['quantization_noise_norm'] > 1e20
   _, fine = study.run_study(_config(**SECURE), tmp_path / 'fine',
                             progress=False)
   assert not fine['secure_aggregation']['updates_below_quantization']
