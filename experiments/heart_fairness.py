@@ -136,7 +136,8 @@ def _check_zscore(name, raw_train, raw_values, loader_values, column):
   """Raise if `raw_values` z-scored as the loader does differ from it."""
   mean = raw_train.mean()
   std = raw_train.std(ddof=1) if raw_train.size >= 2 else 1.0
-  expected = (raw_values - mean) / (std + tabular.STD_EPSILON)
+  scale = tabular.column_scales(raw_train[:, None], np.asarray([std]))[0]
+  expected = (raw_values - mean) / scale
   if not np.allclose(expected, loader_values, atol=_ZSCORE_TOLERANCE):
     raise RuntimeError(
         f'Re-read raw {column} of {name} does not match the loader\'s '

@@ -18,7 +18,11 @@ from fedjax_med.errors import InputError
 
 # Added to the standard deviation so that constant columns divide by a
 # nonzero number, as FLamby's Fed-Heart-Disease loader does.
-STD_EPSILON = 1e-9
+# A train column whose std is at most this fraction of its largest
+# magnitude is taken as constant and scaled by 1, as scikit-learn's
+# StandardScaler does. Dividing by a near-zero std sent a test value that
+# differs from the constant to about 1e9, and the model's output to 0 or 1.
+CONSTANT_COLUMN_RTOL = 1e-9
 
 
 def stratified_split(
@@ -82,14 +86,11 @@ def zscore(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Standardize features with the mean and std of the train rows.
 
-  The std uses ddof=1 and has `STD_EPSILON` added, so a column that is
-  constant over the train rows maps to 0 on those rows instead of NaN. With
-  no train rows the mean is taken as 0, and with fewer than 2 train rows the
-  std is taken as 1, because the sample statistics are undefined.
-
-  Warning:
-    A test value in a column that is constant over the train rows is divided
-    by `STD_EPSILON`, so it becomes very large unless it equals that constant.
+  The std uses ddof=1 (`column_scales`). A column that is constant over the
+  train rows is only centered: it maps to 0 on those rows, and a test value
+  v to v minus the constant. With no train rows the mean is taken as 0, and
+  with fewer than 2 train rows the std is taken as 1, because the sample
+  statistics are undefined.
 
   Args:
     train_x: `[examples, features]` train rows of one client.
@@ -111,7 +112,7 @@ def zscore(
       mean = train_x.mean(axis=0)
     if train_x.shape[0] >= 2:
       std = train_x.std(axis=0, ddof=1)
-    scale = std + STD_EPSILON
+    scale = column_scales(train_x, std)
     train_z = ((train_x - mean) / scale).astype(np.float32)
     test_z = ((test_x - mean) / scale).astype(np.float32)
   finite = (np.isfinite(mean) & np.isfinite(std)
@@ -129,6 +130,18 @@ def zscore(
         'column, for example by changing its unit.'
     )
   return train_z, test_z
+
+
+def column_scales(train_x: np.ndarray, std: np.ndarray) -> np.ndarray:
+  """Return `std`, with 1 for the columns that are constant in `train_x`.
+
+  A column is constant when its std is at most `CONSTANT_COLUMN_RTOL` times
+  its largest magnitude, which also covers the rounding error of the mean
+  of equal values.
+  """
+  largest = np.max(np.abs(train_x), axis=0, initial=0.0)
+  constant = std <= CONSTANT_COLUMN_RTOL * largest
+  return np.where(constant, 1.0, std)
 
 
 def split_and_stack(

@@ -128,6 +128,28 @@ def test_zscore_train_stats():
   assert test_z.dtype == np.float32
 
 
+@pytest.mark.parametrize('constant', [0.0, 0.1, -250.0])
+def test_zscore_constant_column_only_centered(constant):
+  # A site whose train rows all had sex 0 sent a test patient with sex 1
+  # to 1e9, and the model's probability to exactly 1.
+  train_x = np.array([[1.0, constant], [2.0, constant], [4.0, constant]])
+  test_x = np.array([[2.0, constant + 1.0], [2.0, constant]])
+
+  train_z, test_z = tabular.zscore(train_x, test_x)
+
+  np.testing.assert_allclose(train_z[:, 1], 0.0, atol=1e-12)
+  np.testing.assert_allclose(test_z[:, 1], [1.0, 0.0], atol=1e-6)
+
+
+def test_zscore_small_varying_column_scaled():
+  # A column of tiny values that vary is not constant.
+  train_x = np.array([[1e-12], [2e-12], [3e-12]])
+
+  train_z, _ = tabular.zscore(train_x, np.array([[4e-12]]))
+
+  np.testing.assert_allclose(train_z[:, 0], [-1.0, 0.0, 1.0], rtol=1e-5)
+
+
 def test_zscore_one_train_row():
   train_z, test_z = tabular.zscore(
       np.array([[3.0, 1.0]]), np.array([[5.0, 0.0]])
