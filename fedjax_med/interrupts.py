@@ -5,11 +5,12 @@ thread is, including inside callbacks from JAX's C++ code, where it can be
 ignored or crash the process. The command line installs
 `defer_ctrl_c`: the first Ctrl-C only records a request, which the study,
 sweep and matrix loops turn into a KeyboardInterrupt between rounds with
-`raise_if_requested`. A second Ctrl-C raises at once.
+`raise_if_requested`. A second Ctrl-C ends the process at once.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -33,13 +34,16 @@ def raise_if_requested() -> None:
 def defer_ctrl_c():
   """Make the first Ctrl-C or SIGTERM a stop request and a second immediate.
 
-  The second signal raises at once even after a loop has turned the first
-  into its KeyboardInterrupt, for example while the run writes its last
-  checkpoint. SIGTERM, which job schedulers send before a kill, gets the
-  same treatment: raising inside JAX's or orbax's code made runs crash
-  with a segmentation fault or a half-written checkpoint. Clears any
-  earlier request. Returns the previous SIGINT handler, for
-  `signal.signal` to restore; the SIGTERM handler stays installed.
+  The second signal ends the process with status 130 through `os._exit`,
+  even after a loop has turned the first into its KeyboardInterrupt, for
+  example while the run writes its last checkpoint. Raising there instead,
+  inside orbax's save, aborted the process (status 134) or printed an
+  asyncio traceback. Finished rounds are on disk already, the run
+  directory's lock is released with the process, and `--resume` skips a
+  half-written checkpoint. SIGTERM, which job schedulers send before a
+  kill, gets the same treatment. Clears any earlier request. Returns the
+  previous SIGINT handler, for `signal.signal` to restore; the SIGTERM
+  handler stays installed.
   """
   global _requested
   _requested = False
@@ -49,7 +53,10 @@ def defer_ctrl_c():
     nonlocal pressed
     del frame
     if pressed:
-      raise KeyboardInterrupt
+      print('fedjax-med: stopped at once; --resume continues from the last '
+            'saved checkpoint.', file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(130)  # pylint: disable=protected-access
     pressed = True
     request_stop()
     if signum == signal.SIGTERM:
