@@ -198,13 +198,18 @@ def _run_sweep(args) -> int:
   return 0
 
 
-def _load_config(args) -> config_lib.ExperimentConfig:
+def _load_config(args) -> tuple[config_lib.ExperimentConfig, frozenset[str]]:
+  """Return the config of `args` and the keys it sets explicitly."""
+  given = frozenset()
   if args.config is None:
     config = config_lib.ExperimentConfig()
   else:
     config = config_lib.load_toml(args.config)
+    given = config_lib.given_keys(
+        config_lib.document_keys(config_lib.read_toml(args.config)))
   overrides = dict(config_lib.parse_override(text) for text in args.overrides)
-  return config_lib.apply_overrides(config, overrides)
+  config = config_lib.apply_overrides(config, overrides)
+  return config, given | config_lib.given_keys(overrides)
 
 
 def _warn_low_threshold(config: config_lib.ExperimentConfig) -> None:
@@ -448,8 +453,8 @@ def _main(args) -> int:
           args.resume, log=lambda line: print(line, file=sys.stderr),
           **options)
     else:
-      config = _load_config(args)
-      config_lib.validate(config)
+      config, given = _load_config(args)
+      config_lib.validate(config, given_keys=given)
       _warn_low_threshold(config)
       # Imported here so that `--help` and config errors return without
       # loading JAX.

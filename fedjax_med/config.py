@@ -20,6 +20,7 @@ import pathlib
 import tomllib
 import types
 import typing
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import numpy as np
@@ -1059,8 +1060,39 @@ def _toml_text(value: Any) -> str:
   return str(value)
 
 
-def _check_unused_settings(config: ExperimentConfig) -> None:
+def given_keys(overrides: Iterable[str]) -> frozenset[str]:
+  """Return the `section.field` names of the keys in `overrides`.
+
+  `overrides` are keys as `apply_overrides` takes them, `section.field` or
+  a unique bare `field`. Pass the result to `validate`.
+  """
+  keys = set()
+  for key in overrides:
+    section, name = resolve_key(key)
+    keys.add(name if section is None else f'{section}.{name}')
+  return frozenset(keys)
+
+
+def document_keys(document: dict[str, Any]) -> list[str]:
+  """Return the `section.field` keys that a parsed TOML document sets."""
+  keys = []
+  for key, value in document.items():
+    if isinstance(value, dict):
+      keys.extend(f'{key}.{name}' for name in value)
+    else:
+      keys.append(key)
+  return keys
+
+
+def _check_unused_settings(config: ExperimentConfig,
+                           given: frozenset[str]) -> None:
   defaults = ExperimentConfig()
+
+  def is_set(section: str, name: str) -> bool:
+    value = getattr(getattr(config, section), name)
+    return (f'{section}.{name}' in given
+            or value != getattr(getattr(defaults, section), name))
+
   for section, name, choice_name, users in _SETTINGS_USED_BY:
     current = getattr(config, section)
     choice = getattr(current, choice_name)
@@ -1068,7 +1100,7 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
     if (section, name) == ('data', 'test_fraction') and (
         config.data.partition != 'none'):
       continue  # A partition splits every new client by test_fraction.
-    if choice not in users and value != getattr(getattr(defaults, section), name):
+    if choice not in users and is_set(section, name):
       raise InputError(
           f'`{section}.{name}={_toml_text(value)}` has no effect with '
           f'`{section}.{choice_name}={choice}`; it applies only to '
@@ -1079,21 +1111,21 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
   if not client.dp_sgd:
     for name in ('example_clip_norm', 'example_noise_multiplier'):
       value = getattr(client, name)
-      if value != getattr(defaults.client, name):
+      if is_set('client', name):
         raise InputError(
             f'`client.{name}={_toml_text(value)}` has no effect unless '
             '`client.dp_sgd=true`.'
         )
   for name in ('delta', 'accountant'):
     value = getattr(config.privacy, name)
-    if (value != getattr(defaults.privacy, name)
+    if (is_set('privacy', name)
         and config.privacy.noise == 'none' and not client.dp_sgd):
       raise InputError(
           f'`privacy.{name}={_toml_text(value)}` has no effect without '
           'client-level noise (`privacy.noise`) or `client.dp_sgd=true`.'
       )
   if (config.privacy.target_epsilon is None
-      and config.privacy.target_mode != defaults.privacy.target_mode):
+      and is_set('privacy', 'target_mode')):
     raise InputError(
         f'`privacy.target_mode={config.privacy.target_mode}` has no effect '
         'without `privacy.target_epsilon`.'
@@ -1101,13 +1133,13 @@ def _check_unused_settings(config: ExperimentConfig) -> None:
   if not config.privacy.adaptive_clipping:
     for name in _ADAPTIVE_SETTINGS:
       value = getattr(config.privacy, name)
-      if value != getattr(defaults.privacy, name):
+      if is_set('privacy', name):
         raise InputError(
             f'`privacy.{name}={_toml_text(value)}` has no effect unless '
             '`privacy.adaptive_clipping=true`.'
         )
   client = config.client
-  if client.local_epochs is not None and client.local_steps != 100:
+  if client.local_epochs is not None and is_set('client', 'local_steps'):
     raise InputError(
         '`client.local_steps` has no effect when `client.local_epochs` is '
         'set. Set only one of them.'
@@ -1695,8 +1727,17 @@ def _validate_name(name) -> None:
         '--out to choose another folder.')
 
 
-def validate(config: ExperimentConfig) -> None:
+def validate(config: ExperimentConfig, *,
+             given_keys: Collection[str] = ()) -> None:
   """Check every value that does not depend on the data.
+
+  Args:
+    config: the config to check.
+    given_keys: the `section.field` keys that the user set explicitly, as
+      `given_keys` returns them. A setting that the chosen options ignore
+      is rejected when it differs from its default or is one of these, so
+      `local_steps=100` beside `local_epochs` is caught though 100 is the
+      default.
 
   Raises:
     InputError: naming the first invalid key, its value and what is allowed.
@@ -1733,9 +1774,11 @@ def validate(config: ExperimentConfig) -> None:
         f'{attack.malicious_fraction}` has no effect. Set both an attack and '
         'a fraction above 0, or neither.'
     )
-  if attack.attack_strength is not None and attack.attack == 'label_flip':
+  if attack.attack_strength is not None and attack.attack in (
+      'label_flip', 'none'):
     raise InputError(
-        '`attack.attack_strength` has no effect with attack label_flip.'
+        '`attack.attack_strength` has no effect with attack '
+        f'{attack.attack}.'
     )
   _require_range('attack.poison_fraction', attack.poison_fraction, 0.0, 1.0,
                  low_open=True)
@@ -1748,4 +1791,4 @@ def validate(config: ExperimentConfig) -> None:
     )
   for column in attack.trigger_features:
     _require_range('attack.trigger_features', column, 0)
-  _check_unused_settings(config)
+  _check_unused_settings(config, frozenset(given_keys))

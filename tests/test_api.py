@@ -37,6 +37,16 @@ def test_configure_reads_a_toml_base_then_overrides():
   assert config.server.rounds == 3
 
 
+@pytest.mark.parametrize('settings', [
+    {'local_epochs': 1, 'local_steps': 100},
+    {'overrides': {'privacy.target_quantile': 0.5}},
+])
+def test_configure_rejects_default_values_without_effect(settings):
+  # The value equals the default, but it was given, and it would be ignored.
+  with pytest.raises(InputError, match='has no effect'):
+    fm.configure(**settings)
+
+
 def test_configure_rejects_bad_values_with_the_key_named():
   with pytest.raises(InputError, match='server.aggregator'):
     fm.configure(aggregator='nope')

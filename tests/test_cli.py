@@ -180,6 +180,11 @@ def test_matrix_file_refused_by_run(capsys):
       '--set', 'max_examples=10'], '`data.min_examples` (60) is larger'),
     (['--set', 'local_epochs=2', '--set', 'local_steps=7'],
      '`client.local_steps` has no effect'),
+    # Settings given at their default values were accepted and ignored.
+    (['--set', 'local_epochs=1', '--set', 'local_steps=100'],
+     '`client.local_steps` has no effect'),
+    (['--set', 'attack_strength=5'], 'no effect with attack none'),
+    (['--set', 'target_quantile=0.5'], 'target_quantile=0.5` has no effect'),
     (['--set', 'bootstrap_resamples=1'], 'evaluation.bootstrap_resamples'),
     # The name became a path: ../escape wrote beside runs/, /tmp/x into /tmp.
     (['--set', 'name=../escape'], "`name='../escape'` is invalid"),
@@ -428,3 +433,15 @@ def test_fedprox_divergent_mu_rejected(capsys, tmp_path):
   assert '`client.proximal_mu` 1000 times `client.learning_rate` 0.01 is 10' \
       in captured.err
   assert not (tmp_path / 'r').exists()
+
+
+def test_config_file_default_value_without_effect(capsys, tmp_path):
+  # A config file that sets a value at its default counts as setting it.
+  path = tmp_path / 'config.toml'
+  path.write_text('[client]\nlocal_epochs = 1\nlocal_steps = 100\n')
+
+  status, captured = _run_cli(capsys, str(path), '--out',
+                              str(tmp_path / 'r'))
+
+  assert status == 2
+  assert '`client.local_steps` has no effect' in captured.err
