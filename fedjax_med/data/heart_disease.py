@@ -148,8 +148,9 @@ def load_heart_disease() -> federated.FederatedDataset:
   `num > 0`. The features cp and restecg are one-hot encoded without their
   first level. Train/test membership comes from the bundled split table
   (199/104, 172/89, 30/16 and 85/45 rows). Each hospital is z-scored with the
-  mean and std (ddof=1, plus 1e-9) of its train rows. Rows keep their file
-  order within each set.
+  mean and std (ddof=1) of its train rows, and a column constant over them
+  is only centered (`tabular.zscore`). Rows keep their file order within
+  each set.
 
   A cholesterol of 0 means "not measured" in these files, but FLamby keeps it
   as a value, and so does this loader. Switzerland has chol = 0 in every row,

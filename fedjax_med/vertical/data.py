@@ -18,6 +18,7 @@ import numpy as np
 
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
+from fedjax_med.data import tabular
 from fedjax_med.errors import InputError
 
 # The bundled split. A cardiology department holds the exercise-test
@@ -281,7 +282,8 @@ def align(
       intersection returns them.
     standardize: if True, each party z-scores its own columns with the mean
       and standard deviation of its aligned training rows, a local step that
-      reveals nothing to the others. A constant column becomes 0.
+      reveals nothing to the others. A column constant over the training
+      rows is only centered, so it becomes 0 there.
 
   Returns:
     The aligned blocks. Rows keep the order of `common_ids`.
@@ -325,8 +327,9 @@ def align(
   if standardize:
     for k, x in enumerate(train_blocks):
       mean = x.mean(axis=0)
-      std = x.std(axis=0)
-      std = np.where(std > 0, std, 1.0)
+      # A column constant up to rounding keeps scale 1; its rounded std of
+      # about 1e-15 sent a test value 0.1 away to 1e14.
+      std = tabular.column_scales(x, x.std(axis=0))
       train_blocks[k] = (x - mean) / std
       test_blocks[k] = (test_blocks[k] - mean) / std
   return AlignedData(

@@ -116,6 +116,24 @@ def test_align_standardizes_with_training_rows():
   np.testing.assert_allclose(aligned.test_features[1][0, 0], expected)
 
 
+def test_align_constant_column_only_centered():
+  # The std of nine copies of 7.7 rounds to 8.9e-16, not 0, and the test
+  # value 7.8 became 1.1e14.
+  ids = [f'p{i}' for i in range(10)]
+  hospital = data.PartyData('hospital', ids, np.arange(10.0)[:, None],
+                            ('age',), labels=np.array([0, 1] * 5))
+  lab = data.PartyData('lab', ids, np.r_[np.full(9, 7.7), 7.8][:, None],
+                       ('x',))
+  dataset = data.VerticalDataset('t', (hospital, lab), frozenset({'p9'}))
+
+  aligned = data.align(dataset, ids)
+
+  np.testing.assert_allclose(aligned.train_features[1][:, 0], 0.0,
+                             atol=1e-12)
+  np.testing.assert_allclose(aligned.test_features[1][:, 0], [0.1],
+                             rtol=1e-9)
+
+
 def test_align_missing_identifier_raises():
   with pytest.raises(InputError, match="'p-9'"):
     data.align(_toy_dataset(), ['p-1', 'p-3', 'p-9'])
