@@ -219,13 +219,18 @@ def _check_profile(
     if values is None:
       continue
     valid_range = _RANGES[field]
-    bad = ~(np.isfinite(values) & valid_range.contains(values))
+    # The profile is applied in float32: a gain of 1e39 made every image
+    # inf, and one of 1e-46 rounded to 0 and erased it.
+    with np.errstate(over='ignore', under='ignore'):
+      applied = values.astype(np.float32)
+    bad = ~(np.isfinite(applied) & valid_range.contains(applied))
     if bad.any():
       first = np.unravel_index(np.argmax(bad), bad.shape)
       where = f' for client {first[0]}' if shape else ''
       requirement = valid_range.describe()
       if valid_range.low is not None:
         requirement = f'finite and {requirement}'
+      requirement = f'{requirement} in float32'
       hint = _RANGE_HINTS.get(field, '')
       raise InputError(
           f'`{argument}.{field}` must be {requirement}; got '

@@ -354,19 +354,24 @@ def test_shift_dataset_independent_split_noise(key):
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('gamma', 0.0, r'profile\.gamma. must be finite and > 0; got 0\.0'),
-    ('gamma', -1.0, r'profile\.gamma. must be finite and > 0; got -1\.0'),
+    ('gamma', 0.0, r'profile\.gamma. must be finite and > 0 in float32; got 0\.0'),
+    ('gamma', -1.0, r'profile\.gamma. must be finite and > 0 in float32; got -1\.0'),
     ('gain', 0.0, r'profile\.gain. must be finite and > 0'),
     ('resolution', 0.0, r'profile\.resolution. must be finite and in '
-     r'\(0, 1\]; got 0\.0'),
+     r'\(0, 1\] in float32; got 0\.0'),
     ('resolution', 1.5, r'profile\.resolution. .* got 1\.5'),
     ('blur_sigma', -0.1, r'profile\.blur_sigma. must be finite and in '
      r'\[0, 3\]'),
     ('blur_sigma', 4.0, r'cut at 9 pixels'),
     ('noise_std', -0.01, r'profile\.noise_std. must be finite and >= 0'),
-    ('offset', float('nan'), r'profile\.offset. must be finite; got nan'),
+    ('offset', float('nan'), r'profile\.offset. must be finite in float32; got nan'),
     ('gain', float('nan'), r'profile\.gain. .* got nan'),
     ('noise_std', float('inf'), r'profile\.noise_std. .* got inf'),
+    # Finite in float64, but inf or 0 in float32.
+    ('gain', 1e39, r'profile\.gain. .* in float32; got 1e\+39'),
+    ('offset', 1e39, r'profile\.offset. .* in float32; got 1e\+39'),
+    ('noise_std', 1e39, r'profile\.noise_std. .* in float32; got 1e\+39'),
+    ('gain', 1e-46, r'profile\.gain. .* in float32; got 1e-46'),
 ])
 def test_apply_profile_rejects_values(key, field, value, message):
   profile = scanner.ScannerProfile()._replace(**{field: value})
