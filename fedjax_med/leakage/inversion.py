@@ -62,7 +62,6 @@ References:
 
 import dataclasses
 import functools
-import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
@@ -244,8 +243,8 @@ def infer_labels(
 
   Raises:
     InputError: if the output layer cannot be identified or has the wrong
-      shape, or, for a concrete gradient, its scores are not finite or all
-      zero.
+      shape, or, for a concrete gradient, its scores are not finite or have
+      no negative entry.
   """
   if output_grad is None:
     path, gradient = _output_layer(observed_grads, num_classes)
@@ -262,10 +261,11 @@ def infer_labels(
     )
   _check_finite(path, scores)
   if not isinstance(scores, jax.core.Tracer) and not np.any(
-      np.asarray(scores)):
+      np.asarray(scores) < 0):
     raise InputError(
-        f'{path} is all zeros, so it has no negative entry to mark the '
-        'label. Pass the known `labels` instead.'
+        f'{path} has no negative entry to mark the label, so it is not the '
+        'output-layer gradient of one example under softmax cross-entropy. '
+        'Pass the known `labels` instead.'
     )
   return jnp.argmin(scores)[jnp.newaxis].astype(jnp.int32)
 
@@ -464,6 +464,22 @@ def _check_tree(params: Params, observed_grads: PyTree) -> None:
     _check_finite(f'`observed_grads`{path}', gradient)
 
 
+def _check_float32(name: str, value, bound: str) -> None:
+  """Raise InputError unless `value` is a real number within float32.
+
+  The attack runs in float32, where a learning rate or TV weight of 1e39 is
+  inf and turned the objective to NaN.
+  """
+  largest = float(np.finfo(np.float32).max)
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or not abs(value) <= largest
+      or not (value > 0 if bound == '> 0' else value >= 0)):
+    raise InputError(
+        f'`{name}` must be a number {bound} and at most {largest:.4g} (the '
+        f'float32 maximum); got {value!r}.'
+    )
+
+
 def _check_finite(name: str, gradient) -> None:
   """Raise InputError for a concrete gradient with NaN or infinite entries.
 
@@ -543,15 +559,9 @@ def _make_config(method: str, steps: int | None, hyper: dict[str, Any]):
     raise InputError(
         f'`matching` must be one of {MATCHING}; got {config.matching!r}.'
     )
-  if not (math.isfinite(config.tv_weight) and config.tv_weight >= 0):
-    raise InputError(
-        f'`tv_weight` must be finite and >= 0; got {config.tv_weight}.')
-  if config.optimizer == 'adam' and not (
-      math.isfinite(config.learning_rate) and config.learning_rate > 0):
-    raise InputError(
-        f'`learning_rate` must be finite and > 0; got '
-        f'{config.learning_rate}.'
-    )
+  _check_float32('tv_weight', config.tv_weight, '>= 0')
+  if config.optimizer == 'adam':
+    _check_float32('learning_rate', config.learning_rate, '> 0')
   if config.optimizer == 'lbfgs' and (
       config.boxed or config.signed or config.lr_decay
   ):

@@ -77,8 +77,8 @@ def logit_confidence(
   _validate_probability_clip(probability_clip)
   # A Python list of labels compared `y == 1` as a whole list, so every
   # row was scored as label 0.
-  y = jnp.asarray(y)
-  membership.check_labels(y, model.num_classes)
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  membership.check_labels(y, model.num_classes, num_rows=x.shape[0])
   return _logit_confidence(model, params, x, y, probability_clip)
 
 
@@ -267,8 +267,8 @@ def shadow_confidences(
   leaf of `shadow_params` stacked along a leading `[shadows]` axis.
   """
   _validate_probability_clip(probability_clip)
-  y = jnp.asarray(y)
-  membership.check_labels(y, model.num_classes)
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  membership.check_labels(y, model.num_classes, num_rows=x.shape[0])
   return _shadow_confidences(model, shadow_params, x, y, probability_clip)
 
 

@@ -191,18 +191,27 @@ def loss_scores(
   Raises:
     ValueError: if a concrete label is not an integer in [0, classes).
   """
-  y = jnp.asarray(y)
-  check_labels(y, model.num_classes)
-  return _loss_scores(model, params, jnp.asarray(x), y)
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  check_labels(y, model.num_classes, num_rows=x.shape[0])
+  return _loss_scores(model, params, x, y)
 
 
-def check_labels(y: jax.Array, num_classes: int) -> None:
-  """Raise ValueError for a concrete label outside [0, num_classes).
+def check_labels(y: jax.Array, num_classes: int, *,
+                 num_rows: int | None = None) -> None:
+  """Raise ValueError for labels that are not `[num_rows]` in [0, classes).
 
-  Traced labels, as under `jax.vmap`, cannot be read and pass. A label of 2
-  on a binary model used to get a finite loss score, and a fractional one
-  a score between its neighbours'.
+  The shape is always checked: `[n, 1]` labels broadcast to an `[n, n]`
+  score matrix. The values are checked only when concrete, because traced
+  labels, as under `jax.vmap`, cannot be read. A label of 2 on a binary
+  model used to get a finite loss score, and a fractional one a score
+  between its neighbours'.
   """
+  expected = (num_rows,) if num_rows is not None else None
+  if jnp.ndim(y) != 1 or (expected is not None and jnp.shape(y) != expected):
+    raise ValueError(
+        f'`y` must be shaped {expected or "[candidates]"}, one label per '
+        f'row of `x`; got shape {jnp.shape(y)}.'
+    )
   if isinstance(y, jax.core.Tracer):
     return
   labels = np.asarray(y)

@@ -393,6 +393,10 @@ def test_gradient_structure_mismatch(mlp_loss, victim, key):
     (dict(tv_weight=float('nan')), 'tv_weight'),
     (dict(tv_weight=float('inf')), 'tv_weight'),
     (dict(optimizer='adam', learning_rate=float('inf')), 'learning_rate'),
+    # Finite in float64 but inf in float32, where the attack runs.
+    (dict(optimizer='adam', learning_rate=1e39), 'float32 maximum'),
+    (dict(tv_weight=1e39), 'float32 maximum'),
+    (dict(tv_weight='0.1'), "got '0.1'"),
 ])
 def test_invalid_arguments(mlp_loss, victim, key, kwargs, message):
   params, grads = victim
@@ -452,5 +456,13 @@ def test_zero_gradient_has_no_label(victim):
   _, grads = victim
   zeros = jax.tree.map(jnp.zeros_like, grads)
 
-  with pytest.raises(InputError, match='all zeros'):
+  with pytest.raises(InputError, match='no negative entry'):
     inversion.infer_labels(zeros, NUM_CLASSES)
+
+
+def test_gradient_without_negative_entry_has_no_label(victim):
+  # |gradient| has no negative entry; infer_labels returned label 2.
+  _, grads = victim
+
+  with pytest.raises(InputError, match='no negative entry'):
+    inversion.infer_labels(jax.tree.map(jnp.abs, grads), NUM_CLASSES)

@@ -136,6 +136,15 @@ def test_loss_scores_rejects_invalid_labels(classes, labels, bad):
                            jnp.array(labels))
 
 
+@pytest.mark.parametrize('labels', [[[0], [1], [0]], 1, [0, 1]])
+def test_loss_scores_rejects_label_shape(labels):
+  # [3, 1] labels gave a [3, 3] score matrix, and a scalar label was
+  # broadcast to every row.
+  with pytest.raises(ValueError, match=r'shaped \(3,\), one label per row'):
+    membership.loss_scores(_identity_model(2), {}, jnp.zeros((3, 1)),
+                           jnp.asarray(labels))
+
+
 def test_loss_scores_takes_lists():
   scores = membership.loss_scores(
       _identity_model(3), {}, [[2.0, 0.0, 0.0]], [0])
