@@ -44,8 +44,10 @@ def geometric_median(
       ignored whatever they contain, and so are rows with NaN or inf.
     num_iterations: T, a Python int >= 1 of Weiszfeld steps; the loop always
       runs all of them.
-    smoothing: nu > 0, the floor on each distance, which keeps a step finite
-      when v lands on a client update.
+    smoothing: nu > 0, the floor on each distance relative to the median
+      norm of the valid updates, which keeps a step finite when v lands on
+      a client update. A floor fixed at 1e-6 made every distance between
+      updates of about 1e-7 equal, and the result the attacked mean.
 
   Returns:
     A pytree with leaves shaped `param_shape`; zeros when no weight is > 0.
@@ -90,7 +92,7 @@ def geometric_median(
     # when every distance is huge, and a far update keeps the pull of a
     # unit vector, as in the exact median.
     differences = matrix - estimate[None, :]
-    distances = jnp.maximum(_flat.row_l2_norms(differences), smoothing)
+    distances = jnp.maximum(_flat.row_l2_norms(differences), floor)
     nearest = jnp.min(jnp.where(valid, distances, jnp.inf))
     nearest = jnp.where(jnp.isfinite(nearest), nearest, 1.0)
     shares = shares_of(base_weights)
@@ -98,6 +100,17 @@ def geometric_median(
                     axis=0)
     total = jnp.sum(shares * tree.divide(nearest, distances))
     return estimate + pulls / jnp.where(total > 0, total, 1.0)
+
+  # The floor scales with the updates. The median norm is one an attacking
+  # minority cannot move. A zero or subnormal scale falls back to nu.
+  norms = _flat.row_l2_norms(matrix)
+  count = jnp.sum(valid.astype(jnp.int32))
+  median_norm = jnp.sort(jnp.where(valid, norms, jnp.inf))[
+      jnp.maximum(count - 1, 0) // 2]
+  floor = smoothing * median_norm
+  floor = jnp.where(
+      jnp.isfinite(floor) & (floor >= jnp.finfo(matrix.dtype).tiny),
+      floor, smoothing).astype(matrix.dtype)
 
   mean = weighted_average(base_weights)
   coordinate_median = median.coordinate_median({'m': matrix}, valid)['m']

@@ -329,6 +329,26 @@ def test_vmap_matches_loop(name):
     _assert_trees_close(row, expected)
 
 
+@pytest.mark.parametrize('exponent', [-30, -70, 60])
+def test_geometric_median_scales_with_updates(exponent):
+  # With a distance floor fixed at 1e-6, updates of about 1e-7 all sat
+  # within it, every Weiszfeld weight was equal, and the result was the
+  # mean that the two attackers at -5 pull down.
+  rng = np.random.default_rng(4)
+  honest = 1.0 + 0.1 * rng.normal(size=(6, 4))
+  updates = jnp.asarray(
+      np.concatenate([np.full((2, 4), -5.0), honest]), jnp.float32)
+  weights = jnp.ones(8)
+
+  unit = geometric_median.geometric_median(
+      updates, weights, num_iterations=50)
+  scaled = geometric_median.geometric_median(
+      jnp.ldexp(updates, exponent), weights, num_iterations=50)
+
+  assert float(jnp.min(unit)) > 0.5
+  np.testing.assert_allclose(jnp.ldexp(scaled, -exponent), unit, rtol=1e-5)
+
+
 def test_geometric_median_on_line():
   # Collinear points reduce to the 1-D median, here the middle point 2.
   direction = jnp.array([0.6, 0.8])
