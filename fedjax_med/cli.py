@@ -317,11 +317,18 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
         file=sys.stderr,
     )
   if failed:
+    stragglers = _round_totals(run_dir).get('num_stragglers', 0)
+    # Dropped stragglers are protocol dropouts too; the other settings
+    # cannot help while they are the cause.
+    deadline = (
+        f' {stragglers} updates missed `participation.deadline_s`; raise it '
+        'or use `participation.straggler_policy=wait`.' if stragglers else '')
     print(
         f'warning: secure aggregation failed in {failed} of '
         f'{summary["rounds_run"]} rounds: too few clients survived, or too '
         'few responded to rebuild a secret. The model did not change in '
-        'those rounds. Lower `sampling.dropout_rate`, '
+        'those rounds.'
+        f'{deadline} Lower `sampling.dropout_rate`, '
         '`secure_aggregation.unmask_dropout_rate` or '
         '`secure_aggregation.threshold_fraction` (below 0.5 it holds only '
         'against an honest server), or use a larger degree.',

@@ -445,3 +445,20 @@ def test_config_file_default_value_without_effect(capsys, tmp_path):
 
   assert status == 2
   assert '`client.local_steps` has no effect' in captured.err
+
+
+def test_secure_failure_names_the_deadline(capsys, tmp_path):
+  # Stragglers dropped at a 0.6 s deadline failed every secure round, and
+  # the warning suggested only the dropout and threshold settings.
+  status, captured = _run_cli(
+      capsys, '--set', 'rounds=2', '--set', 'local_steps=5',
+      '--set', 'secure_aggregation.enabled=true', '--set', 'clip_norm=1',
+      '--set', 'participation.steps_per_second=10',
+      '--set', 'participation.speed_spread=1',
+      '--set', 'participation.deadline_s=0.6',
+      '--set', 'participation.straggler_policy=drop',
+      '--no-progress', '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'secure aggregation failed in 2 of 2 rounds' in captured.err
+  assert 'missed `participation.deadline_s`' in captured.err
