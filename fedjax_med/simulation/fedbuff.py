@@ -230,9 +230,8 @@ def build_fedbuff(
         cohort.client_ids, model_bytes=sizes['down'],
         upload_bytes=sizes['up'],
     )
-    clients_key = jax.random.fold_in(key, round_lib._CLIENTS_TAG)
-    client_keys = jax.vmap(jax.random.fold_in, (None, 0))(
-        clients_key, cohort.client_ids)
+    client_keys = round_lib.slot_keys(
+        jax.random.fold_in(key, round_lib._CLIENTS_TAG), cohort.client_ids)
     local = map_cohort(
         lambda ids, keys: train_many(
             server.params, round_lib._gather(examples, ids),

@@ -611,10 +611,8 @@ def build_round(
       limits = jnp.full(cohort.client_ids.shape, participation_lib.NO_STEP_LIMIT, jnp.int32)
     num_left = jnp.sum(cohort.mask)
     counts = num_examples[cohort.client_ids]
-    clients_key = jax.random.fold_in(round_key, _CLIENTS_TAG)
-    client_keys = jax.vmap(jax.random.fold_in, (None, 0))(
-        clients_key, cohort.client_ids
-    )
+    client_keys = slot_keys(
+        jax.random.fold_in(round_key, _CLIENTS_TAG), cohort.client_ids)
 
     if scaffold:
       cohort_controls = jax.tree.map(
@@ -1047,6 +1045,29 @@ def _update_personal(
 
 def _gather(examples, client_ids):
   return jax.tree.map(lambda leaf: leaf[client_ids], examples)
+
+
+def slot_keys(clients_key: jax.Array, client_ids: jax.Array) -> jax.Array:
+  """Return one PRNG key per cohort slot, distinct for repeated clients.
+
+  The first slot of a client gets `fold_in(clients_key, id)`; its k-th
+  repeat, from a custom sampler that draws with replacement, gets that key
+  folded with k. Repeats used to share the key, so they trained and noised
+  identically. Cohorts without repeats keep the keys of `fold_in` alone.
+  """
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(clients_key, client_ids)
+  order = jnp.argsort(client_ids, stable=True)
+  sorted_ids = client_ids[order]
+  first = jnp.searchsorted(sorted_ids, sorted_ids, side='left')
+  repeat = jnp.zeros_like(client_ids).at[order].set(
+      jnp.arange(client_ids.shape[0], dtype=client_ids.dtype)
+      - first.astype(client_ids.dtype))
+  folded = jax.vmap(jax.random.fold_in)(keys, repeat)
+  if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    return jnp.where((repeat > 0)[:, None], folded, keys)  # Raw uint32 keys.
+  data = jnp.where((repeat > 0)[:, None], jax.random.key_data(folded),
+                   jax.random.key_data(keys))
+  return jax.random.wrap_key_data(data, impl=jax.random.key_impl(keys))
 
 
 def _check_cohort_shape(cohort) -> int:

@@ -471,3 +471,39 @@ def test_num_examples_metric_exact_past_float32():
       jnp.bool_(False))
 
   assert int(metrics['num_examples']) == 16_777_219
+
+
+def test_slot_keys_repeat_only_for_repeated_clients():
+  base = jax.random.key(0)
+  ids = jnp.array([3, 5, 3, 3], jnp.int32)
+
+  keys = jax.random.key_data(jax.jit(round_lib.slot_keys)(base, ids))
+
+  # First slots keep the keys of fold_in alone, so cohorts without repeats
+  # draw what they drew before.
+  np.testing.assert_array_equal(
+      keys[0], jax.random.key_data(jax.random.fold_in(base, 3)))
+  np.testing.assert_array_equal(
+      keys[1], jax.random.key_data(jax.random.fold_in(base, 5)))
+  assert len({tuple(np.asarray(key)) for key in keys}) == 4
+
+
+def test_repeated_client_gets_own_noise(key):
+  # A sampler that drew client 0 twice gave both slots one key, so their
+  # local noise was equal and the round equalled one with client 0 once.
+  privacy = mechanisms.PrivacySettings(
+      clip_norm=1.0, noise_multiplier=1.0, noise_kind='local',
+      denominator=2.0)
+  data = small.population([5, 7, 6])
+
+  def round_params(ids):
+    round_fn = round_lib.build_round(
+        data, small.local_update(), _fixed_sampler(ids), optax.sgd(1.0),
+        aggregator='mean', privacy=privacy)
+    return round_fn(small.server_state(key), key)[0].params
+
+  twice, once = round_params([0, 0]), round_params([0])
+
+  difference = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(twice), jax.tree.leaves(once)))
+  assert difference > 1e-3
