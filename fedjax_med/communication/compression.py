@@ -82,7 +82,8 @@ class CompressionSettings(NamedTuple):
     levels: number of quantization levels `s`, from 1 to `MAX_LEVELS`
       (qsgd and rotated).
     fraction: share of coordinates that top_k sends, in (0, 1]. It keeps
-      `k = max(1, ceil(fraction * d))` of `d` coordinates.
+      `k = max(1, ceil(fraction * d))` of `d` coordinates, with
+      `fraction * d` rounded to 6 decimals first (`num_kept`).
     error_feedback: whether top_k keeps the coordinates it did not send in a
       residual and adds them to the next update.
   """
@@ -454,7 +455,9 @@ def compress(
 
   For qsgd and rotated, a NaN or infinite entry in `vector` makes every
   entry of the decoded vector NaN, so a round that screens out non-finite
-  updates drops the client. For top_k, a non-finite entry is always sent.
+  updates drops the client. NOTE: qsgd does the same when every entry is
+  finite but the L2 norm exceeds the float32 maximum (3.4e38), because the
+  message stores the norm as a float32. For top_k, a non-finite entry is always sent.
   The residual then contains NaN too, and the caller should reset it.
 
   Args:

@@ -100,7 +100,7 @@ def cox_partial_likelihood_loss(
       real.
 
   Returns:
-    A float scalar.
+    A float scalar; NaN when a real row's time is NaN.
 
   Raises:
     ValueError: if `log_risk` is not 1-D or another argument's shape differs
@@ -139,4 +139,7 @@ def cox_partial_likelihood_loss(
   weights = is_event.astype(real_log_risk.dtype)
   total = jnp.sum(weights * (log_risk_set_sum - real_log_risk))
   num_events = jnp.sum(weights)
-  return total / jnp.maximum(num_events, 1.0)
+  # Every comparison with a NaN time is False, so a NaN row left every risk
+  # set and the loss came back finite, and wrong.
+  nan_time = jnp.any(jnp.isnan(time) & mask)
+  return jnp.where(nan_time, jnp.nan, total / jnp.maximum(num_events, 1.0))

@@ -69,6 +69,25 @@ def test_cox_loss_ignores_padding(jit):
   assert float(loss) == pytest.approx(TABLE_LOSS, rel=1e-6)
 
 
+@pytest.mark.parametrize('jit', [False, True], ids=['eager', 'jit'])
+def test_cox_loss_nan_time_is_nan(jit):
+  # The NaN row left every risk set, and the loss came back as 0.1044.
+  loss = _loss_fn(jit)(jnp.array([1.0, 2.0, 0.0]),
+                       jnp.array([1.0, jnp.nan, 3.0]), jnp.array([1, 1, 1]))
+
+  assert math.isnan(float(loss))
+
+
+@pytest.mark.parametrize('jit', [False, True], ids=['eager', 'jit'])
+def test_cox_loss_nan_time_in_padding_ignored(jit):
+  log_risk, time, event, mask = _padded_table()
+  time[-1] = np.nan
+
+  loss = _loss_fn(jit)(log_risk, time, event, mask)
+
+  assert float(loss) == pytest.approx(TABLE_LOSS, rel=1e-6)
+
+
 def test_cox_loss_gradient_closed_form():
   log_risk, time, event, mask = _padded_table()
 
