@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from fedjax_med import tree
 from fedjax_med.aggregation import _flat
+from fedjax_med.aggregation import median as median_lib
 from fedjax_med.typing import PyTree
 
 
@@ -35,20 +36,25 @@ def scaled_pairwise_squared_distances(
 ) -> jax.Array:
   """Return `pairwise_squared_distances` of `matrix` times 2^-k, per pair.
 
-  The rows are multiplied by 2^-k first, where 2^k is near the median, over
-  the rows of `mask`, of each row's largest magnitude. Without it, float32
-  squared distances between honest updates of entries about 1e18 overflow
-  to inf, and Krum picked an attacker on index order. The median ignores a
-  minority of huge rows, whose distances may still be inf. A power of two
-  keeps the ordering and the exact ties of the unscaled distances wherever
-  neither overflows nor underflows.
+  Distances do not change when every row moves by the same vector, so the
+  rows are first centered on the coordinate-wise median of the rows of
+  `mask`. They are then multiplied by 2^-k, where 2^k is near the median,
+  over those rows, of each centered row's largest magnitude. Without this,
+  float32 squared distances between honest updates of entries about 1e18
+  overflowed to inf, and Krum picked an attacker on index order; and a
+  coordinate of 1e18 shared by every update hid differences of 0.1 in the
+  others. The medians ignore a minority of huge rows, whose distances may
+  still be inf. A power of two keeps the ordering and the exact ties of the
+  centered distances wherever neither overflows nor underflows.
   """
-  row_max = jnp.max(jnp.abs(matrix), axis=1, initial=0.0)
+  center = median_lib.coordinate_median({'m': matrix}, mask)['m']
+  centered = matrix - center[None, :].astype(matrix.dtype)
+  row_max = jnp.max(jnp.abs(centered), axis=1, initial=0.0)
   count = jnp.sum(mask.astype(jnp.int32))
   ranked = jnp.sort(jnp.where(mask, row_max, jnp.inf))
   median = ranked[jnp.maximum(count - 1, 0) // 2]
   exponent = tree.power_of_two_exponent(median)
-  return pairwise_squared_distances(jnp.ldexp(matrix, -exponent))
+  return pairwise_squared_distances(jnp.ldexp(centered, -exponent))
 
 
 def valid_first_order(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -270,6 +270,24 @@ def test_huge_honest_updates_scale_exactly(name):
   assert float(jnp.mean(unit)) > 0.5
 
 
+def test_krum_shared_huge_coordinate_keeps_choice():
+  # A coordinate of 1e20 in every update set the distance scale, and the
+  # differences of about 0.1 in the others squared to 0 and tied.
+  rng = np.random.default_rng(0)
+  updates = np.concatenate(
+      [np.full((2, 5), -5.0), 1.0 + 0.1 * rng.normal(size=(6, 5))])
+  updates[:, 0] = 1e20
+  updates = jnp.asarray(updates, jnp.float32)
+
+  result = krum.krum(updates, jnp.ones(8, bool), num_byzantine=2)
+
+  exact = np.asarray(updates, np.float64)
+  distances = np.sum((exact[:, None] - exact[None]) ** 2, axis=-1)
+  scores = [np.sort(np.delete(row, i))[:4].sum()
+            for i, row in enumerate(distances)]
+  np.testing.assert_array_equal(result, updates[int(np.argmin(scores))])
+
+
 def test_bulyan_never_picks_masked_slot():
   # The masked slot 0 contains -7. With a far update among the valid ones,
   # Bulyan used to return slot 0's zeroed row.
