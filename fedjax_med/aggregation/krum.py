@@ -39,11 +39,11 @@ def scaled_pairwise_squared_distances(
   Distances do not change when every row moves by the same vector, so the
   rows are first centered on the coordinate-wise median of the rows of
   `mask`. They are then multiplied by 2^-k, where 2^k is near the median,
-  over those rows, of each centered row's largest magnitude. Without this,
-  float32 squared distances between honest updates of entries about 1e18
-  overflowed to inf, and Krum picked an attacker on index order; and a
-  coordinate of 1e18 shared by every update hid differences of 0.1 in the
-  others. The medians ignore a minority of huge rows, whose distances may
+  over those rows, of each centered row's largest magnitude. Without the
+  scaling, float32 squared distances between honest updates of entries
+  about 1e18 overflowed to inf, and Krum picked an attacker on index order.
+  Without the centering, a coordinate of 1e20 shared by every update hid
+  differences of 0.1 in the others. The medians ignore a minority of huge rows, whose distances may
   still be inf. A power of two keeps the ordering and the exact ties of the
   centered distances wherever neither overflows nor underflows.
   """
