@@ -357,6 +357,26 @@ _NONFINITE_FIX = ('Lower `client.learning_rate` or check the data for '
                   'extreme values.')
 
 
+_CLINICAL_SETTINGS = ('threshold', 'confidence', 'bootstrap_resamples')
+
+
+def _warn_unused_clinical_settings(config, given, summary) -> None:
+  """Warn about clinical settings that a multi-class task never read.
+
+  Only binary tasks get clinical metrics, and the class count is known only
+  once the data is loaded, so the config check cannot reject these.
+  """
+  if summary.get('clinical'):
+    return
+  defaults = config_lib.EvaluationConfig()
+  unused = [f'`evaluation.{name}`' for name in _CLINICAL_SETTINGS
+            if f'evaluation.{name}' in given
+            or getattr(config.evaluation, name) != getattr(defaults, name)]
+  if unused:
+    print(f'warning: {", ".join(unused)} had no effect: clinical metrics '
+          'are computed only for binary tasks.', file=sys.stderr)
+
+
 def _round_totals(run_dir: pathlib.Path) -> dict[str, int]:
   """Sum the integer client counts of every round in `metrics.jsonl`."""
   totals = {}
@@ -468,6 +488,7 @@ def _main(args) -> int:
       from fedjax_med import study  # pylint: disable=g-import-not-at-top
 
       run_dir, summary = study.run_study(config, args.out, **options)
+      _warn_unused_clinical_settings(config, given, summary)
   except InputError as error:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 2

@@ -462,3 +462,23 @@ def test_secure_failure_names_the_deadline(capsys, tmp_path):
   assert status == 0
   assert 'secure aggregation failed in 2 of 2 rounds' in captured.err
   assert 'missed `participation.deadline_s`' in captured.err
+
+
+def test_clinical_settings_unused_on_multiclass(capsys, tmp_path):
+  # The synthetic task has 10 classes and no clinical metrics, so the
+  # threshold was accepted and never read, without a word.
+  status, captured = _run_cli(
+      capsys, '--set', 'dataset=synthetic', '--set', 'rounds=1',
+      '--set', 'threshold=0.3', '--no-progress',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert '`evaluation.threshold` had no effect' in captured.err
+
+
+def test_clinical_settings_used_on_binary(capsys, tmp_path):
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'threshold=0.3', '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'had no effect' not in captured.err
