@@ -83,13 +83,13 @@ def configure(
         f'{names} is set both in overrides and as a keyword argument; set it '
         'once.'
     )
-  given = config_lib.given_keys([*overrides, *settings])
+  explicit_keys = config_lib.given_keys([*overrides, *settings])
   if isinstance(base, (str, pathlib.Path)):
-    given |= config_lib.given_keys(
+    explicit_keys |= config_lib.given_keys(
         config_lib.document_keys(config_lib.read_toml(base)))
   config = config_lib.apply_overrides(config, overrides, strict=True)
   config = config_lib.apply_overrides(config, settings, strict=True)
-  config_lib.validate(config, given_keys=given)
+  config_lib.validate(config, given_keys=explicit_keys)
   return config
 
 

@@ -200,16 +200,16 @@ def _run_sweep(args) -> int:
 
 def _load_config(args) -> tuple[config_lib.ExperimentConfig, frozenset[str]]:
   """Return the config of `args` and the keys it sets explicitly."""
-  given = frozenset()
+  explicit_keys = frozenset()
   if args.config is None:
     config = config_lib.ExperimentConfig()
   else:
     config = config_lib.load_toml(args.config)
-    given = config_lib.given_keys(
+    explicit_keys = config_lib.given_keys(
         config_lib.document_keys(config_lib.read_toml(args.config)))
   overrides = dict(config_lib.parse_override(text) for text in args.overrides)
   config = config_lib.apply_overrides(config, overrides)
-  return config, given | config_lib.given_keys(overrides)
+  return config, explicit_keys | config_lib.given_keys(overrides)
 
 
 def _warn_low_threshold(config: config_lib.ExperimentConfig) -> None:
@@ -360,7 +360,7 @@ _NONFINITE_FIX = ('Lower `client.learning_rate` or check the data for '
 _CLINICAL_SETTINGS = ('threshold', 'confidence', 'bootstrap_resamples')
 
 
-def _warn_unused_clinical_settings(config, given, summary) -> None:
+def _warn_unused_clinical_settings(config, explicit_keys, summary) -> None:
   """Warn about clinical settings that a multi-class task never read.
 
   Only binary tasks get clinical metrics, and the class count is known only
@@ -370,7 +370,7 @@ def _warn_unused_clinical_settings(config, given, summary) -> None:
     return
   defaults = config_lib.EvaluationConfig()
   unused = [f'`evaluation.{name}`' for name in _CLINICAL_SETTINGS
-            if f'evaluation.{name}' in given
+            if f'evaluation.{name}' in explicit_keys
             or getattr(config.evaluation, name) != getattr(defaults, name)]
   if unused:
     print(f'warning: {", ".join(unused)} had no effect: clinical metrics '
@@ -480,15 +480,15 @@ def _main(args) -> int:
           args.resume, log=lambda line: print(line, file=sys.stderr),
           **options)
     else:
-      config, given = _load_config(args)
-      config_lib.validate(config, given_keys=given)
+      config, explicit_keys = _load_config(args)
+      config_lib.validate(config, given_keys=explicit_keys)
       _warn_low_threshold(config)
       # Imported here so that `--help` and config errors return without
       # loading JAX.
       from fedjax_med import study  # pylint: disable=g-import-not-at-top
 
       run_dir, summary = study.run_study(config, args.out, **options)
-      _warn_unused_clinical_settings(config, given, summary)
+      _warn_unused_clinical_settings(config, explicit_keys, summary)
   except InputError as error:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 2

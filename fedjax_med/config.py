@@ -876,14 +876,20 @@ def from_document(document: dict[str, Any]) -> ExperimentConfig:
   Raises:
     InputError: for an unknown key or a value of the wrong type.
   """
-  overrides = {}
+  return apply_overrides(ExperimentConfig(), _flatten_document(document),
+                         strict=True)
+
+
+def _flatten_document(document: dict[str, Any]) -> dict[str, Any]:
+  """Return a TOML document's values keyed by `section.field` or `field`."""
+  flat = {}
   for key, value in document.items():
     if isinstance(value, dict):
       for name, inner in value.items():
-        overrides[f'{key}.{name}'] = inner
+        flat[f'{key}.{name}'] = inner
     else:
-      overrides[key] = value
-  return apply_overrides(ExperimentConfig(), overrides, strict=True)
+      flat[key] = value
+  return flat
 
 
 # Clip bounds, learning rates and tau below the smallest normal float32,
@@ -1075,22 +1081,16 @@ def given_keys(overrides: Iterable[str]) -> frozenset[str]:
 
 def document_keys(document: dict[str, Any]) -> list[str]:
   """Return the `section.field` keys that a parsed TOML document sets."""
-  keys = []
-  for key, value in document.items():
-    if isinstance(value, dict):
-      keys.extend(f'{key}.{name}' for name in value)
-    else:
-      keys.append(key)
-  return keys
+  return list(_flatten_document(document))
 
 
 def _check_unused_settings(config: ExperimentConfig,
-                           given: frozenset[str]) -> None:
+                           explicit_keys: frozenset[str]) -> None:
   defaults = ExperimentConfig()
 
   def is_set(section: str, name: str) -> bool:
     value = getattr(getattr(config, section), name)
-    return (f'{section}.{name}' in given
+    return (f'{section}.{name}' in explicit_keys
             or value != getattr(getattr(defaults, section), name))
 
   for section, name, choice_name, users in _SETTINGS_USED_BY:
