@@ -115,6 +115,16 @@ def mask_rows(matrix: jax.Array, keep: jax.Array) -> jax.Array:
   return jnp.where(keep[:, None], matrix, jnp.zeros_like(matrix))
 
 
+def valid_lower_median(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Return the lower median of `values` over the rows of `mask`.
+
+  An attacking minority cannot move it. With no row in `mask` it is inf.
+  """
+  count = jnp.sum(mask.astype(jnp.int32))
+  ranked = jnp.sort(jnp.where(mask, values, jnp.inf))
+  return ranked[jnp.maximum(count - 1, 0) // 2]
+
+
 def row_l2_norms(matrix: jax.Array) -> jax.Array:
   """Return the `[clients]` L2 norm of each row without float overflow.
 

@@ -103,10 +103,7 @@ def geometric_median(
 
   # The floor scales with the updates. The median norm is one an attacking
   # minority cannot move. A zero or subnormal scale falls back to nu.
-  norms = _flat.row_l2_norms(matrix)
-  count = jnp.sum(valid.astype(jnp.int32))
-  median_norm = jnp.sort(jnp.where(valid, norms, jnp.inf))[
-      jnp.maximum(count - 1, 0) // 2]
+  median_norm = _flat.valid_lower_median(_flat.row_l2_norms(matrix), valid)
   floor = smoothing * median_norm
   floor = jnp.where(
       jnp.isfinite(floor) & (floor >= jnp.finfo(matrix.dtype).tiny),

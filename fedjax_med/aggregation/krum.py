@@ -50,10 +50,8 @@ def scaled_pairwise_squared_distances(
   center = median_lib.coordinate_median({'m': matrix}, mask)['m']
   centered = matrix - center[None, :].astype(matrix.dtype)
   row_max = jnp.max(jnp.abs(centered), axis=1, initial=0.0)
-  count = jnp.sum(mask.astype(jnp.int32))
-  ranked = jnp.sort(jnp.where(mask, row_max, jnp.inf))
-  median = ranked[jnp.maximum(count - 1, 0) // 2]
-  exponent = tree.power_of_two_exponent(median)
+  exponent = tree.power_of_two_exponent(
+      _flat.valid_lower_median(row_max, mask))
   return pairwise_squared_distances(jnp.ldexp(centered, -exponent))
 
 
