@@ -1489,7 +1489,7 @@ def _personal_summary(config, dataset, personal, model) -> dict[str, Any]:
   )
   accuracies = _client_accuracy(evaluate(personal))
   # A personal model can diverge on its own, for example at a learning rate
-  # too large for its client's data; its accuracy is then left out.
+  # too large for its client's data. Its accuracy is then left out.
   finite = np.asarray(jax.vmap(tree.tree_is_finite)(personal))
   accuracies = [value if ok else None for value, ok in zip(accuracies, finite)]
   return {

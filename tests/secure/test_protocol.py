@@ -94,8 +94,8 @@ def test_too_few_survivors_fail():
 
 
 def test_complete_graph_needs_t_plus_one_survivors():
-  # A client holds no share of its own secrets, so each survivor's seed
-  # has one live holder fewer than there are survivors.
+  # No client keeps a share of its own secrets, so each survivor's seed
+  # has one responding holder fewer than there are survivors.
   settings = protocol.SecureAggregationSettings(threshold_fraction=0.5)
   t = protocol.threshold(settings, N)
 
