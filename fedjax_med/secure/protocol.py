@@ -274,8 +274,10 @@ class SecureSumResult(NamedTuple):
       for clients that sent none).
     rebuilt_secret_keys: `[n]` bool, clients whose `sk` the server rebuilt.
     rebuilt_seeds: `[n]` bool, clients whose self-mask seed it rebuilt.
-    rebuilt_correct: True when every rebuilt secret equals the original,
-      a check of the Shamir step that only the simulation can make.
+    rebuilt_correct: True when the round succeeded and every secret the
+      server rebuilt equals the original, a check of the Shamir step that
+      only the simulation can make. False on a failed round, which rebuilds
+      nothing.
     responders: `[n]` bool, survivors that took part in unmasking.
     cost: scalar counts of the run, see `cost_of`.
   """
@@ -393,7 +395,7 @@ def secure_sum(
       xs, jnp.take_along_axis(seed_shares, chosen, axis=1))
   # The server requests sk shares of the dropped clients only and seed
   # shares of the survivors only, so no client has both rebuilt.
-  rebuilt_correct = jnp.all(
+  rebuilt_correct = ok & jnp.all(
       jnp.where(dropped, rebuilt_keys == secret_keys, True)
       & jnp.where(survivors, rebuilt_seeds == seeds, True)
   )

@@ -115,6 +115,7 @@ def test_failed_round_rebuilds_nothing():
   result = _run(settings, jnp.arange(N) < protocol.threshold(settings, N))
 
   assert not bool(result.ok)
+  assert not bool(result.rebuilt_correct)
   assert int(result.cost['secagg_reconstructions']) == 0
   assert int(result.cost['secagg_server_prg_expansions']) == 0
 
