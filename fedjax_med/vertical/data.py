@@ -98,6 +98,17 @@ class VerticalDataset:
                        'distinct name')
     for index, party in enumerate(self.parties):
       _check_party(party, is_label_holder=index == 0)
+    # `in` on a str is a substring test, so test_ids='xd' would hold 'd'.
+    if isinstance(self.test_ids, (str, bytes)):
+      raise InputError(f'test_ids={self.test_ids!r} is a single value; pass '
+                       'a set of patient identifiers')
+    test_ids = frozenset(self.test_ids)
+    for identifier in test_ids:
+      if not isinstance(identifier, str):
+        raise InputError(
+            f'test identifier {identifier!r} has type '
+            f'{type(identifier).__name__}; convert identifiers to str')
+    object.__setattr__(self, 'test_ids', test_ids)
 
   @property
   def party_names(self) -> tuple[str, ...]:

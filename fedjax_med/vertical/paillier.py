@@ -523,6 +523,7 @@ def train(
   weights = [np.zeros(x.shape[1]) for x in blocks]
   intercept = 0.0
   steps = plaintext.batch_indices(settings, y.shape[0])
+  plaintext.warn_if_gradients_reveal_residuals(steps, blocks, names)
   steps_per_epoch = len(steps) // settings.epochs
   losses, epoch_seconds, loss_seconds = [], [], []
   before_epochs = ledger.copy()

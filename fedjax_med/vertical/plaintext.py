@@ -16,9 +16,12 @@ The Taylor loss is what a protocol that cannot evaluate the sigmoid on
 encrypted logits (Paillier) trains.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import math
 import numbers
+import time
+import warnings
 
 import jax
 import numpy as np
@@ -141,19 +144,52 @@ def batch_indices(settings: TrainingSettings, num_rows: int) -> list[np.ndarray]
 
   The order is public: every party derives it from the shared seed, so the
   parties process the same rows in each step. A full-batch epoch visits the
-  rows in order; a mini-batch epoch visits a fresh permutation, and its last
-  batch is shorter when `batch_size` does not divide `num_rows`.
+  rows in order; a mini-batch epoch visits a fresh permutation. When
+  `batch_size` does not divide `num_rows`, the remainder joins the epoch's
+  last batch, so no batch has fewer than `batch_size` rows. A short batch
+  would let a passive party with at least as many columns as the batch has
+  rows solve its gradient for the batch's residuals (see
+  `warn_if_gradients_reveal_residuals`).
   """
   if settings.batch_size is None or settings.batch_size >= num_rows:
     return [np.arange(num_rows)] * settings.epochs
   key = jax.random.key(settings.seed)
+  size = settings.batch_size
   steps = []
   for epoch in range(settings.epochs):
     order = np.asarray(
         jax.random.permutation(jax.random.fold_in(key, epoch), num_rows))
-    steps.extend(np.array_split(
-        order, range(settings.batch_size, num_rows, settings.batch_size)))
+    steps.extend(np.array_split(order, range(size, num_rows - size + 1, size)))
   return steps
+
+
+def warn_if_gradients_reveal_residuals(
+    steps: Sequence[np.ndarray], features: Sequence[np.ndarray],
+    names: Sequence[str]) -> None:
+  """Warn when a passive party could solve its gradient for the residuals.
+
+  A passive party k receives X_B^T r for the rows B of each step. When B has
+  no more rows than the party has columns, and its rows are linearly
+  independent, that system determines r, and the sign of r = p - y gives
+  each label away.
+
+  Args:
+    steps: row indices of every step, as `batch_indices` returns them.
+    features: one `[rows, columns_k]` block per party, the label holder
+      first.
+    names: the parties' names, in the same order.
+  """
+  smallest = min(len(rows) for rows in steps)
+  exposed = [f'{name!r} ({block.shape[1]} columns)'
+             for name, block in zip(names[1:], features[1:])
+             if block.shape[1] >= smallest]
+  if exposed:
+    widest = max(block.shape[1] for block in features[1:])
+    warnings.warn(
+        f'a step covers only {smallest} rows, so passive parties '
+        f'{", ".join(exposed)} can solve their gradients for those rows\' '
+        f'residuals and read their labels; set batch_size above {widest}, '
+        'or use full batches', UserWarning, stacklevel=3)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -216,6 +252,22 @@ def train_centralized(
       labels outside {0, 1}.
     TrainingDiverged: if the weights become NaN or infinite.
   """
+  model, _ = train_centralized_timed(features, labels, settings)
+  return model
+
+
+def train_centralized_timed(
+    features: tuple[np.ndarray, ...],
+    labels: np.ndarray,
+    settings: TrainingSettings,
+) -> tuple[LogisticModel, tuple[float, ...]]:
+  """Run `train_centralized` and time each epoch's gradient steps.
+
+  Returns:
+    The model, and the wall time in seconds of each epoch's steps. The
+    times leave out the loss evaluation on all rows before every epoch,
+    as the protocols' `epoch_seconds` do.
+  """
   blocks = [np.asarray(x, np.float64) for x in features]
   check_blocks(blocks, np.asarray(labels))
   y = np.asarray(labels, np.float64)
@@ -225,21 +277,23 @@ def train_centralized(
   intercept = 0.0
   steps = batch_indices(settings, joined.shape[0])
   steps_per_epoch = len(steps) // settings.epochs
-  losses = []
-  for step, rows in enumerate(steps):
-    if step % steps_per_epoch == 0:
-      check_finite('centralized', (weights,), intercept,
-                   step // steps_per_epoch)
-      losses.append(loss_value(settings.loss, joined @ weights + intercept, y))
-    z = joined[rows] @ weights + intercept
-    r = residual(settings.loss, z, y[rows])
-    gradient = joined[rows].T @ r / len(rows) + settings.l2 * weights
-    weights = weights - settings.learning_rate * gradient
-    intercept -= settings.learning_rate * float(np.mean(r))
+  losses, epoch_seconds = [], []
+  for epoch in range(settings.epochs):
+    check_finite('centralized', (weights,), intercept, epoch)
+    losses.append(loss_value(settings.loss, joined @ weights + intercept, y))
+    start = time.perf_counter()
+    for rows in steps[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]:
+      z = joined[rows] @ weights + intercept
+      r = residual(settings.loss, z, y[rows])
+      gradient = joined[rows].T @ r / len(rows) + settings.l2 * weights
+      weights = weights - settings.learning_rate * gradient
+      intercept -= settings.learning_rate * float(np.mean(r))
+    epoch_seconds.append(time.perf_counter() - start)
   check_finite('centralized', (weights,), intercept, settings.epochs)
   losses.append(loss_value(settings.loss, joined @ weights + intercept, y))
-  return LogisticModel(
+  model = LogisticModel(
       weights=tuple(np.split(weights, np.cumsum(widths)[:-1])),
       intercept=intercept,
       losses=tuple(losses),
   )
+  return model, tuple(epoch_seconds)

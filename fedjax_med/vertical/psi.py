@@ -433,6 +433,13 @@ def _validate_identifiers(name: str, ids) -> None:
       raise InputError(
           f'identifier {identifier!r} of party {name!r} has type '
           f'{type(identifier).__name__}; convert identifiers to str')
+    try:
+      identifier.encode('utf-8')
+    except UnicodeEncodeError as error:
+      raise InputError(
+          f'identifier {identifier!r} of party {name!r} is not valid '
+          f'Unicode text ({error.reason}); decode identifiers from their '
+          'source file as UTF-8') from None
     if identifier in seen:
       raise InputError(f'identifier {identifier!r} appears twice in party '
                        f'{name!r}; remove duplicate rows before PSI')

@@ -235,7 +235,9 @@ class SecretSharingResult:
     epochs_ledger: the same counts without the loss evaluation after the
       last epoch, so each epoch counts only the evaluation at its start.
       Divided by the epochs, they are the cost of one epoch.
-    epoch_seconds: wall time of each epoch, after compilation.
+    epoch_seconds: wall time of each epoch's gradient steps, without the
+      loss evaluation before it. The first epoch also compiles the step, so
+      summarize the times with their median.
     fraction_bits: fixed-point precision used.
   """
 
@@ -358,6 +360,7 @@ def train(
   names = plaintext.party_names(party_names, len(features), DEALER)
   ledger = cost.CostLedger(names + (DEALER,))
   steps = plaintext.batch_indices(settings, labels.shape[0])
+  plaintext.warn_if_gradients_reveal_residuals(steps, features, names)
   steps_per_epoch = len(steps) // settings.epochs
   # Overflow is ruled out while every row's sum of |encoded partial
   # logits| over the parties stays below 2**62, and every column sum of

@@ -191,3 +191,14 @@ def test_party_data_accepts_lists():
   assert party.features.shape == (2, 1)
   assert party.ids == ('x', 'y')
   np.testing.assert_array_equal(party.labels, [0, 1])
+
+
+def test_dataset_checks_test_ids():
+  holder, other = _toy_dataset().parties
+  # A str made `in` a substring test: test_ids='p-3p-1' held 'p-3' and '3'.
+  with pytest.raises(InputError, match="test_ids='p-3' is a single value"):
+    data.VerticalDataset('toy', (holder, other), 'p-3')
+  with pytest.raises(InputError, match='test identifier 3 has type int'):
+    data.VerticalDataset('toy', (holder, other), frozenset({3}))
+  dataset = data.VerticalDataset('toy', (holder, other), ['p-3', 'p-1'])
+  assert dataset.test_ids == frozenset({'p-3', 'p-1'})

@@ -411,6 +411,9 @@ def test_two_party_message_flow(two_parties):
     # None raised a TypeError, and an array was rejected as having no row order.
     ([['a'], ['b']], None, 0, 'party_names=None does not give one name'),
     ([['a'], np.array(['b'])], ['x', 'y'], 0, "'y' are a NumPy array"),
+    # A lone surrogate raised UnicodeEncodeError while hashing.
+    ([['\ud800', 'a'], ['a']], ['h', 'q'], 0,
+     "party 'h' is not valid Unicode text"),
 ])
 def test_run_psi_rejects_invalid_input(id_sets, names, seed, match):
   with pytest.raises(InputError, match=match):
