@@ -348,13 +348,20 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
           f'warning: {nonfinite} client updates were NaN or infinite and were '
           'left out of their rounds, so the model learned from fewer clients '
           f'than sampled (`num_nonfinite` in metrics.jsonl). '
-          f'{_NONFINITE_FIX}',
+          f'{_nonfinite_fix(summary)}',
           file=sys.stderr,
       )
 
 
-_NONFINITE_FIX = ('Lower `client.learning_rate` or check the data for '
-                  'extreme values.')
+def _nonfinite_fix(summary: dict) -> str:
+  """Return what to change when client updates were NaN or infinite."""
+  attack = summary.get('attack', {}).get('attack', 'none')
+  fix = 'Lower `client.learning_rate` or check the data for extreme values.'
+  if attack in ('none', 'label_flip'):
+    return fix
+  return (f'{fix} With `attack.attack={attack}`, the attackers\' crafted '
+          'updates may be the infinite ones: lower the magnitude of '
+          '`attack.attack_strength`.')
 
 
 _CLINICAL_SETTINGS = ('threshold', 'confidence', 'bootstrap_resamples')
@@ -411,7 +418,7 @@ def _no_contribution_cause(run_dir: pathlib.Path, summary: dict) -> str:
             '`participation.straggler_policy=wait`.')
   if totals.get('num_nonfinite', 0):
     return (f' {totals["num_nonfinite"]} updates were NaN or infinite and '
-            f'were left out. {_NONFINITE_FIX}')
+            f'were left out. {_nonfinite_fix(summary)}')
   if totals.get('num_sampled', 0) and not totals.get('num_examples', 0):
     return ' The sampled clients have no training rows.'
   return ''

@@ -898,6 +898,10 @@ def _flatten_document(document: dict[str, Any]) -> dict[str, Any]:
 # and FedAdam's m / (sqrt(v) + tau) divide 0 by 0. The limit is that value
 # rounded up.
 _SMALLEST_NORMAL = 1.2e-38
+# Every numeric setting enters float32 arrays, where a larger magnitude
+# becomes inf: an attack strength of 1e39 made every attacker's update
+# infinite, so the robust aggregators dropped them and no attack ran.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -950,6 +954,13 @@ def _require_range(
     return
   too_low = value <= low if low_open else value < low
   too_high = value >= high if high_open else value > high
+  if (math.isfinite(value) and not too_low and not too_high
+      and abs(value) > _FLOAT32_MAX):
+    raise InputError(
+        f'Invalid `{key}`: {value}. Its magnitude is above {_FLOAT32_MAX:.4g}'
+        ', the largest float32, so it would become infinite in the '
+        'computation. Use a smaller value.'
+    )
   if not math.isfinite(value) or too_low or too_high:
     if low == -math.inf and high == math.inf:
       raise InputError(

@@ -63,3 +63,27 @@ def test_nan_strength_message():
   with pytest.raises(errors.InputError, match='must be a finite number.$'):
     _validate(attack='sign_flip', malicious_fraction=0.25,
               attack_strength='nan')
+
+
+@pytest.mark.parametrize('key, value', [
+    # 1e39 made every attacker's update infinite, so the aggregators left
+    # them out and no attack ran.
+    ('attack_strength', '1e39'),
+    ('attack_strength', '-1e39'),
+    ('clip_norm', '1e39'),
+    ('noise_multiplier', '3.5e38'),
+    ('proximal_mu', '1e300'),
+])
+def test_values_beyond_float32_rejected(key, value):
+  overrides = {'attack': 'scaling', 'malicious_fraction': 0.25}
+  if key in ('clip_norm', 'noise_multiplier'):
+    overrides = {'noise': 'central', 'clip_norm': 1.0,
+                 'noise_multiplier': 1.0}
+  with pytest.raises(errors.InputError,
+                     match=f'{key}`: .*above 3.403e\\+38, the largest float32'):
+    _validate(**{**overrides, key: value})
+
+
+def test_float32_maximum_accepted():
+  _validate(attack='scaling', malicious_fraction=0.25,
+            attack_strength='3.4e38')

@@ -422,6 +422,21 @@ def test_nonfinite_updates_warned(capsys, tmp_path):
   assert 'client updates were NaN or infinite' in captured.err
 
 
+def test_nonfinite_attack_updates_name_strength(capsys, tmp_path):
+  # Scaling updates of size 1 by 3e38 overflows them. The warning used to
+  # blame only the learning rate and the data.
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'attack=scaling', '--set',
+      'malicious_fraction=0.25', '--set', 'attack_strength=3e38',
+      '--set', 'learning_rate=1',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'client updates were NaN or infinite' in captured.err
+  assert '`attack.attack=scaling`' in captured.err
+  assert '`attack.attack_strength`' in captured.err
+
+
 def test_fedprox_divergent_mu_rejected(capsys, tmp_path):
   # mu * lr = 10 makes every proximal SGD step grow. Such runs used to
   # finish with NaN updates and a warning after the fact.
