@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import pathlib
+import shlex
 import signal
 import sys
 
@@ -424,19 +425,25 @@ def _no_contribution_cause(run_dir: pathlib.Path, summary: dict) -> str:
   return ''
 
 
-def _print_interrupt(command: str, interrupt: StudyInterrupted,
-                     config: str | None = None) -> None:
+def _print_interrupt(args: argparse.Namespace,
+                     interrupt: StudyInterrupted) -> None:
   """Print where an interrupted command left its results and how to resume.
 
-  `config` is the sweep's or matrix's TOML file, which their resume
-  command needs again.
+  A sweep's or matrix's resume command repeats its config file and its
+  `--set` overrides, because resuming checks that the settings are the
+  ones the run started with.
   """
-  again = f'fedjax-med {command} {config} --out {interrupt.run_dir} --resume'
-  unit, records, resume = {
-      'sweep': ('point', 'points.jsonl', again),
-      'matrix': ('run', 'cells.jsonl', again),
-  }.get(command, ('round', 'metrics.jsonl',
-                  f'fedjax-med run --resume {interrupt.run_dir}'))
+  if args.command == 'run':
+    unit, records = 'round', 'metrics.jsonl'
+    resume = shlex.join(['fedjax-med', 'run', '--resume',
+                         str(interrupt.run_dir)])
+  else:
+    unit, records = {'sweep': ('point', 'points.jsonl'),
+                     'matrix': ('run', 'cells.jsonl')}[args.command]
+    overrides = [part for override in args.overrides
+                 for part in ('--set', override)]
+    resume = shlex.join(['fedjax-med', args.command, args.config, *overrides,
+                         '--out', str(interrupt.run_dir), '--resume'])
   count = interrupt.rounds_done
   noun = unit if count == 1 else unit + 's'
   verb = 'is' if count == 1 else 'are'
@@ -503,7 +510,7 @@ def _main(args) -> int:
     print(f'fedjax-med: error: {error}', file=sys.stderr)
     return 1
   except StudyInterrupted as interrupt:
-    _print_interrupt(args.command, interrupt, getattr(args, 'config', None))
+    _print_interrupt(args, interrupt)
     return 130
   _print_summary(run_dir, summary)
   return 0

@@ -399,6 +399,9 @@ class _Runner:
               'num_byzantine': config.server.num_byzantine
               if cell.aggregator in _USES_NUM_BYZANTINE else None}
     for round_index in range(config.server.rounds):
+      # A stop request ends the matrix between rounds; `run_matrix` keeps
+      # the finished cells and drops this one, which a resume reruns.
+      interrupts.raise_if_requested()
       state, metrics = round_fn(
           state, jax.random.fold_in(rounds_key, round_index),
           train_data=train, malicious=malicious,
@@ -653,7 +656,6 @@ def run_matrix(
             on_record(record)
           bar.set_postfix_str(f'{cell.aggregator} / {cell.label}')
           bar.update(1)
-          interrupts.raise_if_requested()
     except KeyboardInterrupt:
       _write_results(run_dir, records, matrix, title)
       raise StudyInterrupted(run_dir, len(records)) from None

@@ -375,6 +375,16 @@ def test_aggregator_input_exits_2(capsys, tmp_path, args, expected):
   assert captured.err.count('\n') == 1
 
 
+def _interrupted_args(command, overrides=()):
+  """Return the parsed arguments of an interrupted `command`."""
+  if command == 'run':
+    return cli._parser().parse_args(['run'])  # pylint: disable=protected-access
+  arguments = [command, 'grid.toml']
+  for override in overrides:
+    arguments += ['--set', override]
+  return cli._parser().parse_args(arguments)  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize('command, count, expected', [
     ('run', 1, '1 finished round is in'),
     ('run', 3, '3 finished rounds are in'),
@@ -384,7 +394,7 @@ def test_aggregator_input_exits_2(capsys, tmp_path, args, expected):
 def test_interrupt_message_counts(capsys, tmp_path, command, count, expected):
   interrupt = cli.StudyInterrupted(tmp_path, count)
 
-  cli._print_interrupt(command, interrupt, 'grid.toml')  # pylint: disable=protected-access
+  cli._print_interrupt(_interrupted_args(command), interrupt)  # pylint: disable=protected-access
 
   assert expected in capsys.readouterr().err
 
@@ -392,10 +402,24 @@ def test_interrupt_message_counts(capsys, tmp_path, command, count, expected):
 def test_interrupted_sweep_names_its_config(capsys, tmp_path):
   interrupt = cli.StudyInterrupted(tmp_path, 2)
 
-  cli._print_interrupt('sweep', interrupt, 'grid.toml')  # pylint: disable=protected-access
+  cli._print_interrupt(_interrupted_args('sweep'), interrupt)  # pylint: disable=protected-access
 
   assert (f'Continue with fedjax-med sweep grid.toml --out {tmp_path} '
           '--resume.') in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('command', ['sweep', 'matrix'])
+def test_interrupted_resume_repeats_overrides(capsys, tmp_path, command):
+  # The printed command left out the --set values, so running it failed:
+  # the settings differed from the ones the run started with.
+  interrupt = cli.StudyInterrupted(tmp_path, 2)
+  args = _interrupted_args(command, ['rounds=2', 'name=two words'])
+
+  cli._print_interrupt(args, interrupt)  # pylint: disable=protected-access
+
+  assert (f"Continue with fedjax-med {command} grid.toml --set rounds=2 "
+          f"--set 'name=two words' --out {tmp_path} --resume.") in (
+              capsys.readouterr().err)
 
 
 def test_delta_not_below_one_over_clients_warns(capsys, tmp_path):

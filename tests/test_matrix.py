@@ -206,6 +206,31 @@ def test_interrupted_matrix_resumes(tmp_path):
   assert all(row['completed'] == 2 for row in rows)
 
 
+def test_stop_request_ends_cell_between_rounds(tmp_path, monkeypatch):
+  # A stop request was checked only after each cell, so Ctrl-C waited for
+  # every round of the cell to finish.
+  calls = []
+
+  def stop_on_second_call():
+    calls.append(None)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(matrix_lib.interrupts, 'raise_if_requested',
+                      stop_on_second_call)
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg', 'median'), attacks=('none',),
+      malicious_fractions=(0.0,), seeds=(0,))
+
+  with pytest.raises(errors.StudyInterrupted) as interrupted:
+    matrix_lib.run_matrix(_base(rounds=3), matrix, tmp_path / 'm',
+                          progress=False)
+
+  assert interrupted.value.rounds_done == 0
+  assert _records(tmp_path / 'm') == []
+  assert len(calls) == 2
+
+
 def test_backdoor_cell_reports_success(tmp_path):
   matrix = matrix_lib.MatrixConfig(
       aggregators=('fedavg',), attacks=('backdoor',),
