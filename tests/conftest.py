@@ -4,6 +4,8 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # The suite's processes (the pytest-xdist workers, the command-line and
@@ -26,10 +28,28 @@ if _OWN_CACHE:
 # XLA's default is level 3. To test the optimized code, set XLA_FLAGS to
 # include --xla_backend_optimization_level=3; a level already in XLA_FLAGS
 # is left as it is. The workers and subprocesses inherit the flags.
+#
+# XLA's older fusion code generation (--xla_cpu_use_fusion_emitters=false)
+# cut the backend compile time of tests/simulation/test_fedbn.py from 38.8 s
+# to 23.3 s with jaxlib 0.10.2, and the whole suite from 824 s to 608 s on
+# the same 2-core machine. XLA aborts on a flag it does not know, so that
+# flag is kept only if a child process starts with it.
+def _xla_accepts(flags: str) -> bool:
+  """Return whether a child process runs a JAX program under `flags`."""
+  probe = subprocess.run(
+      [sys.executable, '-c', 'import jax.numpy; jax.numpy.zeros(1).sum()'],
+      env={**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'},
+      capture_output=True, check=False, timeout=120)
+  return probe.returncode == 0
+
+
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = ' '.join([
+  _flags = ' '.join([
       os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0',
       '--xla_llvm_disable_expensive_passes=true']).strip()
+  _older_emitters = _flags + ' --xla_cpu_use_fusion_emitters=false'
+  os.environ['XLA_FLAGS'] = (
+      _older_emitters if _xla_accepts(_older_emitters) else _flags)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -268,7 +268,7 @@ def test_vmap_matches_separate_calls(patches, mlp, mlp_loss):
   for method in ('idlg', 'geiping'):
     def attack(g, k, method=method):
       return inversion.reconstruct(
-          method, mlp_loss, params, g, SINGLE, NUM_CLASSES, k, steps=20
+          method, mlp_loss, params, g, SINGLE, NUM_CLASSES, k, steps=10
       )
 
     batched = jax.vmap(attack)(grads, keys)
