@@ -284,6 +284,14 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
             f'{len(accuracies)} clients, so the guarantee allows publishing '
             "one client's data outright with probability delta. Use a delta "
             'well below 1 / clients.', file=sys.stderr)
+    denominator = privacy.get('denominator')
+    if denominator is not None and denominator < 1:
+      print(f'warning: the expected reporting weight per round is '
+            f'{denominator:.3g}, under one client, and each round divides '
+            'its noise by it, so the noise swamps the updates. Raise '
+            '`participation.availability` or its off-hours probability, the '
+            'cohort or sampling rate, or lower `sampling.dropout_rate`.',
+            file=sys.stderr)
   claims = summary.get('participation', {}).get('privacy')
   if claims is not None:
     sampled = claims.get('sampled', {}).get('epsilon')

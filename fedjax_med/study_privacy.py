@@ -37,6 +37,11 @@ NOT_COVERED = (
 )
 
 
+# With closed schedule slots, the slots that the rounds visit are followed
+# one round at a time for at most this many rounds.
+_MAX_TRACED_ROUNDS = 100_000
+
+
 def is_private(config: config_lib.ExperimentConfig) -> bool:
   return config.privacy.noise != 'none'
 
@@ -83,7 +88,7 @@ def expected_reporting_clients(config, train_counts: np.ndarray) -> float:
   else:
     online = np.asarray(online, np.float64).reshape(num_clients, -1)
     if online.shape[1] > 1:
-      slots = _visited_slots(config, train_counts, online.shape[1],
+      slots = _visited_slots(config, train_counts, online,
                              settings.seconds_per_slot)
       online = online[:, slots]
     # NOTE: under a fixed cohort the clients online in a round count as
@@ -101,16 +106,19 @@ def expected_reporting_clients(config, train_counts: np.ndarray) -> float:
   return expected * (1.0 - sampling.dropout_rate)
 
 
-def _visited_slots(config, train_counts, num_slots, seconds_per_slot):
+def _visited_slots(config, train_counts, availability, seconds_per_slot):
   """Return the schedule slot of each round, from an estimated round length.
 
   A round lasts `server_seconds` plus the local steps at the median speed,
-  cut at a deadline that drops late clients.
-  NOTE: link times and the spread of speeds are left out, and an empty
-  round, which jumps to the next slot, is not foreseen, so this is an
-  estimate of the slots the clock visits.
+  cut at a deadline that drops late clients. A round due in a slot where
+  every client's probability is 0 starts at the next slot with one above
+  0, as `participation.open_slot_start` moves the clock.
+  NOTE: link times and the spread of speeds are left out, and a round that
+  finds nobody online by chance, which jumps to the next slot, is not
+  foreseen, so this is an estimate of the slots the clock visits.
   """
   part, client = config.participation, config.client
+  num_slots = availability.shape[1]
   seconds = part.server_seconds
   if part.steps_per_second is not None:
     steps = client.local_steps
@@ -121,8 +129,23 @@ def _visited_slots(config, train_counts, num_slots, seconds_per_slot):
     if part.deadline_s is not None and part.straggler_policy != 'wait':
       compute = min(compute, part.deadline_s)
     seconds += compute
-  rounds = np.arange(config.server.rounds)
-  return np.floor(rounds * seconds / seconds_per_slot).astype(int) % num_slots
+  rounds = config.server.rounds
+  is_open = np.max(availability, axis=0) > 0
+  if is_open.all():
+    return (np.floor(np.arange(rounds) * seconds / seconds_per_slot)
+            .astype(int) % num_slots)
+  # The clock's path with closed slots has no closed form, so it is
+  # followed round by round; the first _MAX_TRACED_ROUNDS rounds stand for
+  # the rest.
+  clock, slots = 0.0, []
+  for _ in range(min(rounds, _MAX_TRACED_ROUNDS)):
+    index = math.floor(clock / seconds_per_slot)
+    while not is_open[index % num_slots]:
+      index += 1
+      clock = index * seconds_per_slot
+    slots.append(index % num_slots)
+    clock += seconds
+  return np.asarray(slots, int)
 
 
 def resolve_noise_multiplier(config, num_clients: int) -> float:

@@ -435,6 +435,19 @@ def test_delta_not_below_one_over_clients_warns(capsys, tmp_path):
              for line in summary['privacy']['assumptions'])
 
 
+def test_denominator_below_one_client_warns(capsys, tmp_path):
+  # 4 hospitals sampled at rate 0.1 report 0.4 clients a round on average,
+  # so every round's noise is divided by 0.4.
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'aggregator=mean',
+      '--set', 'sampling=poisson', '--set', 'sampling_rate=0.1',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'expected reporting weight per round is 0.4,' in captured.err
+
+
 def test_nonfinite_updates_warned(capsys, tmp_path):
   # 3 of 4 hospitals diverge in every round; the run used to read as a
   # normal completed study.

@@ -168,6 +168,27 @@ def test_central_noise_reports_claims(tmp_path):
   assert record['bytes_up'] == section['bytes_up']
 
 
+def test_central_noise_skips_closed_night(tmp_path):
+  # Every client offline at night, and rounds of 2 s: the fixed
+  # denominator was estimated from night slots as 0, floored at 1e-12, so
+  # each round divided its noise by 1e-12 and the parameters reached 1e13.
+  config = _config(
+      num_clients=10, cohort_size=4, availability=1.0, dropout_rate=0.0,
+      schedule='office_hours', off_hours_availability=0.0,
+      steps_per_second=1.0, speed_spread=0.0, local_steps=2,
+      upload_bytes_per_second=None, deadline_s=None,
+      straggler_policy='wait', fednova=False, compressor='none',
+      top_k_fraction=0.01, clip_norm=1.0, noise='central',
+      noise_multiplier=1.0, aggregator='mean', rounds=4, eval_every=4)
+  _, summary = study.run_study(config, tmp_path, progress=False)
+  records = _records(tmp_path)
+
+  assert summary['privacy']['denominator'] == pytest.approx(4.0)
+  # The first round starts at 8:00, when the office opens.
+  assert records[0]['clock'] >= 8 * 3600
+  assert [record['num_available'] for record in records] == [10] * 4
+
+
 def test_interrupt_and_resume_match(tmp_path):
   uninterrupted = tmp_path / 'uninterrupted'
   study.run_study(_config(), uninterrupted, progress=False)

@@ -113,6 +113,11 @@ def validate(participation: Participation, num_clients: int) -> None:
     if availability.ndim == 2 and availability.shape[1] < 1:
       raise InputError('`availability` needs at least one schedule slot.')
     _check_probabilities('availability', availability)
+    if not np.any(availability > 0):
+      raise InputError(
+          '`availability` is 0 for every client, so no client is ever '
+          'online and no round could run; give some client a probability '
+          'above 0.')
   dropout = np.asarray(p.dropout)
   if dropout.ndim not in (0, 1) or (
       dropout.ndim == 1 and dropout.shape != (num_clients,)):
@@ -382,6 +387,34 @@ def has_schedule(participation: Participation) -> bool:
   """Return whether `availability` is a `[clients, slots]` schedule."""
   availability = participation.availability
   return availability is not None and np.ndim(availability) == 2
+
+
+def open_slot_start(participation: Participation,
+                    clock: jax.Array) -> jax.Array:
+  """Return `clock`, moved past slots in which no client can be online.
+
+  A slot where the schedule gives every client probability 0 is closed,
+  which everyone knows in advance, so no round starts in it: the clock
+  moves to the start of the next slot in which some client has a chance
+  of being online. In an open slot `clock` is returned unchanged. Without
+  a schedule, or with no closed slot, it is always unchanged.
+  """
+  if not has_schedule(participation):
+    return clock
+  is_open = np.max(np.asarray(participation.availability), axis=0) > 0
+  if is_open.all():
+    return clock
+  num_slots = is_open.shape[0]
+  # `validate` rejects a schedule with no open slot, so every slot reaches
+  # an open one within num_slots - 1 steps.
+  wait = np.array([
+      next(k for k in range(num_slots) if is_open[(slot + k) % num_slots])
+      for slot in range(num_slots)], np.float32)
+  length = participation.seconds_per_slot
+  index = jnp.floor(clock / length)
+  skip = jnp.asarray(wait)[jnp.mod(index, num_slots).astype(jnp.int32)]
+  start = ((index + skip) * length).astype(jnp.result_type(clock))
+  return jnp.where(skip > 0, start, clock)
 
 
 def next_slot(participation: Participation, clock: jax.Array) -> jax.Array:

@@ -343,7 +343,9 @@ def build_round(
       the deadline (dropped under 'drop', cut short under 'partial', waited
       for under 'wait').
     * `round_seconds` and `clock`: the round's virtual length and the
-      clock after it.
+      clock after it. A round due in a slot where the schedule has every
+      client offline starts at the next slot with a client that can be
+      online, and `round_seconds` leaves out the closed slots it skipped.
     * `bytes_down`, `bytes_up`: float32 totals of the round. Every sampled
       client downloads `round_fn.message_bytes(params)['down']` bytes and
       every reporting client uploads `round_fn.message_bytes(params)['up']`
@@ -574,6 +576,11 @@ def build_round(
   @jax.jit
   def round_step(state, round_key, examples, num_examples, malicious):
     sample_key = jax.random.fold_in(round_key, _SAMPLE_TAG)
+    if participation is not None:
+      # No round starts in a slot where the schedule has every client
+      # offline; under central noise it would release noise alone.
+      state = state._replace(clock=participation_lib.open_slot_start(
+          participation, state.clock))
     if participation is not None and participation.availability is not None:
       available = participation_lib.available_clients(
           participation, jax.random.fold_in(round_key, _AVAILABILITY_TAG),

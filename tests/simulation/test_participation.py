@@ -424,8 +424,10 @@ def test_partial_limit_exact_for_whole_steps(key):
 
 
 def test_sync_clock_skips_offline_slot(key):
+  # Slot 0 is open, but at 1e-7 no client comes online in practice, so the
+  # first round finds nobody and jumps to slot 1.
   data = small.population([5] * 4)
-  schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (4, 1))
+  schedule = np.tile(np.array([[1e-7, 1.0]], np.float32), (4, 1))
   participation = participation_lib.Participation(
       availability=schedule, seconds_per_slot=100.0,
       steps_per_second=np.full(4, 10.0, np.float32))
@@ -440,6 +442,52 @@ def test_sync_clock_skips_offline_slot(key):
   assert int(metrics['num_sampled']) == 2
   # 0.6 s of training after the jump to 100 s.
   np.testing.assert_allclose(metrics['clock'], 100.6, rtol=1e-6)
+
+
+def test_round_starts_after_closed_slots(key):
+  # Slots 1 and 2 have every client at probability 0. Rounds due there
+  # used to run with nobody online, and under central noise released
+  # noise alone; they now start in slot 3.
+  data = small.population([5] * 4)
+  schedule = np.tile(np.array([[1.0, 0.0, 0.0, 1.0]], np.float32), (4, 1))
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0, server_seconds=100.0)
+  round_fn = round_lib.build_round(
+      data, small.local_update(), sampling.uniform_sampler(4, 2),
+      optax.sgd(1.0), participation=participation)
+  state = small.server_state(key, num_clients=4)
+  clocks, available, seconds = [], [], []
+  for index in range(3):
+    state, metrics = round_fn(state, jax.random.fold_in(key, index))
+    clocks.append(float(metrics['clock']))
+    available.append(int(metrics['num_available']))
+    seconds.append(float(metrics['round_seconds']))
+  # Slot 0 runs to 100 s; the next round starts at 300 s (slot 3) and
+  # ends at 400 s, in slot 0 of the next day, which is open.
+  assert available == [4, 4, 4]
+  np.testing.assert_allclose(clocks, [100.0, 400.0, 500.0])
+  np.testing.assert_allclose(seconds, [100.0, 100.0, 100.0])
+
+
+@pytest.mark.parametrize('clock, expected', [
+    (0.0, 300.0), (150.0, 300.0), (299.0, 300.0), (300.0, 300.0),
+    (350.0, 350.0), (420.0, 420.0), (1210.0, 1300.0), (2350.0, 2350.0),
+])
+def test_open_slot_start(clock, expected):
+  # Slots 0 to 2 are closed, slot 3 and 4 open, with a period of 5 slots.
+  schedule = np.array([[0.0, 0.0, 0.0, 0.5, 0.0],
+                       [0.0, 0.0, 0.0, 0.0, 0.2]], np.float32)
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0, server_seconds=1.0)
+  start = participation_lib.open_slot_start(participation, jnp.float32(clock))
+  np.testing.assert_allclose(start, expected)
+
+
+def test_schedule_never_open_rejected():
+  participation = participation_lib.Participation(
+      availability=np.zeros((4, 24), np.float32), server_seconds=1.0)
+  with pytest.raises(InputError, match='no client is ever online'):
+    participation_lib.validate(participation, 4)
 
 
 def test_empty_draw_with_clients_online_takes_server_seconds(key):
@@ -467,7 +515,7 @@ def test_offline_jump_lands_on_slot_start(key):
   # server_seconds is a whole slot. A jump used to add it on top of the
   # slot start, skipping the first online slot after a gap.
   data = small.population([5] * 4)
-  schedule = np.tile(np.array([[1.0, 0.0, 1.0, 1.0]], np.float32), (4, 1))
+  schedule = np.tile(np.array([[1.0, 1e-7, 1.0, 1.0]], np.float32), (4, 1))
   participation = participation_lib.Participation(
       availability=schedule, seconds_per_slot=100.0, server_seconds=100.0)
   round_fn = round_lib.build_round(
