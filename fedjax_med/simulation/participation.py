@@ -393,8 +393,8 @@ def open_slot_start(participation: Participation,
                     clock: jax.Array) -> jax.Array:
   """Return `clock`, moved past slots in which no client can be online.
 
-  A slot where the schedule gives every client probability 0 is closed,
-  which everyone knows in advance, so no round starts in it: the clock
+  A slot where the schedule gives every client probability 0 is closed.
+  The schedule is public, so no round starts in such a slot, and the clock
   moves to the start of the next slot in which some client has a chance
   of being online. In an open slot `clock` is returned unchanged. Without
   a schedule, or with no closed slot, it is always unchanged.
