@@ -480,9 +480,10 @@ def plot_bytes(records, path: pathlib.Path) -> None:
 
 
 def render_results(records, args, *, command: str, elapsed_s: float) -> str:
+  """Return the results page, with a section for each part that ran."""
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')
   seeds = ', '.join(str(seed) for seed in args.seeds)
-  return '\n'.join([
+  lines = [
       f'Command: `{command}`',
       '',
       f'Date: {date}. Hardware: {machine.hardware_line()}. Wall time: '
@@ -490,20 +491,19 @@ def render_results(records, args, *, command: str, elapsed_s: float) -> str:
       '',
       f'{args.clients} clients, seeds {seeds}. Cells are the mean ± sample '
       'standard deviation over seeds.',
-      '',
-      f'### Accuracy against simulated wall clock ({args.hours:g} h)',
-      '',
-      *clock_table(records, args.hours),
-      '',
-      f'### Accuracy against bytes sent up ({args.compression_rounds} '
-      'rounds)',
-      '',
-      *bytes_table(records),
-      '',
-      '### Privacy accounted from the recorded participation',
-      '',
-      *privacy_table(records),
-  ])
+  ]
+  parts = {record['part'] for record in records}
+  if 'clock' in parts:
+    lines += ['', f'### Accuracy against simulated wall clock ({args.hours:g} '
+              'h)', '', *clock_table(records, args.hours)]
+  if 'bytes' in parts:
+    lines += ['', f'### Accuracy against bytes sent up '
+              f'({args.compression_rounds} rounds)', '',
+              *bytes_table(records)]
+  if 'privacy' in parts:
+    lines += ['', '### Privacy accounted from the recorded participation',
+              '', *privacy_table(records)]
+  return '\n'.join(lines)
 
 
 def parse_args(argv):

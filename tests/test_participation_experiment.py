@@ -122,3 +122,20 @@ def test_participation_page_checked_first(load_script, capsys, tmp_path):
   assert exit_info.value.code == 2
   assert 'lacks the result markers' in capsys.readouterr().err
   assert not (tmp_path / 'page.jsonl').exists()
+
+
+def test_page_has_sections_of_parts_run(load_script):
+  # --parts clock bytes wrote the privacy heading with nothing under it.
+  experiment = load_script('experiments/participation_communication.py')
+  args = experiment.parse_args(['--parts', 'bytes', '--seeds', '0'])
+  records = [{'part': 'bytes', 'method': method, 'seed': 0,
+              'message_bytes': 100, 'bytes_up': 1000,
+              'final_accuracy': 0.5}
+             for method in experiment.COMPRESSOR_NAMES]
+
+  page = experiment.render_results(records, args, command='python x',
+                                   elapsed_s=1.0)
+
+  assert '### Accuracy against bytes sent up' in page
+  assert 'simulated wall clock' not in page
+  assert 'Privacy accounted' not in page

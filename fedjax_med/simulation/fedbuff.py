@@ -7,8 +7,8 @@ Aggregation", AISTATS, https://arxiv.org/abs/2106.06639.
 current when it started. The server applies an update as soon as
 `buffer_size` client updates (K) have arrived, weighing update i by
 `(1 + staleness_i) ** -staleness_exponent`, where the staleness counts the
-server steps since the client started. It then starts as many new clients
-as updates it took, from the new model.
+server steps since the client started. It then starts `dispatch_size` new
+clients from the new model.
 
 The clients in flight are a masked batch of `concurrency` slots: per slot
 the client id, the model version it started from, its arrival time on the
@@ -16,7 +16,10 @@ virtual clock and its (compressed, decoded) update. A server step is one
 jitted call:
 
 1. take the K earliest valid arrivals, move the clock to the last of them
-   and free the slots of clients that dropped out before then;
+   and free the slots of clients that dropped out before then. When
+   dropouts leave fewer than K valid updates in flight, the step takes all
+   of them (`num_collected` < K) instead of waiting for K, as the paper's
+   server would;
 2. screen, clip and weigh the K updates by example count and staleness,
    add central noise if set, and apply the mean through the server
    optimizer;
@@ -311,6 +314,8 @@ def build_fedbuff(
     server = state.server
     num_examples = train_data.num_examples
     # 1. The K earliest valid arrivals; exactly K when K are in flight.
+    # NOTE: with fewer than K valid updates in flight the step applies
+    # those it has. Waiting for K would need clients started mid-step.
     waiting = state.busy & state.valid
     pending = jnp.where(waiting, state.arrival, jnp.inf)
     neg_times, picked = jax.lax.top_k(-pending, buffer_size)

@@ -924,8 +924,7 @@ def scan_rounds(
   One call replaces `num_rounds` Python calls, which pays off when a round
   takes less time than the call overhead (small models, few clients).
   """
-  if num_rounds < 1:
-    raise ValueError(f'`num_rounds` must be at least 1; got {num_rounds}.')
+  num_rounds = federated.check_count('num_rounds', num_rounds)
 
   @jax.jit
   def run(state, rounds_key, first_round):

@@ -8,7 +8,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from fedjax_med.data import federated
 from fedjax_med.typing import PRNGKey
 
 
@@ -41,16 +43,21 @@ def uniform_sampler(num_clients: int, cohort_size: int) -> Sampler:
   `cohort_size` clients are available.
 
   Raises:
-    ValueError: if `cohort_size` is not in `[1, num_clients]`.
+    ValueError: if `num_clients` is not an integer of at least 1, or
+      `cohort_size` is not an integer in `[1, num_clients]`.
   """
-  if not 1 <= cohort_size <= num_clients:
+  num_clients = federated.check_count('num_clients', num_clients)
+  if isinstance(cohort_size, (int, np.integer)) and not isinstance(
+      cohort_size, (bool, np.bool_)) and not 1 <= cohort_size <= num_clients:
     raise ValueError(
         f'`cohort_size` must be between 1 and the number of clients '
         f'({num_clients}); got {cohort_size}.'
     )
+  cohort_size = federated.check_count('cohort_size', cohort_size, num_clients)
 
   def sample(key: PRNGKey, available: jax.Array | None = None) -> Cohort:
     if available is not None:
+      _check_available(available, num_clients)
       # Random priorities, with the offline clients last; when fewer than
       # `cohort_size` are online, the rest of the slots are masked.
       priority = jnp.where(
@@ -92,22 +99,24 @@ def poisson_sampler(
   are counted in `num_overflow`, so a caller can see that the sample was cut.
 
   Raises:
-    ValueError: if `rate` is not in `(0, 1]` or `capacity` is not in
+    ValueError: if `num_clients` is not an integer of at least 1, `rate`
+      is not a number in `(0, 1]` or `capacity` is not an integer in
       `[1, num_clients]`.
   """
-  if not 0.0 < rate <= 1.0:
-    raise ValueError(f'`rate` must be in (0, 1]; got {rate}.')
+  num_clients = federated.check_count('num_clients', num_clients)
+  if (isinstance(rate, (bool, np.bool_))
+      or not isinstance(rate, (int, float, np.integer, np.floating))
+      or not 0.0 < rate <= 1.0):
+    raise ValueError(f'`rate` must be a number in (0, 1]; got {rate!r}.')
   if capacity is None:
     capacity = poisson_capacity(num_clients, rate)
-  if not 1 <= capacity <= num_clients:
-    raise ValueError(
-        f'`capacity` must be between 1 and {num_clients}; got {capacity}.'
-    )
+  capacity = federated.check_count('capacity', capacity, num_clients)
 
   def sample(key: PRNGKey, available: jax.Array | None = None) -> Cohort:
     include_key, order_key = jax.random.split(key)
     included = jax.random.uniform(include_key, (num_clients,)) < rate
     if available is not None:
+      _check_available(available, num_clients)
       included = included & available
     # Random priorities choose which included clients fill the slots.
     priority = jax.random.uniform(order_key, (num_clients,))
@@ -121,8 +130,27 @@ def poisson_sampler(
   return sample
 
 
+def _check_available(available, num_clients: int) -> None:
+  """Raise ValueError unless `available` is a `[num_clients]` bool mask."""
+  if jnp.shape(available) != (num_clients,) or (
+      jnp.result_type(available) != jnp.bool_):
+    raise ValueError(
+        f'`available` must be a [{num_clients}] bool mask, one entry per '
+        f'client; got {jnp.result_type(available)} of shape '
+        f'{jnp.shape(available)}.')
+
+
 def apply_dropout(key: PRNGKey, cohort: Cohort, dropout_rate: float) -> Cohort:
-  """Drop each sampled client independently with probability `dropout_rate`."""
+  """Drop each sampled client independently with probability `dropout_rate`.
+
+  Raises:
+    ValueError: if `dropout_rate` is not a number in `[0, 1]`.
+  """
+  if (isinstance(dropout_rate, (bool, np.bool_))
+      or not isinstance(dropout_rate, (int, float, np.integer, np.floating))
+      or not 0.0 <= dropout_rate <= 1.0):
+    raise ValueError(
+        f'`dropout_rate` must be a number in [0, 1]; got {dropout_rate!r}.')
   if dropout_rate <= 0.0:
     return cohort
   stays = jax.random.uniform(key, cohort.mask.shape) >= dropout_rate

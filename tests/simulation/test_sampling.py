@@ -68,6 +68,39 @@ def test_poisson_rate_invalid():
     sampling.poisson_sampler(10, 0.0)
 
 
+@pytest.mark.parametrize('build, match', [
+    # A float cohort built a sampler whose first call raised a TypeError.
+    (lambda: sampling.uniform_sampler(10, 2.5), '`cohort_size` must be an '
+     'integer in \\[1, 10\\]; got 2.5'),
+    (lambda: sampling.uniform_sampler(10, 3.0), 'got 3.0'),
+    (lambda: sampling.uniform_sampler(10, True), 'got True'),
+    (lambda: sampling.uniform_sampler(10.0, 3), '`num_clients`'),
+    (lambda: sampling.poisson_sampler(10, 0.3, capacity=2.5), '`capacity`'),
+    # True ran at rate 1.
+    (lambda: sampling.poisson_sampler(10, True), '`rate` must be a number'),
+    (lambda: sampling.poisson_sampler(10, '0.3'), '`rate` must be a number'),
+])
+def test_sampler_arguments_rejected(build, match):
+  with pytest.raises(ValueError, match=match):
+    build()
+
+
+@pytest.mark.parametrize('sampler', [
+    sampling.uniform_sampler(4, 2), sampling.poisson_sampler(4, 0.5)])
+@pytest.mark.parametrize('available', [
+    np.ones(5, bool), np.ones((4, 1), bool), np.ones(4, np.float32)])
+def test_available_mask_checked(key, sampler, available):
+  with pytest.raises(ValueError, match='`available` must be a \\[4\\] bool'):
+    sampler(key, available=available)
+
+
+@pytest.mark.parametrize('rate', [1.5, -0.1, True, float('nan')])
+def test_dropout_rate_invalid(key, rate):
+  cohort = sampling.uniform_sampler(8, 8)(key)
+  with pytest.raises(ValueError, match='`dropout_rate` must be a number'):
+    sampling.apply_dropout(key, cohort, rate)
+
+
 def test_dropout_all_clients(key):
   cohort = sampling.uniform_sampler(8, 8)(key)
 

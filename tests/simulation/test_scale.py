@@ -162,6 +162,11 @@ def test_scanned_rounds_equal_a_loop():
                                atol=1e-6)
   with pytest.raises(ValueError, match='num_rounds'):
     round_lib.scan_rounds(round_fn, 0)
+  # 2.5 ran 3 rounds.
+  with pytest.raises(ValueError, match='`num_rounds` must be an integer'):
+    round_lib.scan_rounds(round_fn, 2.5)
+  with pytest.raises(ValueError, match='`num_rounds` must be an integer'):
+    round_lib.scan_rounds(round_fn, True)
 
 
 def _mlp_update(compute_dtype):
