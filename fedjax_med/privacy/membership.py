@@ -189,7 +189,8 @@ def loss_scores(
     `[candidates]` scores, the negated per-example cross-entropy.
 
   Raises:
-    ValueError: if a concrete label is not an integer in [0, classes).
+    ValueError: if `y` is not shaped `[candidates]` with one label per row
+      of `x`, or a concrete label is not an integer in [0, classes).
   """
   x, y = jnp.asarray(x), jnp.asarray(y)
   check_labels(y, model.num_classes, num_rows=x.shape[0])
