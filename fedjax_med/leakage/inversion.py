@@ -274,8 +274,37 @@ def _tree_dot(a: PyTree, b: PyTree) -> jax.Array:
   return sum(jax.tree.leaves(jax.tree.map(jnp.vdot, a, b)))
 
 
+def _power_of_two_scale(tree: PyTree, headroom: int = 0) -> jax.Array:
+  """Return 2**-e that brings the largest |entry| of `tree` below 2**headroom.
+
+  A power of two scales every float32 entry exactly, so quotients of scaled
+  values are bit-identical to the unscaled ones. With `headroom` > 0 the
+  scale is 1 unless the largest entry reaches 2**headroom. An all-zero tree
+  gets 1. The scale is a constant for differentiation.
+  """
+  largest = jax.lax.stop_gradient(jnp.max(jnp.stack([
+      jnp.max(jnp.abs(leaf), initial=0.0) for leaf in jax.tree.leaves(tree)
+  ])))
+  _, exponent = jnp.frexp(jnp.where(largest > 0, largest, 1.0))
+  exponent = jnp.maximum(exponent - headroom, 0) if headroom else exponent
+  return jnp.ldexp(jnp.float32(1.0), -exponent)
+
+
+# Squared differences of entries above 2**40 could overflow float32 once
+# summed, so the L2 matching of such gradients runs on scaled copies.
+_L2_HEADROOM = 40
+
+
 def _squared_distance(a: PyTree, b: PyTree) -> jax.Array:
-  squares = jax.tree.map(lambda u, v: jnp.sum(jnp.square(u - v)), a, b)
+  """Return ||a - b||^2, times s^2 when `b` has entries of 2**40 or more.
+
+  s is the power of two that brings `b`'s largest entry below 2**40, so
+  gradients of 1e37, whose squares overflow float32, still give a finite
+  objective with the same minimizer. Other gradients get s = 1.
+  """
+  scale = _power_of_two_scale(b, _L2_HEADROOM)
+  squares = jax.tree.map(
+      lambda u, v: jnp.sum(jnp.square(u * scale - v * scale)), a, b)
   return sum(jax.tree.leaves(squares))
 
 
@@ -291,7 +320,14 @@ def _safe_norm(tree: PyTree) -> jax.Array:
 
 
 def _cosine_distance(a: PyTree, b: PyTree) -> jax.Array:
-  """Return `1 - cos(a, b)` with all leaves flattened into one vector."""
+  """Return `1 - cos(a, b)` with all leaves flattened into one vector.
+
+  Each tree is first scaled by a power of two to a largest entry in [0.5,
+  1), which leaves the cosine unchanged and keeps the squared norms of
+  gradients as large as 1e37 or as small as 1e-30 inside float32.
+  """
+  a = jax.tree.map(lambda leaf: leaf * _power_of_two_scale(a), a)
+  b = jax.tree.map(lambda leaf: leaf * _power_of_two_scale(b), b)
   norms = _safe_norm(a) * _safe_norm(b)
   # An all-zero gradient gets cos 0. A floor such as `maximum(norms, 1e-30)`
   # is not enough, because the quotient's derivative divides 0 by the floor's

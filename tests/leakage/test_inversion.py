@@ -426,6 +426,43 @@ def test_cosine_distance_zero_gradient_finite():
   np.testing.assert_array_equal(gradient['w'], np.zeros(3))
 
 
+@pytest.mark.parametrize('scale', [1e37, 1e-30])
+def test_cosine_distance_scale_free(scale):
+  # The squared norms of gradients of 1e37 overflowed float32 and gave NaN.
+  a = {'w': jnp.array([1.0, -2.0, 3.0]), 'b': jnp.array([0.5])}
+  b = {'w': jnp.array([2.0, 1.0, -1.0]), 'b': jnp.array([4.0])}
+  scaled = jax.tree.map(lambda leaf: leaf * scale, b)
+
+  value, gradient = jax.value_and_grad(inversion._cosine_distance)(a, b)
+  scaled_value, scaled_gradient = jax.value_and_grad(
+      inversion._cosine_distance)(a, scaled)
+
+  # Multiplying by 1e37 rounds each entry, so the match is to float32
+  # rounding rather than exact.
+  np.testing.assert_allclose(scaled_value, value, rtol=1e-6)
+  for name in a:
+    np.testing.assert_allclose(scaled_gradient[name], gradient[name],
+                               rtol=1e-6)
+
+
+def test_huge_gradients_give_finite_reconstructions(mlp_loss, victim, key):
+  # Finite observed gradients of about 1e37 gave NaN images. Cosine
+  # matching ignores the scale; L2 matching cannot reach it, but stays
+  # finite.
+  params, grads = victim
+  huge = jax.tree.map(lambda leaf: leaf * 1e37, grads)
+  plain = inversion.reconstruct('geiping', mlp_loss, params, grads, SINGLE,
+                                NUM_CLASSES, key, steps=5)
+  scaled = inversion.reconstruct('geiping', mlp_loss, params, huge, SINGLE,
+                                 NUM_CLASSES, key, steps=5)
+  np.testing.assert_array_equal(scaled.images, plain.images)
+  for method in ('dlg', 'idlg'):
+    result = inversion.reconstruct(method, mlp_loss, params, huge, SINGLE,
+                                   NUM_CLASSES, key, steps=5)
+    assert np.isfinite(np.asarray(result.images)).all(), method
+    assert np.isfinite(np.asarray(result.objective)).all(), method
+
+
 def test_geiping_zero_gradient_finite():
   model = vision.ImageMLP(num_classes=3, hidden_size=8)
   loss_fn = vision.make_loss_fn(model)
