@@ -300,7 +300,8 @@ def _squared_distance(a: PyTree, b: PyTree) -> jax.Array:
 
   s is the power of two that brings `b`'s largest entry below 2**40, so
   gradients of 1e37, whose squares overflow float32, still give a finite
-  objective with the same minimizer. Other gradients get s = 1.
+  objective. Other gradients get s = 1. NOTE: with s < 1 a total
+  variation term weighs 1 / s^2 times more against the matching term.
   """
   scale = _power_of_two_scale(b, _L2_HEADROOM)
   squares = jax.tree.map(
