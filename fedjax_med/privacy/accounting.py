@@ -269,6 +269,10 @@ class PrivacyAccountant:
         and type(self._event) is dp_accounting.GaussianDpEvent):
       return _gaussian_epsilon(self._event.noise_multiplier, self._relation,
                                self._rounds, delta)
+    if (self._accountant == 'pld' and self._rounds
+        and _is_poisson_gaussian(self._event)):
+      return _poisson_gaussian_epsilon(self._event, self._relation,
+                                       self._rounds, delta)
     # The PLD grid step depends on rounds and delta (see `_pld_step`).
     state = (self._rounds, delta if self._accountant == 'pld' else None)
     if self._composed_state != state:
@@ -281,6 +285,47 @@ class PrivacyAccountant:
         self._composed.compose(self._event, self._rounds)
       self._composed_state = state
     return float(self._composed.get_epsilon(delta))
+
+
+def _is_poisson_gaussian(event: dp_accounting.DpEvent) -> bool:
+  """Return whether `event` is a Poisson-sampled Gaussian with noise."""
+  return (type(event) is dp_accounting.PoissonSampledDpEvent
+          and type(event.event) is dp_accounting.GaussianDpEvent
+          and event.sampling_probability > 0
+          and event.event.noise_multiplier > 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _poisson_gaussian_pld(sampling_probability: float, noise_multiplier: float,
+                          relation: str, step: float):
+  """Return the PLD of one Poisson-sampled Gaussian round on a grid of `step`.
+
+  Building it takes most of a PLD epsilon (0.7 s of 1 s at q = 0.01), and
+  the grid step of most round counts is the same, so a run that asks for
+  the epsilon after every round builds it about once.
+  """
+  return pld.privacy_loss_distribution.from_gaussian_mechanism(
+      standard_deviation=noise_multiplier,
+      value_discretization_interval=step,
+      sampling_prob=sampling_probability,
+      neighboring_relation=_DP_ACCOUNTING_RELATIONS[relation])
+
+
+def _poisson_gaussian_epsilon(event, relation: str, rounds: int,
+                              delta: float) -> float:
+  """Return the PLD epsilon of `rounds` Poisson-sampled Gaussian rounds.
+
+  This composes exactly as dp_accounting's PLDAccountant does for
+  `compose(event, rounds)`, identity first, so the value is the same; only
+  the one-round PLD is reused between calls.
+  """
+  step = _pld_step(event, relation, rounds, delta)
+  single = _poisson_gaussian_pld(
+      float(event.sampling_probability), float(event.event.noise_multiplier),
+      relation, step)
+  composed = pld.privacy_loss_distribution.identity(
+      value_discretization_interval=step).compose(single.self_compose(rounds))
+  return float(composed.get_epsilon_for_delta(delta))
 
 
 def _gaussian_epsilon(noise_multiplier: float, relation: str, rounds: int,

@@ -12,6 +12,7 @@ import logging
 import math
 
 import dp_accounting
+from dp_accounting import pld
 from dp_accounting.pld import privacy_loss_distribution
 import numpy as np
 import pytest
@@ -86,6 +87,42 @@ def test_pld_poisson_reference():
 
   assert epsilon >= 1.778
   assert epsilon <= 1.829
+
+
+@pytest.mark.parametrize('relation', ['add_or_remove', 'replace_one'])
+@pytest.mark.parametrize('rounds', [1, 3, 50])
+def test_pld_poisson_equals_dp_accounting(relation, rounds):
+  # The one-round PLD is reused between calls; the epsilon must stay that
+  # of dp_accounting's PLDAccountant composing the same rounds.
+  event = dp_accounting.PoissonSampledDpEvent(
+      0.2, dp_accounting.GaussianDpEvent(1.3))
+  reference = pld.PLDAccountant(
+      neighboring_relation=accounting._DP_ACCOUNTING_RELATIONS[relation],
+      value_discretization_interval=accounting._pld_step(
+          event, relation, rounds, DELTA))
+  reference.compose(event, rounds)
+  privacy_accountant = accounting.PrivacyAccountant(event, relation, 'pld')
+
+  for _ in range(rounds):
+    privacy_accountant.step()
+    epsilon = privacy_accountant.epsilon(DELTA)
+
+  assert epsilon == reference.get_epsilon(DELTA)
+
+
+def test_pld_poisson_builds_one_round_once():
+  event = dp_accounting.PoissonSampledDpEvent(
+      0.01, dp_accounting.GaussianDpEvent(1.1))
+  privacy_accountant = accounting.PrivacyAccountant(
+      event, 'add_or_remove', 'pld')
+  accounting._poisson_gaussian_pld.cache_clear()
+
+  for _ in range(5):
+    privacy_accountant.step()
+    privacy_accountant.epsilon(DELTA)
+
+  # Every one of these round counts has the default grid step.
+  assert accounting._poisson_gaussian_pld.cache_info().misses == 1
 
 
 def test_rdp_all_600_rounds():
