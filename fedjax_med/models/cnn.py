@@ -94,6 +94,13 @@ class PflCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    # Two valid 3x3 convolutions and a 2x2 pool leave no feature below 6x6,
+    # and flax then failed with a ZeroDivisionError.
+    if x.ndim != 4 or min(x.shape[1:3]) < 6:
+      raise InputError(
+          'PflCNN needs [batch, height, width, channels] images of at least '
+          '6x6 pixels (two valid 3x3 convolutions, then a 2x2 pool); got '
+          f'shape {x.shape}. Use larger images or CNN.')
     init = nn.initializers.glorot_uniform()
     x = nn.relu(nn.Conv(32, (3, 3), padding='VALID', kernel_init=init,
                         name='conv_0')(x))

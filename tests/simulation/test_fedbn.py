@@ -9,6 +9,7 @@ import pytest
 from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
+from fedjax_med.errors import InputError
 from fedjax_med.models import cnn
 from fedjax_med.models import tabular
 from fedjax_med.privacy import mechanisms
@@ -261,16 +262,31 @@ def test_pfl_cnn_param_count(key):
   assert sum(leaf.size for leaf in jax.tree.leaves(params)) == 1_626_442
 
 
+@pytest.mark.parametrize('shape', [(1, 4, 4, 1), (1, 5, 32, 3), (32, 32, 3)])
+def test_pfl_cnn_rejects_small_images(key, shape):
+  # A 4x4 image failed inside flax with a ZeroDivisionError.
+  with pytest.raises(InputError, match='at least 6x6 pixels'):
+    cnn.PflCNN(3).init(key, jnp.zeros(shape))
+
+
+def test_pfl_cnn_smallest_image(key):
+  params = cnn.PflCNN(3).init(key, jnp.zeros((1, 6, 6, 1)))
+  # Two valid convolutions leave 2x2x64, the pool 1x1x64.
+  assert params['params']['hidden']['kernel'].shape == (64, 128)
+
+
 def test_unrolled_round_matches_loops(key):
   data = _population([5, 9, 3, 7, 6])
   params = RESNET.init(key, jnp.zeros((1,) + SHAPE))
   results = []
   for unroll in (False, True):
+    # 2 steps in 2 chunks of 3 slots (the second padded) keep the unrolled
+    # program small; compile time grows with the copies of the step.
     local_update = local_training.build_local_update(
-        RESNET, optax.sgd(0.1), num_steps=3, batch_size=3, unroll=unroll)
+        RESNET, optax.sgd(0.1), num_steps=2, batch_size=3, unroll=unroll)
     round_fn = round_lib.build_round(
         data, local_update, _fixed_sampler([0, 1, 2, 3, 4]), optax.sgd(1.0),
-        chunk_size=2, unroll_chunks=unroll)
+        chunk_size=3, unroll_chunks=unroll)
     state = round_lib.init_server_state(params, optax.sgd(1.0))
     new_state, _ = round_fn(state, jax.random.fold_in(key, 4))
     results.append(new_state.params)
