@@ -284,14 +284,7 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
             f'{len(accuracies)} clients, so the guarantee allows publishing '
             "one client's data outright with probability delta. Use a delta "
             'well below 1 / clients.', file=sys.stderr)
-    denominator = privacy.get('denominator')
-    if denominator is not None and denominator < 1:
-      print(f'warning: the expected reporting weight per round is '
-            f'{denominator:.3g}, under one client, and each round divides '
-            'its noise by it, so the noise swamps the updates. Raise '
-            '`participation.availability` or its off-hours probability, the '
-            'cohort or sampling rate, or lower `sampling.dropout_rate`.',
-            file=sys.stderr)
+    _warn_small_denominator(privacy)
   claims = summary.get('participation', {}).get('privacy')
   if claims is not None:
     sampled = claims.get('sampled', {}).get('epsilon')
@@ -360,6 +353,31 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
           f'{_nonfinite_fix(summary)}',
           file=sys.stderr,
       )
+
+
+def _warn_small_denominator(privacy: dict) -> None:
+  """Warn when the fixed denominator makes the noise swamp the updates.
+
+  Each round's noised sum is divided by the expected reporting weight. Below
+  one client's weight of 1, the noise is larger than any clipped update.
+  """
+  denominator = privacy.get('denominator')
+  if denominator is None or denominator >= 1:
+    return
+  clients = privacy['expected_reporting_clients']
+  if clients < 1:
+    print(f'warning: {clients:.3g} clients are expected to report per '
+          'round, and each round divides its noise by their weight, so the '
+          'noise swamps the updates. Raise `participation.availability` or '
+          'its off-hours probability, the cohort or sampling rate, or lower '
+          '`sampling.dropout_rate`.', file=sys.stderr)
+    return
+  print(f'warning: the {clients:.3g} clients expected to report per round '
+        f'weigh {denominator:.3g} in all under `server.weight_cap`, because '
+        'each weighs min(examples / weight_cap, 1). Each round divides its '
+        'noise by that weight, so the noise swamps the updates. Lower '
+        '`server.weight_cap` towards the clients\' example counts.',
+        file=sys.stderr)
 
 
 def _nonfinite_fix(summary: dict) -> str:

@@ -945,6 +945,18 @@ def _check_proximal_step(client: ClientConfig) -> None:
     )
 
 
+def require_float32(key: str, value: float) -> None:
+  """Raise unless the finite `value` fits in float32."""
+  if abs(value) > _FLOAT32_MAX:
+    if isinstance(value, int) and len(str(abs(value))) > 20:
+      value = f'{str(value)[:10]}... ({len(str(abs(value)))} digits)'
+    raise InputError(
+        f'Invalid `{key}`: {value}. Its magnitude is above {_FLOAT32_MAX:.4g}'
+        ', the largest float32, so it would become infinite in the '
+        'computation. Use a smaller value.'
+    )
+
+
 def _require_range(
     key: str, value: float | None, low: float, high: float = math.inf,
     *, low_open: bool = False, high_open: bool = False,
@@ -952,24 +964,26 @@ def _require_range(
   """Raise unless `value` is finite and inside the interval (None passes)."""
   if value is None:
     return
+  # math.isfinite raises OverflowError on ints above 1.8e308, which Python
+  # ints can exceed; an int is always finite.
+  finite = isinstance(value, int) or math.isfinite(value)
   too_low = value <= low if low_open else value < low
   too_high = value >= high if high_open else value > high
-  if (math.isfinite(value) and not too_low and not too_high
-      and abs(value) > _FLOAT32_MAX):
-    raise InputError(
-        f'Invalid `{key}`: {value}. Its magnitude is above {_FLOAT32_MAX:.4g}'
-        ', the largest float32, so it would become infinite in the '
-        'computation. Use a smaller value.'
-    )
-  if not math.isfinite(value) or too_low or too_high:
+  if finite and not too_low and not too_high:
+    require_float32(key, value)
+  if not finite or too_low or too_high:
+    shown = value
+    if isinstance(value, int) and len(str(abs(value))) > 20:
+      digits = str(value)
+      shown = f'{digits[:10]}... ({len(digits.lstrip("-"))} digits)'
     if low == -math.inf and high == math.inf:
       raise InputError(
-          f'Invalid `{key}`: {value}. It must be a finite number.'
+          f'Invalid `{key}`: {shown}. It must be a finite number.'
       )
     low_bracket = '(' if low_open else '['
     high_bracket = ')' if high_open or high == math.inf else ']'
     raise InputError(
-        f'Invalid `{key}`: {value}. It must be a finite number in '
+        f'Invalid `{key}`: {shown}. It must be a finite number in '
         f'{low_bracket}{low}, {high}{high_bracket}.'
     )
 

@@ -191,6 +191,7 @@ def matrix_from_document(
         raise InputError(
             f'`matrix.strengths.{name}` must be finite; got {strength}.'
         )
+      config_lib.require_float32(f'matrix.strengths.{name}', strength)
       pairs.append((name, strength))
     built['strengths'] = tuple(sorted(pairs))
   matrix = MatrixConfig(**built)

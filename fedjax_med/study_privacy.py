@@ -336,6 +336,7 @@ def describe(
     )
   if settings.sums_noise:
     section['denominator'] = settings.denominator
+    section['expected_reporting_clients'] = settings.expected_clients
   if privacy.adaptive_clipping:
     section['count_noise_stddev'] = settings.count_noise_stddev
     section['update_noise_multiplier'] = _update_noise_multiplier(settings)

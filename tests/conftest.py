@@ -36,10 +36,13 @@ if _OWN_CACHE:
 # flag is kept only if a child process starts with it.
 def _xla_accepts(flags: str) -> bool:
   """Return whether a child process runs a JAX program under `flags`."""
-  probe = subprocess.run(
-      [sys.executable, '-c', 'import jax.numpy; jax.numpy.zeros(1).sum()'],
-      env={**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'},
-      capture_output=True, check=False, timeout=120)
+  try:
+    probe = subprocess.run(
+        [sys.executable, '-c', 'import jax.numpy; jax.numpy.zeros(1).sum()'],
+        env={**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'},
+        capture_output=True, check=False, timeout=120)
+  except subprocess.TimeoutExpired:
+    return False
   return probe.returncode == 0
 
 

@@ -87,3 +87,11 @@ def test_values_beyond_float32_rejected(key, value):
 def test_float32_maximum_accepted():
   _validate(attack='scaling', malicious_fraction=0.25,
             attack_strength='3.4e38')
+
+
+@pytest.mark.parametrize('key', ['rounds', 'seed', 'local_steps'])
+def test_huge_integer_rejected(key):
+  # An int above 1.8e308 raised OverflowError in math.isfinite.
+  with pytest.raises(errors.InputError,
+                     match=f'`: 1000000000... \\(401 digits\\)'):
+    _validate(**{key: 10**400})

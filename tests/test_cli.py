@@ -445,7 +445,22 @@ def test_denominator_below_one_client_warns(capsys, tmp_path):
       '--out', str(tmp_path / 'r'))
 
   assert status == 0
-  assert 'expected reporting weight per round is 0.4,' in captured.err
+  assert 'warning: 0.4 clients are expected to report per round' in (
+      captured.err)
+
+
+def test_large_weight_cap_warns(capsys, tmp_path):
+  # Every hospital reports, but a cap of 1e5 examples gives each a weight
+  # of at most 0.002; the warning used to blame availability and sampling.
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'noise=central', '--set', 'clip_norm=1',
+      '--set', 'noise_multiplier=1', '--set', 'weight_cap=100000',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'the 4 clients expected to report per round weigh 0.00' in (
+      captured.err)
+  assert 'Lower `server.weight_cap`' in captured.err
 
 
 def test_nonfinite_updates_warned(capsys, tmp_path):

@@ -29,6 +29,8 @@ def _base(**overrides):
     ({'seeds': [-1]}, 'seeds are 0'),
     ({'strengths': {'label_flip': 2.0}}, 'takes no strength'),
     ({'strengths': {'sign_flip': float('inf')}}, 'finite'),
+    # 1e39 was accepted, and every cell then read "n/a".
+    ({'strengths': {'sign_flip': 1e39}}, 'sign_flip`: 1e\\+39.*float32'),
     ({'strengths': 'sign_flip'}, 'attack:strength'),
     ({'strengths': 'sign_flip:1,sign_flip:2'}, 'twice'),
     ({'seeds': [[0]]}, 'integer'),

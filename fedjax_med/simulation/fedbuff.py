@@ -284,6 +284,9 @@ def build_fedbuff(
 
   @jax.jit
   def init_step(server, key):
+    # The first clients start in a slot where some client can be online.
+    server = server._replace(clock=participation_lib.open_slot_start(
+        participation, server.clock))
     slots = jax.tree.map(
         lambda leaf: jnp.zeros((concurrency,) + leaf.shape, jnp.float32),
         server.params)
@@ -335,7 +338,10 @@ def build_fedbuff(
     idle = ~jnp.any(picked_ok) & ~jnp.any(state.busy)
     if participation_lib.has_schedule(participation):
       now = jnp.where(
-          idle, participation_lib.next_slot(participation, server.clock), now)
+          idle, participation_lib.open_slot_start(
+              participation,
+              participation_lib.next_slot(participation, server.clock)),
+          now)
     dropped = state.busy & ~state.valid & (state.arrival <= now)
 
     # 2. Screen, clip, weigh and apply.

@@ -104,10 +104,9 @@ def poisson_sampler(
       `[1, num_clients]`.
   """
   num_clients = federated.check_count('num_clients', num_clients)
-  if (isinstance(rate, (bool, np.bool_))
-      or not isinstance(rate, (int, float, np.integer, np.floating))
-      or not 0.0 < rate <= 1.0):
+  if not _is_number(rate) or not 0.0 < rate <= 1.0:
     raise ValueError(f'`rate` must be a number in (0, 1]; got {rate!r}.')
+  rate = float(rate)
   if capacity is None:
     capacity = poisson_capacity(num_clients, rate)
   capacity = federated.check_count('capacity', capacity, num_clients)
@@ -130,6 +129,14 @@ def poisson_sampler(
   return sample
 
 
+def _is_number(value) -> bool:
+  """Return whether `value` is a real scalar (a JAX or NumPy one too), not bool."""
+  if isinstance(value, jax.core.Tracer):
+    return False
+  kind = np.asarray(value).dtype.kind if np.ndim(value) == 0 else None
+  return kind in ('i', 'u', 'f')
+
+
 def _check_available(available, num_clients: int) -> None:
   """Raise ValueError unless `available` is a `[num_clients]` bool mask."""
   if jnp.shape(available) != (num_clients,) or (
@@ -146,9 +153,7 @@ def apply_dropout(key: PRNGKey, cohort: Cohort, dropout_rate: float) -> Cohort:
   Raises:
     ValueError: if `dropout_rate` is not a number in `[0, 1]`.
   """
-  if (isinstance(dropout_rate, (bool, np.bool_))
-      or not isinstance(dropout_rate, (int, float, np.integer, np.floating))
-      or not 0.0 <= dropout_rate <= 1.0):
+  if not _is_number(dropout_rate) or not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(
         f'`dropout_rate` must be a number in [0, 1]; got {dropout_rate!r}.')
   if dropout_rate <= 0.0:

@@ -102,7 +102,11 @@ class VerticalDataset:
     if isinstance(self.test_ids, (str, bytes)):
       raise InputError(f'test_ids={self.test_ids!r} is a single value; pass '
                        'a set of patient identifiers')
-    test_ids = frozenset(self.test_ids)
+    try:
+      test_ids = frozenset(self.test_ids)
+    except TypeError:
+      raise InputError(f'test_ids={self.test_ids!r} is not a collection; '
+                       'pass a set of patient identifiers') from None
     for identifier in test_ids:
       if not isinstance(identifier, str):
         raise InputError(

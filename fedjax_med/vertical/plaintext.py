@@ -185,11 +185,16 @@ def warn_if_gradients_reveal_residuals(
              if block.shape[1] >= smallest]
   if exposed:
     widest = max(block.shape[1] for block in features[1:])
+    num_rows = features[0].shape[0]
+    if widest < num_rows:
+      fix = f'set batch_size above {widest}, or use full batches'
+    else:
+      fix = (f'no batch size helps with {num_rows} rows; give the wide '
+             'parties fewer columns or train on more patients')
     warnings.warn(
         f'a step covers only {smallest} rows, so passive parties '
         f'{", ".join(exposed)} can solve their gradients for those rows\' '
-        f'residuals and read their labels; set batch_size above {widest}, '
-        'or use full batches', UserWarning, stacklevel=3)
+        f'residuals and read their labels; {fix}', UserWarning, stacklevel=3)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

@@ -244,10 +244,11 @@ def test_clock_moves_past_dropped_clients(key):
 
 
 def test_clock_skips_offline_night(key):
-  # Online only in slot 1 of 2: the first step finds no client online,
-  # and the clock jumps to the next slot instead of stalling.
+  # Slot 0 of 2 is open, but at 1e-7 no client comes online in practice:
+  # the first step finds no client online, and the clock jumps to the
+  # next slot instead of stalling.
   data = small.population([5] * 6)
-  schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (6, 1))
+  schedule = np.tile(np.array([[1e-7, 1.0]], np.float32), (6, 1))
   participation = participation_lib.Participation(
       availability=schedule, seconds_per_slot=100.0,
       steps_per_second=np.full(6, 10.0, np.float32))
@@ -267,7 +268,7 @@ def test_offline_jump_lands_on_slot_start(key):
   # server_seconds is 60 s. A jump over an offline slot used to add it on
   # top of the slot start.
   data = small.population([5] * 6)
-  schedule = np.tile(np.array([[0.0, 1.0]], np.float32), (6, 1))
+  schedule = np.tile(np.array([[1e-7, 1.0]], np.float32), (6, 1))
   participation = participation_lib.Participation(
       availability=schedule, seconds_per_slot=100.0, server_seconds=60.0,
       steps_per_second=np.full(6, 10.0, np.float32))
@@ -277,6 +278,41 @@ def test_offline_jump_lands_on_slot_start(key):
   state, _ = buffered.init(small.server_state(key, num_clients=6), key)
   state, metrics = buffered.step(state, jax.random.fold_in(key, 1))
   assert float(metrics['clock']) == 100.0
+
+
+def test_steps_skip_closed_slots(key):
+  # Slots 1 to 6 of 8 have every client at probability 0. An idle step
+  # used to move one slot at a time through them, each a server step that
+  # applied central noise alone.
+  data = small.population([5] * 6)
+  schedule = np.tile(np.array([[1.0, 0, 0, 0, 0, 0, 0, 1.0]], np.float32),
+                     (6, 1))
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0, server_seconds=10.0,
+      steps_per_second=np.full(6, 1.0, np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=2,
+      participation=participation)
+  state, _ = buffered.init(small.server_state(key, num_clients=6), key)
+  for index in range(12):
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    if int(metrics['num_collected']) == 0:
+      slot = int(float(metrics['clock']) // 100.0) % 8
+      assert slot in (0, 7), (index, float(metrics['clock']))
+
+
+def test_init_starts_in_open_slot(key):
+  data = small.population([5] * 6)
+  schedule = np.tile(np.array([[0.0, 0.0, 1.0]], np.float32), (6, 1))
+  participation = participation_lib.Participation(
+      availability=schedule, seconds_per_slot=100.0, server_seconds=10.0,
+      steps_per_second=np.full(6, 10.0, np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=2, buffer_size=1,
+      participation=participation)
+  state, started = buffered.init(small.server_state(key, num_clients=6), key)
+  assert int(started['num_dispatched']) == 2
+  assert float(started['clock']) == 200.0
 
 
 def test_init_reports_its_downloads(key):

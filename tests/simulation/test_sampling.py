@@ -1,6 +1,7 @@
 """Client samplers: sizes, distinctness, rates and bad arguments."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -106,4 +107,16 @@ def test_dropout_all_clients(key):
 
   dropped = sampling.apply_dropout(key, cohort, 1.0)
 
+  assert not bool(dropped.mask.any())
+
+
+def test_jax_and_numpy_scalars_accepted(key):
+  # The argument checks rejected jnp.float32(0.3) as out of range.
+  cohort = sampling.poisson_sampler(10, jnp.float32(0.3))(key)
+  assert int(cohort.mask.sum()) >= 0
+  assert sampling.uniform_sampler(np.int64(10), np.int32(4))(key).mask.shape == (4,)
+  full = sampling.uniform_sampler(8, 8)(key)
+  kept = sampling.apply_dropout(key, full, jnp.float32(0.0))
+  assert bool(kept.mask.all())
+  dropped = sampling.apply_dropout(key, full, np.float64(1.0))
   assert not bool(dropped.mask.any())

@@ -200,5 +200,8 @@ def test_dataset_checks_test_ids():
     data.VerticalDataset('toy', (holder, other), 'p-3')
   with pytest.raises(InputError, match='test identifier 3 has type int'):
     data.VerticalDataset('toy', (holder, other), frozenset({3}))
+  for value in (None, 5):
+    with pytest.raises(InputError, match='is not a collection'):
+      data.VerticalDataset('toy', (holder, other), value)
   dataset = data.VerticalDataset('toy', (holder, other), ['p-3', 'p-1'])
   assert dataset.test_ids == frozenset({'p-3', 'p-1'})

@@ -98,6 +98,15 @@ def test_small_batches_warn_of_residuals():
   assert 'batch_size above 4' in message
 
 
+def test_party_wider_than_data_warns_without_batch_fix():
+  # With 10 rows and 12 columns, no batch size helps; the warning used to
+  # suggest full batches, which were in use.
+  blocks, labels = _problem(rows=10, widths=(3, 12))
+  settings = plaintext.TrainingSettings(epochs=1)
+  with pytest.warns(UserWarning, match='no batch size helps with 10 rows'):
+    secret_sharing.train(blocks, labels, settings)
+
+
 def test_batches_wider_than_parties_do_not_warn():
   blocks, labels = _problem(rows=40, widths=(3, 4, 2))
   settings = plaintext.TrainingSettings(epochs=1, batch_size=5)
