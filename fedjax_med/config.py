@@ -84,7 +84,8 @@ class DataConfig:
       splits it into `partition_clients` new clients: Dirichlet label skew,
       `classes_per_client` labels per client, or log-normal client sizes.
       Each new client's rows are then split into train and test by
-      `test_fraction`.
+      `test_fraction`. For heart_disease and csv, the raw rows are pooled
+      and each new client is z-scored from its own train rows.
     partition_clients: number of clients after the partition; None keeps
       the dataset's count.
     dirichlet_alpha: concentration of the Dirichlet label skew; small

@@ -59,6 +59,9 @@ _ROUNDS_TAG = 1
 _DATA_TAG = 2
 _ATTACK_TAG = 3
 _FINETUNE_TAG = 4
+# Datasets whose loaders z-score each client; a partition pools their raw
+# rows and z-scores each new client from its own train rows.
+_TABULAR = ('heart_disease', 'csv')
 # Folded into the data key for a partition of the pooled rows.
 _PARTITION_TAG = 1
 # Folded into the data key for the clients' scanner profiles.
@@ -205,6 +208,7 @@ def _repartition(dataset, data, key) -> federated.FederatedDataset:
       x, y, indices, key=split_key, test_fraction=data.test_fraction,
       name=f'{dataset.name}_{data.partition}',
       num_classes=dataset.num_classes, feature_names=dataset.feature_names,
+      standardize=data.dataset in _TABULAR,
   )
   return dataclasses.replace(partitioned, source_files=dataset.source_files)
 
@@ -212,8 +216,10 @@ def _repartition(dataset, data, key) -> federated.FederatedDataset:
 def _load_clients(
     data: config_lib.DataConfig, seed: int
 ) -> federated.FederatedDataset:
+  # A partition z-scores its new clients itself, from raw rows.
+  standardize = data.partition == 'none'
   if data.dataset == 'heart_disease':
-    return heart_disease.load_heart_disease()
+    return heart_disease.load_heart_disease(standardize=standardize)
   if data.dataset == 'csv':
     return tabular_data.load_csv(
         data.csv_path,
@@ -221,6 +227,7 @@ def _load_clients(
         label_column=data.label_column,
         test_fraction=data.test_fraction,
         seed=data.split_seed,
+        standardize=standardize,
     )
   key = jax.random.fold_in(jax.random.key(seed), _DATA_TAG)
   if data.dataset in config_lib.IMAGE_DATASETS:

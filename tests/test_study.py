@@ -435,6 +435,17 @@ def test_dirichlet_partition_of_heart_data(tmp_path):
   assert dataset.num_clients == 12
   assert counts.sum() == 740
   assert dataset.name == 'fed_heart_disease_dirichlet'
+  # Each new client is z-scored from its own train rows, not with the
+  # hospitals' statistics, which included rows that are now test rows.
+  for client in range(12):
+    rows = int(dataset.train.num_examples[client])
+    if rows < 2:
+      continue
+    features = np.asarray(dataset.train.examples['x'][client, :rows])
+    np.testing.assert_allclose(features.mean(axis=0), 0.0, atol=1e-5)
+    scales = features.std(axis=0, ddof=1)
+    constant = np.ptp(features, axis=0) == 0
+    np.testing.assert_allclose(scales[~constant], 1.0, rtol=1e-4)
   run_dir, summary = study.run_study(config, tmp_path / 'run', progress=False)
   provenance = json.loads((run_dir / 'provenance.json').read_text())
   assert len(summary['test_accuracy']) == 12

@@ -139,7 +139,8 @@ def _split_indices(
   )
 
 
-def load_heart_disease() -> federated.FederatedDataset:
+def load_heart_disease(*, standardize: bool = True
+                       ) -> federated.FederatedDataset:
   """Load Fed-Heart-Disease with FLamby's preprocessing.
 
   Each hospital file is read as 14 columns with '?' as missing. The loader
@@ -155,6 +156,10 @@ def load_heart_disease() -> federated.FederatedDataset:
   A cholesterol of 0 means "not measured" in these files, but FLamby keeps it
   as a value, and so does this loader. Switzerland has chol = 0 in every row,
   so its z-scored chol column is 0.
+
+  Args:
+    standardize: False keeps the raw float64 features, for a caller that
+      re-splits the rows into new clients and z-scores those.
 
   Returns:
     A `FederatedDataset` with 4 clients, 13 features and 2 classes, `x`
@@ -185,7 +190,8 @@ def load_heart_disease() -> federated.FederatedDataset:
     client_y.append((raw[complete, -1] > 0).astype(np.int32))
     raw_paths.append(raw_path)
 
-  train, test = tabular.split_and_stack(client_x, client_y, client_splits)
+  train, test = tabular.split_and_stack(client_x, client_y, client_splits,
+                                        standardize=standardize)
   return federated.FederatedDataset(
       name=NAME,
       train=train,

@@ -714,6 +714,7 @@ def build_dataset(
     num_classes: int | None = None,
     client_names: Sequence[str] | None = None,
     feature_names: Sequence[str] | None = None,
+    standardize: bool = False,
 ) -> federated.FederatedDataset:
   """Build a `FederatedDataset`, splitting each client's rows into train/test.
 
@@ -725,7 +726,11 @@ def build_dataset(
   before partitioning. That discards the official split, but a shared global
   test set has no per-client distribution to evaluate against.
 
-  The features are not standardized. A client with 1 row has it in the test
+  With `standardize`, each client's features are z-scored with the mean and
+  std of its own train rows (`tabular.zscore`); otherwise they are kept as
+  given. Standardize raw rows here, after the split: rows z-scored before
+  pooling would carry statistics of rows that become test rows. A client
+  with 1 row has it in the test
   set and trains on nothing, so raise `min_examples` in the partition to
   avoid that. A client with 0 test rows gets NaN test metrics from
   `simulation.evaluate`.
@@ -744,6 +749,8 @@ def build_dataset(
     client_names: one name per client, by default 'client_0', 'client_1', ...
     feature_names: one name per entry of the last axis of `x`, by default
       'x0', 'x1', ...
+    standardize: z-score each client from its train rows; needs `x` shaped
+      `[examples, features]`.
 
   Returns:
     A `FederatedDataset` with numpy arrays: `x` float32 and `y` int32.
@@ -776,6 +783,14 @@ def build_dataset(
       )
     train_indices.append(rows[train_rows])
     test_indices.append(rows[test_rows])
+  if standardize:
+    # Every row belongs to at most one client, so the z-scored rows can be
+    # written back into one pooled array.
+    standardized = np.zeros(x.shape, np.float32)
+    for train_rows, test_rows in zip(train_indices, test_indices):
+      standardized[train_rows], standardized[test_rows] = tabular.zscore(
+          x[train_rows], x[test_rows], feature_names)
+    x = standardized
 
   return federated.FederatedDataset(
       name=name,

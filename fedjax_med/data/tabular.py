@@ -149,6 +149,8 @@ def split_and_stack(
     client_y: list[np.ndarray],
     client_splits: list[tuple[np.ndarray, np.ndarray]],
     feature_names: Sequence[str] | None = None,
+    *,
+    standardize: bool = True,
 ) -> tuple[federated.FederatedData, federated.FederatedData]:
   """Z-score every client from its train rows and stack train and test sets.
 
@@ -157,16 +159,24 @@ def split_and_stack(
     client_y: one `[examples]` integer label array per client.
     client_splits: one `(train_indices, test_indices)` pair per client.
     feature_names: names of the feature columns, for error messages.
+    standardize: False keeps the raw features, as float64, for a caller
+      that re-splits the rows into new clients and z-scores those.
 
   Returns:
-    `(train, test)` padded `FederatedData`, with float32 `x` and int32 `y`.
+    `(train, test)` padded `FederatedData`, with float32 `x` (float64 when
+    not standardized) and int32 `y`.
   """
   train_clients = []
   test_clients = []
   for x, y, (train_indices, test_indices) in zip(
       client_x, client_y, client_splits
   ):
-    train_x, test_x = zscore(x[train_indices], x[test_indices], feature_names)
+    if standardize:
+      train_x, test_x = zscore(x[train_indices], x[test_indices],
+                               feature_names)
+    else:
+      x = np.asarray(x, np.float64)
+      train_x, test_x = x[train_indices], x[test_indices]
     labels = np.asarray(y, dtype=np.int32)
     train_clients.append({'x': train_x, 'y': labels[train_indices]})
     test_clients.append({'x': test_x, 'y': labels[test_indices]})
@@ -312,6 +322,7 @@ def load_csv(
     label_column: str,
     test_fraction: float = 0.34,
     seed: int = 0,
+    standardize: bool = True,
 ) -> federated.FederatedDataset:
   """Load a federated dataset from a CSV file with one row per example.
 
@@ -328,6 +339,8 @@ def load_csv(
     label_column: header name of the label column.
     test_fraction: fraction of each client's rows in its test set, in (0, 1).
     seed: base seed of the train/test splits.
+    standardize: False keeps the raw float64 features, for a caller that
+      re-splits the rows into new clients and z-scores those.
 
   Returns:
     A `FederatedDataset` named after the file stem, with
@@ -375,7 +388,7 @@ def load_csv(
 
   try:
     train, test = split_and_stack(client_x, client_y, client_splits,
-                                  feature_names)
+                                  feature_names, standardize=standardize)
   except InputError as error:
     raise InputError(f'{path}: {error}') from None
   return federated.FederatedDataset(

@@ -8,6 +8,7 @@ import pytest
 
 from fedjax_med.data import federated
 from fedjax_med.data import partitions
+from fedjax_med.data import tabular
 from fedjax_med.errors import InputError
 
 
@@ -519,6 +520,33 @@ def test_build_dataset_splits_each_row_once(key):
   assert dataset.num_classes == 4
   assert dataset.client_names == tuple(f'client_{c}' for c in range(6))
   assert dataset.feature_names == ('x0', 'x1', 'x2')
+
+
+def test_build_dataset_standardizes_each_client(key):
+  # Rows z-scored before pooling carried statistics of rows that became
+  # other clients' test rows; each new client is now z-scored from its own
+  # train rows.
+  x, y = _pooled()
+  x[:, 1] = x[:, 1] * 30.0 + 100.0
+  client_indices = partitions.partition_dirichlet(
+      y, num_clients=5, alpha=1.0, key=key)
+
+  raw = partitions.build_dataset(x, y, client_indices, key=key,
+                                 test_fraction=0.25)
+  scaled = partitions.build_dataset(x, y, client_indices, key=key,
+                                    test_fraction=0.25, standardize=True)
+
+  for client in range(5):
+    n_train = int(raw.train.num_examples[client])
+    n_test = int(raw.test.num_examples[client])
+    expected_train, expected_test = tabular.zscore(
+        np.asarray(raw.train.examples['x'][client, :n_train]),
+        np.asarray(raw.test.examples['x'][client, :n_test]))
+    np.testing.assert_array_equal(
+        scaled.train.examples['x'][client, :n_train], expected_train)
+    np.testing.assert_array_equal(
+        scaled.test.examples['x'][client, :n_test], expected_test)
+    np.testing.assert_allclose(expected_train.mean(axis=0), 0.0, atol=1e-5)
 
 
 def test_build_dataset_same_key_same_split(key):
