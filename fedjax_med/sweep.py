@@ -55,7 +55,7 @@ import os
 import pathlib
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,8 +91,12 @@ METRICS = (
     'mean_accuracy', 'worst_accuracy', 'p10_accuracy', 'std_accuracy',
     'best_worst_gap', 'smallest_clients_accuracy', 'largest_clients_accuracy',
     'train_loss', 'epsilon', 'ditto_mean_accuracy', 'ditto_worst_accuracy',
-    'clock_s', 'bytes_up',
+    'finetuned_mean_accuracy', 'finetuned_worst_accuracy', 'clock_s',
+    'bytes_up',
 )
+# The personalized models' mean accuracy joins summary.md and summary.csv
+# when some point has it.
+_PERSONAL_METRICS = ('ditto_mean_accuracy', 'finetuned_mean_accuracy')
 _SUMMARY_METRICS = ('mean_accuracy', 'worst_accuracy', 'p10_accuracy',
                     'best_worst_gap')
 
@@ -832,6 +836,10 @@ def _run_single(point: Point, run_dir: pathlib.Path,
   if ditto is not None:
     record['ditto_mean_accuracy'] = ditto['mean_accuracy']
     record['ditto_worst_accuracy'] = ditto['worst_accuracy']
+  finetuned = summary.get('finetuned')
+  if finetuned is not None:
+    record['finetuned_mean_accuracy'] = finetuned['mean_accuracy']
+    record['finetuned_worst_accuracy'] = finetuned['worst_accuracy']
   if len(summary['test_accuracy']) <= study.MAX_CLIENTS_PER_ROUND_LINE:
     record['test_accuracy'] = summary['test_accuracy']
   return record
@@ -1127,25 +1135,28 @@ def _write_results(run_dir, records, sweep) -> list[dict[str, Any]]:
       run_dir / 'table.csv', columns,
       [['' if record.get(c) is None else record.get(c) for c in columns]
        for record in ordered])
-  rows = summarize(ordered, settings)
+  metrics = list(_SUMMARY_METRICS) + [
+      metric for metric in _PERSONAL_METRICS
+      if any(record.get(metric) is not None for record in ordered)]
+  rows = summarize(ordered, settings, metrics)
   header = [*settings, 'seeds', 'failed']
-  for metric in _SUMMARY_METRICS:
+  for metric in metrics:
     header += [metric, f'{metric}_std']
   summary_rows = []
   for row in rows:
     line = [row[c] for c in settings] + [row['seeds'], row['failed']]
-    for metric in _SUMMARY_METRICS:
+    for metric in metrics:
       line += ['' if row[metric] is None else row[metric],
                '' if row[f'{metric}_std'] is None else row[f'{metric}_std']]
     summary_rows.append(line)
   outputs.write_csv(run_dir / 'summary.csv', header, summary_rows)
-  lines = ['| ' + ' | '.join([*settings, 'seeds', *_SUMMARY_METRICS]) + ' |',
-           '|' + '---|' * (len(settings) + 1 + len(_SUMMARY_METRICS))]
+  lines = ['| ' + ' | '.join([*settings, 'seeds', *metrics]) + ' |',
+           '|' + '---|' * (len(settings) + 1 + len(metrics))]
   for row in rows:
     cells = [str(row[c]) for c in settings] + [
         f"{row['seeds']}" + (f" ({row['failed']} failed)" if row['failed']
                              else '')]
-    for metric in _SUMMARY_METRICS:
+    for metric in metrics:
       value, std = row[metric], row[f'{metric}_std']
       cells.append('n/a' if value is None else f'{value:.3f} ± {std:.3f}')
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -1159,7 +1170,8 @@ def _write_results(run_dir, records, sweep) -> list[dict[str, Any]]:
   return ordered
 
 
-def summarize(records: list[dict[str, Any]], settings: list[str]):
+def summarize(records: list[dict[str, Any]], settings: list[str],
+              metrics: Sequence[str] = _SUMMARY_METRICS):
   """Return one row per setting: mean and std over its completed seeds."""
   grouped: dict[tuple, list] = {}
   for record in records:
@@ -1171,7 +1183,7 @@ def summarize(records: list[dict[str, Any]], settings: list[str]):
     done = [m for m in members if m['status'] == 'completed']
     row['seeds'] = len(members)
     row['failed'] = len(members) - len(done)
-    for metric in _SUMMARY_METRICS:
+    for metric in metrics:
       values = [m[metric] for m in done if m.get(metric) is not None]
       row[metric] = float(np.mean(values)) if values else None
       row[f'{metric}_std'] = float(np.std(values)) if values else None

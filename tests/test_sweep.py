@@ -594,6 +594,27 @@ def test_sweep_of_lists_and_ditto_reports(tmp_path):
   assert 'ditto_mean_accuracy' in header
 
 
+def test_sweep_reports_finetuned_accuracy(tmp_path):
+  # Points that differed only in evaluation.finetune_steps gave identical
+  # rows: the fine-tuned accuracy stayed in each point's summary.json.
+  base = _base(rounds=2)
+  axes = sweep_lib.sweep_from_document(
+      {'evaluation.finetune_steps': [0, 20]}, base)
+  run_dir, records = sweep_lib.run_sweep(
+      base, axes, tmp_path / 'sweep', progress=False)
+
+  assert records[0].get('finetuned_mean_accuracy') is None
+  point = json.loads((tmp_path / 'sweep' / 'runs' / 'point-0001' /
+                      'summary.json').read_text())
+  assert records[1]['finetuned_mean_accuracy'] == (
+      point['finetuned']['mean_accuracy'])
+  assert records[1]['finetuned_worst_accuracy'] == (
+      point['finetuned']['worst_accuracy'])
+  header = (run_dir / 'summary.csv').read_text().splitlines()[0]
+  assert 'finetuned_mean_accuracy' in header
+  assert 'finetuned_mean_accuracy' in (run_dir / 'summary.md').read_text()
+
+
 def test_point_without_valid_guarantee_has_no_epsilon(tmp_path):
   # The summary states no valid guarantee (a failed secure round); the table
   # used to show the accountant's epsilon anyway.
