@@ -52,6 +52,29 @@ def test_logger_purge_replaces_earlier_files(tmp_path):
   assert 'test_accuracy/b' not in scalars
 
 
+def test_clashing_client_names_get_own_tags(tmp_path):
+  # 'St Mary' and 'St_Mary' both became the tag test_accuracy/St_Mary, so
+  # one client's curve overwrote the other's.
+  logger = tensorboard.RoundLogger(tmp_path)
+  per_client = {'St Mary': 0.25, 'St_Mary': 0.75, 'a/b': 0.5, 'x': 1.0}
+  for step in (1, 2):
+    logger.write({'round': step}, per_client=per_client)
+  logger.close()
+
+  scalars = tensorboard.read_scalars(tmp_path)
+  assert scalars['test_accuracy/St_Mary_0'] == {1: 0.25, 2: 0.25}
+  assert scalars['test_accuracy/St_Mary_1'] == {1: 0.75, 2: 0.75}
+  assert scalars['test_accuracy/a_b'] == {1: 0.5, 2: 0.5}
+  assert scalars['test_accuracy/x'] == {1: 1.0, 2: 1.0}
+
+
+def test_client_tags_are_distinct():
+  names = ['a b', 'a_b', 'a_b_1', 'a.b', 'a+b']
+  tags = tensorboard.client_tags(names)
+  assert len(set(tags.values())) == len(names)
+  assert tags['a.b'] == 'test_accuracy/a.b'
+
+
 def test_resumed_study_logs_every_round_once(tmp_path):
   config = config_lib.apply_overrides(config_lib.ExperimentConfig(), {
       'rounds': 6, 'eval_every': 2, 'bootstrap_resamples': 100})

@@ -3,12 +3,17 @@
 `RoundLogger` writes every numeric field of a round's record under its own
 name (`train_loss`, `mean_accuracy`, `epsilon`, ...) and each client's test
 accuracy as `test_accuracy/<client>`, with the round number as the step.
+TensorBoard tags allow letters, digits, '-', '_' and '.', so other
+characters in a client name become '_' (`client_tags`), and names that
+would then clash get the client's index appended.
 Open the run with `tensorboard --logdir <run folder>/tensorboard`.
 
 tensorboardX is optional: install it with `pip install 'fedjax_med[tensorboard]'`.
 """
 
+import collections
 import pathlib
+import re
 import struct
 from typing import Any
 
@@ -27,6 +32,27 @@ def require() -> None:
         'TensorBoard logging needs the tensorboardX package. Install it with '
         "`pip install 'fedjax_med[tensorboard]'`, or run without it."
     ) from None
+
+
+def client_tags(names) -> dict[str, str]:
+  """Return a distinct TensorBoard tag for each client name.
+
+  tensorboardX replaces characters outside [-\\w.] with '_' and only logs
+  it, so 'St Mary' and 'St_Mary' would share one curve. A name whose
+  cleaned form is shared gets '_<index>', its position in `names`.
+  """
+  cleaned = [re.sub(r'[^-\w.]', '_', str(name)) for name in names]
+  counts = collections.Counter(cleaned)
+  tags = {}
+  used = set()
+  for index, (name, tag) in enumerate(zip(names, cleaned)):
+    if counts[tag] > 1:
+      tag = f'{tag}_{index}'
+    while tag in used:
+      tag = f'{tag}_{index}'
+    used.add(tag)
+    tags[name] = f'test_accuracy/{tag}'
+  return tags
 
 
 class RoundLogger:
@@ -60,9 +86,10 @@ class RoundLogger:
       if value is None:
         continue
       self._writer.add_scalar(name, float(value), step)
+    tags = client_tags(list(per_client or {}))
     for client, value in (per_client or {}).items():
       if value is not None:
-        self._writer.add_scalar(f'test_accuracy/{client}', float(value), step)
+        self._writer.add_scalar(tags[client], float(value), step)
 
   def close(self) -> None:
     self._writer.close()
