@@ -34,6 +34,7 @@ import math
 import os
 import pathlib
 import struct
+import warnings
 import zipfile
 from typing import Any, NamedTuple, Sequence
 
@@ -830,6 +831,23 @@ def _check_image_size(
   return size
 
 
+def _is_cmyk(path: pathlib.Path) -> bool:
+  """Return whether the image file stores CMYK channels (JPEG or TIFF)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as opened:
+      return opened.mode == 'CMYK'
+  except (OSError, ValueError):
+    return False
+
+
+def _read_cmyk_as_rgb(path: pathlib.Path) -> np.ndarray:
+  """Return a CMYK file converted to uint8 RGB by Pillow."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as opened:
+    return np.asarray(opened.convert('RGB'))
+
+
 def _read_image(path: pathlib.Path, grayscale: bool) -> np.ndarray:
   """Read one image file as float64 `[height, width, channels]`.
 
@@ -851,6 +869,10 @@ def _read_image(path: pathlib.Path, grayscale: bool) -> np.ndarray:
         'grayscale or RGB with an optional alpha channel. Save multi-page or '
         'volume files as one 2-D image per file.'
     )
+  if image.shape[-1] == 4 and _is_cmyk(path):
+    # skimage returns the raw C, M, Y and K channels, which the line below
+    # would read as inverted RGB plus alpha.
+    image = _read_cmyk_as_rgb(path)
   if image.shape[-1] in (2, 4):
     image = image[:, :, :-1]
   image = skimage.util.img_as_float(image)
@@ -1042,6 +1064,30 @@ def _scale_npz_images(images: np.ndarray, path: pathlib.Path) -> np.ndarray:
   )
 
 
+# Sites whose largest pixel values differ by more than this factor were
+# probably stored in different units, such as uint8 scaled to [0, 1] next
+# to floats in [0, 255].
+_SITE_SCALE_RATIO = 50.0
+
+
+def _warn_if_scales_differ(files, site_images) -> None:
+  """Warn when the sites' largest |pixel| differ by over `_SITE_SCALE_RATIO`."""
+  largest = [float(np.max(np.abs(images), initial=0.0))
+             for images in site_images]
+  positive = [(value, path) for value, path in zip(largest, files)
+              if value > 0]
+  if len(positive) < 2:
+    return
+  (low, low_path), (high, high_path) = min(positive), max(positive)
+  if high > _SITE_SCALE_RATIO * low:
+    warnings.warn(
+        f'The images of {high_path} reach {high:.3g} but those of '
+        f'{low_path} only {low:.3g}, after unsigned integers are scaled to '
+        '[0, 1]. The sites probably store pixels in different units; '
+        'convert them to one scale, for example floats in [0, 1].',
+        UserWarning, stacklevel=3)
+
+
 def _npz_labels(labels: np.ndarray, path: pathlib.Path) -> np.ndarray:
   """Return the labels as int64, or raise for negative or fractional ones."""
   if labels.dtype == bool:
@@ -1112,7 +1158,10 @@ def _read_npz_site(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         f'{path}: images have shape {images.shape}. Expected [n, height, '
         'width] or [n, height, width, channels].'
     )
-  if images.shape[1] in (1, 3, 4) and images.shape[3] > 4:
+  # [n, 4, 4, 5] holds 4x4 images of 5 channels, so a channels-first
+  # guess also needs the would-be height, axis 2, above 4.
+  if (images.shape[1] in (1, 3, 4) and images.shape[2] > 4
+      and images.shape[3] > 4):
     raise InputError(
         f'{path}: images have shape {images.shape}, which looks '
         'channels-first ([n, channels, height, width]). Save them '
@@ -1200,6 +1249,7 @@ def load_npz_sites(
       )
     site_images.append(images)
     site_labels.append(labels)
+  _warn_if_scales_differ(files, site_images)
 
   largest = max(int(labels.max()) for labels in site_labels)
   if num_classes is None:

@@ -492,6 +492,22 @@ def test_image_folder_drops_alpha(tmp_path, key):
   np.testing.assert_allclose(x[0, 0, 0], [0.0, 0.0, 1.0])
 
 
+def test_image_folder_reads_cmyk_jpeg(tmp_path, key):
+  # skimage returns a CMYK JPEG's raw channels; they were read as inverted
+  # RGB plus alpha: 50 / 255 came back as 0.804.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'site' / 'one'
+  folder.mkdir(parents=True)
+  rgb = np.full((8, 8, 3), 50, np.uint8)
+  Image.fromarray(rgb).convert('CMYK').save(folder / 'cmyk.jpg')
+
+  dataset = images.load_image_folder(tmp_path, key=key, test_fraction=0.0)
+  x = dataset.train.client(0)['x']
+
+  assert x.shape == (1, 8, 8, 3)
+  np.testing.assert_allclose(x, 50 / 255, atol=2 / 255)
+
+
 def test_image_folder_resize(tmp_path, key):
   _save_png(tmp_path / 'site' / 'one' / 'small.png', _gray(100, (6, 5)))
   _save_png(tmp_path / 'site' / 'one' / 'large.png', _gray(100, (30, 40)))
@@ -655,6 +671,28 @@ def test_npz_sites_uint16_and_float(tmp_path, key):
 
   np.testing.assert_array_equal(dataset.train.client(0)['x'], 1.0)
   np.testing.assert_array_equal(dataset.train.client(1)['x'], 0.25)
+
+
+def test_npz_sites_warn_of_mixed_scales(tmp_path, key):
+  # A uint8 site scaled to [0, 1] next to a float site in [0, 255] gave
+  # one client inputs 255 times larger, without a word.
+  _save_npz(tmp_path / 'a.npz', x=np.full((2, 3, 3), 200, np.uint8),
+            y=np.array([0, 1]))
+  _save_npz(tmp_path / 'b.npz', x=np.full((2, 3, 3), 200.0), y=[1, 0])
+
+  with pytest.warns(UserWarning, match=r'b.npz reach 200 but those of .*a.npz'
+                    r' only 0.784'):
+    images.load_npz_sites(tmp_path, key=key, test_fraction=0.0)
+
+
+def test_npz_sites_accept_small_channels_last(tmp_path, key):
+  # 4x4 images with 5 channels were rejected as channels-first.
+  _save_npz(tmp_path / 'a.npz', x=np.full((2, 4, 4, 5), 0.5),
+            y=np.array([0, 1]))
+
+  dataset = images.load_npz_sites(tmp_path, key=key, test_fraction=0.0)
+
+  assert dataset.train.client(0)['x'].shape == (2, 4, 4, 5)
 
 
 def test_npz_sites_folder_order(tmp_path, key):
