@@ -1194,6 +1194,14 @@ def _validate_data(data: DataConfig) -> None:
         f'Unknown `data.scanner_profiles` {unknown}. Known profiles: '
         f'{", ".join(scanner.PROFILES)}.'
     )
+  repeated = sorted({name for name in data.scanner_profiles
+                     if data.scanner_profiles.count(name) > 1})
+  if repeated:
+    raise InputError(
+        f'`data.scanner_profiles` lists {", ".join(repeated)} more than once. '
+        'Each client draws a profile uniformly from the list, so list each '
+        'profile once.'
+    )
   if data.dataset in ('image_folder', 'image_npz') and not data.image_path:
     raise InputError(
         f'`data.dataset={data.dataset}` needs `data.image_path`, for example '

@@ -220,10 +220,17 @@ def sweep_from_document(
               '; list the seeds as `sweep.seeds`.' if key == 'seed' else '.')
       )
     items = _as_values(key, value)
-    # Checks the key and each value's type now, before any training.
+    # Checks the key and each value's type now, before any training. A
+    # command-line value is stored parsed, as its TOML form would be, so
+    # that 0.3 and 100 sort and plot as numbers, not strings.
+    parsed = []
     for item in items:
-      config_lib.apply_overrides(base, {key: item}, strict=key in typed)
-    axes.append((key, items))
+      config = config_lib.apply_overrides(base, {key: item},
+                                          strict=key in typed)
+      parsed.append(item if key in typed else _value_of(config, key))
+    if len({json.dumps(item) for item in parsed}) != len(parsed):
+      raise InputError(f'`sweep.{key}` repeats a value: {parsed}.')
+    axes.append((key, tuple(parsed)))
   variants = (('', ()),)
   if variants_table is not None:
     if not isinstance(variants_table, dict) or not variants_table:
@@ -262,6 +269,14 @@ def sweep_from_document(
       variants.append((str(name), pairs))
     variants = tuple(variants)
   return SweepConfig(axes=tuple(axes), variants=variants, seeds=seeds)
+
+
+def _value_of(config: config_lib.ExperimentConfig, key: str) -> Any:
+  """Return the value of `key` in `config`, lists as lists."""
+  section, name = config_lib.resolve_key(key)
+  value = getattr(config if section is None else getattr(config, section),
+                  name)
+  return list(value) if isinstance(value, tuple) else value
 
 
 def load_sweep_toml(

@@ -138,6 +138,10 @@ def test_image_models_run_on_synthetic_images(model, tmp_path):
     ({'widths': ''}, 'widths'),
     ({'norm': 'layer'}, 'model.norm'),
     ({'image_shape': '8,8'}, 'image_shape'),
+    # Accepted, then failed in the scanner module naming `names` and
+    # `weights`, which the config does not have.
+    ({'scanner_profiles': 'reference,reference,bright_vendor'},
+     '`data.scanner_profiles` lists reference more than once'),
 ])
 def test_invalid_image_settings_rejected(settings, match):
   with pytest.raises(InputError, match=match):

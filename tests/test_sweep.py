@@ -112,6 +112,23 @@ def test_file_value_of_swept_key_rejected(tmp_path, setting, message):
   assert sweep.seeds == (3,)
 
 
+def test_command_line_axis_values_parsed():
+  # --set sweep.data.dirichlet_alpha=0.3,100 stored the strings '0.3' and
+  # '100', which plotted as categories; the TOML list stores numbers.
+  from_set = sweep_lib.sweep_from_document(
+      {}, _base(), {'sweep.data.dirichlet_alpha': '0.3,100',
+                    'sweep.client.local_epochs': '1,2'})
+  from_toml = sweep_lib.sweep_from_document(
+      {'data.dirichlet_alpha': [0.3, 100.0], 'client.local_epochs': [1, 2]},
+      _base())
+
+  assert from_set.axes == from_toml.axes
+  assert from_set.axes[0][1] == (0.3, 100.0)
+  with pytest.raises(errors.InputError, match='repeats a value'):
+    sweep_lib.sweep_from_document(
+        {}, _base(), {'sweep.data.dirichlet_alpha': '0.3,0.30'})
+
+
 def test_invalid_point_named_before_training():
   base = _base(dataset='synthetic')
   axes = sweep_lib.sweep_from_document(

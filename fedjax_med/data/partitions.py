@@ -376,8 +376,11 @@ def partition_pathological(
   client. Each class present in `labels` is shared by between 1 and
   min(C, n_k) clients. The C * k client slots are spread over the classes in
   proportion to their sizes (see `_class_quotas`), and the clients of a class
-  get near-equal random pieces of its rows. With balanced classes every
-  client gets about N / C rows, as with equal shards.
+  get near-equal random pieces of its rows. With balanced classes and C * k
+  a multiple of the number of classes, every client gets about N / C rows,
+  as with equal shards. Otherwise classes get different numbers of clients
+  and sizes vary: 7 clients of 2 labels over 10 classes of 100 rows get 100
+  to 200 rows, against N / C = 143.
 
   Only the classes present in `labels` count, because a class without rows
   cannot give a client any examples. No client is ever empty.
