@@ -196,6 +196,16 @@ def _run_sweep(args) -> int:
     counts[record['status']] = counts.get(record['status'], 0) + 1
   print('  ' + ', '.join(f'{count} {status}'
                          for status, count in sorted(counts.items())))
+  small = [record for record in records
+           if record.get('denominator') is not None
+           and record['denominator'] < 1]
+  if small:
+    points = ', '.join(str(record['point']) for record in small[:10])
+    more = ', ...' if len(small) > 10 else ''
+    print(f'warning: points {points}{more} divide each round\'s noise by an '
+          'expected reporting weight under one client, so their noise '
+          'swamps the updates (`denominator` in table.csv). '
+          f'{_small_denominator_fix(small[0])}', file=sys.stderr)
   return 0
 
 
@@ -368,16 +378,24 @@ def _warn_small_denominator(privacy: dict) -> None:
   if clients < 1:
     print(f'warning: {clients:.3g} clients are expected to report per '
           'round, and each round divides its noise by their weight, so the '
-          'noise swamps the updates. Raise `participation.availability` or '
-          'its off-hours probability, the cohort or sampling rate, or lower '
-          '`sampling.dropout_rate`.', file=sys.stderr)
+          f'noise swamps the updates. {_small_denominator_fix(privacy)}',
+          file=sys.stderr)
     return
   print(f'warning: the {clients:.3g} clients expected to report per round '
         f'weigh {denominator:.3g} in all under `server.weight_cap`, because '
         'each weighs min(examples / weight_cap, 1). Each round divides its '
-        'noise by that weight, so the noise swamps the updates. Lower '
-        '`server.weight_cap` towards the clients\' example counts.',
-        file=sys.stderr)
+        'noise by that weight, so the noise swamps the updates. '
+        f'{_small_denominator_fix(privacy)}', file=sys.stderr)
+
+
+def _small_denominator_fix(privacy: dict) -> str:
+  """Return what raises a denominator below one client's weight."""
+  if privacy['expected_reporting_clients'] < 1:
+    return ('Raise `participation.availability` or its off-hours '
+            'probability, the cohort or sampling rate, or lower '
+            '`sampling.dropout_rate`.')
+  return ('Lower `server.weight_cap` towards the clients\' example '
+          'counts.')
 
 
 def _nonfinite_fix(summary: dict) -> str:

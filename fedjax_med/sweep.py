@@ -90,7 +90,8 @@ MAX_BATCH_BYTES = 2 * 2**30
 METRICS = (
     'mean_accuracy', 'worst_accuracy', 'p10_accuracy', 'std_accuracy',
     'best_worst_gap', 'smallest_clients_accuracy', 'largest_clients_accuracy',
-    'train_loss', 'epsilon', 'ditto_mean_accuracy', 'ditto_worst_accuracy',
+    'train_loss', 'epsilon', 'denominator', 'ditto_mean_accuracy',
+    'ditto_worst_accuracy',
     'finetuned_mean_accuracy', 'finetuned_worst_accuracy', 'clock_s',
     'bytes_up',
 )
@@ -645,6 +646,10 @@ class _Batched:
         record.update(_point_metrics(
             _accuracies(evaluated, slot), prepared, last_loss[slot]))
       record['epsilon'] = _epsilon(config, prepared, num_rounds)
+      if prepared.accountant is not None and prepared.privacy.sums_noise:
+        record['denominator'] = prepared.privacy.denominator
+        record['expected_reporting_clients'] = (
+            prepared.privacy.expected_clients)
       record['skipped_rounds'] = int(skipped[slot])
       record['wall_time_s'] = round(seconds_per_point, 4)
       records.append(record)
@@ -847,6 +852,9 @@ def _run_single(point: Point, run_dir: pathlib.Path,
   if participation is not None:
     record['clock_s'] = participation['clock_s']
     record['bytes_up'] = participation['bytes_up']
+  for key in ('denominator', 'expected_reporting_clients'):
+    if key in summary['privacy']:
+      record[key] = summary['privacy'][key]
   ditto = summary.get('ditto')
   if ditto is not None:
     record['ditto_mean_accuracy'] = ditto['mean_accuracy']

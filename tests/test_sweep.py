@@ -527,6 +527,26 @@ def test_locked_sweep_resume_leaves_files(tmp_path):
   assert (run_dir / 'rounds.jsonl').read_text() == rounds
 
 
+def test_cli_sweep_warns_of_small_denominator(tmp_path, capsys):
+  # Only `run` warned; a sweep at weight_cap 1e5 finished silently with
+  # its noise 200 times the largest clipped update.
+  path = tmp_path / 'sweep.toml'
+  path.write_text(
+      '[server]\nrounds = 2\nweight_cap = 100000.0\n'
+      '[client]\nlocal_steps = 2\n'
+      '[privacy]\nnoise = "central"\nnoise_multiplier = 1.0\n'
+      '[sweep]\nseeds = [0, 1]\n"privacy.clip_norm" = [1.0, 2.0]\n')
+  assert cli.main(['sweep', str(path), '--out', str(tmp_path / 'out'),
+                   '--no-progress']) == 0
+  captured = capsys.readouterr()
+
+  assert 'warning: points 0, 1, 2, 3 divide' in captured.err
+  assert 'Lower `server.weight_cap`' in captured.err
+  header, first = (tmp_path / 'out' / 'table.csv').read_text().splitlines()[:2]
+  column = header.split(',').index('denominator')
+  assert 0 < float(first.split(',')[column]) < 1
+
+
 def test_cli_sweep_and_run_rejects_sweep(tmp_path, capsys):
   path = tmp_path / 'sweep.toml'
   path.write_text('[server]\nrounds = 2\n[sweep]\nseeds = [0, 1]\n')
