@@ -269,7 +269,8 @@ def main(argv=None) -> list[dict[str, Any]]:
   start = time.perf_counter()
   plot_profile_examples(args.profiles_figure)
   records = []
-  with tempfile.TemporaryDirectory(prefix='imaging_scanner_') as out_root:
+  with (script_help.stop_on_ctrl_c('imaging_scanner_shift.py', args.json),
+        tempfile.TemporaryDirectory(prefix='imaging_scanner_') as out_root):
     for seed in args.seeds:
       for algorithm in args.algorithms:
         record = run_one(algorithm, seed=seed, rounds=args.rounds,

@@ -784,7 +784,8 @@ def main(argv=None) -> int:
   command = shlex.join(['python', 'experiments/secure_aggregation.py', *argv])
   try:
     out_dir = outputs.make_run_dir(args.out, 'secure_aggregation')
-    run(sizes, seed=args.seed, out_dir=out_dir, command=command)
+    with script_help.stop_on_ctrl_c('secure_aggregation.py', out_dir):
+      run(sizes, seed=args.seed, out_dir=out_dir, command=command)
   except InputError as error:
     print(f'secure_aggregation.py: error: {error}', file=sys.stderr)
     return 2

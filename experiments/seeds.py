@@ -77,12 +77,14 @@ def main(argv=None) -> int:
         f'{config_lib.run_name(base)}-seeds',
     )
     rows = []
-    for seed in args.seeds:
-      config = dataclasses.replace(base, seed=seed)
-      _, summary = study.run_study(config, out / f'seed_{seed}', progress=False)
-      rows.append(summary)
-      print(f"seed {seed}: mean accuracy {summary['mean_accuracy']:.3f}",
-            flush=True)
+    with script_help.stop_on_ctrl_c('seeds.py', out):
+      for seed in args.seeds:
+        config = dataclasses.replace(base, seed=seed)
+        _, summary = study.run_study(config, out / f'seed_{seed}',
+                                     progress=False)
+        rows.append(summary)
+        print(f"seed {seed}: mean accuracy {summary['mean_accuracy']:.3f}",
+              flush=True)
   except InputError as error:
     print(f'seeds.py: error: {error}', file=sys.stderr)
     return 2

@@ -1,10 +1,13 @@
 """experiments/imaging_scanner_shift.py at a tiny size."""
 
 import json
+import signal
 import warnings
 
 import numpy as np
 import pytest
+
+from fedjax_med import errors
 
 
 def test_imaging_experiment_writes_tables_and_figures(load_script, tmp_path,
@@ -132,3 +135,42 @@ def test_imaging_experiment_page_before_figure(load_script, tmp_path,
                      '--figure', str(tmp_path / 'accuracy.png')])
 
   assert '| FedAvg |' in markdown.read_text()
+
+
+def test_ctrl_c_exits_130_and_keeps_page(load_script, tmp_path, monkeypatch,
+                                         capsys):
+  # A stop inside the second run ended the script with a traceback.
+  experiment = load_script('experiments/imaging_scanner_shift.py')
+  markdown = tmp_path / 'page.md'
+  page = (f'# Page\n{experiment.RESULTS_START}\nold results\n'
+          f'{experiment.RESULTS_END}\n')
+  markdown.write_text(page)
+  runs = tmp_path / 'runs.jsonl'
+  calls = []
+
+  def run_one(algorithm, **kwargs):
+    calls.append(algorithm)
+    if len(calls) == 2:
+      raise errors.StudyInterrupted(tmp_path / 'run', 0)
+    return {'algorithm': algorithm, 'mean_accuracy': 0.5,
+            'worst_accuracy': 0.25, 'wall_time_s': 1.0}
+
+  monkeypatch.setattr(experiment, 'run_one', run_one)
+  monkeypatch.setattr(experiment, 'plot_profile_examples', lambda path: None)
+  previous = signal.getsignal(signal.SIGINT)
+
+  with pytest.raises(SystemExit) as exit_info:
+    experiment.main(['--seeds', '0', '--rounds', '2', '--clients', '10',
+                     '--algorithms', 'fedavg', 'fedbn',
+                     '--markdown', str(markdown), '--json', str(runs),
+                     '--figure', str(tmp_path / 'a.png'),
+                     '--profiles-figure', str(tmp_path / 'b.png')])
+
+  assert exit_info.value.code == 130
+  assert markdown.read_text() == page
+  assert [json.loads(line)['algorithm']
+          for line in runs.read_text().splitlines()] == ['fedavg']
+  err = capsys.readouterr().err
+  assert 'imaging_scanner_shift.py: interrupted;' in err
+  assert f'The finished runs are in {runs}.' in err
+  assert signal.getsignal(signal.SIGINT) == previous

@@ -6,11 +6,16 @@ status 2) instead of a traceback after the run.
 """
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+import contextlib
 import math
 import os
 import pathlib
+import signal
+import sys
 
+from fedjax_med import interrupts
+from fedjax_med.errors import StudyInterrupted
 from fedjax_med.report import results_page
 
 
@@ -223,3 +228,31 @@ def check_finite_positive(parser: argparse.ArgumentParser, flag: str,
   """
   if not _is_finite_positive(value):
     parser.error(f'{flag} must be positive and finite; got {value}.')
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(script: str,
+                   finished: pathlib.Path | None) -> Iterator[None]:
+  """Stop a script's loop of runs at Ctrl-C with status 130 and one line.
+
+  Inside the block the first Ctrl-C or SIGTERM is a stop request that the
+  running study honours after its current round (`interrupts.defer_ctrl_c`);
+  a second stops at once. The script then exits with status 130, saying
+  where its finished runs are, and leaves its results page as it was,
+  because a page of some runs would replace the documented results.
+
+  Args:
+    script: the script's file name, for the message.
+    finished: the file the script appends each finished run to, or None.
+  """
+  previous = interrupts.defer_ctrl_c()
+  try:
+    yield
+  except (StudyInterrupted, KeyboardInterrupt):
+    kept = ('' if finished is None
+            else f' The finished runs are in {finished}.')
+    print(f'{script}: interrupted; its results page and figures were not '
+          f'written.{kept}', file=sys.stderr, flush=True)
+    raise SystemExit(130) from None
+  finally:
+    signal.signal(signal.SIGINT, previous)
