@@ -235,11 +235,11 @@ def stop_on_ctrl_c(script: str,
                    finished: pathlib.Path | None) -> Iterator[None]:
   """Stop a script's loop of runs at Ctrl-C with status 130 and one line.
 
-  Inside the block the first Ctrl-C or SIGTERM is a stop request that the
-  running study honours after its current round (`interrupts.defer_ctrl_c`);
-  a second stops at once. The script then exits with status 130, saying
-  where its finished runs are, and leaves its results page as it was,
-  because a page of some runs would replace the documented results.
+  Inside the block the first Ctrl-C or SIGTERM is a stop request, which the
+  running study honours after its current round (`interrupts.defer_ctrl_c`).
+  A second stops at once. The script then exits with status 130 and says
+  where its finished runs are. Its results page stays as it was, because a
+  page of some runs would replace the documented results.
 
   Args:
     script: the script's file name, for the message.
