@@ -390,6 +390,7 @@ def main(argv=None):
   args = _parse_args(argv)
   load_average = machine.load_average()
   with contextlib.ExitStack() as stack:
+    stack.enter_context(script_help.stop_on_ctrl_c('sweep_batching.py', None))
     if args.out is None:
       scratch = pathlib.Path(stack.enter_context(
           tempfile.TemporaryDirectory(prefix='sweep_batching_')))

@@ -13,6 +13,8 @@ import pathlib
 import jax
 import pytest
 
+from fedjax_med import errors
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -127,3 +129,21 @@ def test_sweep_batching_rejects_results_folder(benchmark, capsys):
     benchmark.main(['--results', '.'])
 
   assert '--results must be a file path' in capsys.readouterr().err
+
+
+def test_sweep_batching_ctrl_c_exits_130(benchmark, capsys, tmp_path,
+                                         monkeypatch):
+  # A stop inside a sweep ended the benchmark with a traceback.
+  def interrupted(*args):
+    del args
+    raise errors.StudyInterrupted(tmp_path, 0)
+
+  monkeypatch.setattr(benchmark, 'run', interrupted)
+  results = tmp_path / 'RESULTS.md'
+
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(['--results', str(results)])
+
+  assert exit_info.value.code == 130
+  assert not results.exists()
+  assert 'sweep_batching.py: interrupted;' in capsys.readouterr().err
