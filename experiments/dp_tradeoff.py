@@ -604,8 +604,7 @@ def run(args) -> pathlib.Path:
 def main(argv=None) -> int:
   args = _parse_args(argv)
   try:
-    with script_help.stop_on_ctrl_c('dp_tradeoff.py', args.out):
-      out_dir = run(args)
+    out_dir = run(args)
   except InputError as error:
     print(f'dp_tradeoff.py: error: {error}', file=sys.stderr)
     return 2

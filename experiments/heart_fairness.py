@@ -820,9 +820,7 @@ def main(argv=None) -> int:
   args = _parse_args(argv)
   arguments = sys.argv[1:] if argv is None else list(argv)
   command = ' '.join(['python experiments/heart_fairness.py', *arguments])
-  with script_help.stop_on_ctrl_c('heart_fairness.py', None):
-    page = run(args, command)
-  print(page)
+  print(run(args, command))
   print(f'Results in {args.markdown} and {args.figure}')
   return 0
 

@@ -241,6 +241,10 @@ def stop_on_ctrl_c(script: str,
   where its finished runs are. Its results page stays as it was, because a
   page of some runs would replace the documented results.
 
+  Only studies, sweeps and matrices check for the request, so the block
+  should hold nothing else that runs long: a loop of its own would ignore
+  the first Ctrl-C until the next study's round.
+
   Args:
     script: the script's file name, for the message.
     finished: the file the script appends each finished run to, or None.
