@@ -946,13 +946,19 @@ def _check_proximal_step(client: ClientConfig) -> None:
     )
 
 
+def _shown(value: float) -> str | float:
+  """Return `value` for a message, a very long int cut to its digit count."""
+  digits = str(abs(value)) if isinstance(value, int) else ''
+  if len(digits) > 20:
+    return f'{str(value)[:10]}... ({len(digits)} digits)'
+  return value
+
+
 def require_float32(key: str, value: float) -> None:
   """Raise unless the finite `value` fits in float32."""
   if abs(value) > _FLOAT32_MAX:
-    if isinstance(value, int) and len(str(abs(value))) > 20:
-      value = f'{str(value)[:10]}... ({len(str(abs(value)))} digits)'
     raise InputError(
-        f'Invalid `{key}`: {value}. Its magnitude is above {_FLOAT32_MAX:.4g}'
+        f'Invalid `{key}`: {_shown(value)}. Its magnitude is above {_FLOAT32_MAX:.4g}'
         ', the largest float32, so it would become infinite in the '
         'computation. Use a smaller value.'
     )
@@ -973,10 +979,7 @@ def _require_range(
   if finite and not too_low and not too_high:
     require_float32(key, value)
   if not finite or too_low or too_high:
-    shown = value
-    if isinstance(value, int) and len(str(abs(value))) > 20:
-      digits = str(value)
-      shown = f'{digits[:10]}... ({len(digits.lstrip("-"))} digits)'
+    shown = _shown(value)
     if low == -math.inf and high == math.inf:
       raise InputError(
           f'Invalid `{key}`: {shown}. It must be a finite number.'

@@ -47,12 +47,6 @@ def uniform_sampler(num_clients: int, cohort_size: int) -> Sampler:
       `cohort_size` is not an integer in `[1, num_clients]`.
   """
   num_clients = federated.check_count('num_clients', num_clients)
-  if isinstance(cohort_size, (int, np.integer)) and not isinstance(
-      cohort_size, (bool, np.bool_)) and not 1 <= cohort_size <= num_clients:
-    raise ValueError(
-        f'`cohort_size` must be between 1 and the number of clients '
-        f'({num_clients}); got {cohort_size}.'
-    )
   cohort_size = federated.check_count('cohort_size', cohort_size, num_clients)
 
   def sample(key: PRNGKey, available: jax.Array | None = None) -> Cohort:
