@@ -114,7 +114,7 @@ def _visited_slots(config, train_counts, availability, seconds_per_slot):
   every client's probability is 0 starts at the next slot with one above
   0, as `participation.open_slot_start` moves the clock.
   NOTE: link times and the spread of speeds are left out, and a round that
-  finds nobody online by chance, which jumps to the next slot, is not
+  finds no client online by chance, which jumps to the next slot, is not
   foreseen, so this is an estimate of the slots the clock visits.
   """
   part, client = config.participation, config.client

@@ -1158,7 +1158,7 @@ def _read_npz_site(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         f'{path}: images have shape {images.shape}. Expected [n, height, '
         'width] or [n, height, width, channels].'
     )
-  # [n, 4, 4, 5] holds 4x4 images of 5 channels, so a channels-first
+  # [n, 4, 4, 5] contains 4x4 images of 5 channels, so a channels-first
   # guess also needs the would-be height, axis 2, above 4.
   if (images.shape[1] in (1, 3, 4) and images.shape[2] > 4
       and images.shape[3] > 4):

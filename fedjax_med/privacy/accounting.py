@@ -301,7 +301,7 @@ def _poisson_gaussian_pld(sampling_probability: float, noise_multiplier: float,
   """Return the PLD of one Poisson-sampled Gaussian round on a grid of `step`.
 
   Building it takes most of a PLD epsilon (0.7 s of 1 s at q = 0.01), and
-  the grid step of most round counts is the same, so a run that asks for
+  the grid step of most round counts is the same, so a run that requests
   the epsilon after every round builds it about once.
   """
   return pld.privacy_loss_distribution.from_gaussian_mechanism(

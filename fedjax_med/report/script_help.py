@@ -237,7 +237,7 @@ def stop_on_ctrl_c(script: str,
 
   Inside the block the first Ctrl-C or SIGTERM is a stop request, which the
   running study honours after its current round (`interrupts.defer_ctrl_c`).
-  A second stops at once. The script then exits with status 130 and says
+  A second stops at once. The script then exits with status 130 and prints
   where its finished runs are. Its results page stays as it was, because a
   page of some runs would replace the documented results.
 

@@ -425,7 +425,7 @@ def test_partial_limit_exact_for_whole_steps(key):
 
 def test_sync_clock_skips_offline_slot(key):
   # Slot 0 is open, but at 1e-7 no client comes online in practice, so the
-  # first round finds nobody and jumps to slot 1.
+  # first round finds no client and jumps to slot 1.
   data = small.population([5] * 4)
   schedule = np.tile(np.array([[1e-7, 1.0]], np.float32), (4, 1))
   participation = participation_lib.Participation(
@@ -446,7 +446,7 @@ def test_sync_clock_skips_offline_slot(key):
 
 def test_round_starts_after_closed_slots(key):
   # Slots 1 and 2 have every client at probability 0. Rounds due there
-  # used to run with nobody online, and under central noise released
+  # used to run with no client online, and under central noise released
   # noise alone; they now start in slot 3.
   data = small.population([5] * 4)
   schedule = np.tile(np.array([[1.0, 0.0, 0.0, 1.0]], np.float32), (4, 1))
@@ -462,8 +462,8 @@ def test_round_starts_after_closed_slots(key):
     clocks.append(float(metrics['clock']))
     available.append(int(metrics['num_available']))
     seconds.append(float(metrics['round_seconds']))
-  # Slot 0 runs to 100 s; the next round starts at 300 s (slot 3) and
-  # ends at 400 s, in slot 0 of the next day, which is open.
+  # Slot 0 runs to 100 s. The next round starts at 300 s (slot 3) and
+  # ends at 400 s, in the next day's slot 0, which is open.
   assert available == [4, 4, 4]
   np.testing.assert_allclose(clocks, [100.0, 400.0, 500.0])
   np.testing.assert_allclose(seconds, [100.0, 100.0, 100.0])
