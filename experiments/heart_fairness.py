@@ -49,6 +49,7 @@ import matplotlib
 import numpy as np
 
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
@@ -260,6 +261,9 @@ def build_trainer(
     )
     rounds_key = jax.random.fold_in(root_key, _ROUNDS_TAG)
     for round_index in range(config.server.rounds):
+      # The script's Ctrl-C is a request (`script_help.stop_on_ctrl_c`),
+      # honoured here between rounds.
+      interrupts.raise_if_requested()
       state, metrics = round_fn(
           state, jax.random.fold_in(rounds_key, round_index),
           train_data=train_data,
@@ -820,7 +824,9 @@ def main(argv=None) -> int:
   args = _parse_args(argv)
   arguments = sys.argv[1:] if argv is None else list(argv)
   command = ' '.join(['python experiments/heart_fairness.py', *arguments])
-  print(run(args, command))
+  with script_help.stop_on_ctrl_c('heart_fairness.py', None):
+    results = run(args, command)
+  print(results)
   print(f'Results in {args.markdown} and {args.figure}')
   return 0
 

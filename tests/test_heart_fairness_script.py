@@ -2,7 +2,9 @@
 
 import importlib.util
 import json
+import os
 import pathlib
+import signal
 
 import numpy as np
 import pytest
@@ -176,3 +178,41 @@ def test_page_without_markers_rejected_first(tmp_path, capsys):
 
   assert exit_info.value.code == 2
   assert 'lacks the result markers' in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_after_the_round_and_keeps_page(tmp_path, monkeypatch,
+                                                     capsys):
+  # The script's own round loop never checked a deferred Ctrl-C, so the
+  # first one was ignored until the end or raised inside JAX.
+  script = _load_script()
+  page = tmp_path / 'page.md'
+  text = f'# Page\n{script.RESULTS_START}\nold\n{script.RESULTS_END}\n'
+  page.write_text(text)
+  calls = []
+  build_round = script.round_lib.build_round
+
+  def counting_build_round(*args, **kwargs):
+    round_fn = build_round(*args, **kwargs)
+
+    def counted(*round_args, **round_kwargs):
+      calls.append(1)
+      if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+      return round_fn(*round_args, **round_kwargs)
+
+    return counted
+
+  monkeypatch.setattr(script.round_lib, 'build_round', counting_build_round)
+  previous = signal.getsignal(signal.SIGINT)
+
+  with pytest.raises(SystemExit) as exit_info:
+    script.main(['--seeds', '0', '--rounds', '3', '--markdown', str(page),
+                 '--figure', str(tmp_path / 'figure.png'),
+                 '--json', str(tmp_path / 'records.json')])
+
+  assert exit_info.value.code == 130
+  assert len(calls) == 2
+  assert page.read_text() == text
+  assert not (tmp_path / 'records.json').exists()
+  assert 'heart_fairness.py: interrupted;' in capsys.readouterr().err
+  assert signal.getsignal(signal.SIGINT) == previous
