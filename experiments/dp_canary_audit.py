@@ -44,6 +44,7 @@ from jax import flatten_util
 
 from fedjax_med import config as config_lib
 from fedjax_med import data
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med import study_privacy
 from fedjax_med.client import local_training
@@ -244,6 +245,8 @@ def run_audit(
   plan += [(value, True) for value in negative_control_noise_multipliers]
   rows = []
   for index, (noise_multiplier, broken) in enumerate(plan):
+    # A deferred Ctrl-C (`script_help.stop_on_ctrl_c`) stops between audits.
+    interrupts.raise_if_requested()
     rows.append(audit_one(
         population, noise_multiplier, clip_norm=clip_norm,
         num_trials=num_trials, broken=broken,
@@ -351,11 +354,13 @@ def _check_claims(parser, noise_multipliers) -> None:
 def main(argv=None) -> int:
   args = _parse_args(argv)
   try:
-    rows = run_audit(
-        noise_multipliers=args.noise_multipliers,
-        negative_control_noise_multipliers=args.negative_control,
-        num_trials=args.num_trials, clip_norm=args.clip_norm, seed=args.seed,
-    )
+    with script_help.stop_on_ctrl_c('dp_canary_audit.py', None):
+      rows = run_audit(
+          noise_multipliers=args.noise_multipliers,
+          negative_control_noise_multipliers=args.negative_control,
+          num_trials=args.num_trials, clip_norm=args.clip_norm,
+          seed=args.seed,
+      )
   except InputError as error:
     print(f'dp_canary_audit.py: error: {error}', file=sys.stderr)
     return 2

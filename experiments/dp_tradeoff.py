@@ -58,6 +58,7 @@ import numpy as np
 
 from fedjax_med import config as config_lib
 from fedjax_med import data
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med import study_privacy
 from fedjax_med.data import federated
@@ -562,17 +563,17 @@ def _parse_args(argv):
   return args
 
 
-def run(args) -> pathlib.Path:
-  """Run every setting and the canary audit, and write the output folder."""
+def run(args, out_dir: pathlib.Path) -> None:
+  """Run every setting and the canary audit, and write `out_dir`."""
   start = time.perf_counter()
   sizes = QUICK if args.quick else FULL
-  out_dir = outputs.make_run_dir(args.out, 'dp_tradeoff')
   results_path = out_dir / 'results.jsonl'
   dataset = data.load_heart_disease()
   pool = privacy_audit.build_pool(dataset, 'federated')
   base = base_config(sizes)
   rows = []
   for setting in plan_settings(base, sizes, dataset.num_clients):
+    interrupts.raise_if_requested()
     row = run_setting(
         setting, base, seeds=args.seeds, out_dir=out_dir, dataset=dataset,
         pool=pool, num_shadows=args.num_shadows,
@@ -598,13 +599,15 @@ def run(args) -> pathlib.Path:
       elapsed_s=time.perf_counter() - start,
   )
   plot_tradeoff(out_dir / 'accuracy_vs_epsilon.png', rows, seeds=args.seeds)
-  return out_dir
 
 
 def main(argv=None) -> int:
   args = _parse_args(argv)
   try:
-    out_dir = run(args)
+    out_dir = outputs.make_run_dir(args.out, 'dp_tradeoff')
+    with script_help.stop_on_ctrl_c('dp_tradeoff.py',
+                                    out_dir / 'results.jsonl'):
+      run(args, out_dir)
   except InputError as error:
     print(f'dp_tradeoff.py: error: {error}', file=sys.stderr)
     return 2

@@ -2,7 +2,9 @@
 
 import importlib.util
 import json
+import os
 import pathlib
+import signal
 
 import jax
 import numpy as np
@@ -204,3 +206,57 @@ def test_quick_run_page_has_no_spread(quick_run):
   assert len(lines) > 1
   for line in lines:
     assert '±' not in line
+
+
+def _fake_row(name):
+  return {'kind': 'tradeoff', 'setting': name, 'epsilon': 1.0,
+          'mean_accuracy': {'mean': 0.5}, 'elapsed_s': 0.0,
+          'attacks': {'lira': {'auc': 0.5}}}
+
+
+def test_ctrl_c_stops_between_settings(tmp_path, monkeypatch, capsys):
+  # dp_tradeoff's loop over settings never checked a deferred Ctrl-C.
+  script = _load_script()
+  calls = []
+
+  def run_setting(setting, base, **kwargs):
+    calls.append(setting.name)
+    os.kill(os.getpid(), signal.SIGINT)
+    return _fake_row(setting.name)
+
+  monkeypatch.setattr(script, 'run_setting', run_setting)
+  previous = signal.getsignal(signal.SIGINT)
+
+  with pytest.raises(SystemExit) as exit_info:
+    script.main(['--quick', '--out', str(tmp_path)])
+
+  assert exit_info.value.code == 130
+  assert len(calls) == 1
+  results = tmp_path / 'results.jsonl'
+  assert [json.loads(line)['setting']
+          for line in results.read_text().splitlines()] == calls
+  assert not (tmp_path / 'results.md').exists()
+  err = capsys.readouterr().err
+  assert f'dp_tradeoff.py: interrupted; its results page and figures were ' \
+         f'not written. The finished runs are in {results}.' in err
+  assert signal.getsignal(signal.SIGINT) == previous
+
+
+def test_canary_audit_ctrl_c_stops_between_audits(monkeypatch, capsys):
+  script = _load_script()
+  audit = script.dp_canary_audit
+  calls = []
+
+  def audit_one(*args, **kwargs):
+    calls.append(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    return {}
+
+  monkeypatch.setattr(audit, 'audit_one', audit_one)
+
+  with pytest.raises(SystemExit) as exit_info:
+    audit.main(['--num-trials', '10'])
+
+  assert exit_info.value.code == 130
+  assert len(calls) == 1
+  assert 'dp_canary_audit.py: interrupted;' in capsys.readouterr().err

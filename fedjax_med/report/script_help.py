@@ -248,12 +248,13 @@ def stop_on_ctrl_c(script: str,
   Args:
     script: the script's file name, for the message.
     finished: the file the script appends each finished run to, or None.
+      The message names it only if it exists.
   """
   previous = interrupts.defer_ctrl_c()
   try:
     yield
   except (StudyInterrupted, KeyboardInterrupt):
-    kept = ('' if finished is None
+    kept = ('' if finished is None or not finished.exists()
             else f' The finished runs are in {finished}.')
     print(f'{script}: interrupted; its results page and figures were not '
           f'written.{kept}', file=sys.stderr, flush=True)
