@@ -313,10 +313,19 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
   secure = summary.get('secure_aggregation', {'enabled': False})
   failed = secure.get('failed_rounds', 0)
   if secure['enabled']:
-    print(f"  secure aggregation: {secure['degree']} neighbours, threshold "
-          f"{secure['threshold']}, {failed} of {summary['rounds_run']} rounds "
-          f"failed, {secure.get('mean_client_bytes_up', 0):,.0f} bytes up "
-          f"per client (plain: {secure.get('mean_plain_bytes_up', 0):,.0f})")
+    degree, threshold = secure['degree'], secure['threshold']
+    sizes = f'{degree} neighbours, threshold {threshold}'
+    round_degree = secure.get('mean_round_degree', degree)
+    round_threshold = secure.get('mean_round_threshold', threshold)
+    if (round_degree, round_threshold) != (degree, threshold):
+      # Rounds with fewer participants than slots use smaller graphs.
+      sizes = (f'{round_degree:.3g} neighbours and threshold '
+               f'{round_threshold:.3g} per round on average ({degree} and '
+               f'{threshold} for a full cohort)')
+    print(f"  secure aggregation: {sizes}, {failed} of "
+          f"{summary['rounds_run']} rounds failed, "
+          f"{secure.get('mean_client_bytes_up', 0):,.0f} bytes up per client "
+          f"(plain: {secure.get('mean_plain_bytes_up', 0):,.0f})")
   if secure.get('updates_below_quantization'):
     print(
         'warning: the client updates are smaller than the fixed-point '

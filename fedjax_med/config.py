@@ -294,7 +294,9 @@ class SecureAggregationConfig:
     graph: 'complete' (every pair of clients shares masks, Bonawitz et al.,
       2017) or 'harary' (a random k-regular graph, Bell et al., 2020).
     degree: neighbours per client for the harary graph, even; None picks
-      about 2 log2(cohort).
+      about 2 log2(m) for a round of m participants. The graph and the
+      threshold are sized on each round's participants, so Poisson
+      sampling and offline clients work.
     threshold_fraction: the Shamir threshold is floor(fraction * k) + 1 of
       a client's k neighbours. Below 0.5, a server that lies about which
       clients dropped out can unmask a client's update. Such a value
@@ -1529,38 +1531,6 @@ def _validate_participation(config: ExperimentConfig) -> None:
     )
 
 
-def _check_secure_cohort_filled(config: ExperimentConfig) -> None:
-  """Reject settings that leave cohort slots without a client.
-
-  The protocol sizes its graph and Shamir threshold on the cohort slots.
-  An empty slot is a neighbour that never responds, so a Poisson cohort
-  padded to 29 slots for 10 clients, or a cohort with clients offline,
-  failed every round.
-  TODO: size the graph and threshold on the participants of each round.
-  """
-  participation = config.participation
-  if config.sampling.sampling == 'poisson':
-    raise InputError(
-        '`secure_aggregation.enabled=true` does not support '
-        '`sampling.sampling=poisson`: the protocol sizes its graph and '
-        'threshold on the padded cohort slots, so every round would fail. '
-        'Use `sampling.sampling=uniform` with `sampling.cohort_size`, or '
-        '`all`.'
-    )
-  offline = participation.availability < 1 or (
-      participation.schedule != 'none'
-      and participation.off_hours_availability < 1)
-  if offline:
-    raise InputError(
-        '`secure_aggregation.enabled=true` needs every client online, but '
-        '`participation.availability` or, under `participation.schedule='
-        'office_hours`, `participation.off_hours_availability` is below 1. '
-        'Offline clients leave cohort slots empty, and the protocol, sized '
-        'on the slots, would fail those rounds. Set them to 1, or turn '
-        'secure aggregation off.'
-    )
-
-
 def _validate_secure_aggregation(config: ExperimentConfig) -> None:
   secure = config.secure_aggregation
   _require_choice('secure_aggregation.graph', secure.graph, SECURE_GRAPHS)
@@ -1587,7 +1557,6 @@ def _validate_secure_aggregation(config: ExperimentConfig) -> None:
         '`secure_aggregation.degree` applies only to graph harary; the '
         'complete graph links every pair.'
     )
-  _check_secure_cohort_filled(config)
   if secure.degree is not None and secure.degree % 2:
     raise InputError(
         f'Invalid `secure_aggregation.degree`: {secure.degree}. A harary '

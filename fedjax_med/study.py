@@ -1534,6 +1534,13 @@ def _secure_summary(history, clip_norm) -> dict[str, Any]:
             < record['secagg_quantization_norm'] for record in completed]
   section['updates_below_quantization'] = bool(
       erased and sum(erased) > len(erased) / 2)
+  # The plan's degree and threshold are those of a full cohort; each round
+  # sizes them on its participants.
+  for name in ('degree', 'threshold'):
+    values = [record['secagg_' + name] for record in records
+              if 'secagg_' + name in record]
+    if values:
+      section[f'mean_round_{name}'] = float(np.mean(values))
   for name in ('secagg_client_bytes_up', 'secagg_client_bytes_down',
                'secagg_server_bytes', 'secagg_plain_bytes_up',
                'secagg_client_prg_expansions',

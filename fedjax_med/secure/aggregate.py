@@ -48,8 +48,9 @@ class SecurePlan(NamedTuple):
     dimension: ring coordinates per client (parameters, plus one for the
       weight when the server divides by the summed weight).
     coordinate_bound: bound on each encoded coordinate before scaling.
-    threshold: Shamir threshold t.
-    degree: neighbours per client.
+    threshold: Shamir threshold t of a full cohort; each round sizes its
+      own on its participants (`protocol.secure_sum`).
+    degree: neighbours per client in a full cohort.
     noise_sigma: discrete Gaussian sigma per client in ring units, or 0.
     overflow_probability: bound on the chance that the noised sum wraps
       around in one round; 0 without noise.

@@ -30,9 +30,17 @@ JAX's counter-based PRG, and only then sums. Its result is therefore exact
 modulo `2**bits`: a mask that the protocol failed to cancel would show up
 as a wrong sum, which `tests/secure/test_protocol.py` checks.
 
-Graphs: 'complete' links every pair (the 2017 protocol, k = n - 1).
-'harary' places the clients on a ring in a random order each round and
-links each to the k/2 nearest on either side, a k-regular graph; Bell et
+The graph and the threshold are sized on the round's participants, the
+m clients that advertised keys, not on the cohort's slots: Poisson sampling
+pads its cohort with empty slots, and offline clients leave slots empty,
+and a neighbour that never joins would hold shares it never returns. The
+server knows who advertised before it sends the graph, as in both papers.
+A round needs m >= 2 participants (3 for 'harary'); with fewer the server
+would learn a single client's input, so it fails.
+
+Graphs: 'complete' links every pair (the 2017 protocol, k = m - 1).
+'harary' places the participants on a ring in a random order each round
+and links each to the k/2 nearest on either side, a k-regular graph; Bell et
 al. show k of order log n suffices, which is what makes 10,000 clients
 affordable (PRG work per client k + 1 expansions instead of n).
 """
@@ -77,7 +85,8 @@ class SecureAggregationSettings(NamedTuple):
     graph: 'complete' (Bonawitz et al., 2017) or 'harary' (a random
       k-regular graph, Bell et al., 2020).
     degree: neighbours per client for 'harary', an even number; None picks
-      `default_degree(cohort)`.
+      `default_degree(m)` for a round of m participants. A round with too
+      few participants for it uses the largest even degree below m.
     threshold_fraction: the Shamir threshold is `floor(fraction * k) + 1`
       of a client's k neighbours. With a fraction of at least 1/2, a server
       that lies about who dropped cannot collect t shares of both secrets
@@ -107,18 +116,44 @@ def default_degree(num_clients: int) -> int:
 
 
 def graph_degree(settings: SecureAggregationSettings, num_clients: int) -> int:
-  """Return k, the neighbours per client, for a cohort of `num_clients`."""
+  """Return k, the neighbours per client, for `num_clients` participants.
+
+  0 when the graph cannot link that few: fewer than 2 participants, or
+  fewer than 3 for 'harary'.
+  """
   if settings.graph == 'complete':
-    return num_clients - 1
+    return max(num_clients - 1, 0)
+  if num_clients < 3:
+    return 0
+  largest = num_clients - 1 - (num_clients - 1) % 2
   if settings.degree is None:
     return default_degree(num_clients)
-  return settings.degree
+  return min(settings.degree, largest)
 
 
 def threshold(settings: SecureAggregationSettings, num_clients: int) -> int:
-  """Return t, the shares needed to rebuild a client's secret."""
+  """Return t, the shares needed to rebuild a client's secret.
+
+  0 when `graph_degree` is 0, a round that fails.
+  """
   degree = graph_degree(settings, num_clients)
   return min(max(int(settings.threshold_fraction * degree) + 1, 1), degree)
+
+
+def _round_sizes(settings, num_slots, num_participants):
+  """Return this round's k and t, traced, for `num_participants` of the
+  `num_slots`.
+
+  Python's `graph_degree` and `threshold` fill a table over every possible
+  count, so a traced round uses the very same integers as the static
+  functions (a float32 `floor(fraction * k)` can differ from float64's).
+  """
+  counts = range(num_slots + 1)
+  degrees = jnp.asarray([graph_degree(settings, m) for m in counts],
+                        jnp.int32)
+  thresholds = jnp.asarray([threshold(settings, m) for m in counts],
+                           jnp.int32)
+  return degrees[num_participants], thresholds[num_participants]
 
 
 def validate(settings: SecureAggregationSettings, num_clients: int) -> None:
@@ -179,20 +214,49 @@ def validate(settings: SecureAggregationSettings, num_clients: int) -> None:
 
 
 def neighbours(
-    key: jax.Array, settings: SecureAggregationSettings, num_clients: int
+    key: jax.Array, settings: SecureAggregationSettings, num_clients: int,
+    participants: jax.Array | None = None,
 ) -> jax.Array:
-  """Return the `[n, k]` int32 neighbour indices of each cohort slot."""
+  """Return the `[n, k]` int32 neighbour indices of each cohort slot.
+
+  k is `graph_degree(settings, n)`, the degree of a full cohort. With
+  `participants` (`[n]` bool), a 'harary' ring holds only the participants,
+  in random order, and the indices of a participant are other participants;
+  a round of m participants uses the first `graph_degree(settings, m) / 2`
+  offsets on either side (columns `r` and `k / 2 + r`), see `used_columns`.
+  A 'complete' graph lists every other slot; the round uses the edges
+  between participants.
+  """
   degree = graph_degree(settings, num_clients)
   slots = jnp.arange(num_clients)
   if settings.graph == 'complete':
     offsets = jnp.arange(1, degree + 1)
     return (slots[:, None] + offsets[None, :]) % num_clients
   order = jax.random.permutation(key, num_clients)  # order[p]: client at p.
+  ring_size = num_clients
+  if participants is not None:
+    # Participants first, each group in the random order; with every slot
+    # taking part this is the permutation itself.
+    order = order[jnp.argsort(~participants[order], stable=True)]
+    ring_size = jnp.maximum(jnp.sum(participants), 1)
   position = jnp.argsort(order)
   half = jnp.arange(1, degree // 2 + 1)
   offsets = jnp.concatenate([half, -half])
-  neighbour_positions = (position[:, None] + offsets[None, :]) % num_clients
+  neighbour_positions = (position[:, None] + offsets[None, :]) % ring_size
   return order[neighbour_positions].astype(jnp.int32)
+
+
+def used_columns(settings: SecureAggregationSettings, num_clients: int,
+                 round_degree: jax.Array) -> jax.Array:
+  """Return `[k]` bool: the columns of `neighbours` a round of degree
+  `round_degree` uses, for a cohort of `num_clients` slots."""
+  degree = graph_degree(settings, num_clients)
+  if settings.graph == 'complete':
+    # Every edge between participants; `edges` drops the others.
+    return jnp.ones((degree,), bool)
+  half = jnp.arange(1, degree // 2 + 1)
+  distance = jnp.concatenate([half, half])
+  return distance <= round_degree // 2
 
 
 def _expand(seed: jax.Array, tag: int, dimension: int, bits: int):
@@ -335,9 +399,13 @@ def secure_sum(
           f'Secure aggregation inputs must be ring elements below '
           f'2**bits = {2**bits}; got {largest}. Encode with '
           'fedjax_med.secure.encoding.encode at the same bits.')
-  t = threshold(settings, num_clients)
-  degree = graph_degree(settings, num_clients)
+  # Shares and holders are laid out for a full cohort (k_max, t_max); the
+  # round uses its own k and t, sized on its participants.
+  t_max = threshold(settings, num_clients)
+  k_max = graph_degree(settings, num_clients)
   survivors = survivors & participants
+  num_participants = jnp.sum(participants, dtype=jnp.int32)
+  degree, t = _round_sizes(settings, num_clients, num_participants)
   slots = jnp.arange(num_clients)
 
   # Step 1: keys.
@@ -355,15 +423,19 @@ def secure_sum(
   # Step 2: the graph and the shares. Holder r of client i is
   # neighbour_ids[i, r]; an edge is used only if both ends advertised keys.
   neighbour_ids = neighbours(
-      jax.random.fold_in(key, _GRAPH_TAG), settings, num_clients)
-  edges = participants[:, None] & participants[neighbour_ids]
+      jax.random.fold_in(key, _GRAPH_TAG), settings, num_clients,
+      participants)
+  edges = (participants[:, None] & participants[neighbour_ids]
+           & used_columns(settings, num_clients, degree)[None, :])
   key_shares = jax.vmap(
       lambda k, s: shamir.share(
-          jax.random.fold_in(k, _SHARE_KEY_TAG), s, degree, t)
+          jax.random.fold_in(k, _SHARE_KEY_TAG), s, k_max, t_max,
+          used_threshold=t)
   )(client_keys, secret_keys)
   seed_shares = jax.vmap(
       lambda k, s: shamir.share(
-          jax.random.fold_in(k, _SHARE_SEED_TAG), s, degree, t)
+          jax.random.fold_in(k, _SHARE_SEED_TAG), s, k_max, t_max,
+          used_threshold=t)
   )(client_keys, seeds)
 
   # Step 3: masked inputs from the survivors.
@@ -385,14 +457,18 @@ def secure_sum(
   live_shares = jnp.sum(holders_alive, axis=1)
   num_survivors = jnp.sum(survivors)
   enough = jnp.where(survivors | dropped, live_shares >= t, True)
-  ok = jnp.all(enough) & (num_survivors >= t)
+  # A round too small for the graph (degree 0) fails, so that the server
+  # never sees one client's input alone.
+  ok = jnp.all(enough) & (num_survivors >= t) & (degree > 0)
 
-  chosen = _first_holders(holders_alive, t)
+  chosen = _first_holders(holders_alive, t_max)
   xs = (chosen + 1).astype(jnp.uint32)
+  # The first t chosen holders responded whenever the round is ok.
+  use = jnp.arange(t_max) < t
   rebuilt_keys = shamir.reconstruct(
-      xs, jnp.take_along_axis(key_shares, chosen, axis=1))
+      xs, jnp.take_along_axis(key_shares, chosen, axis=1), use)
   rebuilt_seeds = shamir.reconstruct(
-      xs, jnp.take_along_axis(seed_shares, chosen, axis=1))
+      xs, jnp.take_along_axis(seed_shares, chosen, axis=1), use)
   # The server requests sk shares of the dropped clients only and seed
   # shares of the survivors only, so no client has both rebuilt.
   rebuilt_correct = ok & jnp.all(
@@ -421,7 +497,7 @@ def secure_sum(
 
   cost = cost_of(
       settings, dimension, edges, edges_to_survivors, survivors, dropped,
-      responders, ok=ok,
+      responders, ok=ok, round_degree=degree, round_threshold=t,
   )
   return SecureSumResult(
       total=total, ok=ok, masked=masked, rebuilt_secret_keys=dropped & ok,
@@ -431,7 +507,8 @@ def secure_sum(
 
 
 def cost_of(settings, dimension, edges, edges_to_survivors, survivors,
-            dropped, responders, *, ok=True) -> dict:
+            dropped, responders, *, ok=True, round_degree=None,
+            round_threshold=None) -> dict:
   """Return the run's communication and computation as scalar counts.
 
   * `client_bytes_up`: mean bytes a participant sends over the 4 steps
@@ -448,18 +525,24 @@ def cost_of(settings, dimension, edges, edges_to_survivors, survivors,
     the round failed (`ok` False), since it then unmasks nothing.
   * `reconstructions`: secrets the server rebuilds, each from t shares; 0
     when the round failed.
+  * `threshold` and `degree`: the round's t and k (`round_threshold`,
+    `round_degree`), by default those of a full cohort of `edges.shape[0]`
+    participants.
   """
   num_clients = edges.shape[0]
-  t = threshold(settings, num_clients)
-  active = jnp.sum(edges, axis=1).astype(jnp.float32)
   participants = survivors | dropped
+  if round_degree is None:
+    round_degree = graph_degree(settings, num_clients)
+  if round_threshold is None:
+    round_threshold = threshold(settings, num_clients)
+  active = jnp.sum(edges, axis=1).astype(jnp.float32)
   num_participants = jnp.maximum(jnp.sum(participants), 1)
   vector_bytes = dimension * settings.bits / 8
   up = (2 * PUBLIC_KEY_BYTES + active * ENCRYPTED_SHARES_BYTES
         + jnp.where(survivors, vector_bytes, 0.0)
         + jnp.where(responders, active * SHARE_BYTES, 0.0))
   down = (active * (2 * PUBLIC_KEY_BYTES + ENCRYPTED_SHARES_BYTES)
-          + num_clients / 8)
+          + num_participants / 8)
   survivor_edges = jnp.sum(edges, axis=1)
   orphaned_edges = jnp.sum(
       jnp.where(dropped, jnp.sum(edges_to_survivors, axis=1), 0))
@@ -482,6 +565,6 @@ def cost_of(settings, dimension, edges, edges_to_survivors, survivors,
           ok, num_survivors + orphaned_edges, 0),
       'secagg_reconstructions': jnp.where(
           ok, num_survivors + jnp.sum(dropped), 0),
-      'secagg_threshold': jnp.int32(t),
-      'secagg_degree': jnp.int32(graph_degree(settings, num_clients)),
+      'secagg_threshold': jnp.int32(round_threshold),
+      'secagg_degree': jnp.int32(round_degree),
   }

@@ -14,7 +14,8 @@ from fedjax_med.secure import field
 
 
 def share(
-    key: jax.Array, secrets: jax.Array, num_shares: int, threshold: int
+    key: jax.Array, secrets: jax.Array, num_shares: int, threshold: int,
+    *, used_threshold: jax.Array | int | None = None,
 ) -> jax.Array:
   """Split each secret into `num_shares` shares, any `threshold` of which
   recover it.
@@ -25,6 +26,10 @@ def share(
     num_shares: holders per secret; holder `r` gets the evaluation at
       `x = r + 1`.
     threshold: shares needed to reconstruct, in [1, num_shares].
+    used_threshold: a smaller threshold for this call, traced or not, in
+      [1, threshold]: the coefficients of degree `used_threshold` and up
+      are zero, so any `used_threshold` shares recover the secret. None
+      uses `threshold`; the shares are the same when they are equal.
 
   Returns:
     `[..., num_shares]` uint32 shares.
@@ -38,6 +43,12 @@ def share(
   coefficients = field.random_elements(
       key, (threshold - 1, *secrets.shape)
   )
+  if used_threshold is not None:
+    # coefficients[c] multiplies x**(c + 1).
+    kept = jnp.arange(threshold - 1) < used_threshold - 1
+    coefficients = jnp.where(
+        kept.reshape((-1,) + (1,) * secrets.ndim), coefficients,
+        jnp.uint32(0))
   xs = jnp.broadcast_to(jnp.arange(1, num_shares + 1, dtype=jnp.uint32),
                         (*secrets.shape, num_shares))
   # Horner's rule from the highest coefficient down to the secret. The loops
@@ -52,20 +63,23 @@ def share(
   return field.add(field.multiply(values, xs), secrets[..., None])
 
 
-def lagrange_at_zero(xs: jax.Array) -> jax.Array:
+def lagrange_at_zero(xs: jax.Array, use: jax.Array | None = None
+                     ) -> jax.Array:
   """Return the weights `l_j` with `f(0) = sum_j l_j f(x_j)`, `[..., t]`.
 
-  `l_j = prod_{m != j} x_m / (x_m - x_j)`; the `xs` must be distinct and
-  nonzero.
+  `l_j = prod_{m != j} x_m / (x_m - x_j)`, the products over the points
+  in `use` (`[t]` bool, default all); points outside it get weight 0. The
+  `xs` in use must be distinct and nonzero.
   """
   xs = jnp.asarray(xs, jnp.uint32)
   t = xs.shape[-1]
   positions = jnp.arange(t)
+  use = jnp.ones((t,), bool) if use is None else jnp.asarray(use, bool)
 
   def multiply_in(m, carry):
     numerators, denominators = carry
     x_m = jnp.broadcast_to(jnp.take(xs, m, axis=-1)[..., None], xs.shape)
-    is_self = positions == m
+    is_self = (positions == m) | ~use[m]
     numerators = field.multiply(
         numerators, jnp.where(is_self, jnp.uint32(1), x_m))
     denominators = field.multiply(
@@ -76,12 +90,18 @@ def lagrange_at_zero(xs: jax.Array) -> jax.Array:
   ones = jnp.ones_like(xs)
   numerators, denominators = jax.lax.fori_loop(
       0, t, multiply_in, (ones, ones))
-  return field.multiply(numerators, field.inverse(denominators))
+  weights = field.multiply(numerators, field.inverse(denominators))
+  return jnp.where(use, weights, jnp.uint32(0))
 
 
-def reconstruct(xs: jax.Array, shares: jax.Array) -> jax.Array:
-  """Return the secret from `t` shares `f(xs)`, both `[..., t]`."""
-  weights = lagrange_at_zero(xs)
+def reconstruct(xs: jax.Array, shares: jax.Array,
+                use: jax.Array | None = None) -> jax.Array:
+  """Return the secret from `t` shares `f(xs)`, both `[..., t]`.
+
+  With `use` (`[t]` bool), only those shares count; the polynomial's
+  degree must be below their number.
+  """
+  weights = lagrange_at_zero(xs, use)
   terms = field.multiply(weights, jnp.asarray(shares, jnp.uint32))
   return jax.lax.fori_loop(
       1, terms.shape[-1],

@@ -88,3 +88,21 @@ def test_fewer_shares_do_not_rebuild_secret():
 def test_share_rejects_bad_threshold():
   with pytest.raises(ValueError, match='threshold'):
     shamir.share(jax.random.key(0), jnp.zeros(3, jnp.uint32), 5, 6)
+
+
+def test_used_threshold_lowers_the_polynomial_degree():
+  secrets = field.random_elements(jax.random.key(5), (200,))
+  shares = shamir.share(jax.random.key(6), secrets, 9, 6, used_threshold=3)
+  use = jnp.arange(6) < 3
+  # Any 3 of the 9 shares now rebuild, taking the first 3 of 6 slots.
+  holders = np.array([8, 1, 4, 0, 2, 3])
+  xs = jnp.broadcast_to(jnp.asarray(holders + 1, jnp.uint32), (200, 6))
+  rebuilt = shamir.reconstruct(xs, shares[:, holders], use)
+  np.testing.assert_array_equal(rebuilt, secrets)
+  # Two shares still reveal nothing.
+  two = shamir.reconstruct(xs, shares[:, holders], jnp.arange(6) < 2)
+  assert int(jnp.sum(two == secrets)) <= 2
+  # At the full threshold the shares are the unmodified ones.
+  np.testing.assert_array_equal(
+      shamir.share(jax.random.key(6), secrets, 9, 6, used_threshold=6),
+      shamir.share(jax.random.key(6), secrets, 9, 6))

@@ -231,3 +231,96 @@ def test_inputs_beyond_ring_rejected():
       everyone, settings)
 
   np.testing.assert_array_equal(result.total, [120, 120, 120])
+
+
+def _participants(count, seed=3):
+  chosen = np.random.default_rng(seed).choice(N, count, replace=False)
+  participants = np.zeros(N, bool)
+  participants[chosen] = True
+  return jnp.asarray(participants)
+
+
+def _run_with(settings, participants, survivors):
+  return jax.jit(
+      lambda k, x, p, s: protocol.secure_sum(k, x, p, s, settings)
+  )(jax.random.key(7), _inputs(), participants, survivors)
+
+
+@pytest.mark.parametrize('graph, degree, expected_degree', [
+    ('complete', None, 14),
+    ('harary', None, 8),  # default_degree(15): 2 * ceil(log2 15)
+    ('harary', 30, 14),  # capped at the largest even degree below 15
+])
+def test_partial_cohort_sized_on_participants(graph, degree, expected_degree):
+  # 15 of 40 slots took part. Sized on the slots (k = 39, t = 20 at
+  # fraction 0.5), no client could have 20 responding holders, and every
+  # such round failed.
+  settings = protocol.SecureAggregationSettings(
+      graph=graph, degree=degree, threshold_fraction=0.5)
+  participants = _participants(15)
+  # Two participants drop after sharing keys.
+  survivors = participants.at[jnp.flatnonzero(participants, size=2)].set(
+      False)
+
+  result = _run_with(settings, participants, survivors)
+
+  assert bool(result.ok)
+  assert bool(result.rebuilt_correct)
+  np.testing.assert_array_equal(
+      np.asarray(result.total, np.uint64), _plain_sum(_inputs(), survivors))
+  assert int(result.cost['secagg_degree']) == expected_degree
+  assert int(result.cost['secagg_threshold']) == expected_degree // 2 + 1
+  # Client PRG work: its live pairwise masks and its self mask.
+  assert float(result.cost['secagg_client_prg_expansions']) == (
+      expected_degree + 1)
+
+
+def test_harary_ring_of_participants_is_regular():
+  settings = protocol.SecureAggregationSettings(graph='harary', degree=10)
+  participants = _participants(9)
+  ids = np.asarray(protocol.neighbours(
+      jax.random.key(0), settings, N, participants))
+  degree = protocol.graph_degree(settings, 9)
+  used = np.asarray(protocol.used_columns(settings, N, jnp.int32(degree)))
+  members = set(np.flatnonzero(np.asarray(participants)).tolist())
+
+  assert degree == 8
+  edges = set()
+  for i in members:
+    row = ids[i][used]
+    assert set(row.tolist()) <= members - {i}
+    assert len(set(row.tolist())) == degree
+    edges |= {(i, int(j)) for j in row}
+  assert all((j, i) in edges for i, j in edges)
+
+
+def test_full_cohort_keeps_its_graph():
+  # With every slot taking part the ring is the plain permutation's.
+  settings = protocol.SecureAggregationSettings(graph='harary', degree=6)
+  key = jax.random.key(5)
+  np.testing.assert_array_equal(
+      protocol.neighbours(key, settings, 30),
+      protocol.neighbours(key, settings, 30, jnp.ones(30, bool)))
+
+
+@pytest.mark.parametrize('graph, count', [
+    ('complete', 1), ('complete', 0), ('harary', 2),
+])
+def test_too_few_participants_fail(graph, count):
+  # One participant's "sum" is its input; a harary ring needs 3.
+  settings = protocol.SecureAggregationSettings(graph=graph)
+  participants = _participants(count)
+
+  result = _run_with(settings, participants, participants)
+
+  assert not bool(result.ok)
+  assert int(result.cost['secagg_degree']) == 0
+
+
+def test_two_participants_complete_graph():
+  settings = protocol.SecureAggregationSettings()
+  participants = _participants(2)
+  result = _run_with(settings, participants, participants)
+  assert bool(result.ok)
+  np.testing.assert_array_equal(
+      np.asarray(result.total, np.uint64), _plain_sum(_inputs(), participants))
