@@ -344,7 +344,9 @@ class ServerConfig:
       client's number of local steps and scale the mean by the weighted
       mean step count. It matters when clients take different numbers of
       steps, as with `client.local_epochs`; needs plain SGD and fedavg or
-      mean.
+      mean. With `client.proximal_mu` (FedProx) the step count becomes
+      (1 - (1 - lr mu)**steps) / (lr mu), as in Wang et al. (2020). Not
+      with `client.scaffold`.
     weight_cap: caps FedAvg weights at `min(num_examples / weight_cap, 1)`;
       required for fedavg with central or distributed noise.
     server_optimizer: optimizer applied to the negative aggregate: 'sgd'
@@ -1383,6 +1385,15 @@ def _validate_training(config: ExperimentConfig) -> None:
         '`client.optimizer=sgd` without `client.dp_sgd`, and no '
         '`privacy.noise`: it rescales plain SGD updates before averaging.'
     )
+  if server.fednova and config.client.scaffold:
+    # The rescaled update would replace the raw one in SCAFFOLD's control
+    # update (option II), off by tau_eff / tau_i per client.
+    raise InputError(
+        '`server.fednova=true` does not combine with `client.scaffold=true`: '
+        'SCAFFOLD corrects client drift with control variates built from '
+        'each raw update, and FedNova rescales those updates. Use one of '
+        'them.'
+    )
   if server.aggregator == 'qffl' and (
       config.client.optimizer != 'sgd' or config.client.dp_sgd):
     raise InputError(
@@ -1667,6 +1678,16 @@ def _validate_privacy(config: ExperimentConfig) -> None:
         '> 0, or a `privacy.target_epsilon` to calibrate it.'
     )
   aggregator = config.server.aggregator
+  if aggregator == 'qffl':
+    # Before the central and distributed message, which suggests local
+    # noise: that would protect the update but not the loss.
+    raise InputError(
+        f'`privacy.noise={privacy.noise}` does not apply to aggregator qffl: '
+        'each client also sends its training loss, which q-FFL weighs by '
+        'and no noise covers, so a privacy claim would leave it out. Use '
+        '`server.aggregator=mean` or `fedavg` with DP, or qffl without '
+        '`privacy.noise`.'
+    )
   if privacy.noise in ('central', 'distributed'):
     if aggregator not in ('fedavg', 'mean'):
       raise InputError(

@@ -456,6 +456,9 @@ class _Runner:
           scaffold_learning_rate=(config.client.learning_rate
                                   if config.client.scaffold else None),
           fednova=config.server.fednova,
+          fednova_proximal=(
+              config.client.learning_rate * config.client.proximal_mu
+              if config.server.fednova else 0.0),
       )
     except ValueError as error:
       # Client-count conditions, such as Krum's n > 2f + 2. The matrix

@@ -767,6 +767,10 @@ def build_round_fn(
         aggregator_options=options,
         scaffold_learning_rate=step_size if client.scaffold else None,
         fednova=config.server.fednova,
+        fednova_proximal=(step_size * (client.proximal_mu
+                                       if proximal_mu is None
+                                       else proximal_mu)
+                          if config.server.fednova else 0.0),
         personal_update=_personal_update(
             config, prepared, learning_rate, max_client_examples,
             min_client_examples),

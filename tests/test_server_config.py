@@ -123,6 +123,39 @@ def test_fednova_needs_plain_sgd():
     _validate(fednova=True, optimizer='adam')
 
 
+def test_fednova_rejects_scaffold():
+  # FedNova's rescaled updates fed SCAFFOLD's control update, whose
+  # variates came out off by tau_eff / tau_i.
+  with pytest.raises(errors.InputError, match='does not combine with'):
+    _validate(fednova=True, scaffold=True)
+
+
+@pytest.mark.parametrize('noise', ['local', 'central', 'distributed'])
+def test_qffl_rejects_noise(noise):
+  # Local noise was accepted, and the summary claimed local DP while each
+  # client's loss reached the server in the clear.
+  with pytest.raises(errors.InputError, match='training loss'):
+    _validate(aggregator='qffl', noise=noise, clip_norm=1.0,
+              noise_multiplier=1.0)
+
+
+def test_fednova_with_fedprox_normalizes_by_proximal_steps(monkeypatch):
+  # The study passes eta * mu, so FedProx clients are normalized by
+  # ||a_i||_1 rather than by their step counts.
+  config = _validate(fednova=True, proximal_mu=0.5, learning_rate=0.1,
+                     rounds=1, local_steps=2)
+  captured = {}
+  build_round = study.round_lib.build_round
+
+  def capture(*args, **kwargs):
+    captured.update(kwargs)
+    return build_round(*args, **kwargs)
+
+  monkeypatch.setattr(study.round_lib, 'build_round', capture)
+  study.build_round_fn(config, study.prepare(config))
+  assert captured['fednova_proximal'] == pytest.approx(0.05)
+
+
 @pytest.mark.parametrize('document, message', [
     # Booleans are shown as written in TOML and in Python.
     ('[server]\nrounds = true\n',

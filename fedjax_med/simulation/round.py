@@ -187,6 +187,7 @@ def build_round(
     aggregator_options: dict | None = None,
     scaffold_learning_rate: float | None = None,
     fednova: bool = False,
+    fednova_proximal: float = 0.0,
     personal_update: local_training.LocalUpdate | None = None,
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -242,6 +243,11 @@ def build_round(
       weights. Clients that take more steps, such as larger ones under
       `num_epochs`, then no longer pull the model further. With equal
       steps it equals plain averaging.
+    fednova_proximal: with `fednova`, the product eta * mu of the clients'
+      step size and FedProx's `proximal_mu`, 0 for plain SGD. Each FedProx
+      step shrinks the earlier progress by (1 - eta mu), so tau_i becomes
+      ||a_i||_1 = (1 - (1 - eta mu)**tau_i) / (eta mu), as in Wang et al.
+      (2020). May be traced.
     personal_update: turns on Ditto (Li et al., 2021, "Ditto: Fair and
       Robust Federated Learning Through Personalization", ICML): the local
       training of each client's personal model v_k, built with
@@ -399,6 +405,18 @@ def build_round(
         f'SCAFFOLD averages the control variates, so aggregator {aggregator} '
         'would not protect them and one poisoned client could steer every '
         'correction. Use aggregator fedavg or mean with SCAFFOLD.'
+    )
+  if fednova and scaffold:
+    raise ValueError(
+        'FedNova does not combine with SCAFFOLD: the control variates are '
+        'built from each raw update, which FedNova rescales. Use one of '
+        'them.'
+    )
+  if (not tree.is_traced(fednova_proximal)
+      and not 0 <= fednova_proximal < 2):
+    raise ValueError(
+        '`fednova_proximal` is the client step size times FedProx\'s mu, in '
+        f'[0, 2) for stable SGD steps; got {fednova_proximal}.'
     )
   if fednova and (aggregator not in ('fedavg', 'mean')
                   or privacy.noise_kind != 'none'):
@@ -674,7 +692,8 @@ def build_round(
       )
     if fednova:
       local = local._replace(delta=_normalize_steps(
-          local, cohort.mask, counts, aggregator, privacy.weight_cap
+          local, cohort.mask, counts, aggregator, privacy.weight_cap,
+          fednova_proximal,
       ))
     round_privacy = update_privacy
     if privacy.adaptive_clipping:
@@ -978,14 +997,35 @@ def _compress_updates(settings, local, client_keys, residuals):
   return local._replace(delta=delta), new_residuals
 
 
-def _normalize_steps(local, mask, counts, aggregator, weight_cap):
-  """Return FedNova's rescaled updates tau_eff / tau_i * delta_i."""
+def _normalize_steps(local, mask, counts, aggregator, weight_cap,
+                     proximal=0.0):
+  """Return FedNova's rescaled updates tau_eff / ||a_i||_1 * delta_i.
+
+  ||a_i||_1 is the step count tau_i for plain SGD, and
+  (1 - (1 - proximal)**tau_i) / proximal for FedProx, with `proximal` the
+  step size times mu.
+  """
   finite = jax.vmap(tree.tree_is_finite)(local.delta)
   valid = mask & (counts > 0) & finite & (local.num_steps > 0)
   weights = mechanisms.client_weights(aggregator, valid, counts, weight_cap)
   steps = local.num_steps.astype(jnp.float32)
+  proximal = jnp.asarray(proximal, jnp.float32)
+  # The sum of (1 - proximal)**k over k < tau_i. expm1 and log1p keep it
+  # accurate for a small eta mu, where it tends to tau_i; from eta mu = 1
+  # on, the ratio is at most 0 and alternates in sign.
+  below_one = (proximal > 0) & (proximal < 1)
+  small = jnp.where(below_one, proximal, 0.5)
+  geometric = -jnp.expm1(steps * jnp.log1p(-small)) / small
+  ratio = 1 - proximal
+  odd = jnp.mod(steps, 2) == 1
+  power = jnp.where(odd & (ratio < 0), -1.0, 1.0) * jnp.abs(ratio) ** steps
+  alternating = (1 - power) / jnp.where(proximal >= 1, proximal, 1.0)
+  steps = jnp.where(proximal <= 0, steps,
+                    jnp.where(below_one, geometric, alternating))
   effective = jnp.sum(weights * steps) / jnp.maximum(jnp.sum(weights), 1e-30)
-  scale = jnp.where(valid, effective / jnp.maximum(steps, 1.0), 1.0)
+  # ||a_i||_1 lies between 1/2 and 1 when eta mu is above 1.
+  scale = jnp.where(valid, effective / jnp.where(steps > 0, steps, 1.0),
+                    1.0)
   # NaN rows stay NaN here and are screened out afterwards.
   return jax.tree.map(
       lambda leaf: leaf * _expand(scale, leaf).astype(leaf.dtype),
