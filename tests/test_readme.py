@@ -5,6 +5,7 @@ import io
 import pathlib
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -46,3 +47,18 @@ def test_readme_library_example_runs():
   # switzerland 0.750, va 0.644 (experiments/seeds.py).
   numbers = [float(x) for x in re.findall(r'\d\.\d+', output.getvalue())]
   assert [round(x, 3) for x in numbers] == [0.769, 0.753, 0.75, 0.644]
+
+
+def test_readme_client_key_matches_round(key):
+  # The README gave fold_in(round key, client id), which is not the key a
+  # client trains with.
+  from fedjax_med.simulation import round as round_lib  # pylint: disable=g-import-not-at-top
+  text = ' '.join(README.read_text().split())
+  tag = int(re.search(
+      r'`fold_in\(fold_in\(round key, (\d+)\), client id\)`', text).group(1))
+  ids = np.array([4, 1])
+  np.testing.assert_array_equal(
+      jax.random.key_data(round_lib.slot_keys(
+          jax.random.fold_in(key, round_lib._CLIENTS_TAG), ids)),  # pylint: disable=protected-access
+      jax.random.key_data(jax.vmap(
+          lambda i: jax.random.fold_in(jax.random.fold_in(key, tag), i))(ids)))
