@@ -402,7 +402,8 @@ def _small_denominator_fix(privacy: dict) -> str:
   if privacy['expected_reporting_clients'] < 1:
     return ('Raise `participation.availability` or its off-hours '
             'probability, the cohort or sampling rate, or lower '
-            '`sampling.dropout_rate`.')
+            '`sampling.dropout_rate`. Off-hours probability 0 closes those '
+            'hours, and the rounds skip them.')
   return ('Lower `server.weight_cap` towards the clients\' example '
           'counts.')
 

@@ -87,35 +87,45 @@ def expected_reporting_clients(config, train_counts: np.ndarray) -> float:
     expected = expected_fraction(config, num_clients) * num_clients
   else:
     online = np.asarray(online, np.float64).reshape(num_clients, -1)
+    rounds = np.ones(1)
     if online.shape[1] > 1:
-      slots = _visited_slots(config, train_counts, online,
-                             settings.seconds_per_slot)
+      slots, rounds = _visited_slots(config, train_counts, online,
+                                     settings.seconds_per_slot)
       online = online[:, slots]
     # NOTE: under a fixed cohort the clients online in a round count as
     # binomial at their mean probability.
     per_round = online.mean(axis=0)
     if sampling.sampling == 'uniform':
       counts = np.arange(num_clients + 1)
-      expected = float(np.mean([
+      expected = float(np.average([
           np.sum(np.minimum(counts, sampling.cohort_size)
                  * stats.binom.pmf(counts, num_clients, p))
-          for p in per_round]))
+          for p in per_round], weights=rounds))
     else:
       rate = sampling.sampling_rate if sampling.sampling == 'poisson' else 1.0
-      expected = rate * float(per_round.mean()) * num_clients
+      expected = (rate * float(np.average(per_round, weights=rounds))
+                  * num_clients)
   return expected * (1.0 - sampling.dropout_rate)
 
 
 def _visited_slots(config, train_counts, availability, seconds_per_slot):
-  """Return the schedule slot of each round, from an estimated round length.
+  """Return the schedule slots the rounds visit and the rounds in each.
 
   A round lasts `server_seconds` plus the local steps at the median speed,
   cut at a deadline that drops late clients. A round due in a slot where
   every client's probability is 0 starts at the next slot with one above
-  0, as `participation.open_slot_start` moves the clock.
-  NOTE: link times and the spread of speeds are left out, and a round that
-  finds no client online by chance, which jumps to the next slot, is not
-  foreseen, so this is an estimate of the slots the clock visits.
+  0, as `participation.open_slot_start` moves the clock. A round that finds
+  no client online, which happens with probability e = prod_i (1 - p_i)
+  in a slot, moves the clock to the next slot
+  (`participation.advance_clock`). So a slot entered with room for L
+  rounds holds on average (1 - (1 - e)**L) / e of them, and the walk goes
+  on from the slot's end when more likely than not some round was empty.
+  NOTE: link times and the spread of speeds are left out, so this is an
+  estimate of the slots the clock visits.
+
+  Returns:
+    `(slots, rounds)`: the slot index of each visit and the expected number
+    of rounds it holds, as float64 weights that sum to `server.rounds`.
   """
   part, client = config.participation, config.client
   num_slots = availability.shape[1]
@@ -131,21 +141,36 @@ def _visited_slots(config, train_counts, availability, seconds_per_slot):
     seconds += compute
   rounds = config.server.rounds
   is_open = np.max(availability, axis=0) > 0
-  if is_open.all():
-    return (np.floor(np.arange(rounds) * seconds / seconds_per_slot)
-            .astype(int) % num_slots)
-  # The clock's path with closed slots has no closed form, so it is
-  # followed round by round; the first _MAX_TRACED_ROUNDS rounds stand for
-  # the rest.
-  clock, slots = 0.0, []
-  for _ in range(min(rounds, _MAX_TRACED_ROUNDS)):
+  empty = np.prod(1.0 - availability.astype(np.float64), axis=0)
+  if is_open.all() and not empty.any():
+    visited = (np.floor(np.arange(rounds) * seconds / seconds_per_slot)
+               .astype(int) % num_slots)
+    return visited, np.ones(rounds)
+  # The clock's path has no closed form here, so it is followed one slot
+  # visit at a time; the first _MAX_TRACED_ROUNDS visits stand for the
+  # rest, in proportion.
+  clock, left, slots, counts = 0.0, float(rounds), [], []
+  while left > 0 and len(slots) < _MAX_TRACED_ROUNDS:
     index = math.floor(clock / seconds_per_slot)
     while not is_open[index % num_slots]:
       index += 1
       clock = index * seconds_per_slot
+    slot_end = (index + 1) * seconds_per_slot
+    room = left if seconds <= 0 else min(
+        max(math.ceil((slot_end - clock) / seconds), 1), left)
+    e = float(empty[index % num_slots])
+    # expm1 and log1p, as 1 - (1 - e)**L is 0 in float64 for e below 1e-16.
+    held = room if e == 0 else (
+        1.0 if e >= 1 else -math.expm1(room * math.log1p(-e)) / e)
     slots.append(index % num_slots)
-    clock += seconds
-  return np.asarray(slots, int)
+    counts.append(held)
+    left -= held
+    if (1 - e)**room >= 0.5:
+      clock += room * seconds
+    else:
+      clock = slot_end
+  counts = np.asarray(counts)
+  return np.asarray(slots, int), counts * (rounds / counts.sum())
 
 
 def resolve_noise_multiplier(config, num_clients: int) -> float:

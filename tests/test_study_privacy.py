@@ -86,3 +86,16 @@ def test_office_hours_round_length_from_speed():
                        rounds=4)
   online = (3 * 0.1 + 0.9) / 4
   assert settings.denominator == pytest.approx(20 * online, rel=1e-6)
+
+
+def test_rarely_open_night_slots_hold_one_empty_round_each():
+  # With 1e-6 of the clients online at night, a round there finds no one
+  # and the clock jumps to the next hour. The estimate assumed 1,800 rounds
+  # of 2 s in hour 0 and gave 2e-5 clients, which divided the noise of
+  # every round by 2e-5. Now hours 0 to 7 hold one empty round each, and
+  # the last 4 rounds fall at 8:00 with 18 of 20 clients online.
+  settings = _settings(schedule='office_hours', availability=0.9,
+                       off_hours_availability=1e-6, steps_per_second=1.0,
+                       local_steps=2, rounds=12)
+  assert settings.denominator == pytest.approx(
+      (8 * 20 * 1e-6 + 4 * 18) / 12, rel=1e-4)
