@@ -375,11 +375,17 @@ def build_fedbuff(
     freed = collected | dropped
     state = state._replace(server=new_server, busy=state.busy & ~freed)
 
-    # 3. Start new clients from the new params.
+    # 3. Start new clients from the new params, at the next open slot when
+    # the step ends in a closed one. Dispatching there started no one, and
+    # the next step, idle, applied central noise alone once a night.
+    start = new_server
+    if participation_lib.has_schedule(participation):
+      start = new_server._replace(
+          clock=participation_lib.open_slot_start(participation, now))
     in_flight = jnp.zeros((num_clients,), jnp.int32).at[state.client_ids].max(
         state.busy.astype(jnp.int32)) > 0
     cohort, stays, local, arrival, residual, num_available = dispatch(
-        new_server, key, ~in_flight, dispatch_size, jnp.sum(~state.busy))
+        start, key, ~in_flight, dispatch_size, jnp.sum(~state.busy))
     state = state._replace(server=new_server._replace(residual=residual))
     state, num_dispatched = place(state, cohort, stays, local, arrival)
 
