@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
+from fedjax_med import interrupts
 from fedjax_med.data import heart_disease
 from fedjax_med.data import medical_images
 from fedjax_med.errors import InputError
@@ -116,6 +117,14 @@ IMAGE_CLIP_NORM = 1.0
 
 
 @functools.lru_cache(maxsize=1)
+def _key(seed: int, tag: int) -> jax.Array:
+  """Return the key of stream `tag` of `seed`.
+
+  `key(seed + tag)` made seed 1's image noise equal seed 0's attack keys.
+  """
+  return jax.random.fold_in(jax.random.key(seed), tag)
+
+
 def heart_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Return the train features, train labels and test features."""
   data = heart_disease.load_heart_disease()
@@ -192,7 +201,7 @@ def analytic_condition(name, *, victims, batch=1, steps=1, clip=False,
   records, labels = draw_clients(rng, victims * cohort, batch)
   if cohort > 1:
     records, labels = _distinct_cohorts(rng, victims, cohort, batch)
-  keys = jax.random.split(jax.random.key(seed + 1), victims * cohort)
+  keys = jax.random.split(_key(seed, 1), victims * cohort)
 
   def client_update(x, y, key):
     update = sgd_update(model, params, x, y, steps)
@@ -226,16 +235,16 @@ def imprint_condition(name, *, cohort, num_bins, multiplier=None,
                       records_per_client=8, seed=0) -> dict[str, Any]:
   """Run the malicious server's imprint attack on a sum of K clients."""
   x_all, _, public = heart_rows()
-  measurement = imprint.random_measurement(jax.random.key(seed + 5), 13)
+  measurement = imprint.random_measurement(_key(seed, 5), 13)
   thresholds = imprint.imprint_thresholds(
       public @ np.asarray(measurement), num_bins)
   params = imprint.make_imprint_params(
-      jax.random.key(seed + 6), measurement, thresholds, 2)
+      _key(seed, 6), measurement, thresholds, 2)
   model = imprint.imprint_model(num_bins, 2)
-  rng = np.random.default_rng(seed + 7)
+  rng = np.random.default_rng((seed, 7))
   records, labels = draw_clients(rng, cohort, records_per_client,
                                  distinct=True)
-  keys = jax.random.split(jax.random.key(seed + 8), cohort)
+  keys = jax.random.split(_key(seed, 8), cohort)
 
   def client_update(x, y, key):
     update = sgd_update(model, params, x, y, 1)
@@ -303,12 +312,12 @@ def image_condition(name, method, *, patches, steps, victims, batch=1,
   images = jnp.asarray(patches.images)
   labels = jnp.asarray(patches.labels)
   params = module.init(jax.random.key(seed), images[:1])
-  rng = np.random.default_rng(seed + 11)
+  rng = np.random.default_rng((seed, 11))
   rows = np.stack([rng.choice(images.shape[0], batch, replace=False)
                    for _ in range(victims)])
   originals, originals_labels = images[rows], labels[rows]
-  noise_keys = jax.random.split(jax.random.key(seed + 12), victims)
-  attack_keys = jax.random.split(jax.random.key(seed + 13), victims)
+  noise_keys = jax.random.split(_key(seed, 12), victims)
+  attack_keys = jax.random.split(_key(seed, 13), victims)
 
   def observe(x, y, key):
     grads = inversion.victim_gradient(loss_fn, params, x, y)
@@ -556,6 +565,7 @@ def run(sizes, *, seed, out_dir, command) -> list[dict[str, Any]]:
     records.append(record)
     print(f"{record['condition']}: recovered "
           f"{record['recovered_fraction']:.2f}", flush=True)
+    interrupts.raise_if_requested()
   examples = []
   for record, originals, reconstructed in image_conditions(sizes, seed):
     _append(results, record)
@@ -563,6 +573,7 @@ def run(sizes, *, seed, out_dir, command) -> list[dict[str, Any]]:
     examples.append((record, originals, reconstructed))
     print(f"{record['condition']}: PSNR {record['median_psnr']:.1f} dB "
           f"({record['seconds']:.0f} s)", flush=True)
+    interrupts.raise_if_requested()
   write_markdown(out_dir / 'results.md', records, command=command, seed=seed,
                  elapsed_s=time.perf_counter() - start,
                  load_before=load_before, load_after=machine.load_average(),
@@ -597,7 +608,9 @@ def main(argv=None) -> int:
   command = shlex.join(['python', 'experiments/gradient_leakage.py', *argv])
   try:
     out_dir = outputs.make_run_dir(args.out, 'gradient_leakage')
-    run(sizes, seed=args.seed, out_dir=out_dir, command=command)
+    with script_help.stop_on_ctrl_c('gradient_leakage.py',
+                                    out_dir / 'results.jsonl', 'condition'):
+      run(sizes, seed=args.seed, out_dir=out_dir, command=command)
   except InputError as error:
     print(f'gradient_leakage.py: error: {error}', file=sys.stderr)
     return 2

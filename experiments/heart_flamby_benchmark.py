@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_med import interrupts
 from fedjax_med.client import local_training
 from fedjax_med.data import federated
 from fedjax_med.data import heart_disease
@@ -139,7 +140,8 @@ class Row(NamedTuple):
 
   Attributes:
     label: name in the table.
-    flamby_paper: the quoted FLamby paper accuracy, or None for a row that is not a FLamby setting.
+    flamby_paper: the quoted FLamby paper accuracy, or None for a row that
+      is not a FLamby setting.
     means: `[seeds]` mean of the per-hospital test accuracies.
     per_client: `[seeds, clients]` test accuracy of each hospital.
     pooled: `[seeds]` accuracy over all test rows of all hospitals.
@@ -181,11 +183,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   )
   args = parser.parse_args(argv)
   script_help.check_seeds(parser, args.seeds)
-  for name in ('rounds', 'local_steps', 'pooled_epochs'):
-    value = getattr(args, name)
-    if value < 1:
-      parser.error(
-          f'--{name.replace("_", "-")} must be at least 1; got {value}.')
+  script_help.check_counts(parser, args,
+                           ('rounds', 'local_steps', 'pooled_epochs'))
+  script_help.check_distinct(parser, '--strategies', args.strategies)
   return args
 
 
@@ -316,6 +316,7 @@ def _run_row(label, paper, train_fn, model, evaluate, seeds, sample_x,
     per_client.append(accuracy)
     # Accuracy over all test rows: each hospital weighted by its test rows.
     pooled.append(float(np.sum(accuracy * test_counts) / np.sum(test_counts)))
+    interrupts.raise_if_requested()
   return Row(
       label, paper, np.asarray(means), np.asarray(per_client),
       np.asarray(pooled),
@@ -362,11 +363,14 @@ def main(argv: list[str] | None = None) -> int:
   sample_x = jnp.zeros((1, dataset.num_features), jnp.float32)
   test_counts = np.asarray(dataset.test.num_examples, dtype=np.float64)
 
-  rows = [
-      _run_row(label, paper, train_fn, model, evaluate, args.seeds, sample_x,
-               test_counts)
-      for label, paper, train_fn in _row_plans(args, model, dataset)
-  ]
+  # Results print only at the end, so a stop keeps nothing.
+  with script_help.stop_on_ctrl_c('heart_flamby_benchmark.py', None,
+                                  'seed'):
+    rows = [
+        _run_row(label, paper, train_fn, model, evaluate, args.seeds,
+                 sample_x, test_counts)
+        for label, paper, train_fn in _row_plans(args, model, dataset)
+    ]
 
   elapsed = time.monotonic() - started
   command = 'python ' + ' '.join(

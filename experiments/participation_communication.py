@@ -64,6 +64,7 @@ from matplotlib import figure as figure_lib
 import numpy as np
 import optax
 
+from fedjax_med import interrupts
 from fedjax_med.client import local_training
 from fedjax_med.communication import compression
 from fedjax_med.data import federated
@@ -556,9 +557,9 @@ def parse_args(argv):
     parser.error(f'--hours must be at least {DEADLINE_S / 3600.0:g} (the '
                  f'{DEADLINE_S:g} s deadline of one privacy round) when '
                  f'--parts includes privacy; got {args.hours:g}.')
-  if args.compression_rounds < 1:
-    parser.error('--compression-rounds must be at least 1; got '
-                 f'{args.compression_rounds}.')
+  script_help.check_counts(parser, args, ('compression_rounds',))
+  script_help.check_distinct(parser, '--compressors', args.compressors)
+  script_help.check_distinct(parser, '--parts', args.parts)
   if args.json is None:
     args.json = args.markdown.with_suffix('.jsonl')
   script_help.check_results_page(parser, args.markdown, start=RESULTS_START,
@@ -583,17 +584,21 @@ def main(argv=None) -> list[dict[str, Any]]:
     print(f"{record['part']:8s} {record['method']:22s} seed "
           f"{record['seed']}: {time.perf_counter() - started:.0f} s",
           flush=True)
+    interrupts.raise_if_requested()
 
-  for seed in args.seeds:
-    setup = Setup(seed, args.clients)
-    if 'clock' in args.parts:
-      for method in CLOCK_METHODS:
-        keep(run_clock(setup, method, args.hours, seed, args.evaluate_every))
-    if 'bytes' in args.parts:
-      for name in args.compressors:
-        keep(run_compression(setup, name, args.compression_rounds, seed))
-    if 'privacy' in args.parts:
-      keep(run_privacy(setup, args.hours, seed))
+  with script_help.stop_on_ctrl_c('participation_communication.py',
+                                  json_path, 'run'):
+    for seed in args.seeds:
+      setup = Setup(seed, args.clients)
+      if 'clock' in args.parts:
+        for method in CLOCK_METHODS:
+          keep(run_clock(setup, method, args.hours, seed,
+                         args.evaluate_every))
+      if 'bytes' in args.parts:
+        for name in args.compressors:
+          keep(run_compression(setup, name, args.compression_rounds, seed))
+      if 'privacy' in args.parts:
+        keep(run_privacy(setup, args.hours, seed))
   elapsed = time.perf_counter() - started
   command = 'python experiments/participation_communication.py ' + ' '.join(
       sys.argv[1:] if argv is None else argv)

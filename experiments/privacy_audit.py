@@ -39,6 +39,7 @@ import optax
 from fedjax_med import client
 from fedjax_med import config as config_lib
 from fedjax_med import data
+from fedjax_med import interrupts
 from fedjax_med import models
 from fedjax_med import simulation
 from fedjax_med.client import local_training
@@ -316,10 +317,8 @@ def _parse_args(argv):
         f'--num-shadows must be at least 4, so that every patient has 2 in '
         f'and 2 out shadows; got {args.num_shadows}.'
     )
-  for name in ('rounds', 'local_steps', 'batch_size'):
-    if getattr(args, name) < 1:
-      flag = '--' + name.replace('_', '-')
-      parser.error(f'{flag} must be at least 1; got {getattr(args, name)}.')
+  script_help.check_counts(parser, args,
+                           ('rounds', 'local_steps', 'batch_size'))
   # Written so that NaN fails too.
   if not 0 < args.learning_rate < math.inf:
     parser.error(f'--learning-rate must be positive and finite; got '
@@ -340,20 +339,24 @@ def main(argv=None) -> int:
   pool = build_pool(dataset, args.setting)
   key = jax.random.key(args.seed)
 
-  target_params = train_fedavg(
-      model, target_train_data(pool), local_update, rounds=args.rounds,
-      key=jax.random.fold_in(key, 0),
-  )
-  accuracy = simulation.build_evaluate(model, dataset.test)(target_params)
-  shadow_train_fn = build_shadow_train_fn(
-      model, pool, local_update, rounds=args.rounds
-  )
   try:
-    attacks = attack_target(
-        target_params, model=model, pool=pool,
-        shadow_train_fn=shadow_train_fn, num_shadows=args.num_shadows,
-        lira_variant=args.lira_variant, key=jax.random.fold_in(key, 1),
-    )
+    # The one result is written at the end, so a stop keeps nothing. The
+    # request is honoured between the target's training and the shadows'.
+    with script_help.stop_on_ctrl_c('privacy_audit.py', None, 'step'):
+      target_params = train_fedavg(
+          model, target_train_data(pool), local_update, rounds=args.rounds,
+          key=jax.random.fold_in(key, 0),
+      )
+      accuracy = simulation.build_evaluate(model, dataset.test)(target_params)
+      interrupts.raise_if_requested()
+      shadow_train_fn = build_shadow_train_fn(
+          model, pool, local_update, rounds=args.rounds
+      )
+      attacks = attack_target(
+          target_params, model=model, pool=pool,
+          shadow_train_fn=shadow_train_fn, num_shadows=args.num_shadows,
+          lira_variant=args.lira_variant, key=jax.random.fold_in(key, 1),
+      )
   except TrainingDivergedError as error:
     print(
         f'error: {error}, so local SGD diverged. Lower --learning-rate (got '

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_med import interrupts
 from fedjax_med.client import local_training
 from fedjax_med.client import survival_training
 from fedjax_med.data import federated
@@ -145,16 +146,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
       choices=ALL_STRATEGIES, help='rows of the table, in this order',
   )
   args = parser.parse_args(argv)
-  for name in ('rounds', 'local_steps', 'pooled_epochs'):
-    value = getattr(args, name)
-    if not 1 <= value <= 2**31 - 1:
-      parser.error(
-          f'--{name.replace("_", "-")} must be in [1, 2147483647]; got '
-          f'{value}.'
-      )
+  script_help.check_counts(parser, args,
+                           ('rounds', 'local_steps', 'pooled_epochs'))
   script_help.check_seeds(parser, args.seeds)
-  if len(set(args.strategies)) != len(args.strategies):
-    parser.error(f'--strategies must not repeat; got {args.strategies}.')
+  script_help.check_distinct(parser, '--strategies', args.strategies)
   return args
 
 
@@ -255,14 +250,13 @@ def _format_tables(labels, flamby, results, client_names) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = _parse_args(argv)
-  started = time.monotonic()
-  dataset = tcga_brca.load_tcga_brca()
-  model = _model()
-  evaluate = evaluate_survival.build_evaluate_survival(model, dataset.test)
-  sample_x = jnp.zeros((1, dataset.num_features), jnp.float32)
+def _run_strategies(args, dataset, model, evaluate, sample_x):
+  """Train and score every strategy for every seed.
 
+  Returns:
+    `(labels, flamby, results)`: row labels, the FLamby paper values and
+    per row the per-seed means, per-client and pooled C-indexes.
+  """
   labels, flamby, results = [], [], []
   for name in args.strategies:
     if name == POOLED:
@@ -287,11 +281,27 @@ def main(argv: list[str] | None = None) -> int:
       means.append(scores.mean_c_index)
       per_client.append(scores.c_index)
       pooled.append(scores.pooled_c_index)
+      interrupts.raise_if_requested()
     labels.append(label)
     flamby.append(paper)
     results.append(
         (np.asarray(means), np.asarray(per_client), np.asarray(pooled))
     )
+  return labels, flamby, results
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parse_args(argv)
+  started = time.monotonic()
+  dataset = tcga_brca.load_tcga_brca()
+  model = _model()
+  evaluate = evaluate_survival.build_evaluate_survival(model, dataset.test)
+  sample_x = jnp.zeros((1, dataset.num_features), jnp.float32)
+
+  # Results print only at the end, so a stop keeps nothing.
+  with script_help.stop_on_ctrl_c('tcga_brca_flamby.py', None, 'seed'):
+    labels, flamby, results = _run_strategies(
+        args, dataset, model, evaluate, sample_x)
 
   elapsed = time.monotonic() - started
   command = 'python ' + ' '.join(

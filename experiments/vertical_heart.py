@@ -43,6 +43,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from fedjax_med import interrupts
 from fedjax_med.errors import InputError
 from fedjax_med.evaluation import clinical
 from fedjax_med.report import machine
@@ -179,6 +180,7 @@ def run_models(aligned: data.AlignedData, sizes: dict[str, Any], seed: int,
     row |= scores | extra
     _append(results, row)
     rows.append(row)
+    interrupts.raise_if_requested()
     return row
 
   def settings(loss, epochs=sizes['epochs']):
@@ -371,6 +373,7 @@ def run(sizes: dict[str, Any], *, seed: int, out_dir: pathlib.Path,
   psi_record = run_psi(dataset, seed, results)
   print(f"PSI: {psi_record['intersection_size']} common patients in "
         f"{psi_record['seconds']:.1f} s", flush=True)
+  interrupts.raise_if_requested()
   aligned = data.align(dataset, psi_record['intersection'])
   rows = run_models(aligned, sizes, seed, results)
   write_markdown(
@@ -405,7 +408,9 @@ def main(argv=None) -> int:
   command = shlex.join(['python', 'experiments/vertical_heart.py', *argv])
   try:
     out_dir = outputs.make_run_dir(args.out, 'vertical_heart')
-    run(sizes, seed=args.seed, out_dir=out_dir, command=command)
+    with script_help.stop_on_ctrl_c('vertical_heart.py',
+                                    out_dir / 'results.jsonl', 'setting'):
+      run(sizes, seed=args.seed, out_dir=out_dir, command=command)
   except InputError as error:
     print(f'vertical_heart.py: error: {error}', file=sys.stderr)
     return 2

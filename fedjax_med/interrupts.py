@@ -31,7 +31,7 @@ def raise_if_requested() -> None:
     raise KeyboardInterrupt
 
 
-def defer_ctrl_c():
+def defer_ctrl_c(unit: str = 'round'):
   """Make the first Ctrl-C or SIGTERM a stop request and a second immediate.
 
   The second signal ends the process with status 130 through `os._exit`,
@@ -43,7 +43,8 @@ def defer_ctrl_c():
   half-written checkpoint. SIGTERM, which job schedulers send before a
   kill, gets the same treatment. Clears any earlier request. Returns the
   previous SIGINT handler, for `signal.signal` to restore; the SIGTERM
-  handler stays installed.
+  handler stays installed. `unit` names what finishes before the stop, in
+  the message: a round for studies, a run or condition for scripts.
   """
   global _requested
   _requested = False
@@ -61,9 +62,9 @@ def defer_ctrl_c():
     request_stop()
     if signum == signal.SIGTERM:
       print('fedjax-med: received SIGTERM; stopping after the current '
-            'round.', file=sys.stderr, flush=True)
+            f'{unit}.', file=sys.stderr, flush=True)
     else:
-      print('fedjax-med: stopping after the current round; press Ctrl-C '
+      print(f'fedjax-med: stopping after the current {unit}; press Ctrl-C '
             'again to stop at once.', file=sys.stderr, flush=True)
 
   signal.signal(signal.SIGTERM, handle)

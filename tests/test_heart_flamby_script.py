@@ -100,7 +100,7 @@ def test_invalid_rounds_rejected(capsys):
   with pytest.raises(SystemExit):
     script.main(['--rounds', '0'])
 
-  assert '--rounds must be at least 1; got 0.' in capsys.readouterr().err
+  assert '--rounds must be in [1, 100000]; got 0.' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('seeds, message', [

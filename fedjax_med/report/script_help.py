@@ -188,11 +188,42 @@ def check_seeds(parser: argparse.ArgumentParser, seeds: Sequence[int], *,
   if invalid:
     parser.error(f'{flag} must be integers in [0, {limit}); got '
                  f'{" ".join(str(seed) for seed in invalid)}.')
-  repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+  check_distinct(parser, flag, seeds)
+
+
+def check_distinct(parser: argparse.ArgumentParser, flag: str,
+                   values: Sequence[object]) -> None:
+  """Reject a list flag that names a value twice.
+
+  Each value names a run or a table row, so a repeat would rerun it and,
+  for seeds, show a spread of zero.
+  """
+  values = list(values)
+  repeated = sorted({str(value) for value in values
+                     if values.count(value) > 1})
   if repeated:
-    parser.error(f'{flag} must be distinct; '
-                 f'{" ".join(str(seed) for seed in repeated)} given more '
+    parser.error(f'{flag} must be distinct; {" ".join(repeated)} given more '
                  'than once.')
+
+
+# The largest round, step or epoch count the experiment scripts take. Far
+# beyond a day's run on a CPU, it keeps the step counters (epochs times
+# batches per epoch) within int32 and the pre-drawn batches in memory;
+# 3e9 local steps overflowed and 2**31 - 1 asked for 60 GB.
+MAX_COUNT = 100_000
+
+
+def check_counts(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 names: Sequence[str], *, high: int = MAX_COUNT) -> None:
+  """Exit through `parser.error` unless each named count is in [1, high].
+
+  `names` are attributes of `args`; the message gives them as flags.
+  """
+  for name in names:
+    value = getattr(args, name)
+    if not 1 <= value <= high:
+      parser.error(f'--{name.replace("_", "-")} must be in [1, {high}]; got '
+                   f'{value}.')
 
 
 def _is_finite_positive(value: float) -> bool:
@@ -231,8 +262,8 @@ def check_finite_positive(parser: argparse.ArgumentParser, flag: str,
 
 
 @contextlib.contextmanager
-def stop_on_ctrl_c(script: str,
-                   finished: pathlib.Path | None) -> Iterator[None]:
+def stop_on_ctrl_c(script: str, finished: pathlib.Path | None,
+                   unit: str = 'round') -> Iterator[None]:
   """Stop a script's loop of runs at Ctrl-C with status 130 and one line.
 
   Inside the block the first Ctrl-C or SIGTERM is a stop request, which the
@@ -241,16 +272,18 @@ def stop_on_ctrl_c(script: str,
   where its finished runs are. Its results page stays as it was, because a
   page of some runs would replace the documented results.
 
-  Only studies, sweeps and matrices check for the request, so the block
-  should hold nothing else that runs long: a loop of its own would ignore
-  the first Ctrl-C until the next study's round.
+  Studies, sweeps and matrices check for the request after each round. A
+  script's own loop calls `interrupts.raise_if_requested()` after each
+  `unit` it finishes; without such calls it would ignore the first Ctrl-C
+  until the next study's round.
 
   Args:
     script: the script's file name, for the message.
     finished: the file the script appends each finished run to, or None.
       The message names it only if it exists.
+    unit: what the loop finishes before it stops, for the message.
   """
-  previous = interrupts.defer_ctrl_c()
+  previous = interrupts.defer_ctrl_c(unit)
   try:
     yield
   except (StudyInterrupted, KeyboardInterrupt):
