@@ -54,6 +54,9 @@ SECURE_GRAPHS = ('complete', 'harary')
 MAX_SEED = 2**32 - 1
 # Fewer resamples give percentile intervals too coarse to read.
 MIN_BOOTSTRAP_RESAMPLES = 100
+# 100,000 resamples of the 4 heart hospitals take about 40 s on 2 CPU cores;
+# 2**40 ran for hours in the final evaluation.
+MAX_BOOTSTRAP_RESAMPLES = 100_000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -481,7 +484,8 @@ class EvaluationConfig:
   Attributes:
     eval_every: evaluate every this many rounds (the last round always).
     threshold: probability at or above which a patient is called positive.
-    bootstrap_resamples: resamples for the confidence intervals.
+    bootstrap_resamples: resamples for the confidence intervals, 100 to
+      100,000.
     confidence: confidence level of the intervals.
     finetune_steps: after the last round, each client also trains the
       global model on its own rows for this many local steps (FedAvg-FT)
@@ -997,8 +1001,9 @@ def _require_range(
 
 
 _NOISY = ('central', 'distributed', 'local')
-# Step counts go into int32 scan indices.
-_MAX_STEPS = 2**31 - 1
+# Step counts go into int32 scan indices: the most local steps a round
+# counts.
+MAX_LOCAL_STEPS = _MAX_STEPS = 2**31 - 1
 _SYNTHETIC = ('synthetic', 'synthetic_iid')
 _GENERATED = _SYNTHETIC + ('synthetic_images',)
 
@@ -1325,7 +1330,7 @@ def _validate_training(config: ExperimentConfig) -> None:
   _require_range('client.learning_rate', client.learning_rate,
                  _SMALLEST_NORMAL)
   _require_range('client.local_steps', client.local_steps, 1, _MAX_STEPS)
-  _require_range('client.local_epochs', client.local_epochs, 1)
+  _require_range('client.local_epochs', client.local_epochs, 1, _MAX_STEPS)
   _require_range('client.batch_size', client.batch_size, 1)
   _require_range('client.example_clip_norm', client.example_clip_norm,
                  _SMALLEST_NORMAL)
@@ -1781,7 +1786,7 @@ def validate(config: ExperimentConfig, *,
                  _MAX_STEPS)
   _require_range(
       'evaluation.bootstrap_resamples', evaluation.bootstrap_resamples,
-      MIN_BOOTSTRAP_RESAMPLES,
+      MIN_BOOTSTRAP_RESAMPLES, MAX_BOOTSTRAP_RESAMPLES,
   )
   _require_range(
       'evaluation.confidence', evaluation.confidence, 0.0, 1.0,

@@ -71,6 +71,10 @@ def test_scaffold_needs_mean_aggregator():
     ({'local_steps': 2**31}, 'local_steps'),
     ({'partition': 'dirichlet', 'dirichlet_alpha': 1e7}, 'dirichlet_alpha'),
     ({'partition': 'quantity', 'size_sigma': 1e300}, 'size_sigma'),
+    # 2**40 resamples ran for hours; 2**31 epochs overflowed int32.
+    ({'bootstrap_resamples': 2**40}, 'bootstrap_resamples'),
+    ({'bootstrap_resamples': 100_001}, 'bootstrap_resamples'),
+    ({'local_epochs': 2**31}, 'local_epochs'),
 ])
 def test_huge_values_rejected(overrides, key):
   with pytest.raises(errors.InputError, match=key):

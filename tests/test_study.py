@@ -548,3 +548,12 @@ def test_partition_error_keeps_cause():
   assert 'classes_per_client=3 exceeds the 2 classes present' in message
   assert '`classes_per_client` is `data.classes_per_client`' in message
   assert 'rows each' not in message
+
+
+def test_too_many_local_epochs_rejected_before_output(tmp_path):
+  # 1e8 epochs of ceil(199 / 4) = 50 batches is 5e9 steps, beyond int32:
+  # JAX raised OverflowError from the scan's length.
+  config = _config(local_epochs=100_000_000)
+  with pytest.raises(errors.InputError, match=r'at most 42,949,672 epochs'):
+    study.run_study(config, tmp_path / 'run', progress=False)
+  assert not (tmp_path / 'run').exists()

@@ -189,8 +189,9 @@ def check_count(name: str, value, upper: int | None = None, *,
                 or_none: bool = False) -> int:
   """Return `value` as an int, or raise ValueError unless a count >= 1.
 
-  Python and numpy integers pass. Bools and floats are rejected, even a
-  float with an integer value such as 3.0.
+  Python and numpy integers pass, and 0-d integer arrays of numpy or JAX
+  (not traced). Bools and floats are rejected, even a float with an
+  integer value such as 3.0.
 
   Args:
     name: the argument's name, for the message.
@@ -198,6 +199,13 @@ def check_count(name: str, value, upper: int | None = None, *,
     upper: the largest allowed value, or None for no bound.
     or_none: mention in the message that None is also allowed.
   """
+  if (not isinstance(value, (int, np.integer))
+      and getattr(value, 'shape', None) == ()
+      and np.issubdtype(getattr(value, 'dtype', np.float32), np.integer)):
+    try:
+      value = value.item()  # A concrete 0-d integer array.
+    except TypeError:
+      pass  # A tracer (ConcretizationTypeError), rejected below.
   if (isinstance(value, (bool, np.bool_))
       or not isinstance(value, (int, np.integer)) or value < 1
       or (upper is not None and value > upper)):

@@ -51,7 +51,7 @@ def uniform_sampler(num_clients: int, cohort_size: int) -> Sampler:
 
   def sample(key: PRNGKey, available: jax.Array | None = None) -> Cohort:
     if available is not None:
-      _check_available(available, num_clients)
+      available = _check_available(available, num_clients)
       # Random priorities, with the offline clients last; when fewer than
       # `cohort_size` are online, the rest of the slots are masked.
       priority = jnp.where(
@@ -109,7 +109,7 @@ def poisson_sampler(
     include_key, order_key = jax.random.split(key)
     included = jax.random.uniform(include_key, (num_clients,)) < rate
     if available is not None:
-      _check_available(available, num_clients)
+      available = _check_available(available, num_clients)
       included = included & available
     # Random priorities choose which included clients fill the slots.
     priority = jax.random.uniform(order_key, (num_clients,))
@@ -131,14 +131,18 @@ def _is_number(value) -> bool:
   return kind in ('i', 'u', 'f')
 
 
-def _check_available(available, num_clients: int) -> None:
-  """Raise ValueError unless `available` is a `[num_clients]` bool mask."""
+def _check_available(available, num_clients: int) -> jax.Array:
+  """Return `available` as an array; ValueError unless a `[num_clients]`
+  bool mask (a list of bools passes)."""
+  if isinstance(available, (list, tuple)):
+    available = np.asarray(available)
   if jnp.shape(available) != (num_clients,) or (
       jnp.result_type(available) != jnp.bool_):
     raise ValueError(
         f'`available` must be a [{num_clients}] bool mask, one entry per '
         f'client; got {jnp.result_type(available)} of shape '
         f'{jnp.shape(available)}.')
+  return jnp.asarray(available)
 
 
 def apply_dropout(key: PRNGKey, cohort: Cohort, dropout_rate: float) -> Cohort:

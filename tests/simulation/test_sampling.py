@@ -120,3 +120,24 @@ def test_jax_and_numpy_scalars_accepted(key):
   assert bool(kept.mask.all())
   dropped = sampling.apply_dropout(key, full, np.float64(1.0))
   assert not bool(dropped.mask.any())
+
+
+def test_integer_arrays_accepted_as_counts(key):
+  # jnp.int32(3) and np.array(3) were rejected with a message that called
+  # them non-integers, while jnp.float32 rates passed.
+  assert sampling.uniform_sampler(10, jnp.int32(3))(key).mask.shape == (3,)
+  assert sampling.uniform_sampler(jnp.int32(10), np.array(4))(
+      key).mask.shape == (4,)
+  for bad in (jnp.float32(3.0), jnp.bool_(True), np.array([3])):
+    with pytest.raises(ValueError, match='must be an integer'):
+      sampling.uniform_sampler(10, bad)
+
+
+def test_available_list_accepted(key):
+  # A list of bools raised TypeError: Cannot determine dtype.
+  cohort = sampling.uniform_sampler(5, 5)(
+      key, available=[True, False, True, True, False])
+  assert sorted(np.asarray(cohort.client_ids)[np.asarray(cohort.mask)]
+                ) == [0, 2, 3]
+  with pytest.raises(ValueError, match=r'\[5\] bool mask'):
+    sampling.poisson_sampler(5, 0.5)(key, available=[1, 0, 1, 1, 0])
