@@ -954,6 +954,16 @@ def load_image_folder(
       )
     images.append(image)
   _check_same_size(images, paths)
+  # As for .npz sites: a site of 16-bit scans next to one of 8-bit photos
+  # loaded silently with maxima of 1.2e-4 and 1.0.
+  # Per image its largest |pixel|, as gray and RGB images do not stack.
+  peaks = [float(np.max(np.abs(image), initial=0.0)) for image in images]
+  ends = np.cumsum([len(site_files) for site_files in layout.files])
+  sites = [(layout.root / name, np.asarray(peaks[end - len(files):end]))
+           for name, end, files in zip(layout.site_names, ends, layout.files)
+           if files]
+  _warn_if_scales_differ([path for path, _ in sites],
+                         [site_peaks for _, site_peaks in sites])
   if any(image.shape[-1] == 3 for image in images):
     images = [
         np.broadcast_to(image, image.shape[:2] + (3,)) for image in images

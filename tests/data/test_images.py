@@ -508,6 +508,21 @@ def test_image_folder_reads_cmyk_jpeg(tmp_path, key):
   np.testing.assert_allclose(x, 50 / 255, atol=2 / 255)
 
 
+def test_image_folder_warns_of_mixed_scales(tmp_path, key):
+  # An 8-bit PNG site next to a site of int32 TIFFs in the thousands
+  # loaded without a word, with maxima 1.0 and 1.2e-4 (.npz sites warned).
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for site, suffix, values in (('a', 'png', np.uint8(200)),
+                               ('b', 'tif', np.int32(26_000))):
+    folder = tmp_path / site / 'one'
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((4, 4), values)).save(folder / f'x.{suffix}')
+
+  with pytest.warns(UserWarning, match=r'a reach 0.784 but those of .*b only'
+                    r' 1.21e-05'):
+    images.load_image_folder(tmp_path, key=key, test_fraction=0.0)
+
+
 def test_image_folder_resize(tmp_path, key):
   _save_png(tmp_path / 'site' / 'one' / 'small.png', _gray(100, (6, 5)))
   _save_png(tmp_path / 'site' / 'one' / 'large.png', _gray(100, (30, 40)))
