@@ -261,6 +261,16 @@ def infer_labels(
     )
   _check_finite(path, scores)
   if not isinstance(scores, jax.core.Tracer) and not np.any(
+      np.asarray(scores) != 0):
+    # Entries below float32's smallest normal (1.2e-38) read as 0 on CPUs
+    # that flush subnormals.
+    raise InputError(
+        f'{path} is all zeros, so it marks no label: the gradient is 0, or '
+        'its entries are below 1.2e-38, where float32 flushes them to 0. '
+        'Pass the known `labels`, or the gradient of a loss that is not '
+        'already at its minimum.'
+    )
+  if not isinstance(scores, jax.core.Tracer) and not np.any(
       np.asarray(scores) < 0):
     raise InputError(
         f'{path} has no negative entry to mark the label, so it is not the '
