@@ -31,12 +31,12 @@ modulo `2**bits`: a mask that the protocol failed to cancel would show up
 as a wrong sum, which `tests/secure/test_protocol.py` checks.
 
 The graph and the threshold are sized on the round's participants, the
-m clients that advertised keys, not on the cohort's slots: Poisson sampling
-pads its cohort with empty slots, and offline clients leave slots empty,
-and a neighbour that never joins would hold shares it never returns. The
-server knows who advertised before it sends the graph, as in both papers.
-A round needs m >= 2 participants (3 for 'harary'); with fewer the server
-would learn a single client's input, so it fails.
+m clients that advertised keys, not on the cohort's slots. Poisson sampling
+pads its cohort with empty slots, and offline clients leave slots empty. A
+neighbour that never joins would hold shares it never returns. The server
+has the list of advertised keys before it sends the graph, as in both
+papers. A round needs m >= 2 participants (3 for 'harary'). With fewer the
+server would learn a single client's input, so the round fails.
 
 Graphs: 'complete' links every pair (the 2017 protocol, k = m - 1).
 'harary' places the participants on a ring in a random order each round
@@ -220,12 +220,12 @@ def neighbours(
   """Return the `[n, k]` int32 neighbour indices of each cohort slot.
 
   k is `graph_degree(settings, n)`, the degree of a full cohort. With
-  `participants` (`[n]` bool), a 'harary' ring holds only the participants,
-  in random order, and the indices of a participant are other participants;
-  a round of m participants uses the first `graph_degree(settings, m) / 2`
-  offsets on either side (columns `r` and `k / 2 + r`), see `used_columns`.
-  A 'complete' graph lists every other slot; the round uses the edges
-  between participants.
+  `participants` (`[n]` bool), a 'harary' ring contains only the
+  participants, in random order, so a participant's neighbours are other
+  participants. A round of m participants uses the first
+  `graph_degree(settings, m) / 2` offsets on either side (columns `r` and
+  `k / 2 + r`, see `used_columns`). A 'complete' graph lists every other
+  slot, and the round uses the edges between participants.
   """
   degree = graph_degree(settings, num_clients)
   slots = jnp.arange(num_clients)
@@ -458,7 +458,7 @@ def secure_sum(
   num_survivors = jnp.sum(survivors)
   enough = jnp.where(survivors | dropped, live_shares >= t, True)
   # A round too small for the graph (degree 0) fails, so that the server
-  # never sees one client's input alone.
+  # never receives one client's input alone.
   ok = jnp.all(enough) & (num_survivors >= t) & (degree > 0)
 
   chosen = _first_holders(holders_alive, t_max)
