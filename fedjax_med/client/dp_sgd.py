@@ -108,7 +108,9 @@ def build_dp_sgd_local_update(
     ValueError: if `num_steps` or `batch_size` is below 1, `num_epochs` is
       below 1, `l2_norm_clip` is not positive and finite,
       `noise_multiplier` is negative or not finite, or the model stores
-      batch normalization statistics.
+      batch normalization statistics. The returned update raises it when
+      first traced if the model's logits are not
+      `[batch, num_logits(num_classes)]`.
   """
   _check_arguments(
       num_steps, batch_size, l2_norm_clip, noise_multiplier, num_epochs
@@ -125,10 +127,13 @@ def build_dp_sgd_local_update(
       model, batch_size, l2_norm_clip, noise_multiplier
   )
 
-  return local_training.build_scan(
+  local_update = local_training.build_scan(
       noisy_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
       num_epochs=num_epochs, proximal_mu=proximal_mu, unroll=unroll,
   )
+  # `build_round` checks the labels of its population against this.
+  local_update.num_classes = model.num_classes
+  return local_update
 
 
 def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
@@ -136,6 +141,7 @@ def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
 
   def example_loss(params, x, y):
     logits = model.apply(params, x[None])
+    tabular.check_logits(logits, model.num_classes)
     return tabular.per_example_loss(logits, y[None], model.num_classes)[0]
 
   per_example_value_and_grad = jax.vmap(

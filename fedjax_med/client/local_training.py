@@ -270,14 +270,7 @@ def build_local_update(
       logits = model.apply(params, x)
     else:
       logits = model.apply_train(params, x, weights > 0)
-    expected = tabular.num_logits(model.num_classes)
-    if logits.ndim != 2 or logits.shape[-1] != expected:
-      raise ValueError(
-          f'The model returns logits shaped {logits.shape[1:]} per example, '
-          f'but num_classes={model.num_classes} needs ({expected},): one '
-          'log-odds logit for 2 classes, else one logit per class. Change '
-          "the model's output width or `num_classes`."
-      )
+    tabular.check_logits(logits, model.num_classes)
     losses = tabular.per_example_loss(
         logits.astype(jnp.float32), y, model.num_classes)
     # Padding rows repeat row 0 with weight 0, and 0 * inf would turn an

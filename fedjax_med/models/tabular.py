@@ -104,6 +104,21 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
   return Model(init=init, apply=module.apply, num_classes=num_classes)
 
 
+def check_logits(logits: jax.Array, num_classes: int) -> None:
+  """Raise ValueError unless `logits` is `[batch, num_logits(num_classes)]`.
+
+  Only the shape is read, so traced logits can be checked too.
+  """
+  expected = num_logits(num_classes)
+  if logits.ndim != 2 or logits.shape[-1] != expected:
+    raise ValueError(
+        f'The model returns logits shaped {logits.shape[1:]} per example, '
+        f'but num_classes={num_classes} needs ({expected},): one '
+        'log-odds logit for 2 classes, else one logit per class. Change '
+        "the model's output width or `num_classes`."
+    )
+
+
 def per_example_loss(
     logits: jax.Array, labels: jax.Array, num_classes: int
 ) -> jax.Array:
