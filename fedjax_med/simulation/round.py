@@ -317,7 +317,9 @@ def build_round(
     call; they must keep the shapes, and the compiled round is then reused,
     so a study of many seeds compiles once. `round_fn.lower(server_state,
     round_key)` returns the lowered round over the bound data, to inspect
-    its cost or sharding. The metrics are scalars:
+    its cost or sharding. A concrete (not traced) `train_data` gets the
+    checks of `check_population`, as the bound population does. The
+    metrics are scalars:
 
     * `round`: 1-based number of this round (`server_state.round` after it).
     * `num_sampled`: clients the sampler drew; `num_dropped`: of those, the
@@ -827,6 +829,20 @@ def build_round(
     return new_state, metrics
 
   bound_data, bound_malicious = train_data, malicious
+  # The device arrays of the last population that passed
+  # `check_population`. JAX arrays are immutable, so the same arrays need
+  # no second check, while numpy input becomes new arrays at every call.
+  checked_leaves = [jax.tree.leaves(bound_data)]
+
+  def check_swapped_population(data):
+    leaves = jax.tree.leaves(data)
+    if all(new is old for new, old in zip(leaves, checked_leaves[0])):
+      return
+    # Traced data (a vmapped sweep, LiRA's shadow models) passes the
+    # shape checks here and skips the checks that read values.
+    check_population(data, local_update, sampler)
+    if not any(tree.is_traced(leaf) for leaf in leaves):
+      checked_leaves[0] = leaves
 
   opt_structures = {}
 
@@ -901,8 +917,10 @@ def build_round(
           f'Aggregator {aggregator} needs a center in the server state: call '
           f"`init_server_state(params, optimizer, aggregator='{aggregator}')`."
       )
-    data = bound_data if train_data is None else _same_layout(
-        train_data, bound_data)
+    data = bound_data
+    if train_data is not None:
+      data = _same_layout(train_data, bound_data)
+      check_swapped_population(data)
     if malicious is None:
       malicious = bound_malicious
     else:

@@ -413,6 +413,44 @@ def test_missing_labels_rejected():
                           optax.sgd(1.0))
 
 
+def _swap_labels(data, labels):
+  return data._replace(examples={**data.examples, 'y': labels})
+
+
+@pytest.mark.parametrize('swap, message', [
+    # Labels of 7 for a binary model gave a negative train_loss.
+    (lambda data: _swap_labels(data, jnp.full_like(data.examples['y'], 7)),
+     'Client 0 has label 7 in row 0'),
+    (lambda data: _swap_labels(data, data.examples['y'].astype(jnp.float32)),
+     'must be integer class labels'),
+    # Client 0's count of 9, above the padded length of 8, went into the
+    # num_examples metric.
+    (lambda data: data._replace(num_examples=jnp.array([9, 8, 2], jnp.int32)),
+     r'`num_examples` must be integers in \[0, padded length 8\]'),
+], ids=['label', 'float_label', 'count'])
+def test_swapped_population_checked(key, swap, message):
+  data = small.population([5, 8, 6])
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+
+  with pytest.raises(ValueError, match=message):
+    round_fn(small.server_state(key), key, train_data=swap(data))
+
+
+def test_swapped_numpy_population_checked_each_call(key):
+  data = small.population([5, 8, 6])
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+  labels = np.array(data.examples['y'])
+  swapped = _swap_labels(data, labels)
+  round_fn(small.server_state(key), key, train_data=swapped)
+
+  labels[2, 3] = 4  # The same numpy array, changed in place.
+
+  with pytest.raises(ValueError, match='Client 2 has label 4 in row 3'):
+    round_fn(small.server_state(key), key, train_data=swapped)
+
+
 def test_model_width_must_match_classes(key):
   model = tabular.from_flax(tabular.LogisticRegression(2), 3)
   local_update = local_training.build_local_update(
