@@ -17,7 +17,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fedjax_med import tree
@@ -1216,14 +1215,17 @@ def check_population(
 ) -> None:
   """Check the population against the sampler and the local update.
 
-  The checks that read values skip traced data, such as the stacked
-  points of a batched sweep.
+  The data checks are `federated.check_federated_data`, with the labels
+  checked for a local update that sets `num_classes` (as
+  `build_local_update` and `build_dp_sgd_local_update` do). The checks
+  that read values skip traced data, such as the stacked points of a
+  batched sweep.
 
   Raises:
     ValueError: if a built-in sampler was built for another population
       size, if `num_examples` is outside [0, padded length], or, for a
-      `build_local_update` classifier, if the examples lack `x` or `y` or
-      a real row's label is outside [0, num_classes).
+      classifier, if the examples lack `x` or `y` or a real row's label is
+      not an integer in [0, num_classes).
   """
   num_clients = train_data.num_clients
   population = getattr(sampler, 'num_clients', None)
@@ -1232,50 +1234,9 @@ def check_population(
         f'The sampler draws from {population} clients, but `train_data` has '
         f'{num_clients}; build the sampler with num_clients={num_clients}.'
     )
-  counts = train_data.num_examples
-  if jnp.ndim(counts) != 1:
-    raise ValueError(
-        f'`num_examples` must be shaped [clients]; got {jnp.shape(counts)}.')
-  if tree.is_traced(counts):
-    return
-  counts = np.asarray(counts)
-  padded = train_data.max_examples
-  if not np.issubdtype(counts.dtype, np.integer) or (
-      counts.min(initial=0) < 0 or counts.max(initial=0) > padded):
-    raise ValueError(
-        '`num_examples` must be integers in [0, padded length '
-        f'{padded}]; got values from {counts.min(initial=0)} to '
-        f'{counts.max(initial=0)} ({counts.dtype}). Build the data with '
-        '`federated.stack_clients`.'
-    )
-  num_classes = getattr(local_update, 'num_classes', None)
-  if num_classes is None:
-    return
-  missing = sorted({'x', 'y'} - set(train_data.examples))
-  if missing:
-    raise ValueError(
-        f'`train_data.examples` lacks {missing}; a classifier\'s local '
-        "update reads features from 'x' and labels from 'y'. Got keys "
-        f'{sorted(train_data.examples)}.'
-    )
-  labels = train_data.examples['y']
-  if tree.is_traced(labels):
-    return
-  labels = jnp.asarray(labels)
-  if labels.ndim != 2 or jnp.issubdtype(labels.dtype, jnp.floating):
-    raise ValueError(
-        "`train_data.examples['y']` must be integer class labels shaped "
-        f'[clients, examples]; got {labels.dtype} {labels.shape}.'
-    )
-  bad = train_data.example_mask() & ((labels < 0) | (labels >= num_classes))
-  if bool(jnp.any(bad)):
-    client = int(jnp.argmax(jnp.any(bad, axis=1)))
-    row = int(jnp.argmax(bad[client]))
-    raise ValueError(
-        f'Client {client} has label {int(labels[client, row])} in row {row}, '
-        f'outside [0, {num_classes}) for num_classes={num_classes}. Map the '
-        "labels to 0 .. num_classes - 1 or raise the model's num_classes."
-    )
+  federated.check_federated_data(
+      train_data, name='train_data',
+      num_classes=getattr(local_update, 'num_classes', None))
 
 
 def _check_round_key(round_key) -> None:

@@ -426,7 +426,7 @@ def _swap_labels(data, labels):
     # Client 0's count of 9, above the padded length of 8, went into the
     # num_examples metric.
     (lambda data: data._replace(num_examples=jnp.array([9, 8, 2], jnp.int32)),
-     r'`num_examples` must be integers in \[0, padded length 8\]'),
+     r'`train_data.num_examples` must be integers in \[0, padded length 8\]'),
 ], ids=['label', 'float_label', 'count'])
 def test_swapped_population_checked(key, swap, message):
   data = small.population([5, 8, 6])
