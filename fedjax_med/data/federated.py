@@ -128,22 +128,55 @@ def check_federated_data(
       must be an integer in [0, num_classes).
 
   Raises:
-    ValueError: if `num_examples` is not shaped [clients] or outside
-      [0, padded length], or, with `num_classes`, if the examples lack `x`
-      or `y`, the labels are not integers shaped [clients, examples] or a
-      real row's label is outside [0, num_classes).
+    ValueError: if `num_examples` is not shaped [clients], a field is not
+      shaped [clients, examples, ...] with the same clients and padded
+      length as the others, `num_examples` is outside [0, padded length],
+      or, with `num_classes`, if the examples lack `x` or `y`, the labels
+      are not integers shaped [clients, examples] or a real row's label is
+      outside [0, num_classes).
   """
+  _check_layout(data, name)
   _check_counts(data, name)
   if num_classes is not None:
     _check_labels(data, name, num_classes)
 
 
-def _check_counts(data: FederatedData, name: str) -> None:
-  counts = data.num_examples
-  if jnp.ndim(counts) != 1:
+def _check_layout(data: FederatedData, name: str) -> None:
+  """Check the shapes only, so that traced data is checked too."""
+  counts_shape = jnp.shape(data.num_examples)
+  if len(counts_shape) != 1:
     raise ValueError(
         f'`{name}.num_examples` must be shaped [clients]; got '
-        f'{jnp.shape(counts)}.')
+        f'{counts_shape}.')
+  fields = jax.tree_util.tree_leaves_with_path(data.examples)
+  if not fields:
+    raise ValueError(
+        f'`{name}.examples` has no arrays; it needs one per field, each '
+        'shaped [clients, examples, ...].')
+  num_clients = counts_shape[0]
+  first_field, padded = None, None
+  for path, value in fields:
+    field = f'{name}.examples{jax.tree_util.keystr(path)}'
+    shape = jnp.shape(value)
+    if len(shape) < 2 or shape[0] != num_clients:
+      raise ValueError(
+          f'`{field}` is shaped {shape}, but every field must be shaped '
+          f'[clients, examples, ...] with the {num_clients} clients of '
+          f'`{name}.num_examples`. Build the data with '
+          '`federated.stack_clients`.'
+      )
+    if first_field is None:
+      first_field, padded = field, shape[1]
+    elif shape[1] != padded:
+      raise ValueError(
+          f'`{field}` is padded to {shape[1]} examples (axis 1), but '
+          f'`{first_field}` to {padded}; every field needs the same padded '
+          'length. Build the data with `federated.stack_clients`.'
+      )
+
+
+def _check_counts(data: FederatedData, name: str) -> None:
+  counts = data.num_examples
   if tree.is_traced(counts):
     return
   counts = np.asarray(counts)

@@ -390,8 +390,8 @@ def build_round(
         'distributed noise than planned. Use at most the cohort size.')
   if attack is not None and malicious is None:
     raise ValueError('`attack` needs a `malicious` mask over the clients.')
-  _check_malicious(malicious, train_data.num_clients)
   check_population(train_data, local_update, sampler)
+  _check_malicious(malicious, train_data.num_clients)
   if not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
   scaffold = scaffold_learning_rate is not None
@@ -1223,10 +1223,14 @@ def check_population(
 
   Raises:
     ValueError: if a built-in sampler was built for another population
-      size, if `num_examples` is outside [0, padded length], or, for a
-      classifier, if the examples lack `x` or `y` or a real row's label is
-      not an integer in [0, num_classes).
+      size, if the fields' leading axes disagree with `num_examples` or
+      their padded lengths with each other, if `num_examples` is outside
+      [0, padded length], or, for a classifier, if the examples lack `x`
+      or `y` or a real row's label is not an integer in [0, num_classes).
   """
+  federated.check_federated_data(
+      train_data, name='train_data',
+      num_classes=getattr(local_update, 'num_classes', None))
   num_clients = train_data.num_clients
   population = getattr(sampler, 'num_clients', None)
   if population is not None and population != num_clients:
@@ -1234,9 +1238,6 @@ def check_population(
         f'The sampler draws from {population} clients, but `train_data` has '
         f'{num_clients}; build the sampler with num_clients={num_clients}.'
     )
-  federated.check_federated_data(
-      train_data, name='train_data',
-      num_classes=getattr(local_update, 'num_classes', None))
 
 
 def _check_round_key(round_key) -> None:

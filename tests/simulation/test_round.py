@@ -395,6 +395,17 @@ def test_label_outside_classes_rejected(label):
                           optax.sgd(1.0))
 
 
+def test_field_of_other_padded_length_rejected():
+  # The round failed in `example_mask` with a JAX broadcasting TypeError.
+  bad = federated.FederatedData(
+      {'x': np.zeros((2, 5, 4), np.float32), 'y': np.zeros((2, 3), np.int32)},
+      np.array([3, 2], np.int32))
+
+  with pytest.raises(ValueError, match=r"examples\['y'\]` is padded to 3"):
+    round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
+                          optax.sgd(1.0))
+
+
 def test_label_in_padding_ignored():
   data = small.population([5, 7, 6])
   labels = np.array(data.examples['y'])
