@@ -248,11 +248,7 @@ def build_local_update(
     A client with zero examples takes no step and returns a zero delta.
     The reported loss excludes the proximal term.
   """
-  # A float such as 1.5 failed later inside JAX, or became 3.0 steps.
-  federated.check_count('num_steps', num_steps)
-  federated.check_count('batch_size', batch_size)
-  if num_epochs is not None:
-    federated.check_count('num_epochs', num_epochs, or_none=True)
+  check_schedule(num_steps, batch_size, num_epochs)
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f'`compute_dtype` must be one of {COMPUTE_DTYPES}; got '
@@ -309,6 +305,18 @@ def build_local_update(
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def check_schedule(num_steps, batch_size, num_epochs) -> None:
+  """Raise ValueError unless the step counts are integers of at least 1.
+
+  `num_epochs` may also be None. Bools and floats are rejected: a float
+  such as 1.5 failed later inside JAX, or became 3.0 steps.
+  """
+  federated.check_count('num_steps', num_steps)
+  federated.check_count('batch_size', batch_size)
+  if num_epochs is not None:
+    federated.check_count('num_epochs', num_epochs, or_none=True)
 
 # `gradient(params, batch, valid [batch], step_key) -> (loss, grads)`: the
 # loss and gradient of one minibatch. `batch` has the client's example keys

@@ -297,6 +297,15 @@ def test_noisy_training_lowers_loss(key):
         ('batch_size', 0),
         ('num_steps', 0),
         ('num_epochs', 0),
+        # A float failed inside JAX with "Shapes must be 1D sequences of
+        # concrete values of integer type", a bool with "iota does not
+        # accept dtype bool".
+        ('num_steps', 2.5),
+        ('num_steps', True),
+        ('batch_size', 4.0),
+        ('batch_size', True),
+        ('num_epochs', 1.5),
+        ('num_epochs', False),
     ],
 )
 def test_invalid_argument(argument, value):
