@@ -131,12 +131,14 @@ def check_federated_data(
     ValueError: if `num_examples` is not shaped [clients], a field is not
       shaped [clients, examples, ...] with the same clients and padded
       length as the others, `num_examples` is outside [0, padded length],
-      or, with `num_classes`, if the examples lack `x` or `y`, the labels
-      are not integers shaped [clients, examples] or a real row's label is
-      outside [0, num_classes).
+      a real row contains NaN or infinity in a floating-point field, or, with
+      `num_classes`, if the examples lack `x` or `y`, the labels are not
+      integers shaped [clients, examples] or a real row's label is outside
+      [0, num_classes).
   """
   _check_layout(data, name)
   _check_counts(data, name)
+  _check_finite(data, name)
   if num_classes is not None:
     _check_labels(data, name, num_classes)
 
@@ -188,6 +190,37 @@ def _check_counts(data: FederatedData, name: str) -> None:
         f'{padded}]; got values from {counts.min(initial=0)} to '
         f'{counts.max(initial=0)} ({counts.dtype}). Build the data with '
         '`federated.stack_clients`.'
+    )
+
+
+def _check_finite(data: FederatedData, name: str) -> None:
+  """Check that the real rows of every floating-point field are finite.
+
+  A NaN or infinite input made the client's every update non-finite, so
+  the round left it out in every round without an error. Padding rows
+  may hold anything.
+  """
+  if tree.is_traced(data.num_examples):
+    return
+  real = data.example_mask()
+  for path, value in jax.tree_util.tree_leaves_with_path(data.examples):
+    if tree.is_traced(value) or not jnp.issubdtype(
+        jnp.result_type(value), jnp.inexact):
+      continue
+    value = jnp.asarray(value)
+    rows = value.reshape(value.shape[:2] + (-1,))
+    bad = real & ~jnp.all(jnp.isfinite(rows), axis=-1)
+    if not bool(jnp.any(bad)):
+      continue
+    client = int(jnp.argmax(jnp.any(bad, axis=1)))
+    row = int(jnp.argmax(bad[client]))
+    cells = rows[client, row]
+    found = float(cells[jnp.argmax(~jnp.isfinite(cells))])
+    raise ValueError(
+        f'Client {client} has {found} in row {row} of '
+        f'`{name}.examples{jax.tree_util.keystr(path)}`, which is not a '
+        'finite number. Replace the value (for example, impute a missing '
+        'feature) or remove the row.'
     )
 
 

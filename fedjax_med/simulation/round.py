@@ -199,7 +199,10 @@ def build_round(
   """Build one jitted federated round over `train_data`.
 
   Args:
-    train_data: the whole population, `[clients, examples, ...]`.
+    train_data: the whole population, `[clients, examples, ...]`. Its
+      real rows must hold finite values (see `check_population`), so that
+      a non-finite update, which the round screens out, comes from
+      training rather than from the input.
     local_update: a client's training, from `build_local_update`.
     sampler: chooses the cohort from a key.
     server_optimizer: applied to the negative aggregate, so `optax.sgd(1.0)`
@@ -1225,8 +1228,9 @@ def check_population(
     ValueError: if a built-in sampler was built for another population
       size, if the fields' leading axes disagree with `num_examples` or
       their padded lengths with each other, if `num_examples` is outside
-      [0, padded length], or, for a classifier, if the examples lack `x`
-      or `y` or a real row's label is not an integer in [0, num_classes).
+      [0, padded length], if a real row contains NaN or infinity, or, for
+      a classifier, if the examples lack `x` or `y` or a real row's label
+      is not an integer in [0, num_classes).
   """
   federated.check_federated_data(
       train_data, name='train_data',

@@ -76,3 +76,26 @@ def test_check_accepts_stacked_clients():
   ])
 
   federated.check_federated_data(data, name='data', num_classes=2)
+
+
+@pytest.mark.parametrize('field', ['x', 'time'])
+def test_check_rejects_nonfinite_real_row(field):
+  data = federated.stack_clients([
+      {'x': np.ones((2, 3)), 'time': np.ones(2)},
+      {'x': np.ones((3, 3)), 'time': np.ones(3)},
+  ])
+  data.examples[field][1, 2] = np.nan
+
+  with pytest.raises(ValueError, match=(
+      f"Client 1 has nan in row 2 of `data.examples\\['{field}'\\]`")):
+    federated.check_federated_data(data, name='data')
+
+
+def test_check_ignores_nonfinite_padding():
+  data = federated.stack_clients([
+      {'x': np.ones((2, 3)), 'y': np.array([0, 1])},
+      {'x': np.ones((3, 3)), 'y': np.array([1, 0, 1])},
+  ])
+  data.examples['x'][0, 2] = np.inf  # Client 0 has 2 rows.
+
+  federated.check_federated_data(data, name='data', num_classes=2)

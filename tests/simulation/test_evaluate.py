@@ -56,6 +56,17 @@ def test_invalid_test_labels_rejected(num_classes, labels, message):
     evaluate_lib.build_evaluate(model, _test_data(labels))
 
 
+def test_nonfinite_test_feature_rejected():
+  # A NaN feature gave NaN probabilities, reported as if training had
+  # diverged.
+  x = _X.copy()
+  x[3, 1] = np.nan
+  data = federated.stack_clients([{'x': x, 'y': np.array([0, 1, 0, 1])}])
+
+  with pytest.raises(ValueError, match='Client 0 has nan in row 3'):
+    evaluate_lib.build_evaluate(_model(2, 2), data)
+
+
 def test_label_in_padding_ignored(key):
   model = _model(2, 2)
   data = _test_data([0, 1, 0, 7], num_examples=[3])

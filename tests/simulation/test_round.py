@@ -163,15 +163,15 @@ def test_zero_example_cohort_skipped(key):
 
 
 def test_nan_update_excluded_and_counted(key):
-  data = small.population([5, 8, 6], nan_client=1)
-  clean = small.population([5, 8, 6])
+  data = small.population([5, 8, 6])
   state = small.server_state(key, optax.sgd(1.0))
 
   with_nan = round_lib.build_round(
-      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+      data, small.diverging_update(8), _fixed_sampler([0, 1, 2]),
+      optax.sgd(1.0)
   )
   without = round_lib.build_round(
-      clean, small.local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
+      data, small.local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
   )
   nan_state, metrics = with_nan(state, key)
   clean_state, _ = without(state, key)
@@ -259,9 +259,10 @@ def test_clipping_counted(key):
 
 
 def test_train_loss_ignores_nan_client(key):
-  data = small.population([5, 8, 6], nan_client=1)
+  data = small.population([5, 8, 6])
   round_fn = round_lib.build_round(
-      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+      data, small.diverging_update(8), _fixed_sampler([0, 1, 2]),
+      optax.sgd(1.0)
   )
 
   _, metrics = round_fn(small.server_state(key, optax.sgd(1.0)), key)
@@ -393,6 +394,47 @@ def test_label_outside_classes_rejected(label):
   with pytest.raises(ValueError, match=f'Client 1 has label {label} in row 2'):
     round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
                           optax.sgd(1.0))
+
+
+@pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
+def test_nonfinite_feature_rejected(value):
+  # One NaN cell per client made every update non-finite, so every round
+  # was skipped (num_nonfinite 3 of 3) without an error.
+  data = small.population([5, 7, 6])
+  x = np.array(data.examples['x'])
+  x[1, 4, 2] = value
+  bad = data._replace(examples={**data.examples, 'x': x})
+
+  with pytest.raises(ValueError, match=(
+      f"Client 1 has {value} in row 4 of `train_data.examples\\['x'\\]`, "
+      'which is not a finite number')):
+    round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
+                          optax.sgd(1.0))
+
+
+def test_nonfinite_padding_ignored(key):
+  data = small.population([5, 7, 6])
+  x = np.array(data.examples['x'])
+  x[0, 6] = np.nan  # Client 0 has 5 rows, so row 6 is padding.
+  padded = data._replace(examples={**data.examples, 'x': x})
+  round_fn = round_lib.build_round(
+      padded, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+
+  _, metrics = round_fn(small.server_state(key), key)
+
+  assert int(metrics['num_nonfinite']) == 0
+
+
+def test_swapped_nonfinite_feature_rejected(key):
+  data = small.population([5, 7, 6])
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+  x = np.array(data.examples['x'])
+  x[2, 0, 0] = np.nan
+
+  with pytest.raises(ValueError, match='Client 2 has nan in row 0'):
+    round_fn(small.server_state(key), key, train_data=data._replace(
+        examples={**data.examples, 'x': x}))
 
 
 def test_field_of_other_padded_length_rejected():
