@@ -105,10 +105,13 @@ def build_dp_sgd_local_update(
     returns a zero delta.
 
   Raises:
-    ValueError: if `num_steps` or `batch_size` is below 1, `num_epochs` is
-      below 1, `l2_norm_clip` is not positive and finite,
+    ValueError: if `num_steps` or `batch_size` is not an integer of at
+      least 1, `num_epochs` is neither None nor such an integer,
+      `l2_norm_clip` is not positive and finite,
       `noise_multiplier` is negative or not finite, or the model stores
-      batch normalization statistics.
+      batch normalization statistics. The returned update raises it when
+      first traced if the model's logits are not
+      `[batch, num_logits(num_classes)]`.
   """
   _check_arguments(
       num_steps, batch_size, l2_norm_clip, noise_multiplier, num_epochs
@@ -125,10 +128,13 @@ def build_dp_sgd_local_update(
       model, batch_size, l2_norm_clip, noise_multiplier
   )
 
-  return local_training.build_scan(
+  local_update = local_training.build_scan(
       noisy_gradient, optimizer, num_steps=num_steps, batch_size=batch_size,
       num_epochs=num_epochs, proximal_mu=proximal_mu, unroll=unroll,
   )
+  # `build_round` checks the labels of its population against this.
+  local_update.num_classes = model.num_classes
+  return local_update
 
 
 def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
@@ -136,6 +142,7 @@ def _build_noisy_gradient(model, batch_size, l2_norm_clip, noise_multiplier):
 
   def example_loss(params, x, y):
     logits = model.apply(params, x[None])
+    tabular.check_logits(logits, model.num_classes)
     return tabular.per_example_loss(logits, y[None], model.num_classes)[0]
 
   per_example_value_and_grad = jax.vmap(
@@ -174,14 +181,7 @@ def _expand(mask: jax.Array, leaf: jax.Array) -> jax.Array:
 def _check_arguments(
     num_steps, batch_size, l2_norm_clip, noise_multiplier, num_epochs
 ) -> None:
-  if num_steps < 1:
-    raise ValueError(f'`num_steps` must be at least 1; got {num_steps}.')
-  if batch_size < 1:
-    raise ValueError(f'`batch_size` must be at least 1; got {batch_size}.')
-  if num_epochs is not None and num_epochs < 1:
-    raise ValueError(
-        f'`num_epochs` must be at least 1 or None; got {num_epochs}.'
-    )
+  local_training.check_schedule(num_steps, batch_size, num_epochs)
   if not (math.isfinite(l2_norm_clip) and l2_norm_clip > 0):
     raise ValueError(
         f'`l2_norm_clip` must be positive and finite; got {l2_norm_clip}.'

@@ -248,11 +248,7 @@ def build_local_update(
     A client with zero examples takes no step and returns a zero delta.
     The reported loss excludes the proximal term.
   """
-  # A float such as 1.5 failed later inside JAX, or became 3.0 steps.
-  federated.check_count('num_steps', num_steps)
-  federated.check_count('batch_size', batch_size)
-  if num_epochs is not None:
-    federated.check_count('num_epochs', num_epochs, or_none=True)
+  check_schedule(num_steps, batch_size, num_epochs)
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f'`compute_dtype` must be one of {COMPUTE_DTYPES}; got '
@@ -270,14 +266,7 @@ def build_local_update(
       logits = model.apply(params, x)
     else:
       logits = model.apply_train(params, x, weights > 0)
-    expected = tabular.num_logits(model.num_classes)
-    if logits.ndim != 2 or logits.shape[-1] != expected:
-      raise ValueError(
-          f'The model returns logits shaped {logits.shape[1:]} per example, '
-          f'but num_classes={model.num_classes} needs ({expected},): one '
-          'log-odds logit for 2 classes, else one logit per class. Change '
-          "the model's output width or `num_classes`."
-      )
+    tabular.check_logits(logits, model.num_classes)
     losses = tabular.per_example_loss(
         logits.astype(jnp.float32), y, model.num_classes)
     # Padding rows repeat row 0 with weight 0, and 0 * inf would turn an
@@ -316,6 +305,18 @@ def build_local_update(
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def check_schedule(num_steps, batch_size, num_epochs) -> None:
+  """Raise ValueError unless the step counts are integers of at least 1.
+
+  `num_epochs` may also be None. Bools and floats are rejected: a float
+  such as 1.5 failed later inside JAX, or became 3.0 steps.
+  """
+  federated.check_count('num_steps', num_steps)
+  federated.check_count('batch_size', batch_size)
+  if num_epochs is not None:
+    federated.check_count('num_epochs', num_epochs, or_none=True)
 
 # `gradient(params, batch, valid [batch], step_key) -> (loss, grads)`: the
 # loss and gradient of one minibatch. `batch` has the client's example keys

@@ -167,19 +167,13 @@ def build_survival_local_update(
     each step, without the proximal term.
 
   Raises:
-    ValueError: if `num_steps` or `batch_size` is below 1, `num_epochs` is
-      below 1, `proximal_mu` is negative or not finite, or
+    ValueError: if `num_steps` or `batch_size` is not an integer of at
+      least 1, `num_epochs` is neither None nor such an integer,
+      `proximal_mu` is negative or not finite, or
       `loss_normalization` is unknown. A client whose examples lack `x`,
       `time` or `event` raises ValueError when the update is first called.
   """
-  if num_steps < 1:
-    raise ValueError(f'`num_steps` must be at least 1; got {num_steps}.')
-  if batch_size < 1:
-    raise ValueError(f'`batch_size` must be at least 1; got {batch_size}.')
-  if num_epochs is not None and num_epochs < 1:
-    raise ValueError(
-        f'`num_epochs` must be at least 1 or None; got {num_epochs}.'
-    )
+  local_training.check_schedule(num_steps, batch_size, num_epochs)
   if loss_normalization not in LOSS_NORMALIZATIONS:
     raise ValueError(
         f'`loss_normalization` must be one of {LOSS_NORMALIZATIONS}; got '

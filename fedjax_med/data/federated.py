@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_med import tree
 from fedjax_med.errors import InputError
 
 
@@ -109,6 +110,146 @@ def stack_clients(
       padded[index, : counts[index]] = array
     stacked[name] = padded
   return FederatedData(stacked, np.asarray(counts, dtype=np.int32))
+
+
+def check_federated_data(
+    data: FederatedData, *, name: str, num_classes: int | None = None,
+) -> None:
+  """Raise ValueError unless `data` is a valid padded population.
+
+  Training and evaluation run the same checks. The checks that read values
+  skip traced data, such as the stacked points of a batched sweep.
+
+  Args:
+    data: the population to check.
+    name: the argument's name, such as 'train_data', for the messages.
+    num_classes: the classifier's number of classes. If given, the examples
+      must contain features `x` and labels `y`, and every real row's label
+      must be an integer in [0, num_classes).
+
+  Raises:
+    ValueError: if `num_examples` is not shaped [clients], a field is not
+      shaped [clients, examples, ...] with the same clients and padded
+      length as the others, `num_examples` is outside [0, padded length],
+      a real row contains NaN or infinity in a floating-point field, or, with
+      `num_classes`, if the examples lack `x` or `y`, the labels are not
+      integers shaped [clients, examples] or a real row's label is outside
+      [0, num_classes).
+  """
+  _check_layout(data, name)
+  _check_counts(data, name)
+  _check_finite(data, name)
+  if num_classes is not None:
+    _check_labels(data, name, num_classes)
+
+
+def _check_layout(data: FederatedData, name: str) -> None:
+  """Check the shapes only, so that traced data is checked too."""
+  counts_shape = jnp.shape(data.num_examples)
+  if len(counts_shape) != 1:
+    raise ValueError(
+        f'`{name}.num_examples` must be shaped [clients]; got '
+        f'{counts_shape}.')
+  fields = jax.tree_util.tree_leaves_with_path(data.examples)
+  if not fields:
+    raise ValueError(
+        f'`{name}.examples` has no arrays; it needs one per field, each '
+        'shaped [clients, examples, ...].')
+  num_clients = counts_shape[0]
+  first_field, padded = None, None
+  for path, value in fields:
+    field = f'{name}.examples{jax.tree_util.keystr(path)}'
+    shape = jnp.shape(value)
+    if len(shape) < 2 or shape[0] != num_clients:
+      raise ValueError(
+          f'`{field}` is shaped {shape}, but every field must be shaped '
+          f'[clients, examples, ...] with the {num_clients} clients of '
+          f'`{name}.num_examples`. Build the data with '
+          '`federated.stack_clients`.'
+      )
+    if first_field is None:
+      first_field, padded = field, shape[1]
+    elif shape[1] != padded:
+      raise ValueError(
+          f'`{field}` is padded to {shape[1]} examples (axis 1), but '
+          f'`{first_field}` to {padded}; every field needs the same padded '
+          'length. Build the data with `federated.stack_clients`.'
+      )
+
+
+def _check_counts(data: FederatedData, name: str) -> None:
+  counts = data.num_examples
+  if tree.is_traced(counts):
+    return
+  counts = np.asarray(counts)
+  padded = data.max_examples
+  if not np.issubdtype(counts.dtype, np.integer) or (
+      counts.min(initial=0) < 0 or counts.max(initial=0) > padded):
+    raise ValueError(
+        f'`{name}.num_examples` must be integers in [0, padded length '
+        f'{padded}]; got values from {counts.min(initial=0)} to '
+        f'{counts.max(initial=0)} ({counts.dtype}). Build the data with '
+        '`federated.stack_clients`.'
+    )
+
+
+def _check_finite(data: FederatedData, name: str) -> None:
+  """Check that the real rows of every floating-point field are finite.
+
+  A NaN or infinite input made the client's every update non-finite, so
+  the round left it out in every round without an error. Padding rows
+  may hold anything.
+  """
+  if tree.is_traced(data.num_examples):
+    return
+  real = data.example_mask()
+  for path, value in jax.tree_util.tree_leaves_with_path(data.examples):
+    if tree.is_traced(value) or not jnp.issubdtype(
+        jnp.result_type(value), jnp.inexact):
+      continue
+    value = jnp.asarray(value)
+    rows = value.reshape(value.shape[:2] + (-1,))
+    bad = real & ~jnp.all(jnp.isfinite(rows), axis=-1)
+    if not bool(jnp.any(bad)):
+      continue
+    client = int(jnp.argmax(jnp.any(bad, axis=1)))
+    row = int(jnp.argmax(bad[client]))
+    cells = rows[client, row]
+    found = float(cells[jnp.argmax(~jnp.isfinite(cells))])
+    raise ValueError(
+        f'Client {client} has {found} in row {row} of '
+        f'`{name}.examples{jax.tree_util.keystr(path)}`, which is not a '
+        'finite number. Replace the value (for example, impute a missing '
+        'feature) or remove the row.'
+    )
+
+
+def _check_labels(data: FederatedData, name: str, num_classes: int) -> None:
+  missing = sorted({'x', 'y'} - set(data.examples))
+  if missing:
+    raise ValueError(
+        f'`{name}.examples` lacks {missing}; a classifier reads features '
+        f"from 'x' and labels from 'y'. Got keys {sorted(data.examples)}."
+    )
+  labels = data.examples['y']
+  if tree.is_traced(labels) or tree.is_traced(data.num_examples):
+    return
+  labels = jnp.asarray(labels)
+  if labels.ndim != 2 or jnp.issubdtype(labels.dtype, jnp.floating):
+    raise ValueError(
+        f"`{name}.examples['y']` must be integer class labels shaped "
+        f'[clients, examples]; got {labels.dtype} {labels.shape}.'
+    )
+  bad = data.example_mask() & ((labels < 0) | (labels >= num_classes))
+  if bool(jnp.any(bad)):
+    client = int(jnp.argmax(jnp.any(bad, axis=1)))
+    row = int(jnp.argmax(bad[client]))
+    raise ValueError(
+        f'Client {client} has label {int(labels[client, row])} in row {row} '
+        f'of `{name}`, outside [0, {num_classes}) for '
+        f'num_classes={num_classes}. Map the labels to 0 .. num_classes - 1 '
+        "or raise the model's num_classes."
+    )
 
 
 @dataclasses.dataclass(frozen=True)

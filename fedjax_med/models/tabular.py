@@ -96,12 +96,42 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
   updates batch statistics). Wrap a module with BatchNorm through
   `fedjax_med.models.cnn.from_flax_stateful`. A `flax.nnx` module needs a
   hand-written `Model` with `nnx.split` and `nnx.merge`.
+
+  The returned `init` raises ValueError if the module's variables have a
+  collection besides `params`, such as BatchNorm's `batch_stats`, because
+  `apply` cannot update such a collection and the round would average it
+  as a weight.
   """
 
   def init(key: PRNGKey, sample_x: jax.Array) -> Params:
-    return module.init(key, sample_x)
+    variables = module.init(key, sample_x)
+    others = sorted(set(variables) - {'params'})
+    if others:
+      raise ValueError(
+          f'{type(module).__name__} has the variable collections {others} '
+          "besides 'params', which from_flax cannot update. Wrap a module "
+          'with BatchNorm (`batch_stats`) through '
+          '`fedjax_med.models.cnn.from_flax_stateful`, or remove the '
+          'other collections.'
+      )
+    return variables
 
   return Model(init=init, apply=module.apply, num_classes=num_classes)
+
+
+def check_logits(logits: jax.Array, num_classes: int) -> None:
+  """Raise ValueError unless `logits` is `[batch, num_logits(num_classes)]`.
+
+  Only the shape is read, so traced logits can be checked too.
+  """
+  expected = num_logits(num_classes)
+  if logits.ndim != 2 or logits.shape[-1] != expected:
+    raise ValueError(
+        f'The model returns logits shaped {logits.shape[1:]} per example, '
+        f'but num_classes={num_classes} needs ({expected},): one '
+        'log-odds logit for 2 classes, else one logit per class. Change '
+        "the model's output width or `num_classes`."
+    )
 
 
 def per_example_loss(

@@ -44,10 +44,19 @@ def build_evaluate(
   `threshold`; a multi-class model predicts its most probable class. With
   `personalized=True`, `params` has a leading `[clients]` axis and each
   client is evaluated with its own model, as after local fine-tuning.
+
+  Raises:
+    ValueError: if `test_data` fails `federated.check_federated_data` for
+      the model's `num_classes` (the checks that read values skip traced
+      data). The returned `evaluate` raises it when first traced if the
+      model's logits are not `[batch, num_logits(num_classes)]`.
   """
+  federated.check_federated_data(
+      test_data, name='test_data', num_classes=model.num_classes)
 
   def evaluate_client(params, examples, num_examples):
     logits = model.apply(params, examples['x'])
+    tabular.check_logits(logits, model.num_classes)
     probabilities = tabular.class_probabilities(logits, model.num_classes)
     losses = tabular.per_example_loss(logits, examples['y'], model.num_classes)
     if model.num_classes == 2:

@@ -17,7 +17,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fedjax_med import tree
@@ -200,7 +199,10 @@ def build_round(
   """Build one jitted federated round over `train_data`.
 
   Args:
-    train_data: the whole population, `[clients, examples, ...]`.
+    train_data: the whole population, `[clients, examples, ...]`. Its
+      real rows must hold finite values (see `check_population`), so that
+      a non-finite update, which the round screens out, comes from
+      training rather than from the input.
     local_update: a client's training, from `build_local_update`.
     sampler: chooses the cohort from a key.
     server_optimizer: applied to the negative aggregate, so `optax.sgd(1.0)`
@@ -317,7 +319,9 @@ def build_round(
     call; they must keep the shapes, and the compiled round is then reused,
     so a study of many seeds compiles once. `round_fn.lower(server_state,
     round_key)` returns the lowered round over the bound data, to inspect
-    its cost or sharding. The metrics are scalars:
+    its cost or sharding. A concrete (not traced) `train_data` gets the
+    checks of `check_population`, as the bound population does. The
+    metrics are scalars:
 
     * `round`: 1-based number of this round (`server_state.round` after it).
     * `num_sampled`: clients the sampler drew; `num_dropped`: of those, the
@@ -389,8 +393,8 @@ def build_round(
         'distributed noise than planned. Use at most the cohort size.')
   if attack is not None and malicious is None:
     raise ValueError('`attack` needs a `malicious` mask over the clients.')
-  _check_malicious(malicious, train_data.num_clients)
   check_population(train_data, local_update, sampler)
+  _check_malicious(malicious, train_data.num_clients)
   if not 0.0 <= dropout_rate <= 1.0:
     raise ValueError(f'`dropout_rate` must be in [0, 1]; got {dropout_rate}.')
   scaffold = scaffold_learning_rate is not None
@@ -827,6 +831,20 @@ def build_round(
     return new_state, metrics
 
   bound_data, bound_malicious = train_data, malicious
+  # The device arrays of the last population that passed
+  # `check_population`. JAX arrays are immutable, so the same arrays need
+  # no second check, while numpy input becomes new arrays at every call.
+  checked_leaves = [jax.tree.leaves(bound_data)]
+
+  def check_swapped_population(data):
+    leaves = jax.tree.leaves(data)
+    if all(new is old for new, old in zip(leaves, checked_leaves[0])):
+      return
+    # Traced data (a vmapped sweep, LiRA's shadow models) passes the
+    # shape checks here and skips the checks that read values.
+    check_population(data, local_update, sampler)
+    if not any(tree.is_traced(leaf) for leaf in leaves):
+      checked_leaves[0] = leaves
 
   opt_structures = {}
 
@@ -901,8 +919,10 @@ def build_round(
           f'Aggregator {aggregator} needs a center in the server state: call '
           f"`init_server_state(params, optimizer, aggregator='{aggregator}')`."
       )
-    data = bound_data if train_data is None else _same_layout(
-        train_data, bound_data)
+    data = bound_data
+    if train_data is not None:
+      data = _same_layout(train_data, bound_data)
+      check_swapped_population(data)
     if malicious is None:
       malicious = bound_malicious
     else:
@@ -1198,65 +1218,29 @@ def check_population(
 ) -> None:
   """Check the population against the sampler and the local update.
 
-  The checks that read values skip traced data, such as the stacked
-  points of a batched sweep.
+  The data checks are `federated.check_federated_data`, with the labels
+  checked for a local update that sets `num_classes` (as
+  `build_local_update` and `build_dp_sgd_local_update` do). The checks
+  that read values skip traced data, such as the stacked points of a
+  batched sweep.
 
   Raises:
     ValueError: if a built-in sampler was built for another population
-      size, if `num_examples` is outside [0, padded length], or, for a
-      `build_local_update` classifier, if the examples lack `x` or `y` or
-      a real row's label is outside [0, num_classes).
+      size, if the fields' leading axes disagree with `num_examples` or
+      their padded lengths with each other, if `num_examples` is outside
+      [0, padded length], if a real row contains NaN or infinity, or, for
+      a classifier, if the examples lack `x` or `y` or a real row's label
+      is not an integer in [0, num_classes).
   """
+  federated.check_federated_data(
+      train_data, name='train_data',
+      num_classes=getattr(local_update, 'num_classes', None))
   num_clients = train_data.num_clients
   population = getattr(sampler, 'num_clients', None)
   if population is not None and population != num_clients:
     raise ValueError(
         f'The sampler draws from {population} clients, but `train_data` has '
         f'{num_clients}; build the sampler with num_clients={num_clients}.'
-    )
-  counts = train_data.num_examples
-  if jnp.ndim(counts) != 1:
-    raise ValueError(
-        f'`num_examples` must be shaped [clients]; got {jnp.shape(counts)}.')
-  if tree.is_traced(counts):
-    return
-  counts = np.asarray(counts)
-  padded = train_data.max_examples
-  if not np.issubdtype(counts.dtype, np.integer) or (
-      counts.min(initial=0) < 0 or counts.max(initial=0) > padded):
-    raise ValueError(
-        '`num_examples` must be integers in [0, padded length '
-        f'{padded}]; got values from {counts.min(initial=0)} to '
-        f'{counts.max(initial=0)} ({counts.dtype}). Build the data with '
-        '`federated.stack_clients`.'
-    )
-  num_classes = getattr(local_update, 'num_classes', None)
-  if num_classes is None:
-    return
-  missing = sorted({'x', 'y'} - set(train_data.examples))
-  if missing:
-    raise ValueError(
-        f'`train_data.examples` lacks {missing}; a classifier\'s local '
-        "update reads features from 'x' and labels from 'y'. Got keys "
-        f'{sorted(train_data.examples)}.'
-    )
-  labels = train_data.examples['y']
-  if tree.is_traced(labels):
-    return
-  labels = jnp.asarray(labels)
-  if labels.ndim != 2 or jnp.issubdtype(labels.dtype, jnp.floating):
-    raise ValueError(
-        "`train_data.examples['y']` must be integer class labels shaped "
-        f'[clients, examples]; got {labels.dtype} {labels.shape}.'
-    )
-  bad = train_data.example_mask() & ((labels < 0) | (labels >= num_classes))
-  if bool(jnp.any(bad)):
-    client = int(jnp.argmax(jnp.any(bad, axis=1)))
-    row = int(jnp.argmax(bad[client]))
-    raise ValueError(
-        f'Client {client} has label {int(labels[client, row])} in row {row}, '
-        f'outside [0, {num_classes}) for num_classes={num_classes}. Map the '
-        "labels to 0 .. num_classes - 1 or raise the model's num_classes."
     )
 
 

@@ -11,7 +11,10 @@ import pytest
 from fedjax_med import tree
 from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
+from fedjax_med.data import federated
 from fedjax_med.models import tabular
+from fedjax_med.simulation import round as round_lib
+from fedjax_med.simulation import sampling
 
 _NUM_FEATURES = 3
 # Entries of the zero-gradient model below. A std estimated from this many
@@ -294,8 +297,40 @@ def test_noisy_training_lowers_loss(key):
         ('batch_size', 0),
         ('num_steps', 0),
         ('num_epochs', 0),
+        # A float failed inside JAX with "Shapes must be 1D sequences of
+        # concrete values of integer type", a bool with "iota does not
+        # accept dtype bool".
+        ('num_steps', 2.5),
+        ('num_steps', True),
+        ('batch_size', 4.0),
+        ('batch_size', True),
+        ('num_epochs', 1.5),
+        ('num_epochs', False),
     ],
 )
 def test_invalid_argument(argument, value):
   with pytest.raises(ValueError, match=f'`{argument}`.*got {value}'):
     _build(_model(), optax.sgd(0.1), **{argument: value})
+
+
+def test_round_rejects_label_outside_classes():
+  # Labels of 5 for a binary model used to give a train_loss of -7.2.
+  rng = np.random.default_rng(0)
+  data = federated.stack_clients([
+      {'x': rng.normal(size=(5, _NUM_FEATURES)).astype(np.float32),
+       'y': np.full(5, 5, np.int32)} for _ in range(2)])
+  private = _build(_model(), optax.sgd(0.1))
+
+  assert private.num_classes == 2
+  with pytest.raises(ValueError, match='Client 0 has label 5 in row 0'):
+    round_lib.build_round(data, private, sampling.uniform_sampler(2, 2),
+                          optax.sgd(1.0))
+
+
+def test_logit_width_mismatch_rejected(key):
+  # A model of 3 logits declared binary used to train to a loss of 0.95.
+  wide = tabular.from_flax(tabular.LogisticRegression(3), 2)
+  private = _build(wide, optax.sgd(0.1))
+
+  with pytest.raises(ValueError, match=r'logits shaped \(3,\).*needs \(1,\)'):
+    private(_params(wide, key), _client(5, 0), jnp.int32(5), key)

@@ -201,10 +201,14 @@ def test_column_output_is_squeezed():
         {'num_steps': 0},
         {'batch_size': 0},
         {'num_epochs': 0},
+        {'num_steps': 2.5},
+        {'batch_size': True},
+        {'num_epochs': 2.0},
         {'proximal_mu': -1.0},
         {'loss_normalization': 'patients'},
     ],
-    ids=['steps', 'batch', 'epochs', 'mu', 'normalization'],
+    ids=['steps', 'batch', 'epochs', 'float_steps', 'bool_batch',
+         'float_epochs', 'mu', 'normalization'],
 )
 def test_invalid_settings_raise(settings):
   model = survival_training.cox_model()

@@ -38,3 +38,64 @@ def test_stack_rejects_trailing_shape():
         {'x': np.ones((2, 5))},
         {'x': np.ones((3, 1))},
     ])
+
+
+def _fields(x_shape, y_shape):
+  return {'x': np.zeros(x_shape, np.float32), 'y': np.zeros(y_shape, np.int32)}
+
+
+@pytest.mark.parametrize('examples, num_examples, message', [
+    # A JAX broadcasting TypeError named neither field.
+    (_fields((2, 5, 4), (2, 3)), [3, 2],
+     r"`data.examples\['y'\]` is padded to 3 examples \(axis 1\), but "
+     r"`data.examples\['x'\]` to 5"),
+    (_fields((2, 5, 4), (2, 5)), [3, 2, 1],
+     r"`data.examples\['x'\]` is shaped \(2, 5, 4\), but .* the 3 clients"),
+    # The third client of `x` was silently ignored.
+    (_fields((3, 5, 4), (2, 5)), [3, 2],
+     r"`data.examples\['x'\]` is shaped \(3, 5, 4\), but .* the 2 clients"),
+    (_fields((2, 5, 4), (2,)), [3, 2],
+     r"`data.examples\['y'\]` is shaped \(2,\)"),
+    (_fields((2, 5, 4), (2, 5)), 3,
+     r'`data.num_examples` must be shaped \[clients\]; got \(\)'),
+    ({}, [3, 2], '`data.examples` has no arrays'),
+], ids=['padded_length', 'more_counts', 'more_clients', 'flat_field',
+        'scalar_count', 'no_fields'])
+def test_check_rejects_mismatched_axes(examples, num_examples, message):
+  data = federated.FederatedData(
+      examples, np.asarray(num_examples, np.int32))
+
+  with pytest.raises(ValueError, match=message):
+    federated.check_federated_data(data, name='data')
+
+
+def test_check_accepts_stacked_clients():
+  data = federated.stack_clients([
+      {'x': np.ones((2, 3)), 'y': np.array([0, 1])},
+      {'x': np.ones((0, 3)), 'y': np.zeros((0,), int)},
+  ])
+
+  federated.check_federated_data(data, name='data', num_classes=2)
+
+
+@pytest.mark.parametrize('field', ['x', 'time'])
+def test_check_rejects_nonfinite_real_row(field):
+  data = federated.stack_clients([
+      {'x': np.ones((2, 3)), 'time': np.ones(2)},
+      {'x': np.ones((3, 3)), 'time': np.ones(3)},
+  ])
+  data.examples[field][1, 2] = np.nan
+
+  with pytest.raises(ValueError, match=(
+      f"Client 1 has nan in row 2 of `data.examples\\['{field}'\\]`")):
+    federated.check_federated_data(data, name='data')
+
+
+def test_check_ignores_nonfinite_padding():
+  data = federated.stack_clients([
+      {'x': np.ones((2, 3)), 'y': np.array([0, 1])},
+      {'x': np.ones((3, 3)), 'y': np.array([1, 0, 1])},
+  ])
+  data.examples['x'][0, 2] = np.inf  # Client 0 has 2 rows.
+
+  federated.check_federated_data(data, name='data', num_classes=2)

@@ -19,14 +19,12 @@ NUM_PARAMS = 4
 NUM_STEPS = 6
 
 
-def population(counts, nan_client=None, seed=0):
-  """Return stacked clients with `counts[i]` rows; `nan_client` is all NaN."""
+def population(counts, seed=0):
+  """Return stacked clients with `counts[i]` rows."""
   rng = np.random.default_rng(seed)
   clients = []
-  for index, count in enumerate(counts):
+  for count in counts:
     x = rng.normal(size=(count, 3)).astype(np.float32)
-    if index == nan_client:
-      x[:] = np.nan
     clients.append({'x': x, 'y': (rng.random(count) > 0.5).astype(np.int32)})
   return jax.device_put(federated.stack_clients(clients))
 
@@ -34,6 +32,27 @@ def population(counts, nan_client=None, seed=0):
 def local_update(num_steps=NUM_STEPS, learning_rate=0.1):
   return local_training.build_local_update(
       MODEL, optax.sgd(learning_rate), num_steps=num_steps, batch_size=2)
+
+
+def diverging_update(diverging_count):
+  """Return `local_update()` with a NaN delta and loss for some clients.
+
+  A client with `diverging_count` rows acts as one whose training
+  diverged. `build_round` rejects NaN in the input data, so the round's
+  screening of non-finite updates is reached this way.
+  """
+  update = local_update()
+
+  def diverging(server_params, examples, num_examples, key, **kwargs):
+    result = update(server_params, examples, num_examples, key, **kwargs)
+    diverged = num_examples == diverging_count
+    return result._replace(
+        delta=jax.tree.map(lambda leaf: jnp.where(diverged, jnp.nan, leaf),
+                           result.delta),
+        loss=jnp.where(diverged, jnp.nan, result.loss))
+
+  diverging.num_classes = update.num_classes
+  return diverging
 
 
 def server_state(key, server_optimizer=optax.sgd(1.0), **kwargs):

@@ -163,15 +163,15 @@ def test_zero_example_cohort_skipped(key):
 
 
 def test_nan_update_excluded_and_counted(key):
-  data = small.population([5, 8, 6], nan_client=1)
-  clean = small.population([5, 8, 6])
+  data = small.population([5, 8, 6])
   state = small.server_state(key, optax.sgd(1.0))
 
   with_nan = round_lib.build_round(
-      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+      data, small.diverging_update(8), _fixed_sampler([0, 1, 2]),
+      optax.sgd(1.0)
   )
   without = round_lib.build_round(
-      clean, small.local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
+      data, small.local_update(), _fixed_sampler([0, 2]), optax.sgd(1.0)
   )
   nan_state, metrics = with_nan(state, key)
   clean_state, _ = without(state, key)
@@ -259,9 +259,10 @@ def test_clipping_counted(key):
 
 
 def test_train_loss_ignores_nan_client(key):
-  data = small.population([5, 8, 6], nan_client=1)
+  data = small.population([5, 8, 6])
   round_fn = round_lib.build_round(
-      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0)
+      data, small.diverging_update(8), _fixed_sampler([0, 1, 2]),
+      optax.sgd(1.0)
   )
 
   _, metrics = round_fn(small.server_state(key, optax.sgd(1.0)), key)
@@ -395,6 +396,58 @@ def test_label_outside_classes_rejected(label):
                           optax.sgd(1.0))
 
 
+@pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
+def test_nonfinite_feature_rejected(value):
+  # One NaN cell per client made every update non-finite, so every round
+  # was skipped (num_nonfinite 3 of 3) without an error.
+  data = small.population([5, 7, 6])
+  x = np.array(data.examples['x'])
+  x[1, 4, 2] = value
+  bad = data._replace(examples={**data.examples, 'x': x})
+
+  with pytest.raises(ValueError, match=(
+      f"Client 1 has {value} in row 4 of `train_data.examples\\['x'\\]`, "
+      'which is not a finite number')):
+    round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
+                          optax.sgd(1.0))
+
+
+def test_nonfinite_padding_ignored(key):
+  data = small.population([5, 7, 6])
+  x = np.array(data.examples['x'])
+  x[0, 6] = np.nan  # Client 0 has 5 rows, so row 6 is padding.
+  padded = data._replace(examples={**data.examples, 'x': x})
+  round_fn = round_lib.build_round(
+      padded, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+
+  _, metrics = round_fn(small.server_state(key), key)
+
+  assert int(metrics['num_nonfinite']) == 0
+
+
+def test_swapped_nonfinite_feature_rejected(key):
+  data = small.population([5, 7, 6])
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+  x = np.array(data.examples['x'])
+  x[2, 0, 0] = np.nan
+
+  with pytest.raises(ValueError, match='Client 2 has nan in row 0'):
+    round_fn(small.server_state(key), key, train_data=data._replace(
+        examples={**data.examples, 'x': x}))
+
+
+def test_field_of_other_padded_length_rejected():
+  # The round failed in `example_mask` with a JAX broadcasting TypeError.
+  bad = federated.FederatedData(
+      {'x': np.zeros((2, 5, 4), np.float32), 'y': np.zeros((2, 3), np.int32)},
+      np.array([3, 2], np.int32))
+
+  with pytest.raises(ValueError, match=r"examples\['y'\]` is padded to 3"):
+    round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
+                          optax.sgd(1.0))
+
+
 def test_label_in_padding_ignored():
   data = small.population([5, 7, 6])
   labels = np.array(data.examples['y'])
@@ -411,6 +464,44 @@ def test_missing_labels_rejected():
   with pytest.raises(ValueError, match="lacks \\['y'\\]"):
     round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
                           optax.sgd(1.0))
+
+
+def _swap_labels(data, labels):
+  return data._replace(examples={**data.examples, 'y': labels})
+
+
+@pytest.mark.parametrize('swap, message', [
+    # Labels of 7 for a binary model gave a negative train_loss.
+    (lambda data: _swap_labels(data, jnp.full_like(data.examples['y'], 7)),
+     'Client 0 has label 7 in row 0'),
+    (lambda data: _swap_labels(data, data.examples['y'].astype(jnp.float32)),
+     'must be integer class labels'),
+    # Client 0's count of 9, above the padded length of 8, went into the
+    # num_examples metric.
+    (lambda data: data._replace(num_examples=jnp.array([9, 8, 2], jnp.int32)),
+     r'`train_data.num_examples` must be integers in \[0, padded length 8\]'),
+], ids=['label', 'float_label', 'count'])
+def test_swapped_population_checked(key, swap, message):
+  data = small.population([5, 8, 6])
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+
+  with pytest.raises(ValueError, match=message):
+    round_fn(small.server_state(key), key, train_data=swap(data))
+
+
+def test_swapped_numpy_population_checked_each_call(key):
+  data = small.population([5, 8, 6])
+  round_fn = round_lib.build_round(
+      data, small.local_update(), _fixed_sampler([0, 1, 2]), optax.sgd(1.0))
+  labels = np.array(data.examples['y'])
+  swapped = _swap_labels(data, labels)
+  round_fn(small.server_state(key), key, train_data=swapped)
+
+  labels[2, 3] = 4  # The same numpy array, changed in place.
+
+  with pytest.raises(ValueError, match='Client 2 has label 4 in row 3'):
+    round_fn(small.server_state(key), key, train_data=swapped)
 
 
 def test_model_width_must_match_classes(key):
