@@ -27,6 +27,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedjax_med import tree
@@ -182,6 +183,11 @@ def _check_arguments(
     num_steps, batch_size, l2_norm_clip, noise_multiplier, num_epochs
 ) -> None:
   local_training.check_schedule(num_steps, batch_size, num_epochs)
+  for name, value in (('l2_norm_clip', l2_norm_clip),
+                      ('noise_multiplier', noise_multiplier)):
+    # True passed as 1.0.
+    if isinstance(value, (bool, np.bool_)):
+      raise ValueError(f'`{name}` must be a number; got {value!r}.')
   if not (math.isfinite(l2_norm_clip) and l2_norm_clip > 0):
     raise ValueError(
         f'`l2_norm_clip` must be positive and finite; got {l2_norm_clip}.'

@@ -306,6 +306,9 @@ def test_noisy_training_lowers_loss(key):
         ('batch_size', True),
         ('num_epochs', 1.5),
         ('num_epochs', False),
+        # True was read as 1.0.
+        ('l2_norm_clip', True),
+        ('noise_multiplier', True),
     ],
 )
 def test_invalid_argument(argument, value):
