@@ -20,7 +20,6 @@ import json
 import logging
 import pathlib
 import shlex
-import signal
 import sys
 
 from fedjax_med import config as config_lib
@@ -511,7 +510,7 @@ def _print_interrupt(args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
-  previous = interrupts.defer_ctrl_c()
+  restore = interrupts.defer_ctrl_c()
   try:
     return _main(args)
   except KeyboardInterrupt:
@@ -520,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     return 130
   finally:
-    signal.signal(signal.SIGINT, previous)
+    restore()
 
 
 def _main(args) -> int:

@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import pathlib
-import signal
 import sys
 
 from fedjax_med import interrupts
@@ -283,7 +282,11 @@ def stop_on_ctrl_c(script: str, finished: pathlib.Path | None,
       The message names it only if it exists.
     unit: what the loop finishes before it stops, for the message.
   """
-  previous = interrupts.defer_ctrl_c(unit)
+  # Written before the run, the line cannot check that the file exists.
+  kept_at_once = ('' if finished is None
+                  else f' Finished runs, if any, are in {finished}.')
+  restore = interrupts.defer_ctrl_c(
+      unit, stopped=f'{script}: stopped at once.{kept_at_once}')
   try:
     yield
   except (StudyInterrupted, KeyboardInterrupt):
@@ -293,4 +296,4 @@ def stop_on_ctrl_c(script: str, finished: pathlib.Path | None,
           f'written.{kept}', file=sys.stderr, flush=True)
     raise SystemExit(130) from None
   finally:
-    signal.signal(signal.SIGINT, previous)
+    restore()
