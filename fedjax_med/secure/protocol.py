@@ -427,15 +427,16 @@ def secure_sum(
       participants)
   edges = (participants[:, None] & participants[neighbour_ids]
            & used_columns(settings, num_clients, degree)[None, :])
+  # A round of degree 0 fails and sends no share; its t of 0 becomes 1.
   key_shares = jax.vmap(
       lambda k, s: shamir.share(
           jax.random.fold_in(k, _SHARE_KEY_TAG), s, k_max, t_max,
-          used_threshold=t)
+          used_threshold=jnp.maximum(t, 1))
   )(client_keys, secret_keys)
   seed_shares = jax.vmap(
       lambda k, s: shamir.share(
           jax.random.fold_in(k, _SHARE_SEED_TAG), s, k_max, t_max,
-          used_threshold=t)
+          used_threshold=jnp.maximum(t, 1))
   )(client_keys, seeds)
 
   # Step 3: masked inputs from the survivors.

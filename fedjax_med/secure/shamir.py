@@ -39,6 +39,14 @@ def share(
         f'Shamir threshold must be in [1, {num_shares}] for {num_shares} '
         f'shares; got {threshold}.'
     )
+  if used_threshold is not None and not isinstance(
+      used_threshold, jax.core.Tracer) and not (
+          1 <= int(used_threshold) <= threshold):
+    # 0 made every share equal the secret.
+    raise ValueError(
+        f'`used_threshold` must be in [1, {threshold}]; got '
+        f'{used_threshold}.'
+    )
   secrets = jnp.asarray(secrets, jnp.uint32)
   coefficients = field.random_elements(
       key, (threshold - 1, *secrets.shape)

@@ -134,13 +134,18 @@ def _is_number(value) -> bool:
 def _check_available(available, num_clients: int) -> jax.Array:
   """Return `available` as an array; ValueError unless a `[num_clients]`
   bool mask (a list of bools passes)."""
+  dtype = None
   if isinstance(available, (list, tuple)):
     available = np.asarray(available)
-  if jnp.shape(available) != (num_clients,) or (
-      jnp.result_type(available) != jnp.bool_):
+    # numpy's dtype: a None among the bools gives object, which JAX's
+    # result_type rejects with a TypeError.
+    dtype = available.dtype
+  if dtype is None:
+    dtype = jnp.result_type(available)
+  if jnp.shape(available) != (num_clients,) or dtype != np.bool_:
     raise ValueError(
         f'`available` must be a [{num_clients}] bool mask, one entry per '
-        f'client; got {jnp.result_type(available)} of shape '
+        f'client; got {dtype} of shape '
         f'{jnp.shape(available)}.')
   return jnp.asarray(available)
 

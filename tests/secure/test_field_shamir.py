@@ -106,3 +106,11 @@ def test_used_threshold_lowers_the_polynomial_degree():
   np.testing.assert_array_equal(
       shamir.share(jax.random.key(6), secrets, 9, 6, used_threshold=6),
       shamir.share(jax.random.key(6), secrets, 9, 6))
+
+
+@pytest.mark.parametrize('used', [0, -1, 7])
+def test_used_threshold_out_of_range_rejected(used):
+  # 0 made every share equal the secret; 7 above 6 was used as 6.
+  with pytest.raises(ValueError, match=r'used_threshold` must be in \[1, 6\]'):
+    shamir.share(jax.random.key(0), jnp.ones(3, jnp.uint32), 9, 6,
+                 used_threshold=used)

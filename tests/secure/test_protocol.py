@@ -324,3 +324,12 @@ def test_two_participants_complete_graph():
   assert bool(result.ok)
   np.testing.assert_array_equal(
       np.asarray(result.total, np.uint64), _plain_sum(_inputs(), participants))
+
+
+def test_single_participant_fails_outside_jit():
+  # Eagerly, the round's threshold of 0 reached Shamir's range check.
+  settings = protocol.SecureAggregationSettings()
+  participants = jnp.arange(4) == 0
+  result = protocol.secure_sum(jax.random.key(0), jnp.ones((4, 3), jnp.uint32),
+                               participants, participants, settings)
+  assert not bool(result.ok)

@@ -141,3 +141,7 @@ def test_available_list_accepted(key):
                 ) == [0, 2, 3]
   with pytest.raises(ValueError, match=r'\[5\] bool mask'):
     sampling.poisson_sampler(5, 0.5)(key, available=[1, 0, 1, 1, 0])
+  # A None among the bools raised JAX's TypeError about dtype object.
+  with pytest.raises(ValueError, match='got object of shape'):
+    sampling.uniform_sampler(5, 3)(
+        key, available=[True, False, None, True, True])
