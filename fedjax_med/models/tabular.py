@@ -7,6 +7,7 @@ gets one logit per class.
 
 from typing import Callable, NamedTuple, Sequence
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,8 +95,8 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
   The module is applied as a pure function of params and inputs, so it
   can hold no dropout (which needs an RNG stream) and no BatchNorm (which
   updates batch statistics). Wrap a module with BatchNorm through
-  `fedjax_med.models.cnn.from_flax_stateful`. A `flax.nnx` module needs a
-  hand-written `Model` with `nnx.split` and `nnx.merge`.
+  `fedjax_med.models.cnn.from_flax_stateful`. Wrap a `flax.nnx` module
+  through `from_nnx`.
 
   The returned `init` raises ValueError if the module's variables have a
   collection besides `params`, such as BatchNorm's `batch_stats`, because
@@ -117,6 +118,54 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
     return variables
 
   return Model(init=init, apply=module.apply, num_classes=num_classes)
+
+
+def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module],
+             num_classes: int) -> Model:
+  """Wrap a `flax.nnx` module whose output has `num_logits(num_classes)`
+  columns.
+
+  `make_module(rngs)` builds the module, such as
+  `lambda rngs: MyNet(rngs=rngs)`. `init(key, sample_x)` builds it from
+  `nnx.Rngs(key)` and returns its `nnx.Param` values as a plain nested
+  dict (`nnx.to_pure_dict`), which optax, checkpoints and the aggregators
+  handle as any params tree. `apply(params, x)` puts them back into the
+  module's graph and calls it, so it is a pure function that `jit` and
+  `vmap` take.
+
+  Only modules whose whole state is `nnx.Param` work, as with `from_flax`:
+  the round would average any other state, such as BatchNorm's
+  `nnx.BatchStat`, as a weight, and dropout's RNG state would stay fixed.
+
+  Raises:
+    ValueError: from `init`, if the module holds state other than
+      `nnx.Param`.
+  """
+  abstract = nnx.eval_shape(lambda: make_module(nnx.Rngs(0)))
+  graphdef, template, _ = nnx.split(abstract, nnx.Param, ...)
+
+  def init(key: PRNGKey, sample_x: jax.Array) -> Params:
+    module = make_module(nnx.Rngs(key))
+    _, params, rest = nnx.split(module, nnx.Param, ...)
+    others = sorted({type(variable).__name__ for variable in jax.tree.leaves(
+        rest, is_leaf=lambda leaf: isinstance(leaf, nnx.Variable))})
+    if others:
+      raise ValueError(
+          f'{type(module).__name__} holds {others} state besides nnx.Param, '
+          'which from_nnx cannot carry between rounds. Build the module '
+          'without it (for example no BatchNorm, and Dropout without '
+          '`rngs`), or write a `Model` by hand.'
+      )
+    # Checks that the module takes inputs shaped like `sample_x`.
+    jax.eval_shape(module, sample_x)
+    return nnx.to_pure_dict(params)
+
+  def apply(params: Params, x: jax.Array) -> jax.Array:
+    state = jax.tree.map(lambda leaf: leaf, template)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)(x)
+
+  return Model(init=init, apply=apply, num_classes=num_classes)
 
 
 def check_logits(logits: jax.Array, num_classes: int) -> None:
