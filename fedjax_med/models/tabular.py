@@ -5,9 +5,8 @@ class 1, as FLamby's `Linear(13, 1)` baseline does. A task with more classes
 gets one logit per class.
 """
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
-from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -120,8 +119,7 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
   return Model(init=init, apply=module.apply, num_classes=num_classes)
 
 
-def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module],
-             num_classes: int) -> Model:
+def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
   """Wrap a `flax.nnx` module whose output has `num_logits(num_classes)`
   columns.
 
@@ -141,6 +139,13 @@ def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module],
     ValueError: from `init`, if the module holds state other than
       `nnx.Param`.
   """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  # Older flax releases have these as State methods only.
+  to_pure_dict = getattr(nnx, 'to_pure_dict', lambda state: (
+      state.to_pure_dict()))
+  replace_by_pure_dict = getattr(
+      nnx, 'replace_by_pure_dict',
+      lambda state, pure: state.replace_by_pure_dict(pure))
   abstract = nnx.eval_shape(lambda: make_module(nnx.Rngs(0)))
   graphdef, template, _ = nnx.split(abstract, nnx.Param, ...)
 
@@ -158,11 +163,11 @@ def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module],
       )
     # Checks that the module takes inputs shaped like `sample_x`.
     jax.eval_shape(module, sample_x)
-    return nnx.to_pure_dict(params)
+    return to_pure_dict(params)
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
     state = jax.tree.map(lambda leaf: leaf, template)
-    nnx.replace_by_pure_dict(state, params)
+    replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)(x)
 
   return Model(init=init, apply=apply, num_classes=num_classes)
