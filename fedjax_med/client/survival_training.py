@@ -192,7 +192,7 @@ def build_survival_local_update(
     _check_batch_keys(batch)
     return grad_fn(params, batch, valid)
 
-  return local_training.build_scan(
+  local_update = local_training.build_scan(
       batch_gradient,
       optimizer,
       num_steps=num_steps,
@@ -200,3 +200,6 @@ def build_survival_local_update(
       num_epochs=num_epochs,
       proximal_mu=proximal_mu,
   )
+  # `build_round` checks the times and events of its population.
+  local_update.survival = True
+  return local_update

@@ -224,6 +224,43 @@ def _check_finite(data: FederatedData, name: str) -> None:
     )
 
 
+def check_survival_data(data: FederatedData, *, name: str) -> None:
+  """Raise ValueError unless `data` holds survival rows a Cox model reads.
+
+  The examples must contain `x`, `time` and `event`. On the real rows of
+  concrete data, each time must be finite and at least 0 and each event 0
+  or 1. The Cox loss counts any nonzero event as a death, so an event of
+  -1 meant as "unknown" trained as one without an error.
+  """
+  missing = sorted({'x', 'time', 'event'} - set(data.examples))
+  if missing:
+    raise ValueError(
+        f'`{name}.examples` lacks {missing}; a Cox model reads features '
+        "from 'x', follow-up times from 'time' and events (1 death, 0 "
+        f"censored) from 'event'. Got keys {sorted(data.examples)}."
+    )
+  times, events = data.examples['time'], data.examples['event']
+  if any(tree.is_traced(value)
+         for value in (times, events, data.num_examples)):
+    return
+  real = np.asarray(data.example_mask())
+  times, events = np.asarray(times), np.asarray(events)
+  for field, values, bad, fix in (
+      ('time', times,
+       real & ~(np.isfinite(times.astype(np.float64)) & (times >= 0)),
+       'Follow-up times are durations of at least 0.'),
+      ('event', events, real & (events != 0) & (events != 1),
+       'Code a death as 1 and a censored row as 0, and drop rows whose '
+       'outcome is unknown.')):
+    if bad.any():
+      client = int(np.flatnonzero(bad.any(axis=1))[0])
+      row = int(np.flatnonzero(bad[client])[0])
+      raise ValueError(
+          f"Client {client} has {field} {values[client, row]} in row {row} "
+          f"of `{name}.examples['{field}']`. {fix}"
+      )
+
+
 def _check_labels(data: FederatedData, name: str, num_classes: int) -> None:
   missing = sorted({'x', 'y'} - set(data.examples))
   if missing:

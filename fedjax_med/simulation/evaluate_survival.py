@@ -85,16 +85,10 @@ def build_evaluate_survival(
 
   Raises:
     ValueError: if `test_data` lacks `x`, `time` or `event`, or a real test
-      row has a NaN or infinite feature.
+      row has a NaN or infinite feature, a negative or non-finite time or
+      an event other than 0 or 1 (`federated.check_survival_data`).
   """
-  missing = [
-      name for name in ('x', 'time', 'event') if name not in test_data.examples
-  ]
-  if missing:
-    raise ValueError(
-        f'`test_data` must contain `x`, `time` and `event`; it lacks '
-        f'{missing}. Pass the test split of a survival dataset.'
-    )
+  federated.check_survival_data(test_data, name='test_data')
   counts = np.asarray(test_data.num_examples)
   times = np.asarray(test_data.examples['time'])
   events = np.asarray(test_data.examples['event'])
@@ -102,7 +96,10 @@ def build_evaluate_survival(
   for client, count in enumerate(counts):
     # A NaN feature gave a NaN risk, reported as diverged training, and
     # made the pooled C-index of every client NaN.
-    bad = ~np.isfinite(features[client, :count]).reshape(count, -1).all(axis=1)
+    # An explicit width: numpy cannot infer -1 for a client of 0 rows.
+    width = int(np.prod(features.shape[2:]))
+    bad = ~np.isfinite(features[client, :count]).reshape(count, width).all(
+        axis=1)
     if bad.any():
       raise ValueError(
           f'`test_data` has a NaN or infinite feature in client {client}, '

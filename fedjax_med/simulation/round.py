@@ -1228,13 +1228,17 @@ def check_population(
     ValueError: if a built-in sampler was built for another population
       size, if the fields' leading axes disagree with `num_examples` or
       their padded lengths with each other, if `num_examples` is outside
-      [0, padded length], if a real row contains NaN or infinity, or, for
+      [0, padded length], if a real row contains NaN or infinity, for
       a classifier, if the examples lack `x` or `y` or a real row's label
-      is not an integer in [0, num_classes).
+      is not an integer in [0, num_classes), or, for a survival update
+      (`build_survival_local_update`), if a real row's time is negative or
+      its event not 0 or 1.
   """
   federated.check_federated_data(
       train_data, name='train_data',
       num_classes=getattr(local_update, 'num_classes', None))
+  if getattr(local_update, 'survival', False):
+    federated.check_survival_data(train_data, name='train_data')
   num_clients = train_data.num_clients
   population = getattr(sampler, 'num_clients', None)
   if population is not None and population != num_clients:

@@ -11,6 +11,8 @@ from fedjax_med.data import federated
 from fedjax_med.evaluation import concordance
 from fedjax_med.models import survival
 from fedjax_med.simulation import evaluate_survival
+from fedjax_med.simulation import round as simulation_round
+from fedjax_med.simulation import sampling
 
 NUM_FEATURES = 3
 TRUE_COEFFICIENTS = np.array([1.5, -1.0, 0.5], np.float32)
@@ -319,3 +321,40 @@ def test_evaluate_requires_time():
 
   with pytest.raises(ValueError, match='time'):
     evaluate_survival.build_evaluate_survival(model, test_data)
+
+
+def test_evaluate_client_without_rows():
+  # numpy cannot reshape 0 rows to (0, -1); the evaluator raised before
+  # concordance_index could say that the client has no rows.
+  clients = [_table(15, seed=2), {name: column[:0] for name, column in
+                                  _table(3, seed=3).items()}]
+  model, params = _params()
+
+  scores = evaluate_survival.build_evaluate_survival(
+      model, federated.stack_clients(clients))(params)
+
+  assert np.isnan(scores.c_index[1])
+  assert scores.reasons[1] == 'there are no real rows'
+  assert scores.mean_c_index == scores.c_index[0]
+
+
+@pytest.mark.parametrize('field, value, message', [
+    # The Cox loss counted -1 ("unknown") and 2 as deaths.
+    ('event', -1, "event -1 in row 3 of `train_data.examples\\['event'\\]`"),
+    ('event', 2, 'event 2 in row 3'),
+    ('time', -5.0, 'time -5.0 in row 3'),
+])
+def test_round_rejects_invalid_survival_rows(key, field, value, message):
+  clients = [_table(8, seed=2), _table(6, seed=3)]
+  clients[1][field][3] = value
+  data = federated.stack_clients(clients)
+  update = survival_training.build_survival_local_update(
+      survival_training.cox_model(), optax.sgd(0.1), num_steps=2,
+      batch_size=4)
+  sampler = sampling.uniform_sampler(2, 2)
+
+  with pytest.raises(ValueError, match=f'Client 1 has {message}'):
+    simulation_round.build_round(data, update, sampler, optax.sgd(1.0))
+  with pytest.raises(ValueError, match='Client 1 has'):
+    evaluate_survival.build_evaluate_survival(
+        survival_training.cox_model(), data)
