@@ -306,6 +306,12 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
   example_privacy = summary['example_privacy']
   if example_privacy['private']:
     print(f"  example-level privacy: {example_privacy['guarantee']}")
+    if example_privacy.get('delta_too_large'):
+      print(f"warning: delta={example_privacy['delta']:g} is not below 1 / "
+            f"{example_privacy['smallest_client_examples']} rows of the "
+            'smallest client, so the example-level guarantee allows '
+            'publishing one row outright with probability delta. Use a '
+            'delta well below 1 / rows.', file=sys.stderr)
   if summary['stopped_at_target_epsilon']:
     print(f"  stopped after {summary['rounds_run']} of {summary['rounds']} "
           'rounds: one more would exceed the target epsilon')

@@ -300,6 +300,12 @@ def _guarantee(config, settings, accountant, epsilon, rounds_below_min):
     return accounting.describe_guarantee(
         epsilon, privacy.delta, 'replace_one', 'client'
     ) + ', local DP of each client\'s own release'
+  if privacy.noise == 'distributed' and config.secure_aggregation.enabled:
+    # The discrete Gaussian's zCDP bound takes no credit for sampling, and
+    # naming the sampler would read as amplification.
+    return accounting.describe_guarantee(
+        epsilon, privacy.delta, _stated_relation(config, accountant),
+        'client') + ', no amplification by sampling'
   return accounting.describe_guarantee(
       epsilon, privacy.delta, _stated_relation(config, accountant), 'client',
       sampling=config.sampling.sampling,
@@ -393,6 +399,25 @@ def describe_example_level(
       delta=config.privacy.delta,
       accountant=config.privacy.accountant,
   )
+  assumptions = [
+      NOT_COVERED,
+      'Local batches are drawn by shuffling within epochs but accounted '
+      'as Poisson subsampling with rate batch_size / num_examples, a '
+      'common approximation that can understate epsilon.',
+      f'Each client is charged all {rounds_run} rounds.',
+  ]
+  # Each client's rows are its own dataset here, so delta is judged
+  # against the smallest one, as the client-level delta against clients.
+  with_rows = [(int(count), name) for count, name in
+               zip(train_counts, client_names) if count > 0]
+  fewest, smallest = min(with_rows) if with_rows else (0, None)
+  delta_too_large = fewest > 0 and config.privacy.delta * fewest >= 1
+  if delta_too_large:
+    assumptions.append(
+        f'delta = {config.privacy.delta:g} is not below 1 / {fewest} rows '
+        f'of the smallest client ({smallest}): a mechanism that publishes '
+        'one row outright with probability delta meets such a guarantee. '
+        'Use delta well below 1 / rows.')
   return {
       'private': True,
       'unit': 'example',
@@ -405,13 +430,9 @@ def describe_example_level(
       'guarantee': accounting.describe_guarantee(
           worst.epsilon, config.privacy.delta, 'add_or_remove', 'example'
       ) + f' (worst client: {client_names[worst.client_index]})',
-      'assumptions': [
-          NOT_COVERED,
-          'Local batches are drawn by shuffling within epochs but accounted '
-          'as Poisson subsampling with rate batch_size / num_examples, a '
-          'common approximation that can understate epsilon.',
-          f'Each client is charged all {rounds_run} rounds.',
-      ],
+      'smallest_client_examples': fewest,
+      'delta_too_large': delta_too_large,
+      'assumptions': assumptions,
   }
 
 

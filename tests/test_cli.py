@@ -435,6 +435,27 @@ def test_delta_not_below_one_over_clients_warns(capsys, tmp_path):
              for line in summary['privacy']['assumptions'])
 
 
+def test_example_delta_not_below_one_over_rows_warns(capsys, tmp_path):
+  # Example-level DP-SGD took delta=0.05 without a word, although the
+  # smallest hospital, Switzerland, has 30 training rows.
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'dp_sgd=true', '--set', 'delta=0.05',
+      '--out', str(tmp_path / 'r'))
+
+  assert status == 0
+  assert 'delta=0.05 is not below 1 / 30 rows' in captured.err
+  example = json.loads(
+      (tmp_path / 'r' / 'summary.json').read_text())['example_privacy']
+  assert any('not below 1 / 30 rows of the smallest client (switzerland)'
+             in line for line in example['assumptions'])
+
+  status, captured = _run_cli(
+      capsys, *FAST, '--set', 'dp_sgd=true', '--set', 'delta=0.01',
+      '--out', str(tmp_path / 'fine'))
+  assert status == 0
+  assert 'rows of the smallest client' not in captured.err
+
+
 def test_denominator_below_one_client_warns(capsys, tmp_path):
   # 4 hospitals sampled at rate 0.1 report 0.4 clients a round on average,
   # so every round's noise is divided by 0.4.

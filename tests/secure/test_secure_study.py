@@ -54,6 +54,10 @@ def test_distributed_noise_accounted_as_discrete(tmp_path):
   # bound is stated for zero-out neighbors, not add-or-remove.
   assert summary['privacy']['neighboring_relation'] == 'zero_out'
   assert 'zero-out-one-client' in summary['privacy']['guarantee']
+  # The zCDP bound takes no credit for sampling; naming the sampler read as
+  # amplification.
+  assert summary['privacy']['guarantee'].endswith(
+      ', no amplification by sampling')
 
 
 @pytest.mark.parametrize('overrides', [
