@@ -179,8 +179,10 @@ def _gap_entry(
         f'{metric} is defined for {len(defined)} group(s); a gap needs 2'
     )
     return gap
-  max_group = max(defined, key=defined.get)
-  min_group = min(defined, key=defined.get)
+  # Sorted by value, ties in group order, so that max and min name two
+  # different groups even when every value is equal.
+  ranked = sorted(defined, key=defined.get)
+  min_group, max_group = ranked[0], ranked[-1]
   gap.update(
       value=defined[max_group] - defined[min_group],
       max_group=max_group,

@@ -913,3 +913,19 @@ def test_build_dataset_invalid_raises(
     partitions.build_dataset(
         x, y, client_indices, key=key, test_fraction=test_fraction
     )
+
+
+def test_dirichlet_sizes_do_not_depend_on_client_index():
+  # Near-equal shares rounded at the same cut points for every class and
+  # seed: at alpha 1e6, clients 2 and 7 of 100 always got 10 rows and the
+  # others 20, so a client's size was set by its index.
+  labels = np.repeat(np.arange(10), 180)
+  sizes = np.array([
+      [len(rows) for rows in partitions.partition_dirichlet(
+          labels, num_clients=100, alpha=1e6, key=jax.random.key(seed),
+          min_examples=0)]
+      for seed in range(20)])
+  assert (sizes.sum(axis=1) == 1800).all()
+  mean = sizes.mean(axis=0)
+  assert mean.min() > 16.5
+  assert mean.max() < 19.5

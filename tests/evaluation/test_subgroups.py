@@ -270,3 +270,15 @@ def test_band_ids_integer_values_keep_shape():
 
   assert ids.dtype == np.int64
   np.testing.assert_array_equal(ids, [[0, 1], [2, 0]])
+
+
+def test_tied_gap_names_two_groups():
+  # With equal values, max and min both named the first group, which read
+  # as a group compared with itself.
+  report = subgroups.subgroup_report(
+      [[1, 1, 0, 0]], [[1, 1, 0, 0]], [[0, 1, 0, 1]], [[True] * 4],
+      group_names=['x', 'y'])
+  gap = report['pooled']['gaps']['accuracy_gap']
+  assert gap['value'] == 0.0
+  assert gap['min_group'] == 'x'
+  assert gap['max_group'] == 'y'
