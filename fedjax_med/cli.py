@@ -349,11 +349,19 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     deadline = (
         f' {stragglers} updates missed `participation.deadline_s`; raise it '
         'or use `participation.straggler_policy=wait`.' if stragglers else '')
+    too_small = secure.get('too_small_rounds', 0)
+    # Rounds whose sampled clients were too few for the graph fail
+    # whatever the dropout settings.
+    sampled = (
+        f' {too_small} of them sampled too few clients for the graph (2, or '
+        '3 for harary): raise `sampling.sampling_rate` or '
+        '`sampling.cohort_size`, or the clients\' availability.'
+        if too_small else '')
     print(
         f'warning: secure aggregation failed in {failed} of '
         f'{summary["rounds_run"]} rounds: too few clients survived, or too '
         'few responded to rebuild a secret. The model did not change in '
-        'those rounds.'
+        f'those rounds.{sampled}'
         f'{deadline} Lower `sampling.dropout_rate`, '
         '`secure_aggregation.unmask_dropout_rate` or '
         '`secure_aggregation.threshold_fraction` (below 0.5 it holds only '

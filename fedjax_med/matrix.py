@@ -739,6 +739,15 @@ def _check_base(base: config_lib.ExperimentConfig) -> None:
         'The robustness matrix does not run the `participation` or '
         '`compression` sections. Run them with `fedjax-med run` or a sweep.'
     )
+  if base.secure_aggregation.enabled:
+    # The matrix builds its rounds without the protocol, so its cells
+    # reported plain FedAvg, including rounds that would have failed.
+    raise InputError(
+        'The robustness matrix does not run `secure_aggregation.enabled=true`'
+        ': its robust aggregators need each client\'s update, and its '
+        'FedAvg cells would run without the protocol. Run secure '
+        'aggregation with `fedjax-med run` or a sweep.'
+    )
   config_lib.validate(config_lib.reset_unused_settings(base))
 
 

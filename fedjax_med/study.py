@@ -1383,7 +1383,7 @@ def _run_rounds(
         history['secure_rounds'].append(
             {key: value for key, value in record.items()
              if key.startswith('secagg_')
-             or key in ('mean_update_norm', 'clip_norm')})
+             or key in ('mean_update_norm', 'clip_norm', 'num_sampled')})
       if accountant is not None:
         # Every round spends privacy, skipped ones included.
         accountant.step()
@@ -1550,18 +1550,29 @@ def _secure_summary(history, clip_norm) -> dict[str, Any]:
             < record['secagg_quantization_norm'] for record in completed]
   section['updates_below_quantization'] = bool(
       erased and sum(erased) > len(erased) / 2)
+  # A Poisson round can sample no client at all; its per-client costs are
+  # 0 and would pull the per-client means below the plain upload.
+  with_clients = [record for record in records
+                  if record.get('num_sampled', 1) > 0]
+  section['empty_rounds'] = len(records) - len(with_clients)
+  section['too_small_rounds'] = sum(
+      bool(record.get('secagg_failed')) and record.get('secagg_degree') == 0
+      for record in records)
   # The plan's degree and threshold are those of a full cohort; each round
   # sizes them on its participants.
   for name in ('degree', 'threshold'):
-    values = [record['secagg_' + name] for record in records
+    values = [record['secagg_' + name] for record in with_clients
               if 'secagg_' + name in record]
     if values:
       section[f'mean_round_{name}'] = float(np.mean(values))
+  per_client = ('secagg_client_bytes_up', 'secagg_client_bytes_down',
+                'secagg_client_prg_expansions')
   for name in ('secagg_client_bytes_up', 'secagg_client_bytes_down',
                'secagg_server_bytes', 'secagg_plain_bytes_up',
                'secagg_client_prg_expansions',
                'secagg_server_prg_expansions', 'secagg_reconstructions'):
-    values = [record[name] for record in records if name in record]
+    rounds = with_clients if name in per_client else records
+    values = [record[name] for record in rounds if name in record]
     if values:
       section['mean_' + name.removeprefix('secagg_')] = float(np.mean(values))
   return section

@@ -383,8 +383,11 @@ def _loop_reason(config: config_lib.ExperimentConfig) -> str | None:
   if config.client.fedbn:
     return 'FedBN evaluates every client with its own normalization layers'
   if config.secure_aggregation.enabled:
-    return ('secure aggregation fixes its encoding scale from the noise '
-            'multiplier when the round is built')
+    if config.privacy.noise != 'none':
+      return ('secure aggregation fixes its encoding scale from the noise '
+              'multiplier when the round is built')
+    return ('the batched programs do not run the secure aggregation '
+            'protocol, so the point runs as a single study')
   if config.privacy.noise == 'distributed':
     return ('distributed noise voids the guarantee in a round with fewer '
             'reporting clients than it assumes, which a single run checks')

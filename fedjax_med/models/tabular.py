@@ -161,8 +161,15 @@ def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
           'without it (for example no BatchNorm, and Dropout without '
           '`rngs`), or write a `Model` by hand.'
       )
-    # Checks that the module takes inputs shaped like `sample_x`.
-    jax.eval_shape(module, sample_x)
+    try:
+      jax.eval_shape(module, sample_x)
+    except TypeError as error:
+      # A dot_general shape error from deep inside the module.
+      raise ValueError(
+          f'{type(module).__name__} cannot take inputs shaped '
+          f'{jnp.shape(sample_x)} (`sample_x`): {error} Check the input '
+          "width of the module's first layer against the data's features."
+      ) from None
     return to_pure_dict(params)
 
   def apply(params: Params, x: jax.Array) -> jax.Array:

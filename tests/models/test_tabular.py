@@ -131,3 +131,9 @@ def test_from_nnx_rejects_batch_stats(key):
   # The round would average BatchNorm's statistics as weights.
   with pytest.raises(ValueError, match=r"\['BatchStat'\] state besides"):
     tabular.from_nnx(_NnxBatchNorm, 2).init(key, jnp.ones((1, 6)))
+
+
+def test_from_nnx_names_a_wrong_input_width(key):
+  # JAX's dot_general TypeError came through unexplained.
+  with pytest.raises(ValueError, match=r'cannot take inputs shaped \(1, 5\)'):
+    tabular.from_nnx(_NnxNet, 3).init(key, jnp.ones((1, 5)))

@@ -5,6 +5,7 @@ import json
 import math
 
 import dp_accounting
+import numpy as np
 import pytest
 
 from fedjax_med import cli
@@ -204,3 +205,30 @@ def test_adaptive_clip_norm_compared_per_round():
 
   assert section['updates_below_quantization']
 
+
+
+def test_empty_poisson_rounds_left_out_of_client_means(tmp_path):
+  # Rounds that sampled no client have per-client costs of 0, which pulled
+  # the mean upload below the plain one (1,826 against 2,444 bytes).
+  config = _config(**{
+      **SECURE, 'data.dataset': 'synthetic', 'data.num_clients': 8,
+      'data.min_examples': 20, 'data.max_examples': 40,
+      'client.local_steps': 3, 'client.batch_size': 8,
+      'sampling.sampling': 'poisson', 'sampling.sampling_rate': 0.15,
+      'server.rounds': 6})
+  _, summary = study.run_study(config, tmp_path, progress=False)
+  records = [json.loads(line) for line in
+             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  sampled = [record for record in records if record['num_sampled'] > 0]
+  secure = summary['secure_aggregation']
+
+  assert 0 < len(sampled) < len(records)
+  assert secure['empty_rounds'] == len(records) - len(sampled)
+  assert secure['mean_client_bytes_up'] == pytest.approx(
+      np.mean([record['secagg_client_bytes_up'] for record in sampled]))
+  assert secure['mean_client_bytes_up'] > secure['mean_plain_bytes_up']
+  assert secure['mean_round_degree'] == pytest.approx(
+      np.mean([record['secagg_degree'] for record in sampled]))
+  assert secure['too_small_rounds'] == sum(
+      record['secagg_failed'] and record['secagg_degree'] == 0
+      for record in records)
