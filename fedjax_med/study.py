@@ -438,21 +438,22 @@ def _num_local_steps(client, train, max_client_examples=None) -> int:
     return client.local_steps
   if max_client_examples is None:
     max_client_examples = int(np.max(train.num_examples))
-  # In Python ints: the product overflowed int32 inside the scan's length
-  # (`local_epochs=100000000` raised OverflowError from JAX).
-  per_epoch = -(-max(max_client_examples, 1) // client.batch_size)
-  limit = config_lib.MAX_LOCAL_STEPS
-  if client.local_epochs * per_epoch > limit:
-    raise InputError(
-        f'`client.local_epochs` {client.local_epochs} takes '
-        f'{client.local_epochs * per_epoch:,} steps for the largest client '
-        f'({max_client_examples} rows in batches of {client.batch_size}), '
-        f'beyond the {limit:,} a round can count. Use at most '
-        f'{limit // per_epoch:,} epochs, or a larger `client.batch_size`.'
-    )
-  return local_training.max_local_steps(
+  steps = local_training.max_local_steps(
       max_client_examples, client.batch_size, client.local_epochs
   )
+  # A Python int here; as the scan's length it overflowed int32
+  # (`local_epochs=100000000` raised OverflowError from JAX).
+  limit = config_lib.MAX_LOCAL_STEPS
+  if steps > limit:
+    per_epoch = steps // client.local_epochs
+    raise InputError(
+        f'`client.local_epochs` {client.local_epochs} takes {steps:,} steps '
+        f'for the largest client ({max_client_examples} rows in batches of '
+        f'{client.batch_size}), beyond the {limit:,} a round can count. Use '
+        f'at most {limit // per_epoch:,} epochs, or a larger '
+        '`client.batch_size`.'
+    )
+  return steps
 
 
 def _unroll(client, train, step_copies: int) -> bool:
