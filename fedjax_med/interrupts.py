@@ -71,7 +71,7 @@ def defer_ctrl_c(unit: str = 'round',
   os.set_blocking(write_end, False)
   previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
   # The request is set here, in the main thread, so that it is set once
-  # and before the loop's next check; the thread prints and counts.
+  # and before the loop's next check. The thread prints and counts.
   previous_int = signal.signal(signal.SIGINT,
                                lambda signum, frame: request_stop())
   previous_term = signal.signal(signal.SIGTERM,

@@ -147,7 +147,7 @@ def _visited_slots(config, train_counts, availability, seconds_per_slot):
                .astype(int) % num_slots)
     return visited, np.ones(rounds)
   # The clock's path has no closed form here, so it is followed one slot
-  # visit at a time; the first _MAX_TRACED_ROUNDS visits stand for the
+  # visit at a time. The first _MAX_TRACED_ROUNDS visits stand for the
   # rest, in proportion.
   clock, left, slots, counts = 0.0, float(rounds), [], []
   while left > 0 and len(slots) < _MAX_TRACED_ROUNDS:
@@ -160,11 +160,11 @@ def _visited_slots(config, train_counts, availability, seconds_per_slot):
         max(math.ceil((slot_end - clock) / seconds), 1), left)
     e = float(empty[index % num_slots])
     # expm1 and log1p, as 1 - (1 - e)**L is 0 in float64 for e below 1e-16.
-    held = room if e == 0 else (
+    expected_rounds = room if e == 0 else (
         1.0 if e >= 1 else -math.expm1(room * math.log1p(-e)) / e)
     slots.append(index % num_slots)
-    counts.append(held)
-    left -= held
+    counts.append(expected_rounds)
+    left -= expected_rounds
     if (1 - e)**room >= 0.5:
       clock += room * seconds
     else:

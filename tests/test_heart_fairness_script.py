@@ -180,8 +180,7 @@ def test_page_without_markers_rejected_first(tmp_path, capsys):
   assert 'lacks the result markers' in capsys.readouterr().err
 
 
-def test_ctrl_c_stops_after_the_round_and_keeps_page(tmp_path, monkeypatch,
-                                                     capsys):
+def test_ctrl_c_keeps_page(tmp_path, monkeypatch, capsys):
   # The script's own round loop never checked a deferred Ctrl-C, so the
   # first one was ignored until the end or raised inside JAX.
   script = _load_script()

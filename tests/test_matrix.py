@@ -291,7 +291,7 @@ def test_experiment_runs_reduced(tmp_path, name, aggregators, attacks,
      'matrix.attacks'),
     ({'trigger_features': '0,99'}, r'columns \[99\]'),
     ({'target_label': 5}, 'target_label=5'),
-    # The cells ran plain FedAvg, without the protocol, and no error said so.
+    # The cells ran plain FedAvg, without the protocol, and raised no error.
     ({'secure_aggregation.enabled': True, 'clip_norm': 10.0},
      'does not run `secure_aggregation.enabled=true`'),
 ])

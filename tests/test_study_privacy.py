@@ -88,7 +88,7 @@ def test_office_hours_round_length_from_speed():
   assert settings.denominator == pytest.approx(20 * online, rel=1e-6)
 
 
-def test_rarely_open_night_slots_hold_one_empty_round_each():
+def test_rarely_open_slots_hold_one_round():
   # With 1e-6 of the clients online at night, a round there finds no one
   # and the clock jumps to the next hour. The estimate assumed 1,800 rounds
   # of 2 s in hour 0 and gave 2e-5 clients, which divided the noise of

@@ -225,7 +225,7 @@ def _check_finite(data: FederatedData, name: str) -> None:
 
 
 def check_survival_data(data: FederatedData, *, name: str) -> None:
-  """Raise ValueError unless `data` holds survival rows a Cox model reads.
+  """Raise ValueError unless `data` contains survival rows a Cox model reads.
 
   The examples must contain `x`, `time` and `event`. On the real rows of
   concrete data, each time must be finite and at least 0 and each event 0

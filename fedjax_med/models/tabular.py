@@ -136,7 +136,7 @@ def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
   `nnx.BatchStat`, as a weight, and dropout's RNG state would stay fixed.
 
   Raises:
-    ValueError: from `init`, if the module holds state other than
+    ValueError: from `init`, if the module has state other than
       `nnx.Param`.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -156,7 +156,7 @@ def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
         rest, is_leaf=lambda leaf: isinstance(leaf, nnx.Variable))})
     if others:
       raise ValueError(
-          f'{type(module).__name__} holds {others} state besides nnx.Param, '
+          f'{type(module).__name__} has {others} state besides nnx.Param, '
           'which from_nnx cannot carry between rounds. Build the module '
           'without it (for example no BatchNorm, and Dropout without '
           '`rngs`), or write a `Model` by hand.'

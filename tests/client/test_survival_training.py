@@ -324,8 +324,8 @@ def test_evaluate_requires_time():
 
 
 def test_evaluate_client_without_rows():
-  # numpy cannot reshape 0 rows to (0, -1); the evaluator raised before
-  # concordance_index could say that the client has no rows.
+  # numpy cannot reshape 0 rows to (0, -1), so the evaluator raised before
+  # concordance_index could report that the client has no rows.
   clients = [_table(15, seed=2), {name: column[:0] for name, column in
                                   _table(3, seed=3).items()}]
   model, params = _params()

@@ -491,8 +491,8 @@ def test_nonfinite_gradient_rejected(mlp_loss, victim, key, method):
 
 @pytest.mark.parametrize('scale', [0.0, 1e-38])
 def test_zero_gradient_has_no_label(victim, scale):
-  # A 1e-38 gradient is flushed to 0 on CPU; the message said it had no
-  # negative entry, as if it were not a gradient.
+  # A 1e-38 gradient is flushed to 0 on CPU, and the message blamed a
+  # missing negative entry, as if it were not a gradient.
   _, grads = victim
   tiny = jax.tree.map(lambda leaf: leaf * jnp.float32(scale), grads)
   if any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(tiny)):
