@@ -15,11 +15,11 @@ the client id, the model version it started from, its arrival time on the
 virtual clock and its (compressed, decoded) update. A server step is one
 jitted call:
 
-1. take the K earliest valid arrivals, move the clock to the last of them
-   and free the slots of clients that dropped out before then. When
-   dropouts leave fewer than K valid updates in flight, the step takes all
-   of them (`num_collected` < K) instead of waiting for K, as the paper's
-   server would;
+1. while dropouts leave fewer than K valid updates in flight, wait for
+   the next dropout the server notices and start new clients in the free
+   slots (at most `max_refills` waits). Then take the K earliest valid
+   arrivals, move the clock to the last of them and free the slots of
+   clients that dropped out before then;
 2. screen, clip and weigh the K updates by example count and staleness,
    add central noise if set, and apply the mean through the server
    optimizer;
@@ -48,6 +48,10 @@ from fedjax_med.simulation import participation as participation_lib
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
 from fedjax_med.typing import Params, PRNGKey
+
+# Folded into a step's key for the clients started while it waits; distinct
+# from the tags of `simulation.round` that the step's key also takes.
+_REFILL_TAG = 10
 
 
 class FedBuffState(NamedTuple):
@@ -109,6 +113,7 @@ def build_fedbuff(
     participation: participation_lib.Participation | None = None,
     compression: compression_lib.CompressionSettings | None = None,
     chunk_size: int | None = None,
+    max_refills: int = 16,
 ) -> FedBuff:
   """Build FedBuff's jitted `init` and `step` over `train_data`.
 
@@ -136,6 +141,11 @@ def build_fedbuff(
       Each step adds `server_seconds` to the clock.
     compression: each client's update encoding, as in `build_round`.
     chunk_size: train the new clients this many at a time.
+    max_refills: the most times one step waits for a dropout and starts
+      new clients when fewer than K valid updates are in flight. Each wait
+      trains a batch of K clients. The bound keeps a population in which
+      nearly every client drops out from stalling a step, which then
+      applies fewer than K updates. 0 never waits.
 
   Returns:
     A `FedBuff` of `init`, `step` and `message_bytes`. Start from
@@ -143,8 +153,9 @@ def build_fedbuff(
     (with `error_feedback=True` for top-k error feedback). The step's
     metrics are scalars: `round` (server steps so far), `clock`,
     `num_collected` (valid updates taken), `num_contributing` (of those,
-    finite with rows), `num_dispatched`, `num_dropped` (new clients that
-    will drop out), `num_in_flight`, `num_available`, `mean_staleness`,
+    finite with rows), `num_dispatched` (started after the update),
+    `num_refilled` (started while the step waited for K), `num_dropped`
+    (new clients of either kind that will drop out), `num_in_flight`, `num_available`, `mean_staleness`,
     `max_staleness`, `train_loss`, `num_clipped`, `mean_update_norm`,
     `skipped`, `bytes_down`, `bytes_up` and `params_finite`.
   """
@@ -155,6 +166,8 @@ def build_fedbuff(
     dispatch_size = buffer_size
   dispatch_size = federated.check_count('dispatch_size', dispatch_size,
                                         concurrency)
+  if max_refills != 0:
+    max_refills = federated.check_count('max_refills', max_refills, 1000)
   if not (math.isfinite(staleness_exponent) and staleness_exponent >= 0):
     raise ValueError(
         f'`staleness_exponent` must be >= 0; got {staleness_exponent}.'
@@ -312,13 +325,63 @@ def build_fedbuff(
         'clock': server.clock,
     }
 
+  def in_flight_clients(state):
+    """Return `[clients]` bool, True for a client that holds a busy slot."""
+    return jnp.zeros((num_clients,), jnp.int32).at[state.client_ids].max(
+        state.busy.astype(jnp.int32)) > 0
+
+  def refill(state, key):
+    """Replace noticed dropouts until K valid updates are in flight.
+
+    The server waits, as the paper's does: at the next dropout it notices,
+    the slot frees and up to K new clients start from the current model in
+    the free slots, until K valid updates are in flight, no dropout is
+    left to notice, or `max_refills` waits have passed.
+
+    Returns:
+      `(state, clock, num_started, num_dropped)`: the clock is the last
+      dropout noticed (the state's clock without a wait).
+    """
+
+    def short(carry):
+      state, _, waits, _, _ = carry
+      num_valid = jnp.sum(state.busy & state.valid)
+      return ((num_valid < buffer_size) & jnp.any(state.busy & ~state.valid)
+              & (waits < max_refills))
+
+    def wait(carry):
+      state, clock, waits, num_started, num_dropped = carry
+      lost = state.busy & ~state.valid
+      clock = jnp.maximum(
+          clock, jnp.min(jnp.where(lost, state.arrival, jnp.inf)))
+      state = state._replace(busy=state.busy & ~(lost & (state.arrival
+                                                         <= clock)))
+      start = state.server._replace(clock=clock)
+      if participation_lib.has_schedule(participation):
+        start = start._replace(
+            clock=participation_lib.open_slot_start(participation, clock))
+      cohort, stays, local, arrival, residual, _ = dispatch(
+          start, jax.random.fold_in(key, waits),
+          ~in_flight_clients(state), buffer_size,
+          jnp.sum(~state.busy))
+      state = state._replace(
+          server=state.server._replace(residual=residual))
+      state, started = place(state, cohort, stays, local, arrival)
+      return (state, clock, waits + 1, num_started + started,
+              num_dropped + jnp.sum(cohort.mask & ~stays))
+
+    zero = jnp.zeros((), jnp.int32)
+    state, clock, _, num_started, num_dropped = jax.lax.while_loop(
+        short, wait, (state, state.server.clock, zero, zero, zero))
+    return state, clock, num_started, num_dropped
+
   @jax.jit
   def server_step(state, key):
+    # 1. Wait for K valid updates, then take the K earliest.
+    state, waited_until, num_refilled, refill_dropped = refill(
+        state, jax.random.fold_in(key, _REFILL_TAG))
     server = state.server
     num_examples = train_data.num_examples
-    # 1. The K earliest valid arrivals; exactly K when K are in flight.
-    # NOTE: with fewer than K valid updates in flight the step applies
-    # those it has. Waiting for K would need clients started mid-step.
     waiting = state.busy & state.valid
     pending = jnp.where(waiting, state.arrival, jnp.inf)
     neg_times, picked = jax.lax.top_k(-pending, buffer_size)
@@ -332,7 +395,8 @@ def build_fedbuff(
     event = jnp.where(
         jnp.any(picked_ok), last_arrival,
         jnp.where(jnp.any(state.busy), first_dropout, server.clock))
-    now = jnp.maximum(server.clock, event) + participation.server_seconds
+    now = (jnp.maximum(waited_until, event)
+           + participation.server_seconds)
     # With no client in flight under a schedule, the server waits for the
     # next slot and starts new clients at its beginning.
     idle = ~jnp.any(picked_ok) & ~jnp.any(state.busy)
@@ -382,10 +446,9 @@ def build_fedbuff(
     if participation_lib.has_schedule(participation):
       start = new_server._replace(
           clock=participation_lib.open_slot_start(participation, now))
-    in_flight = jnp.zeros((num_clients,), jnp.int32).at[state.client_ids].max(
-        state.busy.astype(jnp.int32)) > 0
     cohort, stays, local, arrival, residual, num_available = dispatch(
-        start, key, ~in_flight, dispatch_size, jnp.sum(~state.busy))
+        start, key, ~in_flight_clients(state), dispatch_size,
+        jnp.sum(~state.busy))
     state = state._replace(server=new_server._replace(residual=residual))
     state, num_dispatched = place(state, cohort, stays, local, arrival)
 
@@ -397,7 +460,8 @@ def build_fedbuff(
         'num_collected': num_collected,
         'num_contributing': jnp.sum(contributes),
         'num_dispatched': num_dispatched,
-        'num_dropped': jnp.sum(cohort.mask & ~stays),
+        'num_refilled': num_refilled,
+        'num_dropped': jnp.sum(cohort.mask & ~stays) + refill_dropped,
         'num_in_flight': jnp.sum(state.busy),
         'num_available': num_available,
         'mean_staleness': jnp.sum(jnp.where(collected, staleness, 0.0))
@@ -406,7 +470,8 @@ def build_fedbuff(
         'train_loss': jnp.where(
             skipped | ~jnp.any(contributes), jnp.nan, train_loss),
         'skipped': skipped,
-        'bytes_down': num_dispatched.astype(jnp.float32) * sizes['down'],
+        'bytes_down': (num_dispatched + num_refilled).astype(jnp.float32)
+        * sizes['down'],
         'bytes_up': num_collected.astype(jnp.float32) * sizes['up'],
         'params_finite': tree.tree_is_finite(new_server.params),
         **diagnostics,

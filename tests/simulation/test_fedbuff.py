@@ -113,27 +113,72 @@ def test_staleness_decay_applied(key):
                 rtol=1e-5, atol=1e-7)
 
 
-def test_dropouts_free_slots_and_skip_buffer(key):
+def _half_dropping(max_refills=16):
+  # Clients 0, 2, 4 and 6 always drop out after their download.
   data = small.population([5] * 8)
   participation = participation_lib.Participation(
       dropout=np.array([1.0, 0.0] * 4, np.float32),
-      steps_per_second=np.ones(8, np.float32))
-  buffered = fedbuff.build_fedbuff(
+      steps_per_second=np.ones(8, np.float32),
+      download_bytes_per_second=np.full(8, 1e3, np.float32))
+  return fedbuff.build_fedbuff(
       data, _local_update(), optax.sgd(1.0), concurrency=4, buffer_size=2,
-      dispatch_size=4, participation=participation)
+      dispatch_size=4, participation=participation, max_refills=max_refills)
+
+
+def test_step_waits_for_buffer(key):
+  buffered = _half_dropping()
   state, _ = buffered.init(small.server_state(key, num_clients=8), key)
-  collected = 0
+  params = small.MODEL.init(key, jnp.zeros((1, 3)))
+  down = buffered.message_bytes(params)['down']
+  collected, refilled, clock = 0, 0, 0.0
+  for index in range(1, 8):
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    # Four clients never drop out, so the server can always wait for K.
+    assert int(metrics['num_collected']) == 2
+    assert float(metrics['clock']) > clock
+    assert float(metrics['bytes_down']) == down * (
+        int(metrics['num_dispatched']) + int(metrics['num_refilled']))
+    clock = float(metrics['clock'])
+    collected += int(metrics['num_collected'])
+    refilled += int(metrics['num_refilled'])
+  contributions = np.asarray(state.server.contributions)
+  assert contributions[0::2].sum() == 0
+  assert contributions.sum() == collected == 14
+  # Without waits, steps found fewer than K valid updates in flight.
+  assert refilled > 0
+
+
+def test_without_refills_step_takes_fewer(key):
+  buffered = _half_dropping(max_refills=0)
+  state, _ = buffered.init(small.server_state(key, num_clients=8), key)
+  short = 0
   for index in range(1, 8):
     waiting = int(jnp.sum(state.busy & state.valid))
     state, metrics = buffered.step(state, jax.random.fold_in(key, index))
-    # The buffer takes K updates when K valid ones are in flight.
     assert int(metrics['num_collected']) == min(2, waiting)
+    assert int(metrics['num_refilled']) == 0
     assert int(metrics['num_in_flight']) <= 4
-    collected += int(metrics['num_collected'])
-  contributions = np.asarray(state.server.contributions)
-  assert contributions[0::2].sum() == 0
-  assert contributions.sum() == collected
-  assert collected >= 7
+    short += waiting < 2
+  assert short > 0
+  assert np.asarray(state.server.contributions)[0::2].sum() == 0
+
+
+def test_refills_stop_when_all_drop(key):
+  data = small.population([5] * 6)
+  participation = participation_lib.Participation(
+      dropout=1.0, steps_per_second=np.ones(6, np.float32))
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=3, buffer_size=2,
+      participation=participation, max_refills=3)
+  state, _ = buffered.init(small.server_state(key, num_clients=6), key)
+  for index in range(1, 4):
+    state, metrics = buffered.step(state, jax.random.fold_in(key, index))
+    assert int(metrics['num_collected']) == 0
+    # At most 3 waits, each starting at most K = 2 clients.
+    assert 0 < int(metrics['num_refilled']) <= 6
+    assert int(metrics['num_dropped']) == (
+        int(metrics['num_refilled']) + int(metrics['num_dispatched']))
+  assert int(np.sum(state.server.contributions)) == 0
 
 
 def test_bytes_and_clock(key):
@@ -166,6 +211,10 @@ def test_bytes_and_clock(key):
      'staleness_exponent'),
     ({'concurrency': 2, 'buffer_size': 1, 'aggregator': 'median'},
      'aggregator'),
+    ({'concurrency': 2, 'buffer_size': 1, 'max_refills': -1},
+     'max_refills'),
+    ({'concurrency': 2, 'buffer_size': 1, 'max_refills': 2.0},
+     'max_refills'),
     ({'concurrency': 2, 'buffer_size': 1,
       'participation': participation_lib.Participation(
           steps_per_second=np.ones(6, np.float32), deadline=3.0)},
