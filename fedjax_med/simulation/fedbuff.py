@@ -141,7 +141,7 @@ def build_fedbuff(
       Each step adds `server_seconds` to the clock.
     compression: each client's update encoding, as in `build_round`.
     chunk_size: train the new clients this many at a time.
-    max_refills: the most times one step waits for a dropout and starts
+    max_refills: the maximum number of times one step waits for a dropout and starts
       new clients when fewer than K valid updates are in flight. Each wait
       trains a batch of K clients. The bound keeps a population in which
       nearly every client drops out from stalling a step, which then
@@ -326,17 +326,17 @@ def build_fedbuff(
     }
 
   def in_flight_clients(state):
-    """Return `[clients]` bool, True for a client that holds a busy slot."""
+    """Return `[clients]` bool, True for a client in a busy slot."""
     return jnp.zeros((num_clients,), jnp.int32).at[state.client_ids].max(
         state.busy.astype(jnp.int32)) > 0
 
   def refill(state, key):
     """Replace noticed dropouts until K valid updates are in flight.
 
-    The server waits, as the paper's does: at the next dropout it notices,
+    The server waits, as the paper's does. At the next dropout it notices,
     the slot frees and up to K new clients start from the current model in
-    the free slots, until K valid updates are in flight, no dropout is
-    left to notice, or `max_refills` waits have passed.
+    the free slots. This repeats until K valid updates are in flight, no
+    dropout is left to notice, or `max_refills` waits have passed.
 
     Returns:
       `(state, clock, num_started, num_dropped)`: the clock is the last
