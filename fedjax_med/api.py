@@ -9,7 +9,7 @@ this module returns the results instead of printing them::
   result = fm.run(config)
   result.summary['mean_accuracy']        # final mean per-hospital accuracy
   result.metric('train_loss')            # one value per round
-  result.rounds_table()                  # columns, ready for pandas.DataFrame
+  result.rounds_table()                  # dict of columns, one row per round
   result.plot_accuracy()                 # per-hospital accuracy per round
 
 Each run still writes its folder (config, metrics, summary, plot), so a
@@ -188,6 +188,7 @@ class Result:
   def rounds_table(self) -> dict[str, np.ndarray]:
     """Return every scalar metric as a column, one row per round.
 
+    With pandas installed (it is not a dependency),
     `pandas.DataFrame(result.rounds_table())` gives a table indexed by row;
     its `round` column contains the round numbers.
     """
