@@ -185,9 +185,13 @@ def _check_arguments(
   local_training.check_schedule(num_steps, batch_size, num_epochs)
   for name, value in (('l2_norm_clip', l2_norm_clip),
                       ('noise_multiplier', noise_multiplier)):
-    # True passed as 1.0.
-    if isinstance(value, (bool, np.bool_)):
-      raise ValueError(f'`{name}` must be a number; got {value!r}.')
+    # True passed as 1.0, and a string failed inside math.isfinite.
+    dtype = np.asarray(value).dtype if not isinstance(value, str) else None
+    if dtype is None or not (np.issubdtype(dtype, np.integer)
+                             or np.issubdtype(dtype, np.floating)):
+      raise ValueError(
+          f'`{name}` must be a real number; got {value!r}. Pass a float such '
+          'as 1.0.')
   if not (math.isfinite(l2_norm_clip) and l2_norm_clip > 0):
     raise ValueError(
         f'`l2_norm_clip` must be positive and finite; got {l2_norm_clip}.'

@@ -167,6 +167,16 @@ def _check_layout(data: FederatedData, name: str) -> None:
           f'`{name}.num_examples`. Build the data with '
           '`federated.stack_clients`.'
       )
+    dtype = np.dtype(jnp.result_type(value)) if not isinstance(
+        value, np.ndarray) else value.dtype
+    if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer)
+            or np.issubdtype(dtype, np.floating)):
+      raise ValueError(
+          f'`{field}` has dtype {dtype}, but fields must hold bools, integers '
+          'or real floating-point numbers. Convert it, for example with '
+          '`np.asarray(values, dtype=np.float32)`, after replacing entries '
+          'such as None or strings.'
+      )
     if first_field is None:
       first_field, padded = field, shape[1]
     elif shape[1] != padded:
@@ -207,20 +217,23 @@ def _check_finite(data: FederatedData, name: str) -> None:
     if tree.is_traced(value) or not jnp.issubdtype(
         jnp.result_type(value), jnp.inexact):
       continue
-    value = jnp.asarray(value)
-    rows = value.reshape(value.shape[:2] + (-1,))
+    # Training reads float64 as float32 (JAX without x64), where 1e39 is
+    # infinite. The message shows the value as given.
+    given = value.reshape(value.shape[:2] + (-1,))
+    with np.errstate(over='ignore'):
+      rows = jnp.asarray(given, jnp.result_type(float))
     bad = real & ~jnp.all(jnp.isfinite(rows), axis=-1)
     if not bool(jnp.any(bad)):
       continue
     client = int(jnp.argmax(jnp.any(bad, axis=1)))
     row = int(jnp.argmax(bad[client]))
-    cells = rows[client, row]
-    found = float(cells[jnp.argmax(~jnp.isfinite(cells))])
+    column = int(jnp.argmax(~jnp.isfinite(rows[client, row])))
+    found = given[client, row, column]
     raise ValueError(
         f'Client {client} has {found} in row {row} of '
         f'`{name}.examples{jax.tree_util.keystr(path)}`, which is not a '
-        'finite number. Replace the value (for example, impute a missing '
-        'feature) or remove the row.'
+        f'finite {rows.dtype} number. Replace the value (for example, impute '
+        'a missing feature or rescale it) or remove the row.'
     )
 
 
@@ -271,16 +284,20 @@ def _check_labels(data: FederatedData, name: str, num_classes: int) -> None:
   labels = data.examples['y']
   if tree.is_traced(labels) or tree.is_traced(data.num_examples):
     return
-  labels = jnp.asarray(labels)
-  if labels.ndim != 2 or jnp.issubdtype(labels.dtype, jnp.floating):
+  # numpy keeps int64 labels as they are; jnp.asarray would wrap 2**32 to 0
+  # without x64.
+  labels = np.asarray(labels)
+  if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(
         f"`{name}.examples['y']` must be integer class labels shaped "
-        f'[clients, examples]; got {labels.dtype} {labels.shape}.'
+        f'[clients, examples]; got {labels.dtype} {labels.shape}. Convert '
+        'bool labels with `.astype(np.int32)`.'
     )
-  bad = data.example_mask() & ((labels < 0) | (labels >= num_classes))
-  if bool(jnp.any(bad)):
-    client = int(jnp.argmax(jnp.any(bad, axis=1)))
-    row = int(jnp.argmax(bad[client]))
+  bad = np.asarray(data.example_mask()) & (
+      (labels < 0) | (labels >= num_classes))
+  if bad.any():
+    client = int(np.flatnonzero(bad.any(axis=1))[0])
+    row = int(np.flatnonzero(bad[client])[0])
     raise ValueError(
         f'Client {client} has label {int(labels[client, row])} in row {row} '
         f'of `{name}`, outside [0, {num_classes}) for '

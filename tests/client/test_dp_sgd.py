@@ -316,6 +316,16 @@ def test_invalid_argument(argument, value):
     _build(_model(), optax.sgd(0.1), **{argument: value})
 
 
+@pytest.mark.parametrize('value', [
+    # 0-d bool arrays were read as 1.0, and a string failed in math.isfinite.
+    np.array(True), jnp.asarray(True), '1.0', None,
+], ids=['numpy_bool', 'jax_bool', 'string', 'none'])
+@pytest.mark.parametrize('argument', ['l2_norm_clip', 'noise_multiplier'])
+def test_non_number_argument(argument, value):
+  with pytest.raises(ValueError, match=f'`{argument}` must be a real number'):
+    _build(_model(), optax.sgd(0.1), **{argument: value})
+
+
 def test_round_rejects_label_outside_classes():
   # Labels of 5 for a binary model used to give a train_loss of -7.2.
   rng = np.random.default_rng(0)

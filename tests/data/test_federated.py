@@ -91,6 +91,54 @@ def test_check_rejects_nonfinite_real_row(field):
     federated.check_federated_data(data, name='data')
 
 
+def test_check_shows_float64_overflow_as_given():
+  # 1e39 is finite in float64 but infinite in the float32 that training
+  # reads; the message used to show inf.
+  data = federated.stack_clients([{'x': np.ones((2, 3)), 'y': np.array([0, 1])}])
+  data.examples['x'][0, 1, 2] = 1e39
+
+  with pytest.raises(ValueError, match=(
+      r"Client 0 has 1e\+39 in row 1 of `data.examples\['x'\]`, which is "
+      'not a finite float32 number')):
+    federated.check_federated_data(data, name='data', num_classes=2)
+
+
+def test_check_rejects_int64_labels_beyond_int32():
+  # Cast to int32, 2**32 wrapped to 0 and trained as class 0.
+  data = federated.stack_clients([
+      {'x': np.ones((3, 3)), 'y': np.array([0, 2**32, 1], np.int64)}])
+
+  with pytest.raises(ValueError,
+                     match='Client 0 has label 4294967296 in row 1'):
+    federated.check_federated_data(data, name='data', num_classes=2)
+
+
+@pytest.mark.parametrize('labels', [
+    np.array([True, False, True]),
+    np.array([1 + 5j, 0, 0], np.complex64),
+    np.array([0.0, 1.0, 1.0]),
+], ids=['bool', 'complex', 'float'])
+def test_check_rejects_non_integer_labels(labels):
+  data = federated.stack_clients([{'x': np.ones((3, 3)), 'y': labels}])
+
+  with pytest.raises(ValueError, match=(
+      f"`data.examples\\['y'\\]`.*{labels.dtype}")):
+    federated.check_federated_data(data, name='data', num_classes=3)
+
+
+@pytest.mark.parametrize('field', ['x', 'y'])
+def test_check_rejects_object_fields(field):
+  # Object arrays passed every check and failed inside JAX, printing the
+  # whole array.
+  client = {'x': np.ones((3, 2)), 'y': np.array([0, 1, 1])}
+  client[field] = np.array(client[field].tolist(), dtype=object)
+  data = federated.stack_clients([client])
+
+  with pytest.raises(ValueError, match=(
+      f"`data.examples\\['{field}'\\]` has dtype object")):
+    federated.check_federated_data(data, name='data', num_classes=2)
+
+
 def test_check_ignores_nonfinite_padding():
   data = federated.stack_clients([
       {'x': np.ones((2, 3)), 'y': np.array([0, 1])},

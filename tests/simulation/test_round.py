@@ -407,7 +407,7 @@ def test_nonfinite_feature_rejected(value):
 
   with pytest.raises(ValueError, match=(
       f"Client 1 has {value} in row 4 of `train_data.examples\\['x'\\]`, "
-      'which is not a finite number')):
+      'which is not a finite float32 number')):
     round_lib.build_round(bad, small.local_update(), _fixed_sampler([0]),
                           optax.sgd(1.0))
 
