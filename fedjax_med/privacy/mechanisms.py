@@ -133,6 +133,14 @@ def validate_privacy(privacy: PrivacySettings, aggregator: str) -> None:
         f'`noise={privacy.noise_kind}` needs a `clip_norm`, because the noise '
         'std is `noise_multiplier * clip_norm`.'
     )
+  if aggregator == 'qffl':
+    # Checked before the sum-noise message, which suggests local noise.
+    raise ValueError(
+        f'`noise={privacy.noise_kind}` does not apply to aggregator qffl: '
+        'each client also sends its training loss, which q-FFL weighs by and '
+        'no noise covers, so a privacy claim would leave it out. Use '
+        "aggregator 'mean' or 'fedavg' with DP, or qffl with `noise='none'`."
+    )
   if privacy.sums_noise:
     _validate_sum_noise(privacy, aggregator)
   if privacy.adaptive_clipping:

@@ -142,8 +142,13 @@ def test_per_layer_clip_bounds_each_leaf():
     (mechanisms.PrivacySettings(1.0, float('inf'), 'local'), 'mean',
      'noise_multiplier'),
     (mechanisms.PrivacySettings(None, 1.0, 'local'), 'mean', 'clip_norm'),
+    # The library ran q-FFL with local noise, whose loss goes unnoised.
+    (mechanisms.PrivacySettings(1.0, 1.0, 'local'), 'qffl', 'training loss'),
+    (mechanisms.PrivacySettings(1.0, 1.0, 'central', denominator=4.0),
+     'qffl', 'training loss'),
 ], ids=['uncapped-fedavg', 'median', 'no-denominator', 'no-min-reporting',
-        'negative-noise', 'infinite-noise', 'no-clip'])
+        'negative-noise', 'infinite-noise', 'no-clip', 'qffl-local',
+        'qffl-central'])
 def test_invalid_settings_rejected(settings, aggregator, match):
   with pytest.raises(ValueError, match=match):
     mechanisms.validate_privacy(settings, aggregator)
