@@ -62,8 +62,12 @@ _FINETUNE_TAG = 4
 # Datasets whose loaders z-score each client; a partition pools their raw
 # rows and z-scores each new client from its own train rows.
 _TABULAR = ('heart_disease', 'csv')
+# Loaders split the data key into at most 3 keys, which equal
+# `fold_in(data key, 0 .. 2)` under JAX's partitionable threefry, so the
+# tags below start at 3. Tag 1 gave a partition of synthetic data the
+# generator's own key.
 # Folded into the data key for a partition of the pooled rows.
-_PARTITION_TAG = 1
+_PARTITION_TAG = 5
 # Folded into the data key for the clients' scanner profiles.
 _SCANNER_TAG = 3
 # Folded into the data key for the sizes of synthetic image clients.
@@ -614,7 +618,7 @@ def _clinical_reports(config, per_client) -> dict[str, Any]:
           threshold=config.evaluation.threshold,
           num_resamples=config.evaluation.bootstrap_resamples,
           confidence=config.evaluation.confidence,
-          seed=config.seed * 1000 + index,
+          seed=federated.derived_seed(config.seed, index),
       )
       for index, (name, labels, scores) in enumerate(per_client)
   }

@@ -20,8 +20,11 @@ _DEFAULT_STRENGTH = {
     'inner_product': 0.5,
     'backdoor': 1.0,
 }
-# Folded into the attack key for the choice of backdoored rows.
-_BACKDOOR_ROWS_TAG = 1
+# Folded into the attack key for the choice of backdoored rows. Choosing the
+# malicious clients permutes with `split(attack key)`, whose second key is
+# `fold_in(attack key, 1)` under JAX's partitionable threefry, so tag 1
+# tied the poisoned rows to who is malicious.
+_BACKDOOR_ROWS_TAG = 2
 
 
 def choose_malicious(config, num_clients: int, key) -> jax.Array | None:

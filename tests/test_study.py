@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -387,6 +388,37 @@ def test_backdoor_success_mean_against_median(tmp_path):
   lines = [json.loads(line) for line in
            (run_dir / 'metrics.jsonl').read_text().splitlines()]
   assert lines[-1]['backdoor_success'] == pytest.approx(success['median'])
+
+
+@pytest.mark.parametrize('seed', [1, 2, 3])
+def test_backdoor_rows_independent_of_malicious_choice(seed):
+  # The rows' uniform draws used the key that permuted the clients, so
+  # "row i is poisoned" matched "client i is malicious" in 94% to 95% of
+  # client 0's rows for seeds 1 to 3.
+  config = _config(seed=seed, dataset='synthetic', num_clients=100,
+                   attack='backdoor', malicious_fraction=0.5,
+                   poison_fraction=0.5, rounds=1)
+  prepared = study.prepare(config)
+  malicious = np.asarray(prepared.malicious)
+  assert malicious[0]
+  rows = int(prepared.train.num_examples[0])
+  stamped = np.all(
+      np.asarray(prepared.train.examples['x'])[0, :rows, :3] == 4.0, axis=1)
+
+  assert 0.2 < np.mean(stamped) < 0.8
+  assert np.mean(stamped == malicious[:rows]) < 0.75
+
+
+def test_data_transform_keys_differ_from_loader_keys():
+  # Loaders split the data key; `split(key, n)[i]` equals `fold_in(key, i)`
+  # with JAX's partitionable threefry, so a partition folded with tag 1
+  # drew from synthetic_iid's weight key.
+  data_key = jax.random.fold_in(jax.random.key(0), study._DATA_TAG)
+  loader_keys = {np.asarray(jax.random.key_data(key)).tobytes()
+                 for key in jax.random.split(data_key, 3)}
+  for tag in (study._PARTITION_TAG, study._SCANNER_TAG, study._SIZES_TAG):
+    folded = jax.random.fold_in(data_key, tag)
+    assert np.asarray(jax.random.key_data(folded)).tobytes() not in loader_keys
 
 
 def test_backdoor_trigger_outside_features(tmp_path):

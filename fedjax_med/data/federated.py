@@ -371,6 +371,17 @@ def check_test_fraction(value: float, *, allow_zero: bool = True) -> float:
   return float(value)
 
 
+def derived_seed(*entropy: int) -> int:
+  """Return a 32-bit seed mixed from `entropy`, such as (seed, client index).
+
+  A sum such as `seed + client_index` gave client k under seed s + 1 the
+  stream of client k + 1 under seed s. `np.random.SeedSequence` hashes the
+  whole tuple, so streams of different tuples are independent.
+  """
+  return int(np.random.SeedSequence(
+      [int(value) for value in entropy]).generate_state(1)[0])
+
+
 def check_seed(value: int) -> int:
   """Return `value` as an int, or raise InputError unless it is >= 0."""
   if (isinstance(value, (bool, np.bool_))

@@ -30,6 +30,9 @@ from fedjax_med.errors import InputError
 from fedjax_med.errors import TrainingDiverged
 
 LOSSES = ('exact', 'taylor')
+# Folded into `key(seed)` for the minibatch orders, above the 2 keys that
+# secret-sharing training splits from it.
+_BATCH_ORDER_TAG = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +156,10 @@ def batch_indices(settings: TrainingSettings, num_rows: int) -> list[np.ndarray]
   """
   if settings.batch_size is None or settings.batch_size >= num_rows:
     return [np.arange(num_rows)] * settings.epochs
-  key = jax.random.key(settings.seed)
+  # Secret-sharing training splits `key(seed)` into 2 keys, which equal
+  # `fold_in(key(seed), 0)` and `(..., 1)`: epoch orders folded into
+  # `key(seed)` itself shared their stream with its masks.
+  key = jax.random.fold_in(jax.random.key(settings.seed), _BATCH_ORDER_TAG)
   size = settings.batch_size
   steps = []
   for epoch in range(settings.epochs):

@@ -139,6 +139,15 @@ def test_check_rejects_object_fields(field):
     federated.check_federated_data(data, name='data', num_classes=2)
 
 
+def test_derived_seed_mixes_every_entry():
+  seeds = {federated.derived_seed(seed, index)
+           for seed in range(3) for index in range(1001)}
+
+  # seed * 1000 + index gave (0, 1000) the seed of (1, 0).
+  assert len(seeds) == 3 * 1001
+  assert federated.derived_seed(2, 5) == federated.derived_seed(2, 5)
+
+
 def test_check_ignores_nonfinite_padding():
   data = federated.stack_clients([
       {'x': np.ones((2, 3)), 'y': np.array([0, 1])},

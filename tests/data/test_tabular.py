@@ -279,6 +279,24 @@ def test_csv_seed_differs_per_client(tmp_path):
   )
 
 
+def test_csv_split_seeds_independent_of_client_index(tmp_path):
+  # Seeded with split_seed + client index, client P under split_seed 1 got
+  # exactly the split that client Q had under split_seed 0.
+  rows = ['site,x,y']
+  for site in ('P', 'Q'):
+    rows.extend(f'{site},{i},{i % 2}' for i in range(20))
+  path = _write(tmp_path, '\n'.join(rows) + '\n')
+
+  first = tabular.load_csv(path, client_column='site', label_column='y',
+                           seed=0, standardize=False)
+  second = tabular.load_csv(path, client_column='site', label_column='y',
+                            seed=1, standardize=False)
+
+  assert not np.array_equal(
+      np.sort(second.test.client(0)['x'][:, 0]),
+      np.sort(first.test.client(1)['x'][:, 0]))
+
+
 def test_csv_missing_file(tmp_path):
   path = tmp_path / 'absent.csv'
 
