@@ -49,6 +49,15 @@ def check_against_data(
         f'would not happen. Use a larger fraction, such as '
         f'{1 / num_clients:.3g} for one malicious client.'
     )
+  if attack.attack != 'none' and round(
+      attack.malicious_fraction * num_clients) >= num_clients:
+    raise InputError(
+        f'`attack.malicious_fraction={attack.malicious_fraction}` of '
+        f'{num_clients} clients rounds to {num_clients} malicious clients, '
+        'so no honest client is left: attacks built from the honest '
+        'updates send zeros, and the metrics of honest clients are empty. '
+        f'Use a fraction below {(num_clients - 0.5) / num_clients:.3g}.'
+    )
   if attack.attack != 'backdoor':
     return
   outside = [f for f in attack.trigger_features if f >= num_features]

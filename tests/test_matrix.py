@@ -337,6 +337,21 @@ def test_fraction_with_no_attacker_rejected(tmp_path):
                     tmp_path / 'run', progress=False)
 
 
+def test_fraction_with_no_honest_client_rejected(tmp_path):
+  # round(0.9 * 4) = 4 made every hospital an attacker: the run finished
+  # with zero updates and blank honest metrics.
+  matrix = matrix_lib.MatrixConfig(
+      aggregators=('fedavg',), attacks=('little_is_enough',),
+      malicious_fractions=(0.9,), seeds=(0,),
+  )
+  with pytest.raises(errors.InputError, match='no honest client is left'):
+    matrix_lib.run_matrix(_base(), matrix, tmp_path / 'm', progress=False)
+  with pytest.raises(errors.InputError,
+                     match='rounds to 4 malicious clients'):
+    study.run_study(_base(attack='inner_product', malicious_fraction=0.9),
+                    tmp_path / 'run', progress=False)
+
+
 def test_resume_names_changed_setting(tmp_path):
   matrix = matrix_lib.MatrixConfig(
       aggregators=('fedavg',), attacks=('none',),
