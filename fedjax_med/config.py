@@ -690,8 +690,9 @@ def _coerce(
       if isinstance(value, bool):
         raise ValueError(value)
       return str(value)
-  except (ValueError, TypeError):
+  except (ValueError, TypeError, OverflowError):
     # TypeError: a TOML list or table where a single value belongs.
+    # OverflowError: an integer beyond float range, such as 10**400.
     raise InputError(
         f'`{key}` must be {_KINDS.get(annotation, annotation)}; got '
         f'{_written(value)}.'
@@ -1094,6 +1095,8 @@ def _written(value: Any) -> str:
   """
   if isinstance(value, bool):
     return f'the bool {_toml_text(value)} ({value})'
+  if isinstance(value, int):
+    return str(_shown(value))
   return repr(value)
 
 

@@ -84,6 +84,20 @@ def test_values_beyond_float32_rejected(key, value):
     _validate(**{**overrides, key: value})
 
 
+@pytest.mark.parametrize('key', ['learning_rate', 'clip_norm',
+                                 'attack_strength'])
+def test_huge_integer_for_float_rejected(tmp_path, key):
+  # float(10**400) raised OverflowError out of the config loader.
+  section, name = config_lib.resolve_key(key)
+  path = tmp_path / 'big.toml'
+  path.write_text(f'[{section}]\n{name} = {10**400}\n')
+
+  with pytest.raises(errors.InputError, match=(
+      f'`{section}.{name}` must be a number; got 1000000000\\.\\.\\. '
+      '\\(401 digits\\)')):
+    config_lib.load_toml(path)
+
+
 def test_float32_maximum_accepted():
   _validate(attack='scaling', malicious_fraction=0.25,
             attack_strength='3.4e38')
