@@ -973,6 +973,22 @@ def require_float32(key: str, value: float) -> None:
     )
 
 
+def _require_float32_std(
+    multiplier_key: str, multiplier: float, norm_key: str, norm: float
+) -> None:
+  """Raise unless the noise std `multiplier * norm` fits in float32.
+
+  Each factor can fit while the product does not; the noise then was
+  infinite, and the run stopped as diverged, blaming the learning rate.
+  """
+  if multiplier * norm > _FLOAT32_MAX:
+    raise InputError(
+        f'The noise std `{multiplier_key}` * `{norm_key}` = {multiplier:g} * '
+        f'{norm:g} = {multiplier * norm:.4g} is above {_FLOAT32_MAX:.4g}, the '
+        'largest float32, so the noise would be infinite. Lower one of them.'
+    )
+
+
 def _require_range(
     key: str, value: float | None, low: float, high: float = math.inf,
     *, low_open: bool = False, high_open: bool = False,
@@ -1341,6 +1357,10 @@ def _validate_training(config: ExperimentConfig) -> None:
       'client.example_noise_multiplier', client.example_noise_multiplier, 0.0,
       low_open=True,
   )
+  if client.dp_sgd:
+    _require_float32_std(
+        'client.example_noise_multiplier', client.example_noise_multiplier,
+        'client.example_clip_norm', client.example_clip_norm)
   _require_range('client.proximal_mu', client.proximal_mu, 0.0)
   _require_range('client.ditto_lambda', client.ditto_lambda, 0.0)
   _check_proximal_step(client)
@@ -1685,6 +1705,8 @@ def _validate_privacy(config: ExperimentConfig) -> None:
         f'`privacy.noise={privacy.noise}` needs `privacy.noise_multiplier` '
         '> 0, or a `privacy.target_epsilon` to calibrate it.'
     )
+  _require_float32_std('privacy.noise_multiplier', privacy.noise_multiplier,
+                       'privacy.clip_norm', privacy.clip_norm)
   aggregator = config.server.aggregator
   if aggregator == 'qffl':
     # Before the central and distributed message, which suggests local

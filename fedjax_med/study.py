@@ -409,7 +409,16 @@ def build_local_update(
   optimizer = build_optimizer(client.optimizer, learning_rate)
   num_steps = _num_local_steps(client, train, max_client_examples)
   unroll = _unroll(client, train, num_steps)
+  padded = max(train.max_examples, 1)
   if client.dp_sgd:
+    if client.batch_size > padded:
+      # DP-SGD divides by the batch size, so a larger batch is not the full
+      # batch; and a batch of 1e9 rows ran out of memory.
+      raise InputError(
+          f'`client.batch_size={client.batch_size}` is larger than the '
+          f'largest client ({padded} rows). DP-SGD divides each noisy sum by '
+          f'the batch size, so use at most {padded}.'
+      )
     return dp_sgd.build_dp_sgd_local_update(
         model,
         optimizer,
@@ -421,11 +430,13 @@ def build_local_update(
         proximal_mu=proximal_mu,
         unroll=unroll,
     )
+  # Plain training averages over the real rows of a batch, so a batch
+  # larger than every client is the full batch, however large.
   return local_training.build_local_update(
       model,
       optimizer,
       num_steps=num_steps,
-      batch_size=client.batch_size,
+      batch_size=min(client.batch_size, padded),
       num_epochs=client.local_epochs,
       proximal_mu=proximal_mu,
       report_initial_loss=report_initial_loss,

@@ -98,6 +98,22 @@ def test_huge_integer_for_float_rejected(tmp_path, key):
     config_lib.load_toml(path)
 
 
+@pytest.mark.parametrize('overrides, keys', [
+    ({'privacy.noise': 'central', 'aggregator': 'mean', 'clip_norm': 1e20,
+      'noise_multiplier': 1e20, 'min_reporting_clients': 2},
+     '`privacy.noise_multiplier` \\* `privacy.clip_norm`'),
+    ({'dp_sgd': True, 'example_clip_norm': 1e20,
+      'example_noise_multiplier': 1e20},
+     '`client.example_noise_multiplier` \\* `client.example_clip_norm`'),
+], ids=['client_level', 'dp_sgd'])
+def test_noise_std_beyond_float32_rejected(overrides, keys):
+  # Each factor fits float32 but the std 1e40 does not: the run stopped as
+  # diverged and blamed the learning rate.
+  with pytest.raises(errors.InputError,
+                     match=f'The noise std {keys} = 1e\\+20 \\* 1e\\+20'):
+    _validate(**overrides)
+
+
 def test_float32_maximum_accepted():
   _validate(attack='scaling', malicious_fraction=0.25,
             attack_strength='3.4e38')

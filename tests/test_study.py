@@ -421,6 +421,36 @@ def test_data_transform_keys_differ_from_loader_keys():
     assert np.asarray(jax.random.key_data(folded)).tobytes() not in loader_keys
 
 
+def test_batch_above_every_client_is_full_batch():
+  # A batch of 2**31 rows overflowed int32, and 1e9 rows ran out of memory.
+  config = _config(dataset='synthetic', num_clients=3, local_steps=2,
+                   rounds=1)
+  prepared = study.prepare(config)
+  train = prepared.train
+  padded = train.max_examples
+  examples = jax.tree.map(lambda leaf: leaf[0], train.examples)
+  params = prepared.model.init(jax.random.key(0), examples['x'][:1])
+  deltas = []
+  for batch_size in (padded, 2**31):
+    client = dataclasses.replace(config.client, batch_size=batch_size)
+    update = study.build_local_update(client, prepared.model, train)
+    deltas.append(update(params, examples, train.num_examples[0],
+                         jax.random.key(1)).delta)
+
+  for full, huge in zip(jax.tree.leaves(deltas[0]), jax.tree.leaves(deltas[1])):
+    np.testing.assert_allclose(huge, full, rtol=1e-6, atol=1e-7)
+
+
+def test_dp_sgd_batch_above_largest_client_rejected():
+  config = _config(dataset='synthetic', num_clients=3, dp_sgd=True,
+                   batch_size=10**9)
+  prepared = study.prepare(config)
+  with pytest.raises(errors.InputError, match=(
+      f'`client.batch_size=1000000000` is larger than the largest client '
+      f'\\({prepared.train.max_examples} rows\\)')):
+    study.build_round_fn(config, prepared)
+
+
 def test_backdoor_trigger_outside_features(tmp_path):
   config = _config(attack='backdoor', malicious_fraction=0.25,
                    trigger_features=(2, 40))
