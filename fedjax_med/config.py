@@ -1501,11 +1501,12 @@ def _validate_participation(config: ExperimentConfig) -> None:
     _require_range(f'participation.{name}', getattr(part, name), 1e-5, 1e12)
   _require_range('participation.deadline_s', part.deadline_s, 0.0, 1e12,
                  low_open=True)
-  if part.speed_spread and part.steps_per_second is None:
-    raise InputError(
-        '`participation.speed_spread` has no effect without '
-        '`participation.steps_per_second`; set both or neither.'
-    )
+  for name in ('speed_spread', 'speed_jitter'):
+    if getattr(part, name) and part.steps_per_second is None:
+      raise InputError(
+          f'`participation.{name}` has no effect without '
+          '`participation.steps_per_second`; set both or neither.'
+      )
   if part.link_spread and (part.upload_bytes_per_second is None
                            and part.download_bytes_per_second is None):
     raise InputError(

@@ -233,6 +233,10 @@ def test_interrupt_and_resume_match(tmp_path):
       'deadline_s': None}, 'speed_spread'),
     ({'link_spread': 1.0, 'upload_bytes_per_second': None},
      'link_spread'),
+    # Jitter scales step times, so without them it was silently ignored.
+    ({'steps_per_second': None, 'speed_spread': 0.0, 'speed_jitter': 1.0,
+      'straggler_policy': 'wait', 'deadline_s': None},
+     '`participation.speed_jitter` has no effect without'),
     ({'steps_per_second': None, 'speed_spread': 0.0,
       'upload_bytes_per_second': None, 'straggler_policy': 'wait'},
      'deadline_s'),
