@@ -1800,6 +1800,9 @@ def validate(config: ExperimentConfig, *,
   Raises:
     InputError: naming the first invalid key, its value and what is allowed.
   """
+  # A config built in Python (dataclasses.replace) skips the type checks of
+  # loading: `dp_sgd='false'` trained with DP-SGD, since the string is true.
+  from_document(to_dict(config))
   _require_range('seed', config.seed, 0, MAX_SEED)
   _validate_name(config.name)
   _validate_data(config.data)
