@@ -304,10 +304,9 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     print(
         f'warning: {untrained} of {len(client_scores)} clients have no '
         f'training rows after the test split ({", ".join(names)}{more}). They '
-        'never '
-        'train, and their test accuracy, which counts in the mean and worst '
-        'accuracy, measures only the global model. Give them more rows, '
-        'lower `data.test_fraction` or remove them.', file=sys.stderr,
+        'never train, and their test accuracy, which counts in the mean and '
+        'worst accuracy, measures only the global model. Give them more '
+        'rows, lower `data.test_fraction` or remove them.', file=sys.stderr,
     )
   privacy = summary['privacy']
   if privacy['private']:
