@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
       description=(
           'Run a federated study and write config.json, provenance.json, '
           'metrics.jsonl, summary.json, accuracy.png and, for two classes, '
-          'predictions.csv to its folder.'
+          'predictions.csv to its folder. A survival study '
+          '(data.dataset=tcga_brca) writes c_index.png and risk_scores.csv '
+          'instead of the last two.'
       ),
   )
   run.add_argument(

@@ -2,7 +2,7 @@
 
 A study of a survival dataset (`config.SURVIVAL_DATASETS`) trains the
 linear Cox model of `client.survival_training` with the round of any other
-study, since the server only sees parameter updates. This module builds
+study, because the server receives only parameter updates. This module builds
 the model and its local training from the config, evaluates each client's
 test rows by the C-index of `simulation.evaluate_survival`, and turns that
 evaluation into the fields of `metrics.jsonl` and `summary.json`. Those

@@ -173,8 +173,9 @@ def test_risk_scores_give_summary_c_index(cli_run):
 
 
 def test_fedavg_round_weights_by_rows():
-  # With batches larger than any client, each local step sees all of the
-  # client's rows, so a client's update does not depend on its key.
+  # With batches larger than any client, each local step's batch contains
+  # every row of the client, so a client's update does not depend on its
+  # key.
   config = fm.configure(CONFIG, rounds=1, local_steps=3, batch_size=256)
   run = study._build_run(config)  # pylint: disable=protected-access
   state = run['history']['state']
