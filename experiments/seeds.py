@@ -1,5 +1,9 @@
 """Run one study over several seeds and tabulate per-hospital accuracy.
 
+A survival study (`--set dataset=tcga_brca --set model=cox`, or
+`experiments/tcga_brca_fedavg.toml`) is tabulated by its per-client
+C-index instead.
+
 Usage:
   python experiments/seeds.py [CONFIG.toml] [--seeds 0 1 2 3 4]
       [--set KEY=VALUE ...] [--out DIR]
@@ -44,25 +48,38 @@ def _parse_args(argv):
   return args
 
 
-def _table(rows, client_names) -> str:
+def _cell(value) -> str:
+  """Format a score; None is a client without one (no test rows or pairs)."""
+  return 'n/a' if value is None else f'{value:.3f}'
+
+
+def _table(rows, client_names, metric: str, label: str) -> str:
+  """Format the seeds' `test_<metric>` scores and their mean as markdown."""
   header = ['seed', *client_names, 'mean', 'worst']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in rows:
     cells = [str(row['seed'])]
-    cells += [f"{row['test_accuracy'][name]:.3f}" for name in client_names]
-    cells += [f"{row['mean_accuracy']:.3f}", f"{row['worst_accuracy']:.3f}"]
+    cells += [_cell(row[f'test_{metric}'][name]) for name in client_names]
+    cells += [_cell(row[f'mean_{metric}']), _cell(row[f'worst_{metric}'])]
     lines.append('| ' + ' | '.join(cells) + ' |')
-  means = np.array([row['mean_accuracy'] for row in rows])
+  means = np.array([row[f'mean_{metric}'] for row in rows])
   # One seed has no sample standard deviation.
   spread = (f'standard deviation {means.std(ddof=1):.3f}, '
             if len(rows) > 1 else '')
   lines.append('')
   lines.append(
-      f'Mean per-hospital accuracy over {len(rows)} seeds: '
+      f'Mean per-hospital {label} over {len(rows)} seeds: '
       f'{means.mean():.3f} ({spread}min {means.min():.3f}, '
       f'max {means.max():.3f}).'
   )
   return '\n'.join(lines) + '\n'
+
+
+def _metric(summary) -> tuple[str, str]:
+  """Return the summary's score name and its label: accuracy or C-index."""
+  if 'test_c_index' in summary:
+    return 'c_index', 'C-index'
+  return 'accuracy', 'accuracy'
 
 
 def main(argv=None) -> int:
@@ -83,14 +100,16 @@ def main(argv=None) -> int:
         _, summary = study.run_study(config, out / f'seed_{seed}',
                                      progress=False)
         rows.append(summary)
-        print(f"seed {seed}: mean accuracy {summary['mean_accuracy']:.3f}",
-              flush=True)
+        metric, label = _metric(summary)
+        print(f'seed {seed}: mean {label} '
+              f"{_cell(summary[f'mean_{metric}'])}", flush=True)
   except InputError as error:
     print(f'seeds.py: error: {error}', file=sys.stderr)
     return 2
-  client_names = list(rows[0]['test_accuracy'])
+  metric, label = _metric(rows[0])
+  client_names = list(rows[0][f'test_{metric}'])
   outputs.write_json(out / 'seeds.json', rows)
-  table = _table(rows, client_names)
+  table = _table(rows, client_names, metric, label)
   (out / 'seeds.md').write_text(table)
   print(table)
   return 0

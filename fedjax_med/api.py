@@ -12,6 +12,10 @@ this module returns the results instead of printing them::
   result.rounds_table()                  # dict of columns, one row per round
   result.plot_accuracy()                 # per-hospital accuracy per round
 
+A survival study (`dataset='tcga_brca'`, `model='cox'`) reports Harrell's
+C-index instead of accuracy: `result.summary['mean_c_index']`,
+`result.client_c_index()` and `result.plot_c_index()`.
+
 Each run still writes its folder (config, metrics, summary, plot), so a
 result can be reloaded later with `load_run`.
 """
@@ -110,9 +114,15 @@ class Result:
   records: tuple[dict[str, Any], ...]
 
   @property
+  def is_survival(self) -> bool:
+    """Whether the run scored a survival model by the C-index."""
+    return 'test_c_index' in self.summary
+
+  @property
   def client_names(self) -> list[str]:
-    """The clients' names, in the order of the accuracy columns."""
-    return list(self.summary.get('test_accuracy', {}))
+    """The clients' names, in the order of the accuracy or C-index columns."""
+    field = 'test_c_index' if self.is_survival else 'test_accuracy'
+    return list(self.summary.get(field, {}))
 
   @property
   def rounds(self) -> np.ndarray:
@@ -138,9 +148,11 @@ class Result:
     for record in self.records:
       value = record.get(name)
       if isinstance(value, (dict, list, str)):
+        method = ('client_c_index()' if self.is_survival
+                  else 'client_accuracy()')
         raise InputError(
-            f'{name!r} is not a scalar metric; use client_accuracy() for '
-            'the per-client test accuracy.'
+            f'{name!r} is not a scalar metric; use {method} for the '
+            'per-client test scores.'
         )
       values.append(np.nan if value is None else float(value))
     return np.array(values, np.float64)
@@ -164,26 +176,55 @@ class Result:
 
     Raises:
       InputError: for a population of more than 100 clients, whose
-        per-round lines hold only the mean, worst and 10th percentile.
+        per-round lines hold only the mean, worst and 10th percentile, or
+        for a survival run, which has `client_c_index` instead.
     """
-    evaluated = [record for record in self.records
-                 if 'test_accuracy' in record]
-    if not evaluated and any('mean_accuracy' in record
+    if self.is_survival:
+      raise InputError(
+          f'{self.run_dir} is a survival study scored by the C-index, not '
+          'accuracy; use client_c_index().'
+      )
+    return self._per_client_scores('accuracy')
+
+  def client_c_index(self) -> tuple[np.ndarray, np.ndarray]:
+    """Return the per-client test C-index of a survival run's evaluated rounds.
+
+    Returns:
+      `(rounds, c_index)`: the evaluated round numbers `[E]`, and Harrell's
+      C-index `c_index[E, clients]` in the order of `client_names` (NaN for
+      a client without a comparable pair of test rows).
+
+    Raises:
+      InputError: for a classification run, which has `client_accuracy`
+        instead.
+    """
+    if not self.is_survival:
+      raise InputError(
+          f'{self.run_dir} is a classification study without a C-index; use '
+          'client_accuracy().'
+      )
+    return self._per_client_scores('c_index')
+
+  def _per_client_scores(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the rounds and `[E, clients]` values of `test_<metric>`."""
+    field = f'test_{metric}'
+    evaluated = [record for record in self.records if field in record]
+    if not evaluated and any(f'mean_{metric}' in record
                              for record in self.records):
       raise InputError(
-          'Per-client accuracy is written to metrics.jsonl only for '
+          f'Per-client {metric} is written to metrics.jsonl only for '
           'populations of up to 100 clients; use '
-          "metric('mean_accuracy'), metric('worst_accuracy') or "
-          "summary['test_accuracy'] instead."
+          f"metric('mean_{metric}'), metric('worst_{metric}') or "
+          f"summary['{field}'] instead."
       )
     names = self.client_names
-    accuracy = np.array(
-        [[np.nan if record['test_accuracy'].get(name) is None
-          else record['test_accuracy'][name] for name in names]
+    values = np.array(
+        [[np.nan if record[field].get(name) is None
+          else record[field][name] for name in names]
          for record in evaluated], np.float64).reshape(len(evaluated),
                                                        len(names))
     return (np.array([record['round'] for record in evaluated], np.int64),
-            accuracy)
+            values)
 
   def rounds_table(self) -> dict[str, np.ndarray]:
     """Return every scalar metric as a column, one row per round.
@@ -200,15 +241,17 @@ class Result:
   def clients_table(self) -> dict[str, np.ndarray]:
     """Return the per-client accuracy in long form: one row per client and round.
 
-    Columns: `round`, `client`, `accuracy`, `num_test_examples`.
+    Columns: `round`, `client`, `accuracy` (`c_index` for a survival run),
+    `num_test_examples`.
     """
-    rounds, accuracy = self.client_accuracy()
+    metric = 'c_index' if self.is_survival else 'accuracy'
+    rounds, values = self._per_client_scores(metric)
     names = self.client_names
     counts = self.summary.get('num_test_examples', {})
     return {
         'round': np.repeat(rounds, len(names)),
         'client': np.tile(np.array(names, dtype=object), len(rounds)),
-        'accuracy': accuracy.reshape(-1),
+        metric: values.reshape(-1),
         'num_test_examples': np.tile(
             np.array([counts.get(name, 0) for name in names], np.int64),
             len(rounds)),
@@ -222,12 +265,15 @@ class Result:
 
     Returns:
       The Axes.
+
+    Raises:
+      InputError: for a survival run (see `client_accuracy`).
     """
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+    rounds, accuracy = self.client_accuracy()
     if ax is None:
       _, ax = plt.subplots(figsize=(6.4, 4.0))
-    rounds, accuracy = self.client_accuracy()
     for column, name in enumerate(self.client_names):
       ax.plot(rounds, accuracy[:, column], marker='.', linewidth=1,
               label=name)
@@ -235,6 +281,35 @@ class Result:
             linewidth=2, label='mean')
     ax.set_xlabel('round')
     ax.set_ylabel('test accuracy')
+    return self._finish_plot(ax)
+
+  def plot_c_index(self, ax=None):
+    """Plot each client's test C-index and their mean against the round.
+
+    A dashed line marks 0.5, the C-index of a random ranking.
+
+    Args:
+      ax: a matplotlib Axes to draw on; None makes a new figure.
+
+    Returns:
+      The Axes.
+
+    Raises:
+      InputError: for a classification run (see `client_c_index`).
+    """
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    rounds, c_index = self.client_c_index()
+    if ax is None:
+      _, ax = plt.subplots(figsize=(6.4, 4.0))
+    for column, name in enumerate(self.client_names):
+      ax.plot(rounds, c_index[:, column], marker='.', linewidth=1,
+              label=name)
+    ax.plot(rounds, np.nanmean(c_index, axis=1), color='black',
+            linewidth=2, label='mean')
+    ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
+    ax.set_xlabel('round')
+    ax.set_ylabel("test C-index (Harrell's)")
     return self._finish_plot(ax)
 
 

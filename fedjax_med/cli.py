@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
       description=(
           'Run a federated study and write config.json, provenance.json, '
           'metrics.jsonl, summary.json, accuracy.png and, for two classes, '
-          'predictions.csv to its folder.'
+          'predictions.csv to its folder. A survival study '
+          '(data.dataset=tcga_brca) writes c_index.png and risk_scores.csv '
+          'instead of the last two.'
       ),
   )
   run.add_argument(
@@ -236,24 +238,49 @@ def _warn_low_threshold(config: config_lib.ExperimentConfig) -> None:
     )
 
 
-def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
-  print(f'Results in {run_dir}')
-  accuracies = summary['test_accuracy']
-  if len(accuracies) <= _MAX_CLIENTS_PRINTED:
-    for name, accuracy in accuracies.items():
-      shown = 'n/a' if accuracy is None else f'{accuracy:.3f}'
-      print(f'  {name:>16}: test accuracy {shown}')
-  mean = summary['mean_accuracy']
+def _print_scores(summary: dict, metric: str, label: str) -> None:
+  """Print the per-client, mean, worst and spread lines of `metric`.
+
+  `metric` names the summary keys (`accuracy` for `test_accuracy`,
+  `mean_accuracy`, ...) and `label` the per-client lines.
+  """
+  scores = summary[f'test_{metric}']
+  if len(scores) <= _MAX_CLIENTS_PRINTED:
+    for name, score in scores.items():
+      shown = 'n/a' if score is None else f'{score:.3f}'
+      print(f'  {name:>16}: {label} {shown}')
+  mean = summary[f'mean_{metric}']
   if mean is not None:
     print(f'  {"mean":>16}: {mean:.3f}   worst: '
-          f'{summary["worst_accuracy"]:.3f} ({summary["worst_client"]})   '
-          f'10th percentile: {summary["p10_accuracy"]:.3f}')
+          f'{summary[f"worst_{metric}"]:.3f} ({summary["worst_client"]})   '
+          f'10th percentile: {summary[f"p10_{metric}"]:.3f}')
   fairness = summary.get('fairness')
   if fairness:
-    print(f'  {"spread":>16}: std {fairness["std_accuracy"]:.3f}   '
+    print(f'  {"spread":>16}: std {fairness[f"std_{metric}"]:.3f}   '
           f'best - worst {fairness["best_worst_gap"]:.3f}   smallest '
-          f'quarter {fairness["smallest_clients_accuracy"]:.3f}, largest '
-          f'quarter {fairness["largest_clients_accuracy"]:.3f}')
+          f'quarter {fairness[f"smallest_clients_{metric}"]:.3f}, largest '
+          f'quarter {fairness[f"largest_clients_{metric}"]:.3f}')
+
+
+def _print_c_index_notes(summary: dict) -> None:
+  """Print the pooled C-index and why a client's C-index is missing."""
+  pooled = summary.get('pooled_c_index')
+  if pooled is not None:
+    print(f'  {"pooled":>16}: {pooled:.3f} (all test rows, pairs across '
+          'clients included)')
+  for name, reason in summary.get('c_index_reasons', {}).items():
+    print(f'  {name:>16}: no C-index: {reason}')
+
+
+def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
+  print(f'Results in {run_dir}')
+  if 'test_c_index' in summary:
+    _print_scores(summary, 'c_index', 'test C-index')
+    _print_c_index_notes(summary)
+    client_scores = summary['test_c_index']
+  else:
+    _print_scores(summary, 'accuracy', 'test accuracy')
+    client_scores = summary['test_accuracy']
   finetuned = summary.get('finetuned')
   if finetuned and finetuned['mean_accuracy'] is not None:
     print(f'  {"fine-tuned":>16}: mean {finetuned["mean_accuracy"]:.3f}   '
@@ -277,20 +304,20 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
     names = summary['clients_without_training_rows']
     more = ', ...' if untrained > len(names) else ''
     print(
-        f'warning: {untrained} of {len(accuracies)} clients have no training '
-        f'rows after the test split ({", ".join(names)}{more}). They never '
-        'train, and their test accuracy, which counts in the mean and worst '
-        'accuracy, measures only the global model. Give them more rows, '
-        'lower `data.test_fraction` or remove them.', file=sys.stderr,
+        f'warning: {untrained} of {len(client_scores)} clients have no '
+        f'training rows after the test split ({", ".join(names)}{more}). They '
+        'never train, and their test accuracy, which counts in the mean and '
+        'worst accuracy, measures only the global model. Give them more '
+        'rows, lower `data.test_fraction` or remove them.', file=sys.stderr,
     )
   privacy = summary['privacy']
   if privacy['private']:
     print(f"  privacy: {privacy['guarantee']} (noise multiplier "
           f"{privacy['noise_multiplier']:.4g}, {privacy['rounds_accounted']} "
           'rounds)')
-    if privacy['delta'] * len(accuracies) >= 1:
+    if privacy['delta'] * len(client_scores) >= 1:
       print(f"warning: delta={privacy['delta']:g} is not below 1 / "
-            f'{len(accuracies)} clients, so the guarantee allows publishing '
+            f'{len(client_scores)} clients, so the guarantee allows publishing '
             "one client's data outright with probability delta. Use a delta "
             'well below 1 / clients.', file=sys.stderr)
     _warn_small_denominator(privacy)
@@ -372,7 +399,7 @@ def _print_summary(run_dir: pathlib.Path, summary: dict) -> None:
       failed < summary['rounds_run']):
     print(
         f'warning: all {summary["rounds_run"]} rounds were skipped because no '
-        'client contributed, so these are the accuracies of the untrained '
+        'client contributed, so these are the test scores of the untrained '
         f'model.{_no_contribution_cause(run_dir, summary)}', file=sys.stderr,
     )
   else:

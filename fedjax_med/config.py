@@ -28,9 +28,15 @@ import numpy as np
 from fedjax_med.errors import InputError
 
 DATASETS = ('heart_disease', 'csv', 'synthetic', 'synthetic_iid', 'digits',
-            'synthetic_images', 'image_folder', 'image_npz')
+            'synthetic_images', 'image_folder', 'image_npz', 'tcga_brca')
 IMAGE_DATASETS = ('digits', 'synthetic_images', 'image_folder', 'image_npz')
-MODELS = ('logistic_regression', 'mlp', 'cnn', 'resnet', 'pfl_cnn')
+# Datasets of right-censored survival times (examples `x`, `time`, `event`,
+# no class labels), trained with a Cox model and scored by the C-index.
+SURVIVAL_DATASETS = ('tcga_brca',)
+MODELS = ('logistic_regression', 'mlp', 'cnn', 'resnet', 'pfl_cnn', 'cox')
+# Divisors of a minibatch's summed Cox event terms, as in
+# `fedjax_med.client.survival_training.LOSS_NORMALIZATIONS`.
+COX_LOSS_NORMALIZATIONS = ('events', 'rows')
 # Models of `[height, width, channels]` images; the others take feature rows.
 IMAGE_MODELS = ('cnn', 'resnet', 'pfl_cnn')
 NORMS = ('batch', 'group', 'none')
@@ -71,7 +77,10 @@ class DataConfig:
       `num_clients` clients), 'synthetic_images' (classes drawn from
       smooth random prototypes, `fedjax_med.data.images`),
       'image_folder' (`image_path/<site>/<class>/<files>`) or 'image_npz'
-      (one .npz per site in `image_path`).
+      (one .npz per site in `image_path`). Survival: 'tcga_brca' (the
+      bundled Fed-TCGA-BRCA data of FLamby: six regions, 1,088 breast
+      cancer patients, 39 features, FLamby's fixed train/test split),
+      trained with `model.model='cox'` and scored by Harrell's C-index.
     csv_path: CSV file for `dataset='csv'`.
     client_column: CSV column holding the client (hospital) id.
     label_column: CSV column holding the integer class label.
@@ -144,18 +153,31 @@ class ModelConfig:
     model: 'logistic_regression' or 'mlp' for feature rows; for images
       'cnn' (LeNet-5 style), 'resnet' (a small ResNet with normalization
       layers) or 'pfl_cnn' (pfl-research's CIFAR-10 CNN), all from
-      `fedjax_med.models.cnn`.
+      `fedjax_med.models.cnn`; 'cox' (a linear Cox proportional-hazards
+      model without bias, `fedjax_med.models.survival.LinearCox`) for the
+      survival dataset 'tcga_brca', the only model that dataset takes.
+      Its kernel starts from U(-1/sqrt(features), 1/sqrt(features)), the
+      start of PyTorch's `nn.Linear` that FLamby uses, drawn from the seed.
     hidden_sizes: widths of the MLP's hidden layers.
     widths: channels of each ResNet stage; each stage after the first
       halves the resolution.
     norm: the ResNet's normalization: 'batch' (BatchNorm, whose statistics
       each client recomputes after local training), 'group' or 'none'.
+    cox_loss_normalization: the divisor of a minibatch's summed Cox event
+      terms (Breslow ties, risk sets within the batch): 'events' (the
+      default) divides by the batch's events, the mean negative log
+      partial likelihood per event, so the step size does not depend on
+      the censoring rate; 'rows' divides by the batch's rows, as FLamby's
+      Fed-TCGA-BRCA `BaselineLoss` does. A batch without an event has a
+      zero loss either way. With SGD, 'rows' takes steps smaller by the
+      batch's share of events.
   """
 
   model: str = 'logistic_regression'
   hidden_sizes: tuple[int, ...] = (32,)
   widths: tuple[int, ...] = (16, 32)
   norm: str = 'batch'
+  cox_loss_normalization: str = 'events'
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -1053,6 +1075,7 @@ _SETTINGS_USED_BY = (
     ('model', 'hidden_sizes', 'model', ('mlp',)),
     ('model', 'widths', 'model', ('resnet',)),
     ('model', 'norm', 'model', ('resnet',)),
+    ('model', 'cox_loss_normalization', 'model', ('cox',)),
     ('sampling', 'cohort_size', 'sampling', ('uniform',)),
     ('sampling', 'sampling_rate', 'sampling', ('poisson',)),
     ('privacy', 'noise_multiplier', 'noise', _NOISY),
@@ -1082,6 +1105,8 @@ _SETTINGS_USED_BY = (
     ('compression', 'top_k_fraction', 'compressor', ('top_k',)),
     ('compression', 'error_feedback', 'compressor', ('top_k',)),
 )
+# Evaluation settings of the clinical metrics of binary classification.
+_CLINICAL_SETTINGS = ('threshold', 'bootstrap_resamples', 'confidence')
 # Settings read only when adaptive clipping is on.
 _ADAPTIVE_SETTINGS = ('target_quantile', 'clip_learning_rate',
                       'count_noise_stddev')
@@ -1195,6 +1220,16 @@ def _check_unused_settings(config: ExperimentConfig,
             f'`privacy.{name}={_toml_text(value)}` has no effect unless '
             '`privacy.adaptive_clipping=true`.'
         )
+  if config.data.dataset in SURVIVAL_DATASETS:
+    for name in _CLINICAL_SETTINGS:
+      if is_set('evaluation', name):
+        value = getattr(config.evaluation, name)
+        raise InputError(
+            f'`evaluation.{name}={_toml_text(value)}` has no effect with '
+            f'`data.dataset={config.data.dataset}`: it sets the clinical '
+            'metrics of binary classification, and a survival model is '
+            'scored by the C-index. Remove it.'
+        )
   client = config.client
   if client.local_epochs is not None and is_set('client', 'local_steps'):
     raise InputError(
@@ -1277,6 +1312,72 @@ def _validate_data(data: DataConfig) -> None:
     )
 
 
+def _validate_survival(config: ExperimentConfig) -> None:
+  """Reject the model and the settings that a survival dataset cannot run.
+
+  A survival dataset has no class labels, and its Cox loss couples the rows
+  of a minibatch through their risk sets, so no per-example loss exists.
+  """
+  data, model, client = config.data, config.model, config.client
+  survival = data.dataset in SURVIVAL_DATASETS
+  if not survival:
+    if model.model == 'cox':
+      raise InputError(
+          '`model.model=cox` is a survival model, but '
+          f'`data.dataset={data.dataset}` has class labels. Use '
+          '`data.dataset=tcga_brca`, or a classifier: `model.model` '
+          'logistic_regression or mlp for feature rows, cnn, resnet or '
+          'pfl_cnn for images.'
+      )
+    return
+  if model.model != 'cox':
+    raise InputError(
+        f'`model.model={model.model}` is a classifier, but '
+        f'`data.dataset={data.dataset}` has survival times and no class '
+        'labels. Set `model.model=cox`.'
+    )
+  if data.partition != 'none':
+    # NOTE: a quantity-skew partition needs no labels, but `_repartition`
+    # pools `x` and `y` only; survival rows are not wired in.
+    raise InputError(
+        f'`data.partition={data.partition}` does not apply to '
+        f'`data.dataset={data.dataset}`, which keeps the regions and the '
+        'train/test split of FLamby. Set `data.partition=none`.'
+    )
+  if client.dp_sgd:
+    raise InputError(
+        '`client.dp_sgd=true` does not apply to the Cox model: its loss '
+        'couples the rows of a minibatch through their risk sets, so no '
+        'per-example gradient exists to clip. Use client-level DP '
+        '(`privacy.clip_norm` with `privacy.noise`) instead.'
+    )
+  if client.compute_dtype != 'float32':
+    raise InputError(
+        f'`client.compute_dtype={client.compute_dtype}` is not supported '
+        'for the Cox model, whose local training runs in float32. Set '
+        '`client.compute_dtype=float32`.'
+    )
+  if client.ditto_lambda is not None or config.evaluation.finetune_steps:
+    raise InputError(
+        'Personalization (`client.ditto_lambda`, '
+        '`evaluation.finetune_steps`) does not apply to '
+        f'`data.dataset={data.dataset}`: personal models are scored by '
+        'accuracy only. Remove those settings.'
+    )
+  if client.fedbn:
+    raise InputError(
+        '`client.fedbn=true` keeps normalization layers local, and the Cox '
+        'model has none. Set `client.fedbn=false`.'
+    )
+  if config.attack.attack in ('label_flip', 'backdoor'):
+    raise InputError(
+        f'`attack.attack={config.attack.attack}` poisons class labels, '
+        f'which `data.dataset={data.dataset}` does not have. Use a '
+        'model-poisoning attack: sign_flip, scaling, gaussian, '
+        'little_is_enough or inner_product.'
+    )
+
+
 def _validate_fedbn(config: ExperimentConfig) -> None:
   """Reject the settings that FedBN or batch normalization cannot run with."""
   client, model = config.client, config.model
@@ -1335,6 +1436,9 @@ def _validate_training(config: ExperimentConfig) -> None:
   for size in config.model.widths:
     _require_range('model.widths', size, 1)
   _require_choice('model.norm', config.model.norm, NORMS)
+  _require_choice('model.cox_loss_normalization',
+                  config.model.cox_loss_normalization,
+                  COX_LOSS_NORMALIZATIONS)
   client = config.client
   _validate_fedbn(config)
   _require_choice('client.optimizer', client.optimizer, CLIENT_OPTIMIZERS)
@@ -1806,6 +1910,8 @@ def validate(config: ExperimentConfig, *,
   _require_range('seed', config.seed, 0, MAX_SEED)
   _validate_name(config.name)
   _validate_data(config.data)
+  _require_choice('model.model', config.model.model, MODELS)
+  _validate_survival(config)
   _validate_training(config)
   _validate_sampling_and_privacy(config)
   evaluation = config.evaluation

@@ -695,6 +695,14 @@ def _read_records(path: pathlib.Path) -> list[dict[str, Any]]:
 
 def _check_base(base: config_lib.ExperimentConfig) -> None:
   """Raise InputError for base settings the matrix would ignore or reject."""
+  if base.data.dataset in config_lib.SURVIVAL_DATASETS:
+    # NOTE: the matrix evaluates accuracy and backdoor success only.
+    raise InputError(
+        'The robustness matrix does not run the survival dataset '
+        f'`data.dataset={base.data.dataset}`: its cells report accuracy, not '
+        'the C-index. Run a model-poisoning attack on it with `fedjax-med '
+        'run --set attack=... --set malicious_fraction=...`.'
+    )
   attack = base.attack
   if (attack.attack != 'none' or attack.malicious_fraction
       or attack.attack_strength is not None):

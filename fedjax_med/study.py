@@ -4,7 +4,9 @@
 round. It runs the rounds with a progress bar and evaluates on every client's
 test rows. The run folder gets `config.json`, `provenance.json`,
 `metrics.jsonl` (one line per finished round), `summary.json`,
-`accuracy.png` and, for binary tasks, `predictions.csv`.
+`accuracy.png` and, for binary tasks, `predictions.csv`. A survival study
+(`study_survival`) reports Harrell's C-index instead of accuracy and writes
+`c_index.png` and `risk_scores.csv` in place of the last two.
 """
 
 import dataclasses
@@ -26,6 +28,7 @@ from fedjax_med import interrupts
 from fedjax_med import study_attacks
 from fedjax_med import study_privacy
 from fedjax_med import study_participation
+from fedjax_med import study_survival
 from fedjax_med import tree
 from fedjax_med.client import dp_sgd
 from fedjax_med.client import local_training
@@ -49,6 +52,7 @@ from fedjax_med.report import provenance
 from fedjax_med.report import tensorboard as tensorboard_lib
 from fedjax_med.server import optimizers as server_optimizers
 from fedjax_med.simulation import evaluate as evaluate_lib
+from fedjax_med.simulation import evaluate_survival
 from fedjax_med.simulation import local_leaves
 from fedjax_med.simulation import round as round_lib
 from fedjax_med.simulation import sampling
@@ -220,6 +224,8 @@ def _repartition(dataset, data, key) -> federated.FederatedDataset:
 def _load_clients(
     data: config_lib.DataConfig, seed: int
 ) -> federated.FederatedDataset:
+  if data.dataset in config_lib.SURVIVAL_DATASETS:
+    return study_survival.load_dataset(data)
   # A partition z-scores its new clients itself, from raw rows.
   standardize = data.partition == 'none'
   if data.dataset == 'heart_disease':
@@ -333,6 +339,8 @@ def build_model(
         f'{input_shape[0]}x{input_shape[1]}. Use larger images or '
         '`model.model=cnn`.'
     )
+  if model.model == 'cox':
+    return study_survival.build_cox_model()
   if model.model == 'resnet':
     module = cnn.ResNet(num_classes, widths=tuple(model.widths),
                         norm=model.norm)
@@ -392,11 +400,14 @@ def build_local_update(
     proximal_mu=None,
     max_client_examples: int | None = None,
     min_client_examples: int | None = None,
+    cox_loss_normalization: str | None = None,
 ) -> local_training.LocalUpdate:
   """Return a client's local training as the config describes it.
 
   `learning_rate` (a number, array or schedule) and `proximal_mu` (a number
-  or array) replace the config's values when given. With `local_epochs`,
+  or array) replace the config's values when given. A
+  `cox_loss_normalization` ('events' or 'rows') trains the Cox model of a
+  survival study with that loss instead of a classifier. With `local_epochs`,
   the scan covers the largest client of `train`, or `max_client_examples`
   rows when given. The smallest client with rows, or
   `min_client_examples`, bounds the epochs a client reaches, so each
@@ -410,6 +421,19 @@ def build_local_update(
   num_steps = _num_local_steps(client, train, max_client_examples)
   unroll = _unroll(client, train, num_steps)
   padded = max(train.max_examples, 1)
+  if min_client_examples is None:
+    min_client_examples = _fewest_rows(train)
+  if cox_loss_normalization is not None:
+    # The Cox loss also averages over a batch's real rows or events, so a
+    # batch larger than every client is the full batch.
+    return study_survival.build_local_update(
+        dataclasses.replace(client,
+                            batch_size=min(client.batch_size, padded)),
+        model, optimizer, loss_normalization=cox_loss_normalization,
+        num_steps=num_steps, proximal_mu=proximal_mu,
+        report_initial_loss=report_initial_loss,
+        min_client_examples=min_client_examples, unroll=unroll,
+    )
   if client.dp_sgd:
     if client.batch_size > padded:
       # DP-SGD divides by the batch size, so a larger batch is not the full
@@ -441,8 +465,7 @@ def build_local_update(
       proximal_mu=proximal_mu,
       report_initial_loss=report_initial_loss,
       compute_dtype=client.compute_dtype,
-      min_client_examples=(_fewest_rows(train) if min_client_examples is None
-                           else min_client_examples),
+      min_client_examples=min_client_examples,
       unroll=unroll,
   )
 
@@ -519,9 +542,11 @@ def _checked_evaluation(evaluate, state, round_number):
   evaluation = evaluate(state)
   num_nonfinite = int(np.sum(np.asarray(evaluation.num_nonfinite)))
   if num_nonfinite:
+    survival = isinstance(evaluation, evaluate_survival.SurvivalEvaluation)
+    outputs_name = 'log-risks' if survival else 'probabilities'
     raise _diverged(
         round_number,
-        f'the global model outputs NaN or infinite probabilities for '
+        f'the global model outputs NaN or infinite {outputs_name} for '
         f'{num_nonfinite} test rows',
     )
   return evaluation
@@ -560,18 +585,19 @@ def _untrained_clients(dataset) -> dict[str, Any]:
 
 
 def fairness_summary(
-    accuracies: list, train_counts: np.ndarray
+    accuracies: list, train_counts: np.ndarray, *, metric: str = 'accuracy'
 ) -> dict[str, Any]:
-  """Summarize how evenly accuracy is spread over the clients.
+  """Summarize how evenly accuracy (or `metric`) is spread over the clients.
 
   Args:
-    accuracies: per-client test accuracy; None for a client without test
-      rows, which is left out.
+    accuracies: per-client test accuracy, or the per-client values of
+      `metric`; None for a client without a value, which is left out.
     train_counts: `[clients]` training examples, to rank clients by size.
+    metric: the name in the keys, such as 'c_index' for `std_c_index`.
 
   Returns:
-    The standard deviation, best and worst accuracy and their gap, and the
-    mean accuracy of the smallest and the largest quarter of the clients by
+    The standard deviation, best and worst value and their gap, and the
+    mean value of the smallest and the largest quarter of the clients by
     training examples (at least one client each; ties keep client order).
   """
   present = [i for i, value in enumerate(accuracies) if value is not None]
@@ -581,13 +607,13 @@ def fairness_summary(
   by_size = sorted(present, key=lambda i: train_counts[i])
   quarter = max(1, len(by_size) // 4)
   return {
-      'std_accuracy': float(np.std(values)),
-      'best_accuracy': float(np.max(values)),
-      'worst_accuracy': float(np.min(values)),
+      f'std_{metric}': float(np.std(values)),
+      f'best_{metric}': float(np.max(values)),
+      f'worst_{metric}': float(np.min(values)),
       'best_worst_gap': float(np.max(values) - np.min(values)),
-      'smallest_clients_accuracy': float(
+      f'smallest_clients_{metric}': float(
           np.mean([accuracies[i] for i in by_size[:quarter]])),
-      'largest_clients_accuracy': float(
+      f'largest_clients_{metric}': float(
           np.mean([accuracies[i] for i in by_size[-quarter:]])),
       'clients_per_quarter': quarter,
   }
@@ -767,6 +793,9 @@ def build_round_fn(
       learning_rate=learning_rate, proximal_mu=proximal_mu,
       max_client_examples=max_client_examples,
       min_client_examples=min_client_examples,
+      cox_loss_normalization=(
+          config.model.cox_loss_normalization
+          if study_survival.is_survival(config) else None),
   )
   server_optimizer = build_optimizer(
       config.server.server_optimizer, server_learning_rate,
@@ -879,8 +908,11 @@ def build_study_evaluate(config, model, test):
   """Return `evaluate(state) -> ClientEvaluation` over `test`.
 
   Under FedBN each client is evaluated with the global params and its own
-  normalization layers.
+  normalization layers. A survival study gets a `SurvivalEvaluation`
+  (Harrell's C-index) instead.
   """
+  if study_survival.is_survival(config):
+    return study_survival.build_evaluate(model, test, evaluated_params)
   evaluate = evaluate_lib.build_evaluate(
       model, jax.device_put(test), threshold=config.evaluation.threshold,
       personalized=config.client.fedbn,
@@ -962,8 +994,11 @@ def _build_run(config: config_lib.ExperimentConfig) -> dict[str, Any]:
     evaluate_triggered = build_study_evaluate(config, model, triggered)
   root_key = jax.random.key(config.seed)
   state = initial_state(config, prepared, server_optimizer, root_key)
-  history = {'rounds': [], 'client_accuracy': [], 'skipped': 0,
-             'local_model': model,
+  # The per-client score of every evaluated round, under its own name.
+  scores_key = ('client_c_index' if study_survival.is_survival(config)
+                else 'client_accuracy')
+  history = {'rounds': [], scores_key: [], 'scores_key': scores_key,
+             'skipped': 0, 'local_model': model,
              'state': state, 'start': time.perf_counter(), 'done': 0,
              'accountant': prepared.accountant, 'privacy': prepared.privacy,
              'secure_plan': round_fn.secure_plan(state.params),
@@ -1014,7 +1049,7 @@ def _save_snapshot(checkpointer, history) -> None:
       'stopped_at_target': counters['stopped_at_target'],
       'elapsed_s': counters['elapsed_s'],
       'evaluated_rounds': history['rounds'][:evaluated],
-      'client_accuracy': history['client_accuracy'][:evaluated],
+      history['scores_key']: history[history['scores_key']][:evaluated],
       'secure_rounds': history['secure_rounds'][
           :counters['num_secure_rounds']],
   }
@@ -1174,8 +1209,8 @@ def resume_study(
           below_min_reporting=saved_progress['below_min_reporting'],
           stopped_at_target=saved_progress['stopped_at_target'],
           rounds=list(saved_progress['evaluated_rounds']),
-          client_accuracy=[list(row)
-                           for row in saved_progress['client_accuracy']],
+          **{history['scores_key']: [
+              list(row) for row in saved_progress[history['scores_key']]]},
           secure_rounds=list(saved_progress['secure_rounds']),
           start=time.perf_counter() - saved_progress['elapsed_s'],
       )
@@ -1327,7 +1362,7 @@ def _continue(config, run, run_dir, *, progress, on_round,
     logdir = run_dir / 'tensorboard'
     logger = tensorboard_lib.RoundLogger(logdir, purge=logdir.exists())
     for record in kept_records:
-      logger.write(record, per_client=record.get('test_accuracy'))
+      _log_round(logger, record)
   try:
     try:
       _run_rounds(
@@ -1423,32 +1458,53 @@ def _run_rounds(
         history['done'] = round_index + 1
         raise
       if evaluate_now:
-        accuracies = _client_accuracy(evaluation)
-        if dataset.num_clients <= MAX_CLIENTS_PER_ROUND_LINE:
-          record['test_accuracy'] = dict(
-              zip(dataset.client_names, accuracies)
-          )
-        record.update(_accuracy_summary(accuracies))
-        if history['backdoor'] is not None:
-          record['backdoor_success'] = _backdoor_success(
-              config, history['backdoor'], state
-          )['backdoor_success']
-        history['rounds'].append(round_index + 1)
-        history['client_accuracy'].append(accuracies)
-        bar.set_postfix(mean_acc=f"{record['mean_accuracy'] or 0:.3f}")
+        _record_evaluation(config, dataset, history, record, evaluation,
+                           state, bar)
       record['elapsed_s'] = round(time.perf_counter() - history['start'], 3)
       writer.write(record)
       history['done'] = round_index + 1
       history['state'] = state
       history['snapshot'] = _snapshot(history, round_index + 1, state)
       if logger is not None:
-        logger.write(record, per_client=record.get('test_accuracy'))
+        _log_round(logger, record)
       if checkpointer.due():
         _save_snapshot(checkpointer, history)
       if on_round is not None:
         on_round(record)
       bar.update(1)
       interrupts.raise_if_requested()
+
+
+def _record_evaluation(config, dataset, history, record, evaluation, state,
+                       bar) -> None:
+  """Add an evaluated round's scores to its `record` and to `history`."""
+  per_client = dataset.num_clients <= MAX_CLIENTS_PER_ROUND_LINE
+  if study_survival.is_survival(config):
+    scores = study_survival.client_c_index(evaluation)
+    record.update(study_survival.round_fields(
+        evaluation, dataset.client_names, per_client=per_client))
+    bar.set_postfix(mean_c_index=f"{record['mean_c_index'] or 0:.3f}")
+  else:
+    scores = _client_accuracy(evaluation)
+    if per_client:
+      record['test_accuracy'] = dict(zip(dataset.client_names, scores))
+    record.update(_accuracy_summary(scores))
+    if history['backdoor'] is not None:
+      record['backdoor_success'] = _backdoor_success(
+          config, history['backdoor'], state
+      )['backdoor_success']
+    bar.set_postfix(mean_acc=f"{record['mean_accuracy'] or 0:.3f}")
+  history['rounds'].append(record['round'])
+  history[history['scores_key']].append(scores)
+
+
+def _log_round(logger, record) -> None:
+  """Write `record` to TensorBoard, with its per-client scores if any."""
+  for field in ('test_accuracy', study_survival.PER_CLIENT_FIELD):
+    if field in record:
+      logger.write(record, per_client=record[field], per_client_tag=field)
+      return
+  logger.write(record)
 
 
 def _backdoor_success(config, backdoor, state) -> dict[str, Any]:
@@ -1631,14 +1687,49 @@ def _unaccounted_event(config, summary) -> str | None:
   return None
 
 
+def _write_classification_outputs(config, dataset, run_dir, history, summary,
+                                  per_client) -> None:
+  """Add the worst client to `summary`; write the predictions and plot."""
+  worst = summary['worst_accuracy']
+  summary['worst_client'] = next(
+      (name for name, value in summary['test_accuracy'].items()
+       if value is not None and value == worst),
+      None,
+  )
+  _write_predictions(run_dir / 'predictions.csv', per_client)
+  plots.plot_accuracy(
+      run_dir / 'accuracy.png',
+      history['rounds'],
+      history['client_accuracy'],
+      dataset.client_names,
+      title=f'{config.name}: test accuracy',
+  )
+
+
 def _write_summary(config, dataset, evaluate, run_dir, history):
   """Evaluate the final model, then write `summary.json` and the plot."""
   evaluation = _checked_evaluation(
       evaluate, history['state'], history['done']
   )
-  accuracies = _client_accuracy(evaluation)
+  survival = study_survival.is_survival(config)
   counts = np.asarray(dataset.test.num_examples)
-  per_client = _binary_test_scores(dataset, evaluation)
+  train_counts = np.asarray(dataset.train.num_examples)
+  if survival:
+    c_index = study_survival.client_c_index(evaluation)
+    scores = {
+        **study_survival.summary_fields(evaluation, dataset.client_names),
+        'fairness': fairness_summary(c_index, train_counts, metric='c_index'),
+    }
+    per_client = []
+  else:
+    accuracies = _client_accuracy(evaluation)
+    per_client = _binary_test_scores(dataset, evaluation)
+    scores = {
+        'test_accuracy': dict(zip(dataset.client_names, accuracies)),
+        **_accuracy_summary(accuracies),
+        'fairness': fairness_summary(accuracies, train_counts),
+        'clinical': _clinical_reports(config, per_client),
+    }
   summary = {
       'name': config.name,
       'dataset': dataset.name,
@@ -1649,15 +1740,11 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
       'stopped_at_target_epsilon': history['stopped_at_target'],
       'skipped_rounds': history['skipped'],
       'wall_time_s': round(time.perf_counter() - history['start'], 3),
-      'test_accuracy': dict(zip(dataset.client_names, accuracies)),
-      **_accuracy_summary(accuracies),
+      **scores,
       'num_test_examples': dict(
           zip(dataset.client_names, [int(count) for count in counts])
       ),
-      'fairness': fairness_summary(
-          accuracies, np.asarray(dataset.train.num_examples)),
       **_untrained_clients(dataset),
-      'clinical': _clinical_reports(config, per_client),
       'privacy': study_privacy.describe(
           config, history['privacy'], history['accountant'],
           history['below_min_reporting'],
@@ -1702,20 +1789,19 @@ def _write_summary(config, dataset, evaluate, run_dir, history):
         config, dataset, history['state'].params, history['local_model'],
         history['state'].local
     )
-  worst = summary['worst_accuracy']
-  summary['worst_client'] = next(
-      (name for name, value in summary['test_accuracy'].items()
-       if value is not None and value == worst),
-      None,
-  )
-  _write_predictions(run_dir / 'predictions.csv', per_client)
-  plots.plot_accuracy(
-      run_dir / 'accuracy.png',
-      history['rounds'],
-      history['client_accuracy'],
-      dataset.client_names,
-      title=f'{config.name}: test accuracy',
-  )
+  if survival:
+    study_survival.write_risk_scores(
+        run_dir / 'risk_scores.csv', dataset, evaluation)
+    plots.plot_c_index(
+        run_dir / 'c_index.png',
+        history['rounds'],
+        history['client_c_index'],
+        dataset.client_names,
+        title=f'{config.name}: test C-index',
+    )
+  else:
+    _write_classification_outputs(config, dataset, run_dir, history,
+                                  summary, per_client)
   # Last: a run with summary.json counts as finished.
   outputs.write_json(run_dir / 'summary.json', summary)
   return summary

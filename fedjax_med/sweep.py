@@ -359,6 +359,14 @@ def points(base: config_lib.ExperimentConfig, sweep: SweepConfig) -> list[Point]
     config = dataclasses.replace(
         config, name=f'{config_lib.run_name(base)}-{len(result)}'
     )
+    if config.data.dataset in config_lib.SURVIVAL_DATASETS:
+      # NOTE: the sweep's batched program and tables score accuracy only.
+      raise InputError(
+          f'`fedjax-med sweep` does not run the survival dataset '
+          f'`data.dataset={config.data.dataset}`: its tables report '
+          'accuracy, not the C-index. Run each setting with `fedjax-med run`, '
+          'and several seeds with `python experiments/seeds.py`.'
+      )
     try:
       config_lib.validate(config)
     except InputError as error:

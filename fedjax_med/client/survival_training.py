@@ -135,6 +135,9 @@ def build_survival_local_update(
     num_epochs: int | None = None,
     proximal_mu: float = 0.0,
     loss_normalization: str = 'events',
+    report_initial_loss: bool = False,
+    min_client_examples: int | None = None,
+    unroll: bool = False,
 ) -> local_training.LocalUpdate:
   """Build the local training function of one client for a Cox model.
 
@@ -159,6 +162,12 @@ def build_survival_local_update(
       The two differ by the factor (valid events) / (valid rows) per batch,
       which changes the effective learning rate of SGD but hardly that of
       Adam.
+    report_initial_loss: also compute the Cox loss over all the client's
+      rows at the server params (q-FFL weighs clients by it), with every
+      row in one risk set.
+    min_client_examples: the fewest rows of any client with rows, if
+      known; as in `local_training.build_local_update`.
+    unroll: unroll the scan over the steps, see `local_training.build_scan`.
 
   Returns:
     `local_update(server_params, examples, num_examples, key) -> LocalResult`
@@ -192,6 +201,10 @@ def build_survival_local_update(
     _check_batch_keys(batch)
     return grad_fn(params, batch, valid)
 
+  max_epochs = None
+  if min_client_examples is not None:
+    batches = -(-max(min_client_examples, 1) // batch_size)
+    max_epochs = -(-num_steps // batches)
   local_update = local_training.build_scan(
       batch_gradient,
       optimizer,
@@ -199,6 +212,9 @@ def build_survival_local_update(
       batch_size=batch_size,
       num_epochs=num_epochs,
       proximal_mu=proximal_mu,
+      report_initial_loss=report_initial_loss,
+      max_epochs=max_epochs,
+      unroll=unroll,
   )
   # `build_round` checks the times and events of its population.
   local_update.survival = True

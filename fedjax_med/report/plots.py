@@ -1,4 +1,5 @@
-"""Plots of a run: test accuracy per round, per hospital and their mean."""
+"""Plots of a run: test accuracy (or a survival study's C-index) per round,
+per hospital and their mean."""
 
 import pathlib
 from typing import Sequence
@@ -29,20 +30,52 @@ def plot_accuracy(
     client_names: one label per client.
     title: plot title.
   """
+  _plot_per_client(path, rounds, client_accuracy, client_names, title,
+                   ylabel='test accuracy')
+
+
+def plot_c_index(
+    path: pathlib.Path,
+    rounds: Sequence[int],
+    client_c_index: Sequence[Sequence[float | None]],
+    client_names: Sequence[str],
+    title: str,
+) -> None:
+  """Save a line plot of each client's test C-index per round and the mean.
+
+  A dashed line marks 0.5, the C-index of a random ranking of risks.
+
+  Args:
+    path: PNG file to write.
+    rounds: 1-based round numbers at which the model was evaluated.
+    client_c_index: `[evaluations][clients]` Harrell's C-index; None for a
+      client without a comparable pair of test rows.
+    client_names: one label per client.
+    title: plot title.
+  """
+  _plot_per_client(path, rounds, client_c_index, client_names, title,
+                   ylabel="test C-index (Harrell's)", reference=0.5)
+
+
+def _plot_per_client(path, rounds, client_values, client_names, title, *,
+                     ylabel: str, reference: float | None = None) -> None:
+  """Plot values in [0, 1] per round for each client and their mean."""
   figure = figure_lib.Figure(figsize=(8.5, 4.5))
   axes = figure.subplots()
   max_lines = 12
   for index, name in enumerate(client_names[:max_lines]):
-    values = [row[index] for row in client_accuracy]
+    values = [row[index] for row in client_values]
     values = [float('nan') if value is None else value for value in values]
     axes.plot(rounds, values, marker='.', linewidth=1, label=name)
   means = []
-  for row in client_accuracy:
+  for row in client_values:
     present = [value for value in row if value is not None]
     means.append(sum(present) / len(present) if present else float('nan'))
   axes.plot(rounds, means, color='black', linewidth=2.5, label='mean')
+  if reference is not None:
+    axes.axhline(reference, color='grey', linestyle='--', linewidth=1)
   axes.set_xlabel('round')
-  axes.set_ylabel('test accuracy')
+  axes.set_ylabel(ylabel)
   axes.set_ylim(0.0, 1.0)
   axes.grid(alpha=0.3)
   if len(client_names) > max_lines:

@@ -2,7 +2,8 @@
 
 `RoundLogger` writes every numeric field of a round's record under its own
 name (`train_loss`, `mean_accuracy`, `epsilon`, ...) and each client's test
-accuracy as `test_accuracy/<client>`, with the round number as the step.
+accuracy as `test_accuracy/<client>` (a survival study's C-index as
+`test_c_index/<client>`), with the round number as the step.
 TensorBoard tags allow letters, digits, '-', '_' and '.', so other
 characters in a client name become '_' (`client_tags`), and names that
 would then clash get the client's index appended.
@@ -34,8 +35,8 @@ def require() -> None:
     ) from None
 
 
-def client_tags(names) -> dict[str, str]:
-  """Return a distinct TensorBoard tag for each client name.
+def client_tags(names, prefix: str = 'test_accuracy') -> dict[str, str]:
+  """Return a distinct TensorBoard tag `<prefix>/<name>` for each client name.
 
   tensorboardX replaces characters outside [-\\w.] with '_' and only logs
   it, so 'St Mary' and 'St_Mary' would share one curve. A name whose
@@ -51,7 +52,7 @@ def client_tags(names) -> dict[str, str]:
     while tag in used:
       tag = f'{tag}_{index}'
     used.add(tag)
-    tags[name] = f'test_accuracy/{tag}'
+    tags[name] = f'{prefix}/{tag}'
   return tags
 
 
@@ -74,10 +75,12 @@ class RoundLogger:
     )
 
   def write(self, record: dict[str, Any],
-            per_client: dict[str, float | None] | None = None) -> None:
+            per_client: dict[str, float | None] | None = None,
+            per_client_tag: str = 'test_accuracy') -> None:
     """Write the numeric fields of one round's `record`.
 
     Booleans are written as 0 or 1; missing values (None) are skipped.
+    `per_client` values go under `<per_client_tag>/<client>`.
     """
     step = record['round']
     for name, value in record.items():
@@ -86,7 +89,7 @@ class RoundLogger:
       if value is None:
         continue
       self._writer.add_scalar(name, float(value), step)
-    tags = client_tags(list(per_client or {}))
+    tags = client_tags(list(per_client or {}), per_client_tag)
     for client, value in (per_client or {}).items():
       if value is not None:
         self._writer.add_scalar(tags[client], float(value), step)

@@ -34,6 +34,8 @@ class SurvivalEvaluation(NamedTuple):
     pooled_reason: the reason `pooled_c_index` is NaN, else None.
     log_risk: `[clients, examples]` predicted log-risk, padding rows
       included (mask them with `test_data.num_examples`).
+    num_nonfinite: `[clients]` int64 real test rows whose log-risk is NaN
+      or infinite, which happens only when training has diverged.
   """
 
   c_index: np.ndarray
@@ -43,6 +45,7 @@ class SurvivalEvaluation(NamedTuple):
   pooled_c_index: float
   pooled_reason: str | None
   log_risk: np.ndarray
+  num_nonfinite: np.ndarray
 
 
 def _score(risk: np.ndarray, time: np.ndarray, event: np.ndarray):
@@ -138,6 +141,10 @@ def build_evaluate_survival(
         pooled_c_index=pooled.c_index,
         pooled_reason=pooled.reason,
         log_risk=risk,
+        num_nonfinite=np.asarray(
+            [np.sum(~np.isfinite(risk[c, :count]))
+             for c, count in enumerate(counts)], np.int64
+        ),
     )
 
   return evaluate
