@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
           'multiplier run as one compiled, vmapped program. Writes '
           'sweep.json, provenance.json, points.jsonl, rounds.jsonl, '
           'table.csv, summary.csv, summary.md, runs/ (the points run one by '
-          'one) and, when the sweep has axes besides seeds, sweep.png.'
+          'one) and, when the sweep has axes besides seeds, sweep.png. Exits '
+          'with status 1 when some point failed, after writing the others.'
       ),
   )
   sweep.add_argument('config', help='TOML config file with a [sweep] table')
@@ -177,6 +178,10 @@ def _run_matrix(args) -> int:
   return 0
 
 
+# Failed sweep points whose reasons the summary prints.
+_MAX_FAILED_POINTS_SHOWN = 10
+
+
 def _run_sweep(args) -> int:
   from fedjax_med import sweep  # pylint: disable=g-import-not-at-top
 
@@ -207,7 +212,17 @@ def _run_sweep(args) -> int:
           'expected reporting weight under one client, so their noise '
           'swamps the updates (`denominator` in table.csv). '
           f'{_small_denominator_fix(small[0])}', file=sys.stderr)
-  return 0
+  failed = [record for record in records if record['status'] == 'error']
+  for record in failed[:_MAX_FAILED_POINTS_SHOWN]:
+    reason = str(record.get('error', '')).splitlines()[0][:300]
+    print(f'error: point {record["point"]} failed: {reason}',
+          file=sys.stderr)
+  if len(failed) > _MAX_FAILED_POINTS_SHOWN:
+    print(f'error: {len(failed) - _MAX_FAILED_POINTS_SHOWN} more points '
+          'failed; table.csv gives every reason.', file=sys.stderr)
+  # The finished points are written; status 1 tells a script that some
+  # points have no result.
+  return 1 if failed else 0
 
 
 def _load_config(args) -> tuple[config_lib.ExperimentConfig, frozenset[str]]:

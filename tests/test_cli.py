@@ -570,3 +570,20 @@ def test_clinical_settings_used_on_binary(capsys, tmp_path):
 
   assert status == 0
   assert 'had no effect' not in captured.err
+
+
+def test_sweep_with_failed_point_exits_1(capsys, tmp_path):
+  # Krum needs more than 4 clients; the sweep wrote the fedavg point, said
+  # "1 completed, 1 error" and exited 0 without the reason.
+  path = tmp_path / 'grid.toml'
+  path.write_text('[server]\nrounds = 1\n[client]\nlocal_steps = 2\n'
+                  '[sweep]\n"server.aggregator" = ["fedavg", "krum"]\n')
+
+  status = cli.main(['sweep', str(path), '--out', str(tmp_path / 'sweep'),
+                     '--no-progress'])
+  captured = capsys.readouterr()
+
+  assert status == 1
+  assert '1 completed, 1 error' in captured.out
+  assert 'error: point 1 failed: Krum needs more than' in captured.err
+  assert (tmp_path / 'sweep' / 'table.csv').exists()
