@@ -621,8 +621,30 @@ def _main(args) -> int:
   except StudyInterrupted as interrupt:
     _print_interrupt(args, interrupt)
     return 130
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    if not _out_of_memory(error):
+      raise
+    print(_OUT_OF_MEMORY_MESSAGE.format(
+        reason=str(error).splitlines()[0][:300]), file=sys.stderr)
+    return 1
   _print_summary(run_dir, summary)
   return 0
+
+
+_OUT_OF_MEMORY_MESSAGE = (
+    'fedjax-med: error: the accelerator or host ran out of memory ({reason}). '
+    'Lower what one round holds at once: `client.chunk_size` (clients '
+    'trained together), `client.batch_size`, `sampling.cohort_size`, the '
+    'model size (`model.hidden_sizes`, `model.widths`) or the data size. '
+    'Rounds that finished before are kept in the output folder.'
+)
+
+
+def _out_of_memory(error: Exception) -> bool:
+  """Return whether `error` is XLA's RESOURCE_EXHAUSTED allocation failure."""
+  module = type(error).__module__ or ''
+  return (module.startswith(('jax', 'jaxlib'))
+          and 'RESOURCE_EXHAUSTED' in str(error))
 
 
 if __name__ == '__main__':

@@ -587,3 +587,33 @@ def test_sweep_with_failed_point_exits_1(capsys, tmp_path):
   assert '1 completed, 1 error' in captured.out
   assert 'error: point 1 failed: Krum needs more than' in captured.err
   assert (tmp_path / 'sweep' / 'table.csv').exists()
+
+
+def test_out_of_memory_named(capsys, monkeypatch, tmp_path):
+  # `model.hidden_sizes=100000000` ended in a raw JaxRuntimeError traceback.
+  import jax  # pylint: disable=g-import-not-at-top
+  from fedjax_med import study  # pylint: disable=g-import-not-at-top
+
+  def exhausted(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError(
+        'RESOURCE_EXHAUSTED: Out of memory allocating 70400001136 bytes.')
+
+  monkeypatch.setattr(study, 'run_study', exhausted)
+  status, captured = _run_cli(capsys, '--out', str(tmp_path / 'r'))
+
+  assert status == 1
+  assert ('ran out of memory (RESOURCE_EXHAUSTED: Out of memory allocating '
+          '70400001136 bytes.)') in captured.err
+  assert '`client.chunk_size`' in captured.err
+
+
+def test_other_runtime_errors_propagate(monkeypatch, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from fedjax_med import study  # pylint: disable=g-import-not-at-top
+
+  def broken(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError('INTERNAL: something else')
+
+  monkeypatch.setattr(study, 'run_study', broken)
+  with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
+    cli.main(['run', '--out', str(tmp_path / 'r')])
