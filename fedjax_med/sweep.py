@@ -225,6 +225,13 @@ def sweep_from_document(
     typed.discard(key.removeprefix('sweep.'))
   for key in typed:
     config_lib.reject_comma_string(f'sweep.{key}', values[key])
+  if not values and variants_table is None:
+    # An empty table used to run the base config once, as a sweep of one.
+    raise InputError(
+        'The [sweep] table is empty. List the values to sweep, such as '
+        '`seeds = [0, 1, 2]` or `"client.learning_rate" = [0.01, 0.1]`, or '
+        'run the config once with `fedjax-med run`.'
+    )
   seeds = (base.seed,)
   if 'seeds' in typed:
     config_lib._check_typed(  # pylint: disable=protected-access
@@ -255,12 +262,22 @@ def sweep_from_document(
     # command-line value is stored parsed, as its TOML form would be, so
     # that 0.3 and 100 sort and plot as numbers, not strings.
     parsed = []
+    # The values as the config stores them: `[1, 1.0]` for a float field is
+    # 1.0 twice, which would run the same point twice.
+    stored = {}
     for item in items:
       config = config_lib.apply_overrides(base, {key: item},
                                           strict=key in typed)
-      parsed.append(item if key in typed else _value_of(config, key))
-    if len({json.dumps(item) for item in parsed}) != len(parsed):
-      raise InputError(f'`sweep.{key}` repeats a value: {parsed}.')
+      value = _value_of(config, key)
+      parsed.append(item if key in typed else value)
+      written = json.dumps(value)
+      if written in stored:
+        raise InputError(
+            f'`sweep.{key}` repeats a value: {value!r}, written as '
+            f'{stored[written]!r} and {item!r}, so two points would be the '
+            'same run. Remove one of them.'
+        )
+      stored[written] = item
     axes.append((key, tuple(parsed)))
   variants = (('', ()),)
   if variants_table is not None:

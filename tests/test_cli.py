@@ -570,3 +570,20 @@ def test_clinical_settings_used_on_binary(capsys, tmp_path):
 
   assert status == 0
   assert 'had no effect' not in captured.err
+
+
+@pytest.mark.parametrize('args', [
+    ['run', '--out', ''],
+    ['run', '--resume', ' '],
+    ['sweep', 'experiments/heterogeneity_sweep.toml', '--out', ''],
+    ['matrix', 'experiments/robustness_matrix_heart.toml', '--out', ''],
+], ids=['run', 'resume', 'sweep', 'matrix'])
+def test_empty_folder_option_rejected(capsys, args):
+  # `--out ''` became '.', reported as "Output folder . already exists".
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(args)
+  err = capsys.readouterr().err
+
+  assert exit_info.value.code == 2
+  assert 'the folder path is empty' in err
+  assert 'already exists' not in err

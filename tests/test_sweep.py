@@ -90,6 +90,34 @@ def test_sweep_type_hint_is_toml(document, hint):
   assert tomllib.loads(written) == hint
 
 
+@pytest.mark.parametrize('section, overrides, shown', [
+    # 1 and 1.0 are the same learning rate, and ran as two points.
+    ({'client.learning_rate': [0.1, 1, 1.0]}, None, 'written as 1 and 1.0,'),
+    ({}, {'sweep.client.learning_rate': '1,1.0'},
+     "written as '1' and '1.0',"),
+], ids=['toml', 'set'])
+def test_sweep_equal_values_rejected(section, overrides, shown):
+  with pytest.raises(errors.InputError) as error:
+    sweep_lib.sweep_from_document(section, _base(), overrides)
+  message = str(error.value)
+
+  assert '`sweep.client.learning_rate` repeats a value: 1.0' in message
+  assert shown in message
+
+
+def test_empty_sweep_table_rejected(tmp_path):
+  # An empty [sweep] table ran the base config once, without a word.
+  path = tmp_path / 'sweep.toml'
+  path.write_text('[server]\nrounds = 2\n\n[sweep]\n')
+
+  with pytest.raises(errors.InputError) as error:
+    sweep_lib.load_sweep_toml(path)
+  message = str(error.value)
+
+  assert 'The [sweep] table is empty' in message
+  assert '`fedjax-med run`' in message
+
+
 @pytest.mark.parametrize('override, where', [
     ({'learning_rate': '0.5'}, '`sweep.client.learning_rate`'),
     ({'client.learning_rate': '0.5'}, '`sweep.client.learning_rate`'),
