@@ -65,6 +65,7 @@ import jax
 from jax import monitoring
 
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med import sweep as sweep_lib
 from fedjax_med.errors import TrainingDiverged
@@ -253,6 +254,9 @@ def run_workload(
         f'  {results[mode].seconds:.1f} s, '
         f'{results[mode].compilations} compilations'
     )
+    # Studies and sweeps check for a stop only after each round, so a
+    # Ctrl-C during a final evaluation is honoured here, before the page.
+    interrupts.raise_if_requested()
   loop, batched = results[LOOP], results[BATCHED]
   difference, uncompared = accuracy_difference(
       loop.accuracies, batched.accuracies

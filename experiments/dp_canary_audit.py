@@ -252,6 +252,8 @@ def run_audit(
         num_trials=num_trials, broken=broken,
         key=jax.random.fold_in(key, index),
     ))
+  # A stop during the last audit is honoured here, before the results.
+  interrupts.raise_if_requested()
   return rows
 
 

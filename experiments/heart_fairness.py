@@ -803,6 +803,9 @@ def run(args, command: str) -> str:
                        args.rounds)
   records += run_leave_one_out(
       dataset, model, evaluate, args.seeds, args.rounds)
+  # The round loops check for a stop before each round only, so a Ctrl-C
+  # during the last round is honoured here, before anything is written.
+  interrupts.raise_if_requested()
 
   results = render_results(
       records, dataset, first_fedavg['subgroups'], command=command,

@@ -40,6 +40,7 @@ from matplotlib import figure as figure_lib
 import numpy as np
 
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med.data import images
 from fedjax_med.data import scanner
@@ -284,6 +285,9 @@ def main(argv=None) -> list[dict[str, Any]]:
           args.json.parent.mkdir(parents=True, exist_ok=True)
           with args.json.open('a') as stream:
             stream.write(json.dumps(record) + '\n')
+        # The study checks for a stop only after each round, so a Ctrl-C
+        # during its final evaluation is honoured here, before the page.
+        interrupts.raise_if_requested()
   command = 'python experiments/imaging_scanner_shift.py ' + ' '.join(
       argv if argv is not None else sys.argv[1:])
   results_page.replace_results(

@@ -357,6 +357,9 @@ def main(argv=None) -> int:
           shadow_train_fn=shadow_train_fn, num_shadows=args.num_shadows,
           lira_variant=args.lira_variant, key=jax.random.fold_in(key, 1),
       )
+      # A stop during the shadows' training is honoured here, before the
+      # result is written.
+      interrupts.raise_if_requested()
   except TrainingDivergedError as error:
     print(
         f'error: {error}, so local SGD diverged. Lower --learning-rate (got '

@@ -72,6 +72,7 @@ import matplotlib
 import numpy as np
 
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med.errors import InputError
 from fedjax_med.report import machine
@@ -741,6 +742,9 @@ def run(sizes: dict[str, Any], *, seed: int, out_dir: pathlib.Path,
         setting.name, row['mean_accuracy'], row['failed_rounds'],
         row['epsilon'], row['elapsed_s'],
     )
+    # The study checks for a stop only after each round, so a Ctrl-C
+    # during its final evaluation is honoured here, before the page.
+    interrupts.raise_if_requested()
   model_rows = model_costs(sizes['model_cohorts'], SYNTHETIC_DIMENSION,
                            RING_BITS)
   for model_row in model_rows:

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from fedjax_med import config as config_lib
+from fedjax_med import interrupts
 from fedjax_med import study
 from fedjax_med.errors import InputError
 from fedjax_med.report import outputs
@@ -103,6 +104,9 @@ def main(argv=None) -> int:
         metric, label = _metric(summary)
         print(f'seed {seed}: mean {label} '
               f"{_cell(summary[f'mean_{metric}'])}", flush=True)
+        # The study checks for a stop only after each round, so a Ctrl-C
+        # during its final evaluation is honoured here, before the tables.
+        interrupts.raise_if_requested()
   except InputError as error:
     print(f'seeds.py: error: {error}', file=sys.stderr)
     return 2

@@ -32,6 +32,15 @@ from fedjax_med.errors import TrainingDiverged
 _MAX_CLIENTS_PRINTED = 20
 
 
+def _folder_path(text: str) -> str:
+  """Reject an empty folder option, which pathlib would read as '.'."""
+  if not text.strip():
+    raise argparse.ArgumentTypeError(
+        'the folder path is empty. Pass a folder path, or leave the option '
+        'out: --out then makes a new folder under runs/.')
+  return text
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='fedjax-med',
@@ -61,11 +70,11 @@ def _parser() -> argparse.ArgumentParser:
       'key, for example --set aggregator=median; repeatable',
   )
   run.add_argument(
-      '--out', default=None,
+      '--out', default=None, type=_folder_path,
       help='output folder, new or empty (default: runs/<name>-<time>)',
   )
   run.add_argument(
-      '--resume', default=None, metavar='RUN_DIR',
+      '--resume', default=None, metavar='RUN_DIR', type=_folder_path,
       help='continue the stopped run in RUN_DIR from its newest checkpoint, '
       'with the config it started with (no CONFIG, --set or --out)',
   )
@@ -95,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
       '--set matrix.seeds=0,1; repeatable',
   )
   matrix.add_argument(
-      '--out', default=None,
+      '--out', default=None, type=_folder_path,
       help='output folder, new or empty (default: runs/<name>_matrix-<time>)',
   )
   matrix.add_argument(
@@ -127,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
       '--set sweep.seeds=0,1; repeatable',
   )
   sweep.add_argument(
-      '--out', default=None,
+      '--out', default=None, type=_folder_path,
       help='output folder, new or empty (default: runs/<name>_sweep-<time>)',
   )
   sweep.add_argument(

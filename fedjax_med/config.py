@@ -13,6 +13,7 @@ with the seed; `experiments/heart_disease_flamby.toml` keeps 1e-3.
 
 import dataclasses
 import difflib
+import json
 import math
 import numbers
 import os
@@ -20,7 +21,7 @@ import pathlib
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -602,13 +603,47 @@ def split_list(text: str) -> list[str]:
           if item.strip()]
 
 
-def _check_typed(key: str, value: Any, annotation: Any) -> None:
+# Values for a hint when the quoted text is not of the field's type.
+_EXAMPLES = {int: '1', float: '1.0', bool: 'true'}
+
+
+def _toml_literal(text: str, annotation: Any) -> str | None:
+  """Return `text` as a valid TOML literal of `annotation`, or None.
+
+  A float is written with `repr`, which TOML reads: '.5' becomes 0.5.
+  """
+  text = text.strip()
+  try:
+    if annotation is int:
+      return str(int(text))
+    if annotation is float:
+      return repr(float(text))
+  except ValueError:
+    return None
+  if annotation is bool and text.lower() in ('true', 'false'):
+    return text.lower()
+  return None
+
+
+def _check_typed(key: str, value: Any, annotation: Any,
+                 assignment: Callable[[str], str] | None = None) -> None:
   """Raise unless a typed value (TOML, JSON or Python) fits `annotation`.
 
   Strings are text only where the field is text: TOML's `rounds = "2"` is
   a mistake that parsing would hide, and so is `csv_path = 5`.
+
+  Args:
+    key: the config key, for messages.
+    value: the value as the file gives it.
+    annotation: the type that `value` must have.
+    assignment: turns a TOML literal of `value`'s corrected form into the
+      TOML line of the hint. The default is `<field> = <literal>`. A caller
+      that checks one item of a list or table passes its own, so that the
+      hint has the file's shape, such as `strengths = {sign_flip = 10.0}`.
   """
   name = key.rsplit('.', 1)[-1]
+  if assignment is None:
+    assignment = lambda literal: f'{name} = {literal}'
   if annotation is str:
     if isinstance(value, (str, os.PathLike)):
       return
@@ -618,33 +653,67 @@ def _check_typed(key: str, value: Any, annotation: Any) -> None:
     item_type = typing.get_args(annotation)[0]
     quoted = [item for item in value if isinstance(item, str)]
     if item_type is not str and quoted:
-      written = ', '.join(str(item) for item in value)
-      plural = {int: 'integers', float: 'numbers'}[item_type]
-      raise InputError(
-          f'`{key}` must be a list of {plural}; got '
-          f'the string {quoted[0]!r} in {list(value)}. Write it without '
-          f'quotes: `{name} = [{written}]`.')
+      raise InputError(_quoted_list_message(key, value, item_type,
+                                            assignment))
     return
   if annotation is int and isinstance(value, (float, np.floating)):
     # A float is rejected even when whole: `rounds = 1e20` would run
     # forever, and `--set rounds=3.0` is rejected too.
     whole = float(value).is_integer() and abs(value) < 1e6
-    example = f': `{name} = {int(value)}`' if whole else ''
+    example = f': `{assignment(str(int(value)))}`' if whole else ''
     raise InputError(
         f'`{key}` must be an integer; got the float {value!r}. Write it '
         f'without a decimal point or exponent{example}.'
     )
   if isinstance(value, str):
-    kind, written = _KINDS.get(annotation), value
     if typing.get_origin(annotation) is tuple:
-      items = split_list(value)
-      if typing.get_args(annotation)[0] is str:
-        items = [f'"{item}"' for item in items]
-      kind, written = 'a list', f'[{", ".join(items)}]'
+      raise InputError(_quoted_list_message(
+          key, split_list(value), typing.get_args(annotation)[0],
+          assignment, whole=value))
+    kind = _KINDS.get(annotation)
+    literal = _toml_literal(value, annotation)
+    if literal is None:
+      raise InputError(
+          f'`{key}` must be {kind}; got the string {value!r}. Write '
+          f'{kind} without quotes, for example '
+          f'`{assignment(_EXAMPLES.get(annotation, value))}`.'
+      )
     raise InputError(
         f'`{key}` must be {kind}; got the string {value!r}. Write it without '
-        f'quotes: `{name} = {written}`.'
+        f'quotes: `{assignment(literal)}`.'
     )
+
+
+def _quoted_list_message(key: str, items: Sequence[Any], item_type: Any,
+                         assignment: Callable[[str], str],
+                         whole: str | None = None) -> str:
+  """Return the error for quoted items in a list, with a TOML list hint.
+
+  `whole` is the one string given in place of the list, if it was one.
+  """
+  literals = []
+  for item in items:
+    if item_type is str:
+      literals.append(json.dumps(str(item)))
+    elif isinstance(item, str):
+      literals.append(_toml_literal(item, item_type))
+    else:
+      literals.append(_toml_text(item))
+  plural = {int: 'integers', float: 'numbers', bool: 'booleans',
+            str: 'strings'}.get(item_type, 'values')
+  got = (f'the string {whole!r}' if whole is not None else
+         f'the string {next(i for i in items if isinstance(i, str))!r} in '
+         f'{list(items)}')
+  if None in literals:
+    bad = items[literals.index(None)]
+    example = [literal if literal is not None else _EXAMPLES[item_type]
+               for literal in literals]
+    return (f'`{key}` must be a list of {plural}; got {got}, and {bad!r} is '
+            f'not one. Write {plural} without quotes, for example '
+            f'`{assignment("[" + ", ".join(example) + "]")}`.')
+  kind = 'a list' if whole is not None else f'a list of {plural}'
+  return (f'`{key}` must be {kind}; got {got}. Write it without quotes: '
+          f'`{assignment("[" + ", ".join(literals) + "]")}`.')
 
 
 def _coerce(
@@ -816,6 +885,18 @@ def apply_overrides(
         current, **{name: _coerce(key, value, annotation, strict=strict)})
     config = dataclasses.replace(config, **{section: updated})
   return config
+
+
+def field_annotation(key: str) -> Any:
+  """Return the type of config key `key`, without its `| None`."""
+  section, name = resolve_key(key)
+  owner = ExperimentConfig if section is None else type(
+      getattr(ExperimentConfig(), section))
+  annotation = _field_types(owner)[name]
+  if isinstance(annotation, types.UnionType):
+    annotation = next(arg for arg in typing.get_args(annotation)
+                      if arg is not type(None))
+  return annotation
 
 
 def parse_override(text: str) -> tuple[str, str]:

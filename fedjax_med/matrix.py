@@ -128,6 +128,12 @@ def matrix_from_document(
   for key in typed & {'aggregators', 'attacks', 'malicious_fractions',
                       'seeds'}:
     config_lib.reject_comma_string(f'matrix.{key}', values[key])
+  # Checked as whole lists, so that a hint is a list: a quoted item checked
+  # alone would get the hint `malicious_fractions = 0.5`.
+  for key, item_type in (('malicious_fractions', float), ('seeds', int)):
+    if key in typed:
+      config_lib._check_typed(  # pylint: disable=protected-access
+          f'matrix.{key}', values[key], tuple[item_type, ...])
   fields = {field.name for field in dataclasses.fields(MatrixConfig)}
   for key in values:
     if key not in fields:
@@ -185,6 +191,11 @@ def matrix_from_document(
             f'`matrix.strengths` has attack {name!r}, which takes no strength '
             'or does not exist.'
         )
+      if 'strengths' in typed:
+        config_lib._check_typed(  # pylint: disable=protected-access
+            f'matrix.strengths.{name}', value, float,
+            assignment=lambda literal, name=name: (
+                f'strengths = {{ {name} = {literal} }}'))
       strength = config_lib._coerce(f'matrix.strengths.{name}', value, float,
                                     strict='strengths' in typed)
       if not math.isfinite(strength):

@@ -53,6 +53,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
 from typing import Any, Callable, Sequence
@@ -158,6 +159,30 @@ def _as_values(key: str, value: Any) -> tuple[Any, ...]:
   return tuple(value)
 
 
+def _toml_key(name: str) -> str:
+  """Return `name` as a TOML key: bare if TOML allows, else quoted."""
+  if re.fullmatch(r'[A-Za-z0-9_-]+', name):
+    return name
+  return json.dumps(name)
+
+
+def _check_typed_axis(key: str, value: Any) -> None:
+  """Raise InputError for a quoted number or flag in a TOML sweep axis.
+
+  Checked as a whole list, so that the hint is the axis line of the
+  `[sweep]` table, such as `"client.learning_rate" = [0.1]`, not the line
+  of the field's own section.
+  """
+  _check_sweep_key(key)
+  annotation = config_lib.field_annotation(key)
+  if annotation not in (int, float, bool):
+    return  # Text and list fields: apply_overrides checks each value.
+  items = list(value) if isinstance(value, (list, tuple)) else [value]
+  config_lib._check_typed(  # pylint: disable=protected-access
+      f'sweep.{key}', items, tuple[annotation, ...],
+      assignment=lambda literal: f'"{key}" = {literal}')
+
+
 def _check_sweep_key(key: str) -> None:
   """Raise InputError for a key that is neither a config key nor the sweep's.
 
@@ -200,7 +225,17 @@ def sweep_from_document(
     typed.discard(key.removeprefix('sweep.'))
   for key in typed:
     config_lib.reject_comma_string(f'sweep.{key}', values[key])
+  if not values and variants_table is None:
+    # An empty table used to run the base config once, as a sweep of one.
+    raise InputError(
+        'The [sweep] table is empty. List the values to sweep, such as '
+        '`seeds = [0, 1, 2]` or `"client.learning_rate" = [0.01, 0.1]`, or '
+        'run the config once with `fedjax-med run`.'
+    )
   seeds = (base.seed,)
+  if 'seeds' in typed:
+    config_lib._check_typed(  # pylint: disable=protected-access
+        'sweep.seeds', values['seeds'], tuple[int, ...])
   if 'seeds' in values:
     seeds = tuple(
         config_lib._coerce(  # pylint: disable=protected-access
@@ -220,17 +255,29 @@ def sweep_from_document(
           f'`sweep.{key}` cannot be swept' + (
               '; list the seeds as `sweep.seeds`.' if key == 'seed' else '.')
       )
+    if key in typed:
+      _check_typed_axis(key, value)
     items = _as_values(key, value)
     # Checks the key and each value's type now, before any training. A
     # command-line value is stored parsed, as its TOML form would be, so
     # that 0.3 and 100 sort and plot as numbers, not strings.
     parsed = []
+    # The values as the config stores them: `[1, 1.0]` for a float field is
+    # 1.0 twice, which would run the same point twice.
+    stored = {}
     for item in items:
       config = config_lib.apply_overrides(base, {key: item},
                                           strict=key in typed)
-      parsed.append(item if key in typed else _value_of(config, key))
-    if len({json.dumps(item) for item in parsed}) != len(parsed):
-      raise InputError(f'`sweep.{key}` repeats a value: {parsed}.')
+      value = _value_of(config, key)
+      parsed.append(item if key in typed else value)
+      written = json.dumps(value)
+      if written in stored:
+        raise InputError(
+            f'`sweep.{key}` repeats a value: {value!r}, written as '
+            f'{stored[written]!r} and {item!r}, so two points would be the '
+            'same run. Remove one of them.'
+        )
+      stored[written] = item
     axes.append((key, tuple(parsed)))
   variants = (('', ()),)
   if variants_table is not None:
@@ -264,6 +311,10 @@ def sweep_from_document(
               'axis. Sweep it in one place only.'
           )
         try:
+          config_lib._check_typed(  # pylint: disable=protected-access
+              key, item, config_lib.field_annotation(key),
+              assignment=lambda literal, name=name, key=key: (
+                  f'{_toml_key(str(name))} = {{ "{key}" = {literal} }}'))
           config_lib.apply_overrides(base, {key: item}, strict=True)
         except InputError as error:
           raise InputError(f'In `sweep.variants.{name}`: {error}') from None

@@ -617,3 +617,20 @@ def test_other_runtime_errors_propagate(monkeypatch, tmp_path):
   monkeypatch.setattr(study, 'run_study', broken)
   with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
     cli.main(['run', '--out', str(tmp_path / 'r')])
+
+
+@pytest.mark.parametrize('args', [
+    ['run', '--out', ''],
+    ['run', '--resume', ' '],
+    ['sweep', 'experiments/heterogeneity_sweep.toml', '--out', ''],
+    ['matrix', 'experiments/robustness_matrix_heart.toml', '--out', ''],
+], ids=['run', 'resume', 'sweep', 'matrix'])
+def test_empty_folder_option_rejected(capsys, args):
+  # `--out ''` became '.', reported as "Output folder . already exists".
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(args)
+  err = capsys.readouterr().err
+
+  assert exit_info.value.code == 2
+  assert 'the folder path is empty' in err
+  assert 'already exists' not in err

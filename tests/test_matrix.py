@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import re
+import tomllib
 
 import numpy as np
 import pytest
@@ -43,6 +45,25 @@ def _base(**overrides):
 def test_bad_matrix_rejected(section, message):
   with pytest.raises(errors.InputError, match=message):
     matrix_lib.matrix_from_document(section)
+
+
+@pytest.mark.parametrize('document, hint', [
+    # A quoted list item got the scalar hint `malicious_fractions = 0.5`.
+    ('malicious_fractions = ["0.5", 0.2]',
+     {'malicious_fractions': [0.5, 0.2]}),
+    ('seeds = ["1"]', {'seeds': [1]}),
+    ('malicious_fractions = "0.5"', {'malicious_fractions': [0.5]}),
+    # A non-number got the hint `sign_flip = x`, which is not TOML.
+    ('strengths = { sign_flip = "x" }', {'strengths': {'sign_flip': 1.0}}),
+    ('strengths = { sign_flip = "10" }', {'strengths': {'sign_flip': 10.0}}),
+], ids=['fractions', 'seeds', 'fractions_string', 'strength_text',
+        'strength_number'])
+def test_matrix_type_hint_is_toml(document, hint):
+  with pytest.raises(errors.InputError) as error:
+    matrix_lib.matrix_from_document(tomllib.loads(document))
+  written = re.findall('`([^`]*)`', str(error.value))[-1]
+
+  assert tomllib.loads(written) == hint
 
 
 def test_base_aggregator_rejected(tmp_path):

@@ -5,6 +5,9 @@ import pathlib
 import shutil
 import subprocess
 
+import pytest
+
+from fedjax_med.errors import InputError
 from fedjax_med.report import outputs
 from fedjax_med.report import provenance
 
@@ -53,3 +56,15 @@ def test_csv_formula_text_quoted(tmp_path):
   # Numbers stay numbers, negative or not.
   assert {row[1] for row in rows} == {'-1.5'}
   assert [outputs.from_spreadsheet_text(row[0]) for row in rows] == names
+
+
+def test_run_dir_empty_string_rejected(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'existing').touch()
+
+  with pytest.raises(InputError) as error:
+    outputs.make_run_dir('', 'study')
+  message = str(error.value)
+
+  assert 'The output folder is empty' in message
+  assert 'already exists' not in message

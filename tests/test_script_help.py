@@ -200,6 +200,18 @@ def test_check_out_folder_accepts_new(tmp_path):
                                tmp_path / 'new' / 'folder')
 
 
+@pytest.mark.parametrize('check', [script_help.check_out_path,
+                                   script_help.check_out_folder],
+                         ids=['path', 'folder'])
+def test_check_out_rejects_empty(check, capsys):
+  # pathlib reads '' as '.', the current folder.
+  with pytest.raises(SystemExit):
+    check(argparse.ArgumentParser(), '', '--json')
+
+  assert '--json is empty. Pass a path, or leave --json out.' in (
+      capsys.readouterr().err)
+
+
 def test_check_results_page_needs_markers(tmp_path, capsys):
   page = tmp_path / 'page.md'
   page.write_text('# Notes\n')

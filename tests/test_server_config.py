@@ -1,5 +1,8 @@
 """Server optimizers from the config: FedOpt rules and their tau."""
 
+import re
+import tomllib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -195,6 +198,26 @@ def test_toml_value_of_wrong_type_rejected(tmp_path, document, message):
   with pytest.raises(errors.InputError) as error:
     config_lib.load_toml(path)
   assert str(error.value) == message
+
+
+@pytest.mark.parametrize('document, hint', [
+    # These hints wrote the text unquoted, as in `rounds = abc`.
+    ('[server]\nrounds = "abc"\n', {'rounds': 1}),
+    ('[client]\nlearning_rate = "x"\n', {'learning_rate': 1.0}),
+    ('[client]\ndp_sgd = "yes"\n', {'dp_sgd': True}),
+    ('[model]\nhidden_sizes = ["32", "x"]\n', {'hidden_sizes': [32, 1]}),
+    # TOML has no float `.5`.
+    ('[client]\nlearning_rate = ".5"\n', {'learning_rate': 0.5}),
+], ids=['int_text', 'float_text', 'bool_text', 'list_text', 'bare_point'])
+def test_type_hint_is_toml(tmp_path, document, hint):
+  path = tmp_path / 'bad.toml'
+  path.write_text(document)
+
+  with pytest.raises(errors.InputError) as error:
+    config_lib.load_toml(path)
+  written = re.findall('`([^`]*)`', str(error.value))[-1]
+
+  assert tomllib.loads(written) == hint
 
 
 def test_typed_values_keep_optional_none_and_numpy_numbers():

@@ -4,6 +4,7 @@ import json
 import pathlib
 import re
 import shutil
+import tomllib
 import types
 
 import numpy as np
@@ -67,6 +68,54 @@ def _single_run(config, path):
 def test_bad_sweep_rejected(section, message):
   with pytest.raises(errors.InputError, match=message):
     sweep_lib.sweep_from_document(section, _base())
+
+
+@pytest.mark.parametrize('document, hint', [
+    # Each quoted item got the hint of the field's own section, such as
+    # `learning_rate = 0.1`, which is no sweep axis.
+    ('"client.learning_rate" = ["0.1", 0.3]',
+     {'client.learning_rate': [0.1, 0.3]}),
+    ('"server.rounds" = ["abc"]', {'server.rounds': [1]}),
+    ('seeds = ["1"]', {'seeds': [1]}),
+    ('[variants]\nprox = { "client.proximal_mu" = "0.1" }',
+     {'prox': {'client.proximal_mu': 0.1}}),
+    ('[variants]\n"with space" = { "client.proximal_mu" = "x" }',
+     {'with space': {'client.proximal_mu': 1.0}}),
+], ids=['axis', 'axis_text', 'seeds', 'variant', 'variant_quoted_name'])
+def test_sweep_type_hint_is_toml(document, hint):
+  with pytest.raises(errors.InputError) as error:
+    sweep_lib.sweep_from_document(tomllib.loads(document), _base())
+  written = re.findall('`([^`]*)`', str(error.value))[-1]
+
+  assert tomllib.loads(written) == hint
+
+
+@pytest.mark.parametrize('section, overrides, shown', [
+    # 1 and 1.0 are the same learning rate, and ran as two points.
+    ({'client.learning_rate': [0.1, 1, 1.0]}, None, 'written as 1 and 1.0,'),
+    ({}, {'sweep.client.learning_rate': '1,1.0'},
+     "written as '1' and '1.0',"),
+], ids=['toml', 'set'])
+def test_sweep_equal_values_rejected(section, overrides, shown):
+  with pytest.raises(errors.InputError) as error:
+    sweep_lib.sweep_from_document(section, _base(), overrides)
+  message = str(error.value)
+
+  assert '`sweep.client.learning_rate` repeats a value: 1.0' in message
+  assert shown in message
+
+
+def test_empty_sweep_table_rejected(tmp_path):
+  # An empty [sweep] table ran the base config once, without a word.
+  path = tmp_path / 'sweep.toml'
+  path.write_text('[server]\nrounds = 2\n\n[sweep]\n')
+
+  with pytest.raises(errors.InputError) as error:
+    sweep_lib.load_sweep_toml(path)
+  message = str(error.value)
+
+  assert 'The [sweep] table is empty' in message
+  assert '`fedjax-med run`' in message
 
 
 @pytest.mark.parametrize('override, where', [

@@ -876,10 +876,12 @@ def _read_image(path: pathlib.Path, grayscale: bool) -> np.ndarray:
   if image.shape[-1] in (2, 4):
     image = image[:, :, :-1]
   image = skimage.util.img_as_float(image)
-  if not np.isfinite(image).all():
+  # The check runs on float32 values, which the dataset stores: a float64
+  # pixel of 1e300 is finite here but infinite there.
+  _, problem = partitions.to_float32(image, noun='pixel row')
+  if problem is not None:
     raise InputError(
-        f'Image {path} contains NaN or infinite pixel values. Fix or remove '
-        'the file.'
+        f'Image {path} contains {problem}. Fix or remove the file.'
     )
   if grayscale and image.shape[-1] == 3:
     image = skimage.color.rgb2gray(image)[:, :, np.newaxis]
@@ -1059,14 +1061,13 @@ def _scale_npz_images(images: np.ndarray, path: pathlib.Path) -> np.ndarray:
   if np.issubdtype(images.dtype, np.unsignedinteger):
     return (images / np.iinfo(images.dtype).max).astype(np.float32)
   if np.issubdtype(images.dtype, np.floating):
-    if not np.isfinite(images).all():
-      first = int(np.flatnonzero(
-          ~np.isfinite(images).reshape(len(images), -1).all(axis=1))[0])
+    converted, problem = partitions.to_float32(images, noun='image')
+    if problem is not None:
       raise InputError(
-          f'{path}: images contain NaN or infinite values, first in image '
-          f'{first}. Fix or drop those images.'
+          f'{path}: images contain {problem}, counting from 0 in this file. '
+          'Fix, rescale or drop those images.'
       )
-    return images.astype(np.float32)
+    return converted
   raise InputError(
       f'{path}: images have dtype {images.dtype}. Expected unsigned '
       'integers (uint8, uint16), which are scaled to [0, 1], or floats. '
@@ -1230,8 +1231,9 @@ def load_npz_sites(
       files, two files share a stem, an array is missing (the error lists
       the arrays found), images or labels have the wrong number of
       dimensions or different lengths, sites differ in image shape, images
-      contain NaN or infinite values or have an unsupported dtype, or a
-      label is negative, fractional or >= `num_classes`.
+      contain NaN or infinite values (checked after the float32 cast, so
+      1e300 counts) or have an unsupported dtype, or a label is negative,
+      fractional or >= `num_classes`.
   """
   federated.check_key(key)
   federated.check_test_fraction(test_fraction)
@@ -1275,8 +1277,11 @@ def load_npz_sites(
           f'The labels of {len(files)} sites take {len(present)} values '
           f'({first_labels}{" ..." if len(present) > 10 else ""}) up to {largest}, '
           f'so {num_classes - len(present)} of the classes 0 to {largest} '
-          f'have no image, such as {missing}. Relabel them as 0 to K - 1, or '
-          'pass `num_classes` to keep empty classes.'
+          f'have no image, such as {missing}. Relabel the classes as 0 to '
+          'K - 1 with one mapping for all site files, such as the inverse '
+          'of numpy.unique over all their labels. A Python caller can '
+          'instead pass `num_classes` to `load_npz_sites` to keep the empty '
+          'classes.'
       )
   for path, labels in zip(files, site_labels):
     if labels.max() >= num_classes:

@@ -637,6 +637,38 @@ def partition_by_group(
 # FederatedData and FederatedDataset from index lists.
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(x: np.ndarray, noun: str = 'row') -> tuple[np.ndarray,
+                                                          str | None]:
+  """Cast `x` to float32 and describe its first non-finite entry along axis 0.
+
+  A float64 value beyond float32's range, such as 1e300, passes
+  `np.isfinite` before the cast but is infinite after it, so the check runs
+  on the float32 values.
+
+  Returns:
+    The float32 array, and None or a problem such as 'NaN or infinite
+    values, first in row 3', where `noun` names the entries of axis 0.
+  """
+  with np.errstate(over='ignore'):
+    converted = np.asarray(x).astype(np.float32)
+  if np.isfinite(converted).all():
+    return converted, None
+  finite = np.isfinite(converted).reshape(len(converted), -1).all(axis=1)
+  index = int(np.flatnonzero(~finite)[0])
+  original = np.asarray(x[index], dtype=np.float64)
+  if not np.isfinite(original).all():
+    return converted, f'NaN or infinite values, first in {noun} {index}'
+  largest = float(np.max(np.abs(original)))
+  return converted, (
+      f'values beyond the float32 range (magnitude {_FLOAT32_MAX:.4g}), '
+      f'which become infinite in float32, first in {noun} {index} (largest '
+      f'magnitude {largest:.4g})'
+  )
+
+
 def _check_examples(
     x: np.ndarray, y: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -650,13 +682,13 @@ def _check_examples(
     )
   if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
     raise InputError(f'`x` must be real numbers; got dtype {x.dtype}.')
-  if not np.isfinite(x).all():
-    bad_row = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(1))[0])
+  converted, problem = to_float32(x)
+  if problem is not None:
     raise InputError(
-        f'`x` contains NaN or infinite values, first in row {bad_row}. '
-        'Impute or drop those rows before partitioning.'
+        f'`x` contains {problem}. Impute, rescale or drop those rows before '
+        'partitioning.'
     )
-  return x.astype(np.float32), y.astype(np.int32)
+  return converted, y.astype(np.int32)
 
 
 def _check_client_indices(

@@ -8,8 +8,10 @@ with one client column and one label column.
 
 import csv
 import math
+import re
 import pathlib
 from typing import Sequence
+import unicodedata
 
 import numpy as np
 
@@ -222,6 +224,27 @@ def _column_index(
   return header.index(column)
 
 
+# A decimal number as CSV files write it. Python's float() also takes
+# underscores between digits ('1_000') and non-ASCII digits, which this
+# rejects.
+_DECIMAL = re.compile(r'[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?')
+
+
+def _check_decimal(text: str, where: str, column: str) -> None:
+  """Raise InputError unless `text`, a finite float, is written plainly."""
+  if _DECIMAL.fullmatch(text):
+    return
+  if '_' in text:
+    raise InputError(
+        f'{where}, column {column!r}: {text!r} contains an underscore, which '
+        f'is not part of a CSV number. Write it as {text.replace("_", "")!r}.'
+    )
+  raise InputError(
+      f'{where}, column {column!r}: {text!r} is not a decimal number written '
+      'with the digits 0-9. Write it as, for example, 12, -0.5 or 1e-3.'
+  )
+
+
 def _parse_number(cell: str, where: str, column: str) -> float:
   text = cell.strip()
   if not text:
@@ -235,6 +258,7 @@ def _parse_number(cell: str, where: str, column: str) -> float:
   if not math.isfinite(value):
     raise InputError(f'{where}, column {column!r}: {text!r} is not a finite '
                      'number. Replace it or remove the row.')
+  _check_decimal(text, where, column)
   return value
 
 
@@ -251,63 +275,116 @@ def _parse_label(cell: str, where: str, column: str) -> int:
   if not math.isfinite(value) or value < 0 or not value.is_integer():
     raise InputError(f'{where}, column {column!r}: label {cell.strip()!r} is '
                      'not a whole number >= 0. Use integer class labels.')
+  _check_decimal(text, where, column)
   return int(value)
 
 
-def _read_rows(path: pathlib.Path, client_column: str, label_column: str):
-  """Parse the CSV into client ids, features, labels and feature names."""
-  with path.open(newline='', encoding='utf-8-sig') as file:
-    reader = csv.reader(file)
-    header = _read_header(reader, path)
-    client_index = _column_index(header, client_column, 'client', path)
-    label_index = _column_index(header, label_column, 'label', path)
-    feature_indices = [
-        i for i in range(len(header)) if i not in (client_index, label_index)
-    ]
-    if not feature_indices or client_index == label_index:
+def _check_client_id(client_id: str, where: str, column: str) -> None:
+  """Raise InputError if the id contains an invisible character.
+
+  Control characters (such as NUL) and format characters (such as a zero
+  width space) would make an id that prints like another client's but
+  names a separate client.
+  """
+  for position, character in enumerate(client_id, start=1):
+    if unicodedata.category(character) in ('Cc', 'Cf'):
       raise InputError(
-          f'CSV file {path} needs a client column, a different label column '
-          f'and at least one feature column. The header has columns {header}.'
+          f'{where}, column {column!r}: the client id {client_id!r} contains '
+          f'the invisible character U+{ord(character):04X} at character '
+          f'{position}. Remove it, so that rows of one client have the same '
+          'id.'
       )
 
-    client_ids, features, labels = [], [], []
-    for row in reader:
-      if not any(cell.strip() for cell in row):
-        continue  # Blank lines carry no example.
-      where = (f'CSV file {path}, line {reader.line_num} (data row '
-               f'{len(labels) + 1}, counting from 1 after the header)')
-      if len(row) != len(header):
-        raise InputError(f'{where}: the row has {len(row)} cells but the '
-                         f'header has {len(header)}. Fix the row.')
-      client_id = row[client_index].strip()
-      if not client_id:
-        raise InputError(f'{where}, column {client_column!r}: the cell is '
-                         'empty. Fill in the client id.')
-      client_ids.append(client_id)
-      labels.append(_parse_label(row[label_index], where, label_column))
-      features.append([
-          _parse_number(row[i], where, header[i]) for i in feature_indices
-      ])
+
+def _read_rows(path: pathlib.Path, client_column: str, label_column: str):
+  """Parse the CSV into client ids, features, labels and feature names.
+
+  Also returns a dict from each label value to its text as first written,
+  for messages.
+  """
+  with path.open(newline='', encoding='utf-8-sig') as file:
+    reader = csv.reader(file)
+    try:
+      return _parse_rows(reader, path, client_column, label_column)
+    except csv.Error as error:
+      raise InputError(
+          _csv_error_message(path, reader.line_num, error)) from None
+
+
+def _csv_error_message(path: pathlib.Path, line: int, error: csv.Error) -> str:
+  text = str(error)
+  if 'field larger than field limit' in text:
+    return (
+        f'CSV file {path}, line {line}: a cell is longer than '
+        f'{csv.field_size_limit():,} characters ({text}). Cells for this '
+        'loader are numbers and client ids, so check for a quote that is '
+        'never closed, which makes the rest of the file one cell.'
+    )
+  return (f'CSV file {path}, line {line}: the row cannot be read as CSV '
+          f'({text}). Fix the quoting of that row.')
+
+
+def _parse_rows(reader, path: pathlib.Path, client_column: str,
+                label_column: str):
+  header = _read_header(reader, path)
+  client_index = _column_index(header, client_column, 'client', path)
+  label_index = _column_index(header, label_column, 'label', path)
+  feature_indices = [
+      i for i in range(len(header)) if i not in (client_index, label_index)
+  ]
+  if not feature_indices or client_index == label_index:
+    raise InputError(
+        f'CSV file {path} needs a client column, a different label column '
+        f'and at least one feature column. The header has columns {header}.'
+    )
+
+  client_ids, features, labels = [], [], []
+  label_texts = {}
+  for row in reader:
+    if not any(cell.strip() for cell in row):
+      continue  # Blank lines carry no example.
+    where = (f'CSV file {path}, line {reader.line_num} (data row '
+             f'{len(labels) + 1}, counting from 1 after the header)')
+    if len(row) != len(header):
+      raise InputError(f'{where}: the row has {len(row)} cells but the '
+                       f'header has {len(header)}. Fix the row.')
+    client_id = row[client_index].strip()
+    if not client_id:
+      raise InputError(f'{where}, column {client_column!r}: the cell is '
+                       'empty. Fill in the client id.')
+    _check_client_id(client_id, where, client_column)
+    client_ids.append(client_id)
+    label = _parse_label(row[label_index], where, label_column)
+    label_texts.setdefault(label, row[label_index].strip())
+    labels.append(label)
+    features.append([
+        _parse_number(row[i], where, header[i]) for i in feature_indices
+    ])
 
   if not labels:
     raise InputError(f'CSV file {path} has a header but no data rows. Add '
                      'one row per example.')
   feature_names = tuple(header[i] for i in feature_indices)
-  return client_ids, np.asarray(features), np.asarray(labels), feature_names
+  return (client_ids, np.asarray(features), np.asarray(labels),
+          feature_names, label_texts)
 
 
 def _check_label_set(
-    path: pathlib.Path, label_column: str, labels: np.ndarray
+    path: pathlib.Path, label_column: str, label_texts: dict[int, str]
 ) -> None:
-  """Raise unless the labels are exactly the classes 0, 1, ..., K - 1."""
-  found = sorted({int(label) for label in labels})
+  """Raise unless the labels are exactly the classes 0, 1, ..., K - 1.
+
+  `label_texts` maps each label value to its text in the file, which the
+  messages show: a label of 1e300 stays 1e300, not a 301-digit integer.
+  """
+  found = sorted(label_texts)
   if len(found) < 2:
     raise InputError(
         f'CSV file {path}, column {label_column!r}: every row has label '
-        f'{found[0]}. A classifier needs at least two classes.'
+        f'{label_texts[found[0]]}. A classifier needs at least two classes.'
     )
   if found != list(range(len(found))):
-    shown = ', '.join(str(label) for label in found[:10])
+    shown = ', '.join(label_texts[label] for label in found[:10])
     raise InputError(
         f'CSV file {path}, column {label_column!r}: labels must be the class '
         f'ids 0 to K - 1 with none missing; found {shown}. Renumber the '
@@ -349,10 +426,13 @@ def load_csv(
 
   Raises:
     InputError: if `test_fraction` is not in (0, 1) or `seed` is not an
-      integer >= 0, if the file is missing, empty or not UTF-8 text, if the header
-      lacks either column, or if a row has the wrong number of cells, an empty
-      cell, a value that is not a finite number, or a label that is not a
-      whole number >= 0, or if the labels are not exactly 0 to K - 1 for
+      integer >= 0, if the file is missing, empty, not UTF-8 text or not
+      readable as CSV (such as a cell over `csv.field_size_limit()`
+      characters), if the header lacks either column, or if a row has the
+      wrong number of cells, an empty cell, a client id with a control or
+      format character, a value that is not a finite decimal number with
+      the digits 0-9 (no underscores), or a label that is not a whole
+      number >= 0, or if the labels are not exactly 0 to K - 1 for
       some K >= 2 (every class present in the file). Row errors give the 1-based data row, not counting
       the header, and the file line.
   """
@@ -364,7 +444,7 @@ def load_csv(
   if not path.is_file():
     raise InputError(f'CSV file {path} not found. Check the path.')
   try:
-    client_ids, features, labels, feature_names = _read_rows(
+    client_ids, features, labels, feature_names, label_texts = _read_rows(
         path, client_column, label_column
     )
   except UnicodeDecodeError as error:
@@ -372,7 +452,7 @@ def load_csv(
         f'CSV file {path} is not UTF-8 text ({error}). Save it as UTF-8.'
     ) from None
 
-  _check_label_set(path, label_column, labels)
+  _check_label_set(path, label_column, label_texts)
   client_numbers = {}
   for client_id in client_ids:
     client_numbers.setdefault(client_id, len(client_numbers))

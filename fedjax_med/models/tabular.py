@@ -7,6 +7,7 @@ gets one logit per class.
 
 from typing import Any, Callable, NamedTuple, Sequence
 
+from flax import errors as flax_errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,11 @@ class Model(NamedTuple):
       None)
 
 
+def _without_link(error: Exception) -> str:
+  """Return a flax error's message without its trailing documentation link."""
+  return str(error).split(' (https://')[0]
+
+
 def from_flax(module: nn.Module, num_classes: int) -> Model:
   """Wrap a flax module whose output has `num_logits(num_classes)` columns.
 
@@ -100,7 +106,10 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
   The returned `init` raises ValueError if the module's variables have a
   collection besides `params`, such as BatchNorm's `batch_stats`, because
   `apply` cannot update such a collection and the round would average it
-  as a weight.
+  as a weight. It also raises ValueError if applying the module needs an
+  RNG stream, such as `nn.Dropout` with `deterministic=False`: `init`
+  itself passes because flax falls back to the init key, but every
+  training step would fail.
   """
 
   def init(key: PRNGKey, sample_x: jax.Array) -> Params:
@@ -114,6 +123,16 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
           '`fedjax_med.models.cnn.from_flax_stateful`, or remove the '
           'other collections.'
       )
+    try:
+      jax.eval_shape(module.apply, variables, sample_x)
+    except flax_errors.InvalidRngError as error:
+      raise ValueError(
+          f'{type(module).__name__} draws random numbers when applied '
+          f'({_without_link(error)}), but from_flax applies the module '
+          'without RNG streams, so it can hold no dropout. Build '
+          '`nn.Dropout` with `deterministic=True` or remove it, and remove '
+          'other `self.make_rng` calls from `__call__`.'
+      ) from error
     return variables
 
   return Model(init=init, apply=module.apply, num_classes=num_classes)
@@ -152,24 +171,19 @@ def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
   def init(key: PRNGKey, sample_x: jax.Array) -> Params:
     module = make_module(nnx.Rngs(key))
     _, params, rest = nnx.split(module, nnx.Param, ...)
-    others = sorted({type(variable).__name__ for variable in jax.tree.leaves(
-        rest, is_leaf=lambda leaf: isinstance(leaf, nnx.Variable))})
-    if others:
-      raise ValueError(
-          f'{type(module).__name__} has {others} state besides nnx.Param, '
-          'which from_nnx cannot carry between rounds. Build the module '
-          'without it (for example no BatchNorm, and Dropout without '
-          '`rngs`), or write a `Model` by hand.'
-      )
+    _check_only_params(module, rest)
     try:
       jax.eval_shape(module, sample_x)
-    except TypeError as error:
-      # A dot_general shape error from deep inside the module.
+    except (TypeError, ValueError) as error:
+      # JAX raises TypeError for a dense layer's dot_general and ValueError
+      # for a convolution's channel count. Other errors keep their message
+      # here and stay chained.
       raise ValueError(
           f'{type(module).__name__} cannot take inputs shaped '
-          f'{jnp.shape(sample_x)} (`sample_x`): {error} Check the input '
-          "width of the module's first layer against the data's features."
-      ) from None
+          f'{jnp.shape(sample_x)} (`sample_x`): {error} If the shapes '
+          "disagree, check the input width of the module's first layer "
+          "(features, or channels for a convolution) against the data."
+      ) from error
     return to_pure_dict(params)
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
@@ -178,6 +192,33 @@ def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
     return nnx.merge(graphdef, state)(x)
 
   return Model(init=init, apply=apply, num_classes=num_classes)
+
+
+def _check_only_params(module: Any, rest: Any) -> None:
+  """Raise ValueError naming each attribute of `rest`, the non-Param state."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  # flax 0.12 deprecates State.flat_state for nnx.to_flat_state.
+  flat_state = getattr(nnx, 'to_flat_state', lambda state: state.flat_state())
+  entries = []
+  for path, value in flat_state(rest):
+    name = '.'.join(str(part) for part in path)
+    if isinstance(value, nnx.Variable):
+      kind = type(value).__name__
+    elif isinstance(value, jax.Array):
+      kind = 'a plain jax.Array'
+    else:
+      kind = f'a plain {type(value).__module__}.{type(value).__name__}'
+    entries.append(f'`{name}` ({kind})')
+  if not entries:
+    return
+  raise ValueError(
+      f'{type(module).__name__} has state besides nnx.Param, which '
+      f'from_nnx cannot carry between rounds: {", ".join(entries)}. Wrap '
+      'an array that training should update in `nnx.Param`, and create a '
+      'constant array inside `__call__`. Build the module without other '
+      'state (for example no BatchNorm, and Dropout without `rngs`), or '
+      'write a `Model` by hand.'
+  )
 
 
 def check_logits(logits: jax.Array, num_classes: int) -> None:

@@ -166,8 +166,8 @@ def make_run_dir(base: pathlib.Path | None, name: str) -> pathlib.Path:
   already exist only as an empty folder.
 
   Raises:
-    InputError: if `base` is a file, a non-empty folder, or cannot be
-      created.
+    InputError: if `base` is an empty string, a file, a non-empty folder,
+      or cannot be created.
   """
   if base is None:
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
@@ -182,6 +182,13 @@ def make_run_dir(base: pathlib.Path | None, name: str) -> pathlib.Path:
       return candidate
     raise InputError(f'Could not create a new run folder next to {stem}.')
 
+  if isinstance(base, str) and not base.strip():
+    # pathlib.Path('') is '.', which the checks below would report as an
+    # existing folder.
+    raise InputError(
+        'The output folder is empty (--out, or out_dir in Python). Pass a '
+        'folder path, or leave it unset for a fresh one under runs/.'
+    )
   base = pathlib.Path(base)
   if base.exists() and not base.is_dir():
     raise InputError(

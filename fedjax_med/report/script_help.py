@@ -98,6 +98,8 @@ def check_out_path(parser: argparse.ArgumentParser, path,
   """
   if path is None:
     return
+  if isinstance(path, str) and not path.strip():
+    parser.error(f'{flag} is empty. Pass a path, or leave {flag} out.')
   path = pathlib.Path(path)
   if path.is_dir():
     parser.error(f'{flag} must be a file path; {path} is a folder.')
@@ -119,6 +121,8 @@ def check_out_folder(parser: argparse.ArgumentParser, path,
   """
   if path is None:
     return
+  if isinstance(path, str) and not path.strip():
+    parser.error(f'{flag} is empty. Pass a path, or leave {flag} out.')
   path = pathlib.Path(path)
   if path.exists() and not path.is_dir():
     parser.error(f'{flag} must be a folder; {path} is a file.')

@@ -641,6 +641,21 @@ def test_image_folder_nan_pixels(tmp_path, key):
     images.load_image_folder(tmp_path, key=key)
 
 
+def test_image_folder_float64_beyond_float32(tmp_path, key):
+  path = tmp_path / 'site' / 'one' / 'big.tif'
+  path.parent.mkdir(parents=True)
+  image = np.full((6, 5), 0.5, np.float64)
+  image[2, 3] = 1e300
+  skimage.io.imsave(path, image, check_contrast=False)
+
+  with pytest.raises(InputError) as error:
+    images.load_image_folder(tmp_path, key=key)
+  message = str(error.value)
+
+  assert 'big.tif contains values beyond the float32 range' in message
+  assert 'first in pixel row 2' in message
+
+
 @pytest.mark.parametrize(
     'image_shape', [(8, 8), (0, 8, 1), (8.0, 8, 1), (True, 8, 1), 8], ids=str
 )
@@ -869,6 +884,41 @@ def test_npz_sites_nan_images(tmp_path, key):
   with pytest.raises(InputError, match='NaN or infinite values, first in '
                      'image 2'):
     images.load_npz_sites([path], key=key)
+
+
+def test_npz_sites_float64_beyond_float32(tmp_path, key):
+  # 1e300 passed the float64 check, became inf in float32, and the error
+  # named row 30 of the pooled images, no file, and partitioning.
+  _save_npz(tmp_path / 'a.npz', images=np.zeros((20, 3, 3)),
+            labels=np.arange(20) % 2)
+  pixels = np.zeros((20, 3, 3))
+  pixels[10, 1, 1] = 1e300
+  _save_npz(tmp_path / 'b.npz', images=pixels, labels=np.arange(20) % 2)
+
+  with pytest.raises(InputError) as error:
+    images.load_npz_sites(tmp_path, key=key)
+  message = str(error.value)
+
+  assert 'b.npz: images contain values beyond the float32 range' in message
+  assert 'first in image 10' in message
+  assert 'counting from 0 in this file' in message
+  assert 'partitioning' not in message
+
+
+def test_npz_sites_missing_class_advice(tmp_path, key):
+  # The message asked config users to pass `num_classes`, which is no
+  # config key.
+  path = _save_npz(tmp_path / 'a.npz', images=np.zeros((4, 3, 3)),
+                   labels=[0, 2, 0, 2])
+
+  with pytest.raises(InputError) as error:
+    images.load_npz_sites([path], key=key)
+  message = str(error.value)
+
+  assert 'such as [1]' in message
+  assert 'Relabel the classes as 0 to K - 1 with one mapping' in message
+  assert 'numpy.unique' in message
+  assert 'A Python caller can instead pass `num_classes`' in message
 
 
 def test_npz_sites_shape_differs(tmp_path, key):

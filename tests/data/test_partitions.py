@@ -894,6 +894,21 @@ def test_nan_features_raise(key):
     partitions.build_dataset(x, y, [np.arange(len(y))], key=key)
 
 
+def test_features_beyond_float32_raise(key):
+  # 1e300 passed the float64 finiteness check and became inf in float32.
+  x, y = _pooled()
+  x = x.astype(np.float64)
+  x[7, 1] = 1e300
+
+  with pytest.raises(InputError) as error:
+    partitions.build_dataset(x, y, [np.arange(len(y))], key=key)
+  message = str(error.value)
+
+  assert 'beyond the float32 range' in message
+  assert 'first in row 7' in message
+  assert 'largest magnitude 1e+300' in message
+
+
 @pytest.mark.parametrize(
     'test_fraction, client_indices, message',
     [

@@ -1,5 +1,7 @@
 """Tests for the split, z-score and CSV import helpers."""
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -366,6 +368,16 @@ BAD_ROWS = {
     'empty_client': (',1,0', 'site', 'empty'),
     'too_few_cells': ('A,1', None, 'has 2 cells but the header has 3'),
     'too_many_cells': ('A,1,0,9', None, 'has 4 cells but the header has 3'),
+    # Python's float() reads these as 1000, 10 and 12.
+    'underscore': ('A,1_000,0', 'x', "contains an underscore, which is not "
+                   "part of a CSV number. Write it as '1000'."),
+    'underscore_label': ('A,1,1_0', 'y', "Write it as '10'."),
+    'arabic_digits': ('A,\u0661\u0662,0', 'x', 'with the digits 0-9'),
+    # A NUL or zero width space made an extra client that prints as 'A'.
+    'nul_in_client': ('A\x00,1,0', 'site',
+                      'invisible character U+0000 at character 2'),
+    'zero_width_in_client': ('\u200bA,1,0', 'site',
+                             'invisible character U+200B at character 1'),
 }
 
 
@@ -384,6 +396,20 @@ def test_csv_bad_row(tmp_path, case):
   assert problem in message
   if column is not None:
     assert f'column {column!r}' in message
+
+
+def test_csv_long_cell_rejected(tmp_path):
+  # csv's field limit raised a raw _csv.Error.
+  limit = csv.field_size_limit()
+  path = _write(tmp_path, f'site,x,y\nA,1,0\nA,"{"1" * (limit + 1)}",1\n')
+
+  with pytest.raises(InputError) as error:
+    tabular.load_csv(path, client_column='site', label_column='y')
+  message = str(error.value)
+
+  assert 'cohort.csv, line 3' in message
+  assert f'longer than {limit:,} characters' in message
+  assert 'quote that is never closed' in message
 
 
 def test_csv_whole_float_label_accepted(tmp_path):
@@ -420,6 +446,18 @@ def test_csv_label_gap_rejected(tmp_path):
 
   assert 'found 0, 5' in str(error.value)
   assert 'cohort.csv' in str(error.value)
+
+
+def test_csv_huge_label_shown_as_written(tmp_path):
+  # The message printed 1e300 as a 301-digit integer.
+  path = _write(tmp_path, 'site,x,y\nA,1,0\nA,2,1e300\nB,3,0\nB,4,1\n')
+
+  with pytest.raises(InputError) as error:
+    tabular.load_csv(path, client_column='site', label_column='y')
+  message = str(error.value)
+
+  assert 'found 0, 1, 1e300.' in message
+  assert '0000000000' not in message
 
 
 def test_csv_single_class_rejected(tmp_path):

@@ -61,6 +61,54 @@ def test_from_flax_error_names_stateful_wrapper(key):
     model.init(key, jnp.zeros((1, 3)))
 
 
+class _DenseDropout(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    hidden = nn.Dropout(0.5, deterministic=False)(nn.Dense(4)(x))
+    return nn.Dense(1)(hidden)
+
+
+class _DenseNoise(nn.Module):
+  """A dense layer that adds noise from its own `noise` RNG stream."""
+
+  @nn.compact
+  def __call__(self, x):
+    noise = jax.random.normal(self.make_rng('noise'), x.shape)
+    return nn.Dense(1)(x + noise)
+
+
+@pytest.mark.parametrize('module, stream', [
+    # init passed on the init key, then the first round failed with
+    # flax's InvalidRngError.
+    (_DenseDropout(), 'dropout'),
+    (_DenseNoise(), 'noise'),
+], ids=['dropout', 'make_rng'])
+def test_from_flax_rejects_rng_streams(key, module, stream):
+  model = tabular.from_flax(module, 2)
+
+  with pytest.raises(ValueError) as raised:
+    model.init(key, jnp.zeros((1, 3)))
+
+  message = str(raised.value)
+  assert 'draws random numbers when applied' in message
+  assert f'needs PRNG for "{stream}"' in message
+  assert 'deterministic=True' in message
+  assert 'https://' not in message
+
+
+def test_from_flax_keeps_deterministic_dropout(key):
+  class _Deterministic(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(1)(nn.Dropout(0.5, deterministic=True)(x))
+
+  params = tabular.from_flax(_Deterministic(), 2).init(key, jnp.zeros((1, 3)))
+
+  assert set(params) == {'params'}
+
+
 class _NnxNet(nnx.Module):
 
   def __init__(self, rngs):
@@ -129,11 +177,59 @@ def test_from_nnx_trains_in_a_round(key):
 
 def test_from_nnx_rejects_batch_stats(key):
   # The round would average BatchNorm's statistics as weights.
-  with pytest.raises(ValueError, match=r"\['BatchStat'\] state besides"):
+  with pytest.raises(ValueError) as raised:
     tabular.from_nnx(_NnxBatchNorm, 2).init(key, jnp.ones((1, 6)))
+
+  message = str(raised.value)
+  assert 'state besides nnx.Param' in message
+  assert '`norm.mean` (BatchStat)' in message
+  assert '`norm.var` (BatchStat)' in message
 
 
 def test_from_nnx_names_a_wrong_input_width(key):
   # JAX's dot_general TypeError came through unexplained.
   with pytest.raises(ValueError, match=r'cannot take inputs shaped \(1, 5\)'):
     tabular.from_nnx(_NnxNet, 3).init(key, jnp.ones((1, 5)))
+
+
+class _NnxConv(nnx.Module):
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+
+  def __call__(self, x):
+    return self.conv(x).mean(axis=(1, 2))
+
+
+def test_from_nnx_names_a_wrong_channel_count(key):
+  # JAX's conv_general_dilated ValueError came through unexplained.
+  with pytest.raises(ValueError) as raised:
+    tabular.from_nnx(_NnxConv, 4).init(key, jnp.ones((1, 8, 8, 2)))
+
+  message = str(raised.value)
+  assert 'cannot take inputs shaped (1, 8, 8, 2)' in message
+  assert 'channels for a convolution' in message
+  assert 'conv_general_dilated' in message
+  assert isinstance(raised.value.__cause__, ValueError)
+
+
+class _NnxRawArray(nnx.Module):
+
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(6, 1, rngs=rngs)
+    self.offset = jnp.zeros(1)
+
+  def __call__(self, x):
+    return self.dense(x) + self.offset
+
+
+def test_from_nnx_names_a_raw_array_attribute(key):
+  # The message named only the array type: "['ArrayImpl'] state".
+  with pytest.raises(ValueError) as raised:
+    tabular.from_nnx(_NnxRawArray, 2).init(key, jnp.ones((1, 6)))
+
+  message = str(raised.value)
+  assert '`offset` (a plain jax.Array)' in message
+  assert 'ArrayImpl' not in message
+  assert 'nnx.Param' in message
+  assert 'inside `__call__`' in message
