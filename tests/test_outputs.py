@@ -41,9 +41,23 @@ def test_json_values_drop_nan():
   assert converted == {'a': None, 'b': [1.0, None], 'c': 2}
 
 
+def test_csv_number_text_not_quoted(tmp_path):
+  # Log-risks formatted as text, such as '-0.197931439', were written with
+  # a leading quote, so float() and numpy could not read the column.
+  numbers = ['-0.197931439', '+1', '-2', '-1e-05', '.5', '-3.E+2']
+  path = tmp_path / 'scores.csv'
+
+  outputs.write_csv(path, ['score'], [[n] for n in numbers])
+
+  with path.open(newline='', encoding='utf-8') as handle:
+    cells = [row[0] for row in list(csv.reader(handle))[1:]]
+  assert cells == numbers
+  assert [float(cell) for cell in cells] == [float(n) for n in numbers]
+
+
 def test_csv_formula_text_quoted(tmp_path):
-  names = ['=HYPERLINK("x")', '+1', '-2', '@SUM(A1)', '\tx', "'a", 'plain',
-           '\uff1dSUM(A1)']
+  names = ['=HYPERLINK("x")', '+1+A1', '-2+3', '@SUM(A1)', '\tx', "'a",
+           'plain', '\uff1dSUM(A1)', '-inf']
   path = tmp_path / 'table.csv'
 
   outputs.write_csv(path, ['name', 'value'], [[n, -1.5] for n in names])
@@ -51,8 +65,8 @@ def test_csv_formula_text_quoted(tmp_path):
   with path.open(newline='', encoding='utf-8') as handle:
     rows = list(csv.reader(handle))[1:]
   assert [row[0] for row in rows] == [
-      '\'=HYPERLINK("x")', "'+1", "'-2", "'@SUM(A1)", "'\tx", "''a", 'plain',
-      "'\uff1dSUM(A1)"]
+      '\'=HYPERLINK("x")', "'+1+A1", "'-2+3", "'@SUM(A1)", "'\tx", "''a",
+      'plain', "'\uff1dSUM(A1)", "'-inf"]
   # Numbers stay numbers, negative or not.
   assert {row[1] for row in rows} == {'-1.5'}
   assert [outputs.from_spreadsheet_text(row[0]) for row in rows] == names

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from typing import Any
 
 try:
@@ -51,6 +52,8 @@ def write_json(path: pathlib.Path, document: Any) -> None:
 # ASCII ones. Quoting them costs nothing when they do not.
 _FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r',
                    '\uff1d', '\uff0b', '\uff0d', '\uff20')
+# A signed decimal number in ASCII, which spreadsheets read as a number.
+_PLAIN_NUMBER = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
 
 
 def spreadsheet_text(value: Any) -> Any:
@@ -61,10 +64,12 @@ def spreadsheet_text(value: Any) -> Any:
   opened. Text starting with `=`, `+`, `-`, `@` (or their fullwidth
   forms), a tab, a carriage return or `'` gets one leading `'`, so
   spreadsheets show it as text.
-  `from_spreadsheet_text` removes it. Numbers are left alone, so write
-  negative numbers as numbers, not strings.
+  `from_spreadsheet_text` removes it. Numbers are left alone, and so is
+  text that is a plain decimal number such as `-0.25` or `-1e-05`, which a
+  spreadsheet reads as a number.
   """
-  if isinstance(value, str) and value.startswith(_FORMULA_STARTS + ("'",)):
+  if (isinstance(value, str) and value.startswith(_FORMULA_STARTS + ("'",))
+      and not _PLAIN_NUMBER.fullmatch(value)):
     return "'" + value
   return value
 

@@ -401,10 +401,12 @@ def build_fedbuff(
     # next slot and starts new clients at its beginning.
     idle = ~jnp.any(picked_ok) & ~jnp.any(state.busy)
     if participation_lib.has_schedule(participation):
+      # After the last dropout the wait handled, not before it: the step
+      # used to end at the slot after its start and restart clients there.
       now = jnp.where(
           idle, participation_lib.open_slot_start(
               participation,
-              participation_lib.next_slot(participation, server.clock)),
+              participation_lib.next_slot(participation, waited_until)),
           now)
     dropped = state.busy & ~state.valid & (state.arrival <= now)
 

@@ -163,6 +163,30 @@ def test_without_refills_step_takes_fewer(key):
   assert np.asarray(state.server.contributions)[0::2].sum() == 0
 
 
+def test_idle_step_ends_after_noticed_dropout(key):
+  # The only client drops out and is noticed at 1.6 s, in a slot where
+  # nobody is online. The step used to end at 1.0 s, before the dropout it
+  # had handled, and start the next client in the past.
+  data = small.population([5, 5])
+  participation = participation_lib.Participation(
+      availability=np.array([[1.0, 1e-6]] * 2, np.float32),
+      dropout=1.0, steps_per_second=np.ones(2, np.float32),
+      download_bytes_per_second=np.full(2, 10.0, np.float32),
+      seconds_per_slot=1.0)
+  buffered = fedbuff.build_fedbuff(
+      data, _local_update(), optax.sgd(1.0), concurrency=1, buffer_size=1,
+      participation=participation)
+  state, _ = buffered.init(small.server_state(key, num_clients=2),
+                           jax.random.fold_in(key, 0))
+  noticed = float(state.arrival[0])
+
+  state, metrics = buffered.step(state, jax.random.fold_in(key, 1))
+
+  assert noticed == pytest.approx(1.6)
+  assert float(metrics['clock']) >= noticed
+  assert float(metrics['clock']) == 2.0
+
+
 def test_refills_stop_when_all_drop(key):
   data = small.population([5] * 6)
   participation = participation_lib.Participation(
