@@ -325,6 +325,11 @@ class Result:
         binary, or an older version wrote it.
     """
     path = self.run_dir / 'predictions.csv'
+    if self.is_survival:
+      raise InputError(
+          f'{self.run_dir} is a survival run: it has no class predictions. '
+          "Its risk_scores.csv contains each test patient's time, event and "
+          'final log-risk, and client_c_index() the per-client C-index.')
     if not path.is_file():
       raise InputError(
           f'{self.run_dir} has no predictions.csv. Studies write it for '

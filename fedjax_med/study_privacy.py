@@ -30,11 +30,15 @@ from fedjax_med.secure import aggregate as secure_aggregate
 from fedjax_med.secure import discrete_gaussian
 from fedjax_med.secure import protocol as secure_protocol
 
-NOT_COVERED = (
-    'Per-round metrics and the summary (per-client accuracy, skipped rounds, '
-    'excluded, clipped or truncated updates, train loss) are computed '
-    'without noise and are not covered by the guarantee.'
-)
+def not_covered(config: config_lib.ExperimentConfig) -> str:
+  """Return the assumption that the run's metrics are released unnoised."""
+  score = ('C-index' if config.data.dataset in config_lib.SURVIVAL_DATASETS
+           else 'accuracy')
+  return (
+      f'Per-round metrics and the summary (per-client {score}, skipped '
+      'rounds, excluded, clipped or truncated updates, train loss) are '
+      'computed without noise and are not covered by the guarantee.'
+  )
 
 
 # With closed schedule slots, the slots that the rounds visit are followed
@@ -261,7 +265,7 @@ def build_accountant(
 
 def _assumptions(config, settings, rounds_below_min: int) -> list[str]:
   privacy = config.privacy
-  assumptions = [NOT_COVERED]
+  assumptions = [not_covered(config)]
   if privacy.noise == 'local':
     assumptions.append(
         "Local noise: the guarantee is local DP of each client's own noisy "
@@ -400,7 +404,7 @@ def describe_example_level(
       accountant=config.privacy.accountant,
   )
   assumptions = [
-      NOT_COVERED,
+      not_covered(config),
       'Local batches are drawn by shuffling within epochs but accounted '
       'as Poisson subsampling with rate batch_size / num_examples, a '
       'common approximation that can understate epsilon.',

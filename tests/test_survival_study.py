@@ -237,6 +237,21 @@ def test_api_result_exposes_c_index(tmp_path):
   assert result.plot_c_index() is not None
   with pytest.raises(InputError, match='client_c_index'):
     result.client_accuracy()
+  # The message said to run the study again, as for an older version.
+  for method in (result.predictions, result.plot_calibration):
+    with pytest.raises(InputError, match='is a survival run.*risk_scores'):
+      method()
+
+
+def test_privacy_assumption_names_c_index(tmp_path):
+  # The assumption that metrics go unnoised named per-client accuracy.
+  result = fm.run(CONFIG, tmp_path / 'run', progress=False,
+                  **{**SMALL, 'rounds': 1, 'noise': 'local', 'clip_norm': 1.0,
+                     'noise_multiplier': 1.0})
+
+  assumptions = ' '.join(result.summary['privacy']['assumptions'])
+  assert 'per-client C-index' in assumptions
+  assert 'accuracy' not in assumptions
 
 
 def test_tensorboard_logs_c_index(tmp_path):
