@@ -58,6 +58,8 @@ from fedjax_med.simulation import sampling
 
 CONFIDENCE = 0.95
 DELTA = 1e-5
+# Folded into key(seed) for the audits, apart from a study's tags.
+_AUDIT_TAG = 8000
 # The canary's update is this many times the clip bound before clipping.
 CANARY_NORM_FACTOR = 2.0
 # Trials run side by side in one vmap, which bounds the memory of large
@@ -240,7 +242,10 @@ def run_audit(
 ) -> list[dict[str, Any]]:
   """Audit the real round at each multiplier, then the broken one."""
   population = build_population(clip_norm)
-  key = jax.random.key(seed)
+  # Studies of the same seed fold tags 0 to 4 and 7001 to 7003 into
+  # key(seed), and their round r key is fold_in(fold_in(key(seed), 1), r):
+  # audit 1's trial keys were those round keys, with their noise.
+  key = jax.random.fold_in(jax.random.key(seed), _AUDIT_TAG)
   plan = [(value, False) for value in noise_multipliers]
   plan += [(value, True) for value in negative_control_noise_multipliers]
   rows = []

@@ -44,6 +44,7 @@ import matplotlib
 import numpy as np
 
 from fedjax_med import interrupts
+from fedjax_med.data import federated
 from fedjax_med.errors import InputError
 from fedjax_med.evaluation import clinical
 from fedjax_med.report import machine
@@ -164,7 +165,10 @@ def run_models(aligned: data.AlignedData, sizes: dict[str, Any], seed: int,
   names = aligned.party_names
   x, y = aligned.train_features, aligned.train_labels
   num_test = aligned.test_labels.shape[0]
-  resample_counts = np.random.default_rng(seed).multinomial(
+  # `vertical.data` draws which patients each party holds from
+  # default_rng(seed); the resamples take a stream of their own.
+  resample_counts = np.random.default_rng(
+      federated.derived_seed('auroc_bootstrap', seed)).multinomial(
       num_test, np.full(num_test, 1 / num_test), size=NUM_RESAMPLES)
   rows = []
   baseline = []  # the label holder alone, AUROC per resample

@@ -655,7 +655,8 @@ def _clinical_reports(config, per_client) -> dict[str, Any]:
           threshold=config.evaluation.threshold,
           num_resamples=config.evaluation.bootstrap_resamples,
           confidence=config.evaluation.confidence,
-          seed=federated.derived_seed(config.seed, index),
+          seed=federated.derived_seed('clinical_bootstrap', config.seed,
+                                      index),
       )
       for index, (name, labels, scores) in enumerate(per_client)
   }

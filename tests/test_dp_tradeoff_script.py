@@ -260,3 +260,32 @@ def test_canary_audit_ctrl_c_stops_between_audits(monkeypatch, capsys):
   assert exit_info.value.code == 130
   assert len(calls) == 1
   assert 'dp_canary_audit.py: interrupted;' in capsys.readouterr().err
+
+
+def test_canary_audit_keys_differ_from_study_keys(monkeypatch):
+  # Audit i used fold_in(key(seed), i), the key of the same seed's study
+  # tag i: audit 1's trials drew the studies' round keys and their noise.
+  audit = _load_script().dp_canary_audit
+  keys = []
+
+  def audit_one(*args, key, **kwargs):
+    keys.append(key)
+    return {}
+
+  monkeypatch.setattr(audit, 'audit_one', audit_one)
+  audit.run_audit(noise_multipliers=[1.0, 2.0, 4.0],
+                  negative_control_noise_multipliers=[1.0],
+                  num_trials=10, clip_norm=0.5, seed=0)
+
+  root = jax.random.key(0)
+  study_keys = {
+      np.asarray(jax.random.key_data(key)).tobytes()
+      for tag in range(5)
+      for key in [jax.random.fold_in(root, tag)]
+      + [jax.random.fold_in(jax.random.fold_in(root, 1), r) for r in range(20)]
+  }
+  for key in keys:
+    trial_keys = jax.random.split(key, 20)
+    for trial_key in [key, *trial_keys]:
+      assert np.asarray(jax.random.key_data(trial_key)).tobytes() \
+          not in study_keys

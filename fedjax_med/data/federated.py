@@ -10,6 +10,7 @@ import dataclasses
 import importlib.resources
 import pathlib
 from typing import NamedTuple, Sequence
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -371,15 +372,18 @@ def check_test_fraction(value: float, *, allow_zero: bool = True) -> float:
   return float(value)
 
 
-def derived_seed(*entropy: int) -> int:
-  """Return a 32-bit seed mixed from `entropy`, such as (seed, client index).
+def derived_seed(purpose: str, *entropy: int) -> int:
+  """Return a 32-bit seed for `purpose` mixed from `entropy`, e.g. (seed, client).
 
   A sum such as `seed + client_index` gave client k under seed s + 1 the
-  stream of client k + 1 under seed s. `np.random.SeedSequence` hashes the
-  whole tuple, so streams of different tuples are independent.
+  stream of client k + 1 under seed s, and two purposes given the same
+  (seed, client) shared a stream. `np.random.SeedSequence` hashes the
+  purpose's CRC-32 with the whole tuple, so other tuples or purposes give
+  independent streams.
   """
   return int(np.random.SeedSequence(
-      [int(value) for value in entropy]).generate_state(1)[0])
+      [zlib.crc32(purpose.encode('utf-8'))]
+      + [int(value) for value in entropy]).generate_state(1)[0])
 
 
 def check_seed(value: int) -> int:

@@ -407,8 +407,8 @@ def load_csv(
   text, such as a hospital id), one contains integer class labels >= 0, and
   every other column is a numeric feature. Clients are ordered by their first
   row in the file. Each client is split with `stratified_split`, using seed
-  `federated.derived_seed(seed, client_index)` so that clients and base
-  seeds get independent shuffles, and is
+  `federated.derived_seed('csv_split', seed, client_index)` so that
+  clients and base seeds get independent shuffles, and is
   z-scored with `zscore` from its own train rows. Blank lines are skipped.
 
   Args:
@@ -465,7 +465,7 @@ def load_csv(
     client_y.append(labels[rows])
     client_splits.append(stratified_split(
         labels[rows], test_fraction=test_fraction,
-        seed=federated.derived_seed(seed, client_index)))
+        seed=federated.derived_seed('csv_split', seed, client_index)))
 
   try:
     train, test = split_and_stack(client_x, client_y, client_splits,

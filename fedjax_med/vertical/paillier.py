@@ -515,9 +515,12 @@ def train(
   arbiter = _Arbiter(session, private_key)
   for name in names:
     session.send(ARBITER, name, 'public_key', [public_key])
+  # `psi.party_generators` spawns SeedSequence(seed) for the parties' PSI
+  # keys, so the masks take a sequence of their own.
   rngs = [
       np.random.default_rng(child)
-      for child in np.random.SeedSequence(seed).spawn(len(names))
+      for child in np.random.SeedSequence(
+          federated.derived_seed('paillier_masks', seed)).spawn(len(names))
   ]
 
   weights = [np.zeros(x.shape[1]) for x in blocks]

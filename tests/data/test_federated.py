@@ -140,12 +140,16 @@ def test_check_rejects_object_fields(field):
 
 
 def test_derived_seed_mixes_every_entry():
-  seeds = {federated.derived_seed(seed, index)
+  seeds = {federated.derived_seed('split', seed, index)
            for seed in range(3) for index in range(1001)}
 
   # seed * 1000 + index gave (0, 1000) the seed of (1, 0).
   assert len(seeds) == 3 * 1001
-  assert federated.derived_seed(2, 5) == federated.derived_seed(2, 5)
+  assert (federated.derived_seed('split', 2, 5)
+          == federated.derived_seed('split', 2, 5))
+  # A CSV split and a bootstrap of the same (seed, client) shared a stream.
+  assert (federated.derived_seed('split', 0, 0)
+          != federated.derived_seed('bootstrap', 0, 0))
 
 
 def test_check_ignores_nonfinite_padding():
