@@ -543,7 +543,10 @@ def _run_fedjax(workload: Workload, rounds: int) -> dict:
       fedjax.ClientDataset({'x': workload.x[i], 'y': workload.y[i]})
       for i in range(num_clients)
   ]
-  client_keys = [jax.random.PRNGKey(i) for i in range(num_clients)]
+  # Client keys and round noise from separate roots: PRNGKey(i) made
+  # client 2 + index's key the noise key of round `index`.
+  client_keys = [jax.random.fold_in(jax.random.PRNGKey(SEED), i)
+                 for i in range(num_clients)]
 
   @jax.jit
   def clip_and_add(total, delta):
@@ -575,7 +578,8 @@ def _run_fedjax(workload: Workload, rounds: int) -> dict:
     total = jax.tree_util.tree_map(jnp.zeros_like, state['params'])
     for _, delta in train_for_each_client(state['params'], batches):
       total = clip_and_add(total, delta)
-    mean_delta = add_noise(total, jax.random.PRNGKey(ROUND_SEED + index))
+    mean_delta = add_noise(
+        total, jax.random.fold_in(jax.random.PRNGKey(ROUND_SEED), index))
     state['opt_state'], state['params'] = server_optimizer.apply(
         mean_delta, state['opt_state'], state['params']
     )
@@ -779,7 +783,8 @@ def _run_pfl(workload: Workload, rounds: int) -> dict:
   torch.set_num_threads(1)
   x = torch.from_numpy(workload.x)
   y = torch.from_numpy(workload.y.astype(np.float32))
-  rng = np.random.default_rng(SEED)
+  # Not default_rng(SEED), which drew the population's data.
+  rng = np.random.default_rng([SEED, 1])
 
   def make_dataset(client_id):
     rows = torch.from_numpy(step_rows(rng))
