@@ -168,10 +168,11 @@ def _check_layout(data: FederatedData, name: str) -> None:
           f'`{name}.num_examples`. Build the data with '
           '`federated.stack_clients`.'
       )
-    dtype = np.dtype(jnp.result_type(value)) if not isinstance(
-        value, np.ndarray) else value.dtype
-    if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer)
-            or np.issubdtype(dtype, np.floating)):
+    dtype = _given_dtype(value)
+    # Kinds, not issubdtype: numpy counts timedelta64 as an integer, and
+    # float128 is real but has no JAX type.
+    if not (dtype.kind in 'biu' or (jnp.issubdtype(dtype, jnp.floating)
+                                    and dtype.itemsize <= 8)):
       raise ValueError(
           f'`{field}` has dtype {dtype}, but fields must hold bools, integers '
           'or real floating-point numbers. Convert it, for example with '
@@ -204,6 +205,39 @@ def _check_counts(data: FederatedData, name: str) -> None:
     )
 
 
+def _given_dtype(value) -> np.dtype:
+  """Return the dtype of `value` as given, before JAX canonicalizes it."""
+  dtype = getattr(value, 'dtype', None)
+  return np.dtype(dtype) if dtype is not None else np.asarray(value).dtype
+
+
+def _check_integer_range(value, real, field: str) -> None:
+  """Check that an integer field fits the type JAX reads it as.
+
+  Without x64, JAX reads int64 as int32 and uint64 as uint32, and wraps
+  larger values: 2**32 + 5 trained as 5.
+  """
+  dtype = _given_dtype(value)
+  canonical = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+  if dtype.kind not in 'iu' or canonical.itemsize >= dtype.itemsize:
+    return
+  limits = np.iinfo(canonical)
+  rows = np.asarray(value).reshape(value.shape[:2] + (-1,))
+  bad = np.asarray(real) & ~np.all(
+      (rows >= limits.min) & (rows <= limits.max), axis=-1)
+  if bad.any():
+    client = int(np.flatnonzero(bad.any(axis=1))[0])
+    row = int(np.flatnonzero(bad[client])[0])
+    cells = rows[client, row]
+    found = cells[(cells < limits.min) | (cells > limits.max)][0]
+    raise ValueError(
+        f'Client {client} has {found} in row {row} of `{field}`, outside '
+        f'the {canonical} range that JAX reads {dtype} as without x64 '
+        f'([{limits.min}, {limits.max}]). Rescale the value, or convert the '
+        'field to float32.'
+    )
+
+
 def _check_finite(data: FederatedData, name: str) -> None:
   """Check that the real rows of every floating-point field are finite.
 
@@ -215,8 +249,11 @@ def _check_finite(data: FederatedData, name: str) -> None:
     return
   real = data.example_mask()
   for path, value in jax.tree_util.tree_leaves_with_path(data.examples):
-    if tree.is_traced(value) or not jnp.issubdtype(
-        jnp.result_type(value), jnp.inexact):
+    if tree.is_traced(value):
+      continue
+    _check_integer_range(
+        value, real, f'{name}.examples{jax.tree_util.keystr(path)}')
+    if not jnp.issubdtype(jnp.result_type(value), jnp.inexact):
       continue
     # Training reads float64 as float32 (JAX without x64), where 1e39 is
     # infinite. The message shows the value as given.
@@ -291,8 +328,9 @@ def _check_labels(data: FederatedData, name: str, num_classes: int) -> None:
   if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(
         f"`{name}.examples['y']` must be integer class labels shaped "
-        f'[clients, examples]; got {labels.dtype} {labels.shape}. Convert '
-        'bool labels with `.astype(np.int32)`.'
+        f'[clients, examples]; got {labels.dtype} {labels.shape}.'
+        + (' Convert them with `.astype(np.int32)`.' if labels.ndim == 2
+           else '')
     )
   bad = np.asarray(data.example_mask()) & (
       (labels < 0) | (labels >= num_classes))

@@ -1,5 +1,7 @@
 """Stacking per-client arrays into padded federated arrays."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -109,7 +111,8 @@ def test_check_rejects_int64_labels_beyond_int32():
       {'x': np.ones((3, 3)), 'y': np.array([0, 2**32, 1], np.int64)}])
 
   with pytest.raises(ValueError,
-                     match='Client 0 has label 4294967296 in row 1'):
+                     match=('Client 0 has 4294967296 in row 1 of '
+                            "`data.examples\\['y'\\]`, outside the int32")):
     federated.check_federated_data(data, name='data', num_classes=2)
 
 
@@ -160,3 +163,31 @@ def test_check_ignores_nonfinite_padding():
   data.examples['x'][0, 2] = np.inf  # Client 0 has 2 rows.
 
   federated.check_federated_data(data, name='data', num_classes=2)
+
+
+@pytest.mark.parametrize('dtype, value, bound', [
+    (np.int64, 2**32 + 5, 'int32'),
+    (np.uint64, 2**63, 'uint32'),
+])
+def test_check_rejects_integers_beyond_jax_type(dtype, value, bound):
+  # Without x64 JAX wraps int64 to int32: 2**32 + 5 trained as 5.
+  x = np.ones((3, 2), dtype)
+  x[1, 0] = value
+  data = federated.stack_clients([{'x': x, 'y': np.array([0, 1, 1])}])
+
+  with pytest.raises(ValueError, match=(
+      f"Client 0 has {value} in row 1 of `data.examples\\['x'\\]`, outside "
+      f'the {bound} range')):
+    federated.check_federated_data(data, name='data', num_classes=2)
+
+
+@pytest.mark.parametrize('dtype', ['timedelta64[s]', np.longdouble])
+def test_check_rejects_types_jax_lacks(dtype):
+  # numpy counts timedelta64 as an integer; float128 has no JAX type. Both
+  # passed the dtype check and failed inside JAX.
+  data = federated.stack_clients([
+      {'x': np.ones((3, 2), dtype), 'y': np.array([0, 1, 1])}])
+
+  with pytest.raises(ValueError, match=(
+      f"`data.examples\\['x'\\]` has dtype {re.escape(str(np.dtype(dtype)))}")):
+    federated.check_federated_data(data, name='data', num_classes=2)
