@@ -1111,6 +1111,15 @@ def _npz_labels(labels: np.ndarray, path: pathlib.Path) -> np.ndarray:
           f'{path}: label {labels[first]} of image {first} is not an '
           'integer. Labels must be class indices 0, 1, ...'
       )
+    # Checked before the cast, which turned 1e300 into -2**63.
+    too_large = np.abs(labels) > np.iinfo(np.int32).max
+    if too_large.any():
+      first = int(np.flatnonzero(too_large)[0])
+      raise InputError(
+          f'{path}: label {labels[first]:g} of image {first} is beyond the '
+          'int32 range of class labels. Labels must be class indices 0, 1, '
+          '...'
+      )
     labels = labels.astype(np.int64)
   if not np.issubdtype(labels.dtype, np.integer):
     raise InputError(

@@ -113,6 +113,13 @@ def _check_labels(
   largest = int(labels.max())
   if smallest < 0:
     raise InputError(f'`{argument}` must be >= 0; found label {smallest}.')
+  if largest > np.iinfo(np.int32).max:
+    # The clients store int32 labels: 2**32 became class 0.
+    raise InputError(
+        f'`{argument}` has label {largest}, above the int32 maximum '
+        f'{np.iinfo(np.int32).max} of class labels. Map the labels to 0 .. '
+        'num_classes - 1.'
+    )
   if num_classes is None:
     num_classes = largest + 1
   _check_count('num_classes', num_classes, 1)

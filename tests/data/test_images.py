@@ -772,6 +772,9 @@ def test_npz_sites_num_classes(tmp_path, key):
     (np.array([0, 1, 0, 2**40]), r'such as \[2, 3, 4, 5, 6\]'),
     # 2**63 + 5 as uint64 wrapped to 5 in the int64 cast.
     (np.array([0, 0, 0, 2**63 + 5], np.uint64), 'does not fit int64'),
+    # The int64 cast turned 1e300 into -2**63, reported as negative.
+    (np.array([0.0, 1.0, 0.0, 1e300]),
+     'label 1e[+]300 of image 3 is beyond the int32 range'),
 ])
 def test_npz_sites_reject_huge_labels(tmp_path, key, labels, message):
   path = _save_npz(tmp_path / 'a.npz', images=np.zeros((4, 4, 4), np.uint8),

@@ -803,6 +803,13 @@ _LABELS = _labels([20, 20, 20])
             'must be >= 0',
         ),
         (
+            # 2**32 was stored as int32 class 0.
+            lambda key: partitions.partition_dirichlet(
+                np.asarray([0, 1, 2**32]), num_clients=2, alpha=1.0, key=key
+            ),
+            'label 4294967296, above the int32 maximum',
+        ),
+        (
             lambda key: partitions.partition_dirichlet(
                 np.asarray([0.0, 1.0]), num_clients=2, alpha=1.0, key=key
             ),
