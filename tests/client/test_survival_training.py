@@ -279,7 +279,32 @@ def test_evaluate_rejects_nan_feature():
   clients = [_table(15, seed=2), _table(9, seed=3)]
   clients[1]['x'][4, 0] = np.nan
   model, _ = _params()
-  with pytest.raises(ValueError, match='feature in client 1, row 4'):
+  with pytest.raises(ValueError, match=(
+      "Client 1 has nan in row 4 of `test_data.examples\\['x'\\]`")):
+    evaluate_survival.build_evaluate_survival(
+        model, federated.stack_clients(clients))
+
+
+@pytest.mark.parametrize('field, value, message', [
+    # Finite in float64, 1e39 gave an infinite risk reported as diverged
+    # training.
+    ('x', 1e39, 'Client 0 has 1e[+]39 in row 2'),
+    ('time', 'soon', "`test_data.examples\\['time'\\]` has dtype object"),
+])
+def test_evaluate_rejects_values_as_training_does(field, value, message):
+  clients = [_table(15, seed=2), _table(9, seed=3)]
+  if isinstance(value, str):
+    clients[0][field] = clients[0][field].astype(object)
+    clients[1][field] = clients[1][field].astype(object)
+    clients[0][field][2] = value
+  elif clients[0][field].ndim == 2:
+    for client in clients:
+      client[field] = client[field].astype(np.float64)
+    clients[0][field][2, 1] = value
+  else:
+    clients[0][field][2] = value
+  model, _ = _params()
+  with pytest.raises(ValueError, match=message):
     evaluate_survival.build_evaluate_survival(
         model, federated.stack_clients(clients))
 
