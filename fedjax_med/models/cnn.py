@@ -293,7 +293,13 @@ def from_flax_stateful(
   train_module = module.clone(train=True)
 
   def init(key: PRNGKey, sample_x: jax.Array) -> Params:
-    return dict(eval_module.init(key, sample_x))
+    variables = dict(eval_module.init(key, sample_x))
+    mask = jnp.ones(jnp.shape(sample_x)[:1], bool)
+    tabular.check_no_rng_streams(
+        type(module).__name__, 'from_flax_stateful', train_module.apply,
+        variables, sample_x, mask,
+        mutable=['batch_stats'] if 'batch_stats' in variables else False)
+    return variables
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
     return eval_module.apply(_valid_stats(params), x)

@@ -5,6 +5,7 @@ class 1, as FLamby's `Linear(13, 1)` baseline does. A task with more classes
 gets one logit per class.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 from flax import errors as flax_errors
@@ -123,19 +124,31 @@ def from_flax(module: nn.Module, num_classes: int) -> Model:
           '`fedjax_med.models.cnn.from_flax_stateful`, or remove the '
           'other collections.'
       )
-    try:
-      jax.eval_shape(module.apply, variables, sample_x)
-    except flax_errors.InvalidRngError as error:
-      raise ValueError(
-          f'{type(module).__name__} draws random numbers when applied '
-          f'({_without_link(error)}), but from_flax applies the module '
-          'without RNG streams, so it can hold no dropout. Build '
-          '`nn.Dropout` with `deterministic=True` or remove it, and remove '
-          'other `self.make_rng` calls from `__call__`.'
-      ) from error
+    check_no_rng_streams(type(module).__name__, 'from_flax', module.apply,
+                         variables, sample_x)
     return variables
 
   return Model(init=init, apply=module.apply, num_classes=num_classes)
+
+
+def check_no_rng_streams(module_name: str, wrapper: str,
+                         apply: Callable[..., Any], *args, **kwargs) -> None:
+  """Raise ValueError if `apply(*args, **kwargs)` needs an RNG stream.
+
+  The wrappers apply modules without RNG streams. Flax's `init` falls back
+  to the init key, so a module with dropout initializes, and then every
+  training step fails with flax's InvalidRngError.
+  """
+  try:
+    jax.eval_shape(functools.partial(apply, **kwargs), *args)
+  except flax_errors.InvalidRngError as error:
+    raise ValueError(
+        f'{module_name} draws random numbers when applied '
+        f'({_without_link(error)}), but {wrapper} applies the module '
+        'without RNG streams, so it can hold no dropout. Build '
+        '`nn.Dropout` with `deterministic=True` or remove it, and remove '
+        'other `self.make_rng` calls from `__call__`.'
+    ) from error
 
 
 def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
@@ -174,16 +187,18 @@ def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
     _check_only_params(module, rest)
     try:
       jax.eval_shape(module, sample_x)
-    except (TypeError, ValueError) as error:
-      # JAX raises TypeError for a dense layer's dot_general and ValueError
-      # for a convolution's channel count. Other errors keep their message
-      # here and stay chained.
+    except ValueError as error:
+      if 'rngs' not in str(error):
+        raise _shape_error(module, sample_x, error) from error
+      # nnx.Dropout without `rngs` and not deterministic.
       raise ValueError(
-          f'{type(module).__name__} cannot take inputs shaped '
-          f'{jnp.shape(sample_x)} (`sample_x`): {error} If the shapes '
-          "disagree, check the input width of the module's first layer "
-          "(features, or channels for a convolution) against the data."
+          f'{type(module).__name__} draws random numbers when applied '
+          f'({error}), but from_nnx applies the module without RNG '
+          'streams, so it can hold no dropout. Build `nnx.Dropout` with '
+          '`deterministic=True` or remove it.'
       ) from error
+    except TypeError as error:
+      raise _shape_error(module, sample_x, error) from error
     return to_pure_dict(params)
 
   def apply(params: Params, x: jax.Array) -> jax.Array:
@@ -192,6 +207,21 @@ def from_nnx(make_module: Callable[..., Any], num_classes: int) -> Model:
     return nnx.merge(graphdef, state)(x)
 
   return Model(init=init, apply=apply, num_classes=num_classes)
+
+
+def _shape_error(module: Any, sample_x: jax.Array,
+                 error: Exception) -> ValueError:
+  """Return the error for a module that cannot take `sample_x`.
+
+  JAX raises TypeError for a dense layer's dot_general and ValueError for
+  a convolution's channel count; the caller chains the original.
+  """
+  return ValueError(
+      f'{type(module).__name__} cannot take inputs shaped '
+      f'{jnp.shape(sample_x)} (`sample_x`): {error} If the shapes '
+      "disagree, check the input width of the module's first layer "
+      "(features, or channels for a convolution) against the data."
+  )
 
 
 def _check_only_params(module: Any, rest: Any) -> None:
@@ -216,7 +246,8 @@ def _check_only_params(module: Any, rest: Any) -> None:
       f'from_nnx cannot carry between rounds: {", ".join(entries)}. Wrap '
       'an array that training should update in `nnx.Param`, and create a '
       'constant array inside `__call__`. Build the module without other '
-      'state (for example no BatchNorm, and Dropout without `rngs`), or '
+      'state (for example no BatchNorm, and `nnx.Dropout` with '
+      '`deterministic=True` and without `rngs`), or '
       'write a `Model` by hand.'
   )
 

@@ -68,3 +68,26 @@ def test_refresh_stats_momentum_one_rejected(key):
 
   with pytest.raises(ValueError, match="'norm' has momentum=1.0"):
     model.refresh_stats(params, x, np.ones(40, bool))
+
+
+class _StatefulDropout(nn.Module):
+  """A dense layer and dropout that draws random numbers in training."""
+
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    del mask
+    hidden = nn.Dense(4)(x)
+    hidden = nn.Dropout(0.5, deterministic=not self.train)(hidden)
+    return nn.Dense(1)(hidden)
+
+
+def test_stateful_rejects_training_dropout(key):
+  # init passed in evaluation mode, then the first round failed with
+  # flax's InvalidRngError. The wrapper runs init once when built.
+  del key
+  with pytest.raises(ValueError, match=(
+      '_StatefulDropout draws random numbers when applied.*'
+      'from_flax_stateful applies the module without RNG streams')):
+    cnn.from_flax_stateful(_StatefulDropout(), 2, (6,))

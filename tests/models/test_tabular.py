@@ -233,3 +233,26 @@ def test_from_nnx_names_a_raw_array_attribute(key):
   assert 'ArrayImpl' not in message
   assert 'nnx.Param' in message
   assert 'inside `__call__`' in message
+
+
+class _NnxDropout(nnx.Module):
+  """A dense layer and nnx.Dropout built without `rngs`."""
+
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(6, 2, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5)
+
+  def __call__(self, x):
+    return self.dropout(self.dense(x))
+
+
+def test_from_nnx_names_dropout_without_rngs(key):
+  # Following the advice "Dropout without `rngs`" gave a message about the
+  # input width of the first layer.
+  with pytest.raises(ValueError) as raised:
+    tabular.from_nnx(_NnxDropout, 2).init(key, jnp.ones((1, 6)))
+
+  message = str(raised.value)
+  assert 'draws random numbers when applied' in message
+  assert '`deterministic=True`' in message
+  assert 'input width' not in message
