@@ -33,11 +33,20 @@ _MAX_CLIENTS_PRINTED = 20
 
 
 def _folder_path(text: str) -> str:
-  """Reject an empty folder option, which pathlib would read as '.'."""
+  """Reject an empty --out, which pathlib would read as '.'."""
   if not text.strip():
     raise argparse.ArgumentTypeError(
         'the folder path is empty. Pass a folder path, or leave the option '
         'out: --out then makes a new folder under runs/.')
+  return text
+
+
+def _run_folder(text: str) -> str:
+  """Reject an empty --resume, which pathlib would read as '.'."""
+  if not text.strip():
+    raise argparse.ArgumentTypeError(
+        'the run folder is empty. Pass the folder of the stopped run, the '
+        'one its interrupt message names.')
   return text
 
 
@@ -74,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
       help='output folder, new or empty (default: runs/<name>-<time>)',
   )
   run.add_argument(
-      '--resume', default=None, metavar='RUN_DIR', type=_folder_path,
+      '--resume', default=None, metavar='RUN_DIR', type=_run_folder,
       help='continue the stopped run in RUN_DIR from its newest checkpoint, '
       'with the config it started with (no CONFIG, --set or --out)',
   )
@@ -631,10 +640,10 @@ def _main(args) -> int:
     _print_interrupt(args, interrupt)
     return 130
   except Exception as error:  # pylint: disable=broad-exception-caught
-    if not _out_of_memory(error):
+    if not (_out_of_memory(error) or isinstance(error, MemoryError)):
       raise
-    print(_OUT_OF_MEMORY_MESSAGE.format(
-        reason=str(error).splitlines()[0][:300]), file=sys.stderr)
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:300]
+    print(_OUT_OF_MEMORY_MESSAGE.format(reason=reason), file=sys.stderr)
     return 1
   _print_summary(run_dir, summary)
   return 0

@@ -607,6 +607,19 @@ def test_out_of_memory_named(capsys, monkeypatch, tmp_path):
   assert '`client.chunk_size`' in captured.err
 
 
+def test_host_memory_error_named(capsys, monkeypatch, tmp_path):
+  from fedjax_med import study  # pylint: disable=g-import-not-at-top
+
+  def exhausted(*args, **kwargs):
+    raise MemoryError()
+
+  monkeypatch.setattr(study, 'run_study', exhausted)
+  status, captured = _run_cli(capsys, '--out', str(tmp_path / 'r'))
+
+  assert status == 1
+  assert 'ran out of memory (MemoryError)' in captured.err
+
+
 def test_other_runtime_errors_propagate(monkeypatch, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from fedjax_med import study  # pylint: disable=g-import-not-at-top
@@ -619,18 +632,21 @@ def test_other_runtime_errors_propagate(monkeypatch, tmp_path):
     cli.main(['run', '--out', str(tmp_path / 'r')])
 
 
-@pytest.mark.parametrize('args', [
-    ['run', '--out', ''],
-    ['run', '--resume', ' '],
-    ['sweep', 'experiments/heterogeneity_sweep.toml', '--out', ''],
-    ['matrix', 'experiments/robustness_matrix_heart.toml', '--out', ''],
+@pytest.mark.parametrize('args, message', [
+    (['run', '--out', ''], 'the folder path is empty'),
+    # The --resume message gave advice about --out.
+    (['run', '--resume', ' '], 'the run folder is empty'),
+    (['sweep', 'experiments/heterogeneity_sweep.toml', '--out', ''],
+     'the folder path is empty'),
+    (['matrix', 'experiments/robustness_matrix_heart.toml', '--out', ''],
+     'the folder path is empty'),
 ], ids=['run', 'resume', 'sweep', 'matrix'])
-def test_empty_folder_option_rejected(capsys, args):
+def test_empty_folder_option_rejected(capsys, args, message):
   # `--out ''` became '.', reported as "Output folder . already exists".
   with pytest.raises(SystemExit) as exit_info:
     cli.main(args)
   err = capsys.readouterr().err
 
   assert exit_info.value.code == 2
-  assert 'the folder path is empty' in err
+  assert message in err
   assert 'already exists' not in err

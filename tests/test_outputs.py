@@ -57,7 +57,7 @@ def test_csv_number_text_not_quoted(tmp_path):
 
 def test_csv_formula_text_quoted(tmp_path):
   names = ['=HYPERLINK("x")', '+1+A1', '-2+3', '@SUM(A1)', '\tx', "'a",
-           'plain', '\uff1dSUM(A1)', '-inf']
+           'plain', '\uff1dSUM(A1)', '-inf', '-\u0661\u0662']
   path = tmp_path / 'table.csv'
 
   outputs.write_csv(path, ['name', 'value'], [[n, -1.5] for n in names])
@@ -66,7 +66,7 @@ def test_csv_formula_text_quoted(tmp_path):
     rows = list(csv.reader(handle))[1:]
   assert [row[0] for row in rows] == [
       '\'=HYPERLINK("x")', "'+1+A1", "'-2+3", "'@SUM(A1)", "'\tx", "''a",
-      'plain', "'\uff1dSUM(A1)", "'-inf"]
+      'plain', "'\uff1dSUM(A1)", "'-inf", "'-\u0661\u0662"]
   # Numbers stay numbers, negative or not.
   assert {row[1] for row in rows} == {'-1.5'}
   assert [outputs.from_spreadsheet_text(row[0]) for row in rows] == names

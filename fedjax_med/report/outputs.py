@@ -53,7 +53,7 @@ def write_json(path: pathlib.Path, document: Any) -> None:
 _FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r',
                    '\uff1d', '\uff0b', '\uff0d', '\uff20')
 # A signed decimal number in ASCII, which spreadsheets read as a number.
-_PLAIN_NUMBER = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
+_PLAIN_NUMBER = re.compile(r'[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?')
 
 
 def spreadsheet_text(value: Any) -> Any:
