@@ -496,7 +496,7 @@ def train(
     TrainingDiverged: when a weight or a decrypted value leaves the range
       that the key can encode.
   """
-  blocks = [np.asarray(x, np.float64) for x in features]
+  blocks = plaintext.as_float_blocks(features)
   labels = np.asarray(labels)
   _check_inputs(blocks, labels, settings, key_bits, seed)
   key_bits = int(key_bits)

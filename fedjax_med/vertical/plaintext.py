@@ -119,6 +119,25 @@ def party_names(names, num_parties: int, reserved: str) -> tuple[str, ...]:
   return names
 
 
+def as_float_blocks(features) -> list[np.ndarray]:
+  """Return each party's block as float64, or raise for non-real values.
+
+  `np.asarray(x, np.float64)` dropped the imaginary part of a complex
+  block with only a ComplexWarning, and failed on strings inside numpy.
+  """
+  blocks = []
+  for k, x in enumerate(features):
+    x = np.asarray(x)
+    if x.dtype.kind not in 'biuf':
+      raise InputError(
+          f'feature block {k} has dtype {x.dtype}; expected real numbers '
+          '(bool, integer or float). Convert the block, for example with '
+          '`np.asarray(block, dtype=np.float64)`, after replacing entries '
+          'such as None or strings.')
+    blocks.append(x.astype(np.float64))
+  return blocks
+
+
 def check_blocks(features, labels) -> None:
   """Raise InputError unless the blocks and labels can be trained on."""
   if len(features) < 1:
@@ -137,6 +156,8 @@ def check_blocks(features, labels) -> None:
     if not np.isfinite(x).all():
       raise InputError(f'feature block {k} has a NaN or infinite value; '
                        'impute or drop those rows first')
+  if labels.dtype.kind not in 'biuf':
+    raise InputError(f'labels have dtype {labels.dtype}; use 0 and 1')
   invalid = labels[~np.isin(labels, (0, 1))]
   if invalid.size:
     raise InputError(f'labels contain {invalid[0].item()!r}; use 0 and 1')
@@ -279,7 +300,7 @@ def train_centralized_timed(
     times leave out the loss evaluation on all rows before every epoch,
     as the protocols' `epoch_seconds` do.
   """
-  blocks = [np.asarray(x, np.float64) for x in features]
+  blocks = as_float_blocks(features)
   check_blocks(blocks, np.asarray(labels))
   y = np.asarray(labels, np.float64)
   widths = [x.shape[1] for x in blocks]

@@ -353,7 +353,7 @@ def train(
       ring.
     TrainingDiverged: if the weights become NaN or infinite.
   """
-  features = [np.asarray(x, np.float64) for x in features]
+  features = plaintext.as_float_blocks(features)
   labels = np.asarray(labels)
   _check_inputs(features, labels, fraction_bits)
   fraction_bits = int(fraction_bits)

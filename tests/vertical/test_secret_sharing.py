@@ -252,6 +252,10 @@ def test_ring_overflow_raises():
     (lambda b, y: (b, y * 2), 'labels contain 2'),
     (lambda b, y: ((b[0], b[1][:, :0], b[2]), y), 'block 1 has no columns'),
     (lambda b, y: (tuple(x[:0] for x in b), y[:0]), 'at least one row'),
+    # The imaginary part was dropped with only a ComplexWarning.
+    (lambda b, y: ((b[0] + 5j * b[0], b[1], b[2]), y),
+     'feature block 0 has dtype complex128'),
+    (lambda b, y: (b, y.astype(complex)), 'labels have dtype complex128'),
 ])
 def test_invalid_inputs_raise(change, message):
   blocks, labels = _problem(rows=30)
