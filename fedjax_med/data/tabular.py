@@ -279,6 +279,25 @@ def _parse_label(cell: str, where: str, column: str) -> int:
   return int(value)
 
 
+def _check_distinct_names(path, column: str, names) -> None:
+  """Raise if two client ids print alike but differ in their code points.
+
+  `Hospital A` with a no-break space, or `Café` with a combining accent,
+  made a second client that printed like the first.
+  """
+  seen = {}
+  for name in names:
+    key = ' '.join(unicodedata.normalize('NFKC', name).split())
+    if key in seen:
+      raise InputError(
+          f'CSV file {path}, column {column!r}: the client ids '
+          f'{ascii(seen[key])} and {ascii(name)} print alike but differ in '
+          'their Unicode code points (for example a no-break space or a '
+          'combining accent), so they would be two clients. Write the id '
+          'the same way in every row.')
+    seen[key] = name
+
+
 def _check_client_id(client_id: str, where: str, column: str) -> None:
   """Raise InputError if the id contains an invisible character.
 
@@ -457,6 +476,7 @@ def load_csv(
   for client_id in client_ids:
     client_numbers.setdefault(client_id, len(client_numbers))
   client_names = tuple(client_numbers)
+  _check_distinct_names(path, client_column, client_names)
   client_of_row = np.asarray([client_numbers[i] for i in client_ids])
   client_x, client_y, client_splits = [], [], []
   for client_index in range(len(client_names)):

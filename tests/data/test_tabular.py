@@ -299,6 +299,28 @@ def test_csv_split_seeds_independent_of_client_index(tmp_path):
       np.sort(first.test.client(1)['x'][:, 0]))
 
 
+@pytest.mark.parametrize('other', ['Hospital\u00a0A', 'Hospital  A'])
+def test_csv_lookalike_client_ids_rejected(tmp_path, other):
+  # A no-break space made a second client that printed as 'Hospital A'.
+  rows = ['site,x,y']
+  rows += [f'Hospital A,{i},{i % 2}' for i in range(6)]
+  rows += [f'{other},{i},{i % 2}' for i in range(6)]
+  path = _write(tmp_path, '\n'.join(rows) + '\n')
+
+  with pytest.raises(InputError, match='print alike but differ'):
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+
+def test_csv_accent_forms_rejected(tmp_path):
+  rows = ['site,x,y']
+  rows += [f'Caf\u00e9,{i},{i % 2}' for i in range(6)]
+  rows += [f'Cafe\u0301,{i},{i % 2}' for i in range(6)]
+  path = _write(tmp_path, '\n'.join(rows) + '\n')
+
+  with pytest.raises(InputError, match="'Caf\\\\xe9' and 'Cafe\\\\u0301'"):
+    tabular.load_csv(path, client_column='site', label_column='y')
+
+
 def test_csv_missing_file(tmp_path):
   path = tmp_path / 'absent.csv'
 
