@@ -776,11 +776,23 @@ def _coerce(
     if annotation is float:
       if isinstance(value, bool):
         raise ValueError(value)
-      return float(value)
+      number = float(value)
+      if (isinstance(value, str) and math.isinf(number)
+          and 'inf' not in value.lower()):
+        # `--set` text such as 1 followed by 400 zeros.
+        text = value.strip()
+        shown = text if len(text) <= 20 else (
+            f'{text[:10]}... ({len(text)} characters)')
+        raise InputError(
+            f'`{key}` is {shown}, beyond the float range (about 1.8e308). '
+            'Use a smaller value.')
+      return number
     if annotation is str:
       if isinstance(value, bool):
         raise ValueError(value)
       return str(value)
+  except InputError:
+    raise
   except (ValueError, TypeError, OverflowError):
     # TypeError: a TOML list or table where a single value belongs.
     # OverflowError: an integer beyond float range, such as 10**400.

@@ -125,3 +125,16 @@ def test_huge_integer_rejected(key):
   with pytest.raises(errors.InputError,
                      match=f'`: 1000000000... \\(401 digits\\)'):
     _validate(**{key: 10**400})
+
+
+@pytest.mark.parametrize('text, shown', [
+    ('1' + '0' * 400, r'1000000000\.\.\. \(401 characters\)'),
+    ('1e400', '1e400'),
+])
+def test_set_text_beyond_float_range(text, shown):
+  # The text parsed to inf, reported as "Invalid `client.learning_rate`:
+  # inf", unlike the same value in a TOML file.
+  with pytest.raises(errors.InputError, match=(
+      f'`client.learning_rate` is {shown}, beyond the float range')):
+    config_lib.apply_overrides(config_lib.ExperimentConfig(),
+                               {'learning_rate': text})
