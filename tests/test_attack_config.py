@@ -137,4 +137,4 @@ def test_set_text_beyond_float_range(text, shown):
   with pytest.raises(errors.InputError, match=(
       f'`client.learning_rate` is {shown}, beyond the float range')):
     config_lib.apply_overrides(config_lib.ExperimentConfig(),
-                               {'learning_rate': text})
+                               {'client.learning_rate': text})
