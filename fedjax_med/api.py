@@ -269,19 +269,8 @@ class Result:
     Raises:
       InputError: for a survival run (see `client_accuracy`).
     """
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
     rounds, accuracy = self.client_accuracy()
-    if ax is None:
-      _, ax = plt.subplots(figsize=(6.4, 4.0))
-    for column, name in enumerate(self.client_names):
-      ax.plot(rounds, accuracy[:, column], marker='.', linewidth=1,
-              label=name)
-    ax.plot(rounds, np.nanmean(accuracy, axis=1), color='black',
-            linewidth=2, label='mean')
-    ax.set_xlabel('round')
-    ax.set_ylabel('test accuracy')
-    return self._finish_plot(ax)
+    return self._plot_client_scores(ax, rounds, accuracy, 'test accuracy')
 
   def plot_c_index(self, ax=None):
     """Plot each client's test C-index and their mean against the round.
@@ -297,19 +286,25 @@ class Result:
     Raises:
       InputError: for a classification run (see `client_c_index`).
     """
+    rounds, c_index = self.client_c_index()
+    ax = self._plot_client_scores(ax, rounds, c_index,
+                                  "test C-index (Harrell's)")
+    ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
+    return ax
+
+  def _plot_client_scores(self, ax, rounds, scores, ylabel: str):
+    """Plot `scores [rounds, clients]`, one line per client and the mean."""
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-    rounds, c_index = self.client_c_index()
     if ax is None:
       _, ax = plt.subplots(figsize=(6.4, 4.0))
     for column, name in enumerate(self.client_names):
-      ax.plot(rounds, c_index[:, column], marker='.', linewidth=1,
+      ax.plot(rounds, scores[:, column], marker='.', linewidth=1,
               label=name)
-    ax.plot(rounds, np.nanmean(c_index, axis=1), color='black',
+    ax.plot(rounds, np.nanmean(scores, axis=1), color='black',
             linewidth=2, label='mean')
-    ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
     ax.set_xlabel('round')
-    ax.set_ylabel("test C-index (Harrell's)")
+    ax.set_ylabel(ylabel)
     return self._finish_plot(ax)
 
 
