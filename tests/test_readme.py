@@ -56,7 +56,7 @@ def test_readme_client_key_matches_round(key):
   text = ' '.join(README.read_text().split())
   tag = int(re.search(
       r'`fold_in\(fold_in\(round key, (\d+)\), client id\)`', text).group(1))
-  ids = np.array([4, 1])
+  ids = np.array([4, 1], np.int32)
   np.testing.assert_array_equal(
       jax.random.key_data(round_lib.slot_keys(
           jax.random.fold_in(key, round_lib._CLIENTS_TAG), ids)),  # pylint: disable=protected-access
