@@ -793,9 +793,14 @@ def _coerce(
       return str(value)
   except InputError:
     raise
-  except (ValueError, TypeError, OverflowError):
+  except OverflowError:
+    # An integer beyond float range, such as 10**400 in a TOML file.
+    raise InputError(
+        f'`{key}` is {_written(value)}, beyond the float range (about '
+        '1.8e308). Use a smaller value.'
+    ) from None
+  except (ValueError, TypeError):
     # TypeError: a TOML list or table where a single value belongs.
-    # OverflowError: an integer beyond float range, such as 10**400.
     raise InputError(
         f'`{key}` must be {_KINDS.get(annotation, annotation)}; got '
         f'{_written(value)}.'

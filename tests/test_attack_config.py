@@ -93,8 +93,8 @@ def test_huge_integer_for_float_rejected(tmp_path, key):
   path.write_text(f'[{section}]\n{name} = {10**400}\n')
 
   with pytest.raises(errors.InputError, match=(
-      f'`{section}.{name}` must be a number; got 1000000000\\.\\.\\. '
-      '\\(401 digits\\)')):
+      f'`{section}.{name}` is 1000000000\\.\\.\\. \\(401 digits\\), '
+      'beyond the float range')):
     config_lib.load_toml(path)
 
 
