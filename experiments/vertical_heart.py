@@ -165,8 +165,8 @@ def run_models(aligned: data.AlignedData, sizes: dict[str, Any], seed: int,
   names = aligned.party_names
   x, y = aligned.train_features, aligned.train_labels
   num_test = aligned.test_labels.shape[0]
-  # `vertical.data` draws which patients each party holds from
-  # default_rng(seed); the resamples take a stream of their own.
+  # `vertical.data` draws which patients each party has from
+  # default_rng(seed), so the resamples take a stream of their own.
   resample_counts = np.random.default_rng(
       federated.derived_seed('auroc_bootstrap', seed)).multinomial(
       num_test, np.full(num_test, 1 / num_test), size=NUM_RESAMPLES)

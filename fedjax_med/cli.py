@@ -238,7 +238,7 @@ def _run_sweep(args) -> int:
   if len(failed) > _MAX_FAILED_POINTS_SHOWN:
     print(f'error: {len(failed) - _MAX_FAILED_POINTS_SHOWN} more points '
           'failed; table.csv gives every reason.', file=sys.stderr)
-  # The finished points are written; status 1 tells a script that some
+  # The finished points are written. Status 1 signals to a script that some
   # points have no result.
   return 1 if failed else 0
 

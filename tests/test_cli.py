@@ -573,8 +573,8 @@ def test_clinical_settings_used_on_binary(capsys, tmp_path):
 
 
 def test_sweep_with_failed_point_exits_1(capsys, tmp_path):
-  # Krum needs more than 4 clients; the sweep wrote the fedavg point, said
-  # "1 completed, 1 error" and exited 0 without the reason.
+  # Krum needs more than 4 clients. The sweep wrote the fedavg point,
+  # printed "1 completed, 1 error" and exited 0 without the reason.
   path = tmp_path / 'grid.toml'
   path.write_text('[server]\nrounds = 1\n[client]\nlocal_steps = 2\n'
                   '[sweep]\n"server.aggregator" = ["fedavg", "krum"]\n')

@@ -176,9 +176,9 @@ def test_bad_sizes_rejected(load_script, capsys, path, flags, message):
 
 
 # The scripts below checked for a stop only inside a study or before each
-# unit, so a Ctrl-C during the last unit (a study's final evaluation, the
-# last audit, the shadows' training) was lost: the script wrote its page
-# and exited 0. Each fake unit sends one SIGINT only, because a second one
+# unit. A Ctrl-C during the last unit (a study's final evaluation, the last
+# audit, the shadows' training) was lost, so the script wrote its page and
+# exited 0. Each fake unit sends one SIGINT only, because a second one
 # ends the process at once.
 
 

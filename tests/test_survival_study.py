@@ -237,7 +237,7 @@ def test_api_result_exposes_c_index(tmp_path):
   assert result.plot_c_index() is not None
   with pytest.raises(InputError, match='client_c_index'):
     result.client_accuracy()
-  # The message said to run the study again, as for an older version.
+  # The message asked to run the study again, as for an older version.
   for method in (result.predictions, result.plot_calibration):
     with pytest.raises(InputError, match='is a survival run.*risk_scores'):
       method()

@@ -205,6 +205,12 @@ def _check_counts(data: FederatedData, name: str) -> None:
     )
 
 
+def _first_row(bad: np.ndarray) -> tuple[int, int]:
+  """Return `(client, row)` of the first True entry of a `[clients, rows]` mask."""
+  client = int(np.flatnonzero(bad.any(axis=1))[0])
+  return client, int(np.flatnonzero(bad[client])[0])
+
+
 def _given_dtype(value) -> np.dtype:
   """Return the dtype of `value` as given, before JAX canonicalizes it."""
   dtype = getattr(value, 'dtype', None)
@@ -226,8 +232,7 @@ def _check_integer_range(value, real, field: str) -> None:
   bad = np.asarray(real) & ~np.all(
       (rows >= limits.min) & (rows <= limits.max), axis=-1)
   if bad.any():
-    client = int(np.flatnonzero(bad.any(axis=1))[0])
-    row = int(np.flatnonzero(bad[client])[0])
+    client, row = _first_row(bad)
     cells = rows[client, row]
     found = cells[(cells < limits.min) | (cells > limits.max)][0]
     raise ValueError(
@@ -260,11 +265,10 @@ def _check_finite(data: FederatedData, name: str) -> None:
     given = value.reshape(value.shape[:2] + (-1,))
     with np.errstate(over='ignore'):
       rows = jnp.asarray(given, jnp.result_type(float))
-    bad = real & ~jnp.all(jnp.isfinite(rows), axis=-1)
-    if not bool(jnp.any(bad)):
+    bad = np.asarray(real & ~jnp.all(jnp.isfinite(rows), axis=-1))
+    if not bad.any():
       continue
-    client = int(jnp.argmax(jnp.any(bad, axis=1)))
-    row = int(jnp.argmax(bad[client]))
+    client, row = _first_row(bad)
     column = int(jnp.argmax(~jnp.isfinite(rows[client, row])))
     found = given[client, row, column]
     raise ValueError(
@@ -304,8 +308,7 @@ def check_survival_data(data: FederatedData, *, name: str) -> None:
        'Code a death as 1 and a censored row as 0, and drop rows whose '
        'outcome is unknown.')):
     if bad.any():
-      client = int(np.flatnonzero(bad.any(axis=1))[0])
-      row = int(np.flatnonzero(bad[client])[0])
+      client, row = _first_row(bad)
       raise ValueError(
           f"Client {client} has {field} {values[client, row]} in row {row} "
           f"of `{name}.examples['{field}']`. {fix}"
@@ -335,8 +338,7 @@ def _check_labels(data: FederatedData, name: str, num_classes: int) -> None:
   bad = np.asarray(data.example_mask()) & (
       (labels < 0) | (labels >= num_classes))
   if bad.any():
-    client = int(np.flatnonzero(bad.any(axis=1))[0])
-    row = int(np.flatnonzero(bad[client])[0])
+    client, row = _first_row(bad)
     raise ValueError(
         f'Client {client} has label {int(labels[client, row])} in row {row} '
         f'of `{name}`, outside [0, {num_classes}) for '

@@ -165,7 +165,7 @@ def test_without_refills_step_takes_fewer(key):
 
 def test_idle_step_ends_after_noticed_dropout(key):
   # The only client drops out and is noticed at 1.6 s, in a slot where
-  # nobody is online. The step used to end at 1.0 s, before the dropout it
+  # no client is online. The step used to end at 1.0 s, before the dropout it
   # had handled, and start the next client in the past.
   data = small.population([5, 5])
   participation = participation_lib.Participation(
